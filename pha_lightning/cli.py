@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -18,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from pha_lightning.datamodule import PHADataModule
+from pha_lightning.errors import PHAError
 from pha_lightning.module import PHAModule
 
 
@@ -96,6 +98,14 @@ class PHACLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Console entry point of ``pha``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _run_cli(args)
+    except PHAError as err:
+        print(f"pha: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_cli(args: list[str] | None) -> None:
     PHACLI(
         PHAModule,
         PHADataModule,

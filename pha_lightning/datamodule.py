@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from pha_lightning.errors import ConfigError
 from pha_lightning.backbone import Family, backbone_family, load_tokenizer
 from pha_lightning.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
 from pha_lightning.tasks import Task, available_tasks, get_task
@@ -47,19 +48,19 @@ STAGE_SPLITS: dict[str, tuple[str, ...]] = {
 def check_task_names(tasks: Sequence[str]) -> None:
     """Reject an empty task list, duplicates and unknown names, listing the valid names."""
     if isinstance(tasks, str) or len(tasks) == 0:
-        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}; available: {available_tasks()}")
+        raise ConfigError(f"tasks must be a non-empty list of task names, got {tasks!r}; available: {available_tasks()}")
     duplicates = sorted({name for name in tasks if list(tasks).count(name) > 1})
     if duplicates:
-        raise ValueError(f"tasks {duplicates} are listed more than once in {list(tasks)}")
+        raise ConfigError(f"tasks {duplicates} are listed more than once in {list(tasks)}")
     unknown = [name for name in tasks if name not in available_tasks()]
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
+        raise ConfigError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
 
 
 def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
     """Draw ``n`` records with a generator seeded by (seed, task), keeping their original order."""
     if n > len(records):
-        raise ValueError(f"n_train={n} but task {task_name!r} has only {len(records)} train examples")
+        raise ConfigError(f"n_train={n} but task {task_name!r} has only {len(records)} train examples")
     chosen = random.Random(f"{seed}/{task_name}").sample(range(len(records)), n)
     return [records[index] for index in sorted(chosen)]
 
@@ -173,16 +174,16 @@ class PHADataModule(LightningDataModule):
             ("max_target_length", max_target_length),
         ):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
+                raise ConfigError(f"{name} must be >= 1, got {value!r}")
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
         if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
+            raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
         for name, optional in (("num_batches_per_epoch", num_batches_per_epoch), ("n_train", n_train)):
             if optional is not None and optional < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {optional!r}")
+                raise ConfigError(f"{name} must be >= 1 or None, got {optional!r}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers!r}")
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers!r}")
         self.save_hyperparameters()
         self.tasks = list(tasks)
         self.task_objects: list[Task] = [get_task(name) for name in tasks]
@@ -209,13 +210,13 @@ class PHADataModule(LightningDataModule):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.backbone)
             if self._tokenizer.pad_token_id is None:
-                raise ValueError(f"the tokenizer of backbone {self.backbone!r} has no pad token")
+                raise ConfigError(f"the tokenizer of backbone {self.backbone!r} has no pad token")
         return self._tokenizer
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
         if stage is not None and stage not in STAGE_SPLITS:
-            raise ValueError(f"unknown stage {stage!r}; valid stages: {list(STAGE_SPLITS)}")
+            raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGE_SPLITS)}")
         splits = STAGE_SPLITS[stage] if stage else ("train", "validation", "test")
         for split in splits:
             if split not in self.datasets:
@@ -227,7 +228,7 @@ class PHADataModule(LightningDataModule):
         if split == "train" and self.n_train is not None:
             records = subsample(records, self.n_train, self.seed, task.name)
         if not records:
-            raise ValueError(f"task {task.name!r} has no {split} examples")
+            raise ConfigError(f"task {task.name!r} has no {split} examples")
         columns = self._text_columns(task, records)
         columns["task_ids"] = [task_id] * len(records)
         columns["targets"] = [task.target_value(record) for record in records]
@@ -252,7 +253,7 @@ class PHADataModule(LightningDataModule):
             }
         texts, pairs = zip(*(task.encoder_text(record) for record in records))
         if any(pair is None for pair in pairs) and any(pair is not None for pair in pairs):
-            raise ValueError(f"task {task.name!r} mixes single texts and text pairs in its records")
+            raise ConfigError(f"task {task.name!r} mixes single texts and text pairs in its records")
         return {"source": list(texts)} if pairs[0] is None else {"source": list(texts), "pair": list(pairs)}
 
     def _collator(self) -> Collator:

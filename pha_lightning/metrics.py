@@ -30,6 +30,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
+from pha_lightning.errors import ConfigError
 from pha_lightning.tasks import Task
 
 #: Marks a generated string that parsed to no valid label or value.
@@ -158,9 +159,9 @@ def build_task_metrics(task: Task) -> MetricCollection:
     unknown = [name for name in task.metric_names if name not in valid]
     if unknown or not task.metric_names:
         kind = "regression" if task.is_regression else "classification"
-        raise ValueError(
+        raise ConfigError(
             f"task {task.name!r} asks for metrics {list(task.metric_names)}; valid {kind} metrics: {list(valid)}"
         )
     if task.is_regression and task.target_range is None:
-        raise ValueError(f"regression task {task.name!r} needs a target_range to score invalid predictions")
+        raise ConfigError(f"regression task {task.name!r} needs a target_range to score invalid predictions")
     return MetricCollection({name: _build_metric(name, task) for name in task.metric_names}, compute_groups=False)

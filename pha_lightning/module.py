@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from pha_lightning.errors import ConfigError
 from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter
 from pha_lightning.backbone import (
     attach_adapters,
@@ -104,13 +105,13 @@ class PHAModule(LightningModule):
     ) -> None:
         super().__init__()
         if not tasks:
-            raise ValueError("PHAModule needs at least one task (model.tasks, linked from data.tasks)")
+            raise ConfigError("PHAModule needs at least one task (model.tasks, linked from data.tasks)")
         if pro_denominator not in PRO_DENOMINATORS:
-            raise ValueError(f"unknown pro_denominator {pro_denominator!r}; valid: {list(PRO_DENOMINATORS)}")
+            raise ConfigError(f"unknown pro_denominator {pro_denominator!r}; valid: {list(PRO_DENOMINATORS)}")
         if head_pooling not in HEAD_POOLINGS:
-            raise ValueError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
+            raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
         if contrastive_temperature <= 0:
-            raise ValueError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
+            raise ConfigError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.task_objects: list[Task] = [get_task(name) for name in tasks]
@@ -161,7 +162,7 @@ class PHAModule(LightningModule):
             return before, after
         k = before // 2 if split_layer is None else split_layer
         if not 1 <= k < before:
-            raise ValueError(f"split_layer must be in [1, {before - 1}] for a {before}-block encoder, got {split_layer}")
+            raise ConfigError(f"split_layer must be in [1, {before - 1}] for a {before}-block encoder, got {split_layer}")
         return k, before - k
 
     def trainable_parameter_counts(self) -> tuple[int, int]:
@@ -369,7 +370,7 @@ class PHAModule(LightningModule):
         optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ValueError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
+            raise ConfigError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
         scheduler = get_linear_schedule_with_warmup(optimizer, min(hp.warmup_steps, int(total_steps)), int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -392,7 +393,7 @@ class PHAModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
+            raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
 
 
 def _label_string(task: Task, value: float) -> str | None:

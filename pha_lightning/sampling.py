@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Sampler
 
+from pha_lightning.errors import ConfigError
+
 SamplingMode = Literal["mixed", "task"]
 SAMPLING_MODES: tuple[str, ...] = ("mixed", "task")
 
@@ -28,7 +30,7 @@ def task_probabilities(task_sizes: Sequence[int], temperature: float) -> list[fl
     """``p_i ∝ n_i^(1/T)``, computed in log space so huge sizes or small T cannot overflow."""
     _check_sizes(task_sizes)
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     logits = np.log(np.asarray(task_sizes, dtype=np.float64)) / temperature
     weights = np.exp(logits - logits.max())
     return (weights / weights.sum()).tolist()
@@ -36,10 +38,10 @@ def task_probabilities(task_sizes: Sequence[int], temperature: float) -> list[fl
 
 def _check_sizes(task_sizes: Sequence[int]) -> None:
     if len(task_sizes) == 0:
-        raise ValueError("task_sizes is empty; give the number of examples of each task")
+        raise ConfigError("task_sizes is empty; give the number of examples of each task")
     empty = [index for index, size in enumerate(task_sizes) if size < 1]
     if empty:
-        raise ValueError(f"tasks {empty} have no examples: task_sizes={list(task_sizes)}")
+        raise ConfigError(f"tasks {empty} have no examples: task_sizes={list(task_sizes)}")
 
 
 class TemperatureBatchSampler(Sampler[list[int]]):
@@ -67,21 +69,21 @@ class TemperatureBatchSampler(Sampler[list[int]]):
         super().__init__()
         self.probabilities = task_probabilities(task_sizes, temperature)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         if mode not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling mode {mode!r}; valid modes: {list(SAMPLING_MODES)}")
+            raise ConfigError(f"unknown sampling mode {mode!r}; valid modes: {list(SAMPLING_MODES)}")
         if num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas!r}")
+            raise ConfigError(f"num_replicas must be >= 1, got {num_replicas!r}")
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
+            raise ConfigError(f"rank must be in [0, {num_replicas}), got {rank!r}")
         too_small = [index for index, size in enumerate(task_sizes) if size < num_replicas]
         if too_small:
-            raise ValueError(
+            raise ConfigError(
                 f"tasks {too_small} have fewer examples than num_replicas={num_replicas} "
                 f"(task_sizes={list(task_sizes)}), so some rank would own none of them"
             )
         if num_batches is not None and num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+            raise ConfigError(f"num_batches must be >= 1 or None, got {num_batches!r}")
         self.task_sizes = list(task_sizes)
         self.offsets = np.cumsum([0, *self.task_sizes[:-1]]).tolist()
         self.batch_size = batch_size
@@ -115,7 +117,7 @@ class TemperatureBatchSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         batches_yielded = int(state["batches_yielded"])
         if not 0 <= batches_yielded <= self.num_batches:
-            raise ValueError(f"batches_yielded must be in [0, {self.num_batches}], got {batches_yielded}")
+            raise ConfigError(f"batches_yielded must be in [0, {self.num_batches}], got {batches_yielded}")
         self.epoch = int(state["epoch"])
         self._batches_yielded = batches_yielded
         self._resume_from = batches_yielded

@@ -18,6 +18,7 @@ import random
 import zlib
 from collections.abc import Callable, Mapping
 
+from pha_lightning.errors import ConfigError
 from pha_lightning.tasks import SPLITS, Task, check_split, register_task
 
 DEFAULT_SEED = 1234
@@ -108,7 +109,7 @@ class SyntheticTask(Task):
     ) -> None:
         missing = [split for split in SPLITS if split not in sizes]
         if missing:
-            raise ValueError(f"task {name!r}: sizes lack splits {missing}; give sizes for {list(SPLITS)}")
+            raise ConfigError(f"task {name!r}: sizes lack splits {missing}; give sizes for {list(SPLITS)}")
         self.name = name
         self.label_names = label_names
         self.metric_names = metric_names
@@ -132,7 +133,7 @@ class SyntheticTask(Task):
             if key in seen or split_of(fields) != split:
                 failed += 1
                 if failed == MAX_FAILED_DRAWS:
-                    raise ValueError(
+                    raise ConfigError(
                         f"task {self.name!r}: could only draw {len(records)} distinct {split} records of "
                         f"the {size} requested; its text space is too small for that size"
                     )
@@ -158,7 +159,7 @@ def build_synthetic_suite(
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
     if unknown:
-        raise ValueError(f"sizes given for unknown synthetic tasks {unknown}; valid: {sorted(DEFAULT_SIZES)}")
+        raise ConfigError(f"sizes given for unknown synthetic tasks {unknown}; valid: {sorted(DEFAULT_SIZES)}")
     binary = ("0", "1")
     single, pair = ("sentence",), ("sentence1", "sentence2")
     return [

@@ -13,6 +13,8 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 
+from pha_lightning.errors import ConfigError
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 #: Modules whose import registers built-in tasks. They are imported lazily on the first registry
@@ -27,7 +29,7 @@ REGRESSION_TARGET_STEP = 0.2
 def check_split(split: str) -> None:
     """Reject a split name that no task provides, listing the valid ones."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
 
 
 def format_regression_target(value: float, step: float = REGRESSION_TARGET_STEP) -> str:
@@ -120,7 +122,7 @@ _REGISTRY: dict[str, Task] = {}
 def register_task(task: Task) -> None:
     """Make ``task`` available under ``task.name``; a name can be registered only once."""
     if task.name in _REGISTRY and _REGISTRY[task.name] is not task:
-        raise ValueError(f"a task named {task.name!r} is already registered: {_REGISTRY[task.name]!r}")
+        raise ConfigError(f"a task named {task.name!r} is already registered: {_REGISTRY[task.name]!r}")
     _REGISTRY[task.name] = task
 
 
@@ -139,5 +141,5 @@ def get_task(name: str) -> Task:
     """Look a task up by name; an unknown name is an error that lists the valid ones."""
     _load_builtin_tasks()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available tasks: {sorted(_REGISTRY)}")
+        raise ConfigError(f"unknown task {name!r}; available tasks: {sorted(_REGISTRY)}")
     return _REGISTRY[name]

@@ -4,9 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 
-from pha_lightning.backbone import load_tokenizer
 from pha_lightning.datamodule import LABEL_PAD_ID, PHADataModule
 from pha_lightning.tasks import get_task
 
@@ -19,20 +17,6 @@ def encoder_dm() -> PHADataModule:
     dm = PHADataModule(TASKS, backbone=MINILM, batch_size=8, eval_batch_size=16, n_train=24, seed=3)
     dm.setup("fit")
     return dm
-
-
-@pytest.fixture(scope="module")
-def t5_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny T5 config beside the MiniLM tokenizer: enough to select the seq2seq layout offline."""
-    directory = tmp_path_factory.mktemp("tiny_t5")
-    tokenizer = load_tokenizer(MINILM)
-    config = transformers.T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
-    config.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
 
 
 def test_encoder_train_batch_layout(encoder_dm: PHADataModule) -> None:
@@ -122,8 +106,8 @@ def test_train_sampler_shards_by_trainer_rank(encoder_dm: PHADataModule) -> None
     assert indices[0].isdisjoint(indices[1])
 
 
-def test_seq2seq_batch_layout(t5_backbone: str) -> None:
-    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=t5_backbone, batch_size=6, n_train=12)
+def test_seq2seq_batch_layout(tiny_t5: str) -> None:
+    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=tiny_t5, batch_size=6, n_train=12)
     assert dm.family == "seq2seq"
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -143,8 +127,8 @@ def test_seq2seq_batch_layout(t5_backbone: str) -> None:
     assert lengths.max() == batch["labels"].shape[1]
 
 
-def test_seq2seq_labels_are_padded_with_minus_100(t5_backbone: str) -> None:
-    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=t5_backbone, eval_batch_size=200)
+def test_seq2seq_labels_are_padded_with_minus_100(tiny_t5: str) -> None:
+    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=tiny_t5, eval_batch_size=200)
     dm.setup("validate")
     polarity, score = (next(iter(loader)) for loader in dm.val_dataloader())
     # "0"/"1" tokenise shorter than "3.0", so a batch mixing them would pad; within a task the

@@ -1,0 +1,19 @@
+"""Errors that mean "the user asked for something that cannot work", reported without a traceback.
+
+The ``pha`` command prints these as one clear message and exits with status 2; everything else
+(a bug) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PHAError(Exception):
+    """Base class of the errors the ``pha`` command reports as a plain message."""
+
+
+class ConfigError(PHAError, ValueError):
+    """A configuration value is invalid; the message names it and what would be valid."""
+
+
+class DataError(PHAError, RuntimeError):
+    """Data cannot be loaded: a missing file, a malformed row, an unreachable hub."""
