@@ -11,6 +11,7 @@ Training loss: ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (see :mod:`pha_lightning.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -18,7 +19,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
-from transformers import get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter
@@ -119,7 +120,6 @@ class PHAModule(LightningModule):
         self.backbone = load_backbone(backbone, backbone_init)
         freeze(self.backbone)
         self.backbone.train()  # from_pretrained returns eval mode; method.md keeps the FFN dropout in training
-        self.tokenizer = load_tokenizer(backbone) if self.family == "seq2seq" else None
         d_model = hidden_size(self.backbone)
         num_shared, num_generated = self._split_blocks(split_layer)
         self.split_layer = num_shared
@@ -156,6 +156,11 @@ class PHAModule(LightningModule):
         self.last_val_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ structure
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The backbone's tokenizer, loaded on first use (T5 decoding)."""
+        return load_tokenizer(self.hparams.backbone)
+
     def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:
         before, after = num_blocks(self.backbone, self.family)
         if self.family == "seq2seq":
