@@ -44,6 +44,8 @@ class GeneratedWeights:
     up_w: Tensor
     up_b: Tensor
     group_of: Tensor
+    #: one group per example, in batch order (HyperDecoder: weights generated from each example)
+    per_example: bool = False
 
     @property
     def num_groups(self) -> int:
@@ -67,7 +69,11 @@ def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
         # generate() may expand the batch (e.g. beams); each example's copies are contiguous
         if x.shape[0] % group_of.shape[0]:
             raise ValueError(f"batch of {x.shape[0]} rows does not expand the {group_of.shape[0]} examples")
+        if weights.per_example:
+            return apply_per_example(x.reshape(group_of.shape[0], -1, x.shape[-1]), weights, layer).view_as(x)
         group_of = group_of.repeat_interleave(x.shape[0] // group_of.shape[0])
+    if weights.per_example:
+        return apply_per_example(x, weights, layer)
     if weights.num_groups == 1:
         return apply_bottleneck(x, weights.down_w[0, layer], weights.down_b[0, layer], weights.up_w[0, layer], weights.up_b[0, layer])
     order = torch.argsort(group_of, stable=True)
@@ -82,6 +88,38 @@ def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
     return result.index_copy(0, order, torch.cat(outputs))
 
 
+def apply_per_example(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
+    """Example ``b`` of ``x (B, ..., d)`` through its own adapter, as one batched matmul."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    hidden = F.relu(torch.bmm(flat, weights.down_w[:, layer]) + weights.down_b[:, layer, None])
+    out = torch.bmm(hidden, weights.up_w[:, layer]) + weights.up_b[:, layer, None]
+    return out.view_as(x)
+
+
+class TaskAdapterBank(nn.Module):
+    """One adapter per task and layer, stored as stacked parameters (the ``task_adapter`` baseline).
+
+    It yields :class:`GeneratedWeights` for the tasks of a batch, so task adapters reuse the
+    grouped application of generated adapters.
+    """
+
+    def __init__(self, num_tasks: int, num_layers: int, d_model: int, bottleneck: int, init_gain: float = 1e-4) -> None:
+        super().__init__()
+        self.down_w = nn.Parameter(torch.empty(num_tasks, num_layers, d_model, bottleneck))
+        self.down_b = nn.Parameter(torch.zeros(num_tasks, num_layers, bottleneck))
+        self.up_w = nn.Parameter(torch.empty(num_tasks, num_layers, bottleneck, d_model))
+        self.up_b = nn.Parameter(torch.zeros(num_tasks, num_layers, d_model))
+        for bank in (self.down_w, self.up_w):
+            for matrix in bank.view(-1, *bank.shape[2:]):
+                nn.init.xavier_uniform_(matrix, gain=init_gain)  # as SharedAdapter (the bound is symmetric)
+
+    def forward(self, task_ids: Tensor) -> GeneratedWeights:
+        tasks, group_of = torch.unique(task_ids, return_inverse=True)
+        return GeneratedWeights(
+            self.down_w[tasks], self.down_b[tasks], self.up_w[tasks], self.up_b[tasks], group_of=group_of
+        )
+
+
 class AdapterContext:
     """Holds the generated weights of the batch being processed, shared by every generated layer.
 
@@ -92,16 +130,17 @@ class AdapterContext:
     def __init__(self) -> None:
         self.weights: GeneratedWeights | None = None
 
-    def use(self, weights: GeneratedWeights) -> "_ContextUse":
+    def use(self, weights: GeneratedWeights | None) -> "_ContextUse":
+        """Set ``weights`` for the duration of a ``with`` block (``None``: a hook sets them mid-forward)."""
         return _ContextUse(self, weights)
 
 
 class _ContextUse:
-    def __init__(self, context: AdapterContext, weights: GeneratedWeights) -> None:
+    def __init__(self, context: AdapterContext, weights: GeneratedWeights | None) -> None:
         self.context = context
         self.weights = weights
 
-    def __enter__(self) -> GeneratedWeights:
+    def __enter__(self) -> GeneratedWeights | None:
         self.context.weights = self.weights
         return self.weights
 

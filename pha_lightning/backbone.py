@@ -89,14 +89,12 @@ def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained
     if init not in ("pretrained", "random"):
         raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
     auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
-    if init == "random":
-        return auto.from_config(load_backbone_config(name))
-    return auto.from_pretrained(resolve_backbone_path(name))
-
-
-def freeze(model: nn.Module) -> None:
-    """Freeze every backbone weight: PHA trains only what it adds."""
-    model.requires_grad_(False)
+    model = auto.from_config(load_backbone_config(name)) if init == "random" else auto.from_pretrained(resolve_backbone_path(name))
+    if getattr(model, "pooler", None) is not None:
+        # task heads pool the final states themselves; an unused pooler would leave trainable
+        # parameters out of the graph when the backbone is fine-tuned (DDP rejects that)
+        model.pooler = None
+    return model
 
 
 class T5FeedForwardWithAdapter(nn.Module):
@@ -173,6 +171,26 @@ def attach_adapters(model: nn.Module, family: Family, adapters: list[nn.Module])
         raise ConfigError(f"{len(adapters)} adapters for {len(blocks)} encoder blocks")
     for block, adapter in zip(blocks, adapters):
         block.output = EncoderOutputWithAdapter(block.output, adapter)
+
+
+def retrieval_site(model: nn.Module, family: Family, split_layer: int) -> nn.Module:
+    """The module whose output holds the hidden states the retriever pools.
+
+    T5: the whole encoder (its output is after the final layer norm). Encoder-only: block
+    ``split_layer - 1``.
+    """
+    if family == "seq2seq":
+        return model.encoder
+    return model.encoder.layer[split_layer - 1]
+
+
+def site_hidden_states(output: object) -> torch.Tensor:
+    """Hidden states from a block's or an encoder's output, whichever container it returns."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output.last_hidden_state
 
 
 def hidden_size(model: nn.Module) -> int:

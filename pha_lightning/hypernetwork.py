@@ -65,10 +65,11 @@ class HyperNetwork(nn.Module):
         for bias_head in (self.down_b, self.up_b):
             _uniform_head(bias_head, init_scale * math.sqrt(3.0 / out_dim))
 
-    def forward(self, cond: Tensor, group_of: Tensor) -> GeneratedWeights:
+    def forward(self, cond: Tensor, group_of: Tensor | None = None) -> GeneratedWeights:
         """Weights for ``G`` condition vectors ``cond (G, cond_dim)`` and all layers at once.
 
-        ``group_of (B,)`` says which condition row each example of the batch uses.
+        ``group_of (B,)`` says which condition row each example of the batch uses; ``None`` means
+        one row per example, in batch order (HyperDecoder).
         """
         groups = cond.shape[0]
         layers = self.layer_embeddings.weight
@@ -82,5 +83,6 @@ class HyperNetwork(nn.Module):
             down_b=self.down_b(g),
             up_w=self.up_w(g).view(groups, self.num_layers, r, d),
             up_b=self.up_b(g),
-            group_of=group_of,
+            group_of=torch.arange(groups, device=cond.device) if group_of is None else group_of,
+            per_example=group_of is None,
         )

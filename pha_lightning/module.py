@@ -11,6 +11,8 @@ Training loss: ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (see :mod:`pha_lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -22,16 +24,17 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from pha_lightning.errors import ConfigError
-from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter
+from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter, TaskAdapterBank
 from pha_lightning.backbone import (
     attach_adapters,
     backbone_family,
-    freeze,
     hidden_size,
     load_backbone,
     load_tokenizer,
     num_blocks,
     resolve_backbone_path,
+    retrieval_site,
+    site_hidden_states,
 )
 from pha_lightning.hypernetwork import HyperNetwork
 from pha_lightning.losses import (
@@ -41,6 +44,7 @@ from pha_lightning.losses import (
     label_smoothed_cross_entropy,
     prototype_contrastive_loss,
 )
+from pha_lightning.methods import METHODS, Method, method_layout
 from pha_lightning.metrics import INVALID, build_task_metrics
 from pha_lightning.prototypes import PrototypeTable
 from pha_lightning.retriever import Retriever, masked_mean
@@ -55,6 +59,7 @@ class PHAModule(LightningModule):
     Args:
         backbone: hub id, local directory, or ``pypi:all-MiniLM-L6-v2`` (a model shipped in a package).
         tasks: task names, in the order of the task ids the data module emits (linked from ``data.tasks``).
+        method: ``pha`` or a baseline sharing its parts (see :mod:`pha_lightning.methods`).
         backbone_init: ``pretrained`` weights, or ``random`` init from the config (tests, cost studies).
         adapter_dim: adapter bottleneck ``r``.
         split_layer: encoder-only backbones: ``k``, blocks ``[0, k)`` get shared adapters and the
@@ -79,6 +84,7 @@ class PHAModule(LightningModule):
         self,
         backbone: str = "pypi:all-MiniLM-L6-v2",
         tasks: list[str] | None = None,
+        method: Method = "pha",
         backbone_init: Literal["pretrained", "random"] = "pretrained",
         adapter_dim: int = 64,
         split_layer: int | None = None,
@@ -105,6 +111,8 @@ class PHAModule(LightningModule):
         generation_max_length: int = 16,
     ) -> None:
         super().__init__()
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")
         if not tasks:
             raise ConfigError("PHAModule needs at least one task (model.tasks, linked from data.tasks)")
         if pro_denominator not in PRO_DENOMINATORS:
@@ -118,42 +126,65 @@ class PHAModule(LightningModule):
         self.task_objects: list[Task] = [get_task(name) for name in tasks]
         self.family = backbone_family(backbone)
         self.backbone = load_backbone(backbone, backbone_init)
-        freeze(self.backbone)
+        before, after = self._split_blocks(split_layer)
+        self.split_layer = before
+        self.layout = method_layout(method, before, after, contrastive=bool(lambda_ir or lambda_pro))
+        self.backbone.requires_grad_(self.layout.trains_backbone)
         self.backbone.train()  # from_pretrained returns eval mode; method.md keeps the FFN dropout in training
-        d_model = hidden_size(self.backbone)
-        num_shared, num_generated = self._split_blocks(split_layer)
-        self.split_layer = num_shared
-
-        self.adapter_context = AdapterContext()
-        self.shared_adapters = nn.ModuleList(
-            SharedAdapter(d_model, adapter_dim, shared_adapter_init_gain) for _ in range(num_shared)
-        )
-        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(num_generated)]
-        attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
-        self.retriever = Retriever(d_model, retriever_hidden_dim, retrieval_dim)
-        self.prototypes = PrototypeTable(len(tasks), retrieval_dim, prototype_init_std)
-        self.hypernetwork = HyperNetwork(
-            d_model,
-            adapter_dim,
-            num_generated,
-            cond_dim=retrieval_dim,
-            layer_emb_dim=layer_embedding_dim,
-            hidden_dim=hypernet_hidden_dim,
-            out_dim=hypernet_out_dim,
-            init_scale=hypernet_init_scale,
-            layer_norm_eps=hypernet_layer_norm_eps,
-        )
-        self.heads = (
-            nn.ModuleList(nn.Sequential(nn.Dropout(head_dropout), nn.Linear(d_model, t.num_labels)) for t in self.task_objects)
-            if self.family == "encoder"
-            else None
-        )
+        self._build_parts(hidden_size(self.backbone))
         self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
         self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
         self._eval_cache: dict[int, tuple[Tensor, ...]] = {}
         self._eval_cache_stamp: tuple | None = None
+        self._retrieval: _Retrieval | None = None
         #: the latest validation results, stored in each checkpoint as ``pha_val_metrics``
         self.last_val_metrics: dict[str, float] = {}
+
+    def _build_parts(self, d_model: int) -> None:
+        """Create the trainable parts the method's layout asks for and wire them into the backbone."""
+        hp, layout, num_tasks = self.hparams, self.layout, len(self.task_objects)
+        self.adapter_context = AdapterContext()
+        self.shared_adapters = nn.ModuleList(
+            SharedAdapter(d_model, hp.adapter_dim, hp.shared_adapter_init_gain) for _ in range(layout.shared)
+        )
+        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(layout.generated)]
+        if layout.shared or layout.generated:
+            attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
+        self.retriever = Retriever(d_model, hp.retriever_hidden_dim, hp.retrieval_dim) if layout.uses_retriever else None
+        if self.retriever is not None:
+            site = retrieval_site(self.backbone, self.family, self.split_layer)
+            site.register_forward_hook(self._at_retrieval_point)
+        # PHA's prototypes; for HyperFormer the same table is its learned task embedding
+        self.prototypes = (
+            PrototypeTable(num_tasks, hp.retrieval_dim, hp.prototype_init_std) if layout.source == "prototype" else None
+        )
+        self.task_adapters = (
+            TaskAdapterBank(num_tasks, layout.generated, d_model, hp.adapter_dim, hp.shared_adapter_init_gain)
+            if layout.source == "task_bank"
+            else None
+        )
+        self.hypernetwork = (
+            HyperNetwork(
+                d_model,
+                hp.adapter_dim,
+                layout.generated,
+                cond_dim=hp.retrieval_dim,
+                layer_emb_dim=hp.layer_embedding_dim,
+                hidden_dim=hp.hypernet_hidden_dim,
+                out_dim=hp.hypernet_out_dim,
+                init_scale=hp.hypernet_init_scale,
+                layer_norm_eps=hp.hypernet_layer_norm_eps,
+            )
+            if layout.source in ("prototype", "instance")
+            else None
+        )
+        self.heads = (
+            nn.ModuleList(
+                nn.Sequential(nn.Dropout(hp.head_dropout), nn.Linear(d_model, t.num_labels)) for t in self.task_objects
+            )
+            if self.family == "encoder"
+            else None
+        )
 
     # ------------------------------------------------------------------ structure
     @cached_property
@@ -177,11 +208,26 @@ class PHAModule(LightningModule):
 
     def on_fit_start(self) -> None:
         trainable, total = self.trainable_parameter_counts()
-        rank_zero_info(f"PHA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)")
+        rank_zero_info(
+            f"{self.hparams.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)"
+        )
         for logger in self.loggers:
             logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
 
     # ------------------------------------------------------------------ generated adapters
+    def batch_adapter_weights(self, task_ids: Tensor) -> GeneratedWeights | None:
+        """The generated (or per-task) adapter weights a batch needs before the backbone runs.
+
+        ``None`` when the method has no such adapters, or when they come from the examples
+        themselves (HyperDecoder: set at the retrieval point during the forward pass).
+        """
+        source = self.layout.source
+        if source == "prototype":
+            return self.generated_weights(task_ids)
+        if source == "task_bank":
+            return self.task_adapters(task_ids)
+        return None
+
     def generated_weights(self, task_ids: Tensor) -> GeneratedWeights:
         """Adapter weights for the tasks of a batch: the hypernetwork runs once per distinct task.
 
@@ -204,37 +250,50 @@ class PHAModule(LightningModule):
             self._eval_cache[task] = (w.down_w[0], w.down_b[0], w.up_w[0], w.up_b[0])
         return self._eval_cache[task]
 
+    def _at_retrieval_point(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        """Forward hook at the retrieval point: compute ``z``; HyperDecoder generates from it."""
+        state = self._retrieval
+        if state is None:  # the backbone was called directly, outside this module's forward
+            return
+        state.z = self.retriever(site_hidden_states(output), state.attention_mask)
+        if self.layout.source == "instance":
+            self.adapter_context.weights = self.hypernetwork(state.z)
+
+    def run_backbone(self, batch: dict[str, Tensor], call: Callable[[], Any]) -> tuple[Any, Tensor | None]:
+        """Run ``call`` (a backbone forward or ``generate``) with this batch's adapters in place.
+
+        Returns its output and the retrieval vectors ``z`` (``None`` for methods without a retriever).
+        """
+        self._retrieval = _Retrieval(batch["attention_mask"])
+        try:
+            with self.adapter_context.use(self.batch_adapter_weights(batch["task_ids"])):
+                output = call()
+            return output, self._retrieval.z
+        finally:
+            self._retrieval = None
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Run the backbone with PHA's adapters.
+        """Run the backbone with the method's adapters.
 
-        Returns the retrieval vectors ``z`` and, for T5, the decoder's ``lm_logits`` (teacher
-        forced on ``labels``); for encoder-only backbones, the ``pooled`` final states the task
-        heads read.
+        Returns the retrieval vectors ``z`` (when the method has a retriever) and, for T5, the
+        decoder's ``lm_logits`` (teacher forced on ``labels``); for encoder-only backbones, the
+        ``pooled`` final states the task heads read.
         """
-        weights = self.generated_weights(batch["task_ids"])
-        with self.adapter_context.use(weights):
-            if self.family == "seq2seq":
-                return self._seq2seq_forward(batch)
-            return self._encoder_forward(batch)
-
-    def _seq2seq_forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        labels = batch["labels"]
-        out = self.backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=self.backbone._shift_right(labels),
-        )
-        z = self.retriever(out.encoder_last_hidden_state, batch["attention_mask"])
-        return {"z": z, "lm_logits": out.logits}
-
-    def _encoder_forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.family == "seq2seq":
+            out, z = self.run_backbone(
+                batch,
+                lambda: self.backbone(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    decoder_input_ids=self.backbone._shift_right(batch["labels"]),
+                ),
+            )
+            return {"z": z, "lm_logits": out.logits}
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        out = self.backbone(**inputs, output_hidden_states=True)
-        mask = batch["attention_mask"]
-        z = self.retriever(out.hidden_states[self.split_layer], mask)
+        out, z = self.run_backbone(batch, lambda: self.backbone(**inputs))
         final = out.last_hidden_state
-        pooled = masked_mean(final, mask) if self.hparams.head_pooling == "mean" else final[:, 0]
+        pooled = masked_mean(final, batch["attention_mask"]) if self.hparams.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
 
     def _head_outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
@@ -272,6 +331,9 @@ class PHAModule(LightningModule):
         out = self(batch)
         hp = self.hparams
         terms = {"ce": self.task_loss(out, batch)}
+        if out["z"] is None or self.prototypes is None:  # baselines, and PHA with both weights 0
+            terms["loss"] = terms["ce"]
+            return terms
         if hp.lambda_ir:
             terms["l_ir"] = instance_contrastive_loss(out["z"], batch["task_ids"], hp.contrastive_temperature)
         if hp.lambda_pro:
@@ -301,8 +363,7 @@ class PHAModule(LightningModule):
         task_ids = batch["task_ids"]
         if self.family == "seq2seq":
             return self._generate_values(batch)
-        with self.adapter_context.use(self.generated_weights(task_ids)):
-            out = self._encoder_forward(batch)
+        out = self(batch)
         preds = torch.empty(len(task_ids), device=task_ids.device)
         for task, (idx, head_out) in self._head_outputs(out["pooled"], task_ids)[0].items():
             value = head_out.squeeze(-1) if self.task_objects[task].is_regression else head_out.argmax(-1)
@@ -311,14 +372,16 @@ class PHAModule(LightningModule):
 
     def generate_texts(self, batch: dict[str, Tensor]) -> list[str]:
         """Greedy generation (T5 path) with each example's task adapters."""
-        with self.adapter_context.use(self.generated_weights(batch["task_ids"])):
-            tokens = self.backbone.generate(
+        tokens, _ = self.run_backbone(
+            batch,
+            lambda: self.backbone.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 max_new_tokens=self.hparams.generation_max_length,
                 num_beams=1,
                 do_sample=False,
-            )
+            ),
+        )
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def _generate_values(self, batch: dict[str, Tensor]) -> Tensor:
@@ -399,6 +462,14 @@ class PHAModule(LightningModule):
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
+
+
+@dataclass
+class _Retrieval:
+    """What the retrieval-point hook needs from, and gives back to, one forward pass."""
+
+    attention_mask: Tensor
+    z: Tensor | None = None
 
 
 def _label_string(task: Task, value: float) -> str | None:

@@ -26,8 +26,7 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
         d_model=32,
         d_ff=64,
         d_kv=8,
-        num_layers=2,
-        num_decoder_layers=3,
+        num_layers=2,  # decoder depth follows; transformers' generation cache assumes equal depths
         num_heads=4,
         decoder_start_token_id=tokenizer.pad_token_id,
         pad_token_id=tokenizer.pad_token_id,

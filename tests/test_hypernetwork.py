@@ -88,3 +88,20 @@ def test_head_initialisation_follows_method_bounds() -> None:
     for head in (hyper.down_w, hyper.down_b, hyper.up_w, hyper.up_b):
         assert torch.count_nonzero(head.bias) == 0
     assert hyper.trunk[-1].eps == 1e-6
+
+
+def test_per_example_generation_equals_a_loop() -> None:
+    """HyperDecoder's path: one weight set per example, applied as one batched matmul."""
+    hyper, _ = _models()
+    cond = torch.randn(5, 64, dtype=torch.float64)
+    x = torch.randn(5, 3, D_MODEL, dtype=torch.float64)
+    weights = hyper(cond)
+    assert weights.per_example
+    out = apply_grouped(x, weights, layer=0)
+    rows = []
+    for i in range(5):
+        w = hyper(cond[i : i + 1], torch.zeros(1, dtype=torch.long))
+        rows.append(apply_bottleneck(x[i], w.down_w[0, 0], w.down_b[0, 0], w.up_w[0, 0], w.up_b[0, 0]))
+    torch.testing.assert_close(out, torch.stack(rows), rtol=1e-10, atol=1e-12)
+    beams = x.repeat_interleave(2, dim=0)  # generate() with 2 beams: copies are contiguous
+    torch.testing.assert_close(apply_grouped(beams, weights, layer=0), torch.stack(rows).repeat_interleave(2, dim=0))

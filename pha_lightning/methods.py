@@ -1,0 +1,56 @@
+"""PHA and its baselines as layouts of the same parts (method.md, "Baselines of the same family").
+
+Every method runs through the same module, data path and evaluation; they differ only in which
+blocks get which kind of adapter and where generated weights come from:
+
+=============== ========================= ============================== ========================
+method          blocks before the split   blocks after the split         generated from
+=============== ========================= ============================== ========================
+``pha``         shared adapters           generated adapters             task prototype
+``adapter``     shared adapters           shared adapters                —
+``task_adapter`` one adapter set per task  one adapter set per task       —
+``hyperformer`` generated adapters        generated adapters             learned task embedding
+``hyperdecoder`` shared adapters          generated adapters             the example's own z
+``finetune``    no adapters, backbone trained                            —
+=============== ========================= ============================== ========================
+
+"The split" is the retrieval point: T5's encoder/decoder boundary, or block ``k`` of an encoder.
+PHA's ablations are PHA with ``lambda_ir = 0`` and/or ``lambda_pro = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pha_lightning.errors import ConfigError
+
+Method = Literal["pha", "adapter", "task_adapter", "hyperformer", "hyperdecoder", "finetune"]
+METHODS: tuple[str, ...] = ("pha", "adapter", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each kind of adapter goes, for a backbone with ``before + after`` blocks."""
+
+    shared: int  # blocks [0, shared) get shared adapters
+    generated: int  # the following blocks get generated (or per-task) adapters
+    source: Literal["none", "prototype", "task_bank", "instance"]
+    uses_retriever: bool
+    trains_backbone: bool = False
+
+
+def method_layout(method: str, before: int, after: int, contrastive: bool) -> Layout:
+    """The layout of ``method``; ``contrastive`` says whether PHA has a non-zero L_IR or L_Pro weight."""
+    total = before + after
+    layouts = {
+        "pha": Layout(before, after, "prototype", uses_retriever=contrastive),
+        "adapter": Layout(total, 0, "none", uses_retriever=False),
+        "task_adapter": Layout(0, total, "task_bank", uses_retriever=False),
+        "hyperformer": Layout(0, total, "prototype", uses_retriever=False),
+        "hyperdecoder": Layout(before, after, "instance", uses_retriever=True),
+        "finetune": Layout(0, 0, "none", uses_retriever=False, trains_backbone=True),
+    }
+    if method not in layouts:
+        raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    return layouts[method]
