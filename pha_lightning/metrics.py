@@ -13,6 +13,17 @@ as wrong:
   of the target". Every finite value is a real prediction, even outside the range.
 
 ``INVALID`` is NaN rather than ``-1.0`` because ``-1.0`` is a legitimate regression output.
+
+Metric names a task may ask for (``Task.metric_names``):
+
+* ``accuracy``; ``matthews``; ``f1`` (binary: F1 of the positive class, index 1; more classes:
+  macro-averaged); ``macro_f1`` (always macro-averaged, CB);
+* ``f1a`` (MultiRC: binary F1 over all answer options) and ``em`` (MultiRC: exact match per
+  question — a question counts only if every one of its answer options is right). ``em`` needs
+  the question id of every example: its ``update(preds, target, groups)`` takes a long tensor
+  ``groups``; a ``MetricCollection`` passes ``groups=`` only to the metrics whose ``update``
+  accepts it, so one call ``collection.update(preds, target, groups=…)`` serves every metric;
+* regression: ``pearson``, ``spearman``.
 """
 
 from __future__ import annotations
@@ -36,7 +47,9 @@ from pha_lightning.tasks import Task
 #: Marks a generated string that parsed to no valid label or value.
 INVALID = float("nan")
 
-CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews")
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "matthews", "f1a", "em")
+#: Metrics defined for binary tasks only.
+BINARY_METRICS: tuple[str, ...] = ("f1a", "em")
 REGRESSION_METRICS: tuple[str, ...] = ("pearson", "spearman")
 
 
@@ -114,6 +127,49 @@ class TaskBinaryF1(_ClassPercent, BinaryF1Score):
     num_classes = 2
 
 
+class TaskGroupExactMatch(Metric):
+    """Exact match per group ×100 (MultiRC: per question): a group scores 1 if every one of its
+    examples is predicted right. Invalid predictions are wrong.
+
+    Keeps every (prediction, target, group) until ``compute``; evaluation splits are small
+    (MultiRC's dev half: about 2 400 answer options). Under DDP the lists are concatenated over
+    ranks; a group seen on several ranks is still scored once, as all of its examples together.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("correct", default=[], dist_reduce_fx="cat")
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor, groups: Tensor | None = None) -> None:
+        if groups is None:
+            raise ValueError(
+                "exact match per group needs groups= (one group id per example, e.g. MultiRC's question); "
+                "pass the batch's 'groups' tensor to update"
+            )
+        if groups.shape != target.shape:
+            raise ValueError(f"groups has shape {tuple(groups.shape)}, target {tuple(target.shape)}; they must match")
+        preds, target = class_predictions(preds, target, self.num_classes)
+        self.correct.append(preds == target)
+        self.groups.append(groups.long())
+
+    def compute(self) -> Tensor:
+        correct, groups = self.correct, self.groups
+        if isinstance(correct, list):  # not synced: still a list of batch tensors
+            if not correct:
+                return torch.tensor(float("nan"))
+            correct, groups = torch.cat(correct), torch.cat(groups)
+        _, group_index = torch.unique(groups, return_inverse=True)
+        wrong = torch.zeros(int(group_index.max()) + 1, dtype=torch.long, device=correct.device)
+        wrong.scatter_add_(0, group_index, (~correct).long())
+        return (wrong == 0).float().mean() * 100
+
+
 class _RegressionPercent(_Percent):
     def __init__(self, target_range: tuple[float, float]) -> None:
         super().__init__()
@@ -146,13 +202,18 @@ def _build_metric(name: str, task: Task) -> Metric:
         return TaskAccuracy(task.num_labels)
     if name == "matthews":
         return TaskMatthews(task.num_labels)
+    if name == "macro_f1":
+        return TaskMacroF1(task.num_labels)
+    if name == "em":
+        return TaskGroupExactMatch(task.num_labels)
     return TaskBinaryF1() if task.num_labels == 2 else TaskMacroF1(task.num_labels)
 
 
 def build_task_metrics(task: Task) -> MetricCollection:
     """``task.metric_names`` as one collection; ``compute()`` gives ``{name: value × 100}``.
 
-    Binary F1 scores the positive class (label index 1); multi-class F1 is macro-averaged (CB).
+    Binary F1 (``f1``, ``f1a``) scores the positive class (label index 1); multi-class ``f1`` and
+    ``macro_f1`` are macro-averaged (CB); ``em`` needs ``groups=`` in ``update``.
     The collection orders its keys by name, not as in ``metric_names``.
     """
     valid = REGRESSION_METRICS if task.is_regression else CLASSIFICATION_METRICS
@@ -162,6 +223,9 @@ def build_task_metrics(task: Task) -> MetricCollection:
         raise ConfigError(
             f"task {task.name!r} asks for metrics {list(task.metric_names)}; valid {kind} metrics: {list(valid)}"
         )
+    binary_only = [name for name in task.metric_names if name in BINARY_METRICS]
+    if binary_only and task.num_labels != 2:
+        raise ConfigError(f"task {task.name!r}: metrics {binary_only} need a binary task, it has {task.num_labels} labels")
     if task.is_regression and task.target_range is None:
         raise ConfigError(f"regression task {task.name!r} needs a target_range to score invalid predictions")
     return MetricCollection({name: _build_metric(name, task) for name in task.metric_names}, compute_groups=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from pha_lightning.errors import ConfigError
 
@@ -19,7 +20,7 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 #: Modules whose import registers built-in tasks. They are imported lazily on the first registry
 #: lookup, because they import this module themselves (a top-level import would be circular).
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("pha_lightning.synthetic",)
+BUILTIN_TASK_MODULES: tuple[str, ...] = ("pha_lightning.synthetic", "pha_lightning.glue")
 
 #: Regression targets of the text-to-text path are rounded to this step (data.md: STS-B uses 0.2;
 #: earlier codebases rounded to 0.1 by mistake).
@@ -72,6 +73,32 @@ class Task(ABC):
         ``source_options`` carries where the data comes from (a data directory, a hub name, …);
         each task reads the options it understands.
         """
+
+    def load_splits(self, splits: Sequence[str], **source_options: object) -> dict[str, list[dict]]:
+        """Records of several splits at once; tasks whose splits share files override this to read
+        each file only once. The data module always calls this."""
+        return {split: self.load_split(split, **source_options) for split in splits}
+
+    def group_of(self, record: dict) -> int | None:
+        """Id of the record's metric group (e.g. MultiRC's question, for exact match), or ``None``.
+
+        The data module stores it as the ``groups`` column of the evaluation batches.
+        """
+        return None
+
+    def rank_candidates(self) -> tuple[str, ...]:
+        """Every valid target string, for rank classification (scoring candidates, no generation).
+
+        Classification: the label strings. Regression: the grid of rounded values over
+        ``target_range`` in steps of :data:`REGRESSION_TARGET_STEP` (STS-B: ``"0.0" … "5.0"``).
+        """
+        if not self.is_regression:
+            return self.label_names
+        if self.target_range is None:
+            raise ConfigError(f"regression task {self.name!r} has no target_range to enumerate candidates from")
+        low, high = self.target_range
+        steps = round((high - low) / REGRESSION_TARGET_STEP)
+        return tuple(dict.fromkeys(format_regression_target(low + i * REGRESSION_TARGET_STEP) for i in range(steps + 1)))
 
     def encoder_text(self, record: dict) -> tuple[str, str | None]:
         """Text, or text pair, fed to an encoder-only backbone's tokenizer."""
