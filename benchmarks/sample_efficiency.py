@@ -1,0 +1,214 @@
+"""The paper's sample-efficiency study: methods × n_train × seeds, each run through the ``pha`` CLI.
+
+    python benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml \\
+        --methods adapter hyperformer hyperdecoder pha --n-train 100 500 --seeds 0 1 2 \\
+        --output-dir benchmarks/results/sample_efficiency -- --data.data_dir ../shared/data
+
+Every run is its own ``pha fit … --test_after_fit true`` process; its per-task test metrics, the
+resolved config, the git commit, trainable parameters and wall time are appended to
+``runs.jsonl``. Runs already in that file are skipped, so an interrupted grid resumes where it
+stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``plot.png``
+(average test score against n_train per method, as the paper's Figure 2) are written from all
+the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
+
+Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, ``hyperformer``,
+``hyperdecoder``, ``finetune``) plus PHA's ablations ``pha_no_ir``, ``pha_no_pro`` and
+``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0). HyperFormer runs use one task per batch, as
+the original (``--data.sampling task``); the other methods use mixed batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+METHOD_ARGS: dict[str, list[str]] = {
+    "pha": ["--model.method=pha"],
+    "pha_no_ir": ["--model.method=pha", "--model.lambda_ir=0"],
+    "pha_no_pro": ["--model.method=pha", "--model.lambda_pro=0"],
+    "pha_no_contrastive": ["--model.method=pha", "--model.lambda_ir=0", "--model.lambda_pro=0"],
+    "adapter": ["--model.method=adapter"],
+    "task_adapter": ["--model.method=task_adapter"],
+    "hyperformer": ["--model.method=hyperformer", "--data.sampling=task"],
+    "hyperdecoder": ["--model.method=hyperdecoder"],
+    "finetune": ["--model.method=finetune"],
+}
+
+
+def run_id(method: str, n_train: int, seed: int) -> str:
+    return f"{method}-n{n_train}-s{seed}"
+
+
+def finished_runs(jsonl: Path) -> dict[str, dict]:
+    if not jsonl.exists():
+        return {}
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    return {row["run_id"]: row for row in rows}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+
+
+def pha_command() -> list[str]:
+    script = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
+    if script is None:
+        raise SystemExit("the pha command is not installed: pip install -e . (or make install)")
+    return [script]
+
+
+def trainable_parameters(checkpoint: Path) -> int:
+    """Checkpoints hold exactly the trainable weights."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return sum(t.numel() for t in state.values())
+
+
+def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace) -> dict:
+    """Train and test one configuration in its own ``pha`` process; return its JSONL row."""
+    rid = run_id(method, n_train, seed)
+    root = args.output_dir / "runs" / rid
+    if root.exists():
+        shutil.rmtree(root)  # a run interrupted half-way starts over
+    cmd = [
+        *pha_command(), "fit", f"--config={args.config}", *METHOD_ARGS[method], f"--data.n_train={n_train}",
+        f"--seed_everything={seed}", "--test_after_fit=true", f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false", *args.extra,
+    ]
+    start = time.time()
+    log = root.with_suffix(".log")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"run {rid} failed (exit {result.returncode}); see {log}")
+    log_dir = next(root.rglob("test_metrics.json")).parent
+    best = next(p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt")
+    return {
+        "run_id": rid,
+        "method": method,
+        "n_train": n_train,
+        "seed": seed,
+        "test": json.loads((log_dir / "test_metrics.json").read_text()),
+        "trainable_params": trainable_parameters(best),
+        "wall_time_s": round(time.time() - start, 1),
+        "git_commit": git_commit(),
+        "command": cmd,
+        "config": (log_dir / "config.yaml").read_text() if (log_dir / "config.yaml").exists() else None,
+    }
+
+
+def task_scores(row: dict) -> dict[str, float]:
+    """Each task's mean test metric (the quantity ``test/avg`` averages), plus ``avg``."""
+    per_task: dict[str, list[float]] = {}
+    for key, value in row["test"].items():
+        parts = key.split("/")
+        if len(parts) == 3:
+            per_task.setdefault(parts[1], []).append(value)
+    scores = {task: statistics.mean(values) for task, values in per_task.items()}
+    scores["avg"] = row["test"]["test/avg"]
+    return scores
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def summarise(rows: list[dict]) -> dict[tuple[str, int], dict[str, list[float]]]:
+    groups: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for row in rows:
+        cell = groups.setdefault((row["method"], row["n_train"]), {})
+        for task, score in task_scores(row).items():
+            cell.setdefault(task, []).append(score)
+    return groups
+
+
+def write_table(rows: list[dict], path: Path) -> str:
+    groups = summarise(rows)
+    tasks = sorted({t for cell in groups.values() for t in cell if t != "avg"})
+    params = {row["method"]: row["trainable_params"] for row in rows}
+    header = ["method", "n_train", "seeds", "trainable params", *tasks, "avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (method, n_train), cell in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        values = [_mean_std(cell[t]) if t in cell else "—" for t in [*tasks, "avg"]]
+        lines.append(f"| {method} | {n_train} | {len(cell['avg'])} | {params[method]:,} | " + " | ".join(values) + " |")
+    text = "Test metrics ×100, mean ± std over seeds (each task's mean metric; avg = mean over tasks).\n\n" + "\n".join(lines)
+    path.write_text(text + "\n")
+    return text
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = summarise(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({m for m, _ in groups}):
+        sizes = sorted(n for m, n in groups if m == method)
+        means = [statistics.mean(groups[(method, n)]["avg"]) for n in sizes]
+        stds = [statistics.stdev(groups[(method, n)]["avg"]) if len(groups[(method, n)]["avg"]) > 1 else 0 for n in sizes]
+        ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples per task (n_train)")
+    ax.set_ylabel("average test score")
+    ax.set_title("Sample efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base pha config (task set, backbone, steps)")
+    parser.add_argument("--methods", nargs="+", default=["adapter", "hyperformer", "hyperdecoder", "pha"], choices=list(METHOD_ARGS))
+    parser.add_argument("--n-train", nargs="+", type=int, default=[100, 500, 1000])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/sample_efficiency"))
+    parser.add_argument("--report-only", action="store_true", help="only rewrite table.md and plot.png from runs.jsonl")
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = args.output_dir / "runs.jsonl"
+    if not args.report_only:
+        grid = [(m, n, s) for n in args.n_train for m in args.methods for s in args.seeds]
+        for index, (method, n_train, seed) in enumerate(grid, 1):
+            rid = run_id(method, n_train, seed)
+            if rid in finished_runs(jsonl):
+                print(f"[{index}/{len(grid)}] {rid}: done already, skipped", flush=True)
+                continue
+            row = run_one(method, n_train, seed, args)
+            with jsonl.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(f"[{index}/{len(grid)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s", flush=True)
+    rows = list(finished_runs(jsonl).values())
+    if not rows:
+        raise SystemExit(f"no finished runs in {jsonl}")
+    print(write_table(rows, args.output_dir / "table.md"))
+    write_plot(rows, args.output_dir / "plot.png")
+    print(f"wrote {args.output_dir / 'table.md'} and {args.output_dir / 'plot.png'}")
+
+
+if __name__ == "__main__":
+    main()
