@@ -79,7 +79,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     model = PHAModule(backbone=backbone, tasks=TASKS, method=method.replace("_per_example", ""), backbone_init=init)
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
-        model.batch_adapter_weights = lambda task_ids: model.hypernetwork(model.prototypes.weight.index_select(0, task_ids))
+        model.batch_adapter_weights = lambda task_ids: model.hypernetwork(model.prototypes(task_ids))
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = make_batch(model, args.batch_size, args.seq_len, device)

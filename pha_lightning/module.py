@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -49,6 +49,15 @@ from pha_lightning.metrics import INVALID, build_task_metrics
 from pha_lightning.prototypes import PrototypeTable
 from pha_lightning.retriever import Retriever, masked_mean
 from pha_lightning.tasks import Task, get_task
+from pha_lightning.transfer import (
+    ARCHITECTURE_KEYS,
+    TransferConfig,
+    format_rankings,
+    initialize_new_tasks,
+    read_source,
+    set_trainable,
+    source_state,
+)
 
 HEAD_POOLINGS = ("mean", "cls")
 
@@ -78,6 +87,8 @@ class PHAModule(LightningModule):
             states over real tokens (or the ``cls`` token) through dropout.
         learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
         generation_max_length: T5 path, the most tokens generated at evaluation.
+        transfer: adapt a trained PHA checkpoint to ``tasks`` as new tasks (few-shot transfer,
+            see :mod:`pha_lightning.transfer`); its architecture comes from that checkpoint.
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class PHAModule(LightningModule):
         warmup_steps: int = 500,
         adam_epsilon: float = 1e-8,
         generation_max_length: int = 16,
+        transfer: TransferConfig | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -121,19 +133,36 @@ class PHAModule(LightningModule):
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
         if contrastive_temperature <= 0:
             raise ConfigError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
-        self.save_hyperparameters()
-        self.strict_loading = False  # checkpoints hold only the trainable parameters
-        self.task_objects: list[Task] = [get_task(name) for name in tasks]
+        if isinstance(transfer, dict):  # as stored in a checkpoint's hyperparameters
+            transfer = TransferConfig(**transfer)
+        self.save_hyperparameters(ignore=["transfer"])
+        self.hparams["transfer"] = asdict(transfer) if transfer else None  # plain data: loads with weights_only
+        self.strict_loading = False  # checkpoints hold no frozen backbone weight
+        self.transfer = transfer
+        source = read_source(transfer, backbone, tasks) if transfer else None
+        source_tasks = source["hyper_parameters"]["tasks"] if source else []
+        if source:
+            if method != "pha":
+                raise ConfigError(f"transfer trains a PHA model; got method {method!r}")
+            self.hparams.update({key: source["hyper_parameters"][key] for key in ARCHITECTURE_KEYS})
+            split_layer = self.hparams.split_layer
+        #: new tasks (the data module's ids) first, then the source tasks of a transfer
+        self.task_objects: list[Task] = [get_task(name) for name in [*tasks, *source_tasks]]
+        self.num_new_tasks = len(tasks)
         self.family = backbone_family(backbone)
-        self.backbone = load_backbone(backbone, backbone_init)
+        self.backbone = load_backbone(backbone, self.hparams.backbone_init)
         before, after = self._split_blocks(split_layer)
         self.split_layer = before
         self.layout = method_layout(method, before, after, contrastive=bool(lambda_ir or lambda_pro))
         self.backbone.requires_grad_(self.layout.trains_backbone)
         self.backbone.train()  # from_pretrained returns eval mode; method.md keeps the FFN dropout in training
         self._build_parts(hidden_size(self.backbone))
-        self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
-        self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in self.task_objects})
+        if source:
+            self.load_state_dict(source_state(source["state_dict"], self.num_new_tasks), strict=False)
+            set_trainable(self, transfer.tune, self.num_new_tasks)
+        evaluated = self.task_objects[: self.num_new_tasks]
+        self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
+        self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
         self._eval_cache: dict[int, tuple[Tensor, ...]] = {}
         self._eval_cache_stamp: tuple | None = None
         self._retrieval: _Retrieval | None = None
@@ -155,8 +184,11 @@ class PHAModule(LightningModule):
             site = retrieval_site(self.backbone, self.family, self.split_layer)
             site.register_forward_hook(self._at_retrieval_point)
         # PHA's prototypes; for HyperFormer the same table is its learned task embedding
+        num_added = self.num_new_tasks if self.transfer else 0
         self.prototypes = (
-            PrototypeTable(num_tasks, hp.retrieval_dim, hp.prototype_init_std) if layout.source == "prototype" else None
+            PrototypeTable(num_tasks, hp.retrieval_dim, hp.prototype_init_std, num_added)
+            if layout.source == "prototype"
+            else None
         )
         self.task_adapters = (
             TaskAdapterBank(num_tasks, layout.generated, d_model, hp.adapter_dim, hp.shared_adapter_init_gain)
@@ -207,6 +239,10 @@ class PHAModule(LightningModule):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def on_fit_start(self) -> None:
+        if self.transfer and self.trainer.ckpt_path is None:  # not when resuming a transfer run
+            # every rank sees all support examples and the same seed, so all ranks start alike
+            rankings = initialize_new_tasks(self, self.trainer.datamodule.task_dataloaders("train"))
+            rank_zero_info(f"transfer ({self.transfer.init}) — source tasks ranked by retrieval:\n{format_rankings(rankings)}")
         trainable, total = self.trainable_parameter_counts()
         rank_zero_info(
             f"{self.hparams.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)"
@@ -236,17 +272,18 @@ class PHAModule(LightningModule):
         """
         tasks, group_of = torch.unique(task_ids, return_inverse=True)
         if torch.is_grad_enabled():
-            return self.hypernetwork(self.prototypes.weight.index_select(0, tasks), group_of)
+            return self.hypernetwork(self.prototypes(tasks), group_of)
         cached = [self._cached_task_weights(int(t)) for t in tasks.tolist()]
         return GeneratedWeights(*(torch.stack(parts) for parts in zip(*cached)), group_of=group_of)
 
     def _cached_task_weights(self, task: int) -> tuple[Tensor, ...]:
-        params = [*self.hypernetwork.parameters(), self.prototypes.weight]
+        params = [*self.hypernetwork.parameters(), *self.prototypes.parameters()]
         stamp = (torch.is_autocast_enabled(self.device.type), *((p.data_ptr(), p._version) for p in params))
         if stamp != self._eval_cache_stamp:
             self._eval_cache, self._eval_cache_stamp = {}, stamp
         if task not in self._eval_cache:
-            w = self.hypernetwork(self.prototypes.weight[task : task + 1], torch.zeros(1, dtype=torch.long, device=self.device))
+            rows = torch.tensor([task], device=self.device)
+            w = self.hypernetwork(self.prototypes(rows), torch.zeros(1, dtype=torch.long, device=self.device))
             self._eval_cache[task] = (w.down_w[0], w.down_b[0], w.up_w[0], w.up_b[0])
         return self._eval_cache[task]
 
@@ -271,6 +308,20 @@ class PHAModule(LightningModule):
             return output, self._retrieval.z
         finally:
             self._retrieval = None
+
+    def retrieval_forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Retrieval vectors ``z`` of a batch, running no more than they need.
+
+        T5: the encoder alone. Encoder-only backbones run whole (the retrieval point is mid-stack).
+        """
+        if self.retriever is None:
+            raise ConfigError(f"method {self.hparams.method!r} (with these loss weights) has no retriever")
+        if self.family == "seq2seq":
+            call = lambda: self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # noqa: E731
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            call = lambda: self.backbone(**inputs)  # noqa: E731
+        return self.run_backbone(batch, call)[1]
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -338,7 +389,7 @@ class PHAModule(LightningModule):
             terms["l_ir"] = instance_contrastive_loss(out["z"], batch["task_ids"], hp.contrastive_temperature)
         if hp.lambda_pro:
             terms["l_pro"] = prototype_contrastive_loss(
-                out["z"], self.prototypes.weight, batch["task_ids"], hp.contrastive_temperature, hp.pro_denominator
+                out["z"], self.prototypes.table(), batch["task_ids"], hp.contrastive_temperature, hp.pro_denominator
             )
         terms["loss"] = terms["ce"] + hp.lambda_ir * terms.get("l_ir", 0.0) + hp.lambda_pro * terms.get("l_pro", 0.0)
         return terms
@@ -443,12 +494,17 @@ class PHAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
-    def trainable_state_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+    def saved_state_keys(self) -> set[str]:
+        """What a checkpoint holds: every parameter outside the backbone, and trained backbone weights.
+
+        Frozen PHA parts of a transfer (the source tasks' weights) are kept too: they cannot be
+        rebuilt from the hub like the backbone.
+        """
+        return {name for name, p in self.named_parameters() if p.requires_grad or not name.startswith("backbone.")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trainable weights; record how to rebuild the frozen backbone."""
-        keep = self.trainable_state_keys()
+        """Drop the frozen backbone weights; record how to rebuild the backbone."""
+        keep = self.saved_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["pha_backbone"] = {
             "name": self.hparams.backbone,
@@ -459,7 +515,7 @@ class PHAModule(LightningModule):
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
+        missing = sorted(self.saved_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
 

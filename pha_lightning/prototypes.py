@@ -11,24 +11,35 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from pha_lightning.errors import ConfigError
+
 
 class PrototypeTable(nn.Module):
-    """``K ∈ R^{num_tasks × dim}``, initialised N(0, init_std²)."""
+    """``K ∈ R^{num_tasks × dim}``, initialised N(0, init_std²).
 
-    def __init__(self, num_tasks: int, dim: int = 64, init_std: float = 1.0) -> None:
+    For transfer to new tasks the first ``num_added`` rows live in their own parameter
+    (``added``), so that they can be tuned while the source tasks' rows (``weight``) stay fixed.
+    """
+
+    def __init__(self, num_tasks: int, dim: int = 64, init_std: float = 1.0, num_added: int = 0) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        self.weight = nn.Parameter(torch.randn(num_tasks, dim) * init_std)
+        if not 0 <= num_added < num_tasks:
+            raise ConfigError(f"need 0 <= num_added < num_tasks, got num_added={num_added}, num_tasks={num_tasks}")
+        self.weight = nn.Parameter(torch.randn(num_tasks - num_added, dim) * init_std)
+        self.added = nn.Parameter(torch.randn(num_added, dim) * init_std) if num_added else None
 
     @property
     def num_tasks(self) -> int:
-        return self.weight.shape[0]
+        return self.weight.shape[0] + (0 if self.added is None else self.added.shape[0])
+
+    def table(self) -> Tensor:
+        """All rows, raw (un-normalised), in task-id order."""
+        return self.weight if self.added is None else torch.cat([self.added, self.weight])
 
     def forward(self, task_ids: Tensor) -> Tensor:
-        """Raw (un-normalised) rows, as the hypernetwork consumes them."""
-        return self.weight.index_select(0, task_ids)
+        """Raw rows of ``task_ids``, as the hypernetwork consumes them."""
+        return self.table().index_select(0, task_ids)
 
     def normalized(self) -> Tensor:
         """Row-wise unit vectors k̂, as the losses and retrieval use them."""
-        return F.normalize(self.weight, dim=-1)
+        return F.normalize(self.table(), dim=-1)

@@ -127,7 +127,7 @@ def test_retriever_identifies_tasks_after_short_training(data: PHADataModule) ->
     _trainer(max_steps=40).fit(model, datamodule=data)
     model.eval()
     correct = total = 0
-    prototypes = F.normalize(model.prototypes.weight, dim=-1)
+    prototypes = model.prototypes.normalized()
     with torch.no_grad():
         for loader in data.val_dataloader():
             for batch in loader:

@@ -1,0 +1,205 @@
+"""Few-shot transfer to new tasks through the retriever (method.md, "Inference": a new task).
+
+A trained PHA model meets a new task with a handful of examples. The retriever embeds them, the
+mean normalised vector is scored against every source prototype by cosine, and the new task's
+prototype starts from the best-scoring row (``top1``, the paper's procedure), from a
+softmax-weighted mix of the ``m`` best rows (``mix``: a new task may relate to several source
+tasks), from the mean of all rows (``mean``) or at random (``random``); then a short tuning on the
+support examples follows. What is tuned is configurable (:data:`TUNE_MODES`).
+
+Inside the module the new tasks come first (their ids are the data module's ids) and the source
+tasks follow; the source tasks' weights are loaded from their checkpoint and stay fixed unless
+``tune`` includes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from pha_lightning.errors import ConfigError, PHAError
+
+if TYPE_CHECKING:
+    from pha_lightning.module import PHAModule
+
+Init = Literal["top1", "mix", "mean", "random"]
+Tune = Literal["prototype", "hypernetwork", "all"]
+INITS: tuple[str, ...] = ("top1", "mix", "mean", "random")
+#: ``prototype``: the new rows (and, for encoder backbones, the new task heads) only;
+#: ``hypernetwork``: plus the hypernetwork; ``all``: every PHA parameter, source rows and heads too.
+TUNE_MODES: tuple[str, ...] = ("prototype", "hypernetwork", "all")
+#: Hyperparameters that define the shapes of a PHA model: a transferred model takes them from its source.
+ARCHITECTURE_KEYS: tuple[str, ...] = (
+    "backbone_init",
+    "adapter_dim",
+    "split_layer",
+    "retriever_hidden_dim",
+    "retrieval_dim",
+    "layer_embedding_dim",
+    "hypernet_hidden_dim",
+    "hypernet_out_dim",
+    "hypernet_layer_norm_eps",
+    "head_pooling",
+)
+
+
+@dataclass
+class TransferConfig:
+    """How to adapt a trained PHA checkpoint to the tasks being trained now.
+
+    Args:
+        checkpoint: the multi-task PHA checkpoint whose tasks are the sources.
+        init: how the new prototypes start: ``top1``, ``mix``, ``mean`` or ``random``.
+        mix_top_m: ``mix``: how many of the best-scoring source rows are mixed.
+        mix_temperature: ``mix``: softmax temperature over their cosine scores.
+        tune: which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see TUNE_MODES).
+    """
+
+    checkpoint: str
+    init: Init = "top1"
+    mix_top_m: int = 3
+    mix_temperature: float = 0.1
+    tune: Tune = "prototype"
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"unknown transfer init {self.init!r}; valid: {list(INITS)}")
+        if self.tune not in TUNE_MODES:
+            raise ConfigError(f"unknown transfer tune {self.tune!r}; valid: {list(TUNE_MODES)}")
+        if self.mix_top_m < 1:
+            raise ConfigError(f"mix_top_m must be >= 1, got {self.mix_top_m}")
+        if self.mix_temperature <= 0:
+            raise ConfigError(f"mix_temperature must be > 0, got {self.mix_temperature}")
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a PHA checkpoint without unpickling arbitrary objects; a bad file is a clear error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PHAError(f"checkpoint {path!r} does not exist") from None
+    except Exception as err:  # truncated, corrupt, or not a checkpoint at all
+        raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise PHAError(f"{path!r} is not a pha checkpoint (no state_dict / hyper_parameters)")
+    return checkpoint
+
+
+def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> dict:
+    """The source checkpoint, checked against what the transfer asks for."""
+    source = read_checkpoint(config.checkpoint)
+    hparams = source["hyper_parameters"]
+    if hparams.get("method", "pha") != "pha":
+        raise ConfigError(f"transfer needs a PHA checkpoint; {config.checkpoint!r} was trained with method {hparams['method']!r}")
+    if hparams["backbone"] != backbone:
+        raise ConfigError(
+            f"checkpoint {config.checkpoint!r} was trained on backbone {hparams['backbone']!r}, "
+            f"but the config asks for {backbone!r}"
+        )
+    overlap = sorted(set(new_tasks) & set(hparams["tasks"]))
+    if overlap:
+        raise ConfigError(f"tasks {overlap} are already source tasks of {config.checkpoint!r}; transfer adds new tasks")
+    return source
+
+
+def source_state(state_dict: dict[str, Tensor], num_new: int) -> dict[str, Tensor]:
+    """The source weights under the transferred model's names: task heads move past the new tasks."""
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("heads."):
+            _, index, rest = key.split(".", 2)
+            key = f"heads.{int(index) + num_new}.{rest}"
+        renamed[key] = value
+    return renamed
+
+
+def set_trainable(model: PHAModule, tune: Tune, num_new: int) -> None:
+    """Freeze everything, then unfreeze what ``tune`` names (new rows and new heads always)."""
+    model.requires_grad_(False)
+    model.prototypes.added.requires_grad_(True)
+    if model.heads is not None:
+        model.heads[:num_new].requires_grad_(True)
+    if tune == "hypernetwork":
+        model.hypernetwork.requires_grad_(True)
+    if tune == "all":
+        for part in (model.shared_adapters, model.hypernetwork, model.retriever, model.prototypes, model.heads):
+            if part is not None:
+                part.requires_grad_(True)
+
+
+@torch.no_grad()
+def retrieval_vectors(model: PHAModule, loaders: list[DataLoader]) -> tuple[Tensor, Tensor]:
+    """Retrieval vectors ``z`` of every example the loaders yield, with the loaders' task ids.
+
+    ``z`` depends only on the parts before the retrieval point (frozen blocks and shared
+    adapters), not on the task id, so it is the same whatever task the example is labelled with.
+    """
+    was_training = model.training
+    model.eval()
+    vectors, task_ids = [], []
+    for loader in loaders:
+        for batch in loader:
+            batch = {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            z = model.retrieval_forward(batch)
+            vectors.append(z.float().cpu())
+            task_ids.append(batch["task_ids"].cpu())
+    model.train(was_training)
+    return torch.cat(vectors), torch.cat(task_ids)
+
+
+def prototype_scores(z: Tensor, prototypes: Tensor) -> Tensor:
+    """Cosine between the mean normalised retrieval vector of a task and every prototype row."""
+    query = F.normalize(F.normalize(z, dim=-1).mean(0), dim=0)
+    return F.normalize(prototypes, dim=-1) @ query
+
+
+def initial_row(scores: Tensor, rows: Tensor, config: TransferConfig, init_std: float, generator: torch.Generator) -> Tensor:
+    """The starting prototype of one new task, from the source ``rows`` (raw) and their ``scores``."""
+    if config.init == "top1":
+        return rows[scores.argmax()].clone()
+    if config.init == "mix":
+        top = scores.topk(min(config.mix_top_m, len(scores)))
+        weights = torch.softmax(top.values / config.mix_temperature, dim=0)
+        return weights @ rows[top.indices]
+    if config.init == "mean":
+        return rows.mean(0)
+    return torch.randn(rows.shape[1], generator=generator) * init_std
+
+
+def initialize_new_tasks(model: PHAModule, support: list[DataLoader], seed: int = 0) -> dict[str, list[tuple[str, float]]]:
+    """Set each new task's prototype (and, for ``top1`` on encoder backbones, its head) from retrieval.
+
+    ``support`` holds one loader per new task (its few examples). Returns, per new task, the
+    source tasks ranked by cosine score.
+    """
+    config: TransferConfig = model.transfer
+    num_new = model.num_new_tasks
+    sources = [t.name for t in model.task_objects[num_new:]]
+    source_rows = model.prototypes.weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    rankings = {}
+    for new_id, loader in enumerate(support):
+        z, _ = retrieval_vectors(model, [loader])
+        scores = prototype_scores(z, source_rows.float().cpu())
+        order = scores.argsort(descending=True).tolist()
+        rankings[model.task_objects[new_id].name] = [(sources[i], float(scores[i])) for i in order]
+        row = initial_row(scores, source_rows.float().cpu(), config, model.hparams.prototype_init_std, generator)
+        with torch.no_grad():
+            model.prototypes.added[new_id] = row.to(model.prototypes.added)
+        if config.init == "top1" and model.heads is not None:
+            best = num_new + order[0]
+            if model.task_objects[best].num_labels == model.task_objects[new_id].num_labels:
+                model.heads[new_id].load_state_dict(model.heads[best].state_dict())
+    return rankings
+
+
+def format_rankings(rankings: dict[str, list[tuple[str, float]]]) -> str:
+    lines = []
+    for task, ranked in rankings.items():
+        lines.append(f"{task}: " + ", ".join(f"{name} {score:+.3f}" for name, score in ranked))
+    return "\n".join(lines)
