@@ -9,6 +9,7 @@ After ``validate`` and ``test`` the per-task metrics are printed as a table and 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -30,11 +31,12 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == stage:
             rows.setdefault(parts[1], {})[parts[2]] = value
-    lines = [f"{'task':<20} metrics ({stage}, ×100)"]
+    width = max(len(name) for name in [*rows, "average"]) + 1
+    lines = [f"{'task':<{width}} metrics ({stage}, ×100)"]
     for task, values in rows.items():
-        lines.append(f"{task:<20} " + "  ".join(f"{name}={value:6.2f}" for name, value in values.items()))
+        lines.append(f"{task:<{width}} " + "  ".join(f"{name}={value:6.2f}" for name, value in values.items()))
     if f"{stage}/avg" in metrics:
-        lines.append(f"{'average':<20} {metrics[f'{stage}/avg']:6.2f}")
+        lines.append(f"{'average':<{width}} {metrics[f'{stage}/avg']:6.2f}")
     return "\n".join(lines)
 
 
@@ -95,11 +97,19 @@ class PHACLI(LightningCLI):
         print(f"wrote {path}", flush=True)
 
 
+#: Commands beside LightningCLI's fit/validate/test/predict: name -> module whose ``main(argv)`` runs it.
+EXTRA_COMMANDS: dict[str, str] = {"retrieve": "pha_lightning.retrieve"}
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point of ``pha``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if args is None else args
     try:
-        _run_cli(args)
+        if argv and argv[0] in EXTRA_COMMANDS:
+            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        else:
+            _run_cli(args)
     except PHAError as err:
         print(f"pha: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -117,7 +127,10 @@ def _run_cli(args: list[str] | None) -> None:
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."},
+        parser_kwargs={
+            "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
+            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}."
+        },
     )
 
 

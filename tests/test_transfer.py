@@ -118,3 +118,36 @@ def test_prototype_scores_are_cosines_of_the_mean_direction() -> None:
     protos = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-3.0, 0.0]])
     expected = torch.tensor([1.0, 0.0, -1 / 2**0.5])
     torch.testing.assert_close(prototype_scores(z, protos), expected)
+
+
+def _pha(*args: str, cwd: Path) -> str:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pha = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
+    result = subprocess.run([pha, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout + result.stderr  # Lightning's info messages go to stderr
+
+
+def test_pha_retrieve_ranks_and_writes_vectors_and_picture(source_ckpt: str, tmp_path: Path) -> None:
+    out = _pha("retrieve", "--ckpt_path", source_ckpt, "--tasks", TARGET, "synth_category_heldout", "--k", "8",
+               "--sources", "10", "--max_source_length", "48", "--output_dir", str(tmp_path), cwd=tmp_path)
+    assert f"{TARGET}: synth_polarity " in out and "synth_category_heldout: synth_category " in out
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "retrieval.safetensors"))
+    assert saved["z"].shape == (16 + 4 * 10, 64) and saved["prototypes"].shape == (4, 64)
+    assert (tmp_path / "retrieval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transfer_through_pha_fit(source_ckpt: str, tmp_path: Path) -> None:
+    out = _pha("fit", "--config", str(Path(__file__).parents[1] / "configs/demo.yaml"), f"--data.tasks=[{TARGET}]",
+               "--data.n_train=16", "--data.batch_size=8", f"--model.transfer.checkpoint={source_ckpt}",
+               "--model.transfer.init=mix", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert "transfer (mix)" in out and f"{TARGET}: synth_polarity" in out
+    assert f"test/{TARGET}/accuracy" in (next(tmp_path.rglob("test_metrics.json"))).read_text()
