@@ -142,8 +142,11 @@ class PHAModule(LightningModule):
         source = read_source(transfer, backbone, tasks) if transfer else None
         source_tasks = source["hyper_parameters"]["tasks"] if source else []
         if source:
-            if method != "pha":
-                raise ConfigError(f"transfer trains a PHA model; got method {method!r}")
+            if method != source["hyper_parameters"]["method"]:
+                raise ConfigError(
+                    f"model.method is {method!r} but the transfer checkpoint was trained with "
+                    f"{source['hyper_parameters']['method']!r}"
+                )
             self.hparams.update({key: source["hyper_parameters"][key] for key in ARCHITECTURE_KEYS})
             split_layer = self.hparams.split_layer
         #: new tasks (the data module's ids) first, then the source tasks of a transfer

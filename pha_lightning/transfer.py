@@ -33,6 +33,8 @@ INITS: tuple[str, ...] = ("top1", "mix", "mean", "random")
 #: ``prototype``: the new rows (and, for encoder backbones, the new task heads) only;
 #: ``hypernetwork``: plus the hypernetwork; ``all``: every PHA parameter, source rows and heads too.
 TUNE_MODES: tuple[str, ...] = ("prototype", "hypernetwork", "all")
+#: Methods whose checkpoints can take new tasks: PHA, and HyperFormer (a fresh task embedding, the baseline).
+TRANSFER_METHODS: tuple[str, ...] = ("pha", "hyperformer")
 #: Hyperparameters that define the shapes of a PHA model: a transferred model takes them from its source.
 ARCHITECTURE_KEYS: tuple[str, ...] = (
     "backbone_init",
@@ -94,8 +96,13 @@ def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> 
     """The source checkpoint, checked against what the transfer asks for."""
     source = read_checkpoint(config.checkpoint)
     hparams = source["hyper_parameters"]
-    if hparams.get("method", "pha") != "pha":
-        raise ConfigError(f"transfer needs a PHA checkpoint; {config.checkpoint!r} was trained with method {hparams['method']!r}")
+    method = hparams.get("method", "pha")
+    if method not in TRANSFER_METHODS:
+        raise ConfigError(
+            f"transfer needs a checkpoint of {list(TRANSFER_METHODS)}; {config.checkpoint!r} was trained with method {method!r}"
+        )
+    if method == "hyperformer" and config.init != "random":
+        raise ConfigError(f"a HyperFormer checkpoint has no retriever: transfer init must be 'random', got {config.init!r}")
     if hparams["backbone"] != backbone:
         raise ConfigError(
             f"checkpoint {config.checkpoint!r} was trained on backbone {hparams['backbone']!r}, "
@@ -158,7 +165,7 @@ def prototype_scores(z: Tensor, prototypes: Tensor) -> Tensor:
     return F.normalize(prototypes, dim=-1) @ query
 
 
-def initial_row(scores: Tensor, rows: Tensor, config: TransferConfig, init_std: float, generator: torch.Generator) -> Tensor:
+def initial_row(scores: Tensor, rows: Tensor, config: TransferConfig) -> Tensor:
     """The starting prototype of one new task, from the source ``rows`` (raw) and their ``scores``."""
     if config.init == "top1":
         return rows[scores.argmax()].clone()
@@ -166,9 +173,7 @@ def initial_row(scores: Tensor, rows: Tensor, config: TransferConfig, init_std: 
         top = scores.topk(min(config.mix_top_m, len(scores)))
         weights = torch.softmax(top.values / config.mix_temperature, dim=0)
         return weights @ rows[top.indices]
-    if config.init == "mean":
-        return rows.mean(0)
-    return torch.randn(rows.shape[1], generator=generator) * init_std
+    return rows.mean(0)  # "mean"; "random" needs no scores (see initialize_new_tasks)
 
 
 def initialize_new_tasks(model: PHAModule, support: list[DataLoader], seed: int = 0) -> dict[str, list[tuple[str, float]]]:
@@ -182,13 +187,18 @@ def initialize_new_tasks(model: PHAModule, support: list[DataLoader], seed: int 
     sources = [t.name for t in model.task_objects[num_new:]]
     source_rows = model.prototypes.weight.detach()
     generator = torch.Generator().manual_seed(seed)
-    rankings = {}
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    if config.init == "random":  # no retrieval needed (and HyperFormer has no retriever)
+        with torch.no_grad():
+            for new_id in range(num_new):
+                model.prototypes.added[new_id] = torch.randn(source_rows.shape[1], generator=generator) * model.hparams.prototype_init_std
+        return rankings
     for new_id, loader in enumerate(support):
         z, _ = retrieval_vectors(model, [loader])
         scores = prototype_scores(z, source_rows.float().cpu())
         order = scores.argsort(descending=True).tolist()
         rankings[model.task_objects[new_id].name] = [(sources[i], float(scores[i])) for i in order]
-        row = initial_row(scores, source_rows.float().cpu(), config, model.hparams.prototype_init_std, generator)
+        row = initial_row(scores, source_rows.float().cpu(), config)
         with torch.no_grad():
             model.prototypes.added[new_id] = row.to(model.prototypes.added)
         if config.init == "top1" and model.heads is not None:

@@ -43,3 +43,16 @@ def test_tiny_sample_efficiency_grid_writes_table_and_plot_and_resumes(tmp_path:
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = _run(*grid).stdout  # finished runs are skipped
     assert again.count("done already, skipped") == 2
+
+
+def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
+    _run(str(ROOT / "benchmarks/few_shot_transfer.py"), "--source-config", "configs/demo.yaml",
+         "--targets", "synth_polarity_heldout", "--k", "4", "--seeds", "0", "--steps", "2",
+         "--max-source-length", "48", "--output-dir", str(tmp_path), "--",
+         "--trainer.max_steps=6", "--trainer.val_check_interval=3", "--data.eval_batch_size=50")
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["variant"] for r in rows) == sorted(
+        ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "hyperformer"])
+    assert all("test/synth_polarity_heldout/accuracy" in r["test"] for r in rows)
+    assert "| synth_polarity_heldout | 4 |" in (tmp_path / "table.md").read_text()
+    assert "**synth_polarity_heldout**, k=4: synth_polarity" in (tmp_path / "rankings.md").read_text()

