@@ -91,3 +91,16 @@ def test_print_config_links_tasks_and_backbone(tmp_path: Path) -> None:
     assert "use_distributed_sampler: false" in result.stdout
     help_text = run_pha("fit", "--help", cwd=tmp_path).stdout
     assert "--model.lambda_ir" in help_text and "--data.temperature" in help_text
+
+
+@pytest.mark.parametrize("override", sorted((Path(__file__).parents[1] / "configs/methods").glob("*.yaml")), ids=lambda p: p.stem)
+def test_method_override_configs_compose_with_a_base_config(override: Path, tmp_path: Path) -> None:
+    root = Path(__file__).parents[1]
+    out = run_pha("fit", "--config", str(root / "configs/demo.yaml"), "--config", str(override), "--print_config", cwd=tmp_path).stdout
+    import yaml
+
+    resolved = yaml.safe_load(out)
+    expected = yaml.safe_load(override.read_text())
+    for section, values in expected.items():
+        for key, value in values.items():
+            assert resolved[section][key] == value, (section, key)
