@@ -15,7 +15,6 @@ frozen weights where they are.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Literal
 
