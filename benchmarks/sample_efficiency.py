@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     jsonl = args.output_dir / "runs.jsonl"
     if not args.report_only:
-        grid = [(m, n, s) for n in args.n_train for m in args.methods for s in args.seeds]
+        # seed outermost: an interrupted grid still has every method and size for the first seeds
+        grid = [(m, n, s) for s in args.seeds for n in args.n_train for m in args.methods]
         for index, (method, n_train, seed) in enumerate(grid, 1):
             rid = run_id(method, n_train, seed)
             if rid in finished_runs(jsonl):
