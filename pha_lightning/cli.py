@@ -17,11 +17,14 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from pha_lightning.callbacks import NonFiniteGuard, RetrieverTaskAccuracy, StepSeed, Throughput
+from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.datamodule import PHADataModule
-from pha_lightning.errors import PHAError
+from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.module import PHAModule
+from pha_lightning.validation import ensure_writable_dir
 
 
 def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
@@ -63,6 +66,12 @@ class PHACLI(LightningCLI):
             default=False,
             help="After fit, evaluate the best checkpoint on the test split (fit only).",
         )
+        parser.add_argument(
+            "--predict_output",
+            type=str | None,
+            default=None,
+            help="predict: the JSONL file to write predictions to (default: <log_dir>/predictions.jsonl).",
+        )
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -70,10 +79,120 @@ class PHACLI(LightningCLI):
             self._report("test")
 
     def before_validate(self) -> None:
+        self._prepare_checkpoint()
         self._quiet_lightning_table()
 
     def before_test(self) -> None:
+        self._prepare_checkpoint()
         self._quiet_lightning_table()
+
+    def before_fit(self) -> None:
+        self._prepare_checkpoint()
+
+    def before_predict(self) -> None:
+        from pha_lightning.predict import JSONLPredictionWriter
+
+        self._prepare_checkpoint()
+        output = self.config[self.subcommand].get("predict_output") or os.path.join(
+            self.trainer.log_dir or self.trainer.default_root_dir, "predictions.jsonl"
+        )
+        self.trainer.callbacks.append(JSONLPredictionWriter(output))
+
+    # ------------------------------------------------------------------ checkpoints and bundles as inputs
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:  # noqa: ANN001
+        """Before parsing: a ``--ckpt_path`` (checkpoint or bundle) on the command line supplies the
+        defaults of ``data.*`` and ``model.*`` it was trained with, so ``pha predict --ckpt_path X
+        --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
+        mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
+        if isinstance(args, (list, tuple)) or args is None:
+            self._defaults_from_checkpoint(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
+    def _defaults_from_checkpoint(self, argv: list[str]) -> None:
+        if not argv or argv[0] not in getattr(self, "_subcommand_parsers", {}):
+            return
+        path = _option_value(argv, "--ckpt_path")
+        if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
+            return
+        saved = self._read_saved(path)
+        parser = self._subcommand_parsers[argv[0]]
+        skip = {"_instantiator", "_class_path", "tasks", "generation_max_length", "transfer"}  # link targets, internals
+        defaults = {f"model.{k}": v for k, v in saved["hyper_parameters"].items() if k not in skip}
+        defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in ("_instantiator", "backbone")})
+        known = {action.dest for action in parser._actions}
+        parser.set_defaults({k: v for k, v in defaults.items() if k in known})
+
+    def _read_saved(self, path: str) -> dict:
+        """What a checkpoint or bundle was trained with; a clear error for a corrupt one (read once)."""
+        cached = getattr(self, "_saved", None)
+        if cached is not None and cached["path"] == path:
+            return cached
+        from pha_lightning.export import is_bundle, read_bundle_config
+
+        if is_bundle(path) or os.path.isdir(path):
+            config = read_bundle_config(path)
+            saved = {"kind": "bundle", "hyper_parameters": config["hyperparameters"], "data": config.get("data", {})}
+            saved["config"] = config
+        else:
+            checkpoint = read_checkpoint(path)
+            data = checkpoint.get("datamodule_hyper_parameters") or {}
+            saved = {"kind": "checkpoint", "hyper_parameters": checkpoint["hyper_parameters"], "data": data}
+        self._saved = {**saved, "path": path}
+        return self._saved
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's (which overrides the model config with the checkpoint's hyperparameters
+        and fails with a traceback on a corrupt file): resolve ``last`` across the run's version folders
+        and SLURM ``hpc_ckpt`` files, read the checkpoint or bundle safely, and check that it was trained
+        on the tasks, backbone, method and architecture the configuration asks for."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            ckpt_path = resolve_last_checkpoint(root, config.get("checkpoint", {}).get("dirpath"))
+            if ckpt_path is None:
+                rank_zero_info(f"ckpt_path=last: no checkpoint under {root} yet; starting from scratch")
+            config.ckpt_path = ckpt_path
+        if not ckpt_path or ckpt_path in ("best", "hpc"):
+            return
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist")
+        saved = self._read_saved(ckpt_path)
+        if saved["kind"] == "bundle" and subcommand == "fit":
+            raise ConfigError(
+                f"{ckpt_path!r} is an adapter bundle: it holds no optimizer or loop state to resume training "
+                "from; resume from a checkpoint (.ckpt)"
+            )
+        asked = config.model.as_dict() if hasattr(config.model, "as_dict") else dict(config.model)
+        asked["tasks"] = list(config.data.tasks)
+        check_compatible(saved["hyper_parameters"], asked, f"{saved['kind']} {ckpt_path!r}")
+
+    def _prepare_checkpoint(self) -> None:
+        """Load checkpoints with ``weights_only`` (no arbitrary unpickling); put a bundle's weights in place."""
+        init = self.config_init[self.subcommand]
+        if "weights_only" in init and init.get("weights_only") is None:
+            init["weights_only"] = True
+        saved = getattr(self, "_saved", None)
+        if saved is not None and saved["kind"] == "bundle" and init.get("ckpt_path") == saved["path"]:
+            from pha_lightning.export import load_bundle_into
+
+            load_bundle_into(self.model, saved["path"], saved["config"])
+            init["ckpt_path"] = None
+
+    def before_instantiate_classes(self) -> None:
+        """Fail before anything starts when an output directory cannot be written."""
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        ensure_writable_dir(config.trainer.get("default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        dirpath = config.get("checkpoint", {}).get("dirpath")
+        if dirpath:
+            ensure_writable_dir(dirpath, "checkpoint.dirpath")
+        if self.subcommand == "predict" and config.get("predict_output"):
+            ensure_writable_dir(Path(config.predict_output).expanduser().absolute().parent, "the directory of predict_output")
 
     def _quiet_lightning_table(self) -> None:
         # Lightning repeats epoch-level metrics in one column per dataloader (one per task here);
@@ -98,7 +217,7 @@ class PHACLI(LightningCLI):
 
 
 #: Commands beside LightningCLI's fit/validate/test/predict: name -> module whose ``main(argv)`` runs it.
-EXTRA_COMMANDS: dict[str, str] = {"retrieve": "pha_lightning.retrieve"}
+EXTRA_COMMANDS: dict[str, str] = {"retrieve": "pha_lightning.retrieve", "export": "pha_lightning.export"}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -124,7 +243,13 @@ def _run_cli(args: list[str] | None) -> None:
         trainer_defaults={
             # the temperature batch sampler shards data across ranks itself
             "use_distributed_sampler": False,
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
+            "callbacks": [
+                LearningRateMonitor(logging_interval="step"),
+                StepSeed(),  # exact resume: dropout randomness per (seed, epoch, batch, rank)
+                NonFiniteGuard(),  # stop at the first NaN/inf loss, before it reaches weights or checkpoints
+                Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
+                RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
+            ],
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
@@ -132,6 +257,17 @@ def _run_cli(args: list[str] | None) -> None:
             f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}."
         },
     )
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value of ``--option value`` or ``--option=value`` in a command line (the last one wins)."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == option and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(option + "="):
+            value = token.split("=", 1)[1]
+    return value
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from pha_lightning.checkpoints import check_compatible, check_state_fits
 from pha_lightning.errors import ConfigError
 from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter, TaskAdapterBank
 from pha_lightning.backbone import (
@@ -46,6 +47,7 @@ from pha_lightning.losses import (
 )
 from pha_lightning.methods import METHODS, Method, method_layout
 from pha_lightning.metrics import INVALID, build_task_metrics
+from pha_lightning.predict import predict_rows
 from pha_lightning.prototypes import PrototypeTable
 from pha_lightning.retriever import Retriever, masked_mean
 from pha_lightning.tasks import Task, get_task
@@ -400,8 +402,9 @@ class PHAModule(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.loss_terms(batch)
         batch_size = len(batch["task_ids"])
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch_size)
+        # sync_dist: under DDP the logged values are means over the ranks (the global batch), not rank 0's
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch_size, sync_dist=True)
         return terms["loss"]
 
     def on_train_epoch_start(self) -> None:
@@ -444,6 +447,8 @@ class PHAModule(LightningModule):
         return torch.tensor([INVALID if v is None else v for v in values], dtype=torch.float32, device=self.device)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        if "example_ids" in batch:  # raw examples of data.predict_file, with or without a task
+            return predict_rows(self, batch)
         values = self.predict_values(batch)
         rows = []
         for task_id, value, target in zip(batch["task_ids"].tolist(), values.tolist(), batch["targets"].tolist()):
@@ -480,8 +485,9 @@ class PHAModule(LightningModule):
             values.update({f"{stage}/{name}/{metric}": value for metric, value in results.items()})
             task_means.append(torch.stack([v.float() for v in results.values()]).mean())
         values[f"{stage}/avg"] = torch.stack(task_means).mean()
-        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/avg"})
-        self.log(f"{stage}/avg", values[f"{stage}/avg"], prog_bar=True)
+        # torchmetrics already synced these over ranks (compute); sync_dist keeps Lightning from warning
+        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/avg"}, sync_dist=True)
+        self.log(f"{stage}/avg", values[f"{stage}/avg"], prog_bar=True, sync_dist=True)
         if stage == "val":
             self.last_val_metrics = {k: float(v) for k, v in values.items()}
 
@@ -518,6 +524,9 @@ class PHAModule(LightningModule):
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
+        check_compatible(checkpoint.get("hyper_parameters", {}), dict(self.hparams), "the checkpoint")
+        check_state_fits(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
         missing = sorted(self.saved_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")

