@@ -15,28 +15,62 @@ Batch layout (all tensors, padded to the longest sequence in the batch):
   index or regression value);
 * seq2seq family: ``input_ids``, ``attention_mask`` of the ``"<task> field: …"`` source,
   ``labels`` (long ``(B, T)``, the tokenised target string, padded with -100), ``task_ids``,
-  ``targets``.
+  ``targets``;
+* evaluation batches of tasks whose records belong to metric groups (MultiRC: the question of an
+  answer option) add ``groups`` (long ``(B,)``); metrics such as exact match per question take it
+  as ``update(preds, targets, groups=…)``. Training batches never carry it.
+
+Data sources (GLUE/SuperGLUE, see :mod:`pha_lightning.glue`): ``source="auto"`` reads the
+benchmarks' own files when ``data_dir`` (or ``$PHA_DATA_DIR``) is given and the hub otherwise;
+``hub`` and ``local`` force one. The split protocol (``split_validation_test``, ``data_seed``) is
+applied by each task; the low-data draw (``n_train`` or ``percent_train`` per task, seeded by
+``data_seed``) by this module.
+
+Tokenisation is cached on disk: each tokenised split is written once as an Arrow file (with
+``datasets``) under ``<cache_dir>/tokenized/``, named by a fingerprint of everything that decides
+its content — the tokenizer (its full serialisation), the backbone family, the length limits and
+the exact texts and targets after splitting and subsampling — so a second run memory-maps the
+file instead of tokenising again, and any change gives a new file. ``cache_dir`` defaults to
+``$PHA_CACHE_DIR`` or ``~/.cache/pha_lightning``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import random
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.errors import ConfigError
 from pha_lightning.backbone import Family, backbone_family, load_tokenizer
+from pha_lightning.errors import ConfigError
+from pha_lightning.glue import SOURCES, resolve_source
+from pha_lightning.resume import ResumableTrainBatches
 from pha_lightning.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
 from pha_lightning.tasks import Task, available_tasks, get_task
+from pha_lightning.validation import check_targets
+
+log = logging.getLogger(__name__)
 
 LABEL_PAD_ID = -100
+#: Environment variable naming the tokenisation cache directory.
+CACHE_DIR_ENV = "PHA_CACHE_DIR"
+DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
+#: Bump when the tokenised layout changes, so older cache files are not reused.
+CACHE_FORMAT_VERSION = 1
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "validation"),
     "validate": ("validation",),
@@ -58,11 +92,59 @@ def check_task_names(tasks: Sequence[str]) -> None:
 
 
 def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
-    """Draw ``n`` records with a generator seeded by (seed, task), keeping their original order."""
-    if n > len(records):
-        raise ConfigError(f"n_train={n} but task {task_name!r} has only {len(records)} train examples")
+    """Draw ``n`` records with a generator seeded by (seed, task), keeping their original order.
+
+    A task with fewer than ``n`` records keeps all of them, with a warning (as the paper's code
+    does: ``n_train=4000`` still runs on RTE's 2 490 train examples).
+    """
+    if n >= len(records):
+        if n > len(records):
+            rank_zero_warn(f"n_train={n} but task {task_name!r} has only {len(records)} train examples; using all of them")
+        return list(records)
     chosen = random.Random(f"{seed}/{task_name}").sample(range(len(records)), n)
     return [records[index] for index in sorted(chosen)]
+
+
+def low_data_size(total: int, n_train: int | None, percent_train: float | None) -> int | None:
+    """How many train records the low-data setting keeps (``None``: all)."""
+    if n_train is not None:
+        return n_train
+    if percent_train is not None:
+        return max(1, round(total * percent_train / 100))
+    return None
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable digest of what decides a tokenizer's output: its full serialisation when it has a
+    fast backend, else ``datasets``' hash of the object; plus class, special tokens and sides."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        from datasets.fingerprint import Hasher
+
+        digest.update(Hasher.hash(tokenizer).encode())
+    settings = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": getattr(tokenizer, "truncation_side", "right"),
+        "vocab_size": len(tokenizer),
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def columns_fingerprint(columns: dict[str, list], settings: dict) -> str:
+    """A digest of the columns to tokenise (texts, targets, ids, groups) and the settings."""
+    digest = hashlib.sha256(json.dumps({"version": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
+    for name in sorted(columns):
+        digest.update(f"\x00column:{name}\x00".encode())
+        for value in columns[name]:
+            digest.update(repr(value).encode())
+            digest.update(b"\x1f")
+    return digest.hexdigest()
 
 
 def tokenize_columns(
@@ -117,6 +199,8 @@ class Collator:
         batch = {key: self._pad([ex[key] for ex in examples], pad_values[key]) for key in present}
         batch["task_ids"] = torch.tensor([ex["task_ids"] for ex in examples], dtype=torch.long)
         batch["targets"] = torch.tensor([ex["targets"] for ex in examples], dtype=torch.float32)
+        if any("groups" in ex for ex in examples):
+            batch["groups"] = torch.tensor([ex.get("groups", -1) for ex in examples], dtype=torch.long)
         return batch
 
     def _pad(self, sequences: list[list[int]], value: int) -> Tensor:
@@ -130,7 +214,7 @@ class Collator:
         return out
 
 
-class PHADataModule(LightningDataModule):
+class PHADataModule(ResumableTrainBatches, LightningDataModule):
     """Loads, tokenises and batches a list of registered tasks for PHA training and evaluation.
 
     Args:
@@ -145,9 +229,28 @@ class PHADataModule(LightningDataModule):
         temperature: task sampling temperature T, ``p_i ∝ n_i^(1/T)``.
         sampling: ``mixed`` draws a task per example (PHA), ``task`` one task per batch.
         num_batches_per_epoch: training batches per epoch; default covers the data once.
-        seed: seeds the n_train draw and the sampler.
-        n_train: low-data setting: use this many train examples of every task.
+        seed: seeds the training batch sampler, and the data draws unless ``data_seed`` is given.
+        n_train: low-data setting: draw this many train examples of every task (a task with fewer
+            keeps all of them, with a warning).
+        percent_train: low-data setting: draw this percentage (0, 100] of every task's train split
+            (at least one example); exclusive with ``n_train``.
+        data_seed: seeds the split protocol and the low-data draw; default: ``seed``. Give it
+            (the paper configs use 42) to keep splits and draws fixed while ``seed`` varies.
+        source: ``auto`` (local files if ``data_dir`` or ``$PHA_DATA_DIR`` is set, else the hub),
+            ``local`` or ``hub``. Built-in synthetic tasks ignore it.
+        data_dir: directory holding ``glue/`` and ``superglue/`` in the benchmarks' own layout;
+            default ``$PHA_DATA_DIR``.
+        split_validation_test: the paper's protocol (data.md "Splits"): carve validation and test
+            out of train/dev as the hidden test labels require; off: validation = test = dev.
+        cache_dir: where tokenised splits are cached; default ``$PHA_CACHE_DIR`` or
+            ``~/.cache/pha_lightning``.
+        cache_tokenized: cache tokenised splits on disk (off: tokenise in memory every run).
         num_workers: DataLoader worker processes.
+        predict_file: ``predict`` on the raw examples of this JSONL file instead of the test split
+            (see :mod:`pha_lightning.predict`).
+
+    The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
+    :mod:`pha_lightning.resume`.
     """
 
     def __init__(
@@ -163,7 +266,15 @@ class PHADataModule(LightningDataModule):
         num_batches_per_epoch: int | None = None,
         seed: int = 42,
         n_train: int | None = None,
+        percent_train: float | None = None,
+        data_seed: int | None = None,
+        source: Literal["auto", "local", "hub"] = "auto",
+        data_dir: str | None = None,
+        split_validation_test: bool = True,
+        cache_dir: str | None = None,
+        cache_tokenized: bool = True,
         num_workers: int = 0,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         check_task_names(tasks)
@@ -182,6 +293,12 @@ class PHADataModule(LightningDataModule):
         for name, optional in (("num_batches_per_epoch", num_batches_per_epoch), ("n_train", n_train)):
             if optional is not None and optional < 1:
                 raise ConfigError(f"{name} must be >= 1 or None, got {optional!r}")
+        if percent_train is not None and not 0 < percent_train <= 100:
+            raise ConfigError(f"percent_train must be in (0, 100] or None, got {percent_train!r}")
+        if n_train is not None and percent_train is not None:
+            raise ConfigError(f"give n_train or percent_train, not both (got n_train={n_train}, percent_train={percent_train})")
+        if source not in SOURCES:
+            raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers!r}")
         self.save_hyperparameters()
@@ -197,8 +314,17 @@ class PHADataModule(LightningDataModule):
         self.num_batches_per_epoch = num_batches_per_epoch
         self.seed = seed
         self.n_train = n_train
+        self.percent_train = percent_train
+        self.data_seed = seed if data_seed is None else data_seed
+        self.source = source
+        self.data_dir = data_dir
+        self.split_validation_test = split_validation_test
+        self.cache_dir = cache_dir
+        self.cache_tokenized = cache_tokenized
         self.num_workers = num_workers
+        self.predict_file = predict_file
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, list[Dataset]] = {}
 
     @property
@@ -213,36 +339,110 @@ class PHADataModule(LightningDataModule):
                 raise ConfigError(f"the tokenizer of backbone {self.backbone!r} has no pad token")
         return self._tokenizer
 
+    @property
+    def tokenized_cache_dir(self) -> Path:
+        """Directory of the tokenised split files."""
+        base = self.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
+        return Path(os.path.expanduser(base)) / "tokenized"
+
+    def source_options(self) -> dict[str, object]:
+        """What every task's ``load_splits`` receives: the resolved source and the split protocol."""
+        source, data_dir = resolve_source(self.source, self.data_dir)
+        return {
+            "source": source,
+            "data_dir": data_dir,
+            "split_validation_test": self.split_validation_test,
+            "data_seed": self.data_seed,
+        }
+
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
+        if stage == "predict" and self.predict_file:
+            return  # raw examples, read by predict_dataloader
         if stage is not None and stage not in STAGE_SPLITS:
             raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGE_SPLITS)}")
         splits = STAGE_SPLITS[stage] if stage else ("train", "validation", "test")
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = [self._build_dataset(task_id, split) for task_id in range(len(self.tasks))]
+        missing = [split for split in splits if split not in self.datasets]
+        if not missing:
+            return
+        options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
+        built: dict[str, list[Dataset]] = {split: [] for split in missing}
+        for task_id, task in enumerate(self.task_objects):
+            records = task.load_splits(missing, **options)
+            for split in missing:
+                built[split].append(self._build_dataset(task_id, split, records[split]))
+        self.datasets.update(built)
 
-    def _build_dataset(self, task_id: int, split: str) -> Dataset:
+    def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:
+        """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``)."""
         task = self.task_objects[task_id]
-        records = task.load_split(split)
-        if split == "train" and self.n_train is not None:
-            records = subsample(records, self.n_train, self.seed, task.name)
+        if split == "train":
+            size = low_data_size(len(records), self.n_train, self.percent_train)
+            if size is not None:
+                records = subsample(records, size, self.data_seed, task.name)
         if not records:
             raise ConfigError(f"task {task.name!r} has no {split} examples")
+        return records
+
+    def _build_dataset(self, task_id: int, split: str, records: list[dict]) -> Dataset:
+        task = self.task_objects[task_id]
+        records = self.split_records(task_id, split, records)
         columns = self._text_columns(task, records)
+        text_columns = list(columns)
         columns["task_ids"] = [task_id] * len(records)
-        columns["targets"] = [task.target_value(record) for record in records]
-        text_columns = [name for name in columns if name not in ("task_ids", "targets")]
-        return Dataset.from_dict(columns).map(
-            tokenize_columns,
-            batched=True,
-            remove_columns=text_columns,
-            fn_kwargs={
-                "tokenizer": self.tokenizer,
+        columns["targets"] = check_targets(task, [task.target_value(record) for record in records], split)
+        groups = [task.group_of(record) for record in records]
+        if split != "train" and any(group is not None for group in groups):
+            if any(group is None for group in groups):
+                raise ConfigError(f"task {task.name!r}: some {split} records have a metric group and some do not")
+            columns["groups"] = groups
+        return self._tokenize(task, split, columns, text_columns)
+
+    def _tokenize(self, task: Task, split: str, columns: dict[str, list], text_columns: list[str]) -> Dataset:
+        """Tokenise ``columns`` (``datasets.map``), through the on-disk cache when enabled."""
+        fn_kwargs = {
+            "tokenizer": self.tokenizer,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+        }
+        dataset = Dataset.from_dict(columns)
+        if not self.cache_tokenized:
+            return dataset.map(tokenize_columns, batched=True, remove_columns=text_columns, fn_kwargs=fn_kwargs)
+        if self._tokenizer_fingerprint is None:
+            self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        key = columns_fingerprint(
+            columns,
+            {
+                "tokenizer": self._tokenizer_fingerprint,
+                "family": self.family,
                 "max_source_length": self.max_source_length,
                 "max_target_length": self.max_target_length,
             },
         )
+        directory = self.tokenized_cache_dir
+        path = directory / f"{task.name}-{split}-{key[:24]}.arrow"
+        if path.is_file():
+            log.info("task %s, %s split: tokenised data from the cache %s", task.name, split, path)
+            return Dataset.from_file(str(path))
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}-", suffix=".arrow.tmp")
+        os.close(handle)
+        try:
+            dataset.map(
+                tokenize_columns,
+                batched=True,
+                remove_columns=text_columns,
+                fn_kwargs=fn_kwargs,
+                cache_file_name=temporary,
+                load_from_cache_file=False,
+                new_fingerprint=key[:32],
+                desc=f"Tokenising {task.name} ({split})",
+            )
+            os.replace(temporary, path)  # atomic: concurrent runs (DDP ranks) never see half a file
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        return Dataset.from_file(str(path))
 
     def _text_columns(self, task: Task, records: list[dict]) -> dict[str, list]:
         """The strings to tokenise: (pair of) texts for encoders, source and target for seq2seq."""
@@ -283,12 +483,13 @@ class PHADataModule(LightningDataModule):
         )
         return DataLoader(
             concatenate_datasets(train),
-            batch_sampler=sampler,
+            batch_sampler=self.track_train_sampler(sampler),  # resumable position: pha_lightning.resume
             collate_fn=self._collator(),
             num_workers=self.num_workers,
         )
 
-    def _eval_dataloaders(self, split: str) -> list[DataLoader]:
+    def task_dataloaders(self, split: str) -> list[DataLoader]:
+        """One unshuffled loader per task over ``split``, longest examples first (evaluation, retrieval)."""
         return [
             DataLoader(
                 longest_first(dataset),
@@ -301,11 +502,15 @@ class PHADataModule(LightningDataModule):
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_dataloaders("validation")
+        return self.task_dataloaders("validation")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_dataloaders("test")
+        return self.task_dataloaders("test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """The test split, in the same (length-sorted) order as ``test_dataloader``."""
-        return self._eval_dataloaders("test")
+        """The test split, in the same (length-sorted) order as ``test_dataloader``; or ``predict_file``."""
+        if self.predict_file:
+            from pha_lightning.predict import file_dataloader
+
+            return file_dataloader(self)
+        return self.task_dataloaders("test")

@@ -22,7 +22,7 @@ labels are words mapped by a fixed per-task list. A missing file or a malformed 
 be reached raises one that says so and how to work offline.
 
 **Records.** A dict with the task's text fields under the hub's column names, ``label`` (class
-index as ``int``; STS-B: the float score) and ``idx``. Structured tasks:
+index as ``int``; STS-B: the score, at float32 precision as the hub stores it) and ``idx``. Structured tasks:
 
 * COPA: ``premise, choice1, choice2, question`` (``cause``/``effect``), label = index of the right choice;
 * MultiRC: one record per answer option, ``paragraph, question, answer``, ``idx`` =
@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.tasks import Task, check_split, register_task
 
@@ -102,7 +104,7 @@ class Where:
 
 
 def _fail(where: Where, problem: str) -> DataError:
-    return DataError(f"malformed row ({where}): {problem}")
+    return DataError(f"malformed data in {where}: {problem}")
 
 
 # --------------------------------------------------------------------------- local file readers
@@ -268,6 +270,8 @@ def _superglue_splits() -> dict[str, OfficialSplit]:
 class BenchmarkTask(Task):
     """A GLUE or SuperGLUE task, loadable from the hub or from the benchmark's own files."""
 
+    reads_external_data = True
+
     def __init__(self, spec: BenchmarkSpec) -> None:
         if spec.protocol not in PROTOCOLS:
             raise ConfigError(f"task {spec.name!r}: unknown split protocol {spec.protocol!r}; valid: {list(PROTOCOLS)}")
@@ -410,7 +414,9 @@ class BenchmarkTask(Task):
             low, high = self.target_range  # type: ignore[misc]
             if not low <= float(label) <= high:
                 raise _fail(where, f"score {label!r} lies outside [{low}, {high}]")
-            return float(label)
+            # the hub stores scores as float32; rounding local scores the same way makes both
+            # sources give identical records (targets become float32 tensors anyway)
+            return float(np.float32(label))
         if isinstance(label, bool):
             label = int(label)
         if not isinstance(label, int) or not 0 <= label < len(self.label_names):

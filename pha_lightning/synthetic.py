@@ -183,3 +183,26 @@ def build_synthetic_suite(
 
 for _task in build_synthetic_suite():
     register_task(_task)
+
+
+def heldout_copy(task: SyntheticTask, seed: int = DEFAULT_SEED + 1) -> SyntheticTask:
+    """A new task with ``task``'s template and rule but its own name and seed: a transfer target
+    whose most related source task is known."""
+    return SyntheticTask(
+        f"{task.name}_heldout",
+        task._draw,
+        task.source_fields,
+        task.label_names,
+        task.metric_names,
+        task.sizes,
+        seed,
+        target_range=task.target_range,
+    )
+
+
+#: Transfer targets of the offline suite (see :func:`heldout_copy`).
+HELDOUT_TASKS: tuple[str, ...] = ("synth_polarity_heldout", "synth_category_heldout")
+
+for _task in build_synthetic_suite():
+    if f"{_task.name}_heldout" in HELDOUT_TASKS:
+        register_task(heldout_copy(_task))

@@ -34,8 +34,15 @@ def check_split(split: str) -> None:
 
 
 def format_regression_target(value: float, step: float = REGRESSION_TARGET_STEP) -> str:
-    """Print a regression value as a text-to-text target: rounded to ``step``, one decimal."""
-    return f"{round(value / step) * step:.1f}"
+    """Print a regression value as a text-to-text target: rounded to the nearest multiple of
+    ``step`` (ties upwards: 2.3 → "2.4", 0.1 → "0.2"), one decimal.
+
+    The quotient is first rounded to 6 decimals so that float noise (2.3 / 0.2 = 11.4999…, or a
+    float32 score) cannot turn a tie into a round-down; Python's ``round`` would also round ties to
+    even, which moves half of STS-B's one-decimal scores down and half up.
+    """
+    quotient = round(value / step, 6)
+    return f"{math.floor(quotient + 0.5) * step:.1f}"
 
 
 class Task(ABC):
@@ -56,6 +63,10 @@ class Task(ABC):
     source_fields: tuple[str, ...]
     #: ``(low, high)`` of a regression target; metrics use it to score an invalid generation.
     target_range: tuple[float, float] | None = None
+    #: Whether ``load_splits`` reads files or the hub, so it needs the data module's source
+    #: options (``source``, ``data_dir``, ``split_validation_test``, ``data_seed``); tasks that
+    #: generate their records (the synthetic suite) leave it False and get no options.
+    reads_external_data: bool = False
 
     @property
     def is_regression(self) -> bool:

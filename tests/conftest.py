@@ -34,3 +34,10 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
     ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_tokenisation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tokenised splits go to a per-session directory, never the user's ~/.cache/pha_lightning
+    (set in the environment, so `pha` subprocesses inherit it)."""
+    os.environ["PHA_CACHE_DIR"] = str(tmp_path_factory.mktemp("pha_cache"))

@@ -61,10 +61,12 @@ def test_n_train_draws_exactly_n_per_task_deterministically(encoder_dm: PHADataM
     assert again.datasets["train"][0]["input_ids"] == encoder_dm.datasets["train"][0]["input_ids"]
 
 
-def test_n_train_larger_than_a_task_is_an_error() -> None:
+def test_n_train_larger_than_a_task_keeps_all_with_a_warning() -> None:
+    # The paper's n_train=4000 setting must still run on RTE (2 490 train examples).
     dm = PHADataModule(["synth_score"], backbone=MINILM, n_train=301)
-    with pytest.raises(ValueError, match="n_train=301 but task 'synth_score' has only 300 train examples"):
+    with pytest.warns(UserWarning, match="n_train=301 but task 'synth_score' has only 300 train examples"):
         dm.setup("fit")
+    assert len(dm.datasets["train"][0]) == 300
 
 
 def test_val_loaders_one_per_task_sorted_longest_first(encoder_dm: PHADataModule) -> None:
@@ -152,9 +154,105 @@ def test_seq2seq_labels_are_padded_with_minus_100(tiny_t5: str) -> None:
         ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
         ({"sampling": "round_robin"}, r"unknown sampling mode 'round_robin'; valid modes: \['mixed', 'task'\]"),
         ({"n_train": 0}, "n_train must be >= 1 or None, got 0"),
+        ({"percent_train": 0.0}, r"percent_train must be in \(0, 100\] or None, got 0.0"),
+        ({"percent_train": 101}, r"percent_train must be in \(0, 100\] or None, got 101"),
+        ({"n_train": 10, "percent_train": 5.0}, "give n_train or percent_train, not both"),
+        ({"source": "ftp"}, r"unknown data source 'ftp'; valid: \['auto', 'local', 'hub'\]"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
     arguments = {"tasks": ["synth_polarity"], **kwargs}
     with pytest.raises(ValueError, match=message):
         PHADataModule(**arguments)
+
+
+# ----------------------------------------------------------------------------- GLUE/SuperGLUE data
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory):
+    from glue_fixtures import write_files
+
+    return write_files(tmp_path_factory.mktemp("glue_files"))
+
+
+def test_multirc_eval_batches_carry_question_groups_and_train_batches_do_not(fixture_dir, tmp_path) -> None:
+    dm = PHADataModule(["multirc", "rte"], backbone=MINILM, data_dir=str(fixture_dir), cache_dir=str(tmp_path),
+                       batch_size=4, split_validation_test=False)
+    dm.setup("fit")
+    multirc_val, rte_val = (next(iter(loader)) for loader in dm.val_dataloader())
+    assert multirc_val["groups"].tolist() == [0, 0] and multirc_val["groups"].dtype == torch.long
+    assert "groups" not in rte_val
+    assert "groups" not in next(iter(dm.train_dataloader()))
+    # the collator fills -1 for an example without a group if a batch ever mixes them
+    mixed = dm._collator()([dm.datasets["validation"][0][0], dm.datasets["validation"][1][0]])
+    assert mixed["groups"].tolist() == [0, -1]
+
+
+def test_tokenised_splits_are_cached_on_disk_and_reused(fixture_dir, tmp_path, monkeypatch) -> None:
+    def build(**kwargs) -> PHADataModule:
+        dm = PHADataModule(["rte", "cola", "multirc"], backbone=MINILM, data_dir=str(fixture_dir),
+                           cache_dir=str(tmp_path), split_validation_test=False, **kwargs)
+        dm.setup("fit")
+        return dm
+
+    first = build()
+    files = sorted(p.name for p in (tmp_path / "tokenized").iterdir())
+    assert len(files) == 6 and all(name.endswith(".arrow") for name in files)
+
+    from pha_lightning import datamodule
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("tokenised again although the cache holds this split")
+
+    monkeypatch.setattr(datamodule, "tokenize_columns", no_tokenising)
+    second = build()
+    for split in ("train", "validation"):
+        for a, b in zip(first.datasets[split], second.datasets[split]):
+            assert a.to_dict() == b.to_dict()
+    # any change of what is tokenised, or how, needs new files
+    monkeypatch.undo()
+    build(max_source_length=16)
+    assert len(list((tmp_path / "tokenized").iterdir())) == 12
+
+
+def test_cache_can_be_turned_off(fixture_dir, tmp_path) -> None:
+    dm = PHADataModule(["rte"], backbone=MINILM, data_dir=str(fixture_dir), cache_dir=str(tmp_path),
+                       cache_tokenized=False, split_validation_test=False)
+    dm.setup("validate")
+    assert not (tmp_path / "tokenized").exists()
+    assert len(dm.datasets["validation"][0]) == 1
+
+
+def test_a_split_left_empty_by_the_protocol_is_an_error(fixture_dir) -> None:
+    dm = PHADataModule(["rte"], backbone=MINILM, data_dir=str(fixture_dir))  # one dev row: validation gets 0
+    with pytest.raises(ValueError, match="task 'rte' has no validation examples"):
+        dm.setup("validate")
+
+
+def test_synthetic_tasks_need_no_data_source(monkeypatch) -> None:
+    monkeypatch.setenv("PHA_DATA_DIR", "/nonexistent/pha")
+    dm = PHADataModule(["synth_polarity"], backbone=MINILM, source="local")
+    dm.setup("validate")
+    assert len(dm.datasets["validation"][0]) == 100
+
+
+def test_source_errors_surface_at_setup(monkeypatch, tmp_path) -> None:
+    from pha_lightning.errors import ConfigError, DataError
+
+    monkeypatch.delenv("PHA_DATA_DIR", raising=False)
+    with pytest.raises(ConfigError, match="data.source=local needs data.data_dir"):
+        PHADataModule(["rte"], backbone=MINILM, source="local").setup("fit")
+    import datasets
+
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: real(*a, cache_dir=str(tmp_path), **k))
+    with pytest.raises(DataError, match="task 'rte': the Hugging Face hub could not be reached"):
+        PHADataModule(["rte"], backbone=MINILM).setup("fit")  # auto without a data_dir: the hub
+
+
+def test_data_seed_defaults_to_seed_and_can_be_pinned() -> None:
+    assert PHADataModule(["synth_polarity"], seed=5).data_seed == 5
+    assert PHADataModule(["synth_polarity"], seed=5, data_seed=42).data_seed == 42
+    pinned = [PHADataModule(["synth_polarity"], backbone=MINILM, n_train=10, seed=s, data_seed=42) for s in (1, 2)]
+    for dm in pinned:
+        dm.setup("fit")
+    assert pinned[0].datasets["train"][0]["input_ids"] == pinned[1].datasets["train"][0]["input_ids"]
