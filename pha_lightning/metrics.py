@@ -108,10 +108,23 @@ class TaskAccuracy(_ClassPercent, MulticlassAccuracy):
 
 
 class TaskMatthews(_ClassPercent, MulticlassMatthewsCorrCoef):
-    """Matthews correlation ×100 with invalid predictions counted as wrong."""
+    """Matthews correlation ×100 with invalid predictions counted as wrong.
+
+    When every prediction (or every target) is one class the coefficient is undefined; GLUE's
+    scorer (scikit-learn) reports 0 there, while torchmetrics returns a small non-zero value
+    (0.0367 for a constant predictor on CoLA's test half), so that case is set to 0 here.
+    """
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes=num_classes)
+
+    def compute(self) -> Tensor:
+        confmat = self.confmat.float()
+        total = confmat.sum()
+        predicted, actual = confmat.sum(0), confmat.sum(1)
+        if (total**2 - (predicted**2).sum()) * (total**2 - (actual**2).sum()) == 0:
+            return torch.zeros((), device=confmat.device)
+        return super().compute()
 
 
 class TaskMacroF1(_ClassPercent, MulticlassF1Score):

@@ -111,3 +111,15 @@ def test_regression_task_without_range_is_rejected() -> None:
     task = SyntheticTask("reg", draw_polarity, ("sentence",), (), ("pearson",), SIZES)
     with pytest.raises(ValueError, match="regression task 'reg' needs a target_range"):
         build_task_metrics(task)
+
+
+def test_matthews_of_a_constant_predictor_is_zero_as_in_scikit_learn() -> None:
+    """torchmetrics gives 3.67 (×100) here; GLUE's scikit-learn scorer gives 0."""
+    from sklearn.metrics import matthews_corrcoef
+
+    from pha_lightning.metrics import TaskMatthews
+
+    target = torch.tensor([0.0] * 160 + [1.0] * 362)
+    metric = TaskMatthews(num_classes=2)
+    metric.update(torch.ones(522), target)
+    assert metric.compute().item() == 0.0 == matthews_corrcoef(target.numpy(), torch.ones(522).numpy())
