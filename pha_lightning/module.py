@@ -6,6 +6,8 @@ task's prototype (⊕ a layer embedding) into the adapters of the blocks after t
 Encoder-only backbones add one output head per task.
 
 Training loss: ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (see :mod:`pha_lightning.losses`).
+The same module runs PHA's baselines (:mod:`pha_lightning.methods`) and few-shot transfer to new
+tasks (:mod:`pha_lightning.transfer`).
 """
 
 from __future__ import annotations
