@@ -35,6 +35,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.module import PHAModule
+from pha_lightning.tasks import get_task
 from pha_lightning.transfer import TransferConfig, initialize_new_tasks
 
 PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
@@ -69,11 +70,21 @@ def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModul
     return PHAModule(backbone=args.backbone, method="adapter", **common)
 
 
+def data_options(target: str, args: argparse.Namespace) -> dict:
+    """Where the target's data comes from; a target without a local train file (BoolQ) draws its
+    k support examples from its validation half, which is disjoint from its test half."""
+    if not args.data_dir:
+        return {}
+    task = get_task(target)
+    no_train = getattr(task, "reads_external_data", False) and not task.has_local("train", args.data_dir)
+    return {"data_dir": args.data_dir, **({"train_from_validation": [target]} if no_train else {})}
+
+
 def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespace) -> dict:
     seed_everything(seed)
     data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=seed,
                          batch_size=min(k, args.batch_size), max_source_length=args.max_source_length,
-                         **({"data_dir": args.data_dir} if args.data_dir else {}))
+                         **data_options(target, args))
     model = build_model(variant, target, args)
     start = time.time()
     trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
@@ -88,7 +99,7 @@ def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespa
 
 def support_rankings(target: str, k: int, args: argparse.Namespace) -> list[tuple[str, float]]:
     data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=args.seeds[0],
-                         max_source_length=args.max_source_length, **({"data_dir": args.data_dir} if args.data_dir else {}))
+                         max_source_length=args.max_source_length, **data_options(target, args))
     data.setup("fit")
     model = PHAModule(tasks=[target], transfer=TransferConfig(args.pha_ckpt, init="top1"))
     return initialize_new_tasks(model, data.task_dataloaders("train"))[target]

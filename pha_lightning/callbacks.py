@@ -1,4 +1,4 @@
-"""Callbacks for production runs; the ``pha`` command adds the first four to every Trainer.
+"""Callbacks for production runs; the ``pha`` command adds the first five to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
@@ -7,6 +7,8 @@
 * :class:`Throughput` — examples/s and tokens/s of training, summed over ranks.
 * :class:`RetrieverTaskAccuracy` — on validation, how often the nearest prototype (cosine of the
   normalised retrieval vector ``z`` with the normalised prototypes) is the example's own task.
+* :class:`RetrievalProjector` — validation retrieval vectors and prototypes in TensorBoard's
+  embedding projector, coloured by task.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 """
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -202,26 +205,24 @@ class Throughput(Callback):
         self._last = None
 
 
-class RetrieverTaskAccuracy(Callback):
-    """Log ``retriever/val_task_accuracy`` (×100): the share of validation examples whose nearest
-    prototype is their own task — the retriever's task identification.
+class _ValidationRetrievalListener(Callback):
+    """Base of the callbacks that read the retriever's output ``z`` during validation.
 
-    Listens to the retriever's output during validation (no extra forward pass); models without a
-    retriever or prototypes (the baselines) log nothing. Counts are summed over ranks.
+    A forward hook on the retriever is registered for the validation loop only (no extra forward
+    pass); :meth:`on_retrieval` sees each batch's ``z`` with the batch. Models without a retriever
+    or prototypes (the baselines) are skipped.
     """
 
     def __init__(self) -> None:
         self._handle = None
         self._z: Tensor | None = None
-        self._correct = 0
-        self._total = 0
 
     @staticmethod
     def _applies(pl_module: LightningModule) -> bool:
         return getattr(pl_module, "retriever", None) is not None and getattr(pl_module, "prototypes", None) is not None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._correct = self._total = 0
+        self.reset()
         if self._applies(pl_module) and self._handle is None:
             self._handle = pl_module.retriever.register_forward_hook(self._capture)
 
@@ -232,24 +233,102 @@ class RetrieverTaskAccuracy(Callback):
         self._z = None
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._z is None or self._z.shape[0] != len(batch["task_ids"]):
-            return
-        with torch.no_grad():
-            nearest = (F.normalize(self._z.float(), dim=-1) @ pl_module.prototypes.normalized().float().T).argmax(-1)
-        self._correct += int((nearest == batch["task_ids"]).sum())
-        self._total += len(nearest)
+        if self._z is not None and self._z.shape[0] == len(batch["task_ids"]):
+            self.on_retrieval(pl_module, self._z.float(), batch["task_ids"])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if not self._applies(pl_module) or trainer.sanity_checking:
-            return
+        if self._applies(pl_module) and not trainer.sanity_checking:
+            self.report(trainer, pl_module)
+
+    def reset(self) -> None:
+        """Forget the previous validation's observations."""
+
+    def on_retrieval(self, pl_module: LightningModule, z: Tensor, task_ids: Tensor) -> None:
+        """One validation batch's retrieval vectors and task ids."""
+
+    def report(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log what was observed over the validation epoch."""
+
+
+class RetrieverTaskAccuracy(_ValidationRetrievalListener):
+    """Log ``retriever/val_task_accuracy`` (×100): the share of validation examples whose nearest
+    prototype (cosine of the normalised ``z`` with the normalised prototypes) is their own task —
+    the retriever's task identification. Counts are summed over ranks.
+    """
+
+    def reset(self) -> None:
+        self._correct = self._total = 0
+
+    def on_retrieval(self, pl_module: LightningModule, z: Tensor, task_ids: Tensor) -> None:
+        with torch.no_grad():
+            nearest = (F.normalize(z, dim=-1) @ pl_module.prototypes.normalized().float().T).argmax(-1)
+        self._correct += int((nearest == task_ids).sum())
+        self._total += len(nearest)
+
+    def report(self, trainer: Trainer, pl_module: LightningModule) -> None:
         counts = torch.tensor([self._correct, self._total], dtype=torch.float64 if pl_module.device.type == "cpu" else torch.float32, device=pl_module.device)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         if counts[1] > 0:
             pl_module.log("retriever/val_task_accuracy", float(100 * counts[0] / counts[1]))
+
+
+class RetrievalProjector(_ValidationRetrievalListener):
+    """Send validation retrieval vectors and the prototypes to TensorBoard's embedding projector.
+
+    After each validation, global rank 0 writes up to ``points_per_task`` of its normalised ``z``
+    per task and every normalised prototype as one embedding tagged ``retrieval``, with metadata
+    columns ``kind`` (example / prototype) and ``task``: colour by ``task`` in the projector to see
+    whether the retriever separates tasks and where each prototype sits (cosine space, as
+    retrieval scores it). Does nothing without a TensorBoard logger; ``pha retrieve --output_dir``
+    draws the same picture as a PNG for any checkpoint and task set.
+    """
+
+    def __init__(self, points_per_task: int = 200) -> None:
+        super().__init__()
+        if points_per_task < 1:
+            raise ValueError(f"points_per_task must be >= 1, got {points_per_task}")
+        self.points_per_task = points_per_task
+
+    def reset(self) -> None:
+        self._points: list[Tensor] = []
+        self._tasks: list[int] = []
+        self._count: dict[int, int] = {}
+
+    def on_retrieval(self, pl_module: LightningModule, z: Tensor, task_ids: Tensor) -> None:
+        keep = []
+        for row, task in enumerate(task_ids.tolist()):
+            if self._count.get(task, 0) < self.points_per_task:
+                self._count[task] = self._count.get(task, 0) + 1
+                keep.append(row)
+        if keep:
+            self._points.append(F.normalize(z[keep], dim=-1).cpu())
+            self._tasks.extend(task_ids[keep].tolist())
+
+    def report(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer = _tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero or not self._tasks:
+            return
+        names = [task.name for task in pl_module.task_objects]
+        prototypes = pl_module.prototypes.normalized().detach().float().cpu()
+        writer.add_embedding(
+            torch.cat([*self._points, prototypes]),
+            metadata=[["example", names[t]] for t in self._tasks] + [["prototype", name] for name in names],
+            metadata_header=["kind", "task"],
+            global_step=trainer.global_step,
+            tag="retrieval",
+        )
+
+
+def _tensorboard_writer(trainer: Trainer) -> Any:
+    """The SummaryWriter of the trainer's TensorBoard logger, if it has one."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 def example_fingerprint(input_ids: Tensor, attention_mask: Tensor) -> str:

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from pha_lightning.callbacks import NonFiniteGuard, RetrieverTaskAccuracy, StepSeed, Throughput
+from pha_lightning.callbacks import NonFiniteGuard, RetrievalProjector, RetrieverTaskAccuracy, StepSeed, Throughput
 from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
@@ -249,6 +249,7 @@ def _run_cli(args: list[str] | None) -> None:
                 NonFiniteGuard(),  # stop at the first NaN/inf loss, before it reaches weights or checkpoints
                 Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
                 RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
+                RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
             ],
         },
         save_config_kwargs={"overwrite": True},

@@ -248,6 +248,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         num_workers: DataLoader worker processes.
         predict_file: ``predict`` on the raw examples of this JSONL file instead of the test split
             (see :mod:`pha_lightning.predict`).
+        train_from_validation: tasks whose train examples (and low-data draw) come from their
+            validation split, for few-shot runs on a task without a train set (BoolQ locally):
+            still disjoint from test, but that task's validation then holds its training
+            examples, so do not select checkpoints on it.
 
     The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
     :mod:`pha_lightning.resume`.
@@ -275,6 +279,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         cache_tokenized: bool = True,
         num_workers: int = 0,
         predict_file: str | None = None,
+        train_from_validation: list[str] | None = None,
     ) -> None:
         super().__init__()
         check_task_names(tasks)
@@ -297,6 +302,9 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             raise ConfigError(f"percent_train must be in (0, 100] or None, got {percent_train!r}")
         if n_train is not None and percent_train is not None:
             raise ConfigError(f"give n_train or percent_train, not both (got n_train={n_train}, percent_train={percent_train})")
+        stray = sorted(set(train_from_validation or ()) - set(tasks))
+        if stray:
+            raise ConfigError(f"train_from_validation names {stray}, which are not among the tasks {list(tasks)}")
         if source not in SOURCES:
             raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
         if num_workers < 0:
@@ -323,6 +331,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         self.cache_tokenized = cache_tokenized
         self.num_workers = num_workers
         self.predict_file = predict_file
+        self.train_from_validation = list(train_from_validation or ())
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, list[Dataset]] = {}
@@ -368,10 +377,18 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
         built: dict[str, list[Dataset]] = {split: [] for split in missing}
         for task_id, task in enumerate(self.task_objects):
-            records = task.load_splits(missing, **options)
+            records = self._load_records(task, missing, options)
             for split in missing:
                 built[split].append(self._build_dataset(task_id, split, records[split]))
         self.datasets.update(built)
+
+    def _load_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
+        """``task.load_splits``, with train read from validation for ``train_from_validation`` tasks."""
+        if task.name not in self.train_from_validation or "train" not in splits:
+            return task.load_splits(splits, **options)
+        rank_zero_warn(f"task {task.name!r}: train examples are drawn from its validation split (train_from_validation)")
+        loaded = task.load_splits(sorted({"validation", *splits} - {"train"}), **options)
+        return {split: loaded["validation" if split == "train" else split] for split in splits}
 
     def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:
         """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``)."""

@@ -43,6 +43,14 @@ def test_tiny_sample_efficiency_grid_writes_table_and_plot_and_resumes(tmp_path:
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = _run(*grid).stdout  # finished runs are skipped
     assert again.count("done already, skipped") == 2
+    # retest: the same checkpoint, tested again by the current code, gives the same metrics
+    _run(*grid[:-5], "--retest", "pha-n24-s0")
+    retested = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r["run_id"] for r in retested] == ["adapter-n24-s0", "pha-n24-s0"] and retested[0] == rows[0]
+    assert retested[1]["test"] == pytest.approx(pha["test"], abs=1e-4)
+    assert retested[1]["wall_time_s"] == pha["wall_time_s"] and len(retested[1]["retested_commit"]) >= 7
+    unknown = subprocess.run([sys.executable, *grid[:-5], "--retest", "pha-n99-s0"], cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "no finished run ['pha-n99-s0']" in unknown.stderr
 
 
 def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:

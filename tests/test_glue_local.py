@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pha_lightning.datamodule import PHADataModule
-from pha_lightning.errors import DataError
+from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.glue import GLUE_TASKS, LARGE_TASK_VALIDATION_SIZE, SUPERGLUE_TASKS
 from pha_lightning.tasks import get_task
 
@@ -138,3 +138,24 @@ def test_percent_train_draws_a_share_of_every_task() -> None:
     dm = PHADataModule(["rte", "cb"], data_dir=str(SHARED_DATA), percent_train=10, eval_batch_size=256)
     dm.setup("fit")
     assert [len(d) for d in dm.datasets["train"]] == [249, 25]
+
+
+def test_train_from_validation_draws_boolq_support_from_its_validation_half_only() -> None:
+    """BoolQ has no local train file: few-shot runs draw its k examples from the validation half,
+    never from the test half."""
+    with pytest.raises(DataError, match="boolq.*train file is missing"):
+        PHADataModule(["boolq"], data_dir=str(SHARED_DATA), n_train=16).setup("fit")
+    dm = PHADataModule(["boolq", "cb"], data_dir=str(SHARED_DATA), n_train=16, train_from_validation=["boolq"], eval_batch_size=512)
+    with pytest.warns(UserWarning, match="'boolq': train examples are drawn from its validation split"):
+        dm.setup(None)
+    boolq_train, boolq_val, boolq_test = (dm.datasets[split][0]["input_ids"] for split in ("train", "validation", "test"))
+    assert len(boolq_train) == 16 and len(boolq_val) == 3270 // 2
+    assert all(ids in boolq_val for ids in boolq_train)
+    assert not any(ids in boolq_test for ids in boolq_train)
+    cb_train = get_task("cb").load_official("train", "local", SHARED_DATA)
+    assert len(dm.datasets["train"][1]) == 16 < len(cb_train)  # other tasks keep their train split
+
+
+def test_train_from_validation_must_name_a_task_of_the_run() -> None:
+    with pytest.raises(ConfigError, match=r"train_from_validation names \['copa'\], which are not among the tasks \['cb'\]"):
+        PHADataModule(["cb"], train_from_validation=["copa"])
