@@ -14,6 +14,8 @@ import pytest
 PHA = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
 #: classification, text-pair classification and regression
 TASKS = ["synth_polarity", "synth_match", "synth_score"]
+#: the whole offline suite (the DDP and resume runs)
+ALL_SYNTH_TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 MAX_SOURCE_LENGTH = 48
 
 _CACHE: dict[str, Path] = {}
@@ -73,3 +75,34 @@ def pha_error(capsys: pytest.CaptureFixture, *args: str) -> str:
     captured = capsys.readouterr()
     assert exit_info.value.code == 2, f"exit {exit_info.value.code}\n{captured.out[-2000:]}\n{captured.err[-2000:]}"
     return captured.err
+
+
+def tiny_fit_args(*, n_train: int, eval_batch_size: int, max_steps: int, val_check_interval: int) -> list[str]:
+    """``pha fit`` arguments of a tiny CPU run on the offline suite: batches of 4, one validation
+    batch per validation, every step logged, no progress bar or model summary."""
+    return [
+        f"--data.tasks=[{','.join(ALL_SYNTH_TASKS)}]",
+        f"--data.n_train={n_train}",
+        "--data.batch_size=4",
+        f"--data.eval_batch_size={eval_batch_size}",
+        f"--data.max_source_length={MAX_SOURCE_LENGTH}",
+        "--trainer.accelerator=cpu",
+        f"--trainer.max_steps={max_steps}",
+        f"--trainer.val_check_interval={val_check_interval}",
+        "--trainer.check_val_every_n_epoch=null",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+def logged_scalars(version_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar a run logged to TensorBoard: tag → {step: value}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_file,) = version_dir.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(events_file))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}

@@ -8,7 +8,6 @@ bit for bit; any difference means some state was not restored.
 
 from __future__ import annotations
 
-import glob
 import json
 import signal
 import subprocess
@@ -17,33 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from production_fixtures import ALL_SYNTH_TASKS as TASKS
+from production_fixtures import PHA, logged_scalars, pha_env, tiny_fit_args
 
 from pha_lightning.callbacks import StepSeed
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.module import PHAModule
 from pha_lightning.sampling import TemperatureBatchSampler
-from production_fixtures import PHA, pha_env
 
-TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 # 4 tasks x 6 examples, batches of 4: 6 batches per epoch; 10 steps = 1 2/3 epochs
 ARGS = [
-    f"--data.tasks=[{','.join(TASKS)}]",
-    "--data.n_train=6",
-    "--data.batch_size=4",
-    "--data.eval_batch_size=8",
-    "--data.max_source_length=48",
+    *tiny_fit_args(n_train=6, eval_batch_size=8, max_steps=10, val_check_interval=5),
     "--model.learning_rate=3e-3",
     "--model.warmup_steps=3",
-    "--trainer.accelerator=cpu",
-    "--trainer.max_steps=10",
-    "--trainer.val_check_interval=5",
-    "--trainer.check_val_every_n_epoch=null",
-    "--trainer.limit_val_batches=1",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
     "--checkpoint.every_n_train_steps=2",
 ]
 KILL_AT = 9  # the last checkpoint before it is step 8: epoch 1, 2 batches into it
@@ -55,12 +40,6 @@ def _fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
         [PHA, "fit", *ARGS, f"--trainer.default_root_dir={root}", *extra],
         cwd=root.parent, env=env, capture_output=True, text=True, timeout=600,
     )
-
-
-def _scalars(version_dir: Path) -> dict[str, dict[int, float]]:
-    events = EventAccumulator(glob.glob(str(version_dir / "events.out.tfevents.*"))[0])
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +79,7 @@ def test_resumed_run_matches_the_uninterrupted_run_exactly(runs: dict[str, Path]
         assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
     assert full["lr_schedulers"] == resumed["lr_schedulers"]
 
-    full_logs, resumed_logs = _scalars(full_dir), _scalars(resumed_dir)
+    full_logs, resumed_logs = logged_scalars(full_dir), logged_scalars(resumed_dir)
     final_val = {tag: values for tag, values in full_logs.items() if tag.startswith("val/")}
     assert "val/avg" in final_val and "val/synth_score/pearson" in final_val
     for tag, values in final_val.items():  # the final validation (step 10) of both runs
