@@ -45,7 +45,9 @@ def embed_tasks(model: PHAModule, tasks: list[str], split: str, n: int | None, d
 
 
 def plot(z: Tensor, labels: list[str], prototypes: Tensor, prototype_names: list[str], path: Path) -> None:
-    """Project normalised vectors and prototypes on the first two principal axes of the examples."""
+    """Project normalised vectors and prototypes on the first two principal axes of the examples.
+
+    Examples of tasks with a prototype are dots, those of new tasks triangles; prototypes are stars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,14 +61,17 @@ def plot(z: Tensor, labels: list[str], prototypes: Tensor, prototype_names: list
     points, marks = (z_hat - mean) @ axes, (k_hat - mean) @ axes
     fig, ax = plt.subplots(figsize=(7, 6))
     names = sorted(set(labels), key=labels.index)
-    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
+    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
     for name in names:
         rows = [i for i, label in enumerate(labels) if label == name]
-        ax.scatter(points[rows, 0], points[rows, 1], s=10, alpha=0.6, color=colours[name], label=name)
+        new = name not in prototype_names
+        ax.scatter(points[rows, 0], points[rows, 1], s=14 if new else 10, alpha=0.6, color=colours[name],
+                   marker="^" if new else "o", label=f"{name} (new)" if new else name)
     for (x, y), name in zip(marks.tolist(), prototype_names):
         ax.scatter([x], [y], marker="*", s=250, edgecolor="black", color=colours.get(name, "white"), zorder=3)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_title("Retrieval vectors (dots) and prototypes (stars), first two principal axes")
+    ax.set_title("Retrieval vectors and prototypes (stars), first two principal axes", fontsize=10)
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_dir", help="local GLUE/SuperGLUE directory (else $PHA_DATA_DIR, else the hub)")
     parser.add_argument("--max_source_length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42, help="data seed of the support draw")
+    parser.add_argument("--train_from_validation", nargs="+", default=[], metavar="TASK",
+                        help="new tasks without a train set (BoolQ locally): draw their k examples from the validation half")
     parser.add_argument("--output_dir", type=Path, help="write vectors, prototypes and retrieval.png here")
     return parser.parse_args(argv)
 
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         data_args["data_dir"] = args.data_dir
     sources = [t.name for t in model.task_objects]
     prototypes = model.prototypes.table().detach().float()
-    z, task_ids = embed_tasks(model, args.tasks, "train", args.k, data_args)
+    z, task_ids = embed_tasks(model, args.tasks, "train", args.k, {**data_args, "train_from_validation": args.train_from_validation})
     labels = [args.tasks[i] for i in task_ids.tolist()]
     rankings = {}
     for index, task in enumerate(args.tasks):
