@@ -10,7 +10,8 @@
 
    * ``pha_top1`` / ``pha_mix`` / ``pha_mean`` / ``pha_random`` — PHA transfer with the new
      prototype initialised by retrieval (top-1 row, softmax mix of the top-m rows), by the mean
-     of all rows, or at random; ``--tune`` says what trains (default: the new prototype and head);
+     of all rows, or at random; ``--tune`` says what trains besides the new prototype and head
+     (default ``hypernetwork``: a prototype-only transfer cannot move the source model's features);
    * ``adapter`` — a fresh shared-adapter model trained on the k examples alone;
    * ``hyperformer`` — a fresh task embedding for the trained HyperFormer.
 
@@ -29,9 +30,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Trainer, seed_everything
+
+from pha_lightning.backbone import backbone_family
 
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.module import PHAModule
@@ -94,15 +99,56 @@ def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespa
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
     return {"run_id": f"{variant}-{target}-k{k}-s{seed}", "variant": variant, "target": target, "k": k, "seed": seed,
             "test": {key: float(value) for key, value in metrics.items()}, "steps": args.steps,
+            "tune": args.tune if variant != "adapter" else "all", "lr": args.lr,
             "wall_time_s": round(time.time() - start, 1)}
 
 
-def support_rankings(target: str, k: int, args: argparse.Namespace) -> list[tuple[str, float]]:
+def support_rankings(target: str, k: int, args: argparse.Namespace, spread: bool) -> tuple[list[tuple[str, float]], str]:
+    """The source tasks ranked for ``target`` from its k support examples (first seed's draw), and
+    with ``spread`` how varied the features are that the new task's head reads
+    (:func:`feature_spread`) for the top-1 transferred model and for a fresh adapter model."""
     data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=args.seeds[0],
                          max_source_length=args.max_source_length, **data_options(target, args))
     data.setup("fit")
     model = PHAModule(tasks=[target], transfer=TransferConfig(args.pha_ckpt, init="top1"))
-    return initialize_new_tasks(model, data.task_dataloaders("train"))[target]
+    ranked = initialize_new_tasks(model, data.task_dataloaders("train"))[target]
+    if not spread:
+        return ranked, ""
+    fresh = PHAModule(backbone=args.backbone, tasks=[target], method="adapter")
+    spreads = [feature_spread(m, data.task_dataloaders("train")[0]) for m in (model, fresh)]
+    return ranked, " | ".join(f"{share:.2f} | {offset:.2f}" for share, offset in spreads)
+
+
+def feature_spread(model: PHAModule, loader: Iterable[dict]) -> tuple[float, float]:
+    """How much the pooled final states (what a task head reads) vary between examples: the share
+    of their variance on the first principal axis, and the norm of their mean over their RMS
+    distance to it. Near (1, large) the examples look alike to a head: a new head has little to
+    separate them by."""
+    model.eval()
+    with torch.no_grad():
+        pooled = torch.cat([model(batch)["pooled"] for batch in loader]).double()
+    centred = pooled - pooled.mean(0)
+    variance = torch.linalg.svdvals(centred) ** 2
+    return float(variance[0] / variance.sum()), float(pooled.mean(0).norm() / centred.pow(2).sum(1).mean().sqrt())
+
+
+def write_rankings(args: argparse.Namespace) -> None:
+    """``rankings.md``: each target's ranked source tasks for every k, and the feature spread."""
+    encoder = backbone_family(args.backbone) == "encoder"  # T5 has no pooled features: rankings only
+    lines = ["Source tasks ranked by retrieval (cosine of the mean support vector with each prototype).", ""]
+    spread = ["", "Spread of the pooled features a new head reads, on the support examples (largest k): share of the",
+              "variance on the first principal axis, and |mean| / RMS distance to the mean.", "",
+              "| target | PHA source, top-1 init: top-axis share | PHA: mean/spread | fresh adapter: top-axis share | adapter: mean/spread |",
+              "|---|---|---|---|---|"]
+    for target in args.targets:
+        for k in args.k:
+            ranked, features = support_rankings(target, k, args, spread=encoder and k == max(args.k))
+            lines.append(f"- **{target}**, k={k}: " + ", ".join(f"{name} {score:+.3f}" for name, score in ranked))
+            if features:
+                spread.append(f"| {target} | {features} |")
+    text = "\n".join(lines + (spread if encoder else [])) + "\n"
+    (args.output_dir / "rankings.md").write_text(text)
+    print(text)
 
 
 def finished(jsonl: Path) -> dict[str, dict]:
@@ -139,7 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", nargs="+", type=int, default=[4, 16, 32])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--tune", default="prototype", choices=["prototype", "hypernetwork", "all"])
+    parser.add_argument("--tune", default="hypernetwork", choices=["prototype", "hypernetwork", "all"],
+                        help="what PHA/HyperFormer transfer trains besides the new prototype and head (see README)")
     parser.add_argument("--steps", type=int, default=30, help="tuning steps per run")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -147,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-batches", type=int, default=None, help="cap on test batches per run (large targets)")
     parser.add_argument("--data-dir", help="local GLUE/SuperGLUE directory")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/few_shot_transfer"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite rankings.md and table.md; run no transfer")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -164,15 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     if "hyperformer" in args.variants:
         args.hyperformer_ckpt = args.hyperformer_ckpt or train_source("hyperformer", args)
     if args.pha_ckpt:
-        lines = ["Source tasks ranked by retrieval (cosine of the mean support vector with each prototype).", ""]
-        for target in args.targets:
-            for k in args.k:
-                ranked = support_rankings(target, k, args)
-                lines.append(f"- **{target}**, k={k}: " + ", ".join(f"{name} {score:+.3f}" for name, score in ranked))
-        (args.output_dir / "rankings.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_rankings(args)
     jsonl = args.output_dir / "runs.jsonl"
-    grid = [(t, k, s, v) for t in args.targets for k in args.k for s in args.seeds for v in args.variants]
+    if args.report_only:
+        write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
+        return
+    # seed outermost: an interrupted grid still covers every target and k for the first seeds
+    grid = [(t, k, s, v) for s in args.seeds for t in args.targets for k in args.k for v in args.variants]
     for index, (target, k, seed, variant) in enumerate(grid, 1):
         if f"{variant}-{target}-k{k}-s{seed}" in finished(jsonl):
             continue
