@@ -171,8 +171,30 @@ def write_table(rows: list[dict], path: Path) -> None:
             std = statistics.stdev(scores) if len(scores) > 1 else 0.0
             values.append(f"{statistics.mean(scores):.1f} ± {std:.1f}" if scores else "—")
         lines.append(f"| {target} | {k} | " + " | ".join(values) + " |")
+    lines += paired_differences(rows)
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+#: the questions the experiment asks: (variant, compared with)
+COMPARISONS = (("pha_top1", "pha_random"), ("pha_top1", "pha_mean"), ("pha_mix", "pha_top1"),
+               ("pha_top1", "adapter"), ("pha_top1", "hyperformer"))
+
+
+def paired_differences(rows: list[dict]) -> list[str]:
+    """For each k, ``a − b`` averaged over every (target, seed) where both ran — the same support
+    examples and test split — with how many of those pairs ``a`` won, tied and lost."""
+    score = {(r["variant"], r["target"], r["k"], r["seed"]): r["test"]["test/avg"] for r in rows}
+    lines = ["", "Paired differences over targets × seeds (same support set and test split): mean a − b, "
+             "and wins / ties / losses of a.", "", "| k | a − b | mean | wins / ties / losses | pairs |", "|---|---|---|---|---|"]
+    for k in sorted({key[2] for key in score}):
+        for a, b in COMPARISONS:
+            diffs = [score[(a, t, k, s)] - score[(b, t, k, s)] for (v, t, kk, s) in score
+                     if v == a and kk == k and (b, t, k, s) in score]
+            if diffs:
+                won, tied = sum(d > 1e-6 for d in diffs), sum(abs(d) <= 1e-6 for d in diffs)
+                lines.append(f"| {k} | {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -65,7 +65,12 @@ def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
     assert sorted(r["variant"] for r in rows) == sorted(
         ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "hyperformer"])
     assert all("test/synth_polarity_heldout/accuracy" in r["test"] for r in rows)
-    assert "| synth_polarity_heldout | 4 |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| synth_polarity_heldout | 4 |" in table
+    score = {r["variant"]: r["test"]["test/avg"] for r in rows}
+    difference = score["pha_top1"] - score["pha_random"]
+    won = "1 / 0 / 0" if difference > 1e-6 else "0 / 1 / 0" if abs(difference) <= 1e-6 else "0 / 0 / 1"
+    assert f"| 4 | pha_top1 − pha_random | {difference:+.1f} | {won} | 1 |" in table
     rankings = (tmp_path / "rankings.md").read_text()
     assert "**synth_polarity_heldout**, k=4: synth_polarity" in rankings
     assert re.search(r"\| synth_polarity_heldout( \| [01]\.\d\d \| \d+\.\d\d){2} \|", rankings)
