@@ -87,6 +87,9 @@ class PHAModule(LightningModule):
         lambda_ir / lambda_pro: weights of L_IR and L_Pro.
         pro_denominator: ``exclude_positive`` (the released code) or ``include_positive`` (InfoNCE).
         label_smoothing: ε of the cross-entropy.
+        regression_loss_weight: multiplies the MSE of encoder regression heads (STS-B, raw 0–5
+            scale: ≈ 9 at initialisation against ≈ 0.7 for a classification CE) in L_task; 1.0
+            is the plain sum. Not used on the T5 path, where STS-B is a text target.
         head_pooling / head_dropout: encoder-only task heads read the ``mean`` of the final hidden
             states over real tokens (or the ``cls`` token) through dropout.
         learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
@@ -119,6 +122,7 @@ class PHAModule(LightningModule):
         lambda_pro: float = 0.1,
         pro_denominator: ProDenominator = "exclude_positive",
         label_smoothing: float = 0.1,
+        regression_loss_weight: float = 1.0,
         head_pooling: Literal["mean", "cls"] = "mean",
         head_dropout: float = 0.1,
         learning_rate: float = 3e-4,
@@ -130,6 +134,8 @@ class PHAModule(LightningModule):
         transfer: TransferConfig | None = None,
     ) -> None:
         super().__init__()
+        if not regression_loss_weight >= 0:
+            raise ConfigError(f"regression_loss_weight must be >= 0, got {regression_loss_weight!r}")
         if seq2seq_eval not in ("generate", "rank"):
             raise ConfigError(f"unknown seq2seq_eval {seq2seq_eval!r}; valid: ['generate', 'rank']")
         if method not in METHODS:
@@ -384,7 +390,7 @@ class PHAModule(LightningModule):
         for task, (idx, head_out) in outputs.items():
             target = batch["targets"].index_select(0, idx)
             if self.task_objects[task].is_regression:
-                loss = F.mse_loss(head_out.squeeze(-1).float(), target.float())
+                loss = self.hparams.regression_loss_weight * F.mse_loss(head_out.squeeze(-1).float(), target.float())
             else:
                 loss = label_smoothed_cross_entropy(head_out, target.long(), eps)
             total = total + loss * len(idx)

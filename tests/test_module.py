@@ -145,3 +145,26 @@ def test_unknown_task_and_bad_constants_are_named() -> None:
         PHAModule(tasks=TASKS, pro_denominator="both")
     with pytest.raises(ValueError, match="contrastive_temperature must be > 0, got 0"):
         PHAModule(tasks=TASKS, contrastive_temperature=0)
+
+
+def test_regression_loss_weight_scales_only_the_regression_heads_mse(data: PHADataModule) -> None:
+    """L_task = (Σ classification CE·n_t + w·MSE_score·n_score) / n: a batch mixing a classification
+    task and the regression task, against that formula with the model's own head outputs."""
+    batch = next(iter(data.train_dataloader()))
+    assert {0, 3} <= set(batch["task_ids"].tolist())  # synth_polarity (classes) and synth_score (regression)
+    seed_everything(0)
+    model = PHAModule(tasks=TASKS, regression_loss_weight=0.25).eval()
+    with torch.no_grad():
+        out = model(batch)
+        loss = model.task_loss(out, batch)
+        outputs, _ = model._head_outputs(out["pooled"], batch["task_ids"])
+    expected = torch.zeros(())
+    for task, (idx, head_out) in outputs.items():
+        target = batch["targets"][idx]
+        if model.task_objects[task].is_regression:
+            expected += 0.25 * F.mse_loss(head_out.squeeze(-1), target.float()) * len(idx)
+        else:
+            expected += F.cross_entropy(head_out, target.long(), label_smoothing=0.1) * len(idx)
+    torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
+    with pytest.raises(ValueError, match="regression_loss_weight must be >= 0, got -1"):
+        PHAModule(tasks=TASKS, regression_loss_weight=-1)
