@@ -85,14 +85,9 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace) -> d
         "--trainer.enable_progress_bar=false", *args.extra,
     ]
     start = time.time()
-    log = root.with_suffix(".log")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if result.returncode != 0:
-        raise RuntimeError(f"run {rid} failed (exit {result.returncode}); see {log}")
+    run_logged(cmd, root.with_suffix(".log"), f"run {rid}")
     log_dir = next(root.rglob("test_metrics.json")).parent
-    best = next(p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt")
+    best = best_checkpoint(root)
     return {
         "run_id": rid,
         "method": method,
@@ -112,20 +107,33 @@ def retest(row: dict, args: argparse.Namespace) -> dict:
     own resolved config), e.g. after a metric fix; the row keeps its training record and gains
     ``retested_commit``."""
     root = args.output_dir / "runs" / row["run_id"]
-    checkpoints = [p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt" and "retest" not in p.parts]
-    configs = [p for p in sorted(root.rglob("config.yaml")) if "retest" not in p.parts]
-    if not checkpoints or not configs:
-        raise SystemExit(f"cannot retest {row['run_id']}: no checkpoint or config.yaml under {root}")
     out = root / "retest"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [*pha_command(), "test", f"--config={configs[0]}", f"--ckpt_path={checkpoints[0]}",
+    configs = sorted(root.rglob("config.yaml"))
+    if not configs:
+        raise SystemExit(f"cannot retest {row['run_id']}: no config.yaml under {root}")
+    cmd = [*pha_command(), "test", f"--config={configs[0]}", f"--ckpt_path={best_checkpoint(root)}",
            f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]
-    with (out.parent / "retest.log").open("w") as handle:
-        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if result.returncode != 0:
-        raise RuntimeError(f"retest of {row['run_id']} failed (exit {result.returncode}); see {out.parent / 'retest.log'}")
+    run_logged(cmd, root / "retest.log", f"retest of {row['run_id']}")
     metrics = json.loads(next(out.rglob("test_metrics.json")).read_text())
     return {**row, "test": metrics, "retested_commit": git_commit()}
+
+
+def run_logged(cmd: list[str], log: Path, what: str) -> None:
+    """Run a ``pha`` command offline with its output in ``log``; a failure names ``what`` and the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log}")
+
+
+def best_checkpoint(root: Path) -> Path:
+    """The run's best checkpoint (the monitored one; ``last.ckpt`` is the latest, not the best)."""
+    best = next((p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt"), None)
+    if best is None:
+        raise SystemExit(f"no best checkpoint under {root}")
+    return best
 
 
 def task_scores(row: dict) -> dict[str, float]:
