@@ -122,6 +122,15 @@ class T5FeedForwardWithAdapter(nn.Module):
         self.ff = ff
         self._adapter = (adapter,)  # owned (and registered) by the PHA module, not by the backbone
 
+    @property
+    def adapter(self) -> nn.Module:
+        return self._adapter[0]
+
+    @staticmethod
+    def residual_of(hidden_states: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering the sublayer (what the adapter's output is added to)."""
+        return hidden_states
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = self.ff.layer_norm(hidden_states)
         return hidden_states + self.ff.dropout(self.ff.DenseReluDense(x)) + self._adapter[0](x)
@@ -138,6 +147,15 @@ class EncoderOutputWithAdapter(nn.Module):
         super().__init__()
         self.output = output
         self._adapter = (adapter,)
+
+    @property
+    def adapter(self) -> nn.Module:
+        return self._adapter[0]
+
+    @staticmethod
+    def residual_of(hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering the sublayer (what the adapter's output is added to)."""
+        return input_tensor
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         out = self.output
@@ -184,6 +202,15 @@ def attach_adapters(model: nn.Module, family: Family, adapters: list[nn.Module])
         raise ConfigError(f"{len(adapters)} adapters for {len(blocks)} encoder blocks")
     for block, adapter in zip(blocks, adapters):
         block.output = EncoderOutputWithAdapter(block.output, adapter)
+
+
+def adapter_sites(model: nn.Module, family: Family) -> list[T5FeedForwardWithAdapter | EncoderOutputWithAdapter]:
+    """The adapted sublayers in block order (as :func:`attach_adapters` numbers them); empty when
+    the model has no adapters."""
+    if family == "seq2seq":
+        layers = [block.layer[-1] for block in [*model.encoder.block, *model.decoder.block]]
+        return [layer for layer in layers if isinstance(layer, T5FeedForwardWithAdapter)]
+    return [block.output for block in model.encoder.layer if isinstance(block.output, EncoderOutputWithAdapter)]
 
 
 def retrieval_site(model: nn.Module, family: Family, split_layer: int) -> nn.Module:

@@ -9,6 +9,9 @@
   normalised retrieval vector ``z`` with the normalised prototypes) is the example's own task.
 * :class:`RetrievalProjector` — validation retrieval vectors and prototypes in TensorBoard's
   embedding projector, coloured by task.
+* :class:`TrainingHealth` — after each validation and at the end of ``fit``: adapter/residual
+  ratios, adapter norms, prototype shift and feature collapse (:mod:`pha_lightning.health`), logged
+  to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 """
@@ -32,6 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pha_lightning.errors import PHAError
+from pha_lightning.health import HealthThresholds, format_health, health_report
 
 
 class NonFiniteLossError(PHAError):
@@ -321,6 +325,77 @@ class RetrievalProjector(_ValidationRetrievalListener):
             global_step=trainer.global_step,
             tag="retrieval",
         )
+
+
+class TrainingHealth(Callback):
+    """Measure the run's health (:func:`pha_lightning.health.health_report`) on the first
+    ``probe_examples`` examples of each task's validation loader: before training, after each
+    validation, and at the end of ``fit``. The prototypes' initial values travel in checkpoints,
+    so a resumed run still reports how far they moved from their very start.
+    """
+
+    def __init__(self, probe_examples: int = 64, thresholds: HealthThresholds = HealthThresholds()) -> None:
+        self.probe_examples = probe_examples
+        self.thresholds = thresholds
+        self.initial_prototypes: Tensor | None = None
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def _probe_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Tensor]]:
+        batches = []
+        loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
+        for loader in loaders or []:
+            batch = next(iter(loader), None)
+            if batch is not None:
+                batches.append({k: v[: self.probe_examples].to(pl_module.device) for k, v in batch.items() if isinstance(v, Tensor)})
+        return batches
+
+    def measure(self, trainer: Trainer, pl_module: LightningModule, when: str) -> dict[str, Any]:
+        report = health_report(pl_module, self._probe_batches(trainer, pl_module), self.initial_prototypes, self.thresholds)
+        report["step"] = trainer.global_step
+        self.reports[when] = report
+        return report
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.initial_prototypes is None and getattr(pl_module, "prototypes", None) is not None:
+            self.initial_prototypes = pl_module.prototypes.table().detach().cpu().clone()
+        if "start" not in self.reports:
+            self.measure(trainer, pl_module, "start")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        report = self.measure(trainer, pl_module, "end")
+        for logger in trainer.loggers:
+            logger.log_metrics(_health_scalars(report), step=trainer.global_step)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        report = self.reports.get("end")
+        if report is None or report["step"] != trainer.global_step:
+            report = self.measure(trainer, pl_module, "end")
+        if trainer.is_global_zero:
+            print(f"training health at step {report['step']} (docs/training_health.md):\n{format_health(report)}")
+            if trainer.log_dir:
+                Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(trainer.log_dir) / "health.json").write_text(json.dumps(self.reports, indent=1) + "\n", encoding="utf-8")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial_prototypes": self.initial_prototypes, "reports": self.reports}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial_prototypes = state_dict.get("initial_prototypes")
+        self.reports = state_dict.get("reports", {})
+
+
+def _health_scalars(report: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as ``health/...`` scalars (per block, per layer, per task)."""
+    scalars = {f"health/adapter_to_residual/block_{b}": r for b, r in enumerate(report["adapter_to_residual"])}
+    for key in ("shared_adapter_norm", "generated_adapter_norm", "generated_between_task_spread"):
+        scalars.update({f"health/{key}/layer_{i}": v for i, v in enumerate(report.get(key, []))})
+    for key in ("prototype_shift", "top_axis_share"):
+        scalars.update({f"health/{key}/{task}": v for task, v in report.get(key, {}).items()})
+    if report["top_axis_share"]:
+        scalars["health/max_top_axis_share"] = max(report["top_axis_share"].values())
+    return scalars
 
 
 def _tensorboard_writer(trainer: Trainer) -> Any:

@@ -19,7 +19,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from pha_lightning.callbacks import NonFiniteGuard, RetrievalProjector, RetrieverTaskAccuracy, StepSeed, Throughput
+from pha_lightning.callbacks import (
+    NonFiniteGuard,
+    RetrievalProjector,
+    RetrieverTaskAccuracy,
+    StepSeed,
+    Throughput,
+    TrainingHealth,
+)
 from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
@@ -250,6 +257,7 @@ def _run_cli(args: list[str] | None) -> None:
                 Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
                 RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
                 RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
+                TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
             ],
         },
         save_config_kwargs={"overwrite": True},

@@ -51,6 +51,7 @@ from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.module import PHAModule
 from pha_lightning.predict import encode_examples, predict_loader, predict_rows
 from pha_lightning.tasks import Task, get_task
+from pha_lightning.transfer import with_legacy_settings
 from pha_lightning.validation import ensure_writable_dir
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
@@ -270,6 +271,7 @@ def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in ("backbone", "hyperparameters", "tasks", "files") if key not in config]
     if missing:
         raise BundleError(f"{config_path} lacks {missing}")
+    config["hyperparameters"] = with_legacy_settings(config["hyperparameters"])
     return config
 
 

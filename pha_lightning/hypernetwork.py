@@ -3,21 +3,57 @@
 One network is shared by all tasks and all generated layers; the layer embedding tells it which
 layer it is generating for. Its output heads start tiny (scale 1e-3) and with zero biases, so a
 freshly built model behaves like the frozen backbone (the generated adapters start near zero).
+
+Calibration (``calibration="width"``, the default): each generated weight is a sum over the
+``out_dim`` features of ``g``, so an Adam step that moves every head weight by ``lr`` moves a
+generated weight by ``lr·‖g‖₁`` (≈ 50·lr for 64 LayerNorm-ed features), ~30× a shared adapter's
+step. The heads therefore multiply their matrix product by ``1/out_dim`` and start with weights
+``out_dim`` times larger (the same function at init), which brings the step back to ≈ lr whatever
+the width. ``calibration="none"`` is the released parametrisation. See docs/method.md.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from pha_lightning.adapters import GeneratedWeights
+from pha_lightning.errors import ConfigError
+
+Calibration = Literal["width", "none"]
+CALIBRATIONS: tuple[str, ...] = ("width", "none")
 
 
-def _uniform_head(linear: nn.Linear, bound: float) -> None:
-    nn.init.uniform_(linear.weight, -bound, bound)
-    nn.init.zeros_(linear.bias)
+def head_multiplier(calibration: str, out_dim: int) -> float:
+    """The factor the heads apply to ``W·g``: ``1/out_dim`` when calibrated, 1 for the released heads."""
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"unknown hypernet_calibration {calibration!r}; valid: {list(CALIBRATIONS)}")
+    return 1.0 / out_dim if calibration == "width" else 1.0
+
+
+class Head(nn.Linear):
+    """``multiplier·(W·g) + b``: a linear output head whose weight is stored ``1/multiplier`` larger."""
+
+    def __init__(self, in_features: int, out_features: int, multiplier: float) -> None:
+        super().__init__(in_features, out_features)
+        self.multiplier = multiplier
+
+    def init_uniform(self, bound: float) -> None:
+        """U(±bound/multiplier) weights and a zero bias: at init the head computes what U(±bound)
+        weights would, whatever the multiplier; only the size of an optimiser step changes."""
+        nn.init.uniform_(self.weight, -bound / self.multiplier, bound / self.multiplier)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, g: Tensor) -> Tensor:
+        if self.multiplier == 1.0:
+            return super().forward(g)
+        return torch.addmm(self.bias, g.reshape(-1, g.shape[-1]), self.weight.t(), alpha=self.multiplier).view(
+            *g.shape[:-1], -1
+        )
 
 
 class HyperNetwork(nn.Module):
@@ -33,6 +69,8 @@ class HyperNetwork(nn.Module):
         out_dim: size of ``g``, the LayerNorm-ed feature the heads read.
         init_scale: the ``1e-3`` factor of the head initialisation.
         layer_norm_eps: epsilon of the LayerNorm on ``g``.
+        calibration: ``width`` scales the heads' step to a shared adapter's; ``none`` is the released
+            parametrisation (see the module docstring).
     """
 
     def __init__(
@@ -46,6 +84,7 @@ class HyperNetwork(nn.Module):
         out_dim: int = 64,
         init_scale: float = 1e-3,
         layer_norm_eps: float = 1e-6,
+        calibration: Calibration = "width",
     ) -> None:
         super().__init__()
         self.d_model, self.bottleneck, self.num_layers = d_model, bottleneck, num_layers
@@ -56,14 +95,24 @@ class HyperNetwork(nn.Module):
             nn.Linear(hidden_dim, out_dim),
             nn.LayerNorm(out_dim, eps=layer_norm_eps),
         )
-        self.down_w = nn.Linear(out_dim, d_model * bottleneck)
-        self.down_b = nn.Linear(out_dim, bottleneck)
-        self.up_w = nn.Linear(out_dim, bottleneck * d_model)
-        self.up_b = nn.Linear(out_dim, d_model)
-        _uniform_head(self.down_w, init_scale * math.sqrt(3.0 / (out_dim * d_model)))
-        _uniform_head(self.up_w, init_scale * math.sqrt(3.0 / (out_dim * bottleneck)))
+        scale = head_multiplier(calibration, out_dim)
+        self.down_w = Head(out_dim, d_model * bottleneck, scale)
+        self.down_b = Head(out_dim, bottleneck, scale)
+        self.up_w = Head(out_dim, bottleneck * d_model, scale)
+        self.up_b = Head(out_dim, d_model, scale)
+        # this order of random draws is the released code's: calibration "none" reproduces its init
+        self.down_w.init_uniform(init_scale * math.sqrt(3.0 / (out_dim * d_model)))
+        self.up_w.init_uniform(init_scale * math.sqrt(3.0 / (out_dim * bottleneck)))
         for bias_head in (self.down_b, self.up_b):
-            _uniform_head(bias_head, init_scale * math.sqrt(3.0 / out_dim))
+            bias_head.init_uniform(init_scale * math.sqrt(3.0 / out_dim))
+
+    def heads(self) -> tuple[Head, ...]:
+        return (self.down_w, self.down_b, self.up_w, self.up_b)
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Switch the heads' parametrisation (loading weights trained with another one)."""
+        for head in self.heads():
+            head.multiplier = head_multiplier(calibration, head.in_features)
 
     def forward(self, cond: Tensor, group_of: Tensor | None = None) -> GeneratedWeights:
         """Weights for ``G`` condition vectors ``cond (G, cond_dim)`` and all layers at once.

@@ -39,7 +39,7 @@ from pha_lightning.backbone import (
     retrieval_site,
     site_hidden_states,
 )
-from pha_lightning.hypernetwork import HyperNetwork
+from pha_lightning.hypernetwork import CALIBRATIONS, Calibration, HyperNetwork
 from pha_lightning.losses import (
     PRO_DENOMINATORS,
     ProDenominator,
@@ -55,15 +55,18 @@ from pha_lightning.retriever import Retriever, masked_mean
 from pha_lightning.tasks import Task, get_task
 from pha_lightning.transfer import (
     ARCHITECTURE_KEYS,
+    LEGACY_SETTINGS,
     TransferConfig,
     format_rankings,
     initialize_new_tasks,
     read_source,
     set_trainable,
     source_state,
+    with_legacy_settings,
 )
 
 HEAD_POOLINGS = ("mean", "cls")
+REGRESSION_TARGETS = ("normalized", "raw")
 
 
 class PHAModule(LightningModule):
@@ -81,15 +84,22 @@ class PHAModule(LightningModule):
             prototypes have ``retrieval_dim`` columns too.
         layer_embedding_dim, hypernet_hidden_dim, hypernet_out_dim, hypernet_init_scale,
         hypernet_layer_norm_eps: the hypernetwork's sizes and initialisation (method.md, part 5).
+        hypernet_calibration: ``width`` (default) scales the generator's heads so that one
+            optimiser step moves a generated adapter as much as a shared one; ``none`` is the
+            released parametrisation (steps ~30× larger). See docs/method.md, "Calibration".
         shared_adapter_init_gain: xavier gain of the shared adapters (1e-4: they start near zero).
         prototype_init_std: standard deviation of the N(0, σ²) prototype initialisation.
         contrastive_temperature: τ of L_IR and L_Pro.
         lambda_ir / lambda_pro: weights of L_IR and L_Pro.
         pro_denominator: ``exclude_positive`` (the released code) or ``include_positive`` (InfoNCE).
         label_smoothing: ε of the cross-entropy.
-        regression_loss_weight: multiplies the MSE of encoder regression heads (STS-B, raw 0–5
-            scale: ≈ 9 at initialisation against ≈ 0.7 for a classification CE) in L_task; 1.0
-            is the plain sum. Not used on the T5 path, where STS-B is a text target.
+        regression_target: encoder regression heads predict the target mapped from the task's
+            ``target_range`` to [-1, 1] (``normalized``: an MSE of ≈ 0.4 at init, on a par with a
+            classification CE of ≈ 0.7; predictions are mapped back) or on the ``raw`` scale (STS-B
+            0–5: an MSE of ≈ 9 at init, the old behaviour). Not used on the T5 path, where STS-B
+            is a text target.
+        regression_loss_weight: multiplies the MSE of encoder regression heads in L_task; 1.0 is
+            the plain sum.
         head_pooling / head_dropout: encoder-only task heads read the ``mean`` of the final hidden
             states over real tokens (or the ``cls`` token) through dropout.
         learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
@@ -115,6 +125,7 @@ class PHAModule(LightningModule):
         hypernet_out_dim: int = 64,
         hypernet_init_scale: float = 1e-3,
         hypernet_layer_norm_eps: float = 1e-6,
+        hypernet_calibration: Calibration = "width",
         shared_adapter_init_gain: float = 1e-4,
         prototype_init_std: float = 1.0,
         contrastive_temperature: float = 0.1,
@@ -122,6 +133,7 @@ class PHAModule(LightningModule):
         lambda_pro: float = 0.1,
         pro_denominator: ProDenominator = "exclude_positive",
         label_smoothing: float = 0.1,
+        regression_target: Literal["normalized", "raw"] = "normalized",
         regression_loss_weight: float = 1.0,
         head_pooling: Literal["mean", "cls"] = "mean",
         head_dropout: float = 0.1,
@@ -136,6 +148,10 @@ class PHAModule(LightningModule):
         super().__init__()
         if not regression_loss_weight >= 0:
             raise ConfigError(f"regression_loss_weight must be >= 0, got {regression_loss_weight!r}")
+        if regression_target not in REGRESSION_TARGETS:
+            raise ConfigError(f"unknown regression_target {regression_target!r}; valid: {list(REGRESSION_TARGETS)}")
+        if hypernet_calibration not in CALIBRATIONS:
+            raise ConfigError(f"unknown hypernet_calibration {hypernet_calibration!r}; valid: {list(CALIBRATIONS)}")
         if seq2seq_eval not in ("generate", "rank"):
             raise ConfigError(f"unknown seq2seq_eval {seq2seq_eval!r}; valid: ['generate', 'rank']")
         if method not in METHODS:
@@ -224,6 +240,7 @@ class PHAModule(LightningModule):
                 out_dim=hp.hypernet_out_dim,
                 init_scale=hp.hypernet_init_scale,
                 layer_norm_eps=hp.hypernet_layer_norm_eps,
+                calibration=hp.hypernet_calibration,
             )
             if layout.source in ("prototype", "instance")
             else None
@@ -345,9 +362,9 @@ class PHAModule(LightningModule):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run the backbone with the method's adapters.
 
-        Returns the retrieval vectors ``z`` (when the method has a retriever) and, for T5, the
-        decoder's ``lm_logits`` (teacher forced on ``labels``); for encoder-only backbones, the
-        ``pooled`` final states the task heads read.
+        Returns the retrieval vectors ``z`` (when the method has a retriever), the ``pooled``
+        final states (encoder-only backbones: what the task heads read; T5: the mean of the final
+        encoder states) and, for T5, the decoder's ``lm_logits`` (teacher forced on ``labels``).
         """
         if self.family == "seq2seq":
             out, z = self.run_backbone(
@@ -358,7 +375,8 @@ class PHAModule(LightningModule):
                     decoder_input_ids=self.backbone._shift_right(batch["labels"]),
                 ),
             )
-            return {"z": z, "lm_logits": out.logits}
+            pooled = masked_mean(out.encoder_last_hidden_state, batch["attention_mask"])
+            return {"z": z, "lm_logits": out.logits, "pooled": pooled}
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         out, z = self.run_backbone(batch, lambda: self.backbone(**inputs))
         final = out.last_hidden_state
@@ -390,7 +408,9 @@ class PHAModule(LightningModule):
         for task, (idx, head_out) in outputs.items():
             target = batch["targets"].index_select(0, idx)
             if self.task_objects[task].is_regression:
-                loss = self.hparams.regression_loss_weight * F.mse_loss(head_out.squeeze(-1).float(), target.float())
+                center, half = self.regression_scale(self.task_objects[task])
+                scaled = (target.float() - center) / half
+                loss = self.hparams.regression_loss_weight * F.mse_loss(head_out.squeeze(-1).float(), scaled)
             else:
                 loss = label_smoothed_cross_entropy(head_out, target.long(), eps)
             total = total + loss * len(idx)
@@ -436,9 +456,22 @@ class PHAModule(LightningModule):
         out = self(batch)
         preds = torch.empty(len(task_ids), device=task_ids.device)
         for task, (idx, head_out) in self._head_outputs(out["pooled"], task_ids)[0].items():
-            value = head_out.squeeze(-1) if self.task_objects[task].is_regression else head_out.argmax(-1)
-            preds[idx] = value.float()
+            if self.task_objects[task].is_regression:
+                center, half = self.regression_scale(self.task_objects[task])
+                preds[idx] = head_out.squeeze(-1).float() * half + center
+            else:
+                preds[idx] = head_out.argmax(-1).float()
         return preds
+
+    def regression_scale(self, task: Task) -> tuple[float, float]:
+        """``(center, half-width)`` of the task's ``target_range``: a head predicts
+        ``(y - center) / half-width``; ``(0, 1)`` (the raw value) with ``regression_target: raw``."""
+        if self.hparams.regression_target == "raw":
+            return 0.0, 1.0
+        if task.target_range is None:
+            raise ConfigError(f"regression task {task.name!r} has no target_range to normalise its targets by")
+        low, high = task.target_range
+        return (low + high) / 2, (high - low) / 2
 
     def generate_texts(self, batch: dict[str, Tensor]) -> list[str]:
         """Greedy generation (T5 path) with each example's task adapters."""
@@ -549,6 +582,18 @@ class PHAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
+    def adopt_legacy_settings(self, saved: dict[str, Any]) -> None:
+        """Weights saved before a setting existed were trained with its legacy value: use it.
+
+        Only settings that change how weights are read (not their shapes) are in
+        ``LEGACY_SETTINGS``, so they can be switched after the model is built.
+        """
+        for key, value in LEGACY_SETTINGS.items():
+            if key not in saved:
+                self.hparams[key] = value
+        if self.hypernetwork is not None:
+            self.hypernetwork.set_calibration(self.hparams.hypernet_calibration)
+
     def saved_state_keys(self) -> set[str]:
         """What a checkpoint holds: every parameter outside the backbone, and trained backbone weights.
 
@@ -570,8 +615,10 @@ class PHAModule(LightningModule):
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        self.adopt_legacy_settings(saved)
         # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
-        check_compatible(checkpoint.get("hyper_parameters", {}), dict(self.hparams), "the checkpoint")
+        check_compatible(with_legacy_settings(saved), dict(self.hparams), "the checkpoint")
         check_state_fits(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
         missing = sorted(self.saved_state_keys() - set(checkpoint["state_dict"]))
         if missing:

@@ -14,8 +14,9 @@ tasks follow; the source tasks' weights are loaded from their checkpoint and sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -47,7 +48,17 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "hypernet_out_dim",
     "hypernet_layer_norm_eps",
     "head_pooling",
+    "hypernet_calibration",
+    "regression_target",
 )
+#: Settings added after the first checkpoints were written, and the values that reproduce those
+#: older checkpoints (the released behaviour): saved hyperparameters that lack a key get its value.
+LEGACY_SETTINGS: dict[str, Any] = {"hypernet_calibration": "none", "regression_target": "raw"}
+
+
+def with_legacy_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved hyperparameters, completed with :data:`LEGACY_SETTINGS` for keys they predate."""
+    return {**LEGACY_SETTINGS, **hparams}
 
 
 @dataclass
@@ -89,6 +100,7 @@ def read_checkpoint(path: str) -> dict:
         raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise PHAError(f"{path!r} is not a pha checkpoint (no state_dict / hyper_parameters)")
+    checkpoint["hyper_parameters"] = with_legacy_settings(checkpoint["hyper_parameters"])
     return checkpoint
 
 

@@ -77,17 +77,41 @@ def test_generated_adapter_layer_reads_context_and_expands_beams() -> None:
         adapter(x)
 
 
-def test_head_initialisation_follows_method_bounds() -> None:
-    hyper = HyperNetwork(d_model=96, bottleneck=16, num_layers=2)
+@pytest.mark.parametrize("calibration", ["width", "none"])
+def test_head_initialisation_follows_method_bounds(calibration: str) -> None:
+    """The effective head weights (stored weight × multiplier) follow method.md's bounds either way."""
+    hyper = HyperNetwork(d_model=96, bottleneck=16, num_layers=2, calibration=calibration)
     scale, g = 1e-3, 64
-    assert hyper.down_w.weight.abs().max() <= scale * math.sqrt(3 / (g * 96))
-    assert hyper.up_w.weight.abs().max() <= scale * math.sqrt(3 / (g * 16))
-    assert hyper.up_b.weight.abs().max() <= scale * math.sqrt(3 / g)
+    effective = {name: head.weight * head.multiplier for name, head in zip(("down_w", "down_b", "up_w", "up_b"), hyper.heads())}
+    assert effective["down_w"].abs().max() <= scale * math.sqrt(3 / (g * 96)) * (1 + 1e-6)
+    assert effective["up_w"].abs().max() <= scale * math.sqrt(3 / (g * 16)) * (1 + 1e-6)
+    assert effective["up_b"].abs().max() <= scale * math.sqrt(3 / g) * (1 + 1e-6)
     # the bound is actually reached (uniform init, not a much smaller one)
-    assert hyper.down_w.weight.abs().max() > 0.9 * scale * math.sqrt(3 / (g * 96))
-    for head in (hyper.down_w, hyper.down_b, hyper.up_w, hyper.up_b):
+    assert effective["down_w"].abs().max() > 0.9 * scale * math.sqrt(3 / (g * 96))
+    assert hyper.down_w.multiplier == (1 / g if calibration == "width" else 1.0)
+    for head in hyper.heads():
         assert torch.count_nonzero(head.bias) == 0
     assert hyper.trunk[-1].eps == 1e-6
+
+
+def test_calibrated_heads_compute_the_released_function_at_init() -> None:
+    """Same seed, same draws: the calibrated network generates the released weights (to rounding),
+    and the released parametrisation is plain ``W·g + b`` as in method.md."""
+    torch.manual_seed(0)
+    released = HyperNetwork(D_MODEL, R, LAYERS, calibration="none").double()
+    torch.manual_seed(0)
+    calibrated = HyperNetwork(D_MODEL, R, LAYERS, calibration="width").double()
+    cond = torch.randn(3, 64, dtype=torch.float64)
+    old, new = released(cond), calibrated(cond)
+    for part in ("down_w", "down_b", "up_w", "up_b"):
+        torch.testing.assert_close(getattr(new, part), getattr(old, part), rtol=1e-9, atol=1e-15)
+    g = released.trunk(torch.cat([cond[:, None].expand(-1, LAYERS, -1), released.layer_embeddings.weight[None].expand(3, -1, -1)], -1))
+    torch.testing.assert_close(old.up_b, g @ released.up_b.weight.T + released.up_b.bias, rtol=0, atol=0)
+
+
+def test_unknown_calibration_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown hypernet_calibration 'muP'; valid: \['width', 'none'\]"):
+        HyperNetwork(D_MODEL, R, LAYERS, calibration="muP")
 
 
 def test_per_example_generation_equals_a_loop() -> None:

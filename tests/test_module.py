@@ -147,24 +147,35 @@ def test_unknown_task_and_bad_constants_are_named() -> None:
         PHAModule(tasks=TASKS, contrastive_temperature=0)
 
 
-def test_regression_loss_weight_scales_only_the_regression_heads_mse(data: PHADataModule) -> None:
+@pytest.mark.parametrize("regression_target", ["normalized", "raw"])
+def test_regression_loss_weight_scales_only_the_regression_heads_mse(data: PHADataModule, regression_target: str) -> None:
     """L_task = (Σ classification CE·n_t + w·MSE_score·n_score) / n: a batch mixing a classification
-    task and the regression task, against that formula with the model's own head outputs."""
+    task and the regression task, against that formula with the model's own head outputs. The
+    regression head is trained on the target mapped from its range to [-1, 1] (``normalized``)
+    or on the raw value (``raw``, the old behaviour)."""
     batch = next(iter(data.train_dataloader()))
     assert {0, 3} <= set(batch["task_ids"].tolist())  # synth_polarity (classes) and synth_score (regression)
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, regression_loss_weight=0.25).eval()
+    model = PHAModule(tasks=TASKS, regression_loss_weight=0.25, regression_target=regression_target).eval()
     with torch.no_grad():
         out = model(batch)
         loss = model.task_loss(out, batch)
         outputs, _ = model._head_outputs(out["pooled"], batch["task_ids"])
+        preds = model.predict_values(batch)
     expected = torch.zeros(())
     for task, (idx, head_out) in outputs.items():
         target = batch["targets"][idx]
-        if model.task_objects[task].is_regression:
-            expected += 0.25 * F.mse_loss(head_out.squeeze(-1), target.float()) * len(idx)
+        task_object = model.task_objects[task]
+        if task_object.is_regression:
+            low, high = task_object.target_range
+            center, half = ((low + high) / 2, (high - low) / 2) if regression_target == "normalized" else (0.0, 1.0)
+            expected += 0.25 * F.mse_loss(head_out.squeeze(-1), (target.float() - center) / half) * len(idx)
+            # predictions are on the task's own scale
+            torch.testing.assert_close(preds[idx], head_out.squeeze(-1) * half + center)
         else:
             expected += F.cross_entropy(head_out, target.long(), label_smoothing=0.1) * len(idx)
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
     with pytest.raises(ValueError, match="regression_loss_weight must be >= 0, got -1"):
         PHAModule(tasks=TASKS, regression_loss_weight=-1)
+    with pytest.raises(ValueError, match=r"unknown regression_target 'zscore'; valid: \['normalized', 'raw'\]"):
+        PHAModule(tasks=TASKS, regression_target="zscore")
