@@ -39,6 +39,7 @@ from lightning.pytorch import Trainer, seed_everything
 from pha_lightning.backbone import backbone_family
 
 from pha_lightning.datamodule import PHADataModule
+from pha_lightning.health import feature_spread
 from pha_lightning.module import PHAModule
 from pha_lightning.tasks import get_task
 from pha_lightning.transfer import TransferConfig, initialize_new_tasks
@@ -106,7 +107,7 @@ def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespa
 def support_rankings(target: str, k: int, args: argparse.Namespace, spread: bool) -> tuple[list[tuple[str, float]], str]:
     """The source tasks ranked for ``target`` from its k support examples (first seed's draw), and
     with ``spread`` how varied the features are that the new task's head reads
-    (:func:`feature_spread`) for the top-1 transferred model and for a fresh adapter model."""
+    (:func:`pooled_spread`) for the top-1 transferred model and for a fresh adapter model."""
     data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=args.seeds[0],
                          max_source_length=args.max_source_length, **data_options(target, args))
     data.setup("fit")
@@ -115,21 +116,17 @@ def support_rankings(target: str, k: int, args: argparse.Namespace, spread: bool
     if not spread:
         return ranked, ""
     fresh = PHAModule(backbone=args.backbone, tasks=[target], method="adapter")
-    spreads = [feature_spread(m, data.task_dataloaders("train")[0]) for m in (model, fresh)]
+    spreads = [pooled_spread(m, data.task_dataloaders("train")[0]) for m in (model, fresh)]
     return ranked, " | ".join(f"{share:.2f} | {offset:.2f}" for share, offset in spreads)
 
 
-def feature_spread(model: PHAModule, loader: Iterable[dict]) -> tuple[float, float]:
-    """How much the pooled final states (what a task head reads) vary between examples: the share
-    of their variance on the first principal axis, and the norm of their mean over their RMS
-    distance to it. Near (1, large) the examples look alike to a head: a new head has little to
-    separate them by."""
+def pooled_spread(model: PHAModule, loader: Iterable[dict]) -> tuple[float, float]:
+    """:func:`pha_lightning.health.feature_spread` of the pooled final states (what a task head
+    reads) of every example in ``loader``: near (1, large) the examples look alike to a new head."""
     model.eval()
     with torch.no_grad():
-        pooled = torch.cat([model(batch)["pooled"] for batch in loader]).double()
-    centred = pooled - pooled.mean(0)
-    variance = torch.linalg.svdvals(centred) ** 2
-    return float(variance[0] / variance.sum()), float(pooled.mean(0).norm() / centred.pow(2).sum(1).mean().sqrt())
+        pooled = torch.cat([model(batch)["pooled"] for batch in loader])
+    return feature_spread(pooled)
 
 
 def write_rankings(args: argparse.Namespace) -> None:

@@ -86,7 +86,7 @@ class PHAModule(LightningModule):
         hypernet_layer_norm_eps: the hypernetwork's sizes and initialisation (method.md, part 5).
         hypernet_calibration: ``width`` (default) scales the generator's heads so that one
             optimiser step moves a generated adapter as much as a shared one; ``none`` is the
-            released parametrisation (steps ~30× larger). See docs/method.md, "Calibration".
+            released parametrisation (steps ~30× larger). See docs/method.md, "Training so that the generator stays healthy".
         shared_adapter_init_gain: xavier gain of the shared adapters (1e-4: they start near zero).
         prototype_init_std: standard deviation of the N(0, σ²) prototype initialisation.
         contrastive_temperature: τ of L_IR and L_Pro.

@@ -77,7 +77,7 @@ def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
     assert all(r["tune"] == ("all" if r["variant"] == "adapter" else "hypernetwork") for r in rows)
 
 
-def test_feature_spread_tells_collapsed_features_from_varied_ones() -> None:
+def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
     spec = importlib.util.spec_from_file_location("few_shot_transfer", ROOT / "benchmarks/few_shot_transfer.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -90,8 +90,8 @@ def test_feature_spread_tells_collapsed_features_from_varied_ones() -> None:
     steps = torch.linspace(-1, 1, 16).unsqueeze(1)
     direction, offset = torch.nn.functional.normalize(torch.randn(1, 8, generator=gen), dim=-1), torch.full((1, 8), 0.5)
     collapsed = offset + steps * direction  # every example on one line
-    share, ratio = module.feature_spread(Pooled(), [collapsed[:8], collapsed[8:]])
+    share, ratio = module.pooled_spread(Pooled(), [collapsed[:8], collapsed[8:]])
     assert share == pytest.approx(1.0) and ratio == pytest.approx(float(offset.norm() / steps.pow(2).mean().sqrt()))
     varied = torch.randn(400, 8, generator=gen)  # isotropic: each of 8 axes holds about 1/8
-    share, ratio = module.feature_spread(Pooled(), [varied])
+    share, ratio = module.pooled_spread(Pooled(), [varied])
     assert share < 0.25 and ratio < 0.2
