@@ -44,8 +44,8 @@ METHOD_ARGS: dict[str, list[str]] = {
 }
 
 
-def run_id(method: str, n_train: int, seed: int) -> str:
-    return f"{method}-n{n_train}-s{seed}"
+def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str:
+    return f"{method}-n{n_train}-s{seed}" + ("" if lr is None else f"-lr{lr:g}")
 
 
 def finished_runs(jsonl: Path) -> dict[str, dict]:
@@ -73,16 +73,19 @@ def trainable_parameters(checkpoint: Path) -> int:
     return sum(t.numel() for t in state.values())
 
 
-def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace) -> dict:
-    """Train and test one configuration in its own ``pha`` process; return its JSONL row."""
-    rid = run_id(method, n_train, seed)
+def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: float | None = None) -> dict:
+    """Train and test one configuration in its own ``pha`` process; return its JSONL row.
+
+    ``lr`` (when given) is the run's ``model.learning_rate`` and part of its id.
+    """
+    rid = run_id(method, n_train, seed, lr)
     root = args.output_dir / "runs" / rid
     if root.exists():
         shutil.rmtree(root)  # a run interrupted half-way starts over
     cmd = [
         *pha_command(), "fit", f"--config={args.config}", *METHOD_ARGS[method], f"--data.n_train={n_train}",
         f"--seed_everything={seed}", "--test_after_fit=true", f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false", *args.extra,
+        "--trainer.enable_progress_bar=false", *args.extra, *([] if lr is None else [f"--model.learning_rate={lr}"]),
     ]
     start = time.time()
     run_logged(cmd, root.with_suffix(".log"), f"run {rid}")
@@ -93,13 +96,44 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace) -> d
         "method": method,
         "n_train": n_train,
         "seed": seed,
+        "learning_rate": lr,
         "test": json.loads((log_dir / "test_metrics.json").read_text()),
+        **selection_record(best, root),
+        "health": health_summary(log_dir / "health.json"),
         "trainable_params": trainable_parameters(best),
         "wall_time_s": round(time.time() - start, 1),
         "git_commit": git_commit(),
         "command": cmd,
         "config": (log_dir / "config.yaml").read_text() if (log_dir / "config.yaml").exists() else None,
     }
+
+
+def selection_record(best: Path, root: Path) -> dict:
+    """Which checkpoint was tested: its step and validation average, and the run's last step."""
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    last = next(root.rglob("last.ckpt"), None)
+    last_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last else None
+    return {
+        "best_step": checkpoint["global_step"],
+        "best_val_avg": checkpoint.get("pha_val_metrics", {}).get("val/avg"),
+        "last_step": last_step,
+    }
+
+
+def health_summary(path: Path) -> dict | None:
+    """The end-of-fit health numbers a table needs (docs/training_health.md)."""
+    if not path.exists():
+        return None
+    end = json.loads(path.read_text())["end"]
+    return {
+        "max_top_axis_share": max(end["top_axis_share"].values(), default=None),
+        "max_adapter_to_residual": max(end["adapter_to_residual"], default=None),
+        "warnings": end["warnings"],
+    }
+
+
+def collapsed(row: dict) -> bool:
+    return bool(row.get("health") and row["health"]["warnings"])
 
 
 def retest(row: dict, args: argparse.Namespace) -> dict:
@@ -172,8 +206,49 @@ def write_table(rows: list[dict], path: Path) -> str:
         values = [_mean_std(cell[t]) if t in cell else "—" for t in [*tasks, "avg"]]
         lines.append(f"| {method} | {n_train} | {len(cell['avg'])} | {params[method]:,} | " + " | ".join(values) + " |")
     text = "Test metrics ×100, mean ± std over seeds (each task's mean metric; avg = mean over tasks).\n\n" + "\n".join(lines)
+    text += "\n\n" + paired_differences(rows) + "\n\nEvery run (collapsed: its health report warned, docs/training_health.md):\n\n" + runs_table(rows)
     path.write_text(text + "\n")
     return text
+
+
+def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.5) -> str:
+    """Per n_train, ``reference`` − each other method on the same seeds: mean difference of the
+    test average, and wins / ties / losses (|difference| < ``tie`` points is a tie)."""
+    scores = {(r["method"], r["n_train"], r["seed"]): r["test"]["test/avg"] for r in rows}
+    lines = [f"Paired differences of the test average, {reference} − baseline, on the same seeds "
+             f"(tie: |d| < {tie}).", "", "| n_train | baseline | seeds | mean d | per seed | wins / ties / losses |",
+             "|---|---|---|---|---|---|"]
+    for n_train in sorted({n for _, n, _ in scores}):
+        for method in sorted({m for m, n, _ in scores if n == n_train and m != reference}):
+            seeds = sorted(s for m, n, s in scores if m == method and n == n_train and (reference, n, s) in scores)
+            if not seeds:
+                continue
+            diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
+            wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
+            per_seed = " ".join(f"{d:+.1f}" for d in diffs)
+            lines.append(f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
+                         f"{wins} / {ties} / {len(diffs) - wins - ties} |")
+    return "\n".join(lines)
+
+
+def runs_table(rows: list[dict]) -> str:
+    """One line per run: test average, the tested checkpoint's step, health, and a collapse mark."""
+    lines = ["| run | lr | test avg | best step / last | best val avg | top-axis share | adapter/residual | collapsed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["n_train"], r["method"], r["seed"])):
+        health = row.get("health") or {}
+        cells = [
+            row["run_id"], row.get("learning_rate") or "—", f"{row['test']['test/avg']:.1f}",
+            f"{row.get('best_step', '—')} / {row.get('last_step', '—')}", _number(row.get("best_val_avg"), ".1f"),
+            _number(health.get("max_top_axis_share"), ".2f"), _number(health.get("max_adapter_to_residual"), ".2f"),
+            "yes" if collapsed(row) else "",
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def write_plot(rows: list[dict], path: Path) -> None:
@@ -183,7 +258,7 @@ def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = summarise(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for method in sorted({m for m, _ in groups}):
         sizes = sorted(n for m, n in groups if m == method)
         means = [statistics.mean(groups[(method, n)]["avg"]) for n in sizes]
@@ -194,7 +269,7 @@ def write_plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("average test score")
     ax.set_title("Sample efficiency")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # outside: never over the data
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -207,6 +282,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-train", nargs="+", type=int, default=[100, 500, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/sample_efficiency"))
+    parser.add_argument("--tune-lr", nargs="+", type=float, default=[], metavar="LR",
+                        help="first choose each method's learning rate among these by the best validation average "
+                             "at --tune-n-train and --tune-seed (never on test); written to chosen_lr.json and used "
+                             "by every run of the grid")
+    parser.add_argument("--tune-n-train", type=int, default=100)
+    parser.add_argument("--tune-seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite table.md and plot.png from runs.jsonl")
     parser.add_argument("--retest", nargs="+", default=[], metavar="RUN_ID",
                         help="test these finished runs' checkpoints again with the current code and update their rows")
@@ -215,6 +296,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.extra = extra
     return args
+
+
+CHOSEN_LR = "chosen_lr.json"
+
+
+def run_cells(cells: list[tuple[str, int, int, float | None]], args: argparse.Namespace, jsonl: Path) -> None:
+    """Run every (method, n_train, seed, lr) not yet in ``jsonl``, appending each finished row."""
+    for index, (method, n_train, seed, lr) in enumerate(cells, 1):
+        rid = run_id(method, n_train, seed, lr)
+        if rid in finished_runs(jsonl):
+            print(f"[{index}/{len(cells)}] {rid}: done already, skipped", flush=True)
+            continue
+        row = run_one(method, n_train, seed, args, lr)
+        with jsonl.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"[{index}/{len(cells)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s", flush=True)
+
+
+def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, float]:
+    """Each method's learning rate: the best validation average of its tuning runs (never test)."""
+    n_train, seed = args.tune_n_train, args.tune_seed
+    run_cells([(m, n_train, seed, lr) for m in args.methods for lr in args.tune_lr], args, jsonl)
+    rows = finished_runs(jsonl)
+    chosen = {}
+    for method in args.methods:
+        tried = [rows[run_id(method, n_train, seed, lr)] for lr in args.tune_lr]
+        chosen[method] = max(tried, key=lambda row: row["best_val_avg"])["learning_rate"]
+    path = args.output_dir / CHOSEN_LR
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved.update(chosen)
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+    print(f"learning rates chosen on the validation average (n_train {n_train}, seed {seed}): {chosen}", flush=True)
+    return chosen
+
+
+def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
+    """The rows the report is about: without tuning, all; with it, each method's chosen rate only."""
+    if not chosen_path.exists():
+        return rows
+    chosen = json.loads(chosen_path.read_text())
+    return [row for row in rows if row.get("learning_rate") is None or chosen.get(row["method"]) == row["learning_rate"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,18 +353,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{rid}: retested, test/avg {rows[rid]['test']['test/avg']:.2f}", flush=True)
         jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
     elif not args.report_only:
+        chosen = choose_learning_rates(args, jsonl) if args.tune_lr else {}
         # seed outermost: an interrupted grid still has every method and size for the first seeds
-        grid = [(m, n, s) for s in args.seeds for n in args.n_train for m in args.methods]
-        for index, (method, n_train, seed) in enumerate(grid, 1):
-            rid = run_id(method, n_train, seed)
-            if rid in finished_runs(jsonl):
-                print(f"[{index}/{len(grid)}] {rid}: done already, skipped", flush=True)
-                continue
-            row = run_one(method, n_train, seed, args)
-            with jsonl.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            print(f"[{index}/{len(grid)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s", flush=True)
-    rows = list(finished_runs(jsonl).values())
+        run_cells([(m, n, s, chosen.get(m)) for s in args.seeds for n in args.n_train for m in args.methods], args, jsonl)
+    rows = grid_rows(list(finished_runs(jsonl).values()), args.output_dir / CHOSEN_LR)
     if not rows:
         raise SystemExit(f"no finished runs in {jsonl}")
     print(write_table(rows, args.output_dir / "table.md"))

@@ -39,6 +39,7 @@ from pha_lightning.backbone import (
     retrieval_site,
     site_hidden_states,
 )
+from pha_lightning.heads import LabelWordHead, TaskHeads
 from pha_lightning.hypernetwork import CALIBRATIONS, Calibration, HyperNetwork
 from pha_lightning.losses import (
     PRO_DENOMINATORS,
@@ -56,6 +57,7 @@ from pha_lightning.tasks import Task, get_task
 from pha_lightning.transfer import (
     ARCHITECTURE_KEYS,
     LEGACY_SETTINGS,
+    SWITCHABLE_SETTINGS,
     TransferConfig,
     format_rankings,
     initialize_new_tasks,
@@ -67,6 +69,7 @@ from pha_lightning.transfer import (
 
 HEAD_POOLINGS = ("mean", "cls")
 REGRESSION_TARGETS = ("normalized", "raw")
+OUTPUT_LAYERS = ("task_heads", "label_words")
 
 
 class PHAModule(LightningModule):
@@ -100,6 +103,9 @@ class PHAModule(LightningModule):
             is a text target.
         regression_loss_weight: multiplies the MSE of encoder regression heads in L_task; 1.0 is
             the plain sum.
+        output_layer: encoder-only backbones: one head per task (``task_heads``), or one layer
+            over the union of the tasks' label words, each task scoring its own (``label_words``,
+            the analogue of T5's shared vocabulary; see :mod:`pha_lightning.heads`).
         head_pooling / head_dropout: encoder-only task heads read the ``mean`` of the final hidden
             states over real tokens (or the ``cls`` token) through dropout.
         learning_rate, weight_decay, warmup_steps, adam_epsilon: AdamW with linear warmup and decay.
@@ -136,6 +142,7 @@ class PHAModule(LightningModule):
         regression_target: Literal["normalized", "raw"] = "normalized",
         regression_loss_weight: float = 1.0,
         head_pooling: Literal["mean", "cls"] = "mean",
+        output_layer: Literal["task_heads", "label_words"] = "task_heads",
         head_dropout: float = 0.1,
         learning_rate: float = 3e-4,
         weight_decay: float = 0.0,
@@ -160,6 +167,10 @@ class PHAModule(LightningModule):
             raise ConfigError("PHAModule needs at least one task (model.tasks, linked from data.tasks)")
         if pro_denominator not in PRO_DENOMINATORS:
             raise ConfigError(f"unknown pro_denominator {pro_denominator!r}; valid: {list(PRO_DENOMINATORS)}")
+        if output_layer not in OUTPUT_LAYERS:
+            raise ConfigError(f"unknown output_layer {output_layer!r}; valid: {list(OUTPUT_LAYERS)}")
+        if output_layer == "label_words" and transfer is not None:
+            raise ConfigError("few-shot transfer needs model.output_layer 'task_heads' (a new task gets its own head)")
         if head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
         if contrastive_temperature <= 0:
@@ -245,13 +256,8 @@ class PHAModule(LightningModule):
             if layout.source in ("prototype", "instance")
             else None
         )
-        self.heads = (
-            nn.ModuleList(
-                nn.Sequential(nn.Dropout(hp.head_dropout), nn.Linear(d_model, t.num_labels)) for t in self.task_objects
-            )
-            if self.family == "encoder"
-            else None
-        )
+        head_class = LabelWordHead if hp.output_layer == "label_words" else TaskHeads
+        self.heads = head_class(d_model, self.task_objects, hp.head_dropout) if self.family == "encoder" else None
 
     # ------------------------------------------------------------------ structure
     @cached_property
@@ -383,31 +389,18 @@ class PHAModule(LightningModule):
         pooled = masked_mean(final, batch["attention_mask"]) if self.hparams.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
 
-    def _head_outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
-        """Each present task's head applied to its examples: ``{task: (indices, outputs)}``.
-
-        Also returns a zero that depends on the heads of the tasks absent from the batch, for the
-        loss to add: every trainable parameter then takes part in every step, which DDP requires.
-        """
-        outputs, unused = {}, pooled.new_zeros(())
-        for task, head in enumerate(self.heads):
-            idx = (task_ids == task).nonzero(as_tuple=True)[0]
-            if len(idx):
-                outputs[task] = (idx, head(pooled.index_select(0, idx)))
-            else:
-                unused = unused + 0.0 * head(pooled[:1]).sum()
-        return outputs, unused
-
     # ------------------------------------------------------------------ losses
     def task_loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Label-smoothed CE (MSE for regression heads), averaged over the examples of the batch."""
         eps = self.hparams.label_smoothing
         if self.family == "seq2seq":
             return label_smoothed_cross_entropy(out["lm_logits"], batch["labels"], eps)
-        outputs, total = self._head_outputs(out["pooled"], batch["task_ids"])
+        outputs, total = self.heads.outputs(out["pooled"], batch["task_ids"])
         for task, (idx, head_out) in outputs.items():
             target = batch["targets"].index_select(0, idx)
-            if self.task_objects[task].is_regression:
+            if isinstance(self.heads, LabelWordHead):
+                loss = label_smoothed_cross_entropy(head_out, self.heads.classes(task, target), eps)
+            elif self.task_objects[task].is_regression:
                 center, half = self.regression_scale(self.task_objects[task])
                 scaled = (target.float() - center) / half
                 loss = self.hparams.regression_loss_weight * F.mse_loss(head_out.squeeze(-1).float(), scaled)
@@ -455,8 +448,10 @@ class PHAModule(LightningModule):
             return self.rank_values(batch) if self.hparams.seq2seq_eval == "rank" else self._generate_values(batch)
         out = self(batch)
         preds = torch.empty(len(task_ids), device=task_ids.device)
-        for task, (idx, head_out) in self._head_outputs(out["pooled"], task_ids)[0].items():
-            if self.task_objects[task].is_regression:
+        for task, (idx, head_out) in self.heads.outputs(out["pooled"], task_ids)[0].items():
+            if isinstance(self.heads, LabelWordHead):
+                preds[idx] = self.heads.values(task, head_out)
+            elif self.task_objects[task].is_regression:
                 center, half = self.regression_scale(self.task_objects[task])
                 preds[idx] = head_out.squeeze(-1).float() * half + center
             else:
@@ -585,12 +580,12 @@ class PHAModule(LightningModule):
     def adopt_legacy_settings(self, saved: dict[str, Any]) -> None:
         """Weights saved before a setting existed were trained with its legacy value: use it.
 
-        Only settings that change how weights are read (not their shapes) are in
-        ``LEGACY_SETTINGS``, so they can be switched after the model is built.
+        Only settings that change how weights are read (not which weights exist) can be switched
+        after the model is built; a mismatch in the others is reported by ``check_compatible``.
         """
-        for key, value in LEGACY_SETTINGS.items():
+        for key in SWITCHABLE_SETTINGS:
             if key not in saved:
-                self.hparams[key] = value
+                self.hparams[key] = LEGACY_SETTINGS[key]
         if self.hypernetwork is not None:
             self.hypernetwork.set_calibration(self.hparams.hypernet_calibration)
 

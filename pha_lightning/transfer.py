@@ -50,10 +50,14 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "head_pooling",
     "hypernet_calibration",
     "regression_target",
+    "output_layer",
 )
 #: Settings added after the first checkpoints were written, and the values that reproduce those
 #: older checkpoints (the released behaviour): saved hyperparameters that lack a key get its value.
-LEGACY_SETTINGS: dict[str, Any] = {"hypernet_calibration": "none", "regression_target": "raw"}
+LEGACY_SETTINGS: dict[str, Any] = {"hypernet_calibration": "none", "regression_target": "raw", "output_layer": "task_heads"}
+#: The legacy settings a built model can switch to when loading old weights (they change how the
+#: weights are read, not which weights exist).
+SWITCHABLE_SETTINGS: tuple[str, ...] = ("hypernet_calibration", "regression_target")
 
 
 def with_legacy_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:

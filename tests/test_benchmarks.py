@@ -29,30 +29,40 @@ def test_help(script: Path) -> None:
     assert "usage:" in _run(str(script), "--help").stdout
 
 
-def test_tiny_sample_efficiency_grid_writes_table_and_plot_and_resumes(tmp_path: Path) -> None:
+def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(tmp_path: Path) -> None:
     grid = [str(ROOT / "benchmarks/sample_efficiency.py"), "--config", "configs/demo.yaml", "--methods", "adapter", "pha",
-            "--n-train", "24", "--seeds", "0", "--output-dir", str(tmp_path), "--",
-            "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--data.tasks=[synth_polarity,synth_score]",
-            "--data.eval_batch_size=50"]
+            "--n-train", "24", "--seeds", "0", "--output-dir", str(tmp_path), "--tune-lr", "1e-3", "3e-3",
+            "--tune-n-train", "24", "--", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+            "--data.tasks=[synth_polarity,synth_score]", "--data.eval_batch_size=50"]
     _run(*grid)
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert [r["run_id"] for r in rows] == ["adapter-n24-s0", "pha-n24-s0"]
-    pha = rows[1]
+    # the tuning runs at n_train 24, seed 0 are the grid's runs for that cell: nothing runs twice
+    assert [r["run_id"] for r in rows] == ["adapter-n24-s0-lr0.001", "adapter-n24-s0-lr0.003", "pha-n24-s0-lr0.001", "pha-n24-s0-lr0.003"]
+    chosen = json.loads((tmp_path / "chosen_lr.json").read_text())
+    for method in ("adapter", "pha"):
+        tried = [r for r in rows if r["method"] == method]
+        assert chosen[method] == max(tried, key=lambda r: r["best_val_avg"])["learning_rate"]  # chosen on validation
+    pha = next(r for r in rows if r["method"] == "pha" and r["learning_rate"] == chosen["pha"])
+    adapter = next(r for r in rows if r["method"] == "adapter" and r["learning_rate"] == chosen["adapter"])
     assert {"test/avg", "test/synth_polarity/accuracy", "test/synth_score/pearson"} <= pha["test"].keys()
-    assert pha["trainable_params"] > rows[0]["trainable_params"] > 0
+    assert pha["trainable_params"] > adapter["trainable_params"] > 0
+    assert pha["best_step"] in (2, 4) and pha["last_step"] == 4 and pha["health"]["max_top_axis_share"] > 0
     assert "method: pha" in pha["config"] and len(pha["git_commit"]) >= 7
     table = (tmp_path / "table.md").read_text()
-    assert "| adapter | 24 | 1 |" in table and "| pha | 24 | 1 |" in table
+    assert "| adapter | 24 | 1 |" in table and "| pha | 24 | 1 |" in table  # the chosen rate's runs only
+    difference = pha["test"]["test/avg"] - adapter["test"]["test/avg"]
+    assert f"| 24 | adapter | 1 | {difference:+.1f} | {difference:+.1f} | {int(difference >= 0.5)} / {int(abs(difference) < 0.5)} / {int(difference <= -0.5)} |" in table
+    assert f"| {pha['run_id']} | {chosen['pha']} | {pha['test']['test/avg']:.1f} | {pha['best_step']} / 4 |" in table
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = _run(*grid).stdout  # finished runs are skipped
-    assert again.count("done already, skipped") == 2
+    assert again.count("done already, skipped") == 6  # 4 tuning runs, then the 2 grid cells
     # retest: the same checkpoint, tested again by the current code, gives the same metrics
-    _run(*grid[:-5], "--retest", "pha-n24-s0")
-    retested = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert [r["run_id"] for r in retested] == ["adapter-n24-s0", "pha-n24-s0"] and retested[0] == rows[0]
-    assert retested[1]["test"] == pytest.approx(pha["test"], abs=1e-4)
-    assert retested[1]["wall_time_s"] == pha["wall_time_s"] and len(retested[1]["retested_commit"]) >= 7
-    unknown = subprocess.run([sys.executable, *grid[:-5], "--retest", "pha-n99-s0"], cwd=ROOT, capture_output=True, text=True)
+    base = grid[: grid.index("--tune-lr")]
+    _run(*base, "--retest", pha["run_id"])
+    retested = {r["run_id"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
+    assert retested[pha["run_id"]]["test"] == pytest.approx(pha["test"], abs=1e-4)
+    assert retested[pha["run_id"]]["wall_time_s"] == pha["wall_time_s"] and len(retested[pha["run_id"]]["retested_commit"]) >= 7
+    unknown = subprocess.run([sys.executable, *base, "--retest", "pha-n99-s0"], cwd=ROOT, capture_output=True, text=True)
     assert unknown.returncode != 0 and "no finished run ['pha-n99-s0']" in unknown.stderr
 
 

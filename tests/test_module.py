@@ -160,7 +160,7 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(data: PHADa
     with torch.no_grad():
         out = model(batch)
         loss = model.task_loss(out, batch)
-        outputs, _ = model._head_outputs(out["pooled"], batch["task_ids"])
+        outputs, _ = model.heads.outputs(out["pooled"], batch["task_ids"])
         preds = model.predict_values(batch)
     expected = torch.zeros(())
     for task, (idx, head_out) in outputs.items():
