@@ -252,6 +252,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             validation split, for few-shot runs on a task without a train set (BoolQ locally):
             still disjoint from test, but that task's validation then holds its training
             examples, so do not select checkpoints on it.
+        val_max_examples: validation keeps at most this many examples of each task, a fixed draw
+            (seeded by ``data_seed``): validation during training stays cheap on large splits,
+            while ``test`` always runs the whole test split. ``None``: the whole validation split.
+            Tasks scored per group of records (MultiRC's questions) keep their whole split.
 
     The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
     :mod:`pha_lightning.resume`.
@@ -280,6 +284,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         num_workers: int = 0,
         predict_file: str | None = None,
         train_from_validation: list[str] | None = None,
+        val_max_examples: int | None = 500,
     ) -> None:
         super().__init__()
         check_task_names(tasks)
@@ -295,7 +300,11 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             raise ConfigError(f"temperature must be > 0, got {temperature!r}")
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
-        for name, optional in (("num_batches_per_epoch", num_batches_per_epoch), ("n_train", n_train)):
+        for name, optional in (
+            ("num_batches_per_epoch", num_batches_per_epoch),
+            ("n_train", n_train),
+            ("val_max_examples", val_max_examples),
+        ):
             if optional is not None and optional < 1:
                 raise ConfigError(f"{name} must be >= 1 or None, got {optional!r}")
         if percent_train is not None and not 0 < percent_train <= 100:
@@ -332,6 +341,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         self.num_workers = num_workers
         self.predict_file = predict_file
         self.train_from_validation = list(train_from_validation or ())
+        self.val_max_examples = val_max_examples
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, list[Dataset]] = {}
@@ -391,12 +401,16 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         return {split: loaded["validation" if split == "train" else split] for split in splits}
 
     def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:
-        """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``)."""
+        """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``),
+        validation the fixed subset of at most ``val_max_examples``."""
         task = self.task_objects[task_id]
         if split == "train":
             size = low_data_size(len(records), self.n_train, self.percent_train)
             if size is not None:
                 records = subsample(records, size, self.data_seed, task.name)
+        grouped = any(task.group_of(record) is not None for record in records)  # MultiRC: keep whole questions
+        if split == "validation" and self.val_max_examples is not None and len(records) > self.val_max_examples and not grouped:
+            records = subsample(records, self.val_max_examples, self.data_seed, f"{task.name}/validation")
         if not records:
             raise ConfigError(f"task {task.name!r} has no {split} examples")
         return records

@@ -120,7 +120,7 @@ def measure_batches(model: PHAModule, batches: Iterable[dict[str, Tensor]]) -> t
         for batch in batches:
             probe.source_mask = batch["attention_mask"]
             probe.target_mask = batch["labels"] != -100 if "labels" in batch else None
-            pooled = model(batch)["pooled"]
+            pooled = model(batch, chunked=False)["pooled"]  # the hooks read whole-batch tensors
             for task in torch.unique(batch["task_ids"]).tolist():
                 features.setdefault(task, []).append(pooled[batch["task_ids"] == task].float().cpu())
     return probe.ratios(), {task: torch.cat(parts) for task, parts in features.items()}

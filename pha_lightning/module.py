@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from pha_lightning.checkpoints import check_compatible, check_state_fits
+from pha_lightning.chunking import plan_chunks, restrict_weights, run_chunked
 from pha_lightning.errors import ConfigError
 from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter, TaskAdapterBank
 from pha_lightning.backbone import (
@@ -114,6 +115,11 @@ class PHAModule(LightningModule):
             ``rank`` the task's candidate targets by likelihood (rank classification).
         transfer: adapt a trained PHA checkpoint to ``tasks`` as new tasks (few-shot transfer,
             see :mod:`pha_lightning.transfer`); its architecture comes from that checkpoint.
+        chunk_cost_tokens: length-aware execution (:mod:`pha_lightning.chunking`): the backbone
+            runs a batch in length-sorted chunks, each padded only to its longest example, and a
+            chunk boundary is placed wherever it saves more than this many padded tokens (the
+            fixed cost of one more backbone call; the default is measured on a 2-core CPU, a GPU
+            wants thousands). Same results as one padded batch; ``None`` runs the batch whole.
     """
 
     def __init__(
@@ -151,8 +157,11 @@ class PHAModule(LightningModule):
         generation_max_length: int = 16,
         seq2seq_eval: Literal["generate", "rank"] = "generate",
         transfer: TransferConfig | None = None,
+        chunk_cost_tokens: int | None = 64,
     ) -> None:
         super().__init__()
+        if chunk_cost_tokens is not None and chunk_cost_tokens < 0:
+            raise ConfigError(f"chunk_cost_tokens must be >= 0 or None, got {chunk_cost_tokens!r}")
         if not regression_loss_weight >= 0:
             raise ConfigError(f"regression_loss_weight must be >= 0, got {regression_loss_weight!r}")
         if regression_target not in REGRESSION_TARGETS:
@@ -342,9 +351,15 @@ class PHAModule(LightningModule):
 
         Returns its output and the retrieval vectors ``z`` (``None`` for methods without a retriever).
         """
+        return self.run_backbone_with(batch, call, self.batch_adapter_weights(batch["task_ids"]))
+
+    def run_backbone_with(
+        self, batch: dict[str, Tensor], call: Callable[[], Any], weights: GeneratedWeights | None
+    ) -> tuple[Any, Tensor | None]:
+        """:meth:`run_backbone` with generated weights made beforehand (once for all chunks of a batch)."""
         self._retrieval = _Retrieval(batch["attention_mask"])
         try:
-            with self.adapter_context.use(self.batch_adapter_weights(batch["task_ids"])):
+            with self.adapter_context.use(weights):
                 output = call()
             return output, self._retrieval.z
         finally:
@@ -365,26 +380,38 @@ class PHAModule(LightningModule):
         return self.run_backbone(batch, call)[1]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, batch: dict[str, Tensor], chunked: bool = True) -> dict[str, Tensor]:
         """Run the backbone with the method's adapters.
 
         Returns the retrieval vectors ``z`` (when the method has a retriever), the ``pooled``
         final states (encoder-only backbones: what the task heads read; T5: the mean of the final
         encoder states) and, for T5, the decoder's ``lm_logits`` (teacher forced on ``labels``).
+        Generated weights are made once per batch; the backbone runs the batch in length-sorted
+        chunks when that pays (``chunk_cost_tokens``), unless ``chunked`` is false (hooks that
+        need the batch's own layout, e.g. the health probe).
         """
+        weights = self.batch_adapter_weights(batch["task_ids"])
+        chunks = plan_chunks(batch["attention_mask"], self.hparams.chunk_cost_tokens) if chunked else None
+        if chunks is None:
+            return self._forward_rows(batch, weights)
+        return run_chunked(batch, chunks, lambda sub, rows: self._forward_rows(sub, restrict_weights(weights, rows)))
+
+    def _forward_rows(self, batch: dict[str, Tensor], weights: GeneratedWeights | None) -> dict[str, Tensor | None]:
+        """:meth:`forward` of one padded batch (or chunk) with its generated weights."""
         if self.family == "seq2seq":
-            out, z = self.run_backbone(
+            out, z = self.run_backbone_with(
                 batch,
                 lambda: self.backbone(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
                     decoder_input_ids=self.backbone._shift_right(batch["labels"]),
                 ),
+                weights,
             )
             pooled = masked_mean(out.encoder_last_hidden_state, batch["attention_mask"])
             return {"z": z, "lm_logits": out.logits, "pooled": pooled}
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        out, z = self.run_backbone(batch, lambda: self.backbone(**inputs))
+        out, z = self.run_backbone_with(batch, lambda: self.backbone(**inputs), weights)
         final = out.last_hidden_state
         pooled = masked_mean(final, batch["attention_mask"]) if self.hparams.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}

@@ -84,6 +84,20 @@ def test_val_loaders_one_per_task_sorted_longest_first(encoder_dm: PHADataModule
         assert sorted(targets) == sorted(expected)
 
 
+def test_validation_keeps_a_fixed_subset_and_test_the_whole_split() -> None:
+    dm = PHADataModule(["synth_polarity", "synth_score"], backbone=MINILM, val_max_examples=30)
+    dm.setup("validate")
+    dm.setup("test")
+    assert [len(d) for d in dm.datasets["validation"]] == [30, 30]
+    assert [len(d) for d in dm.datasets["test"]] == [100, 100]
+    again = PHADataModule(["synth_polarity", "synth_score"], backbone=MINILM, val_max_examples=30, seed=7, data_seed=42)
+    again.setup("validate")
+    assert list(again.datasets["validation"][1]["input_ids"]) == list(dm.datasets["validation"][1]["input_ids"])
+    whole = PHADataModule(["synth_polarity"], backbone=MINILM, val_max_examples=None)
+    whole.setup("validate")
+    assert len(whole.datasets["validation"][0]) == 100
+
+
 def test_test_and_predict_loaders_use_the_test_split() -> None:
     dm = PHADataModule(["synth_polarity"], backbone=MINILM, eval_batch_size=50)
     dm.setup("test")

@@ -1,0 +1,288 @@
+"""Real-token throughput of training and evaluation, this working tree against an older commit, in one run.
+
+    python benchmarks/throughput.py --data-dir ../shared/data --output benchmarks/results/throughput/cpu.md
+
+Throughput counts real tokens only (the attention mask's ones), so padding done faster is no
+gain. The older commit (default ``9f80f1a``) is checked out with ``git worktree add`` into a
+temporary directory; every measurement runs in its own process with ``PYTHONPATH`` pointing at
+the tree it measures, on the same batches (same data, sampler seed and model seed). Variants are
+interleaved (old, new, …, then the reverse order next round) so that load from other processes
+hits them alike; ratios are taken within a round, and the table reports their median.
+
+Variants: ``old`` (the older commit), ``new`` (this tree with its defaults), ``new_padded``
+(this tree, chunking off: what length-aware execution alone gives) and ``new_bf16`` (this tree
+under bf16 autocast). Each process trains ``--steps`` optimizer steps after ``--warmup``
+unmeasured ones on MiniLM, then runs one evaluation pass (``predict_values``) over the same
+evenly spaced validation examples (``--eval-examples`` per task); with ``--val-default`` it also times the validation pass as the data module's
+defaults make it (for the "validation under 5 s" check). Peak memory is the process's max RSS
+after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONE = "pypi:all-MiniLM-L6-v2"
+SUITES: dict[str, dict] = {
+    "glue": {"tasks": ["cola", "sst2", "mrpc", "stsb", "rte"], "max_source_length": 128, "temperature": 10.0,
+             "source": "local", "split_validation_test": True, "data_seed": 42, "eval_batch_size": 128},
+    "synthetic": {"tasks": ["synth_polarity", "synth_category", "synth_match", "synth_score"],
+                  "max_source_length": 48, "temperature": 2.0, "eval_batch_size": 100},
+}
+#: variant → (tree: "old" or "new", model keyword arguments, bf16 autocast)
+VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "old": ("old", {}, False),
+    "new": ("new", {}, False),
+    "new_padded": ("new", {"chunk_cost_tokens": None}, False),
+    "new_bf16": ("new", {}, True),
+}
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def build(spec: dict):
+    """Data module (set up for fit) and model for one measurement, from ``pha_lightning`` on the path."""
+    import torch
+
+    from pha_lightning.datamodule import PHADataModule
+    from pha_lightning.module import PHAModule
+
+    suite = dict(SUITES[spec["suite"]])
+    if suite.get("source") == "local":
+        suite["data_dir"] = spec["data_dir"]
+    if spec["suite"] == "glue":
+        suite["n_train"] = spec["n_train"]
+    data = PHADataModule(backbone=BACKBONE, batch_size=spec["batch_size"], seed=0, **suite)
+    data.setup("fit")
+    # the same evenly spaced validation examples in every tree (at most eval_examples per task)
+    data.datasets["validation"] = [
+        d.select(range(0, len(d), -(-len(d) // spec["eval_examples"]))) for d in data.datasets["validation"]
+    ]
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = PHAModule(backbone=BACKBONE, tasks=suite["tasks"], method=spec["method"], **spec["model_kwargs"])
+    return data, model
+
+
+def time_training(model, data, spec: dict) -> dict:
+    """Seconds and real tokens of ``steps`` optimizer steps after ``warmup`` unmeasured ones."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"])
+    batches = iter(data.train_dataloader())
+    seconds = tokens = padded = 0.0
+    step_times = []
+    for step in range(spec["warmup"] + spec["steps"]):
+        batch = next(batches)
+        start = time.perf_counter()
+        with autocast:
+            loss = model.loss_terms(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        if step >= spec["warmup"]:
+            seconds += elapsed
+            step_times.append(elapsed)
+            tokens += float(batch["attention_mask"].sum())
+            padded += batch["attention_mask"].numel()
+    return {"train_s": seconds, "train_tokens": tokens, "train_tokens_per_s": tokens / seconds,
+            "train_median_step_s": statistics.median(step_times), "train_real_fraction": tokens / padded}
+
+
+def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float]:
+    """(seconds, real tokens) of predicting every batch of ``loaders``."""
+    import torch
+
+    model.eval()
+    seconds = tokens = 0.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for loader in loaders:
+            for batch in loader:
+                start = time.perf_counter()
+                model.predict_values(batch)
+                seconds += time.perf_counter() - start
+                tokens += float(batch["attention_mask"].sum())
+    return seconds, tokens
+
+
+def default_validation_seconds(model, spec: dict, bf16: bool) -> float | None:
+    """A validation pass as the data module's defaults make it (``None`` where it has no subset option)."""
+    from pha_lightning.datamodule import PHADataModule
+
+    if "val_max_examples" not in inspect.signature(PHADataModule).parameters:
+        return None
+    suite = dict(SUITES[spec["suite"]], data_dir=spec["data_dir"]) if spec["suite"] == "glue" else SUITES[spec["suite"]]
+    data = PHADataModule(backbone=BACKBONE, **suite)
+    data.setup("validate")
+    time_evaluation(model, [data.val_dataloader()[0]], bf16)  # warm-up
+    return time_evaluation(model, data.val_dataloader(), bf16)[0]
+
+
+def worker(spec: dict) -> dict:
+    """One measurement, in this process."""
+    import pha_lightning
+
+    load_before = load_average()
+    data, model = build(spec)
+    row = {**spec, "pha_lightning": str(Path(pha_lightning.__file__).parent), **time_training(model, data, spec)}
+    row["train_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaders = data.val_dataloader()
+    time_evaluation(model, [loaders[0]], spec["bf16"])  # warm-up
+    row["eval_s"], row["eval_tokens"] = time_evaluation(model, loaders, spec["bf16"])
+    row["eval_tokens_per_s"] = row["eval_tokens"] / row["eval_s"]
+    if spec["val_default"]:
+        row["val_default_s"] = default_validation_seconds(model, spec, spec["bf16"])
+    row["load_average"] = [load_before, load_average()]
+    return row
+
+
+def run_measurement(spec: dict, tree: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                         env=env, cwd=tree)
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec['variant']}/{spec['suite']}/{spec['method']} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratio_cell(rows: list[dict], variant: str, key: str) -> str:
+    """Median over rounds of ``variant``'s ``key`` divided by ``old``'s in the same round."""
+    by_round = {r["round"]: r for r in rows if r["variant"] == "old"}
+    ratios = [r[key] / by_round[r["round"]][key] for r in rows if r["variant"] == variant and r["round"] in by_round]
+    if not ratios:
+        return "–"
+    return f"{statistics.median(ratios):.2f}" + (f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else "")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per suite, method and variant, medians over rounds and ratios to ``old``."""
+    lines = [
+        "| suite | method | variant | train real tok/s | × old | median step (s) | real-token share | "
+        "peak MiB | × old | eval real tok/s | × old | default val pass (s) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["suite"], r["method"], r["variant"]) for r in rows}, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2])))
+    for suite, method, variant in keys:
+        group = [r for r in rows if (r["suite"], r["method"]) == (suite, method)]
+        mine = [r for r in group if r["variant"] == variant]
+
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in mine)
+
+        val = [r["val_default_s"] for r in mine if r.get("val_default_s") is not None]
+        loads = [x for r in mine for x in r["load_average"]]
+        cells = [
+            suite, method, variant, f"{median('train_tokens_per_s'):.0f}", ratio_cell(group, variant, "train_tokens_per_s"),
+            f"{median('train_median_step_s'):.3f}", f"{median('train_real_fraction'):.2f}",
+            f"{median('train_peak_mib'):.0f}", ratio_cell(group, variant, "train_peak_mib"),
+            f"{median('eval_tokens_per_s'):.0f}", ratio_cell(group, variant, "eval_tokens_per_s"),
+            f"{statistics.median(val):.1f}" if val else "–", f"{min(loads):.1f}–{max(loads):.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def step_ratio_lines(rows: list[dict]) -> list[str]:
+    """PHA's median step over the shared adapter's, per suite and variant (same round)."""
+    lines = []
+    for suite in sorted({r["suite"] for r in rows}):
+        for variant in VARIANTS:
+            pairs = [
+                (p["train_median_step_s"], a["train_median_step_s"])
+                for p in rows for a in rows
+                if (p["suite"], p["variant"], p["method"]) == (suite, variant, "pha")
+                and (a["suite"], a["variant"], a["method"], a["round"]) == (suite, variant, "adapter", p["round"])
+            ]
+            if pairs:
+                ratio = statistics.median(p / a for p, a in pairs)
+                lines.append(f"* {suite}, {variant}: PHA step = {ratio:.2f} × adapter step")
+    return lines
+
+
+class OldTree:
+    """``git worktree add`` of ``commit`` into a temporary directory, removed on exit."""
+
+    def __init__(self, commit: str) -> None:
+        self.commit = commit
+        self.path = Path(tempfile.mkdtemp(prefix="pha-old-")) / "tree"
+
+    def __enter__(self) -> Path:
+        subprocess.run(["git", "worktree", "add", "--detach", str(self.path), self.commit], cwd=ROOT, check=True,
+                       capture_output=True)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["git", "worktree", "remove", "--force", str(self.path)], cwd=ROOT, check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old-commit", default="9f80f1a", help="the commit to compare against")
+    parser.add_argument("--data-dir", default=os.environ.get("PHA_DATA_DIR"), help="GLUE files (the glue suite)")
+    parser.add_argument("--suites", nargs="+", default=["glue", "synthetic"], choices=list(SUITES))
+    parser.add_argument("--methods", nargs="+", default=["pha", "adapter"])
+    parser.add_argument("--variants", nargs="+", default=["old", "new", "new_padded"], choices=list(VARIANTS))
+    parser.add_argument("--model-args", default="{}", help="JSON keyword arguments for every 'new' variant's PHAModule")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--n-train", type=int, default=100, help="train examples per GLUE task")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--eval-examples", type=int, default=250, help="validation examples per task to evaluate")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads per process (default: torch's)")
+    parser.add_argument("--val-default", action="store_true", help="also time the default validation pass")
+    parser.add_argument("--output", type=Path, help="write the markdown table here (and the rows as .jsonl next to it)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if "glue" in args.suites and not args.data_dir:
+        parser.error("the glue suite needs --data-dir (or PHA_DATA_DIR)")
+    rows = []
+    with OldTree(args.old_commit) as old_tree:
+        trees = {"old": old_tree, "new": ROOT}
+        for round_ in range(args.rounds):
+            order = args.variants if round_ % 2 == 0 else args.variants[::-1]
+            for suite in args.suites:
+                for method in args.methods:
+                    for variant in order:
+                        tree, model_kwargs, bf16 = VARIANTS[variant]
+                        if tree == "new":
+                            model_kwargs = {**model_kwargs, **json.loads(args.model_args)}
+                        spec = {"suite": suite, "method": method, "variant": variant, "round": round_,
+                                "model_kwargs": model_kwargs, "bf16": bf16, "batch_size": args.batch_size,
+                                "n_train": args.n_train, "data_dir": args.data_dir, "steps": args.steps,
+                                "warmup": args.warmup, "val_default": args.val_default and tree == "new",
+                                "eval_examples": args.eval_examples, "threads": args.threads}
+                        row = run_measurement(spec, trees[tree])
+                        row["commit"] = args.old_commit if tree == "old" else "working tree"
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    text = "\n".join([table(rows), "", *step_ratio_lines(rows)])
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+        args.output.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
