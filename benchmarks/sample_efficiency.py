@@ -324,19 +324,28 @@ def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, fl
         tried = [rows[run_id(method, n_train, seed, lr)] for lr in args.tune_lr]
         chosen[method] = max(tried, key=lambda row: row["best_val_avg"])["learning_rate"]
     path = args.output_dir / CHOSEN_LR
-    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved = read_chosen(path)
     saved.update(chosen)
     path.write_text(json.dumps(saved, indent=1) + "\n")
     print(f"learning rates chosen on the validation average (n_train {n_train}, seed {seed}): {chosen}", flush=True)
     return chosen
 
 
+def read_chosen(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def lr_for(method: str, chosen: dict[str, float]) -> float | None:
+    """A method's chosen learning rate; PHA's ablations use PHA's (they are PHA with λ's at 0)."""
+    return chosen.get(method, chosen.get("pha") if method.startswith("pha_") else None)
+
+
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
     """The rows the report is about: without tuning, all; with it, each method's chosen rate only."""
-    if not chosen_path.exists():
+    chosen = read_chosen(chosen_path)
+    if not chosen:
         return rows
-    chosen = json.loads(chosen_path.read_text())
-    return [row for row in rows if row.get("learning_rate") is None or chosen.get(row["method"]) == row["learning_rate"]]
+    return [row for row in rows if row.get("learning_rate") is None or lr_for(row["method"], chosen) == row["learning_rate"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,9 +362,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{rid}: retested, test/avg {rows[rid]['test']['test/avg']:.2f}", flush=True)
         jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
     elif not args.report_only:
-        chosen = choose_learning_rates(args, jsonl) if args.tune_lr else {}
+        if args.tune_lr:
+            choose_learning_rates(args, jsonl)
+        chosen = read_chosen(args.output_dir / CHOSEN_LR)
         # seed outermost: an interrupted grid still has every method and size for the first seeds
-        run_cells([(m, n, s, chosen.get(m)) for s in args.seeds for n in args.n_train for m in args.methods], args, jsonl)
+        cells = [(m, n, s, lr_for(m, chosen)) for s in args.seeds for n in args.n_train for m in args.methods]
+        run_cells(cells, args, jsonl)
     rows = grid_rows(list(finished_runs(jsonl).values()), args.output_dir / CHOSEN_LR)
     if not rows:
         raise SystemExit(f"no finished runs in {jsonl}")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The converged sample-efficiency grid (benchmarks/README.md, "Protocol"): MiniLM on the five
+# local GLUE tasks; every method's learning rate chosen on the validation average at n_train 100,
+# seed 0, among LRS; then n_train 100 and 500 × seeds 0-2 with that rate; 1000 steps of 32, a
+# validation every 100 steps (on a fixed subset), the best validation checkpoint tested on the
+# whole test split. Resumable: rerun the same command after an interruption.
+#   bash benchmarks/run_converged_minilm.sh DATA_DIR METHOD [METHOD ...]
+# One invocation is one lane; run two lanes side by side on a 2-core machine, e.g.
+#   bash benchmarks/run_converged_minilm.sh ../shared/data pha task_adapter hyperdecoder &
+#   bash benchmarks/run_converged_minilm.sh ../shared/data adapter hyperformer &
+# then, once PHA's rate is chosen, its ablations (they take PHA's rate):
+#   bash benchmarks/run_converged_minilm.sh ../shared/data pha_no_ir pha_no_pro pha_no_contrastive
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=$1; shift
+OUT=${OUT:-benchmarks/results/converged}
+LRS=${LRS:-"3e-4 1e-3"}
+if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+RUN_ARGS=(-- "--data.data_dir=$DATA_DIR" --trainer.max_steps=1000 --trainer.val_check_interval=100 --model.warmup_steps=100)
+tuned=(); plain=()
+for method in "$@"; do [[ $method == pha_* ]] && plain+=("$method") || tuned+=("$method"); done
+for method in "${tuned[@]}"; do
+  # shellcheck disable=SC2086
+  "$PYTHON" benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml --methods "$method" \
+    --tune-lr $LRS --n-train 100 500 --seeds 0 1 2 --output-dir "$OUT" "${RUN_ARGS[@]}"
+done
+if (( ${#plain[@]} )); then
+  "$PYTHON" benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml --methods "${plain[@]}" \
+    --n-train 100 --seeds 0 1 2 --output-dir "$OUT" "${RUN_ARGS[@]}"
+fi
