@@ -1,4 +1,4 @@
-"""Parallel bottleneck adapters, shared or hypernetwork-generated (method.md, "Parts" 1 and 6).
+"""Parallel bottleneck adapters, shared or hypernetwork-generated (docs/method.md, "The parts").
 
 An adapter is ``ReLU(x·W_down + b_down)·W_up + b_up`` added in parallel to a feed-forward
 sublayer. Shared adapters own their weights. Generated adapters read the weights the

@@ -1,6 +1,6 @@
 """Backbone loading and wiring: where PHA's adapters and retriever sit inside a frozen transformer.
 
-Two families are supported (method.md, "Where the parts sit"):
+Two families are supported (docs/method.md, "Where the parts sit"):
 
 * ``seq2seq`` — T5 family (``T5ForConditionalGeneration``): shared adapters in every encoder
   feed-forward sublayer, the retriever on the final encoder output, generated adapters in every

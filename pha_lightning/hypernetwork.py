@@ -1,4 +1,4 @@
-"""The hypernetwork (method.md, "Parts" 4–5): (prototype row ⊕ layer embedding) → adapter weights.
+"""The hypernetwork (docs/method.md, "The parts"): (prototype row ⊕ layer embedding) → adapter weights.
 
 One network is shared by all tasks and all generated layers; the layer embedding tells it which
 layer it is generating for. Its output heads start tiny (scale 1e-3) and with zero biases, so a

@@ -1,4 +1,4 @@
-"""PHA's training losses (method.md, "Losses").
+"""PHA's training losses (docs/method.md, "Losses").
 
 * :func:`instance_contrastive_loss` — L_IR, supervised InfoNCE between the retrieval vectors of a
   batch: examples of the same task are positives, every other example is in the denominator.

@@ -1,4 +1,4 @@
-"""PHA and its baselines as layouts of the same parts (method.md, "Baselines of the same family").
+"""PHA and its baselines as layouts of the same parts (docs/method.md, "Baselines in the same framework").
 
 Every method runs through the same module, data path and evaluation; they differ only in which
 blocks get which kind of adapter and where generated weights come from:

@@ -1,6 +1,6 @@
 """``PHAModule``: Prototype-based HyperAdapter on a frozen transformer, as a LightningModule.
 
-Composition (method.md): a frozen backbone; shared adapters before the retrieval point; the
+Composition (docs/method.md): a frozen backbone; shared adapters before the retrieval point; the
 retriever on the hidden states at that point; a prototype table; a hypernetwork that turns each
 task's prototype (⊕ a layer embedding) into the adapters of the blocks after the retrieval point.
 Encoder-only backbones add one output head per task.
@@ -87,7 +87,7 @@ class PHAModule(LightningModule):
         retriever_hidden_dim / retrieval_dim: the retriever MLP ``d_model → 128 → 64``; the
             prototypes have ``retrieval_dim`` columns too.
         layer_embedding_dim, hypernet_hidden_dim, hypernet_out_dim, hypernet_init_scale,
-        hypernet_layer_norm_eps: the hypernetwork's sizes and initialisation (method.md, part 5).
+        hypernet_layer_norm_eps: the hypernetwork's sizes and initialisation (docs/method.md, "The parts").
         hypernet_calibration: ``width`` (default) scales the generator's heads so that one
             optimiser step moves a generated adapter as much as a shared one; ``none`` is the
             released parametrisation (steps ~30× larger). See docs/method.md, "Training so that the generator stays healthy".
@@ -209,7 +209,7 @@ class PHAModule(LightningModule):
         self.split_layer = before
         self.layout = method_layout(method, before, after, contrastive=bool(lambda_ir or lambda_pro))
         self.backbone.requires_grad_(self.layout.trains_backbone)
-        self.backbone.train()  # from_pretrained returns eval mode; method.md keeps the FFN dropout in training
+        self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
         self._build_parts(hidden_size(self.backbone))
         if source:
             self.load_state_dict(source_state(source["state_dict"], self.num_new_tasks), strict=False)

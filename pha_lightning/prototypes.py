@@ -1,4 +1,4 @@
-"""The prototype table K (method.md, "Parts" 3): one learned 64-d row per task.
+"""The prototype table K (docs/method.md, "The parts"): one learned 64-d row per task.
 
 A prototype plays two roles: it is the task's anchor in retrieval space (L_Pro pulls each
 example's retrieval vector towards its task's row) and, un-normalised, the input from which the

@@ -1,4 +1,4 @@
-"""The instance-dense retriever (method.md, "Parts" 2): ``z = W2 · ReLU(W1 · h̄)``.
+"""The instance-dense retriever (docs/method.md, "The parts"): ``z = W2 · ReLU(W1 · h̄)``.
 
 ``h̄`` is the mean of the hidden states over non-padding tokens. The retriever learns (through
 L_IR and L_Pro) to place examples of one task close together and close to that task's

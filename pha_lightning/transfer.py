@@ -1,4 +1,4 @@
-"""Few-shot transfer to new tasks through the retriever (method.md, "Inference": a new task).
+"""Few-shot transfer to new tasks through the retriever (docs/method.md, "Inference and new tasks").
 
 A trained PHA model meets a new task with a handful of examples. The retriever embeds them, the
 mean normalised vector is scored against every source prototype by cosine, and the new task's

@@ -1,0 +1,97 @@
+"""Validation curves and training health of finished runs, from their TensorBoard logs.
+
+    python benchmarks/curves.py benchmarks/results/converged --runs pha-n100-s0-lr0.001 adapter-n100-s0-lr0.001
+
+For every run directory ``<output-dir>/runs/<run id>`` (as ``sample_efficiency.py`` writes them)
+it reads ``val/avg``, the largest top-axis share of the pooled features and the largest
+adapter/residual ratio at each validation, and the training loss; it writes ``curves.md`` (one
+table per run) and ``curves.png`` (validation average against step, one line per run) into the
+output directory. The TensorBoard logs themselves are not committed; these files are.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def read_run(run_dir: Path) -> dict[str, dict[int, float]]:
+    """``{series: {step: value}}`` of one run's first TensorBoard log (the fit's)."""
+    logs = sorted(run_dir.rglob("events.out.tfevents.*"))
+    if not logs:
+        raise SystemExit(f"no TensorBoard log under {run_dir}")
+    events = EventAccumulator(str(logs[0].parent), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+
+    def series(tag: str) -> dict[int, float]:
+        return {e.step: e.value for e in events.Scalars(tag)} if tag in tags else {}
+
+    ratios = [series(t) for t in tags if t.startswith("health/adapter_to_residual/")]
+    return {
+        "val/avg": series("val/avg"),
+        "train/loss": series("train/loss"),
+        "max_top_axis_share": series("health/max_top_axis_share"),
+        "max_adapter_to_residual": {step: max(r[step] for r in ratios) for step in ratios[0]} if ratios else {},
+    }
+
+
+def nearest_loss(losses: dict[int, float], step: int, window: int) -> float | None:
+    """Mean training loss over the ``window`` logged steps up to ``step`` (smooths the batch noise)."""
+    recent = [value for s, value in sorted(losses.items()) if s <= step][-window:]
+    return sum(recent) / len(recent) if recent else None
+
+
+def run_table(run_id: str, data: dict[str, dict[int, float]]) -> str:
+    lines = [f"### {run_id}", "", "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual |",
+             "|---|---|---|---|---|"]
+    for step, value in sorted(data["val/avg"].items()):
+        loss = nearest_loss(data["train/loss"], step, 5)
+        share = data["max_top_axis_share"].get(step)
+        ratio = data["max_adapter_to_residual"].get(step)
+        cells = [str(step), f"{value:.1f}", "—" if loss is None else f"{loss:.3f}",
+                 "—" if share is None else f"{share:.2f}", "—" if ratio is None else f"{ratio:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    best = max(data["val/avg"].items(), key=lambda kv: kv[1], default=None)
+    if best:
+        lines += ["", f"best validation average {best[1]:.1f} at step {best[0]}"]
+    return "\n".join(lines)
+
+
+def write_plot(curves: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for run_id, data in curves.items():
+        steps = sorted(data["val/avg"])
+        ax.plot(steps, [data["val/avg"][s] for s in steps], marker="o", markersize=3, label=run_id)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation average")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path, help="a sample_efficiency.py output directory")
+    parser.add_argument("--runs", nargs="+", help="run ids (default: every run under <output_dir>/runs)")
+    args = parser.parse_args()
+    run_ids = args.runs or sorted(p.name for p in (args.output_dir / "runs").iterdir() if p.is_dir())
+    curves = {run_id: read_run(args.output_dir / "runs" / run_id) for run_id in run_ids}
+    text = "Validation curves (val/avg, the fixed validation subset) and training health at each validation.\n\n"
+    text += "\n\n".join(run_table(run_id, data) for run_id, data in curves.items())
+    (args.output_dir / "curves.md").write_text(text + "\n")
+    write_plot(curves, args.output_dir / "curves.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
