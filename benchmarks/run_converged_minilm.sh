@@ -8,8 +8,9 @@
 # One invocation is one lane; run two lanes side by side on a 2-core machine, e.g.
 #   bash benchmarks/run_converged_minilm.sh ../shared/data pha task_adapter hyperdecoder &
 #   bash benchmarks/run_converged_minilm.sh ../shared/data adapter hyperformer &
-# then, once PHA's rate is chosen, its ablations (they take PHA's rate):
-#   bash benchmarks/run_converged_minilm.sh ../shared/data pha_no_ir pha_no_pro pha_no_contrastive
+# then, once PHA's and the adapter's rates are chosen, the ablations and the shared label-word
+# output layer (at n_train 100; they take their base method's rate):
+#   bash benchmarks/run_converged_minilm.sh ../shared/data pha_no_ir pha_no_pro pha_no_contrastive adapter+label_words pha+label_words
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=$1; shift
@@ -19,7 +20,8 @@ if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTH
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RUN_ARGS=(-- "--data.data_dir=$DATA_DIR" --trainer.max_steps=1000 --trainer.val_check_interval=100 --model.warmup_steps=100)
 tuned=(); plain=()
-for method in "$@"; do [[ $method == pha_* ]] && plain+=("$method") || tuned+=("$method"); done
+# PHA's ablations and the +label_words variants take their base method's rate: not tuned
+for method in "$@"; do [[ $method == pha_* || $method == *+* ]] && plain+=("$method") || tuned+=("$method"); done
 for method in "${tuned[@]}"; do
   # shellcheck disable=SC2086
   "$PYTHON" benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml --methods "$method" \

@@ -13,8 +13,16 @@ the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
 Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, ``hyperformer``,
 ``hyperdecoder``, ``finetune``) plus PHA's ablations ``pha_no_ir``, ``pha_no_pro`` and
-``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0). HyperFormer runs use one task per batch, as
+``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), and each of them as ``<method>+label_words``
+with the encoder's shared label-word output layer. HyperFormer runs use one task per batch, as
 the original (``--data.sampling task``); the other methods use mixed batches.
+
+With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
+``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``); the ablations and the ``+label_words``
+variants take their base method's rate. Every row records the tested (best validation)
+checkpoint's step, its validation average and the run's training-health summary, and
+``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
+marks collapsed runs.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ METHOD_ARGS: dict[str, list[str]] = {
     "hyperdecoder": ["--model.method=hyperdecoder"],
     "finetune": ["--model.method=finetune"],
 }
+#: every method with the encoder's shared label-word output layer instead of one head per task
+#: (``<method>+label_words``; the encoder analogue of T5's shared vocabulary, docs/method.md)
+METHOD_ARGS.update({f"{m}+label_words": [*args, "--model.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())})
 
 
 def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str:
@@ -336,8 +347,12 @@ def read_chosen(path: Path) -> dict[str, float]:
 
 
 def lr_for(method: str, chosen: dict[str, float]) -> float | None:
-    """A method's chosen learning rate; PHA's ablations use PHA's (they are PHA with λ's at 0)."""
-    return chosen.get(method, chosen.get("pha") if method.startswith("pha_") else None)
+    """A method's chosen learning rate. Variants without their own take their base method's:
+    ``<method>+label_words`` that of ``<method>``, PHA's ablations PHA's (PHA with λ's at 0)."""
+    if method in chosen:
+        return chosen[method]
+    base = method.split("+")[0]
+    return chosen.get(base, chosen.get("pha") if base.startswith("pha_") else None)
 
 
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:

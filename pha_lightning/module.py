@@ -178,8 +178,6 @@ class PHAModule(LightningModule):
             raise ConfigError(f"unknown pro_denominator {pro_denominator!r}; valid: {list(PRO_DENOMINATORS)}")
         if output_layer not in OUTPUT_LAYERS:
             raise ConfigError(f"unknown output_layer {output_layer!r}; valid: {list(OUTPUT_LAYERS)}")
-        if output_layer == "label_words" and transfer is not None:
-            raise ConfigError("few-shot transfer needs model.output_layer 'task_heads' (a new task gets its own head)")
         if head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
         if contrastive_temperature <= 0:
@@ -199,6 +197,11 @@ class PHAModule(LightningModule):
                     f"{source['hyper_parameters']['method']!r}"
                 )
             self.hparams.update({key: source["hyper_parameters"][key] for key in ARCHITECTURE_KEYS})
+            if self.hparams.output_layer != "task_heads":
+                raise ConfigError(
+                    f"few-shot transfer needs a source trained with model.output_layer 'task_heads' (a new task gets "
+                    f"its own head); {transfer.checkpoint!r} has {self.hparams.output_layer!r}"
+                )
             split_layer = self.hparams.split_layer
         #: new tasks (the data module's ids) first, then the source tasks of a transfer
         self.task_objects: list[Task] = [get_task(name) for name in [*tasks, *source_tasks]]
