@@ -19,7 +19,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from pha_lightning.callbacks import NonFiniteGuard, RetrievalProjector, RetrieverTaskAccuracy, StepSeed, Throughput
+from pha_lightning.callbacks import (
+    FinalValidation,
+    NonFiniteGuard,
+    RetrievalProjector,
+    RetrieverTaskAccuracy,
+    StepSeed,
+    Throughput,
+)
 from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
@@ -75,8 +82,20 @@ class PHACLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._checkpoint_to_test(), verbose=False)
             self._report("test")
+
+    def _checkpoint_to_test(self) -> str | None:
+        """The best checkpoint; without one (validation off, or no monitored value), the last
+        checkpoint, or the weights in memory when none was saved; the log says which."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            return "best"
+        if callback is not None and callback.last_model_path:
+            rank_zero_info(f"test_after_fit: no validated best checkpoint; testing the last checkpoint {callback.last_model_path}")
+            return callback.last_model_path
+        rank_zero_info("test_after_fit: no checkpoint was saved; testing the weights at the end of training")
+        return None
 
     def before_validate(self) -> None:
         self._prepare_checkpoint()
@@ -88,6 +107,8 @@ class PHACLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.datamodule.check_sources(("train", "validation", "test"))  # a missing test file: now, not after training
 
     def before_predict(self) -> None:
         from pha_lightning.predict import JSONLPredictionWriter
@@ -250,6 +271,7 @@ def _run_cli(args: list[str] | None) -> None:
                 Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
                 RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
                 RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
+                FinalValidation(),  # a run shorter than val_check_interval still ends validated
             ],
         },
         save_config_kwargs={"overwrite": True},

@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.tasks import Task
+from pha_lightning.validation import undecodable_bytes
 
 if TYPE_CHECKING:
     from pha_lightning.module import PHAModule
@@ -54,7 +55,10 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"prediction file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        line, problem = undecodable_bytes(path, "utf-8")
+        raise DataError(f"{path}:{line}: {problem}") from None
+    except OSError as err:
         raise DataError(f"prediction file {str(path)!r} cannot be read: {err}") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
