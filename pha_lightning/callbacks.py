@@ -365,7 +365,7 @@ class FinalValidation(Callback):
         rank_zero_info(
             f"no validation has run in the {trainer.global_step} training steps of this run "
             f"(val_check_interval {trainer.val_check_interval}): validating after the last step, "
-            "so that the final checkpoint is validated and selectable"
+            "so that the final checkpoint is validated and can be selected and tested"
         )
         trainer.should_stop = True
 
@@ -374,7 +374,7 @@ def _is_last_step(trainer: Trainer, batch_idx: int) -> bool:
     """Whether this batch ends training: ``max_steps`` reached, or the last batch of the last epoch."""
     if 0 <= trainer.max_steps <= trainer.global_step:
         return True
-    last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
     return last_epoch and batch_idx + 1 >= trainer.num_training_batches
 
 

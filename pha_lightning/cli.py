@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -28,10 +30,12 @@ from pha_lightning.callbacks import (
     Throughput,
 )
 from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
-from pha_lightning.datamodule import PHADataModule
+from pha_lightning.datamodule import NUMERIC_RANGES as DATA_RANGES
+from pha_lightning.datamodule import PHADataModule, check_source_length
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.module import NUMERIC_RANGES as MODEL_RANGES
 from pha_lightning.module import PHAModule
-from pha_lightning.validation import ensure_writable_dir
+from pha_lightning.validation import SEED, SIZE, Range, check_range, check_ranges, check_text_file, ensure_writable_dir
 
 
 def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
@@ -48,6 +52,50 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
     if f"{stage}/avg" in metrics:
         lines.append(f"{'average':<{width}} {metrics[f'{stage}/avg']:6.2f}")
     return "\n".join(lines)
+
+
+#: Trainer settings Lightning checks late, with a traceback, or not at all (``val_check_interval 0``
+#: divides by zero mid-run; a seed out of range is replaced by 0 with a warning).
+TRAINER_RANGES: dict[str, Range] = {
+    "max_steps": Range(-1, integer=True),  # -1: no limit
+    "max_epochs": Range(-1, integer=True, optional=True),
+    "min_steps": Range(0, integer=True, optional=True),
+    "min_epochs": Range(0, integer=True, optional=True),
+    "check_val_every_n_epoch": Range(1, integer=True, optional=True),
+    "accumulate_grad_batches": SIZE,
+    "log_every_n_steps": Range(1, integer=True, optional=True),
+    "num_sanity_val_steps": Range(-1, integer=True, optional=True),  # -1: all
+    "gradient_clip_val": Range(0, optional=True),
+}
+#: Trainer settings that count batches (an integer) or a share of them (a float in [0, 1]).
+BATCH_COUNT_SETTINGS: tuple[str, ...] = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def check_run_settings(config: Namespace) -> None:
+    """Range checks of every numeric setting (model, data, trainer, seed) as soon as the
+    configuration is parsed, before a model or a trainer is built."""
+    for prefix, ranges in (("model", MODEL_RANGES), ("data", DATA_RANGES)):
+        section = config.get(prefix) or {}
+        check_ranges(prefix, {key: valid for key, valid in ranges.items() if key in section}, section)
+    if config.get("model") and config.get("data"):
+        check_source_length(config.model.backbone, config.data.max_source_length)
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and seed is not None:
+        check_range("seed_everything", seed, SEED)
+    trainer = config.get("trainer") or {}
+    check_ranges("trainer", {key: TRAINER_RANGES[key] for key in TRAINER_RANGES if key in trainer}, trainer)
+    for key in BATCH_COUNT_SETTINGS:
+        _check_count_or_share(f"trainer.{key}", trainer.get(key), Range(0, integer=True), Range(0, 1))
+    _check_count_or_share("trainer.val_check_interval", trainer.get("val_check_interval"), SIZE, Range(0, 1, low_open=True))
+
+
+def _check_count_or_share(name: str, value: object, count: Range, share: Range) -> None:
+    """Lightning's convention: an integer counts batches, a float is a share of them."""
+    if value is None or (count.contains(value) if isinstance(value, int) else share.contains(value)):
+        return
+    raise ConfigError(
+        f"{name} must be an integer {count.describe()} (batches) or a float {share.describe()} (a share of them), got {value!r}"
+    )
 
 
 class PHACLI(LightningCLI):
@@ -126,8 +174,13 @@ class PHACLI(LightningCLI):
         --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
         mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
         if isinstance(args, (list, tuple)) or args is None:
-            self._defaults_from_checkpoint(list(sys.argv[1:] if args is None else args))
+            argv = list(sys.argv[1:] if args is None else args)
+            for path in _option_values(argv, "--config"):
+                check_text_file(path, "config file")
+            self._defaults_from_checkpoint(argv)
         super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):
+            check_run_settings(self.config[self.config.subcommand])
 
     def _defaults_from_checkpoint(self, argv: list[str]) -> None:
         if not argv or argv[0] not in getattr(self, "_subcommand_parsers", {}):
@@ -250,7 +303,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
         else:
             _run_cli(args)
-    except PHAError as err:
+    except (PHAError, MisconfigurationException) as err:  # Lightning's: a trainer setting that cannot work
         print(f"pha: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -282,15 +335,21 @@ def _run_cli(args: list[str] | None) -> None:
     )
 
 
-def _option_value(argv: list[str], option: str) -> str | None:
-    """The value of ``--option value`` or ``--option=value`` in a command line (the last one wins)."""
-    value = None
+def _option_values(argv: list[str], option: str) -> list[str]:
+    """Every value of ``--option value`` or ``--option=value`` in a command line, in order."""
+    values = []
     for index, token in enumerate(argv):
         if token == option and index + 1 < len(argv):
-            value = argv[index + 1]
+            values.append(argv[index + 1])
         elif token.startswith(option + "="):
-            value = token.split("=", 1)[1]
-    return value
+            values.append(token.split("=", 1)[1])
+    return values
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value of ``--option`` in a command line (the last one wins), or ``None``."""
+    values = _option_values(argv, option)
+    return values[-1] if values else None
 
 
 if __name__ == "__main__":

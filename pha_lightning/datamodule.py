@@ -55,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.backbone import Family, backbone_family, load_tokenizer
+from pha_lightning.backbone import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.errors import ConfigError
 from pha_lightning.glue import SOURCES, resolve_source
 from pha_lightning.resume import ResumableTrainBatches
@@ -103,6 +103,20 @@ def check_task_names(tasks: Sequence[str]) -> None:
     unknown = [name for name in tasks if name not in available_tasks()]
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
+
+
+def check_source_length(backbone: str, max_source_length: int) -> None:
+    """An encoder's learned position embeddings hold a fixed number of positions: a longer
+    ``max_source_length`` would fail with an index error at the first long example, mid-run."""
+    if backbone_family(backbone) != "encoder":
+        return  # T5's relative positions take any length
+    limits = [load_tokenizer(backbone).model_max_length, getattr(load_backbone_config(backbone), "max_position_embeddings", None)]
+    limit = min((value for value in limits if isinstance(value, int) and value < 1_000_000), default=None)
+    if limit is not None and max_source_length > limit:
+        raise ConfigError(
+            f"data.max_source_length must be <= {limit} for backbone {backbone!r} (the positions its encoder has), "
+            f"got {max_source_length}"
+        )
 
 
 def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
@@ -364,6 +378,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
+        check_source_length(self.backbone, self.max_source_length)
         if stage == "predict" and self.predict_file:
             return  # raw examples, read by predict_dataloader
         if stage is not None and stage not in STAGE_SPLITS:

@@ -132,3 +132,15 @@ def undecodable_bytes(path: str | os.PathLike, encoding: str) -> tuple[int, str]
         return number, f"the file ends inside a {name} character (cut short?); {advice}"
     return number, f"the file is not valid {name}; {advice}"  # not reached for a file that failed to decode
 
+
+def check_text_file(path: str | os.PathLike, what: str) -> None:
+    """A ConfigError naming the file and line when ``path`` (if it exists) is not UTF-8 text: the
+    reader further on would fail with a bare UnicodeDecodeError."""
+    try:
+        Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        line, problem = undecodable_bytes(path, "utf-8")
+        raise ConfigError(f"{what} {str(path)!r}, line {line}: {problem}") from None
+    except OSError:
+        return  # a missing or unreadable file is reported by the reader itself
+
