@@ -266,7 +266,10 @@ class PHACLI(LightningCLI):
         if dirpath:
             ensure_writable_dir(dirpath, "checkpoint.dirpath")
         if self.subcommand == "predict" and config.get("predict_output"):
-            ensure_writable_dir(Path(config.predict_output).expanduser().absolute().parent, "the directory of predict_output")
+            output = Path(config.predict_output).expanduser().absolute()
+            if output.is_dir():
+                raise ConfigError(f"predict_output {str(output)!r} is a directory; give the JSONL file to write, e.g. {str(output / 'predictions.jsonl')!r}")
+            ensure_writable_dir(output.parent, "the directory of predict_output")
 
     def _quiet_lightning_table(self) -> None:
         # Lightning repeats epoch-level metrics in one column per dataloader (one per task here);

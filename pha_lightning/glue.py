@@ -186,11 +186,11 @@ def read_jsonl(path: Path, task: str) -> Iterator[tuple[Where, dict[str, Any]]]:
     try:
         yield from _jsonl_rows(path, task)
     except UnicodeDecodeError:
-        raise _undecodable(path, "utf-8", task) from None
+        raise _undecodable(path, "utf-8-sig", task) from None
 
 
 def _jsonl_rows(path: Path, task: str) -> Iterator[tuple[Where, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (some editors write one) is not JSON
         for number, line in enumerate(handle, start=1):
             where = Where(task, str(path), number)
             if not line.strip():

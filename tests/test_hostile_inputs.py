@@ -474,3 +474,44 @@ def test_hostile_run_settings_on_the_command_line(capsys: pytest.CaptureFixture,
         err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", *TINY, option, f"--trainer.default_root_dir={run}")
         assert err.strip().splitlines()[-1].startswith(f"pha: error: {message}") and "Traceback" not in err, (option, err)
         assert not list(run.rglob("*.ckpt"))
+
+
+def test_hostile_prediction_inputs_and_outputs(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    """A null text is not predicted on as "None"; an output path that is a directory is refused before
+    predicting; a byte-order mark before the first JSON line is accepted."""
+    examples, run = tmp_path / "in.jsonl", tmp_path / "run"
+    examples.write_text('{"task": "synth_polarity", "sentence": "fine"}\n{"task": "synth_polarity", "sentence": null}\n')
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}")
+    assert f"{examples}:2: field 'sentence' is null, not text; give the example's text as a string" in err
+    examples.write_text('{"text": ["a", "list"]}\n')
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}")
+    assert f'{examples}:1: field \'text\' is ["a", "list"], not text' in err
+    examples.write_text('\ufeff{"task": "synth_polarity", "sentence": "fine"}\n', encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    err = pha_error(
+        capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--predict_output={tmp_path / 'out'}",
+        f"--trainer.default_root_dir={run}",
+    )
+    assert f"predict_output '{tmp_path / 'out'}' is a directory; give the JSONL file to write" in err
+    assert not list(tmp_path.rglob("predictions.jsonl")) and not list((tmp_path / "out").iterdir())
+    from pha_lightning.predict import read_jsonl
+
+    assert read_jsonl(examples) == [(1, {"task": "synth_polarity", "sentence": "fine"})]
+
+
+def test_byte_order_mark_in_a_benchmark_jsonl_file(tmp_path: Path) -> None:
+    line = json.dumps({"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0})
+    root = _glue_dir(tmp_path, {"superglue/CB/val.jsonl": ("\ufeff" + line + "\n").encode()})
+    assert get_task("cb").load_official("dev", "local", root)[0]["premise"] == "a"
+
+
+def test_hostile_retrieve_arguments(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for option, message in (
+        (["--k", "0"], "--k must be >= 1, got 0"),
+        (["--sources", "-1"], "--sources must be >= 0, got -1"),
+        (["--output_dir", str(blocker / "out")], f"cannot write to output_dir '{blocker / 'out'}'"),
+    ):
+        err = pha_error(capsys, "retrieve", f"--ckpt_path={ckpt}", "--tasks", "synth_category", *option)
+        assert f"pha: error: {message}" in err
