@@ -515,3 +515,12 @@ def test_hostile_retrieve_arguments(capsys: pytest.CaptureFixture, tmp_path: Pat
     ):
         err = pha_error(capsys, "retrieve", f"--ckpt_path={ckpt}", "--tasks", "synth_category", *option)
         assert f"pha: error: {message}" in err
+
+
+def test_transfer_settings_are_range_checked() -> None:
+    from pha_lightning.transfer import TransferConfig
+
+    with pytest.raises(ConfigError, match=r"^model.transfer.mix_temperature must be > 0, got nan$"):
+        TransferConfig(checkpoint="source.ckpt", mix_temperature=math.nan)
+    with pytest.raises(ConfigError, match=r"^model.transfer.mix_top_m must be >= 1, got 0$"):
+        TransferConfig(checkpoint="source.ckpt", mix_top_m=0)
