@@ -39,12 +39,14 @@ class Range:
             text = "finite"
         return text + (" or None" if self.optional else "")
 
+    def has_type(self, value: object) -> bool:
+        """An ``int`` (a bool is none) for integer settings, any real number otherwise."""
+        return not isinstance(value, bool) and isinstance(value, int if self.integer else Real)
+
     def contains(self, value: object) -> bool:
         if value is None:
             return self.optional
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else Real):
-            return False
-        if not math.isfinite(value):
+        if not self.has_type(value) or not math.isfinite(value):
             return False
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
         below = self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -67,8 +69,7 @@ def check_range(name: str, value: object, valid: Range) -> None:
     not a tensor error (or a silent NaN) deep inside a run."""
     if valid.contains(value):
         return
-    wrong_type = value is not None and (isinstance(value, bool) or not isinstance(value, int if valid.integer else Real))
-    kind = ("an integer " if valid.integer else "a number ") if wrong_type else ""
+    kind = ("an integer " if valid.integer else "a number ") if value is not None and not valid.has_type(value) else ""
     raise ConfigError(f"{name} must be {kind}{valid.describe()}, got {value!r}")
 
 
