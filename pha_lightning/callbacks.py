@@ -1,4 +1,4 @@
-"""Callbacks for production runs; the ``pha`` command adds the first five to every Trainer.
+"""Callbacks for production runs; the ``pha`` command adds the first six to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
@@ -12,6 +12,8 @@
 * :class:`TrainingHealth` — after each validation and at the end of ``fit``: adapter/residual
   ratios, adapter norms, prototype shift and feature collapse (:mod:`pha_lightning.health`), logged
   to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
+* :class:`FinalValidation` — validates after the last step of a run in which no validation ran
+  (shorter than ``val_check_interval``), so there is a best checkpoint to test.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 """
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -410,6 +413,44 @@ def example_fingerprint(input_ids: Tensor, attention_mask: Tensor) -> str:
     """A short digest of one example's real tokens (padding excluded)."""
     ids = input_ids[attention_mask.bool()].tolist()
     return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+class FinalValidation(Callback):
+    """Validate after the last training step when no validation has run during this fit.
+
+    A smoke run shorter than ``val_check_interval`` would otherwise end with no validated
+    checkpoint, and checkpoint selection (``checkpoint.monitor``) with nothing to select from.
+    Setting ``trainer.should_stop`` at the last step makes Lightning validate once more before
+    stopping, inside the fit, so ModelCheckpoint saves and ranks that checkpoint as usual.
+    """
+
+    def __init__(self) -> None:
+        self.validated = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.validated = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.validated or not trainer.enable_validation or not _is_last_step(trainer, batch_idx):
+            return
+        rank_zero_info(
+            f"no validation has run in the {trainer.global_step} training steps of this run "
+            f"(val_check_interval {trainer.val_check_interval}): validating after the last step, "
+            "so that the final checkpoint is validated and can be selected and tested"
+        )
+        trainer.should_stop = True
+
+
+def _is_last_step(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether this batch ends training: ``max_steps`` reached, or the last batch of the last epoch."""
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+    return last_epoch and batch_idx + 1 >= trainer.num_training_batches
 
 
 class RecordTrainingExamples(Callback):

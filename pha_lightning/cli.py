@@ -15,11 +15,14 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from pha_lightning.callbacks import (
+    FinalValidation,
     NonFiniteGuard,
     RetrievalProjector,
     RetrieverTaskAccuracy,
@@ -28,10 +31,12 @@ from pha_lightning.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
-from pha_lightning.datamodule import PHADataModule
+from pha_lightning.datamodule import NUMERIC_RANGES as DATA_RANGES
+from pha_lightning.datamodule import PHADataModule, check_source_length
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.module import NUMERIC_RANGES as MODEL_RANGES
 from pha_lightning.module import PHAModule
-from pha_lightning.validation import ensure_writable_dir
+from pha_lightning.validation import SEED, SIZE, Range, check_range, check_ranges, check_text_file, ensure_writable_dir
 
 
 def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
@@ -48,6 +53,50 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
     if f"{stage}/avg" in metrics:
         lines.append(f"{'average':<{width}} {metrics[f'{stage}/avg']:6.2f}")
     return "\n".join(lines)
+
+
+#: Trainer settings Lightning checks late, with a traceback, or not at all (``val_check_interval 0``
+#: divides by zero mid-run; a seed out of range is replaced by 0 with a warning).
+TRAINER_RANGES: dict[str, Range] = {
+    "max_steps": Range(-1, integer=True),  # -1: no limit
+    "max_epochs": Range(-1, integer=True, optional=True),
+    "min_steps": Range(0, integer=True, optional=True),
+    "min_epochs": Range(0, integer=True, optional=True),
+    "check_val_every_n_epoch": Range(1, integer=True, optional=True),
+    "accumulate_grad_batches": SIZE,
+    "log_every_n_steps": Range(1, integer=True, optional=True),
+    "num_sanity_val_steps": Range(-1, integer=True, optional=True),  # -1: all
+    "gradient_clip_val": Range(0, optional=True),
+}
+#: Trainer settings that count batches (an integer) or a share of them (a float in [0, 1]).
+BATCH_COUNT_SETTINGS: tuple[str, ...] = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def check_run_settings(config: Namespace) -> None:
+    """Range checks of every numeric setting (model, data, trainer, seed) as soon as the
+    configuration is parsed, before a model or a trainer is built."""
+    for prefix, ranges in (("model", MODEL_RANGES), ("data", DATA_RANGES)):
+        section = config.get(prefix) or {}
+        check_ranges(prefix, {key: valid for key, valid in ranges.items() if key in section}, section)
+    if config.get("model") and config.get("data"):
+        check_source_length(config.model.backbone, config.data.max_source_length)
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and seed is not None:
+        check_range("seed_everything", seed, SEED)
+    trainer = config.get("trainer") or {}
+    check_ranges("trainer", {key: TRAINER_RANGES[key] for key in TRAINER_RANGES if key in trainer}, trainer)
+    for key in BATCH_COUNT_SETTINGS:
+        _check_count_or_share(f"trainer.{key}", trainer.get(key), Range(0, integer=True), Range(0, 1))
+    _check_count_or_share("trainer.val_check_interval", trainer.get("val_check_interval"), SIZE, Range(0, 1, low_open=True))
+
+
+def _check_count_or_share(name: str, value: object, count: Range, share: Range) -> None:
+    """Lightning's convention: an integer counts batches, a float is a share of them."""
+    if value is None or (count.contains(value) if isinstance(value, int) else share.contains(value)):
+        return
+    raise ConfigError(
+        f"{name} must be an integer {count.describe()} (batches) or a float {share.describe()} (a share of them), got {value!r}"
+    )
 
 
 class PHACLI(LightningCLI):
@@ -82,8 +131,20 @@ class PHACLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._checkpoint_to_test(), verbose=False)
             self._report("test")
+
+    def _checkpoint_to_test(self) -> str | None:
+        """The best checkpoint; without one (validation off, or no monitored value), the last
+        checkpoint, or the weights in memory when none was saved; the log says which."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            return "best"
+        if callback is not None and callback.last_model_path:
+            rank_zero_info(f"test_after_fit: no validated best checkpoint; testing the last checkpoint {callback.last_model_path}")
+            return callback.last_model_path
+        rank_zero_info("test_after_fit: no checkpoint was saved; testing the weights at the end of training")
+        return None
 
     def before_validate(self) -> None:
         self._prepare_checkpoint()
@@ -95,6 +156,8 @@ class PHACLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.datamodule.check_sources(("train", "validation", "test"))  # a missing test file: now, not after training
 
     def before_predict(self) -> None:
         from pha_lightning.predict import JSONLPredictionWriter
@@ -112,8 +175,13 @@ class PHACLI(LightningCLI):
         --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
         mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
         if isinstance(args, (list, tuple)) or args is None:
-            self._defaults_from_checkpoint(list(sys.argv[1:] if args is None else args))
+            argv = list(sys.argv[1:] if args is None else args)
+            for path in _option_values(argv, "--config"):
+                check_text_file(path, "config file")
+            self._defaults_from_checkpoint(argv)
         super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):
+            check_run_settings(self.config[self.config.subcommand])
 
     def _defaults_from_checkpoint(self, argv: list[str]) -> None:
         if not argv or argv[0] not in getattr(self, "_subcommand_parsers", {}):
@@ -199,7 +267,10 @@ class PHACLI(LightningCLI):
         if dirpath:
             ensure_writable_dir(dirpath, "checkpoint.dirpath")
         if self.subcommand == "predict" and config.get("predict_output"):
-            ensure_writable_dir(Path(config.predict_output).expanduser().absolute().parent, "the directory of predict_output")
+            output = Path(config.predict_output).expanduser().absolute()
+            if output.is_dir():
+                raise ConfigError(f"predict_output {str(output)!r} is a directory; give the JSONL file to write, e.g. {str(output / 'predictions.jsonl')!r}")
+            ensure_writable_dir(output.parent, "the directory of predict_output")
 
     def _quiet_lightning_table(self) -> None:
         # Lightning repeats epoch-level metrics in one column per dataloader (one per task here);
@@ -236,7 +307,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
         else:
             _run_cli(args)
-    except PHAError as err:
+    except (PHAError, MisconfigurationException) as err:  # Lightning's: a trainer setting that cannot work
         print(f"pha: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -258,6 +329,7 @@ def _run_cli(args: list[str] | None) -> None:
                 RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
                 RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
                 TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
+                FinalValidation(),  # a run shorter than val_check_interval still ends validated
             ],
         },
         save_config_kwargs={"overwrite": True},
@@ -268,15 +340,21 @@ def _run_cli(args: list[str] | None) -> None:
     )
 
 
-def _option_value(argv: list[str], option: str) -> str | None:
-    """The value of ``--option value`` or ``--option=value`` in a command line (the last one wins)."""
-    value = None
+def _option_values(argv: list[str], option: str) -> list[str]:
+    """Every value of ``--option value`` or ``--option=value`` in a command line, in order."""
+    values = []
     for index, token in enumerate(argv):
         if token == option and index + 1 < len(argv):
-            value = argv[index + 1]
+            values.append(argv[index + 1])
         elif token.startswith(option + "="):
-            value = token.split("=", 1)[1]
-    return value
+            values.append(token.split("=", 1)[1])
+    return values
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value of ``--option`` in a command line (the last one wins), or ``None``."""
+    values = _option_values(argv, option)
+    return values[-1] if values else None
 
 
 if __name__ == "__main__":

@@ -55,13 +55,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.backbone import Family, backbone_family, load_tokenizer
+from pha_lightning.backbone import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.errors import ConfigError
 from pha_lightning.glue import SOURCES, resolve_source
 from pha_lightning.resume import ResumableTrainBatches
 from pha_lightning.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
 from pha_lightning.tasks import Task, available_tasks, get_task
-from pha_lightning.validation import check_targets
+from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges, check_targets
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,21 @@ CACHE_DIR_ENV = "PHA_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
 #: Bump when the tokenised layout changes, so older cache files are not reused.
 CACHE_FORMAT_VERSION = 1
+#: The valid range of every numeric setting, checked when the data module is built (``data.<name>``).
+NUMERIC_RANGES: dict[str, Range] = {
+    "batch_size": SIZE,
+    "eval_batch_size": SIZE,
+    "max_source_length": SIZE,
+    "max_target_length": SIZE,
+    "temperature": POSITIVE,
+    "num_batches_per_epoch": Range(1, integer=True, optional=True),
+    "seed": SEED,  # seeds numpy generators, which take no negative seed
+    "n_train": Range(1, integer=True, optional=True),
+    "percent_train": Range(0, 100, low_open=True, optional=True),
+    "data_seed": Range(0, integer=True, optional=True),
+    "num_workers": Range(0, integer=True),
+    "val_max_examples": Range(1, integer=True, optional=True),
+}
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "validation"),
     "validate": ("validation",),
@@ -89,6 +104,20 @@ def check_task_names(tasks: Sequence[str]) -> None:
     unknown = [name for name in tasks if name not in available_tasks()]
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
+
+
+def check_source_length(backbone: str, max_source_length: int) -> None:
+    """An encoder's learned position embeddings hold a fixed number of positions: a longer
+    ``max_source_length`` would fail with an index error at the first long example, mid-run."""
+    if backbone_family(backbone) != "encoder":
+        return  # T5's relative positions take any length
+    limits = [load_tokenizer(backbone).model_max_length, getattr(load_backbone_config(backbone), "max_position_embeddings", None)]
+    limit = min((value for value in limits if isinstance(value, int) and value < 1_000_000), default=None)
+    if limit is not None and max_source_length > limit:
+        raise ConfigError(
+            f"data.max_source_length must be <= {limit} for backbone {backbone!r} (the positions its encoder has), "
+            f"got {max_source_length}"
+        )
 
 
 def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
@@ -288,27 +317,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     ) -> None:
         super().__init__()
         check_task_names(tasks)
-        for name, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("max_source_length", max_source_length),
-            ("max_target_length", max_target_length),
-        ):
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value!r}")
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+        self.save_hyperparameters()
+        check_ranges("data", NUMERIC_RANGES, self.hparams)
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
-        for name, optional in (
-            ("num_batches_per_epoch", num_batches_per_epoch),
-            ("n_train", n_train),
-            ("val_max_examples", val_max_examples),
-        ):
-            if optional is not None and optional < 1:
-                raise ConfigError(f"{name} must be >= 1 or None, got {optional!r}")
-        if percent_train is not None and not 0 < percent_train <= 100:
-            raise ConfigError(f"percent_train must be in (0, 100] or None, got {percent_train!r}")
         if n_train is not None and percent_train is not None:
             raise ConfigError(f"give n_train or percent_train, not both (got n_train={n_train}, percent_train={percent_train})")
         stray = sorted(set(train_from_validation or ()) - set(tasks))
@@ -316,9 +328,6 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             raise ConfigError(f"train_from_validation names {stray}, which are not among the tasks {list(tasks)}")
         if source not in SOURCES:
             raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
-        if num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {num_workers!r}")
-        self.save_hyperparameters()
         self.tasks = list(tasks)
         self.task_objects: list[Task] = [get_task(name) for name in tasks]
         self.backbone = backbone
@@ -376,6 +385,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
+        check_source_length(self.backbone, self.max_source_length)
         if stage == "predict" and self.predict_file:
             return  # raw examples, read by predict_dataloader
         if stage is not None and stage not in STAGE_SPLITS:
@@ -384,7 +394,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         missing = [split for split in splits if split not in self.datasets]
         if not missing:
             return
-        options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
+        options = self.check_sources(missing)
         built: dict[str, list[Dataset]] = {split: [] for split in missing}
         for task_id, task in enumerate(self.task_objects):
             records = self._load_records(task, missing, options)
@@ -392,12 +402,28 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
                 built[split].append(self._build_dataset(task_id, split, records[split]))
         self.datasets.update(built)
 
+    def check_sources(self, splits: Sequence[str]) -> dict[str, object]:
+        """Check that every task's files for ``splits`` exist, before any is loaded: a missing file
+        of the last task (or a test file of a ``fit`` that tests) is reported before training starts.
+        Returns the source options the tasks load with."""
+        options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
+        for task in self.task_objects:
+            task.check_sources(self._read_splits(task, splits), **options)
+        return options
+
+    def _read_splits(self, task: Task, splits: Sequence[str]) -> list[str]:
+        """The task's splits that ``splits`` read: ``train_from_validation`` tasks read validation for train."""
+        if task.name not in self.train_from_validation or "train" not in splits:
+            return list(splits)
+        return sorted({"validation", *splits} - {"train"})
+
     def _load_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
         """``task.load_splits``, with train read from validation for ``train_from_validation`` tasks."""
-        if task.name not in self.train_from_validation or "train" not in splits:
+        read = self._read_splits(task, splits)
+        if read == list(splits):
             return task.load_splits(splits, **options)
         rank_zero_warn(f"task {task.name!r}: train examples are drawn from its validation split (train_from_validation)")
-        loaded = task.load_splits(sorted({"validation", *splits} - {"train"}), **options)
+        loaded = task.load_splits(read, **options)
         return {split: loaded["validation" if split == "train" else split] for split in splits}
 
     def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:

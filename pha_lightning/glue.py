@@ -73,6 +73,7 @@ import numpy as np
 
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.tasks import Task, check_split, register_task
+from pha_lightning.validation import undecodable_bytes
 
 GLUE_HUB = "nyu-mll/glue"
 SUPERGLUE_HUB = "aps/super_glue"
@@ -140,6 +141,13 @@ class OfficialSplit:
 
 def read_tsv(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, dict[str, str]]]:
     """Rows of a GLUE TSV as ``{hub field: raw string}``, with no quoting (``csv.QUOTE_NONE``)."""
+    try:
+        yield from _tsv_rows(path, fmt, task)
+    except UnicodeDecodeError:
+        raise _undecodable(path, fmt.encoding, task) from None
+
+
+def _tsv_rows(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, dict[str, str]]]:
     with path.open(encoding=fmt.encoding, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         positions: dict[str, int]
@@ -168,9 +176,21 @@ def read_tsv(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, dic
             yield where, {key: row[index] for key, index in positions.items()}
 
 
+def _undecodable(path: Path, encoding: str, task: str) -> DataError:
+    line, problem = undecodable_bytes(path, encoding)
+    return _fail(Where(task, str(path), line), problem)
+
+
 def read_jsonl(path: Path, task: str) -> Iterator[tuple[Where, dict[str, Any]]]:
     """Objects of a JSONL file, one per non-empty line."""
-    with path.open(encoding="utf-8") as handle:
+    try:
+        yield from _jsonl_rows(path, task)
+    except UnicodeDecodeError:
+        raise _undecodable(path, "utf-8-sig", task) from None
+
+
+def _jsonl_rows(path: Path, task: str) -> Iterator[tuple[Where, dict[str, Any]]]:
+    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (some editors write one) is not JSON
         for number, line in enumerate(handle, start=1):
             where = Where(task, str(path), number)
             if not line.strip():
@@ -208,30 +228,49 @@ def _locate_span(words: Sequence[str], index: int, span_text: str) -> int:
     )
 
 
+def _close_offset(words: Sequence[str], start: int, span_text: str) -> int:
+    """Where the closing mark goes inside a span's last word: after the span text, so punctuation
+    glued to the word stays outside (``"him."`` → ``"him"`` + mark + ``"."``); after the whole word
+    when the span text does not match the words (a typo in the span text)."""
+    n = len(span_text.split())
+    joined = " ".join(words[start : start + n])
+    core = " ".join(span_text.split())
+    last = words[start + n - 1]
+    if not joined.lower().startswith(core.lower()):
+        return len(last)
+    return len(last) - (len(joined) - len(core))
+
+
 def mark_wsc_spans(text: str, span1_index: int, span1_text: str, span2_index: int, span2_text: str) -> str:
     """The WSC text with the noun (span 1) marked ``* … *`` and the pronoun (span 2) ``# … #``.
 
     Indices count whitespace-separated words. Punctuation glued to a span's last word stays outside
-    the marks: ``"… told him."`` → ``"… told # him #."``. Raises ``ValueError`` if a span lies
-    outside the text or the two spans overlap.
+    the marks: ``"… told him."`` → ``"… told # him #."``. The official files hold spans that
+    overlap (a noun phrase containing the pronoun, both starting at the same word); their marks
+    nest: ``"* # his # mother *"``. Raises ``ValueError`` if a span lies outside the text.
     """
     words = text.split()
     spans = []
     for index, span_text, mark in ((span1_index, span1_text, "*"), (span2_index, span2_text, "#")):
+        if not span_text.split():
+            raise ValueError(f"the span marked {mark} has no text")
         start = _locate_span(words, int(index), span_text)
-        spans.append((start, len(span_text.split()), span_text, mark))
-    (s1, n1, *_), (s2, n2, *_) = spans
-    if s1 < s2 + n2 and s2 < s1 + n1:
-        raise ValueError(f"spans {span1_text!r} (word {s1}) and {span2_text!r} (word {s2}) overlap")
-    for start, n, span_text, mark in sorted(spans, reverse=True):  # later span first: indices stay valid
-        joined = " ".join(words[start : start + n])
-        core_length = len(" ".join(span_text.split()))
-        if joined.lower().startswith(" ".join(span_text.split()).lower()):
-            core, rest = joined[:core_length], joined[core_length:]
-        else:  # the span text has a typo: mark the words at the index as they are
-            core, rest = joined, ""
-        words[start : start + n] = [f"{mark} {core} {mark}{rest}"]
-    return " ".join(words)
+        end = start + len(span_text.split()) - 1
+        spans.append((start, end, _close_offset(words, start, span_text), mark))
+    spans.sort(key=lambda span: (span[0], -span[1]))  # outer first: it opens first and closes last
+    opens: dict[int, list[str]] = {}
+    closes: dict[int, list[tuple[int, str]]] = {}
+    for start, end, offset, mark in spans:
+        opens.setdefault(start, []).append(mark)
+        closes.setdefault(end, []).append((offset, mark))
+    marked = []
+    for position, word in enumerate(words):
+        # rightmost offset first, so earlier offsets stay valid; at one offset a later insertion
+        # lands left of an earlier one, so the inner span's mark closes first
+        for offset, mark in sorted(closes.get(position, []), key=lambda close: -close[0]):
+            word = f"{word[:offset]} {mark}{word[offset:]}"
+        marked.append("".join(f"{mark} " for mark in opens.get(position, [])) + word)
+    return " ".join(marked)
 
 
 # --------------------------------------------------------------------------- the task class
@@ -458,13 +497,37 @@ class BenchmarkTask(Task):
     def load_split(self, split: str, **source_options: Any) -> list[dict]:
         return self.load_splits([split], **source_options)[split]
 
+    def check_sources(
+        self,
+        splits: Sequence[str],
+        source: Source = "local",
+        data_dir: str | os.PathLike | None = None,
+        split_validation_test: bool = True,
+        **_: object,
+    ) -> None:
+        """Every local file of the official splits behind ``splits`` exists (the hub is checked when loaded)."""
+        if source != "local" or data_dir is None:
+            return
+        for official in sorted({name for split in splits for name in self.official_splits(split, split_validation_test)}):
+            self.local_path(official, data_dir)
+
+    def official_splits(self, split: str, split_validation_test: bool = True) -> tuple[str, ...]:
+        """The official splits a protocol split is drawn from."""
+        check_split(split)
+        if self.protocol == "mnli":
+            return ({"train": "train", "validation": "dev_mismatched", "test": "dev"}[split],)
+        if not split_validation_test:
+            return ("train" if split == "train" else "dev",)
+        if self.protocol == "small":
+            return ("train" if split == "train" else "dev",)
+        return ("dev" if split == "test" else "train",)  # large: validation is drawn from train
+
     def _protocol_split(
         self, split: str, official: Callable[[str], list[dict]], split_validation_test: bool, data_seed: int
     ) -> list[dict]:
-        if self.protocol == "mnli":
-            return official({"train": "train", "validation": "dev_mismatched", "test": "dev"}[split])
-        if not split_validation_test:
-            return official("train" if split == "train" else "dev")
+        if self.protocol == "mnli" or not split_validation_test:
+            (name,) = self.official_splits(split, split_validation_test)
+            return official(name)
         if self.protocol == "small":
             if split == "train":
                 return official("train")

@@ -67,10 +67,37 @@ from pha_lightning.transfer import (
     source_state,
     with_legacy_settings,
 )
+from pha_lightning.validation import FRACTION, NON_NEGATIVE, POSITIVE, SIZE, Range, check_ranges
 
 HEAD_POOLINGS = ("mean", "cls")
 REGRESSION_TARGETS = ("normalized", "raw")
 OUTPUT_LAYERS = ("task_heads", "label_words")
+#: The valid range of every numeric setting, checked when the module is built (``model.<name>``).
+NUMERIC_RANGES: dict[str, Range] = {
+    "adapter_dim": SIZE,
+    "split_layer": Range(1, integer=True, optional=True),  # its upper bound depends on the backbone
+    "retriever_hidden_dim": SIZE,
+    "retrieval_dim": SIZE,
+    "layer_embedding_dim": SIZE,
+    "hypernet_hidden_dim": SIZE,
+    "hypernet_out_dim": SIZE,
+    "hypernet_init_scale": NON_NEGATIVE,
+    "hypernet_layer_norm_eps": POSITIVE,
+    "shared_adapter_init_gain": NON_NEGATIVE,
+    "prototype_init_std": POSITIVE,
+    "contrastive_temperature": POSITIVE,
+    "lambda_ir": NON_NEGATIVE,
+    "lambda_pro": NON_NEGATIVE,
+    "label_smoothing": FRACTION,
+    "regression_loss_weight": NON_NEGATIVE,
+    "head_dropout": FRACTION,
+    "learning_rate": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_steps": Range(0, integer=True),
+    "adam_epsilon": POSITIVE,
+    "generation_max_length": SIZE,
+    "chunk_cost_tokens": Range(0, integer=True, optional=True),
+}
 
 
 class PHAModule(LightningModule):
@@ -160,10 +187,6 @@ class PHAModule(LightningModule):
         chunk_cost_tokens: int | None = 64,
     ) -> None:
         super().__init__()
-        if chunk_cost_tokens is not None and chunk_cost_tokens < 0:
-            raise ConfigError(f"chunk_cost_tokens must be >= 0 or None, got {chunk_cost_tokens!r}")
-        if not regression_loss_weight >= 0:
-            raise ConfigError(f"regression_loss_weight must be >= 0, got {regression_loss_weight!r}")
         if regression_target not in REGRESSION_TARGETS:
             raise ConfigError(f"unknown regression_target {regression_target!r}; valid: {list(REGRESSION_TARGETS)}")
         if hypernet_calibration not in CALIBRATIONS:
@@ -180,11 +203,10 @@ class PHAModule(LightningModule):
             raise ConfigError(f"unknown output_layer {output_layer!r}; valid: {list(OUTPUT_LAYERS)}")
         if head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
-        if contrastive_temperature <= 0:
-            raise ConfigError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
         if isinstance(transfer, dict):  # as stored in a checkpoint's hyperparameters
             transfer = TransferConfig(**transfer)
         self.save_hyperparameters(ignore=["transfer"])
+        check_ranges("model", NUMERIC_RANGES, self.hparams)
         self.hparams["transfer"] = asdict(transfer) if transfer else None  # plain data: loads with weights_only
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         self.transfer = transfer
@@ -210,7 +232,8 @@ class PHAModule(LightningModule):
         self.backbone = load_backbone(backbone, self.hparams.backbone_init)
         before, after = self._split_blocks(split_layer)
         self.split_layer = before
-        self.layout = method_layout(method, before, after, contrastive=bool(lambda_ir or lambda_pro))
+        contrastive = contrastive_terms_apply(method, [t.name for t in self.task_objects], lambda_ir, lambda_pro)
+        self.layout = method_layout(method, before, after, contrastive=contrastive)
         self.backbone.requires_grad_(self.layout.trains_backbone)
         self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
         self._build_parts(hidden_size(self.backbone))
@@ -648,6 +671,24 @@ class PHAModule(LightningModule):
         missing = sorted(self.saved_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
+
+
+def contrastive_terms_apply(method: str, tasks: list[str], lambda_ir: float, lambda_pro: float) -> bool:
+    """Whether PHA trains L_IR and L_Pro (and so builds its retriever).
+
+    Both contrast tasks with each other: with a single task L_IR has no negatives and L_Pro no
+    other prototype (its ``exclude_positive`` denominator would be empty). Such a run trains on the
+    task loss alone and says so once, rather than failing at its first step.
+    """
+    wanted = bool(lambda_ir or lambda_pro)
+    if method != "pha" or not wanted or len(tasks) > 1:
+        return wanted
+    rank_zero_info(
+        f"PHA on the single task {tasks[0]!r}: L_IR and L_Pro contrast tasks with each other, so with one task "
+        f"they have nothing to contrast; training on the task loss alone (model.lambda_ir={lambda_ir} and "
+        f"model.lambda_pro={lambda_pro} are inactive, and no retriever is built)"
+    )
+    return False
 
 
 @dataclass

@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.tasks import Task
+from pha_lightning.validation import undecodable_bytes
 
 if TYPE_CHECKING:
     from pha_lightning.module import PHAModule
@@ -51,10 +52,13 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; a clear error for anything else."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not JSON
     except FileNotFoundError:
         raise DataError(f"prediction file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        line, problem = undecodable_bytes(path, "utf-8-sig")
+        raise DataError(f"{path}:{line}: {problem}") from None
+    except OSError as err:
         raise DataError(f"prediction file {str(path)!r} cannot be read: {err}") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -78,6 +82,15 @@ def _text_fields(record: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         fields = [(k, v) for k, v in record.items() if k not in RESERVED_FIELDS]
     return [(k, str(v)) for k, v in fields]
+
+
+def _check_text_values(record: dict[str, Any], names: Sequence[str], where: str) -> None:
+    """Example text must be text (a number reads as its digits): a null or a list would otherwise
+    be predicted on as the string ``"None"`` or ``"[...]"``."""
+    for name in names:
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise DataError(f"{where}: field {name!r} is {json.dumps(value)}, not text; give the example's text as a string")
 
 
 def _check_label(task: Task, label: Any, where: str) -> str | float:
@@ -121,6 +134,7 @@ def encode_examples(
                 raise DataError(f"{where}: a label needs a task to be checked against; add \"task\"")
             meta["target"] = _check_label(task, record["label"], where)
         if task is not None and all(field in record for field in task.source_fields):
+            _check_text_values(record, task.source_fields, where)
             if family == "seq2seq":
                 texts: tuple[str, str | None] = (task.seq2seq_source(record), None)
             else:
@@ -131,6 +145,7 @@ def encode_examples(
                 raise DataError(f"{where}: task {task.name!r} needs the fields {list(task.source_fields)} (or \"text\")")
             if not fields:
                 raise DataError(f"{where}: no text: give \"text\" (and \"text_pair\") or the task's fields")
+            _check_text_values(record, [name for name, _ in fields], where)
             if family == "seq2seq":
                 texts = (" ".join(f"{k}: {v}" for k, v in fields), None)
             elif len(fields) <= 2:

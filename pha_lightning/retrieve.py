@@ -23,6 +23,7 @@ from torch import Tensor
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.module import PHAModule
 from pha_lightning.transfer import format_rankings, prototype_scores, read_checkpoint, retrieval_vectors
+from pha_lightning.validation import SEED, SIZE, Range, check_range, ensure_writable_dir
 
 
 def load_model(ckpt_path: str) -> PHAModule:
@@ -90,7 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train_from_validation", nargs="+", default=[], metavar="TASK",
                         help="new tasks without a train set (BoolQ locally): draw their k examples from the validation half")
     parser.add_argument("--output_dir", type=Path, help="write vectors, prototypes and retrieval.png here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, valid in (("k", SIZE), ("sources", Range(0, integer=True)), ("max_source_length", SIZE), ("seed", SEED)):
+        check_range(f"--{name}", getattr(args, name), valid)
+    if args.output_dir is not None:
+        ensure_writable_dir(args.output_dir, "output_dir")  # now, not after the embedding
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,6 +90,11 @@ class Task(ABC):
         each file only once. The data module always calls this."""
         return {split: self.load_split(split, **source_options) for split in splits}
 
+    def check_sources(self, splits: Sequence[str], **source_options: object) -> None:
+        """Raise a DataError naming any file that loading ``splits`` would need and that is missing,
+        so a run notices before its first step, not at its test. Tasks that generate their records
+        have nothing to check."""
+
     def group_of(self, record: dict) -> int | None:
         """Id of the record's metric group (e.g. MultiRC's question, for exact match), or ``None``.
 

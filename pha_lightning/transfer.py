@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.validation import POSITIVE, SIZE, check_range
 
 if TYPE_CHECKING:
     from pha_lightning.module import PHAModule
@@ -88,10 +89,8 @@ class TransferConfig:
             raise ConfigError(f"unknown transfer init {self.init!r}; valid: {list(INITS)}")
         if self.tune not in TUNE_MODES:
             raise ConfigError(f"unknown transfer tune {self.tune!r}; valid: {list(TUNE_MODES)}")
-        if self.mix_top_m < 1:
-            raise ConfigError(f"mix_top_m must be >= 1, got {self.mix_top_m}")
-        if self.mix_temperature <= 0:
-            raise ConfigError(f"mix_temperature must be > 0, got {self.mix_temperature}")
+        check_range("model.transfer.mix_top_m", self.mix_top_m, SIZE)
+        check_range("model.transfer.mix_temperature", self.mix_temperature, POSITIVE)
 
 
 def read_checkpoint(path: str) -> dict:

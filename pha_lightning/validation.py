@@ -2,14 +2,81 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.tasks import Task
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: finite, between optional bounds (open ends exclude
+    the bound), an integer when ``integer``, and ``None`` too when ``optional``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        """``>= 1``, ``in (0, 100]``, ``> 0 or None``: what the error message says is valid."""
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {self.high}"
+        else:
+            text = "finite"
+        return text + (" or None" if self.optional else "")
+
+    def has_type(self, value: object) -> bool:
+        """An ``int`` (a bool is none) for integer settings, any real number otherwise."""
+        return not isinstance(value, bool) and isinstance(value, int if self.integer else Real)
+
+    def contains(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        if not self.has_type(value) or not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+
+#: Ranges most settings share: a size or count, a positive or non-negative number, a fraction (dropout, ε).
+SIZE = Range(1, integer=True)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_open=True)
+#: What random generators accept as a seed (numpy's and Lightning's ``seed_everything``: unsigned 32-bit).
+SEED = Range(0, 2**32 - 1, integer=True)
+
+
+def check_range(name: str, value: object, valid: Range) -> None:
+    """A ConfigError naming the setting, its value and the valid range, unless ``value`` is valid.
+
+    Called by constructors, so a bad constant is one clear line when the configuration is read,
+    not a tensor error (or a silent NaN) deep inside a run."""
+    if valid.contains(value):
+        return
+    kind = ("an integer " if valid.integer else "a number ") if value is not None and not valid.has_type(value) else ""
+    raise ConfigError(f"{name} must be {kind}{valid.describe()}, got {value!r}")
+
+
+def check_ranges(prefix: str, ranges: Mapping[str, Range], values: Mapping[str, object]) -> None:
+    """:func:`check_range` for every setting of ``ranges``, named ``<prefix>.<setting>``."""
+    for key, valid in ranges.items():
+        check_range(f"{prefix}.{key}", values[key], valid)
 
 
 def check_targets(task: Task, values: Sequence[float], split: str) -> list[float]:
@@ -44,3 +111,37 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     except OSError as err:
         raise ConfigError(f"cannot write to {what} {str(path)!r}: {err.strerror or err}") from None
     return path
+
+
+def undecodable_bytes(path: str | os.PathLike, encoding: str) -> tuple[int, str]:
+    """``(line, problem)`` for the first bytes of ``path`` that ``encoding`` cannot decode, the
+    problem saying what to do. Re-reads the file line by line: a UnicodeDecodeError only knows its
+    offset inside the chunk being decoded, not the line."""
+    name = "UTF-8" if codecs.lookup(encoding).name in ("utf-8", "utf-8-sig") else encoding
+    decoder = codecs.getincrementaldecoder(encoding)()
+    advice = "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT, if it was written as Latin-1)"
+    number = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as err:
+                return number, f"byte {err.start + 1} of the line ({line[err.start : err.end]!r}) is not valid {name}; {advice}"
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return number, f"the file ends inside a {name} character (cut short?); {advice}"
+    return number, f"the file is not valid {name}; {advice}"  # not reached for a file that failed to decode
+
+
+def check_text_file(path: str | os.PathLike, what: str) -> None:
+    """A ConfigError naming the file and line when ``path`` (if it exists) is not UTF-8 text: the
+    reader further on would fail with a bare UnicodeDecodeError."""
+    try:
+        Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        line, problem = undecodable_bytes(path, "utf-8")
+        raise ConfigError(f"{what} {str(path)!r}, line {line}: {problem}") from None
+    except OSError:
+        return  # a missing or unreadable file is reported by the reader itself
+

@@ -289,9 +289,36 @@ def test_wsc_marking(args: tuple, marked: str) -> None:
     assert mark_wsc_spans(*args) == marked
 
 
-def test_wsc_overlapping_spans_are_rejected() -> None:
-    with pytest.raises(ValueError, match="overlap"):
-        mark_wsc_spans("He ran home.", 0, "He", 0, "He")
+@pytest.mark.parametrize(
+    ("args", "marked"),
+    [
+        # as in the official validation file: the noun phrase contains the pronoun, both start at one word
+        (("Sam saw his mother at the shop.", 2, "his mother", 2, "his"), "Sam saw * # his # mother * at the shop."),
+        (("Sam saw his mother.", 2, "his mother", 3, "mother"), "Sam saw * his # mother # *."),  # ends together
+        (("He ran home.", 0, "He", 0, "He"), "* # He # * ran home."),  # the same word
+        (("a b c d", 0, "a b c", 1, "b c d"), "* a # b c * d #"),  # crossing spans
+    ],
+)
+def test_wsc_overlapping_spans_nest_their_marks(args: tuple, marked: str) -> None:
+    assert mark_wsc_spans(*args) == marked
+
+
+def test_official_wsc_example_with_overlapping_spans_loads_on_both_paths(tmp_path: Path) -> None:
+    """An example shaped like the official WSC validation file's overlapping ones loads, and both
+    the encoder text and the T5 source show the nested marks."""
+    example = {
+        "text": "Bob's uncle fed his dog because his dog was hungry.",
+        "target": {"span1_index": 6, "span1_text": "his dog", "span2_index": 6, "span2_text": "his"},
+        "idx": 7,
+        "label": False,
+    }
+    root = write_files(tmp_path, {"superglue/WSC/val.jsonl": json.dumps(example) + "\n"})
+    task = get_task("wsc")
+    [record] = task.load_official("dev", "local", root)
+    marked = "Bob's uncle fed his dog because * # his # dog * was hungry."
+    assert task.encoder_text(record) == (marked, None)
+    assert task.seq2seq_source(record) == f"wsc text: {marked}"
+    assert task.seq2seq_target(record) == "0"
 
 
 # ----------------------------------------------------------------------------- split protocol

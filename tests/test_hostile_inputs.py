@@ -3,8 +3,11 @@ Python API) naming what is wrong, and nothing is left half-written."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -16,12 +19,16 @@ from transformers import GPT2Config
 
 from pha_lightning import PHAModel
 from pha_lightning.callbacks import NonFiniteGuard, NonFiniteLossError
+from pha_lightning.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, DataError, PHAError
 from pha_lightning.export import WEIGHTS_NAME, export_checkpoint
+from pha_lightning.glue import LARGE_TASK_VALIDATION_SIZE
+from pha_lightning.module import NUMERIC_RANGES as MODEL_RANGES
 from pha_lightning.module import PHAModule
-from pha_lightning.tasks import Task, available_tasks, register_task
-from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, trained_checkpoint
+from pha_lightning.tasks import Task, available_tasks, get_task, register_task
+from pha_lightning.validation import Range
+from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, tiny_fit_args, trained_checkpoint
 
 TINY = ["--data.n_train=16", "--data.batch_size=8", f"--data.max_source_length={MAX_SOURCE_LENGTH}", "--trainer.accelerator=cpu"]
 
@@ -296,3 +303,224 @@ def test_corrupt_or_incomplete_bundles(capsys: pytest.CaptureFixture, tmp_path: 
             err = pha_error(capsys, "predict", f"--ckpt_path={path}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={tmp_path}")
             assert message in err
     assert not list(tmp_path.rglob("predictions.jsonl"))
+
+
+# ------------------------------------------------------------------ round two (issue 12)
+def _fit_in_process(*args: str) -> None:
+    from pha_lightning.cli import main
+
+    main(["fit", *args])
+
+
+@pytest.mark.parametrize("validation", ["due_after_the_run", "off"])
+def test_run_shorter_than_the_first_validation_ends_with_a_tested_checkpoint(
+    validation: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """A 2-step smoke run (validation due at step 50) validates after its last step, so test-after-fit
+    finds a best checkpoint; with validation off it tests the last checkpoint and says so."""
+    args = [*tiny_fit_args(n_train=16, eval_batch_size=16, max_steps=2, val_check_interval=50), "--trainer.limit_test_batches=1"]
+    if validation == "off":
+        args.append("--trainer.limit_val_batches=0")
+    with caplog.at_level(logging.INFO):
+        _fit_in_process(*args, "--test_after_fit=true", f"--trainer.default_root_dir={tmp_path}")
+    log = caplog.text + capsys.readouterr().err
+    (version,) = (tmp_path / "lightning_logs").iterdir()
+    assert json.loads((version / "test_metrics.json").read_text())["test/avg"] >= 0
+    if validation == "off":
+        assert f"no validated best checkpoint; testing the last checkpoint {version / 'checkpoints' / 'last.ckpt'}" in log
+    else:
+        assert "no validation has run in the 2 training steps of this run (val_check_interval 50): validating after the last step" in log
+        best = version / "checkpoints" / "step000002.ckpt"
+        assert torch.load(best, map_location="cpu", weights_only=True)["pha_val_metrics"]["val/avg"] >= 0
+
+
+def _glue_dir(root: Path, files: dict[str, bytes]) -> Path:
+    for relative, content in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(content)
+    return root
+
+
+def _sst2_tsv(rows: int) -> bytes:
+    return ("sentence\tlabel\n" + "".join(f"sentence number {i} \t{i % 2}\n" for i in range(rows))).encode()
+
+
+@pytest.mark.parametrize(
+    ("task", "relative", "content", "line"),
+    [
+        ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\nfine \t1\ncaf\xe9 au lait \t0\n", 3),
+        ("mrpc", "glue/MRPC/dev.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n".encode() + b"1\t1\t2\tna\xefve\tx\n", 2),
+        ("cb", "superglue/CB/val.jsonl", b'{"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0}\n{"premise": "\x93q\x94"}\n', 2),
+    ],
+)
+def test_undecodable_bytes_name_the_file_and_line(task: str, relative: str, content: bytes, line: int, tmp_path: Path) -> None:
+    root = _glue_dir(tmp_path, {relative: content})
+    with pytest.raises(DataError) as error:
+        get_task(task).load_official("dev", "local", root)
+    message = str(error.value)
+    assert f"{root / relative}, line {line}: byte " in message and "is not valid UTF-8" in message
+    assert "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8" in message
+
+
+def test_undecodable_bytes_from_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    header = b"index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n"
+    root = _glue_dir(tmp_path / "data", {"glue/RTE/dev.tsv": header, "glue/RTE/train.tsv": header + b"1\tpr\xe9\tB\tentailment\n"})
+    err = pha_error(capsys, "fit", "--data.tasks=[rte]", f"--data.data_dir={root}", *TINY, f"--trainer.default_root_dir={tmp_path}")
+    assert f"{root / 'glue/RTE/train.tsv'}, line 3: byte 5 of the line (b'\\xe9') is not valid UTF-8" in err
+    examples = tmp_path / "in.jsonl"
+    examples.write_bytes(b'{"task": "synth_polarity", "sentence": "ok"}\n{"task": "synth_polarity", "sentence": "caf\xe9"}\n')
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={tmp_path}")
+    assert f"{examples}:2: byte 44 of the line (b'\\xe9') is not valid UTF-8" in err
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("predictions.jsonl"))
+
+
+def test_missing_split_files_are_noticed_before_training(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """SST-2 takes validation from train and tests on dev: without dev.tsv a fit that tests stops at once."""
+    root = _glue_dir(tmp_path / "data", {"glue/SST-2/train.tsv": _sst2_tsv(LARGE_TASK_VALIDATION_SIZE + 16)})
+    err = pha_error(
+        capsys, "fit", "--data.tasks=[sst2]", f"--data.data_dir={root}", "--test_after_fit=true", *TINY,
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    )
+    assert f"task 'sst2': the dev file is missing: looked for {root / 'glue/SST-2/dev.tsv'}" in err
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    # the data module checks every task's files before it loads (and tokenises) the first one
+    _glue_dir(root, {"glue/SST-2/dev.tsv": _sst2_tsv(4)})
+    data = PHADataModule(tasks=["sst2", "rte"], data_dir=str(root), max_source_length=MAX_SOURCE_LENGTH)
+    with pytest.raises(DataError, match=f"task 'rte': the dev file is missing: looked for {root / 'glue/RTE/dev.tsv'}"):
+        data.setup("fit")
+    assert not data.datasets and not list(data.tokenized_cache_dir.glob("sst2-*"))
+
+
+def test_pha_on_a_single_task_trains_without_the_contrastive_terms(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        _fit_in_process(
+            "--data.tasks=[synth_polarity]", *TINY, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+        )
+    log = caplog.text + capsys.readouterr().err
+    assert log.count("PHA on the single task 'synth_polarity': L_IR and L_Pro contrast tasks with each other") == 1
+    assert "model.lambda_ir=0.1 and model.lambda_pro=0.1 are inactive" in log
+    (last,) = tmp_path.rglob("last.ckpt")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 and not any(key.startswith("retriever.") for key in state["state_dict"])
+
+
+def _invalid_values(valid: Range) -> list[object]:
+    """Values just outside ``valid``: past each bound, NaN, and a fraction where an integer is due."""
+    values: list[object] = [math.nan, 1.5 if valid.integer else "0.1"]
+    if valid.low is not None:
+        values.append(valid.low if valid.low_open else valid.low - 1)
+    if valid.high is not None:
+        values.append(valid.high if valid.high_open else valid.high + 1)
+    return values
+
+
+NUMERIC_SETTINGS = [
+    (cls, prefix, name, valid, value)
+    for cls, prefix, ranges in ((PHAModule, "model", MODEL_RANGES), (PHADataModule, "data", DATA_RANGES))
+    for name, valid in ranges.items()
+    for value in _invalid_values(valid)
+]
+
+
+@pytest.mark.parametrize(("cls", "prefix", "name", "valid", "value"), NUMERIC_SETTINGS, ids=lambda v: str(v) if isinstance(v, (str, float, int)) else "")
+def test_every_numeric_setting_is_range_checked(cls: type, prefix: str, name: str, valid: Range, value: object) -> None:
+    wrong_type = isinstance(value, str) or (valid.integer and isinstance(value, float))
+    kind = ("an integer " if valid.integer else "a number ") if wrong_type else ""
+    with pytest.raises(ConfigError) as error:
+        cls(tasks=["synth_polarity"], **{name: value})
+    assert str(error.value) == f"{prefix}.{name} must be {kind}{valid.describe()}, got {value!r}"
+
+
+@pytest.mark.parametrize(("cls", "ranges"), [(PHAModule, MODEL_RANGES), (PHADataModule, DATA_RANGES)])
+def test_no_numeric_setting_is_left_unchecked(cls: type, ranges: dict[str, Range]) -> None:
+    """A numeric constructor argument added later must get a range too."""
+    numeric = {
+        name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if re.fullmatch(r"(int|float)( \| None)?", str(parameter.annotation))
+    }
+    assert numeric == set(ranges)
+
+
+def test_numeric_settings_on_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    for option, message in (
+        ("--model.adapter_dim=-1", "model.adapter_dim must be >= 1, got -1"),
+        ("--model.warmup_steps=-1", "model.warmup_steps must be >= 0, got -1"),
+        ("--model.head_dropout=1.0", "model.head_dropout must be in [0, 1), got 1.0"),
+        ("--data.temperature=-2", "data.temperature must be > 0, got -2.0"),
+    ):
+        err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", *TINY, option, f"--trainer.default_root_dir={tmp_path}")
+        assert err.strip() == f"pha: error: {message}"
+    assert not any(tmp_path.iterdir())
+
+
+def test_hostile_run_settings_on_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """Trainer settings Lightning would take with a traceback (or a ZeroDivisionError mid-run, or a
+    silently replaced seed), a config file that is not UTF-8, and a source length past the encoder's
+    positions: one line each, before anything is written."""
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"# caf\xe9 config\ntrainer:\n  max_steps: 2\n")
+    for option, message in (
+        ("--trainer.val_check_interval=0", "trainer.val_check_interval must be an integer >= 1 (batches) or a float in (0, 1] (a share of them), got 0"),
+        ("--trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be an integer >= 0 (batches) or a float in [0, 1] (a share of them), got 1.5"),
+        ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
+        ("--trainer.max_steps=-5", "trainer.max_steps must be >= -1, got -5"),
+        ("--seed_everything=-5", "seed_everything must be in [0, 4294967295], got -5"),
+        (f"--config={latin}", f"config file '{latin}', line 1: byte 6 of the line (b'\\xe9') is not valid UTF-8; save the file as UTF-8"),
+        ("--data.max_source_length=600", "data.max_source_length must be <= 512 for backbone 'pypi:all-MiniLM-L6-v2' (the positions its encoder has), got 600"),
+        ("--trainer.devices=0", "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
+    ):
+        run = tmp_path / "run"
+        err = pha_error(capsys, "fit", "--data.tasks=[synth_polarity]", *TINY, option, f"--trainer.default_root_dir={run}")
+        assert err.strip().splitlines()[-1].startswith(f"pha: error: {message}") and "Traceback" not in err, (option, err)
+        assert not list(run.rglob("*.ckpt"))
+
+
+def test_hostile_prediction_inputs_and_outputs(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    """A null text is not predicted on as "None"; an output path that is a directory is refused before
+    predicting; a byte-order mark before the first JSON line is accepted."""
+    examples, run = tmp_path / "in.jsonl", tmp_path / "run"
+    examples.write_text('{"task": "synth_polarity", "sentence": "fine"}\n{"task": "synth_polarity", "sentence": null}\n')
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}")
+    assert f"{examples}:2: field 'sentence' is null, not text; give the example's text as a string" in err
+    examples.write_text('{"text": ["a", "list"]}\n')
+    err = pha_error(capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}")
+    assert f'{examples}:1: field \'text\' is ["a", "list"], not text' in err
+    examples.write_text('\ufeff{"task": "synth_polarity", "sentence": "fine"}\n', encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    err = pha_error(
+        capsys, "predict", f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--predict_output={tmp_path / 'out'}",
+        f"--trainer.default_root_dir={run}",
+    )
+    assert f"predict_output '{tmp_path / 'out'}' is a directory; give the JSONL file to write" in err
+    assert not list(tmp_path.rglob("predictions.jsonl")) and not list((tmp_path / "out").iterdir())
+    from pha_lightning.predict import read_jsonl
+
+    assert read_jsonl(examples) == [(1, {"task": "synth_polarity", "sentence": "fine"})]
+
+
+def test_byte_order_mark_in_a_benchmark_jsonl_file(tmp_path: Path) -> None:
+    line = json.dumps({"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0})
+    root = _glue_dir(tmp_path, {"superglue/CB/val.jsonl": ("\ufeff" + line + "\n").encode()})
+    assert get_task("cb").load_official("dev", "local", root)[0]["premise"] == "a"
+
+
+def test_hostile_retrieve_arguments(capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for option, message in (
+        (["--k", "0"], "--k must be >= 1, got 0"),
+        (["--sources", "-1"], "--sources must be >= 0, got -1"),
+        (["--output_dir", str(blocker / "out")], f"cannot write to output_dir '{blocker / 'out'}'"),
+    ):
+        err = pha_error(capsys, "retrieve", f"--ckpt_path={ckpt}", "--tasks", "synth_category", *option)
+        assert f"pha: error: {message}" in err
+
+
+def test_transfer_settings_are_range_checked() -> None:
+    from pha_lightning.transfer import TransferConfig
+
+    with pytest.raises(ConfigError, match=r"^model.transfer.mix_temperature must be > 0, got nan$"):
+        TransferConfig(checkpoint="source.ckpt", mix_temperature=math.nan)
+    with pytest.raises(ConfigError, match=r"^model.transfer.mix_top_m must be >= 1, got 0$"):
+        TransferConfig(checkpoint="source.ckpt", mix_top_m=0)

@@ -175,7 +175,7 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(data: PHADa
         else:
             expected += F.cross_entropy(head_out, target.long(), label_smoothing=0.1) * len(idx)
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
-    with pytest.raises(ValueError, match="regression_loss_weight must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="model.regression_loss_weight must be >= 0, got -1"):
         PHAModule(tasks=TASKS, regression_loss_weight=-1)
     with pytest.raises(ValueError, match=r"unknown regression_target 'zscore'; valid: \['normalized', 'raw'\]"):
         PHAModule(tasks=TASKS, regression_target="zscore")
