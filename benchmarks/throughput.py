@@ -81,6 +81,7 @@ def build(spec: dict):
 def time_training(model, data, spec: dict) -> dict:
     """Seconds and real tokens of ``steps`` optimizer steps after ``warmup`` unmeasured ones."""
     import torch
+    from step_cost import optimizer_step  # benchmarks/ is on the path: it is this script's folder
 
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -91,11 +92,7 @@ def time_training(model, data, spec: dict) -> dict:
     for step in range(spec["warmup"] + spec["steps"]):
         batch = next(batches)
         start = time.perf_counter()
-        with autocast:
-            loss = model.loss_terms(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, batch, autocast)
         elapsed = time.perf_counter() - start
         if step >= spec["warmup"]:
             seconds += elapsed
