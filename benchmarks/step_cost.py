@@ -69,6 +69,15 @@ def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> di
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast) -> None:
+    """One training step as the Trainer makes it: the loss under ``autocast``, backward, update."""
+    with autocast:
+        loss = model.loss_terms(batch)["loss"]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     """Time one variant in this process."""
     from pha_lightning.module import PHAModule
@@ -89,11 +98,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with autocast:
-            loss = model.loss_terms(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, batch, autocast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:
