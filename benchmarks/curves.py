@@ -44,13 +44,19 @@ def nearest_loss(losses: dict[int, float], step: int, window: int) -> float | No
     return sum(recent) / len(recent) if recent else None
 
 
+def at_validation(series: dict[int, float], step: int) -> float | None:
+    """The health value of the validation logged at ``step``: Lightning logs ``val/avg`` at the
+    last training step's index and the health callback at the global step, one later."""
+    return series.get(step, series.get(step + 1))
+
+
 def run_table(run_id: str, data: dict[str, dict[int, float]]) -> str:
     lines = [f"### {run_id}", "", "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual |",
              "|---|---|---|---|---|"]
     for step, value in sorted(data["val/avg"].items()):
         loss = nearest_loss(data["train/loss"], step, 5)
-        share = data["max_top_axis_share"].get(step)
-        ratio = data["max_adapter_to_residual"].get(step)
+        share = at_validation(data["max_top_axis_share"], step)
+        ratio = at_validation(data["max_adapter_to_residual"], step)
         cells = [str(step), f"{value:.1f}", "—" if loss is None else f"{loss:.3f}",
                  "—" if share is None else f"{share:.2f}", "—" if ratio is None else f"{ratio:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
