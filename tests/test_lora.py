@@ -216,3 +216,41 @@ def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
 def test_bad_lora_settings_are_named(setting: dict, message: str, tiny_bert: str) -> None:
     with pytest.raises(ValueError, match=message):
         PHAModule(backbone=tiny_bert, tasks=TASKS, backbone_init="random", **setting)
+
+
+def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
+    """Checkpoints hold only the trainable weights; the checkpoint, its bundle (with and without
+    precomputed LoRA factors) and the trained model predict the same; raw examples without a task
+    are routed by the retriever."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from pha_lightning import PHAModel
+    from pha_lightning.export import export_checkpoint
+
+    seed_everything(0)
+    data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)
+    model = PHAModule(tasks=TASKS, adapter_kind="lora", learning_rate=1e-2, warmup_steps=0)
+    trainer = Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                      default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(model, datamodule=data)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(k.startswith("hypernetwork.b_heads.") for k in saved) and not any(k.startswith("backbone.") for k in saved)
+    assert model.hypernetwork.b_heads[0].weight.abs().sum() > 0  # trained: the generated B is no longer zero
+
+    model.eval()
+    loaded = PHAModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    export_checkpoint(ckpt, tmp_path / "bundle", precompute=True)
+    served = PHAModel.from_pretrained(tmp_path / "bundle")
+    assert set(served.generated_table) == {"generated.lora_a0", "generated.lora_b0"}
+    plain = PHAModel.from_pretrained(tmp_path / "bundle", use_precomputed_adapters=False)
+    data.setup("validate")
+    batch = next(iter(data.train_dataloader()))  # mixed tasks
+    expected = model.predict_values(batch)
+    for other in (loaded, served, plain):
+        torch.testing.assert_close(other.predict_values(batch), expected, rtol=0, atol=0)
+    rows = served.predict([{"sentence": "the red cat near the park was lovely"}])
+    assert rows[0]["task_source"] == "retriever" and rows[0]["task"] in TASKS
