@@ -225,7 +225,7 @@ def format_health(report: dict[str, Any]) -> str:
     def numbers(values: Iterable[float]) -> str:
         return " ".join(f"{v:.3g}" for v in values)
 
-    lines = [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"]
+    lines = [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"] if report["adapter_to_residual"] else []
     if report["shared_adapter_norm"]:
         lines.append(f"shared adapter norm per layer: {numbers(report['shared_adapter_norm'])}")
     if "generated_adapter_norm" in report:

@@ -233,7 +233,7 @@ class PHAModule(LightningModule):
         self.backbone = load_backbone(backbone, self.hparams.backbone_init)
         before, after = self._split_blocks(split_layer)
         self.split_layer = before
-        self.layout = method_layout(method, before, after, bool(lambda_ir or lambda_pro), adapter_kind)
+        self.layout = method_layout(method, before, after, bool(lambda_ir or lambda_pro), self.hparams.adapter_kind)
         self.backbone.requires_grad_(self.layout.trains_backbone)
         self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
         self._build_parts(hidden_size(self.backbone))

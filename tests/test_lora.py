@@ -254,3 +254,21 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
         torch.testing.assert_close(other.predict_values(batch), expected, rtol=0, atol=0)
     rows = served.predict([{"sentence": "the red cat near the park was lovely"}])
     assert rows[0]["task_source"] == "retriever" and rows[0]["task"] in TASKS
+    transfer_from_lora_checkpoint(str(ckpt))
+
+
+def transfer_from_lora_checkpoint(ckpt: str) -> None:
+    """Few-shot transfer takes the source's adapter kind and LoRA settings; top-1 init gives the
+    new task the retrieved source task's generated LoRA factors."""
+    from pha_lightning.transfer import TransferConfig, initialize_new_tasks
+
+    target = "synth_polarity_heldout"
+    model = PHAModule(tasks=[target], transfer=TransferConfig(ckpt, init="top1")).eval()
+    assert (model.layout.kind, model.hparams.lora_targets) == ("lora", ["query", "value"])
+    support = PHADataModule(tasks=[target], batch_size=8, max_source_length=32, n_train=8, seed=3)
+    support.setup("fit")
+    best = initialize_new_tasks(model, support.task_dataloaders("train"))[target][0][0]
+    with torch.no_grad():
+        new, source = (model.generated_weights(torch.tensor([t])) for t in (0, 1 + TASKS.index(best)))
+    for name, part in new.parts().items():
+        torch.testing.assert_close(part, source.parts()[name], rtol=0, atol=0)
