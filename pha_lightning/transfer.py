@@ -155,7 +155,8 @@ def set_trainable(model: PHAModule, tune: Tune, num_new: int) -> None:
     model.requires_grad_(False)
     model.prototypes.added.requires_grad_(True)
     if model.heads is not None:
-        model.heads[:num_new].requires_grad_(True)
+        for head in list(model.heads)[:num_new]:  # a slice of TaskHeads cannot rebuild itself
+            head.requires_grad_(True)
     if tune == "hypernetwork":
         model.hypernetwork.requires_grad_(True)
     if tune == "all":
