@@ -13,13 +13,14 @@ the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
 Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, ``hyperformer``,
 ``hyperdecoder``, ``finetune``) plus PHA's ablations ``pha_no_ir``, ``pha_no_pro`` and
-``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), and each of them as ``<method>+label_words``
+``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), ``lora`` (shared LoRA) and ``pha_lora``
+(PHA generating LoRA, ``adapter_kind: lora``), and each of them as ``<method>+label_words``
 with the encoder's shared label-word output layer. HyperFormer runs use one task per batch, as
 the original (``--data.sampling task``); the other methods use mixed batches.
 
 With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
 ``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``); the ablations and the ``+label_words``
-variants take their base method's rate. Every row records the tested (best validation)
+variants take their base method's rate (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
 ``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
 marks collapsed runs.
@@ -45,6 +46,8 @@ METHOD_ARGS: dict[str, list[str]] = {
     "pha_no_pro": ["--model.method=pha", "--model.lambda_pro=0"],
     "pha_no_contrastive": ["--model.method=pha", "--model.lambda_ir=0", "--model.lambda_pro=0"],
     "adapter": ["--model.method=adapter"],
+    "lora": ["--model.method=lora"],
+    "pha_lora": ["--model.method=pha", "--model.adapter_kind=lora"],
     "task_adapter": ["--model.method=task_adapter"],
     "hyperformer": ["--model.method=hyperformer", "--data.sampling=task"],
     "hyperdecoder": ["--model.method=hyperdecoder"],
@@ -352,7 +355,7 @@ def lr_for(method: str, chosen: dict[str, float]) -> float | None:
     if method in chosen:
         return chosen[method]
     base = method.split("+")[0]
-    return chosen.get(base, chosen.get("pha") if base.startswith("pha_") else None)
+    return chosen.get(base, chosen.get("pha") if base.startswith("pha_no_") else None)
 
 
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:

@@ -8,7 +8,8 @@ Every (backbone, method) pair runs in its own process on the same inputs (a mixe
 on CUDA) is that variant's alone. Each process times ``--steps`` optimizer steps after
 ``--warmup`` unmeasured ones and reports the median. ``pha_per_example`` is PHA with the
 per-example reference path: the hypernetwork runs for every example and the weights are
-materialised per example — the cost that grouped generation avoids.
+materialised per example — the cost that grouped generation avoids. ``lora`` is shared LoRA
+(query and value projections, rank 8) and ``pha_lora`` PHA generating LoRA factors.
 
 Writes a markdown table (and the raw JSON lines with ``--jsonl``).
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import T5Config
 
-METHODS = ("adapter", "pha", "pha_per_example", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+METHODS = ("adapter", "pha", "pha_per_example", "lora", "pha_lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 
 
@@ -78,6 +79,14 @@ def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, tor
     optimizer.zero_grad(set_to_none=True)
 
 
+def module_args(method: str) -> dict[str, str]:
+    """The module settings of a variant: ``pha_per_example`` is PHA (timed on another path),
+    ``pha_lora`` PHA generating LoRA."""
+    if method == "pha_lora":
+        return {"method": "pha", "adapter_kind": "lora"}
+    return {"method": method.replace("_per_example", "")}
+
+
 def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     """Time one variant in this process."""
     from pha_lightning.module import PHAModule
@@ -85,7 +94,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     init = "random" if backbone != "pypi:all-MiniLM-L6-v2" else "pretrained"
-    model = PHAModule(backbone=backbone, tasks=TASKS, method=method.replace("_per_example", ""), backbone_init=init)
+    model = PHAModule(backbone=backbone, tasks=TASKS, backbone_init=init, **module_args(method))
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
         model.batch_adapter_weights = lambda task_ids: model.hypernetwork(model.prototypes(task_ids))

@@ -9,7 +9,9 @@ own weights, so no per-example copy of the weights is ever built.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,10 @@ class SharedAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up(F.relu(self.down(x)))
+
+    def matrices(self) -> tuple[Tensor, ...]:
+        """The weight matrices (health reports: their norms and one-step changes)."""
+        return (self.down.weight, self.up.weight)
 
 
 @dataclass
@@ -51,49 +57,93 @@ class GeneratedWeights:
     def num_groups(self) -> int:
         return self.down_w.shape[0]
 
+    def parts(self) -> dict[str, Tensor]:
+        """Every weight tensor by name, each with the group axis first (caches, bundles, chunks)."""
+        return {"down_w": self.down_w, "down_b": self.down_b, "up_w": self.up_w, "up_b": self.up_b}
+
+    def with_parts(self, parts: dict[str, Tensor], group_of: Tensor, per_example: bool = False) -> GeneratedWeights:
+        """Weights of the same kind made of ``parts`` (as :meth:`parts` names them)."""
+        return GeneratedWeights(**parts, group_of=group_of, per_example=per_example)
+
+    def matrix_sets(self) -> list[tuple[Tensor, ...]]:
+        """The weight matrices, in sets sharing a site axis: ``(G, sites, ...)`` (health reports)."""
+        return [(self.down_w, self.up_w)]
+
+
+class WeightSet(Protocol):
+    """Generated weights of any adapter kind: named parts with the group axis first."""
+
+    group_of: Tensor
+    per_example: bool
+
+    def parts(self) -> dict[str, Tensor]: ...
+
+    def with_parts(self, parts: dict[str, Tensor], group_of: Tensor, per_example: bool = False) -> WeightSet: ...
+
+    def matrix_sets(self) -> list[tuple[Tensor, ...]]: ...
+
+
+W = TypeVar("W", bound=WeightSet)
+
+
+def stack_groups(weights: list[W], group_of: Tensor) -> W:
+    """One weights object holding the groups of ``weights`` in order (e.g. one cached weight set per task)."""
+    names = weights[0].parts()
+    return weights[0].with_parts({name: torch.cat([w.parts()[name] for w in weights]) for name in names}, group_of)
+
 
 def apply_bottleneck(x: Tensor, down_w: Tensor, down_b: Tensor, up_w: Tensor, up_b: Tensor) -> Tensor:
     """``ReLU(x·W_down + b_down)·W_up + b_up`` for one weight set; ``x`` is ``(..., d)``."""
     return F.relu(x @ down_w + down_b) @ up_w + up_b
 
 
-def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
-    """Apply each group's adapter of ``layer`` to that group's examples of ``x`` (``(B, ..., d)``).
+def run_grouped(
+    x: Tensor,
+    group_of: Tensor,
+    num_groups: int,
+    per_example: bool,
+    one_group: Callable[[Tensor, int], Tensor],
+    each_example: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Transform each example of ``x (B, ..., d)`` with the weights of its group (of ``num_groups``).
 
-    Examples are gathered into contiguous groups, transformed with their group's weights, and
-    scattered back into batch order: the cost is that of one adapter over the batch plus two
-    gathers, however many groups there are.
+    ``one_group(rows, g)`` applies group ``g``'s weights to some rows; ``each_example(flat)``
+    applies example ``b``'s own weights to ``flat[b]`` (``(B, N, d)``, per-example weights).
+    Examples are gathered into contiguous groups and scattered back into batch order: the cost is
+    that of one transform over the batch plus two gathers, however many groups there are.
     """
-    group_of = weights.group_of
-    if x.shape[0] != group_of.shape[0]:
+    examples = group_of.shape[0]
+    if x.shape[0] != examples:
         # generate() may expand the batch (e.g. beams); each example's copies are contiguous
-        if x.shape[0] % group_of.shape[0]:
-            raise ValueError(f"batch of {x.shape[0]} rows does not expand the {group_of.shape[0]} examples")
-        if weights.per_example:
-            return apply_per_example(x.reshape(group_of.shape[0], -1, x.shape[-1]), weights, layer).view_as(x)
-        group_of = group_of.repeat_interleave(x.shape[0] // group_of.shape[0])
-    if weights.per_example:
-        return apply_per_example(x, weights, layer)
-    if weights.num_groups == 1:
-        return apply_bottleneck(x, weights.down_w[0, layer], weights.down_b[0, layer], weights.up_w[0, layer], weights.up_b[0, layer])
+        if x.shape[0] % examples:
+            raise ValueError(f"batch of {x.shape[0]} rows does not expand the {examples} examples")
+        if not per_example:
+            group_of = group_of.repeat_interleave(x.shape[0] // examples)
+    if per_example:
+        out = each_example(x.reshape(examples, -1, x.shape[-1]))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+    if num_groups == 1:
+        return one_group(x, 0)
     order = torch.argsort(group_of, stable=True)
-    counts = torch.bincount(group_of, minlength=weights.num_groups).tolist()
+    counts = torch.bincount(group_of, minlength=num_groups).tolist()
     chunks = torch.split(x.index_select(0, order), counts)
-    outputs = [
-        apply_bottleneck(chunk, weights.down_w[g, layer], weights.down_b[g, layer], weights.up_w[g, layer], weights.up_b[g, layer])
-        for g, chunk in enumerate(chunks)
-        if counts[g]
-    ]
+    outputs = [one_group(chunk, g) for g, chunk in enumerate(chunks) if counts[g]]
     result = torch.empty((x.shape[0], *outputs[0].shape[1:]), dtype=outputs[0].dtype, device=x.device)
     return result.index_copy(0, order, torch.cat(outputs))
 
 
-def apply_per_example(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
-    """Example ``b`` of ``x (B, ..., d)`` through its own adapter, as one batched matmul."""
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    hidden = F.relu(torch.bmm(flat, weights.down_w[:, layer]) + weights.down_b[:, layer, None])
-    out = torch.bmm(hidden, weights.up_w[:, layer]) + weights.up_b[:, layer, None]
-    return out.view_as(x)
+def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
+    """Apply each group's adapter of ``layer`` to that group's examples of ``x`` (``(B, ..., d)``)."""
+    w = weights
+
+    def one_group(rows: Tensor, g: int) -> Tensor:
+        return apply_bottleneck(rows, w.down_w[g, layer], w.down_b[g, layer], w.up_w[g, layer], w.up_b[g, layer])
+
+    def each_example(flat: Tensor) -> Tensor:
+        hidden = F.relu(torch.bmm(flat, w.down_w[:, layer]) + w.down_b[:, layer, None])
+        return torch.bmm(hidden, w.up_w[:, layer]) + w.up_b[:, layer, None]
+
+    return run_grouped(x, w.group_of, w.num_groups, w.per_example, one_group, each_example)
 
 
 class TaskAdapterBank(nn.Module):
@@ -128,19 +178,25 @@ class AdapterContext:
     """
 
     def __init__(self) -> None:
-        self.weights: GeneratedWeights | None = None
+        self.weights: WeightSet | None = None
 
-    def use(self, weights: GeneratedWeights | None) -> "_ContextUse":
+    def current(self, site: str) -> WeightSet:
+        """The weights set for this forward pass; ``site`` names the layer asking (for the error)."""
+        if self.weights is None:
+            raise RuntimeError(f"{site} ran without generated weights; run the backbone inside `AdapterContext.use(...)`")
+        return self.weights
+
+    def use(self, weights: WeightSet | None) -> "_ContextUse":
         """Set ``weights`` for the duration of a ``with`` block (``None``: a hook sets them mid-forward)."""
         return _ContextUse(self, weights)
 
 
 class _ContextUse:
-    def __init__(self, context: AdapterContext, weights: GeneratedWeights | None) -> None:
+    def __init__(self, context: AdapterContext, weights: WeightSet | None) -> None:
         self.context = context
         self.weights = weights
 
-    def __enter__(self) -> GeneratedWeights | None:
+    def __enter__(self) -> WeightSet | None:
         self.context.weights = self.weights
         return self.weights
 
@@ -157,10 +213,4 @@ class GeneratedAdapter(nn.Module):
         self.layer = layer
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = self.context.weights
-        if weights is None:
-            raise RuntimeError(
-                f"generated adapter of layer {self.layer} ran without generated weights; "
-                "run the backbone inside `AdapterContext.use(...)`"
-            )
-        return apply_grouped(x, weights, self.layer)
+        return apply_grouped(x, self.context.current(f"generated adapter of layer {self.layer}"), self.layer)

@@ -185,6 +185,13 @@ def num_blocks(model: nn.Module, family: Family) -> tuple[int, int]:
     return len(_encoder_blocks(model)), 0
 
 
+def backbone_blocks(model: nn.Module, family: Family) -> list[nn.Module]:
+    """Every transformer block in the order adapters number them (T5: encoder blocks, then decoder blocks)."""
+    if family == "seq2seq":
+        return [*model.encoder.block, *model.decoder.block]
+    return list(_encoder_blocks(model))
+
+
 def attach_adapters(model: nn.Module, family: Family, adapters: list[nn.Module]) -> None:
     """Put ``adapters[i]`` in parallel with the feed-forward sublayer of block ``i``.
 

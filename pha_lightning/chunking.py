@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pha_lightning.adapters import GeneratedWeights
+from pha_lightning.adapters import WeightSet
 
 #: batch keys laid out as ``(B, source length)``: trimmed to a chunk's longest source
 SOURCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -95,7 +95,7 @@ def chunk_batch(batch: dict[str, Tensor], chunk: Chunk) -> dict[str, Tensor]:
     return sub
 
 
-def restrict_weights(weights: GeneratedWeights | None, rows: Tensor) -> GeneratedWeights | None:
+def restrict_weights(weights: WeightSet | None, rows: Tensor) -> WeightSet | None:
     """The batch's generated weights as a chunk of ``rows`` sees them: same tensors, its rows' groups.
 
     The weights are generated once per batch; each chunk only re-indexes which group its rows use,
@@ -104,8 +104,8 @@ def restrict_weights(weights: GeneratedWeights | None, rows: Tensor) -> Generate
     if weights is None:
         return None
     if weights.per_example:  # one weight set per example: the chunk takes its rows' sets
-        parts = (weights.down_w, weights.down_b, weights.up_w, weights.up_b)
-        return GeneratedWeights(*(part.index_select(0, rows) for part in parts), torch.arange(len(rows), device=rows.device), True)
+        parts = {name: part.index_select(0, rows) for name, part in weights.parts().items()}
+        return weights.with_parts(parts, torch.arange(len(rows), device=rows.device), per_example=True)
     return dataclasses.replace(weights, group_of=weights.group_of.index_select(0, rows))
 
 

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import pha_lightning
-from pha_lightning.adapters import GeneratedWeights
+from pha_lightning.adapters import WeightSet, stack_groups
 from pha_lightning.backbone import PACKAGED_BACKBONES, backbone_family, load_backbone_config, resolve_backbone_path
 from pha_lightning.checkpoints import backbone_fingerprint, check_state_fits, read_checkpoint
 from pha_lightning.datamodule import Collator
@@ -61,7 +61,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTERS_NAME = "generated_adapters.safetensors"
 #: Checkpoint hyperparameters that are not constructor arguments of a bundle's model.
 NOT_MODEL_ARGS = ("_instantiator", "_class_path", "transfer")
-ADAPTER_PARTS = ("down_w", "down_b", "up_w", "up_b")
 
 
 class BundleError(PHAError):
@@ -129,13 +128,10 @@ def precompute_adapters(model: PHAModule) -> dict[str, Tensor]:
     """Every task's generated adapter weights, exactly as evaluation generates them (one task at a time)."""
     if model.hypernetwork is None or model.prototypes is None:
         raise ConfigError(f"method {model.hparams.method!r} generates no adapters from prototypes; nothing to precompute")
-    parts: dict[str, list[Tensor]] = {name: [] for name in ADAPTER_PARTS}
+    tasks = torch.arange(len(model.task_objects), device=model.device)
     with torch.no_grad():
-        for task in range(len(model.task_objects)):
-            w = model.generated_weights(torch.tensor([task], device=model.device))
-            for name in ADAPTER_PARTS:
-                parts[name].append(getattr(w, name)[0])
-    return {f"generated.{name}": torch.stack(values).contiguous().cpu() for name, values in parts.items()}
+        table = stack_groups([model.generated_weights(task[None]) for task in tasks], tasks)
+    return {f"generated.{name}": part.contiguous().cpu() for name, part in table.parts().items()}
 
 
 def write_bundle(
@@ -320,6 +316,8 @@ class PHAModel(PHAModule):
     bundle_config: dict[str, Any] | None = None
     #: precomputed generated adapters ``generated.<part>`` of shape (tasks, layers, …), if in use
     generated_table: dict[str, Tensor] | None = None
+    #: one task's generated weights: the kind (and part names) the table is served as
+    generated_kind: WeightSet | None = None
 
     @classmethod
     def from_pretrained(
@@ -364,17 +362,20 @@ class PHAModel(PHAModule):
     def use_generated_table(self, table: Mapping[str, Tensor] | None) -> None:
         """Serve generated adapters from ``table`` (see :func:`precompute_adapters`) instead of the hypernetwork."""
         if table is not None:
-            expected = {f"generated.{name}" for name in ADAPTER_PARTS}
-            if set(table) != expected or len(table["generated.down_w"]) != len(self.task_objects):
+            with torch.no_grad():  # one task's weights: what the table must hold, and of which kind
+                self.generated_kind = super().generated_weights(torch.zeros(1, dtype=torch.long, device=self.device))
+            expected = {f"generated.{name}" for name in self.generated_kind.parts()}
+            if set(table) != expected or any(len(part) != len(self.task_objects) for part in table.values()):
                 raise BundleError(f"precomputed adapters hold {sorted(table)} for the wrong tasks or parts; expected {sorted(expected)}")
         self.generated_table = dict(table) if table is not None else None
 
-    def generated_weights(self, task_ids: Tensor) -> GeneratedWeights:
+    def generated_weights(self, task_ids: Tensor) -> WeightSet:
         if self.generated_table is None or torch.is_grad_enabled() or self.training:
             return super().generated_weights(task_ids)
         tasks, group_of = torch.unique(task_ids, return_inverse=True)
-        parts = [self.generated_table[f"generated.{name}"].to(task_ids.device).index_select(0, tasks) for name in ADAPTER_PARTS]
-        return GeneratedWeights(*parts, group_of=group_of)
+        names = self.generated_kind.parts()
+        parts = {name: self.generated_table[f"generated.{name}"].to(task_ids.device).index_select(0, tasks) for name in names}
+        return self.generated_kind.with_parts(parts, group_of)
 
     def save_pretrained(self, output_dir: str | os.PathLike, *, precompute: bool = False, overwrite: bool = False) -> Path:
         """Write this model's bundle (its data settings come from the bundle it was loaded from, if any)."""

@@ -130,16 +130,16 @@ def measure_batches(model: PHAModule, batches: Iterable[dict[str, Tensor]]) -> t
 def weight_report(model: PHAModule, initial_prototypes: Tensor | None) -> dict[str, Any]:
     """Adapter weight norms per layer, the generated adapters' between-task spread, prototype shift."""
     report: dict[str, Any] = {
-        "shared_adapter_norm": [
-            float(torch.cat([a.down.weight.flatten(), a.up.weight.flatten()]).norm()) for a in model.shared_adapters
-        ]
+        "shared_adapter_norm": [float(torch.cat([m.flatten() for m in a.matrices()]).norm()) for a in model.shared_adapters]
     }
     all_tasks = torch.arange(len(model.task_objects), device=model.device)
     generated = model.batch_adapter_weights(all_tasks)
     if generated is not None:
-        per_task = torch.cat([generated.down_w.flatten(2), generated.up_w.flatten(2)], dim=2)  # (T, L, n)
-        report["generated_adapter_norm"] = [float(v) for v in per_task.norm(dim=2).mean(0)]
-        report["generated_between_task_spread"] = [between_task_spread(per_task[:, layer]) for layer in range(per_task.shape[1])]
+        report["generated_adapter_norm"], report["generated_between_task_spread"] = [], []
+        for matrices in generated.matrix_sets():  # per generated layer (adapters) or LoRA site
+            per_task = torch.cat([m.flatten(2) for m in matrices], dim=2)  # (T, sites, n)
+            report["generated_adapter_norm"] += [float(v) for v in per_task.norm(dim=2).mean(0)]
+            report["generated_between_task_spread"] += [between_task_spread(per_task[:, site]) for site in range(per_task.shape[1])]
     if model.prototypes is not None and initial_prototypes is not None:
         table = model.prototypes.table().detach().float().cpu()
         start = initial_prototypes.float().cpu()
@@ -152,13 +152,13 @@ def adapter_matrices(model: PHAModule, task_ids: Tensor) -> tuple[Tensor, Tensor
     """(the generated adapter matrices of ``task_ids``' tasks, every shared adapter matrix), flattened."""
     with torch.no_grad():
         generated = model.generated_weights(torch.unique(task_ids))
-        shared = [p.flatten() for a in model.shared_adapters for p in (a.down.weight, a.up.weight)]
-        return torch.cat([generated.down_w.flatten(), generated.up_w.flatten()]), torch.cat(shared)
+        shared = [m.flatten() for a in model.shared_adapters for m in a.matrices()]
+        return torch.cat([m.flatten() for matrices in generated.matrix_sets() for m in matrices]), torch.cat(shared)
 
 
 def one_step_change(model: PHAModule, batch: dict[str, Tensor], lr: float) -> tuple[float, float]:
-    """Mean |change| per element of the generated and of the shared adapter matrices after one
-    AdamW step on ``batch`` (PHA; both start near zero, so the change itself is what compares)."""
+    """Mean |change| per element of the generated and of the shared adapter matrices (or LoRA
+    factors) after one AdamW step on ``batch`` (PHA; the change itself is what compares)."""
     generated_before, shared_before = adapter_matrices(model, batch["task_ids"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     model.loss_terms(batch)["loss"].backward()
@@ -225,7 +225,7 @@ def format_health(report: dict[str, Any]) -> str:
     def numbers(values: Iterable[float]) -> str:
         return " ".join(f"{v:.3g}" for v in values)
 
-    lines = [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"]
+    lines = [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"] if report["adapter_to_residual"] else []
     if report["shared_adapter_norm"]:
         lines.append(f"shared adapter norm per layer: {numbers(report['shared_adapter_norm'])}")
     if "generated_adapter_norm" in report:

@@ -56,7 +56,40 @@ class Head(nn.Linear):
         )
 
 
-class HyperNetwork(nn.Module):
+class Generator(nn.Module):
+    """What every generator shares: one embedding row per generated site (a layer, or a layer and
+    target), a trunk ``(condition ⊕ site embedding) → g`` and calibrated output heads reading ``g``."""
+
+    def __init__(
+        self, num_sites: int, cond_dim: int, layer_emb_dim: int, hidden_dim: int, out_dim: int, layer_norm_eps: float
+    ) -> None:
+        super().__init__()
+        self.layer_embeddings = nn.Embedding(num_sites, layer_emb_dim)
+        self.trunk = nn.Sequential(
+            nn.Linear(cond_dim + layer_emb_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+            nn.LayerNorm(out_dim, eps=layer_norm_eps),
+        )
+
+    def features(self, cond: Tensor) -> Tensor:
+        """``g (G, sites, out_dim)`` for ``G`` condition vectors ``cond (G, cond_dim)`` and every site."""
+        sites = self.layer_embeddings.weight
+        pairs = torch.cat(
+            [cond.unsqueeze(1).expand(-1, sites.shape[0], -1), sites.unsqueeze(0).expand(cond.shape[0], -1, -1)], dim=-1
+        )
+        return self.trunk(pairs)
+
+    def heads(self) -> tuple[Head, ...]:
+        raise NotImplementedError
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Switch the heads' parametrisation (loading weights trained with another one)."""
+        for head in self.heads():
+            head.multiplier = head_multiplier(calibration, head.in_features)
+
+
+class HyperNetwork(Generator):
     """Generate bottleneck-adapter weights for every generated layer from a condition vector.
 
     Args:
@@ -86,15 +119,8 @@ class HyperNetwork(nn.Module):
         layer_norm_eps: float = 1e-6,
         calibration: Calibration = "width",
     ) -> None:
-        super().__init__()
+        super().__init__(num_layers, cond_dim, layer_emb_dim, hidden_dim, out_dim, layer_norm_eps)
         self.d_model, self.bottleneck, self.num_layers = d_model, bottleneck, num_layers
-        self.layer_embeddings = nn.Embedding(num_layers, layer_emb_dim)
-        self.trunk = nn.Sequential(
-            nn.Linear(cond_dim + layer_emb_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
-            nn.LayerNorm(out_dim, eps=layer_norm_eps),
-        )
         scale = head_multiplier(calibration, out_dim)
         self.down_w = Head(out_dim, d_model * bottleneck, scale)
         self.down_b = Head(out_dim, bottleneck, scale)
@@ -109,11 +135,6 @@ class HyperNetwork(nn.Module):
     def heads(self) -> tuple[Head, ...]:
         return (self.down_w, self.down_b, self.up_w, self.up_b)
 
-    def set_calibration(self, calibration: Calibration) -> None:
-        """Switch the heads' parametrisation (loading weights trained with another one)."""
-        for head in self.heads():
-            head.multiplier = head_multiplier(calibration, head.in_features)
-
     def forward(self, cond: Tensor, group_of: Tensor | None = None) -> GeneratedWeights:
         """Weights for ``G`` condition vectors ``cond (G, cond_dim)`` and all layers at once.
 
@@ -121,11 +142,7 @@ class HyperNetwork(nn.Module):
         one row per example, in batch order (HyperDecoder).
         """
         groups = cond.shape[0]
-        layers = self.layer_embeddings.weight
-        pairs = torch.cat(
-            [cond.unsqueeze(1).expand(-1, self.num_layers, -1), layers.unsqueeze(0).expand(groups, -1, -1)], dim=-1
-        )
-        g = self.trunk(pairs)  # (G, L, out_dim)
+        g = self.features(cond)  # (G, L, out_dim)
         d, r = self.d_model, self.bottleneck
         return GeneratedWeights(
             down_w=self.down_w(g).view(groups, self.num_layers, d, r),

@@ -8,6 +8,7 @@ method          blocks before the split   blocks after the split         generat
 =============== ========================= ============================== ========================
 ``pha``         shared adapters           generated adapters             task prototype
 ``adapter``     shared adapters           shared adapters                —
+``lora``        shared LoRA               shared LoRA                    —
 ``task_adapter`` one adapter set per task  one adapter set per task       —
 ``hyperformer`` generated adapters        generated adapters             learned task embedding
 ``hyperdecoder`` shared adapters          generated adapters             the example's own z
@@ -16,17 +17,26 @@ method          blocks before the split   blocks after the split         generat
 
 "The split" is the retrieval point: T5's encoder/decoder boundary, or block ``k`` of an encoder.
 PHA's ablations are PHA with ``lambda_ir = 0`` and/or ``lambda_pro = 0``.
+
+``adapter_kind: lora`` puts LoRA on the attention projections in place of bottleneck adapters
+(``pha``, ``hyperformer``, ``hyperdecoder``: shared and generated LoRA where the table says shared
+and generated adapters); ``lora`` is ``adapter`` with that kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from pha_lightning.errors import ConfigError
 
-Method = Literal["pha", "adapter", "task_adapter", "hyperformer", "hyperdecoder", "finetune"]
-METHODS: tuple[str, ...] = ("pha", "adapter", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+Method = Literal["pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune"]
+METHODS: tuple[str, ...] = ("pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+AdapterKind = Literal["bottleneck", "lora"]
+ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "lora")
+#: methods that can use ``adapter_kind: lora`` (``lora`` always does)
+LORA_METHODS: tuple[str, ...] = ("pha", "adapter", "lora", "hyperformer", "hyperdecoder")
 
 
 @dataclass(frozen=True)
@@ -38,14 +48,20 @@ class Layout:
     source: Literal["none", "prototype", "task_bank", "instance"]
     uses_retriever: bool
     trains_backbone: bool = False
+    kind: AdapterKind = "bottleneck"
 
 
-def method_layout(method: str, before: int, after: int, contrastive: bool) -> Layout:
+def method_layout(method: str, before: int, after: int, contrastive: bool, adapter_kind: str = "bottleneck") -> Layout:
     """The layout of ``method``; ``contrastive`` says whether PHA has a non-zero L_IR or L_Pro weight."""
+    if adapter_kind not in ADAPTER_KINDS:
+        raise ConfigError(f"unknown adapter_kind {adapter_kind!r}; valid: {list(ADAPTER_KINDS)}")
+    if adapter_kind == "lora" and method not in LORA_METHODS:
+        raise ConfigError(f"adapter_kind 'lora' is not available for method {method!r}; valid methods: {list(LORA_METHODS)}")
     total = before + after
     layouts = {
         "pha": Layout(before, after, "prototype", uses_retriever=contrastive),
         "adapter": Layout(total, 0, "none", uses_retriever=False),
+        "lora": Layout(total, 0, "none", uses_retriever=False, kind="lora"),
         "task_adapter": Layout(0, total, "task_bank", uses_retriever=False),
         "hyperformer": Layout(0, total, "prototype", uses_retriever=False),
         "hyperdecoder": Layout(before, after, "instance", uses_retriever=True),
@@ -53,4 +69,4 @@ def method_layout(method: str, before: int, after: int, contrastive: bool) -> La
     }
     if method not in layouts:
         raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")
-    return layouts[method]
+    return dataclasses.replace(layouts[method], kind="lora") if adapter_kind == "lora" else layouts[method]

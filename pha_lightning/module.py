@@ -28,7 +28,14 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from pha_lightning.checkpoints import check_compatible, check_state_fits
 from pha_lightning.chunking import plan_chunks, restrict_weights, run_chunked
 from pha_lightning.errors import ConfigError
-from pha_lightning.adapters import AdapterContext, GeneratedAdapter, GeneratedWeights, SharedAdapter, TaskAdapterBank
+from pha_lightning.adapters import (
+    AdapterContext,
+    GeneratedAdapter,
+    SharedAdapter,
+    TaskAdapterBank,
+    WeightSet,
+    stack_groups,
+)
 from pha_lightning.backbone import (
     attach_adapters,
     backbone_family,
@@ -41,7 +48,7 @@ from pha_lightning.backbone import (
     site_hidden_states,
 )
 from pha_lightning.heads import LabelWordHead, TaskHeads
-from pha_lightning.hypernetwork import CALIBRATIONS, Calibration, HyperNetwork
+from pha_lightning.hypernetwork import CALIBRATIONS, Calibration, Generator, HyperNetwork
 from pha_lightning.losses import (
     PRO_DENOMINATORS,
     ProDenominator,
@@ -49,7 +56,8 @@ from pha_lightning.losses import (
     label_smoothed_cross_entropy,
     prototype_contrastive_loss,
 )
-from pha_lightning.methods import METHODS, Method, method_layout
+from pha_lightning.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora, check_lora_settings
+from pha_lightning.methods import METHODS, AdapterKind, Method, method_layout
 from pha_lightning.metrics import INVALID, build_task_metrics
 from pha_lightning.predict import predict_rows
 from pha_lightning.prototypes import PrototypeTable
@@ -97,6 +105,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "adam_epsilon": POSITIVE,
     "generation_max_length": SIZE,
     "chunk_cost_tokens": Range(0, integer=True, optional=True),
+    "lora_rank": SIZE,
+    "lora_alpha": POSITIVE,
+    "lora_dropout": FRACTION,
 }
 
 
@@ -147,6 +158,13 @@ class PHAModule(LightningModule):
             chunk boundary is placed wherever it saves more than this many padded tokens (the
             fixed cost of one more backbone call; the default is measured on a 2-core CPU, a GPU
             wants thousands). Same results as one padded batch; ``None`` runs the batch whole.
+        adapter_kind: ``bottleneck`` adapters, or ``lora`` on the attention projections (``pha``:
+            shared LoRA below the retrieval point, LoRA factors generated from the task's
+            prototype above it; see :mod:`pha_lightning.lora`). ``method: lora`` always uses LoRA.
+        lora_rank / lora_alpha / lora_dropout / lora_targets: LoRA's ``r``, ``alpha`` (the update
+            is scaled by ``alpha / r``), dropout on the sites' input, and the linear layers of each
+            block it adapts (default ``query`` and ``value``; also ``key``, ``output``, ``ffn_in``,
+            ``ffn_out``), as peft's ``LoraConfig`` means them.
     """
 
     def __init__(
@@ -185,6 +203,11 @@ class PHAModule(LightningModule):
         seq2seq_eval: Literal["generate", "rank"] = "generate",
         transfer: TransferConfig | None = None,
         chunk_cost_tokens: int | None = 64,
+        adapter_kind: AdapterKind = "bottleneck",
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.1,
+        lora_targets: list[str] | None = None,
     ) -> None:
         super().__init__()
         if regression_target not in REGRESSION_TARGETS:
@@ -203,11 +226,14 @@ class PHAModule(LightningModule):
             raise ConfigError(f"unknown output_layer {output_layer!r}; valid: {list(OUTPUT_LAYERS)}")
         if head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
+        lora_targets = list(lora_targets or DEFAULT_LORA_TARGETS)
+        check_lora_settings(lora_rank, lora_alpha, lora_dropout, lora_targets)
         if isinstance(transfer, dict):  # as stored in a checkpoint's hyperparameters
             transfer = TransferConfig(**transfer)
         self.save_hyperparameters(ignore=["transfer"])
         check_ranges("model", NUMERIC_RANGES, self.hparams)
         self.hparams["transfer"] = asdict(transfer) if transfer else None  # plain data: loads with weights_only
+        self.hparams["lora_targets"] = lora_targets
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         self.transfer = transfer
         source = read_source(transfer, backbone, tasks) if transfer else None
@@ -233,7 +259,7 @@ class PHAModule(LightningModule):
         before, after = self._split_blocks(split_layer)
         self.split_layer = before
         contrastive = contrastive_terms_apply(method, [t.name for t in self.task_objects], lambda_ir, lambda_pro)
-        self.layout = method_layout(method, before, after, contrastive=contrastive)
+        self.layout = method_layout(method, before, after, contrastive, self.hparams.adapter_kind)
         self.backbone.requires_grad_(self.layout.trains_backbone)
         self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
         self._build_parts(hidden_size(self.backbone))
@@ -243,7 +269,7 @@ class PHAModule(LightningModule):
         evaluated = self.task_objects[: self.num_new_tasks]
         self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
         self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
-        self._eval_cache: dict[int, tuple[Tensor, ...]] = {}
+        self._eval_cache: dict[int, WeightSet] = {}
         self._eval_cache_stamp: tuple | None = None
         self._retrieval: _Retrieval | None = None
         #: the latest validation results, stored in each checkpoint as ``pha_val_metrics``
@@ -253,12 +279,7 @@ class PHAModule(LightningModule):
         """Create the trainable parts the method's layout asks for and wire them into the backbone."""
         hp, layout, num_tasks = self.hparams, self.layout, len(self.task_objects)
         self.adapter_context = AdapterContext()
-        self.shared_adapters = nn.ModuleList(
-            SharedAdapter(d_model, hp.adapter_dim, hp.shared_adapter_init_gain) for _ in range(layout.shared)
-        )
-        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(layout.generated)]
-        if layout.shared or layout.generated:
-            attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
+        lora_sites = self._attach_adapters(d_model)
         self.retriever = Retriever(d_model, hp.retriever_hidden_dim, hp.retrieval_dim) if layout.uses_retriever else None
         if self.retriever is not None:
             site = retrieval_site(self.backbone, self.family, self.split_layer)
@@ -275,24 +296,42 @@ class PHAModule(LightningModule):
             if layout.source == "task_bank"
             else None
         )
-        self.hypernetwork = (
-            HyperNetwork(
-                d_model,
-                hp.adapter_dim,
-                layout.generated,
-                cond_dim=hp.retrieval_dim,
-                layer_emb_dim=hp.layer_embedding_dim,
-                hidden_dim=hp.hypernet_hidden_dim,
-                out_dim=hp.hypernet_out_dim,
-                init_scale=hp.hypernet_init_scale,
-                layer_norm_eps=hp.hypernet_layer_norm_eps,
-                calibration=hp.hypernet_calibration,
-            )
-            if layout.source in ("prototype", "instance")
-            else None
-        )
+        self.hypernetwork = self._build_generator(d_model, lora_sites) if layout.source in ("prototype", "instance") else None
         head_class = LabelWordHead if hp.output_layer == "label_words" else TaskHeads
         self.heads = head_class(d_model, self.task_objects, hp.head_dropout) if self.family == "encoder" else None
+
+    def _attach_adapters(self, d_model: int) -> list[tuple[int, int]]:
+        """Shared adapters (or LoRA) in the blocks before the split, generated ones after; returns
+        the ``(d_in, d_out)`` of every generated LoRA site (none for bottleneck adapters)."""
+        hp, layout = self.hparams, self.layout
+        if layout.kind == "lora":
+            self.shared_adapters, lora_sites = attach_lora(
+                self.backbone, self.family, hp.lora_targets, hp.lora_rank, hp.lora_alpha, hp.lora_dropout,
+                layout.shared, self.adapter_context,
+            )
+            return lora_sites
+        self.shared_adapters = nn.ModuleList(
+            SharedAdapter(d_model, hp.adapter_dim, hp.shared_adapter_init_gain) for _ in range(layout.shared)
+        )
+        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(layout.generated)]
+        if layout.shared or layout.generated:
+            attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
+        return []
+
+    def _build_generator(self, d_model: int, lora_sites: list[tuple[int, int]]) -> Generator:
+        """The hypernetwork: bottleneck adapters per generated layer, or LoRA factors per generated site."""
+        hp = self.hparams
+        common = {
+            "cond_dim": hp.retrieval_dim,
+            "layer_emb_dim": hp.layer_embedding_dim,
+            "hidden_dim": hp.hypernet_hidden_dim,
+            "out_dim": hp.hypernet_out_dim,
+            "layer_norm_eps": hp.hypernet_layer_norm_eps,
+            "calibration": hp.hypernet_calibration,
+        }
+        if self.layout.kind == "lora":
+            return LoRAHyperNetwork(lora_sites, hp.lora_rank, **common)
+        return HyperNetwork(d_model, hp.adapter_dim, self.layout.generated, init_scale=hp.hypernet_init_scale, **common)
 
     # ------------------------------------------------------------------ structure
     @cached_property
@@ -327,7 +366,7 @@ class PHAModule(LightningModule):
             logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
 
     # ------------------------------------------------------------------ generated adapters
-    def batch_adapter_weights(self, task_ids: Tensor) -> GeneratedWeights | None:
+    def batch_adapter_weights(self, task_ids: Tensor) -> WeightSet | None:
         """The generated (or per-task) adapter weights a batch needs before the backbone runs.
 
         ``None`` when the method has no such adapters, or when they come from the examples
@@ -340,7 +379,7 @@ class PHAModule(LightningModule):
             return self.task_adapters(task_ids)
         return None
 
-    def generated_weights(self, task_ids: Tensor) -> GeneratedWeights:
+    def generated_weights(self, task_ids: Tensor) -> WeightSet:
         """Adapter weights for the tasks of a batch: the hypernetwork runs once per distinct task.
 
         Outside training (no grad) a task's weights are generated once and reused until any
@@ -349,18 +388,16 @@ class PHAModule(LightningModule):
         tasks, group_of = torch.unique(task_ids, return_inverse=True)
         if torch.is_grad_enabled():
             return self.hypernetwork(self.prototypes(tasks), group_of)
-        cached = [self._cached_task_weights(int(t)) for t in tasks.tolist()]
-        return GeneratedWeights(*(torch.stack(parts) for parts in zip(*cached)), group_of=group_of)
+        return stack_groups([self._cached_task_weights(int(t)) for t in tasks.tolist()], group_of)
 
-    def _cached_task_weights(self, task: int) -> tuple[Tensor, ...]:
+    def _cached_task_weights(self, task: int) -> WeightSet:
         params = [*self.hypernetwork.parameters(), *self.prototypes.parameters()]
         stamp = (torch.is_autocast_enabled(self.device.type), *((p.data_ptr(), p._version) for p in params))
         if stamp != self._eval_cache_stamp:
             self._eval_cache, self._eval_cache_stamp = {}, stamp
         if task not in self._eval_cache:
             rows = torch.tensor([task], device=self.device)
-            w = self.hypernetwork(self.prototypes(rows), torch.zeros(1, dtype=torch.long, device=self.device))
-            self._eval_cache[task] = (w.down_w[0], w.down_b[0], w.up_w[0], w.up_b[0])
+            self._eval_cache[task] = self.hypernetwork(self.prototypes(rows), torch.zeros(1, dtype=torch.long, device=self.device))
         return self._eval_cache[task]
 
     def _at_retrieval_point(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -380,7 +417,7 @@ class PHAModule(LightningModule):
         return self.run_backbone_with(batch, call, self.batch_adapter_weights(batch["task_ids"]))
 
     def run_backbone_with(
-        self, batch: dict[str, Tensor], call: Callable[[], Any], weights: GeneratedWeights | None
+        self, batch: dict[str, Tensor], call: Callable[[], Any], weights: WeightSet | None
     ) -> tuple[Any, Tensor | None]:
         """:meth:`run_backbone` with generated weights made beforehand (once for all chunks of a batch)."""
         self._retrieval = _Retrieval(batch["attention_mask"])
@@ -422,7 +459,7 @@ class PHAModule(LightningModule):
             return self._forward_rows(batch, weights)
         return run_chunked(batch, chunks, lambda sub, rows: self._forward_rows(sub, restrict_weights(weights, rows)))
 
-    def _forward_rows(self, batch: dict[str, Tensor], weights: GeneratedWeights | None) -> dict[str, Tensor | None]:
+    def _forward_rows(self, batch: dict[str, Tensor], weights: WeightSet | None) -> dict[str, Tensor | None]:
         """:meth:`forward` of one padded batch (or chunk) with its generated weights."""
         if self.family == "seq2seq":
             out, z = self.run_backbone_with(

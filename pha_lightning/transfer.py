@@ -52,10 +52,19 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "hypernet_calibration",
     "regression_target",
     "output_layer",
+    "adapter_kind",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
 )
 #: Settings added after the first checkpoints were written, and the values that reproduce those
 #: older checkpoints (the released behaviour): saved hyperparameters that lack a key get its value.
-LEGACY_SETTINGS: dict[str, Any] = {"hypernet_calibration": "none", "regression_target": "raw", "output_layer": "task_heads"}
+LEGACY_SETTINGS: dict[str, Any] = {
+    "hypernet_calibration": "none",
+    "regression_target": "raw",
+    "output_layer": "task_heads",
+    "adapter_kind": "bottleneck",
+}
 #: The legacy settings a built model can switch to when loading old weights (they change how the
 #: weights are read, not which weights exist).
 SWITCHABLE_SETTINGS: tuple[str, ...] = ("hypernet_calibration", "regression_target")
@@ -145,7 +154,8 @@ def set_trainable(model: PHAModule, tune: Tune, num_new: int) -> None:
     model.requires_grad_(False)
     model.prototypes.added.requires_grad_(True)
     if model.heads is not None:
-        model.heads[:num_new].requires_grad_(True)
+        for head in list(model.heads)[:num_new]:  # a slice of TaskHeads cannot rebuild itself
+            head.requires_grad_(True)
     if tune == "hypernetwork":
         model.hypernetwork.requires_grad_(True)
     if tune == "all":

