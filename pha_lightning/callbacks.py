@@ -375,11 +375,12 @@ class TrainingHealth(Callback):
         report = self.reports.get("end")
         if report is None or report["step"] != trainer.global_step:
             report = self.measure(trainer, pl_module, "end")
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if trainer.is_global_zero:
             print(f"training health at step {report['step']} (docs/training_health.md):\n{format_health(report)}")
-            if trainer.log_dir:
-                Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(trainer.log_dir) / "health.json").write_text(json.dumps(self.reports, indent=1) + "\n", encoding="utf-8")
+            if log_dir:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(log_dir) / "health.json").write_text(json.dumps(self.reports, indent=1) + "\n", encoding="utf-8")
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial_prototypes": self.initial_prototypes, "reports": self.reports}

@@ -56,7 +56,7 @@ from pha_lightning.losses import (
     label_smoothed_cross_entropy,
     prototype_contrastive_loss,
 )
-from pha_lightning.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora, check_lora_settings
+from pha_lightning.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora, check_lora_targets
 from pha_lightning.methods import METHODS, AdapterKind, Method, method_layout
 from pha_lightning.metrics import INVALID, build_task_metrics
 from pha_lightning.predict import predict_rows
@@ -226,14 +226,12 @@ class PHAModule(LightningModule):
             raise ConfigError(f"unknown output_layer {output_layer!r}; valid: {list(OUTPUT_LAYERS)}")
         if head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"unknown head_pooling {head_pooling!r}; valid: {list(HEAD_POOLINGS)}")
-        lora_targets = list(lora_targets or DEFAULT_LORA_TARGETS)
-        check_lora_settings(lora_rank, lora_alpha, lora_dropout, lora_targets)
+        check_lora_targets(list(lora_targets or DEFAULT_LORA_TARGETS))
         if isinstance(transfer, dict):  # as stored in a checkpoint's hyperparameters
             transfer = TransferConfig(**transfer)
         self.save_hyperparameters(ignore=["transfer"])
         check_ranges("model", NUMERIC_RANGES, self.hparams)
         self.hparams["transfer"] = asdict(transfer) if transfer else None  # plain data: loads with weights_only
-        self.hparams["lora_targets"] = lora_targets
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         self.transfer = transfer
         source = read_source(transfer, backbone, tasks) if transfer else None
@@ -306,7 +304,7 @@ class PHAModule(LightningModule):
         hp, layout = self.hparams, self.layout
         if layout.kind == "lora":
             self.shared_adapters, lora_sites = attach_lora(
-                self.backbone, self.family, hp.lora_targets, hp.lora_rank, hp.lora_alpha, hp.lora_dropout,
+                self.backbone, self.family, hp.lora_targets or DEFAULT_LORA_TARGETS, hp.lora_rank, hp.lora_alpha, hp.lora_dropout,
                 layout.shared, self.adapter_context,
             )
             return lora_sites

@@ -64,6 +64,10 @@ LEGACY_SETTINGS: dict[str, Any] = {
     "regression_target": "raw",
     "output_layer": "task_heads",
     "adapter_kind": "bottleneck",
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "lora_dropout": 0.1,
+    "lora_targets": None,
 }
 #: The legacy settings a built model can switch to when loading old weights (they change how the
 #: weights are read, not which weights exist).

@@ -205,9 +205,9 @@ def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"lora_rank": 0}, "lora_rank must be an integer >= 1, got 0"),
-        ({"lora_alpha": -1.0}, "lora_alpha must be > 0, got -1.0"),
-        ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\), got 1.0"),
+        ({"lora_rank": 0}, "model.lora_rank must be >= 1, got 0"),
+        ({"lora_alpha": -1.0}, "model.lora_alpha must be > 0, got -1.0"),
+        ({"lora_dropout": 1.0}, r"model.lora_dropout must be in \[0, 1\), got 1.0"),
         ({"lora_targets": ["query", "qv"]}, r"lora_targets must be distinct names from \['query', .*'ffn_out'\], got \['query', 'qv'\]"),
         ({"adapter_kind": "prefix"}, r"unknown adapter_kind 'prefix'; valid: \['bottleneck', 'lora'\]"),
         ({"adapter_kind": "lora", "method": "task_adapter"}, "adapter_kind 'lora' is not available for method 'task_adapter'"),
@@ -264,7 +264,7 @@ def transfer_from_lora_checkpoint(ckpt: str) -> None:
 
     target = "synth_polarity_heldout"
     model = PHAModule(tasks=[target], transfer=TransferConfig(ckpt, init="top1")).eval()
-    assert (model.layout.kind, model.hparams.lora_targets) == ("lora", ["query", "value"])
+    assert (model.layout.kind, model.hparams.lora_targets) == ("lora", None)  # None: the default query, value
     support = PHADataModule(tasks=[target], batch_size=8, max_source_length=32, n_train=8, seed=3)
     support.setup("fit")
     best = initialize_new_tasks(model, support.task_dataloaders("train"))[target][0][0]
