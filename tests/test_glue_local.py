@@ -122,7 +122,7 @@ def test_protocol_splits_are_disjoint_complete_and_seeded(name: str, official: d
 
 def test_n_train_100_yields_exactly_100_per_task_and_same_seed_same_draw() -> None:
     def draw(data_seed: int) -> PHADataModule:
-        dm = PHADataModule(LOCAL_GLUE_TRAIN, data_dir=str(SHARED_DATA), n_train=100, data_seed=data_seed, batch_size=8)
+        dm = PHADataModule(LOCAL_GLUE_TRAIN, data_dir=str(SHARED_DATA), n_train=100, data_seed=data_seed, batch_size=8, val_max_examples=None)
         dm.setup("fit")
         return dm
 
@@ -145,7 +145,7 @@ def test_train_from_validation_draws_boolq_support_from_its_validation_half_only
     never from the test half."""
     with pytest.raises(DataError, match="boolq.*train file is missing"):
         PHADataModule(["boolq"], data_dir=str(SHARED_DATA), n_train=16).setup("fit")
-    dm = PHADataModule(["boolq", "cb"], data_dir=str(SHARED_DATA), n_train=16, train_from_validation=["boolq"], eval_batch_size=512)
+    dm = PHADataModule(["boolq", "cb"], data_dir=str(SHARED_DATA), n_train=16, train_from_validation=["boolq"], eval_batch_size=512, val_max_examples=None)
     with pytest.warns(UserWarning, match="'boolq': train examples are drawn from its validation split"):
         dm.setup(None)
     boolq_train, boolq_val, boolq_test = (dm.datasets[split][0]["input_ids"] for split in ("train", "validation", "test"))
