@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (train PHA on the built-in offline suite) and `make test`.
+# Entry points: `make demo` (train PHA on the built-in offline suite), `make test` (lint, then every
+# test: what CI runs), `make quick` (lint, then the tests not marked slow: under a minute).
 # Both create or reuse a virtual environment in $(VENV) and install what they need.
 #
 # TORCH_SPEC picks the torch build installed before the project. The default pins the CPU build
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.pha-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test quick clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +30,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/pha fit --config configs/demo.yaml
 
-test: install
+lint: install
+	$(BIN)/ruff check pha_lightning tests benchmarks
+	$(BIN)/ruff format --check pha_lightning tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+quick: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,9 +12,9 @@ import argparse
 
 from lightning.pytorch import seed_everything
 
-from pha_lightning.datamodule import PHADataModule
-from pha_lightning.health import one_step_change
-from pha_lightning.module import PHAModule
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.training.health import one_step_change
+from pha_lightning.training.system import PHAModule
 
 TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
 
@@ -27,7 +27,12 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=100)
     args = parser.parse_args()
     data = PHADataModule(
-        tasks=TASKS, source="local", data_dir=args.data_dir, n_train=args.n_train, batch_size=32, temperature=10.0,
+        tasks=TASKS,
+        source="local",
+        data_dir=args.data_dir,
+        n_train=args.n_train,
+        batch_size=32,
+        temperature=10.0,
         backbone=args.backbone,
     )
     data.setup("fit")

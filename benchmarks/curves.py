@@ -51,14 +51,23 @@ def at_validation(series: dict[int, float], step: int) -> float | None:
 
 
 def run_table(run_id: str, data: dict[str, dict[int, float]]) -> str:
-    lines = [f"### {run_id}", "", "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"### {run_id}",
+        "",
+        "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual |",
+        "|---|---|---|---|---|",
+    ]
     for step, value in sorted(data["val/avg"].items()):
         loss = nearest_loss(data["train/loss"], step, 5)
         share = at_validation(data["max_top_axis_share"], step)
         ratio = at_validation(data["max_adapter_to_residual"], step)
-        cells = [str(step), f"{value:.1f}", "—" if loss is None else f"{loss:.3f}",
-                 "—" if share is None else f"{share:.2f}", "—" if ratio is None else f"{ratio:.2f}"]
+        cells = [
+            str(step),
+            f"{value:.1f}",
+            "—" if loss is None else f"{loss:.3f}",
+            "—" if share is None else f"{share:.2f}",
+            "—" if ratio is None else f"{ratio:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     best = max(data["val/avg"].items(), key=lambda kv: kv[1], default=None)
     if best:

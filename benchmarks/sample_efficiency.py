@@ -55,7 +55,9 @@ METHOD_ARGS: dict[str, list[str]] = {
 }
 #: every method with the encoder's shared label-word output layer instead of one head per task
 #: (``<method>+label_words``; the encoder analogue of T5's shared vocabulary, docs/method.md)
-METHOD_ARGS.update({f"{m}+label_words": [*args, "--model.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())})
+METHOD_ARGS.update(
+    {f"{m}+label_words": [*args, "--model.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())}
+)
 
 
 def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str:
@@ -97,9 +99,17 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
     if root.exists():
         shutil.rmtree(root)  # a run interrupted half-way starts over
     cmd = [
-        *pha_command(), "fit", f"--config={args.config}", *METHOD_ARGS[method], f"--data.n_train={n_train}",
-        f"--seed_everything={seed}", "--test_after_fit=true", f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false", *args.extra, *([] if lr is None else [f"--model.learning_rate={lr}"]),
+        *pha_command(),
+        "fit",
+        f"--config={args.config}",
+        *METHOD_ARGS[method],
+        f"--data.n_train={n_train}",
+        f"--seed_everything={seed}",
+        "--test_after_fit=true",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        *args.extra,
+        *([] if lr is None else [f"--model.learning_rate={lr}"]),
     ]
     start = time.time()
     run_logged(cmd, root.with_suffix(".log"), f"run {rid}")
@@ -160,8 +170,14 @@ def retest(row: dict, args: argparse.Namespace) -> dict:
     configs = sorted(root.rglob("config.yaml"))
     if not configs:
         raise SystemExit(f"cannot retest {row['run_id']}: no config.yaml under {root}")
-    cmd = [*pha_command(), "test", f"--config={configs[0]}", f"--ckpt_path={best_checkpoint(root)}",
-           f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]
+    cmd = [
+        *pha_command(),
+        "test",
+        f"--config={configs[0]}",
+        f"--ckpt_path={best_checkpoint(root)}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+    ]
     run_logged(cmd, root / "retest.log", f"retest of {row['run_id']}")
     metrics = json.loads(next(out.rglob("test_metrics.json")).read_text())
     return {**row, "test": metrics, "retested_commit": git_commit()}
@@ -219,8 +235,15 @@ def write_table(rows: list[dict], path: Path) -> str:
     for (method, n_train), cell in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         values = [_mean_std(cell[t]) if t in cell else "—" for t in [*tasks, "avg"]]
         lines.append(f"| {method} | {n_train} | {len(cell['avg'])} | {params[method]:,} | " + " | ".join(values) + " |")
-    text = "Test metrics ×100, mean ± std over seeds (each task's mean metric; avg = mean over tasks).\n\n" + "\n".join(lines)
-    text += "\n\n" + paired_differences(rows) + "\n\nEvery run (collapsed: its health report warned, docs/training_health.md):\n\n" + runs_table(rows)
+    text = "Test metrics ×100, mean ± std over seeds (each task's mean metric; avg = mean over tasks).\n\n" + "\n".join(
+        lines
+    )
+    text += (
+        "\n\n"
+        + paired_differences(rows)
+        + "\n\nEvery run (collapsed: its health report warned, docs/training_health.md):\n\n"
+        + runs_table(rows)
+    )
     path.write_text(text + "\n")
     return text
 
@@ -229,9 +252,12 @@ def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.
     """Per n_train, ``reference`` − each other method on the same seeds: mean difference of the
     test average, and wins / ties / losses (|difference| < ``tie`` points is a tie)."""
     scores = {(r["method"], r["n_train"], r["seed"]): r["test"]["test/avg"] for r in rows}
-    lines = [f"Paired differences of the test average, {reference} − baseline, on the same seeds "
-             f"(tie: |d| < {tie}).", "", "| n_train | baseline | seeds | mean d | per seed | wins / ties / losses |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Paired differences of the test average, {reference} − baseline, on the same seeds (tie: |d| < {tie}).",
+        "",
+        "| n_train | baseline | seeds | mean d | per seed | wins / ties / losses |",
+        "|---|---|---|---|---|---|",
+    ]
     for n_train in sorted({n for _, n, _ in scores}):
         for method in sorted({m for m, n, _ in scores if n == n_train and m != reference}):
             seeds = sorted(s for m, n, s in scores if m == method and n == n_train and (reference, n, s) in scores)
@@ -240,21 +266,29 @@ def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.
             diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
             wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
             per_seed = " ".join(f"{d:+.1f}" for d in diffs)
-            lines.append(f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
-                         f"{wins} / {ties} / {len(diffs) - wins - ties} |")
+            lines.append(
+                f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
+                f"{wins} / {ties} / {len(diffs) - wins - ties} |"
+            )
     return "\n".join(lines)
 
 
 def runs_table(rows: list[dict]) -> str:
     """One line per run: test average, the tested checkpoint's step, health, and a collapse mark."""
-    lines = ["| run | lr | test avg | best step / last | best val avg | top-axis share | adapter/residual | collapsed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | lr | test avg | best step / last | best val avg | top-axis share | adapter/residual | collapsed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in sorted(rows, key=lambda r: (r["n_train"], r["method"], r["seed"])):
         health = row.get("health") or {}
         cells = [
-            row["run_id"], row.get("learning_rate") or "—", f"{row['test']['test/avg']:.1f}",
-            f"{row.get('best_step', '—')} / {row.get('last_step', '—')}", _number(row.get("best_val_avg"), ".1f"),
-            _number(health.get("max_top_axis_share"), ".2f"), _number(health.get("max_adapter_to_residual"), ".2f"),
+            row["run_id"],
+            row.get("learning_rate") or "—",
+            f"{row['test']['test/avg']:.1f}",
+            f"{row.get('best_step', '—')} / {row.get('last_step', '—')}",
+            _number(row.get("best_val_avg"), ".1f"),
+            _number(health.get("max_top_axis_share"), ".2f"),
+            _number(health.get("max_adapter_to_residual"), ".2f"),
             "yes" if collapsed(row) else "",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -276,7 +310,9 @@ def write_plot(rows: list[dict], path: Path) -> None:
     for method in sorted({m for m, _ in groups}):
         sizes = sorted(n for m, n in groups if m == method)
         means = [statistics.mean(groups[(method, n)]["avg"]) for n in sizes]
-        stds = [statistics.stdev(groups[(method, n)]["avg"]) if len(groups[(method, n)]["avg"]) > 1 else 0 for n in sizes]
+        stds = [
+            statistics.stdev(groups[(method, n)]["avg"]) if len(groups[(method, n)]["avg"]) > 1 else 0 for n in sizes
+        ]
         ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("training examples per task (n_train)")
@@ -292,19 +328,32 @@ def write_plot(rows: list[dict], path: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="base pha config (task set, backbone, steps)")
-    parser.add_argument("--methods", nargs="+", default=["adapter", "hyperformer", "hyperdecoder", "pha"], choices=list(METHOD_ARGS))
+    parser.add_argument(
+        "--methods", nargs="+", default=["adapter", "hyperformer", "hyperdecoder", "pha"], choices=list(METHOD_ARGS)
+    )
     parser.add_argument("--n-train", nargs="+", type=int, default=[100, 500, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/sample_efficiency"))
-    parser.add_argument("--tune-lr", nargs="+", type=float, default=[], metavar="LR",
-                        help="first choose each method's learning rate among these by the best validation average "
-                             "at --tune-n-train and --tune-seed (never on test); written to chosen_lr.json and used "
-                             "by every run of the grid")
+    parser.add_argument(
+        "--tune-lr",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="LR",
+        help="first choose each method's learning rate among these by the best validation average "
+        "at --tune-n-train and --tune-seed (never on test); written to chosen_lr.json and used "
+        "by every run of the grid",
+    )
     parser.add_argument("--tune-n-train", type=int, default=100)
     parser.add_argument("--tune-seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite table.md and plot.png from runs.jsonl")
-    parser.add_argument("--retest", nargs="+", default=[], metavar="RUN_ID",
-                        help="test these finished runs' checkpoints again with the current code and update their rows")
+    parser.add_argument(
+        "--retest",
+        nargs="+",
+        default=[],
+        metavar="RUN_ID",
+        help="test these finished runs' checkpoints again with the current code and update their rows",
+    )
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -325,7 +374,10 @@ def run_cells(cells: list[tuple[str, int, int, float | None]], args: argparse.Na
         row = run_one(method, n_train, seed, args, lr)
         with jsonl.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        print(f"[{index}/{len(cells)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s", flush=True)
+        print(
+            f"[{index}/{len(cells)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s",
+            flush=True,
+        )
 
 
 def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, float]:
@@ -363,7 +415,9 @@ def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
     chosen = read_chosen(chosen_path)
     if not chosen:
         return rows
-    return [row for row in rows if row.get("learning_rate") is None or lr_for(row["method"], chosen) == row["learning_rate"]]
+    return [
+        row for row in rows if row.get("learning_rate") is None or lr_for(row["method"], chosen) == row["learning_rate"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

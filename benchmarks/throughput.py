@@ -36,10 +36,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "pypi:all-MiniLM-L6-v2"
 SUITES: dict[str, dict] = {
-    "glue": {"tasks": ["cola", "sst2", "mrpc", "stsb", "rte"], "max_source_length": 128, "temperature": 10.0,
-             "source": "local", "split_validation_test": True, "data_seed": 42, "eval_batch_size": 128},
-    "synthetic": {"tasks": ["synth_polarity", "synth_category", "synth_match", "synth_score"],
-                  "max_source_length": 48, "temperature": 2.0, "eval_batch_size": 100},
+    "glue": {
+        "tasks": ["cola", "sst2", "mrpc", "stsb", "rte"],
+        "max_source_length": 128,
+        "temperature": 10.0,
+        "source": "local",
+        "split_validation_test": True,
+        "data_seed": 42,
+        "eval_batch_size": 128,
+    },
+    "synthetic": {
+        "tasks": ["synth_polarity", "synth_category", "synth_match", "synth_score"],
+        "max_source_length": 48,
+        "temperature": 2.0,
+        "eval_batch_size": 100,
+    },
 }
 #: variant → (tree: "old" or "new", model keyword arguments, bf16 autocast)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
@@ -58,8 +69,8 @@ def build(spec: dict):
     """Data module (set up for fit) and model for one measurement, from ``pha_lightning`` on the path."""
     import torch
 
-    from pha_lightning.datamodule import PHADataModule
-    from pha_lightning.module import PHAModule
+    from pha_lightning.data.datamodule import PHADataModule
+    from pha_lightning.training.system import PHAModule
 
     suite = dict(SUITES[spec["suite"]])
     if suite.get("source") == "local":
@@ -102,9 +113,15 @@ def time_training(model, data, spec: dict) -> dict:
             step_cpu_times.append(cpu_elapsed)
             tokens += float(batch["attention_mask"].sum())
             padded += batch["attention_mask"].numel()
-    return {"train_s": seconds, "train_tokens": tokens, "train_tokens_per_s": tokens / seconds,
-            "train_tokens_per_cpu_s": tokens / cpu_seconds, "train_median_step_s": statistics.median(step_times),
-            "train_median_step_cpu_s": statistics.median(step_cpu_times), "train_real_fraction": tokens / padded}
+    return {
+        "train_s": seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_s": tokens / seconds,
+        "train_tokens_per_cpu_s": tokens / cpu_seconds,
+        "train_median_step_s": statistics.median(step_times),
+        "train_median_step_cpu_s": statistics.median(step_cpu_times),
+        "train_real_fraction": tokens / padded,
+    }
 
 
 def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
@@ -117,7 +134,7 @@ def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
         for loader in loaders:
             for batch in loader:
                 start, cpu_start = time.perf_counter(), time.process_time()
-                model.predict_values(batch)
+                model.model.predict_values(batch)
                 seconds += time.perf_counter() - start
                 cpu_seconds += time.process_time() - cpu_start
                 tokens += float(batch["attention_mask"].sum())
@@ -127,7 +144,7 @@ def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
 def default_validation_seconds(model, spec: dict, bf16: bool) -> tuple[float, float] | None:
     """(seconds, CPU seconds) of a validation pass as the data module's defaults make it (``None``
     where it has no subset option)."""
-    from pha_lightning.datamodule import PHADataModule
+    from pha_lightning.data.datamodule import PHADataModule
 
     if "val_max_examples" not in inspect.signature(PHADataModule).parameters:
         return None
@@ -159,8 +176,9 @@ def worker(spec: dict) -> dict:
 
 def run_measurement(spec: dict, tree: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                         env=env, cwd=tree)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=tree
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{spec['variant']}/{spec['suite']}/{spec['method']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -187,7 +205,9 @@ def table(rows: list[dict]) -> str:
         "default val pass CPU-s (wall s) | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(r["suite"], r["method"], r["variant"]) for r in rows}, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2])))
+    keys = sorted(
+        {(r["suite"], r["method"], r["variant"]) for r in rows}, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2]))
+    )
     for suite, method, variant in keys:
         group = [r for r in rows if (r["suite"], r["method"]) == (suite, method)]
         mine = [r for r in group if r["variant"] == variant]
@@ -198,12 +218,19 @@ def table(rows: list[dict]) -> str:
         val = [r["val_default_s"] for r in mine if r.get("val_default_s") is not None]
         loads = [x for r in mine for x in r["load_average"]]
         cells = [
-            suite, method, variant,
-            f"{median('train_tokens_per_cpu_s'):.0f}", ratio_cell(group, variant, "train_tokens_per_cpu_s"),
-            f"{median('train_tokens_per_s'):.0f}", ratio_cell(group, variant, "train_tokens_per_s"),
-            f"{median('train_median_step_cpu_s'):.3f}", f"{median('train_real_fraction'):.2f}",
-            f"{median('train_peak_mib'):.0f}", ratio_cell(group, variant, "train_peak_mib"),
-            f"{median('eval_tokens_per_cpu_s'):.0f}", ratio_cell(group, variant, "eval_tokens_per_cpu_s"),
+            suite,
+            method,
+            variant,
+            f"{median('train_tokens_per_cpu_s'):.0f}",
+            ratio_cell(group, variant, "train_tokens_per_cpu_s"),
+            f"{median('train_tokens_per_s'):.0f}",
+            ratio_cell(group, variant, "train_tokens_per_s"),
+            f"{median('train_median_step_cpu_s'):.3f}",
+            f"{median('train_real_fraction'):.2f}",
+            f"{median('train_peak_mib'):.0f}",
+            ratio_cell(group, variant, "train_peak_mib"),
+            f"{median('eval_tokens_per_cpu_s'):.0f}",
+            ratio_cell(group, variant, "eval_tokens_per_cpu_s"),
             f"{statistics.median(v[1] for v in val):.1f} ({statistics.median(v[0] for v in val):.1f})" if val else "–",
             f"{min(loads):.1f}–{max(loads):.1f}",
         ]
@@ -218,7 +245,8 @@ def step_ratio_lines(rows: list[dict]) -> list[str]:
         for variant in VARIANTS:
             pairs = [
                 (p["train_median_step_cpu_s"], a["train_median_step_cpu_s"])
-                for p in rows for a in rows
+                for p in rows
+                for a in rows
                 if (p["suite"], p["variant"], p["method"]) == (suite, variant, "pha")
                 and (a["suite"], a["variant"], a["method"], a["round"]) == (suite, variant, "adapter", p["round"])
             ]
@@ -236,8 +264,12 @@ class OldTree:
         self.path = Path(tempfile.mkdtemp(prefix="pha-old-")) / "tree"
 
     def __enter__(self) -> Path:
-        subprocess.run(["git", "worktree", "add", "--detach", str(self.path), self.commit], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(self.path), self.commit],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         return self.path
 
     def __exit__(self, *exc: object) -> None:
@@ -279,11 +311,22 @@ def main() -> None:
                         tree, model_kwargs, bf16 = VARIANTS[variant]
                         if tree == "new":
                             model_kwargs = {**model_kwargs, **json.loads(args.model_args)}
-                        spec = {"suite": suite, "method": method, "variant": variant, "round": round_,
-                                "model_kwargs": model_kwargs, "bf16": bf16, "batch_size": args.batch_size,
-                                "n_train": args.n_train, "data_dir": args.data_dir, "steps": args.steps,
-                                "warmup": args.warmup, "val_default": args.val_default and tree == "new",
-                                "eval_examples": args.eval_examples, "threads": args.threads}
+                        spec = {
+                            "suite": suite,
+                            "method": method,
+                            "variant": variant,
+                            "round": round_,
+                            "model_kwargs": model_kwargs,
+                            "bf16": bf16,
+                            "batch_size": args.batch_size,
+                            "n_train": args.n_train,
+                            "data_dir": args.data_dir,
+                            "steps": args.steps,
+                            "warmup": args.warmup,
+                            "val_default": args.val_default and tree == "new",
+                            "eval_examples": args.eval_examples,
+                            "threads": args.threads,
+                        }
                         row = run_measurement(spec, trees[tree])
                         row["commit"] = args.old_commit if tree == "old" else "working tree"
                         rows.append(row)

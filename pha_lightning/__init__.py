@@ -1,13 +1,20 @@
-"""pha-lightning: Prototype-based HyperAdapter (PHA) multi-task tuning of frozen transformers."""
+"""pha-lightning: Prototype-based HyperAdapter (PHA) multi-task tuning of frozen transformers.
+
+Packages, with dependencies pointing one way (checked by tests/test_layout.py):
+:mod:`pha_lightning.data` (tasks, datasets, batching) and :mod:`pha_lightning.model` (the plain
+PyTorch model) ← :mod:`pha_lightning.training` (the Lightning system, losses, metrics, callbacks,
+transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``validation`` and ``hub``
+(finding a backbone) are shared by all.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["PHAModel", "__version__"]
+__all__ = ["PHAConfig", "PHAModel", "__version__"]
 
 
 def __getattr__(name: str):  # PEP 562: `from pha_lightning import PHAModel` without importing torch eagerly
-    if name == "PHAModel":
-        from pha_lightning.export import PHAModel
+    if name in ("PHAModel", "PHAConfig"):
+        from pha_lightning import model
 
-        return PHAModel
+        return getattr(model, name)
     raise AttributeError(f"module 'pha_lightning' has no attribute {name!r}")

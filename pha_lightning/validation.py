@@ -6,13 +6,12 @@ import codecs
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from pha_lightning.errors import ConfigError, DataError
-from pha_lightning.tasks import Task
+from pha_lightning.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -79,28 +78,6 @@ def check_ranges(prefix: str, ranges: Mapping[str, Range], values: Mapping[str, 
         check_range(f"{prefix}.{key}", values[key], valid)
 
 
-def check_targets(task: Task, values: Sequence[float], split: str) -> list[float]:
-    """Every target must lie in the task's label space: a class index ``0..n-1`` (classification) or
-    a finite number (regression). A bad one is reported with its position instead of surfacing as
-    an index error in the loss, or as a silently wrong metric."""
-    bad = []
-    for index, value in enumerate(values):
-        if task.is_regression:
-            ok = isinstance(value, (int, float)) and math.isfinite(value)
-        else:
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and float(value).is_integer() and 0 <= value < task.num_labels
-        if not ok:
-            bad.append((index, value))
-    if bad:
-        index, value = bad[0]
-        space = "a finite number" if task.is_regression else f"a class index in 0..{task.num_labels - 1} ({list(task.label_names)})"
-        raise DataError(
-            f"task {task.name!r}, {split} split: {len(bad)} of {len(values)} labels lie outside its label space "
-            f"(each must be {space}); e.g. record {index} has {value!r}"
-        )
-    return list(values)
-
-
 def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create ``path`` if needed and prove a file can be written in it; a clear error otherwise."""
     path = Path(path).expanduser()
@@ -126,7 +103,10 @@ def undecodable_bytes(path: str | os.PathLike, encoding: str) -> tuple[int, str]
             try:
                 decoder.decode(line)
             except UnicodeDecodeError as err:
-                return number, f"byte {err.start + 1} of the line ({line[err.start : err.end]!r}) is not valid {name}; {advice}"
+                return (
+                    number,
+                    f"byte {err.start + 1} of the line ({line[err.start : err.end]!r}) is not valid {name}; {advice}",
+                )
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
@@ -144,4 +124,3 @@ def check_text_file(path: str | os.PathLike, what: str) -> None:
         raise ConfigError(f"{what} {str(path)!r}, line {line}: {problem}") from None
     except OSError:
         return  # a missing or unreadable file is reported by the reader itself
-

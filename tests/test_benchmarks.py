@@ -13,13 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
@@ -30,14 +38,39 @@ def test_help(script: Path) -> None:
 
 
 def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(tmp_path: Path) -> None:
-    grid = [str(ROOT / "benchmarks/sample_efficiency.py"), "--config", "configs/demo.yaml", "--methods", "adapter", "pha",
-            "--n-train", "24", "--seeds", "0", "--output-dir", str(tmp_path), "--tune-lr", "1e-3", "3e-3",
-            "--tune-n-train", "24", "--", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
-            "--data.tasks=[synth_polarity,synth_score]", "--data.eval_batch_size=50"]
+    grid = [
+        str(ROOT / "benchmarks/sample_efficiency.py"),
+        "--config",
+        "configs/demo.yaml",
+        "--methods",
+        "adapter",
+        "pha",
+        "--n-train",
+        "24",
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+        "--tune-lr",
+        "1e-3",
+        "3e-3",
+        "--tune-n-train",
+        "24",
+        "--",
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=2",
+        "--data.tasks=[synth_polarity,synth_score]",
+        "--data.eval_batch_size=50",
+    ]
     _run(*grid)
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     # the tuning runs at n_train 24, seed 0 are the grid's runs for that cell: nothing runs twice
-    assert [r["run_id"] for r in rows] == ["adapter-n24-s0-lr0.001", "adapter-n24-s0-lr0.003", "pha-n24-s0-lr0.001", "pha-n24-s0-lr0.003"]
+    assert [r["run_id"] for r in rows] == [
+        "adapter-n24-s0-lr0.001",
+        "adapter-n24-s0-lr0.003",
+        "pha-n24-s0-lr0.001",
+        "pha-n24-s0-lr0.003",
+    ]
     chosen = json.loads((tmp_path / "chosen_lr.json").read_text())
     for method in ("adapter", "pha"):
         tried = [r for r in rows if r["method"] == method]
@@ -51,7 +84,10 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     table = (tmp_path / "table.md").read_text()
     assert "| adapter | 24 | 1 |" in table and "| pha | 24 | 1 |" in table  # the chosen rate's runs only
     difference = pha["test"]["test/avg"] - adapter["test"]["test/avg"]
-    assert f"| 24 | adapter | 1 | {difference:+.1f} | {difference:+.1f} | {int(difference >= 0.5)} / {int(abs(difference) < 0.5)} / {int(difference <= -0.5)} |" in table
+    assert (
+        f"| 24 | adapter | 1 | {difference:+.1f} | {difference:+.1f} | {int(difference >= 0.5)} / {int(abs(difference) < 0.5)} / {int(difference <= -0.5)} |"
+        in table
+    )
     assert f"| {pha['run_id']} | {chosen['pha']} | {pha['test']['test/avg']:.1f} | {pha['best_step']} / 4 |" in table
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = _run(str(ROOT / "benchmarks/curves.py"), str(tmp_path), "--runs", pha["run_id"]).stdout
@@ -68,19 +104,42 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     _run(*base, "--retest", pha["run_id"])
     retested = {r["run_id"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
     assert retested[pha["run_id"]]["test"] == pytest.approx(pha["test"], abs=1e-4)
-    assert retested[pha["run_id"]]["wall_time_s"] == pha["wall_time_s"] and len(retested[pha["run_id"]]["retested_commit"]) >= 7
-    unknown = subprocess.run([sys.executable, *base, "--retest", "pha-n99-s0"], cwd=ROOT, capture_output=True, text=True)
+    assert (
+        retested[pha["run_id"]]["wall_time_s"] == pha["wall_time_s"]
+        and len(retested[pha["run_id"]]["retested_commit"]) >= 7
+    )
+    unknown = subprocess.run(
+        [sys.executable, *base, "--retest", "pha-n99-s0"], cwd=ROOT, capture_output=True, text=True
+    )
     assert unknown.returncode != 0 and "no finished run ['pha-n99-s0']" in unknown.stderr
 
 
 def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
-    _run(str(ROOT / "benchmarks/few_shot_transfer.py"), "--source-config", "configs/demo.yaml",
-         "--targets", "synth_polarity_heldout", "--k", "4", "--seeds", "0", "--steps", "2",
-         "--max-source-length", "48", "--output-dir", str(tmp_path), "--",
-         "--trainer.max_steps=6", "--trainer.val_check_interval=3", "--data.eval_batch_size=50")
+    _run(
+        str(ROOT / "benchmarks/few_shot_transfer.py"),
+        "--source-config",
+        "configs/demo.yaml",
+        "--targets",
+        "synth_polarity_heldout",
+        "--k",
+        "4",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--max-source-length",
+        "48",
+        "--output-dir",
+        str(tmp_path),
+        "--",
+        "--trainer.max_steps=6",
+        "--trainer.val_check_interval=3",
+        "--data.eval_batch_size=50",
+    )
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert sorted(r["variant"] for r in rows) == sorted(
-        ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "hyperformer"])
+        ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "hyperformer"]
+    )
     assert all("test/synth_polarity_heldout/accuracy" in r["test"] for r in rows)
     table = (tmp_path / "table.md").read_text()
     assert "| synth_polarity_heldout | 4 |" in table

@@ -1,0 +1,10 @@
+"""The ``pha`` command: LightningCLI's ``fit``/``validate``/``test``/``predict`` over the training
+system and the data module (``app.py``), plus ``pha export`` (a checkpoint's portable bundle,
+``export.py``) and ``pha retrieve`` (which trained tasks new tasks resemble, ``retrieve.py``).
+Only wiring: everything it runs lives in :mod:`pha_lightning.training`, :mod:`pha_lightning.model`
+and :mod:`pha_lightning.data`.
+"""
+
+from pha_lightning.cli.app import main
+
+__all__ = ["main"]

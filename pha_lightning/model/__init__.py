@@ -1,0 +1,15 @@
+"""The PHA model in plain PyTorch: no Lightning here.
+
+:class:`PHAModel` (``pha.py``) composes the parts of this package from a :class:`PHAConfig`
+(``config.py``, the architecture alone): the backbone wiring (``backbone.py``), bottleneck adapters
+(``adapters.py``) and LoRA (``lora.py``), the retriever, the prototype table, the hypernetwork,
+the output heads, length-aware chunked execution (``chunking.py``) and the method layouts of PHA
+and its baselines (``methods.py``); ``bundle.py`` is the format of ``save_pretrained`` /
+``from_pretrained``. It depends on :mod:`pha_lightning.data` only for task definitions and for
+encoding raw examples.
+"""
+
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.pha import PHAModel
+
+__all__ = ["PHAConfig", "PHAModel"]

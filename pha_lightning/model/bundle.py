@@ -1,0 +1,261 @@
+"""The bundle format of :meth:`PHAModel.save_pretrained` / :meth:`PHAModel.from_pretrained`.
+
+A bundle is a directory: ``config.json`` (format and library versions, the :class:`PHAConfig`,
+the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
+every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
+``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
+a bundle is written into a temporary sibling directory and renamed into place. the README
+("Export a portable adapter bundle") describes the fields; format 1 bundles (whose config held every training
+hyperparameter) still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+import pha_lightning
+from pha_lightning.data.tasks import Task, get_task
+from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.hub import (
+    PACKAGED_BACKBONES,
+    backbone_family,
+    backbone_fingerprint,
+    load_backbone_config,
+    resolve_backbone_path,
+)
+from pha_lightning.model.config import PHAConfig, trains_retriever
+from pha_lightning.validation import ensure_writable_dir
+
+BUNDLE_FORMAT = "pha-adapter-bundle"
+#: 2: ``config`` holds the architecture (:class:`PHAConfig`) alone; 1: ``hyperparameters`` held every training setting
+BUNDLE_VERSION = 2
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTERS_NAME = "generated_adapters.safetensors"
+
+
+class BundleError(PHAError):
+    """A bundle directory is missing, incomplete, corrupt, or of an unknown format."""
+
+
+def check_state_fits(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor], source: str) -> None:
+    """Every saved weight must exist in the model with the same shape (another backbone would not fit)."""
+    unexpected = sorted(set(state) - set(model_state))
+    if unexpected:
+        raise ConfigError(f"{source} holds {len(unexpected)} weights this model does not have, e.g. {unexpected[:3]}")
+    wrong = [
+        (k, tuple(v.shape), tuple(model_state[k].shape)) for k, v in state.items() if v.shape != model_state[k].shape
+    ]
+    if wrong:
+        key, have, want = wrong[0]
+        raise ConfigError(
+            f"{source} does not fit this model: {len(wrong)} weights have other shapes, e.g. {key} is {have} "
+            f"there and {want} here (trained on another backbone or architecture?)"
+        )
+
+
+# ---------------------------------------------------------------------------------------- writing
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def task_spec(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "label_names": list(task.label_names),
+        "is_regression": task.is_regression,
+        "metrics": list(task.metric_names),
+        "target_range": list(task.target_range) if task.target_range else None,
+    }
+
+
+def backbone_record(name: str, init: str) -> dict[str, Any]:
+    """How to rebuild the frozen backbone: name, resolved path, revision, family, architecture."""
+    resolved = resolve_backbone_path(name)
+    revision = getattr(load_backbone_config(name), "_commit_hash", None)
+    if name in PACKAGED_BACKBONES:  # the model ships in a package: its version is the revision
+        package = PACKAGED_BACKBONES[name][1].split("==")[0]
+        try:
+            revision = f"{package}=={importlib.metadata.version(package)}"
+        except importlib.metadata.PackageNotFoundError:
+            revision = PACKAGED_BACKBONES[name][1]
+    return {
+        "name": name,
+        "resolved_path": resolved,
+        "revision": revision,
+        "family": backbone_family(name),
+        "init": init,
+        "architecture": backbone_fingerprint(name),
+    }
+
+
+def write_bundle(
+    output_dir: str | os.PathLike,
+    config: Mapping[str, Any],
+    state: Mapping[str, Tensor],
+    *,
+    data: Mapping[str, Any] | None = None,
+    precomputed: Mapping[str, Tensor] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict) and its weights, atomically."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
+    if config.get("backbone_init") == "random":
+        raise ConfigError(
+            "this model's frozen backbone was built at random init (backbone_init='random'); its weights are in "
+            "no checkpoint or bundle, so the model cannot be rebuilt elsewhere: bundles need a pretrained backbone"
+        )
+    parent = ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.tmp-"))
+    try:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        metadata = {"format": "pt", "pha_bundle": str(BUNDLE_VERSION)}
+        save_file(weights, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        files = {WEIGHTS_NAME: _sha256(tmp / WEIGHTS_NAME)}
+        if precomputed:
+            save_file(dict(precomputed), str(tmp / ADAPTERS_NAME), metadata=metadata)
+            files[ADAPTERS_NAME] = _sha256(tmp / ADAPTERS_NAME)
+        record = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "library": "pha-lightning",
+            "library_version": pha_lightning.__version__,
+            "torch_version": torch.__version__,
+            "transformers_version": importlib.metadata.version("transformers"),
+            "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
+            "method": config["method"],
+            "tasks": [task_spec(get_task(name)) for name in config["tasks"]],
+            "config": dict(config),
+            "data": {k: v for k, v in (data or {}).items() if not k.startswith("_")},
+            "num_parameters": sum(v.numel() for v in weights.values()),
+            "files": files,
+            **(extra or {}),
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+        _public_permissions(tmp)
+        _replace_dir(tmp, output_dir, parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _replace_dir(tmp: Path, output_dir: Path, parent: Path) -> None:
+    if output_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.old-"))
+        os.replace(output_dir, old / "bundle")
+        os.replace(tmp, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, output_dir)
+
+
+def _public_permissions(directory: Path) -> None:
+    """mkdtemp makes a private (0700) directory: give the bundle the usual permissions under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+# ---------------------------------------------------------------------------------------- reading
+def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's ``config.json``, checked for format and completeness; ``config`` holds the
+    architecture (for a format 1 bundle, derived from its hyperparameters with their legacy meaning)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {str(path)!r} does not exist or is not a directory")
+    config_path = path / CONFIG_NAME
+    try:
+        record = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(
+            f"bundle {str(path)!r} has no {CONFIG_NAME}: not a pha bundle, or not completely copied"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{config_path} cannot be read: {err}") from None
+    if not isinstance(record, dict) or record.get("format") != BUNDLE_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise BundleError(f"{config_path} is not a pha adapter bundle config (format {found!r})")
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > BUNDLE_VERSION:
+        raise BundleError(
+            f"{config_path} has format_version {version!r}; this pha-lightning "
+            f"{pha_lightning.__version__} reads versions up to {BUNDLE_VERSION}"
+        )
+    architecture = "config" if version >= 2 else "hyperparameters"
+    missing = [key for key in ("backbone", architecture, "tasks", "files") if key not in record]
+    if missing:
+        raise BundleError(f"{config_path} lacks {missing}")
+    if version == 1:
+        saved = record.pop("hyperparameters")
+        retriever = trains_retriever(saved["tasks"], saved.get("lambda_ir", 0.1), saved.get("lambda_pro", 0.1))
+        record["config"] = PHAConfig.from_settings(saved, retriever=retriever).to_dict()
+    return record
+
+
+def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike, given: bool) -> None:
+    """The backbone ``name`` must be here and have the architecture the bundle was trained on."""
+    recorded = record["backbone"]
+    found = backbone_fingerprint(name)
+    if found is None:
+        raise ConfigError(
+            f"the backbone {name!r} of bundle {str(path)!r} cannot be found here"
+            + ("" if given else f" (trained on {recorded.get('resolved_path')!r}); pass backbone=<a local copy of it>")
+        )
+    if recorded.get("architecture") and found != recorded["architecture"]:
+        raise ConfigError(
+            f"backbone {name!r} is not the model bundle {str(path)!r} was trained on: its architecture "
+            f"{found} differs from the recorded {recorded['architecture']}"
+        )
+
+
+def _read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing")
+    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+        raise BundleError(
+            f"bundle file {path} is corrupt or truncated (its SHA-256 differs from the one in {CONFIG_NAME})"
+        )
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BundleError(f"bundle file {path} cannot be read: {err}") from None
+
+
+def read_bundle_weights(path: str | os.PathLike, record: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+    """The PHA weights of a bundle (checked against the SHA-256 its config records)."""
+    record = read_bundle_config(path) if record is None else record
+    return _read_tensors(Path(path) / WEIGHTS_NAME, record["files"].get(WEIGHTS_NAME))
+
+
+def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The bundle's precomputed generated adapters (``generated_adapters.safetensors``)."""
+    return _read_tensors(Path(path) / ADAPTERS_NAME, record["files"][ADAPTERS_NAME])
+
+
+def is_bundle(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_NAME).exists()

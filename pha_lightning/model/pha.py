@@ -1,0 +1,611 @@
+"""``PHAModel``: Prototype-based HyperAdapter on a frozen transformer, as a plain ``torch.nn.Module``.
+
+A frozen backbone; shared adapters before the retrieval point; the retriever on the hidden states
+at that point; a prototype table; a hypernetwork that turns each task's prototype (⊕ a layer
+embedding) into the adapters of the blocks after it; task heads on encoder-only backbones. The
+same parts build PHA's baselines (:mod:`pha_lightning.model.methods`). Training (losses,
+optimiser, checkpoints) is :mod:`pha_lightning.training`; docs/method.md explains the method.
+
+    model = PHAModel.from_pretrained("bundles/demo")
+    model.predict([{"task": "synth_polarity", "sentence": "the red cat was lovely"}])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from transformers import PreTrainedTokenizerBase
+
+from pha_lightning.data.examples import Collator, encode_examples, predict_loader
+from pha_lightning.data.tasks import INVALID, Task, get_task
+from pha_lightning.errors import ConfigError
+from pha_lightning.hub import backbone_family, load_tokenizer
+from pha_lightning.model import bundle
+from pha_lightning.model.adapters import (
+    AdapterContext,
+    GeneratedAdapter,
+    SharedAdapter,
+    TaskAdapterBank,
+    WeightSet,
+    stack_groups,
+)
+from pha_lightning.model.backbone import (
+    attach_adapters,
+    hidden_size,
+    load_backbone,
+    num_blocks,
+    retrieval_site,
+    site_hidden_states,
+)
+from pha_lightning.model.chunking import plan_chunks, restrict_weights, run_chunked
+from pha_lightning.model.config import LEGACY_SETTINGS, PHAConfig
+from pha_lightning.model.heads import LabelWordHead, TaskHeads
+from pha_lightning.model.hypernetwork import Generator, HyperNetwork
+from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora
+from pha_lightning.model.methods import method_layout
+from pha_lightning.model.prototypes import PrototypeTable
+from pha_lightning.model.retriever import Retriever, masked_mean
+
+#: Settings that change how weights are read, not which weights exist: a built model can switch
+#: them to the legacy values of weights saved before the settings existed.
+SWITCHABLE_SETTINGS: tuple[str, ...] = ("hypernet_calibration", "regression_target")
+
+
+class PHAModel(nn.Module):
+    """PHA (or one of its baselines) on a frozen backbone, built from a :class:`PHAConfig`."""
+
+    def __init__(self, config: PHAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.task_objects: list[Task] = [get_task(name) for name in config.tasks]
+        #: how many leading tasks were added to a trained model (:meth:`add_tasks`)
+        self.num_added_tasks = 0
+        self.family = backbone_family(config.backbone)
+        self.backbone = load_backbone(config.backbone, config.backbone_init)
+        before, after = self._split_blocks(config.split_layer)
+        self.split_layer = before
+        self.layout = method_layout(config.method, before, after, config.retriever, config.adapter_kind)
+        self.backbone.requires_grad_(self.layout.trains_backbone)
+        self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
+        self.d_model = hidden_size(self.backbone)
+        self._build_parts()
+        self._eval_cache: dict[int, WeightSet] = {}
+        self._eval_cache_stamp: tuple | None = None
+        self._retrieval: _Retrieval | None = None
+        #: precomputed generated adapters ``generated.<part>`` of shape (tasks, layers, …), if served
+        self.generated_table: dict[str, Tensor] | None = None
+        self.generated_kind: WeightSet | None = None
+        #: the bundle's ``config.json`` when loaded with :meth:`from_pretrained`
+        self.bundle_config: dict[str, Any] | None = None
+
+    def _build_parts(self) -> None:
+        """Create the trainable parts the method's layout asks for and wire them into the backbone."""
+        config, layout, d_model = self.config, self.layout, self.d_model
+        self.adapter_context = AdapterContext()
+        lora_sites = self._attach_adapters()
+        self.retriever = (
+            Retriever(d_model, config.retriever_hidden_dim, config.retrieval_dim) if layout.uses_retriever else None
+        )
+        if self.retriever is not None:
+            retrieval_site(self.backbone, self.family, self.split_layer).register_forward_hook(self._at_retrieval_point)
+        # PHA's prototypes; for HyperFormer the same table is its learned task embedding
+        num_tasks = len(self.task_objects)
+        self.prototypes = (
+            PrototypeTable(num_tasks, config.retrieval_dim, config.prototype_init_std)
+            if layout.source == "prototype"
+            else None
+        )
+        self.task_adapters = (
+            TaskAdapterBank(num_tasks, layout.generated, d_model, config.adapter_dim, config.shared_adapter_init_gain)
+            if layout.source == "task_bank"
+            else None
+        )
+        self.hypernetwork = self._build_generator(lora_sites) if layout.source in ("prototype", "instance") else None
+        head_class = LabelWordHead if config.output_layer == "label_words" else TaskHeads
+        self.heads = head_class(d_model, self.task_objects, config.head_dropout) if self.family == "encoder" else None
+
+    def _attach_adapters(self) -> list[tuple[int, int]]:
+        """Shared adapters (or LoRA) in the blocks before the split, generated ones after; returns
+        the ``(d_in, d_out)`` of every generated LoRA site (none for bottleneck adapters)."""
+        config, layout = self.config, self.layout
+        if layout.kind == "lora":
+            self.shared_adapters, lora_sites = attach_lora(
+                self.backbone, self.family, config.lora_targets or DEFAULT_LORA_TARGETS, config.lora_rank,
+                config.lora_alpha, config.lora_dropout, layout.shared, self.adapter_context,
+            )  # fmt: skip
+            return lora_sites
+        self.shared_adapters = nn.ModuleList(
+            SharedAdapter(self.d_model, config.adapter_dim, config.shared_adapter_init_gain)
+            for _ in range(layout.shared)
+        )
+        generated = [GeneratedAdapter(self.adapter_context, layer) for layer in range(layout.generated)]
+        if layout.shared or layout.generated:
+            attach_adapters(self.backbone, self.family, [*self.shared_adapters, *generated])
+        return []
+
+    def _build_generator(self, lora_sites: list[tuple[int, int]]) -> Generator:
+        """The hypernetwork: bottleneck adapters per generated layer, or LoRA factors per generated site."""
+        config = self.config
+        common = {
+            "cond_dim": config.retrieval_dim,
+            "layer_emb_dim": config.layer_embedding_dim,
+            "hidden_dim": config.hypernet_hidden_dim,
+            "out_dim": config.hypernet_out_dim,
+            "layer_norm_eps": config.hypernet_layer_norm_eps,
+            "calibration": config.hypernet_calibration,
+        }
+        if self.layout.kind == "lora":
+            return LoRAHyperNetwork(lora_sites, config.lora_rank, **common)
+        return HyperNetwork(
+            self.d_model, config.adapter_dim, self.layout.generated, init_scale=config.hypernet_init_scale, **common
+        )
+
+    def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:
+        before, after = num_blocks(self.backbone, self.family)
+        if self.family == "seq2seq":
+            return before, after
+        k = before // 2 if split_layer is None else split_layer
+        if not 1 <= k < before:
+            raise ConfigError(
+                f"split_layer must be in [1, {before - 1}] for a {before}-block encoder, got {split_layer}"
+            )
+        return k, before - k
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The backbone's tokenizer, loaded on first use (T5 decoding, raw examples)."""
+        return load_tokenizer(self.config.backbone)
+
+    def trainable_parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def saved_state_keys(self) -> set[str]:
+        """What is saved: every parameter outside the backbone, and trained backbone weights.
+
+        Frozen PHA parts (e.g. the source tasks' weights after :meth:`add_tasks`) are kept too:
+        they cannot be rebuilt from the hub like the backbone.
+        """
+        return {name for name, p in self.named_parameters() if p.requires_grad or not name.startswith("backbone.")}
+
+    def use_legacy_settings(self, saved: Mapping[str, Any]) -> None:
+        """Weights saved before a :data:`SWITCHABLE_SETTINGS` setting existed were trained with its
+        legacy value (:data:`LEGACY_SETTINGS`): read them that way."""
+        for key in SWITCHABLE_SETTINGS:
+            if key not in saved:
+                setattr(self.config, key, LEGACY_SETTINGS[key])
+        if self.hypernetwork is not None:
+            self.hypernetwork.set_calibration(self.config.hypernet_calibration)
+
+    # ------------------------------------------------------------------ new tasks (few-shot transfer)
+    def add_tasks(self, names: list[str]) -> None:
+        """Put new tasks in front of the trained ones (ids ``0..n-1``; the trained tasks follow).
+
+        Their prototype rows live in ``prototypes.added`` (N(0, σ²)) and, on encoder backbones,
+        they get fresh heads; everything else is shared with the trained tasks.
+        """
+        if self.prototypes is None or not isinstance(self.heads, (TaskHeads, type(None))):
+            raise ConfigError(
+                f"new tasks need a model with prototypes and per-task heads (method 'pha' or 'hyperformer', "
+                f"output_layer 'task_heads'); this one is {self.config.method!r} with {self.config.output_layer!r}"
+            )
+        overlap = sorted(set(names) & set(self.config.tasks))
+        if overlap:
+            raise ConfigError(f"tasks {overlap} are already tasks of this model; new tasks must be new")
+        new = [get_task(name) for name in names]
+        self.prototypes.add_rows(len(new), self.config.prototype_init_std)
+        if self.heads is not None:
+            self.heads.prepend(self.d_model, new, self.config.head_dropout)
+        self.task_objects = [*new, *self.task_objects]
+        self.config.tasks = [*names, *self.config.tasks]
+        self.num_added_tasks = len(new)
+
+    def copy_head(self, target: int, source: int) -> bool:
+        """Start task ``target``'s head from task ``source``'s when their label spaces match."""
+        if self.heads is None or self.task_objects[target].num_labels != self.task_objects[source].num_labels:
+            return False
+        self.heads[target].load_state_dict(self.heads[source].state_dict())
+        return True
+
+    # ------------------------------------------------------------------ generated adapters
+    def batch_adapter_weights(self, task_ids: Tensor) -> WeightSet | None:
+        """The generated (or per-task) adapter weights a batch needs before the backbone runs.
+
+        ``None`` when the method has no such adapters, or when they come from the examples
+        themselves (HyperDecoder: set at the retrieval point during the forward pass).
+        """
+        source = self.layout.source
+        if source == "prototype":
+            return self.generated_weights(task_ids)
+        if source == "task_bank":
+            return self.task_adapters(task_ids)
+        return None
+
+    def generated_weights(self, task_ids: Tensor) -> WeightSet:
+        """Adapter weights for the tasks of a batch: the hypernetwork runs once per distinct task.
+
+        Outside training (no grad) a task's weights are generated once and reused until any
+        hypernetwork or prototype parameter changes, or served from a precomputed table.
+        """
+        tasks, group_of = torch.unique(task_ids, return_inverse=True)
+        if torch.is_grad_enabled():
+            return self.hypernetwork(self.prototypes(tasks), group_of)
+        if self.generated_table is not None and not self.training:
+            names = self.generated_kind.parts()
+            parts = {
+                name: self.generated_table[f"generated.{name}"].to(task_ids.device).index_select(0, tasks)
+                for name in names
+            }
+            return self.generated_kind.with_parts(parts, group_of)
+        return stack_groups([self._cached_task_weights(int(t)) for t in tasks.tolist()], group_of)
+
+    def _cached_task_weights(self, task: int) -> WeightSet:
+        params = [*self.hypernetwork.parameters(), *self.prototypes.parameters()]
+        stamp = (torch.is_autocast_enabled(self.device.type), *((p.data_ptr(), p._version) for p in params))
+        if stamp != self._eval_cache_stamp:
+            self._eval_cache, self._eval_cache_stamp = {}, stamp
+        if task not in self._eval_cache:
+            rows = torch.tensor([task], device=self.device)
+            self._eval_cache[task] = self.hypernetwork(
+                self.prototypes(rows), torch.zeros(1, dtype=torch.long, device=self.device)
+            )
+        return self._eval_cache[task]
+
+    def precomputed_adapters(self) -> dict[str, Tensor]:
+        """Every task's generated adapter weights, exactly as evaluation generates them (one task at a time)."""
+        if self.hypernetwork is None or self.prototypes is None:
+            raise ConfigError(
+                f"method {self.config.method!r} generates no adapters from prototypes; nothing to precompute"
+            )
+        tasks = torch.arange(len(self.task_objects), device=self.device)
+        with torch.no_grad():
+            table = stack_groups([self.generated_weights(task[None]) for task in tasks], tasks)
+        return {f"generated.{name}": part.contiguous().cpu() for name, part in table.parts().items()}
+
+    def use_generated_table(self, table: Mapping[str, Tensor] | None) -> None:
+        """Serve generated adapters from ``table`` (:meth:`precomputed_adapters`) instead of the hypernetwork."""
+        if table is not None:
+            first = torch.zeros(1, dtype=torch.long, device=self.device)
+            with torch.no_grad():  # one task's weights: what the table must hold, and of which kind
+                self.generated_kind = self.hypernetwork(self.prototypes(first), first)
+            expected = {f"generated.{name}" for name in self.generated_kind.parts()}
+            if set(table) != expected or any(len(part) != len(self.task_objects) for part in table.values()):
+                raise bundle.BundleError(
+                    f"precomputed adapters hold {sorted(table)} for the wrong tasks or parts; expected {sorted(expected)}"
+                )
+        self.generated_table = dict(table) if table is not None else None
+
+    # ------------------------------------------------------------------ running the backbone
+    def _at_retrieval_point(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        """Forward hook at the retrieval point: compute ``z``; HyperDecoder generates from it."""
+        state = self._retrieval
+        if state is None:  # the backbone was called directly, outside this model's forward
+            return
+        state.z = self.retriever(site_hidden_states(output), state.attention_mask)
+        if self.layout.source == "instance":
+            self.adapter_context.weights = self.hypernetwork(state.z)
+
+    def run_backbone(
+        self, batch: dict[str, Tensor], call: Callable[[], Any], weights: WeightSet | None = None
+    ) -> tuple[Any, Tensor | None]:
+        """Run ``call`` (a backbone forward or ``generate``) with this batch's adapters in place.
+
+        ``weights`` are the batch's generated weights when made beforehand (once for all chunks of
+        a batch). Returns the output and the retrieval vectors ``z`` (``None`` without a retriever).
+        """
+        if weights is None:
+            weights = self.batch_adapter_weights(batch["task_ids"])
+        self._retrieval = _Retrieval(batch["attention_mask"])
+        try:
+            with self.adapter_context.use(weights):
+                output = call()
+            return output, self._retrieval.z
+        finally:
+            self._retrieval = None
+
+    def retrieval_forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Retrieval vectors ``z`` of a batch, running no more than they need.
+
+        T5: the encoder alone. Encoder-only backbones run whole (the retrieval point is mid-stack).
+        """
+        if self.retriever is None:
+            raise ConfigError(f"method {self.config.method!r} (with these loss weights) has no retriever")
+        if self.family == "seq2seq":
+            call = lambda: self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # noqa: E731
+        else:
+            call = lambda: self.backbone(**_encoder_inputs(batch))  # noqa: E731
+        return self.run_backbone(batch, call)[1]
+
+    def retrieval_scores(self, z: Tensor) -> Tensor:
+        """Cosine of every retrieval vector with every task's prototype: ``(B, tasks)``."""
+        return F.normalize(z.float(), dim=-1) @ self.prototypes.normalized().float().T
+
+    def forward(self, batch: dict[str, Tensor], chunked: bool = True) -> dict[str, Tensor]:
+        """Run the backbone with the method's adapters.
+
+        Returns the retrieval vectors ``z`` (when the method has a retriever), the ``pooled``
+        final states (encoder-only backbones: what the task heads read; T5: the mean of the final
+        encoder states) and, for T5, the decoder's ``lm_logits`` (teacher forced on ``labels``).
+        Generated weights are made once per batch; the backbone runs the batch in length-sorted
+        chunks when that pays (``chunk_cost_tokens``), unless ``chunked`` is false (hooks that
+        need the batch's own layout, e.g. the health probe).
+        """
+        weights = self.batch_adapter_weights(batch["task_ids"])
+        chunks = plan_chunks(batch["attention_mask"], self.config.chunk_cost_tokens) if chunked else None
+        if chunks is None:
+            return self._forward_rows(batch, weights)
+        return run_chunked(batch, chunks, lambda sub, rows: self._forward_rows(sub, restrict_weights(weights, rows)))
+
+    def _forward_rows(self, batch: dict[str, Tensor], weights: WeightSet | None) -> dict[str, Tensor | None]:
+        """:meth:`forward` of one padded batch (or chunk) with its generated weights."""
+        if self.family == "seq2seq":
+            out, z = self.run_backbone(
+                batch,
+                lambda: self.backbone(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    decoder_input_ids=self.backbone._shift_right(batch["labels"]),
+                ),
+                weights,
+            )
+            pooled = masked_mean(out.encoder_last_hidden_state, batch["attention_mask"])
+            return {"z": z, "lm_logits": out.logits, "pooled": pooled}
+        out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights)
+        final = out.last_hidden_state
+        pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
+        return {"z": z, "pooled": pooled}
+
+    def regression_scale(self, task: Task) -> tuple[float, float]:
+        """``(center, half-width)`` of the task's ``target_range``: a head predicts
+        ``(y - center) / half-width``; ``(0, 1)`` (the raw value) with ``regression_target: raw``."""
+        if self.config.regression_target == "raw":
+            return 0.0, 1.0
+        if task.target_range is None:
+            raise ConfigError(f"regression task {task.name!r} has no target_range to normalise its targets by")
+        low, high = task.target_range
+        return (low + high) / 2, (high - low) / 2
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_values(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-example predictions as floats: class index (``INVALID`` if unparseable) or regression value."""
+        task_ids = batch["task_ids"]
+        if self.family == "seq2seq":
+            return self.rank_values(batch) if self.config.seq2seq_eval == "rank" else self._generate_values(batch)
+        out = self(batch)
+        preds = torch.empty(len(task_ids), device=task_ids.device)
+        for task, (idx, head_out) in self.heads.outputs(out["pooled"], task_ids)[0].items():
+            if isinstance(self.heads, LabelWordHead):
+                preds[idx] = self.heads.values(task, head_out)
+            elif self.task_objects[task].is_regression:
+                center, half = self.regression_scale(self.task_objects[task])
+                preds[idx] = head_out.squeeze(-1).float() * half + center
+            else:
+                preds[idx] = head_out.argmax(-1).float()
+        return preds
+
+    def generate_texts(self, batch: dict[str, Tensor]) -> list[str]:
+        """Greedy generation (T5 path) with each example's task adapters."""
+        tokens, _ = self.run_backbone(
+            batch,
+            lambda: self.backbone.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=self.config.generation_max_length,
+                num_beams=1,
+                do_sample=False,
+            ),
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+    def rank_values(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rank classification (T5 path): score every candidate target of the example's task by
+        its summed token log-likelihood and take the best; no generation, never invalid."""
+        values = torch.empty(len(batch["task_ids"]), device=self.device)
+        for task in torch.unique(batch["task_ids"]).tolist():
+            rows = (batch["task_ids"] == task).nonzero(as_tuple=True)[0]
+            sub = {
+                k: v.index_select(0, rows) for k, v in batch.items() if isinstance(v, Tensor) and len(v) == len(values)
+            }
+            candidates = self.task_objects[task].rank_candidates()
+            scores, _ = self.run_backbone(
+                sub, lambda sub=sub, candidates=candidates: self._candidate_scores(sub, candidates)
+            )
+            best = scores.argmax(-1).tolist()
+            parsed = [self.task_objects[task].parse_generation(candidates[i]) for i in best]
+            values[rows] = torch.tensor(parsed, dtype=torch.float32, device=self.device)
+        return values
+
+    def _candidate_scores(self, batch: dict[str, Tensor], candidates: tuple[str, ...]) -> Tensor:
+        """``(B, C)`` summed log-likelihoods; the encoder runs once, the decoder once per candidate."""
+        encoded = self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        targets = self.tokenizer(text_target=list(candidates), padding=True, return_tensors="pt")["input_ids"]
+        targets = targets.masked_fill(targets == self.tokenizer.pad_token_id, -100).to(self.device)
+        scores = []
+        for target in targets:
+            labels = target.expand(len(batch["input_ids"]), -1)
+            logits = self.backbone(
+                encoder_outputs=encoded,
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=self.backbone._shift_right(labels),
+            ).logits
+            log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            scores.append(log_probs.masked_fill(labels == -100, 0.0).sum(-1))
+        return torch.stack(scores, dim=1)
+
+    def _generate_values(self, batch: dict[str, Tensor]) -> Tensor:
+        texts = self.generate_texts(batch)
+        values = [self.task_objects[t].parse_generation(text) for t, text in zip(batch["task_ids"].tolist(), texts)]
+        return torch.tensor([INVALID if v is None else v for v in values], dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def identify_tasks(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Nearest prototype of every example: (task ids, cosine similarities)."""
+        if self.retriever is None or self.prototypes is None:
+            raise ConfigError(
+                f"examples without a task need a model with a retriever and prototypes (method 'pha' with "
+                f'lambda_ir or lambda_pro > 0); this model is {self.config.method!r}: give every example a "task"'
+            )
+        probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
+        best = self.retrieval_scores(self.retrieval_forward(probe)).max(-1)
+        return best.indices, best.values
+
+    @torch.no_grad()
+    def predict_rows(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Output rows of a batch of raw examples (README, "Predict on raw examples"): the retriever picks
+        the task of an example that names none."""
+        task_ids = batch["task_ids"].clone()
+        unknown = task_ids < 0
+        similarity = None
+        if bool(unknown.any()):
+            chosen, similarity = self.identify_tasks(batch)
+            task_ids[unknown] = chosen[unknown]
+        values = self.predict_values({**batch, "task_ids": task_ids}).tolist()
+        rows = []
+        for i, meta in enumerate(batch["meta"]):
+            task = self.task_objects[int(task_ids[i])]
+            prediction, label = label_of(task, values[i])
+            row = {"index": meta["index"], "line": meta["line"]}
+            if "id" in meta:
+                row["id"] = meta["id"]
+            row |= {"task": task.name, "task_source": "retriever" if bool(unknown[i]) else "input"}
+            if bool(unknown[i]):
+                row["task_similarity"] = round(float(similarity[i]), 6)
+            row |= {"prediction": prediction, "label": label}
+            if "target" in meta:
+                row["target"] = meta["target"]
+            rows.append(row)
+        return rows
+
+    @torch.no_grad()
+    def predict(
+        self, examples: Iterable[Mapping[str, Any]], batch_size: int = 32, max_source_length: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Predict raw examples (dicts as in a ``pha predict`` JSONL file); rows come back in input order.
+
+        ``max_source_length`` defaults to the one the model was trained with (its bundle), else 128.
+        """
+        rows = [(number, dict(example)) for number, example in enumerate(examples, start=1)]
+        if not rows:
+            return []
+        trained_length = (self.bundle_config or {}).get("data", {}).get("max_source_length")
+        length = int(max_source_length or trained_length or 128)
+        tokenizer = self.tokenizer
+        encoded = encode_examples(rows, self.task_objects, self.family, tokenizer, length, source="example")
+        collator = Collator(tokenizer.pad_token_id, tokenizer.pad_token_type_id, tokenizer.padding_side)
+        was_training = self.training
+        self.eval()
+        out: list[dict[str, Any]] = []
+        try:
+            for batch in predict_loader(encoded, collator, batch_size):
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                out.extend(self.predict_rows(batch))
+        finally:
+            self.train(was_training)
+        return sorted(out, key=lambda row: row["index"])
+
+    # ------------------------------------------------------------------ saving and loading
+    def state_to_save(self) -> dict[str, Tensor]:
+        """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
+        state = {k: v for k, v in self.state_dict().items() if k in self.saved_state_keys()}
+        if "prototypes.added" in state:
+            state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
+        return state
+
+    def save_pretrained(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        precompute: bool = False,
+        overwrite: bool = False,
+        data: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write a bundle: ``config.json`` (this :class:`PHAConfig`, versions, checksums) and the
+        weights in safetensors (README, "Export a portable adapter bundle"). ``data`` records the input settings
+        (``max_source_length`` …), by default those of the bundle this model was loaded from."""
+        if data is None:
+            data = (self.bundle_config or {}).get("data", {})
+        precomputed = self.precomputed_adapters() if precompute else None
+        return bundle.write_bundle(
+            output_dir,
+            self.config.to_dict(),
+            self.state_to_save(),
+            data=data,
+            precomputed=precomputed,
+            extra=extra,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        backbone: str | None = None,
+        use_precomputed_adapters: bool = True,
+        map_location: str | torch.device = "cpu",
+    ) -> PHAModel:
+        """Rebuild the frozen backbone and load a bundle (safetensors only: nothing is unpickled).
+
+        ``backbone`` replaces the recorded backbone name (e.g. a local copy of the same model);
+        it must have the architecture the bundle was trained on. Precomputed adapters, when the
+        bundle has them, replace the hypernetwork at inference unless ``use_precomputed_adapters``
+        is false.
+        """
+        config = bundle.read_bundle_config(path)
+        name = backbone or config["config"]["backbone"]
+        bundle.check_backbone(config, name, path, given=backbone is not None)
+        model = cls(PHAConfig(**{**config["config"], "backbone": name}))
+        model.load_bundle(path, config)
+        model.bundle_config = config
+        if use_precomputed_adapters and bundle.ADAPTERS_NAME in config["files"]:
+            model.use_generated_table(bundle.read_precomputed(path, config))
+        return model.eval().to(map_location)
+
+    def load_bundle(self, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
+        """Load a bundle's weights into this (already built) model (``pha test --ckpt_path <bundle>``)."""
+        config = bundle.read_bundle_config(path) if config is None else config
+        state = bundle.read_bundle_weights(path, config)
+        source = f"bundle {str(path)!r}"
+        bundle.check_state_fits(state, self.state_dict(), source)
+        missing = sorted(self.saved_state_keys() - set(state))
+        if missing:
+            raise bundle.BundleError(f"{source} lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
+        self.load_state_dict(state, strict=False)
+
+
+@dataclass
+class _Retrieval:
+    """What the retrieval-point hook needs from, and gives back to, one forward pass."""
+
+    attention_mask: Tensor
+    z: Tensor | None = None
+
+
+def _encoder_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+def label_of(task: Task, value: float) -> tuple[int | float | None, str | None]:
+    """A prediction as (value, label string): the class index and its name, or the regression value."""
+    if math.isnan(value):
+        return None, None
+    if task.is_regression:
+        return value, f"{value:.3f}"
+    return int(value), task.label_names[int(value)]

@@ -1,0 +1,121 @@
+"""Checkpoints and bundles as inputs: reading them safely, resolving ``last``, checking they fit.
+
+Everything here turns a bad input into a :class:`~pha_lightning.errors.PHAError` that names the
+file and what is wrong with it, before anything is half-done:
+
+* :func:`read_checkpoint` (from :mod:`pha_lightning.training.transfer`) loads with ``weights_only=True``
+  (no arbitrary unpickling) and reports a missing, truncated or corrupt file;
+* :func:`check_compatible` compares what a checkpoint or bundle was trained with (tasks, backbone,
+  method, the hyperparameters that decide the weights' shapes) with what the configuration asks
+  for, and :func:`check_state_fits` compares the saved weights' shapes with a built model;
+* :func:`resolve_last_checkpoint` finds the newest ``last*.ckpt`` (or SLURM ``hpc_ckpt_*.ckpt``)
+  under a run directory, across the TensorBoard logger's ``version_*`` folders, which Lightning's
+  own ``ckpt_path="last"`` does not search (each new run gets a new version folder);
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from pha_lightning.errors import ConfigError
+from pha_lightning.hub import backbone_fingerprint
+from pha_lightning.model.bundle import check_state_fits
+from pha_lightning.model.config import ARCHITECTURE_KEYS
+from pha_lightning.training.transfer import read_checkpoint
+
+__all__ = [
+    "STRUCTURE_KEYS",
+    "check_compatible",
+    "check_state_fits",
+    "model_state",
+    "read_checkpoint",
+    "resolve_last_checkpoint",
+]
+
+#: Hyperparameters besides tasks and backbone that decide which weights a model has and their shapes.
+STRUCTURE_KEYS: tuple[str, ...] = ("method", *ARCHITECTURE_KEYS)
+
+
+def _same_backbone(saved: str, asked: str, source: str) -> None:
+    if saved == asked:
+        return
+    saved_arch, asked_arch = backbone_fingerprint(saved), backbone_fingerprint(asked)
+    if saved_arch is not None and asked_arch is not None and saved_arch != asked_arch:
+        differ = {
+            k: (saved_arch.get(k), asked_arch.get(k))
+            for k in saved_arch.keys() | asked_arch.keys()
+            if saved_arch.get(k) != asked_arch.get(k)
+        }
+        raise ConfigError(
+            f"{source} was trained on backbone {saved!r} but the configuration asks for {asked!r}, a different "
+            f"model ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(differ.items()))}); "
+            f"use --model.backbone={saved}"
+        )
+    if asked_arch is None:
+        return  # loading the asked backbone will report it
+    # same architecture under another name (a moved local copy), or the saved one is not here to compare:
+    # the weights' shapes are still checked when they are loaded (check_state_fits)
+    rank_zero_warn(f"{source} was trained on backbone {saved!r}; using {asked!r} instead as the configuration asks")
+
+
+def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`ConfigError` if a checkpoint's hyperparameters ``saved`` cannot serve ``asked``.
+
+    Both are PHAModule hyperparameter mappings (``asked`` may lack keys: those are not compared).
+    Tasks must match in order (their positions are the task ids of prototype rows and heads), the
+    backbone must be the same model, and the method and architecture hyperparameters equal. A
+    transfer model takes its architecture from its source checkpoint, so for it only tasks,
+    backbone and method are compared.
+    """
+    if "tasks" in asked and asked["tasks"] is not None and list(asked["tasks"]) != list(saved["tasks"]):
+        raise ConfigError(
+            f"{source} was trained on tasks {list(saved['tasks'])}, but the configuration asks for "
+            f"{list(asked['tasks'])} (data.tasks); the task order fixes the task ids, so they must match exactly"
+        )
+    if asked.get("backbone") is not None:
+        _same_backbone(saved["backbone"], asked["backbone"], source)
+    keys = ("method",) if (saved.get("transfer") or asked.get("transfer")) else STRUCTURE_KEYS
+    for key in keys:
+        if key in asked and key in saved and asked[key] != saved[key]:
+            raise ConfigError(
+                f"{source} was trained with model.{key}={saved[key]!r}, but the configuration asks for "
+                f"{asked[key]!r}; drop the option or use --model.{key}={saved[key]}"
+            )
+
+
+def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's weights under the model's own names: the system keeps its model under
+    ``model.``; checkpoints written before the model/system split have no such prefix."""
+    if any(key.startswith("model.") for key in state_dict):
+        return {key.removeprefix("model."): value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def checkpoint_files(root: str | os.PathLike) -> list[Path]:
+    """``last*.ckpt`` files anywhere under ``root`` and SLURM ``hpc_ckpt_*.ckpt`` files in it."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("last*.ckpt") if p.is_file()]
+    found += [p for p in root.glob("hpc_ckpt_*.ckpt") if p.is_file()]
+    return found
+
+
+def resolve_last_checkpoint(root: str | os.PathLike, dirpath: str | os.PathLike | None = None) -> str | None:
+    """The most recently written resumable checkpoint of a run, or ``None`` when there is none yet.
+
+    ``dirpath`` (``checkpoint.dirpath``) is searched when set, else every ``version_*`` folder
+    under ``root`` (``trainer.default_root_dir``); SLURM's ``hpc_ckpt_*.ckpt`` in ``root`` (written
+    by Lightning on preemption) take part, so a requeued job resumes from whichever is newer.
+    """
+    candidates = checkpoint_files(dirpath) if dirpath else []
+    candidates += checkpoint_files(root)
+    if not candidates:
+        return None
+    return str(max(set(candidates), key=lambda p: p.stat().st_mtime_ns))

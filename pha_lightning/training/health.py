@@ -1,0 +1,256 @@
+"""Training health: the numbers that tell a healthy PHA run from a collapsed one.
+
+A run collapses when its adapters (generated ones above all) grow until they drown the residual
+stream and every example's pooled features line up on one axis, so the task heads see no
+difference between examples. This module measures that on a few evaluation batches, with plain
+PyTorch (the Lightning callback that schedules it is :class:`pha_lightning.training.callbacks.TrainingHealth`):
+
+* per block, ``‖adapter output‖ / ‖residual stream‖`` (root-mean-square over real tokens);
+* per layer, the Frobenius norm of the shared and of the generated adapter matrices, and the
+  between-task spread of the generated ones (0: every task gets the same adapter);
+* per task, how far its prototype moved from its initial value (relative to that value);
+* per task, the share of the pooled features' variance on their first principal axis.
+
+What the thresholds mean and which settings to look at is in docs/training_health.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from pha_lightning.model.backbone import adapter_sites, num_blocks
+
+if TYPE_CHECKING:
+    from pha_lightning.model.pha import PHAModel
+    from pha_lightning.training.system import PHAModule
+
+
+def feature_spread(features: Tensor) -> tuple[float, float]:
+    """``(top-axis share, offset)`` of a set of feature vectors ``(N, d)``.
+
+    The share of their variance on the first principal axis (1: every example lies on one line),
+    and the norm of their mean over their RMS distance to it (large: the examples sit in a tight
+    cloud far from the origin). Both large: the examples look alike to a head reading them.
+    """
+    features = features.double()
+    centred = features - features.mean(0)
+    variance = torch.linalg.svdvals(centred) ** 2
+    total = variance.sum()
+    share = float(variance[0] / total) if total > 0 else 1.0
+    rms = centred.pow(2).sum(1).mean().sqrt()
+    return share, float(features.mean(0).norm() / rms) if rms > 0 else float("inf")
+
+
+def between_task_spread(weights: Tensor) -> float:
+    """How different the rows of ``weights (T, n)`` (one flattened adapter per task) are:
+    ``sqrt(mean_t ‖W_t − W̄‖²) / sqrt(mean_t ‖W_t‖²)``; 0 when every task gets the same weights,
+    ≈ 1 when they are unrelated."""
+    weights = weights.double()
+    scale = weights.pow(2).sum(1).mean().sqrt()
+    if scale == 0:
+        return 0.0
+    return float((weights - weights.mean(0)).pow(2).sum(1).mean().sqrt() / scale)
+
+
+@dataclass
+class _BlockSums:
+    adapter: float = 0.0
+    residual: float = 0.0
+
+
+@dataclass
+class ResidualProbe:
+    """Accumulates ``Σ‖adapter(x)‖²`` and ``Σ‖residual‖²`` over real tokens, per adapted block."""
+
+    sums: list[_BlockSums]
+    decoder_from: int  # blocks from this index on read decoder tokens (T5); len(sums) for encoders
+    source_mask: Tensor | None = None  # (B, T) real tokens of the current batch's input
+    target_mask: Tensor | None = None  # (B, T') real tokens of its target (T5 decoder)
+
+    def ratios(self) -> list[float]:
+        return [(s.adapter / s.residual) ** 0.5 if s.residual else 0.0 for s in self.sums]
+
+    def record(self, block: int, adapter_out: Tensor, residual: Tensor) -> None:
+        mask = self.source_mask if block < self.decoder_from else self.target_mask
+        if mask is None or mask.shape != residual.shape[:2]:
+            raise RuntimeError(
+                f"health probe: block {block} saw hidden states of shape {tuple(residual.shape[:2])}, "
+                f"not the batch's {None if mask is None else tuple(mask.shape)}"
+            )
+        weight = mask.to(residual.dtype).unsqueeze(-1)
+        self.sums[block].adapter += float((adapter_out.float().pow(2) * weight).sum())
+        self.sums[block].residual += float((residual.float().pow(2) * weight).sum())
+
+
+@contextmanager
+def probe_residuals(model: PHAModel) -> Iterator[ResidualProbe]:
+    """Hooks on every adapted block for the duration of the ``with`` block."""
+    sites = adapter_sites(model.backbone, model.family)
+    encoder_blocks = num_blocks(model.backbone, model.family)[0] if model.family == "seq2seq" else len(sites)
+    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=encoder_blocks)
+    handles = []
+    for block, site in enumerate(sites):
+        captured: dict[str, Tensor] = {}
+        handles.append(site.adapter.register_forward_hook(lambda _m, _i, out, c=captured: c.__setitem__("out", out)))
+        handles.append(
+            site.register_forward_hook(
+                lambda m, inputs, _o, b=block, c=captured: probe.record(b, c.pop("out"), m.residual_of(*inputs))
+            )
+        )
+    try:
+        yield probe
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def measure_batches(model: PHAModel, batches: Iterable[dict[str, Tensor]]) -> tuple[list[float], dict[int, Tensor]]:
+    """Adapter/residual ratio per block, and the pooled features of each task id, over ``batches``.
+
+    Pooled features: what an encoder's task heads read; for T5 the mean of the final encoder states.
+    """
+    features: dict[int, list[Tensor]] = {}
+    with probe_residuals(model) as probe:
+        for batch in batches:
+            probe.source_mask = batch["attention_mask"]
+            probe.target_mask = batch["labels"] != -100 if "labels" in batch else None
+            pooled = model(batch, chunked=False)["pooled"]  # the hooks read whole-batch tensors
+            for task in torch.unique(batch["task_ids"]).tolist():
+                features.setdefault(task, []).append(pooled[batch["task_ids"] == task].float().cpu())
+    return probe.ratios(), {task: torch.cat(parts) for task, parts in features.items()}
+
+
+@torch.no_grad()
+def weight_report(model: PHAModel, initial_prototypes: Tensor | None) -> dict[str, Any]:
+    """Adapter weight norms per layer, the generated adapters' between-task spread, prototype shift."""
+    report: dict[str, Any] = {
+        "shared_adapter_norm": [
+            float(torch.cat([m.flatten() for m in a.matrices()]).norm()) for a in model.shared_adapters
+        ]
+    }
+    all_tasks = torch.arange(len(model.task_objects), device=model.device)
+    generated = model.batch_adapter_weights(all_tasks)
+    if generated is not None:
+        report["generated_adapter_norm"], report["generated_between_task_spread"] = [], []
+        for matrices in generated.matrix_sets():  # per generated layer (adapters) or LoRA site
+            per_task = torch.cat([m.flatten(2) for m in matrices], dim=2)  # (T, sites, n)
+            report["generated_adapter_norm"] += [float(v) for v in per_task.norm(dim=2).mean(0)]
+            report["generated_between_task_spread"] += [
+                between_task_spread(per_task[:, site]) for site in range(per_task.shape[1])
+            ]
+    if model.prototypes is not None and initial_prototypes is not None:
+        table = model.prototypes.table().detach().float().cpu()
+        start = initial_prototypes.float().cpu()
+        shift = (table - start).norm(dim=1) / start.norm(dim=1).clamp_min(1e-12)
+        report["prototype_shift"] = {t.name: float(s) for t, s in zip(model.task_objects, shift)}
+    return report
+
+
+def adapter_matrices(model: PHAModel, task_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(the generated adapter matrices of ``task_ids``' tasks, every shared adapter matrix), flattened."""
+    with torch.no_grad():
+        generated = model.generated_weights(torch.unique(task_ids))
+        shared = [m.flatten() for a in model.shared_adapters for m in a.matrices()]
+        return torch.cat([m.flatten() for matrices in generated.matrix_sets() for m in matrices]), torch.cat(shared)
+
+
+def one_step_change(system: PHAModule, batch: dict[str, Tensor], lr: float) -> tuple[float, float]:
+    """Mean |change| per element of the generated and of the shared adapter matrices (or LoRA
+    factors) after one AdamW step of ``system``'s loss on ``batch`` (PHA; the change itself is what compares)."""
+    generated_before, shared_before = adapter_matrices(system.model, batch["task_ids"])
+    optimizer = torch.optim.AdamW([p for p in system.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    system.loss_terms(batch)["loss"].backward()
+    optimizer.step()
+    generated_after, shared_after = adapter_matrices(system.model, batch["task_ids"])
+    return float((generated_after - generated_before).abs().mean()), float((shared_after - shared_before).abs().mean())
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """When a value means trouble (see docs/training_health.md for why these numbers)."""
+
+    collapse_share: float = 0.9
+    adapter_ratio: float = 0.5
+
+
+def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> list[str]:
+    """Plain-language flags for a report, each naming the settings to look at."""
+    warnings = []
+    shares = report.get("top_axis_share", {})
+    collapsed = {task: share for task, share in shares.items() if share >= thresholds.collapse_share}
+    if collapsed:
+        listed = ", ".join(f"{task} {100 * share:.0f} %" for task, share in collapsed.items())
+        warnings.append(
+            f"representation collapse: the pooled features put at least {100 * thresholds.collapse_share:.0f} % of "
+            f"their variance on one axis ({listed}), so the task heads barely see a difference between "
+            "examples; look at model.learning_rate, model.warmup_steps, model.hypernet_calibration "
+            "(use 'width') and trainer.gradient_clip_val (1.0)"
+        )
+    loud = [(b, r) for b, r in enumerate(report.get("adapter_to_residual", [])) if r >= thresholds.adapter_ratio]
+    if loud:
+        listed = ", ".join(f"block {b} {r:.2f}" for b, r in loud)
+        warnings.append(
+            f"adapters drown the residual stream: their output is at least {thresholds.adapter_ratio:.2f}× the "
+            f"residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') "
+            "and trainer.gradient_clip_val (1.0)"
+        )
+    return warnings
+
+
+def health_report(
+    model: PHAModel,
+    batches: Iterable[dict[str, Tensor]],
+    initial_prototypes: Tensor | None = None,
+    thresholds: HealthThresholds = HealthThresholds(),
+) -> dict[str, Any]:
+    """Every health number of ``model`` on ``batches`` (see the module docstring), with warnings."""
+    was_training = model.training
+    model.eval()
+    try:
+        ratios, features = measure_batches(model, batches)
+        report: dict[str, Any] = {"adapter_to_residual": ratios}
+        report.update(weight_report(model, initial_prototypes))
+    finally:
+        model.train(was_training)
+    report["top_axis_share"] = {
+        model.task_objects[t].name: feature_spread(f)[0] for t, f in sorted(features.items()) if len(f) > 1
+    }
+    report["warnings"] = health_warnings(report, thresholds)
+    return report
+
+
+def format_health(report: dict[str, Any]) -> str:
+    """The report as a few readable lines (printed at the end of ``fit``)."""
+
+    def numbers(values: Iterable[float]) -> str:
+        return " ".join(f"{v:.3g}" for v in values)
+
+    lines = (
+        [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"]
+        if report["adapter_to_residual"]
+        else []
+    )
+    if report["shared_adapter_norm"]:
+        lines.append(f"shared adapter norm per layer: {numbers(report['shared_adapter_norm'])}")
+    if "generated_adapter_norm" in report:
+        lines.append(f"generated adapter norm per layer (mean over tasks): {numbers(report['generated_adapter_norm'])}")
+        lines.append(
+            f"between-task spread of generated adapters per layer: {numbers(report['generated_between_task_spread'])}"
+        )
+    if "prototype_shift" in report:
+        lines.append(
+            "prototype shift from init: " + ", ".join(f"{k} {v:.3g}" for k, v in report["prototype_shift"].items())
+        )
+    lines.append(
+        "pooled features, top-axis variance share: "
+        + ", ".join(f"{k} {100 * v:.0f} %" for k, v in report["top_axis_share"].items())
+    )
+    lines.extend(f"WARNING: {w}" for w in report["warnings"])
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""Few-shot transfer to new tasks through the retriever (docs/method.md, "Inference and new tasks").
+
+A trained PHA model meets a new task with a handful of examples. The retriever embeds them, the
+mean normalised vector is scored against every source prototype by cosine, and the new task's
+prototype starts from the best-scoring row (``top1``, the paper's procedure), from a
+softmax-weighted mix of the ``m`` best rows (``mix``: a new task may relate to several source
+tasks), from the mean of all rows (``mean``) or at random (``random``); then a short tuning on the
+support examples follows. What is tuned is configurable (:data:`TUNE_MODES`).
+
+The source model takes the new tasks in front (:meth:`PHAModel.add_tasks`: their ids are the data
+module's ids); the source tasks' weights stay fixed unless ``tune`` includes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.model.config import with_legacy_settings
+from pha_lightning.validation import POSITIVE, SIZE, check_range
+
+if TYPE_CHECKING:
+    from pha_lightning.model.pha import PHAModel
+
+Init = Literal["top1", "mix", "mean", "random"]
+Tune = Literal["prototype", "hypernetwork", "all"]
+INITS: tuple[str, ...] = ("top1", "mix", "mean", "random")
+#: ``prototype``: the new rows (and, for encoder backbones, the new task heads) only;
+#: ``hypernetwork``: plus the hypernetwork; ``all``: every PHA parameter, source rows and heads too.
+TUNE_MODES: tuple[str, ...] = ("prototype", "hypernetwork", "all")
+#: Methods whose checkpoints can take new tasks: PHA, and HyperFormer (a fresh task embedding, the baseline).
+TRANSFER_METHODS: tuple[str, ...] = ("pha", "hyperformer")
+
+
+@dataclass
+class TransferConfig:
+    """How to adapt a trained PHA checkpoint to the tasks being trained now.
+
+    Args:
+        checkpoint: the multi-task PHA checkpoint whose tasks are the sources.
+        init: how the new prototypes start: ``top1``, ``mix``, ``mean`` or ``random``.
+        mix_top_m: ``mix``: how many of the best-scoring source rows are mixed.
+        mix_temperature: ``mix``: softmax temperature over their cosine scores.
+        tune: which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see TUNE_MODES).
+    """
+
+    checkpoint: str
+    init: Init = "top1"
+    mix_top_m: int = 3
+    mix_temperature: float = 0.1
+    tune: Tune = "prototype"
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"unknown transfer init {self.init!r}; valid: {list(INITS)}")
+        if self.tune not in TUNE_MODES:
+            raise ConfigError(f"unknown transfer tune {self.tune!r}; valid: {list(TUNE_MODES)}")
+        check_range("model.transfer.mix_top_m", self.mix_top_m, SIZE)
+        check_range("model.transfer.mix_temperature", self.mix_temperature, POSITIVE)
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a PHA checkpoint without unpickling arbitrary objects; a bad file is a clear error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PHAError(f"checkpoint {path!r} does not exist") from None
+    except Exception as err:  # truncated, corrupt, or not a checkpoint at all
+        raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise PHAError(f"{path!r} is not a pha checkpoint (no state_dict / hyper_parameters)")
+    checkpoint["hyper_parameters"] = with_legacy_settings(checkpoint["hyper_parameters"])
+    return checkpoint
+
+
+def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> dict:
+    """The source checkpoint, checked against what the transfer asks for."""
+    source = read_checkpoint(config.checkpoint)
+    hparams = source["hyper_parameters"]
+    method = hparams.get("method", "pha")
+    if method not in TRANSFER_METHODS:
+        raise ConfigError(
+            f"transfer needs a checkpoint of {list(TRANSFER_METHODS)}; {config.checkpoint!r} was trained with method {method!r}"
+        )
+    if method == "hyperformer" and config.init != "random":
+        raise ConfigError(
+            f"a HyperFormer checkpoint has no retriever: transfer init must be 'random', got {config.init!r}"
+        )
+    if hparams["backbone"] != backbone:
+        raise ConfigError(
+            f"checkpoint {config.checkpoint!r} was trained on backbone {hparams['backbone']!r}, "
+            f"but the config asks for {backbone!r}"
+        )
+    overlap = sorted(set(new_tasks) & set(hparams["tasks"]))
+    if overlap:
+        raise ConfigError(f"tasks {overlap} are already source tasks of {config.checkpoint!r}; transfer adds new tasks")
+    return source
+
+
+def set_trainable(model: PHAModel, tune: Tune) -> None:
+    """Freeze everything, then unfreeze what ``tune`` names (new rows and new heads always)."""
+    model.requires_grad_(False)
+    model.prototypes.added.requires_grad_(True)
+    if model.heads is not None:
+        for head in list(model.heads)[: model.num_added_tasks]:  # a slice of TaskHeads cannot rebuild itself
+            head.requires_grad_(True)
+    if tune == "hypernetwork":
+        model.hypernetwork.requires_grad_(True)
+    if tune == "all":
+        for part in (model.shared_adapters, model.hypernetwork, model.retriever, model.prototypes, model.heads):
+            if part is not None:
+                part.requires_grad_(True)
+
+
+@torch.no_grad()
+def retrieval_vectors(model: PHAModel, loaders: list[DataLoader]) -> tuple[Tensor, Tensor]:
+    """Retrieval vectors ``z`` of every example the loaders yield, with the loaders' task ids.
+
+    ``z`` depends only on the parts before the retrieval point (frozen blocks and shared
+    adapters), not on the task id, so it is the same whatever task the example is labelled with.
+    """
+    was_training = model.training
+    model.eval()
+    vectors, task_ids = [], []
+    for loader in loaders:
+        for batch in loader:
+            batch = {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            z = model.retrieval_forward(batch)
+            vectors.append(z.float().cpu())
+            task_ids.append(batch["task_ids"].cpu())
+    model.train(was_training)
+    return torch.cat(vectors), torch.cat(task_ids)
+
+
+def prototype_scores(z: Tensor, prototypes: Tensor) -> Tensor:
+    """Cosine between the mean normalised retrieval vector of a task and every prototype row."""
+    query = F.normalize(F.normalize(z, dim=-1).mean(0), dim=0)
+    return F.normalize(prototypes, dim=-1) @ query
+
+
+def initial_row(scores: Tensor, rows: Tensor, config: TransferConfig) -> Tensor:
+    """The starting prototype of one new task, from the source ``rows`` (raw) and their ``scores``."""
+    if config.init == "top1":
+        return rows[scores.argmax()].clone()
+    if config.init == "mix":
+        top = scores.topk(min(config.mix_top_m, len(scores)))
+        weights = torch.softmax(top.values / config.mix_temperature, dim=0)
+        return weights @ rows[top.indices]
+    return rows.mean(0)  # "mean"; "random" needs no scores (see initialize_new_tasks)
+
+
+def initialize_new_tasks(
+    model: PHAModel, config: TransferConfig, support: list[DataLoader], seed: int = 0
+) -> dict[str, list[tuple[str, float]]]:
+    """Set each new task's prototype (and, for ``top1`` on encoder backbones, its head) from retrieval.
+
+    ``support`` holds one loader per new task (its few examples). Returns, per new task, the
+    source tasks ranked by cosine score.
+    """
+    num_new = model.num_added_tasks
+    sources = [t.name for t in model.task_objects[num_new:]]
+    source_rows = model.prototypes.weight.detach()
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    if config.init == "random":  # no retrieval needed (and HyperFormer has no retriever)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for new_id in range(num_new):
+                row = torch.randn(source_rows.shape[1], generator=generator) * model.config.prototype_init_std
+                model.prototypes.added[new_id] = row.to(model.prototypes.added)
+        return rankings
+    for new_id, loader in enumerate(support):
+        z, _ = retrieval_vectors(model, [loader])
+        scores = prototype_scores(z, source_rows.float().cpu())
+        order = scores.argsort(descending=True).tolist()
+        rankings[model.task_objects[new_id].name] = [(sources[i], float(scores[i])) for i in order]
+        row = initial_row(scores, source_rows.float().cpu(), config)
+        with torch.no_grad():
+            model.prototypes.added[new_id] = row.to(model.prototypes.added)
+        if config.init == "top1":
+            model.copy_head(new_id, num_new + order[0])
+    return rankings
+
+
+def format_rankings(rankings: dict[str, list[tuple[str, float]]]) -> str:
+    lines = []
+    for task, ranked in rankings.items():
+        lines.append(f"{task}: " + ", ".join(f"{name} {score:+.3f}" for name, score in ranked))
+    return "\n".join(lines)

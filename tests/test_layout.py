@@ -1,0 +1,135 @@
+"""The package layout: dependencies point one way, and the model is usable without Lightning."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pha_lightning
+
+PACKAGE = Path(pha_lightning.__file__).parent
+#: Shared by every package: they import nothing of pha_lightning but each other.
+FOUNDATION = {"errors", "validation", "hub"}
+#: What each layer may import (besides itself and the foundation).
+ALLOWED: dict[str, set[str]] = {
+    "foundation": set(),
+    "data": set(),
+    "model": {"data"},
+    "training": {"data", "model"},
+    "cli": {"data", "model", "training"},
+}
+
+
+def layer_of(module: str) -> str:
+    """``pha_lightning.model.pha`` → ``model``; ``pha_lightning.hub`` → ``foundation``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "root"
+    return "foundation" if parts[1] in FOUNDATION else parts[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``pha_lightning`` module a file imports, at any depth (lazy imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("pha_lightning")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pha_lightning"):
+            if node.module == "pha_lightning.model" and all(alias.name == "bundle" for alias in node.names):
+                found.add("pha_lightning.model.bundle")
+            else:
+                found.add(node.module)
+    return found
+
+
+def source_modules() -> dict[str, Path]:
+    return {
+        ".".join(("pha_lightning", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }
+
+
+def test_every_module_lives_in_a_known_layer() -> None:
+    layers = {layer_of(name) for name in source_modules()}
+    assert layers == {"root", *ALLOWED}, layers
+
+
+def test_dependencies_point_one_way() -> None:
+    """data and the model never import training or the CLI; training never imports the CLI;
+    the foundation imports no package; the data never imports the model."""
+    wrong = []
+    for name, path in sorted(source_modules().items()):
+        layer = layer_of(name)
+        if layer == "root":
+            continue
+        for target in imported_modules(path):
+            other = layer_of(target)
+            if other not in {layer, "foundation", "root", *ALLOWED[layer]}:  # root: __version__
+                wrong.append(f"{name} imports {target} ({layer} → {other})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
+    """The check above can fail: a data module importing the training system is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from pha_lightning.training.system import PHAModule\n")
+    assert imported_modules(bad) == {"pha_lightning.training.system"}
+    assert layer_of("pha_lightning.training.system") not in {"data", "foundation", *ALLOWED["data"]}
+
+
+@pytest.mark.slow
+def test_model_package_does_not_import_lightning() -> None:
+    code = (
+        "import sys\n"
+        "import pha_lightning.model, pha_lightning.model.bundle, pha_lightning.data.tasks, pha_lightning.data.examples\n"
+        "from pha_lightning import PHAModel, PHAConfig\n"
+        "print([m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.slow
+def test_plain_pytorch_model_saves_and_loads_its_architecture_alone(tmp_path: Path) -> None:
+    """Built, saved and reloaded without Lightning (in a fresh interpreter): the bundle's config
+    is the PHAConfig, and the reloaded model predicts exactly the same."""
+    code = f"""
+import json, sys, torch
+from pha_lightning import PHAConfig, PHAModel
+torch.manual_seed(0)
+model = PHAModel(PHAConfig(tasks=["synth_polarity", "synth_score"], adapter_dim=16)).eval()
+with torch.no_grad():
+    model.prototypes.weight.add_(1.0)  # not the init: the weights must come from the bundle
+path = model.save_pretrained({str(tmp_path / "bundle")!r})
+again = PHAModel.from_pretrained(path)
+examples = [{{"task": "synth_polarity", "sentence": "a lovely red cat"}}, {{"task": "synth_score", "sentence": "three nice dogs"}}]
+print(json.dumps({{"same": model.predict(examples) == again.predict(examples),
+                  "lightning": any(m.startswith("lightning") for m in sys.modules)}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "lightning": False}
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["format_version"] == 2 and config["config"]["adapter_dim"] == 16
+    assert not {"learning_rate", "warmup_steps", "lambda_ir", "hyperparameters"} & (set(config) | set(config["config"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"hypernet_calibration": "wide"}, "unknown hypernet_calibration 'wide'; valid: ['width', 'none']"),
+        ({"adapter_dim": 0}, "model.adapter_dim"),
+        ({"tasks": []}, "needs at least one task"),
+    ],
+)
+def test_config_rejects_bad_values_by_name(override: dict, message: str) -> None:
+    from pha_lightning.errors import ConfigError
+    from pha_lightning.model.config import PHAConfig
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        PHAConfig(**{"tasks": ["synth_polarity"], **override})
