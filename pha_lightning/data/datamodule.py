@@ -1,37 +1,11 @@
 """Multi-task data for PHA: tokenised per-task splits, temperature-sampled training batches.
 
-Training draws mixed-task batches from the concatenation of all tasks' train sets with a
-:class:`~pha_lightning.data.sampling.TemperatureBatchSampler` (the Trainer must run with
-``use_distributed_sampler=False``; the sampler shards by rank itself). Evaluation gives one
-DataLoader per task, in ``tasks`` order, so per-task metrics need no bookkeeping; its batches are
-sorted longest first to limit padding. Under DDP every rank evaluates every example: metrics
-synced over ranks then see each example once per rank, which leaves accuracy, F1, Matthews,
-Pearson and Spearman unchanged.
-
-Batch layout (all tensors, padded to the longest sequence in the batch):
-
-* encoder family: ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer gives
-  them), ``task_ids`` (long ``(B,)``, index into ``tasks``), ``targets`` (float32 ``(B,)``: class
-  index or regression value);
-* seq2seq family: ``input_ids``, ``attention_mask`` of the ``"<task> field: …"`` source,
-  ``labels`` (long ``(B, T)``, the tokenised target string, padded with -100), ``task_ids``,
-  ``targets``;
-* evaluation batches of tasks whose records belong to metric groups (MultiRC: the question of an
-  answer option) add ``groups`` (long ``(B,)``); metrics such as exact match per question take it
-  as ``update(preds, targets, groups=…)``. Training batches never carry it.
-
-Data sources (GLUE/SuperGLUE, see :mod:`pha_lightning.data.glue`): ``source="auto"`` reads the
-benchmarks' own files when ``data_dir`` (or ``$PHA_DATA_DIR``) is given and the hub otherwise;
-``hub`` and ``local`` force one. The split protocol (``split_validation_test``, ``data_seed``) is
-applied by each task; the low-data draw (``n_train`` or ``percent_train`` per task, seeded by
-``data_seed``) by this module.
-
-Tokenisation is cached on disk: each tokenised split is written once as an Arrow file (with
-``datasets``) under ``<cache_dir>/tokenized/``, named by a fingerprint of everything that decides
-its content — the tokenizer (its full serialisation), the backbone family, the length limits and
-the exact texts and targets after splitting and subsampling — so a second run memory-maps the
-file instead of tokenising again, and any change gives a new file. ``cache_dir`` defaults to
-``$PHA_CACHE_DIR`` or ``~/.cache/pha_lightning``.
+Training draws mixed-task batches with a :class:`~pha_lightning.data.sampling.TemperatureBatchSampler`
+(which shards by rank itself, so the Trainer runs with ``use_distributed_sampler=False``);
+evaluation gives one length-sorted DataLoader per task, in ``tasks`` order. Tokenised splits are
+cached on disk (Arrow files under ``<cache_dir>/tokenized/``, named by a fingerprint of the
+tokenizer, the length limits and the exact texts), so a second run memory-maps them. docs/data.md
+("Batches", "Splits") gives the batch layout, the data sources and the low-data draw.
 """
 
 from __future__ import annotations

@@ -1,60 +1,10 @@
-"""GLUE and SuperGLUE: the task registry, loading from the hub or local files, the split protocol.
+"""GLUE and SuperGLUE tasks: loading from the hub or from the benchmarks' local files, and the split protocol.
 
-Tasks (registry names; the T5 source prefix is the registry name):
-
-* GLUE (``nyu-mll/glue``): ``cola``, ``sst2``, ``mrpc``, ``qqp``, ``stsb``, ``mnli``, ``qnli``,
-  ``rte``, and ``wnli`` (not in the paper's 8, available because its files are);
-* SuperGLUE (``aps/super_glue``): ``boolq``, ``cb``, ``copa``, ``multirc``, ``superglue_rte``
-  (SuperGLUE's copy of RTE; the ``superglue_`` prefix only where a name would clash), ``wic``,
-  ``wsc`` (hub config ``wsc.fixed``).
-
-**Loading: two sources, one result.** Every official split is read either with
-``datasets.load_dataset`` (``source="hub"``) or from the benchmarks' own files under a data
-directory (``source="local"``: ``glue/<TASK>/{train,dev}.tsv``, ``superglue/<Task>/{train,val}.jsonl``,
-MNLI's ``dev.jsonl`` variant). The local readers normalise each file row into the hub's row shape
-(hub column names, labels as the hub's class ids), and one conversion turns a hub-shaped row into
-a record, so both sources give identical records for the same split. GLUE records get
-``idx`` = position in the official split (what the hub's ``idx`` column holds); SuperGLUE records
-keep the data's own ``idx``. The local TSV quirks: tab-separated, no quoting (``csv.QUOTE_NONE``:
-quote characters are text), MRPC starts with a byte-order mark, CoLA has no header, MNLI/QNLI/RTE
-labels are words mapped by a fixed per-task list. A missing file or a malformed row raises
-:class:`~pha_lightning.errors.DataError` naming the task, the file and the line; a hub that cannot
-be reached raises one that says so and how to work offline.
-
-**Records.** A dict with the task's text fields under the hub's column names, ``label`` (class
-index as ``int``; STS-B: the score, at float32 precision as the hub stores it) and ``idx``. Structured tasks:
-
-* COPA: ``premise, choice1, choice2, question`` (``cause``/``effect``), label = index of the right choice;
-* MultiRC: one record per answer option, ``paragraph, question, answer``, ``idx`` =
-  ``{paragraph, question, answer}``, and ``group`` = a dense id of the question (the unit of the
-  exact-match metric), numbered in order of first appearance within the official split;
-* WSC: ``text, span1_index, span1_text, span2_index, span2_text``; the inputs mark the noun
-  (span 1) as ``* … *`` and the pronoun (span 2) as ``# … #`` (see :func:`mark_wsc_spans`);
-* WiC: ``word, sentence1, sentence2, start1, end1, start2, end2``.
-
-**Encoder inputs** (text or text pair): single-sentence tasks their sentence; pair tasks their two
-texts; BoolQ ``(question, passage)``; MultiRC ``(question + " " + answer, paragraph)`` (truncation
-then cuts the paragraph); WiC ``(word + ": " + sentence1, sentence2)``; WSC the marked text;
-COPA ``(premise + " What was the cause?"/"… effect?", "choice1: … choice2: …")`` with the label
-saying which choice is right — a single-sequence classification of a two-choice problem. This is
-weaker than scoring each choice separately (which would need a multiple-choice head on the model
-side); it is what a per-task classification head on one sequence allows.
-
-**Split protocol** (data.md "Splits"; test labels of both benchmarks are hidden, so the test split
-is carved from dev). With ``split_validation_test`` (the default) and a data seed:
-
-* small tasks (CoLA, MRPC, RTE, STS-B, WNLI, every SuperGLUE task): train = train; dev is
-  shuffled and split in half, the first ``len // 2`` units are validation, the rest test. For
-  MultiRC the unit is a question (all its answer options go to the same half), so exact match
-  per question stays well defined;
-* large tasks (SST-2, QQP, QNLI): validation = :data:`LARGE_TASK_VALIDATION_SIZE` examples drawn
-  from train and removed from it; test = dev;
-* MNLI: validation = dev mismatched, test = dev matched (with or without ``split_validation_test``).
-
-Without ``split_validation_test``: train = train, validation = test = dev. Every draw is a
-``random.Random`` seeded by ``(data_seed, task, purpose)``; selected records keep their original
-relative order. The low-data draw (``n_train`` / ``percent_train``) happens afterwards, in the
-data module.
+Both sources give identical records for the same split: the local readers normalise each file row
+into the hub's row shape, and one conversion turns a hub-shaped row into a record. A missing file
+or a malformed row raises :class:`~pha_lightning.errors.DataError` naming the task, the file and
+the line. docs/data.md gives the task list, the file formats and their quirks, the encoder inputs
+of structured tasks (COPA, MultiRC, WSC, WiC) and the seeded split protocol implemented here.
 """
 
 from __future__ import annotations
