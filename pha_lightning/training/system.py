@@ -26,7 +26,7 @@ from pha_lightning.model.config import NUMERIC_RANGES as ARCHITECTURE_RANGES
 from pha_lightning.model.heads import LabelWordHead
 from pha_lightning.model.hypernetwork import Calibration
 from pha_lightning.model.methods import AdapterKind, Method
-from pha_lightning.model.pha import PHAModel
+from pha_lightning.model.pha import SWITCHABLE_SETTINGS, PHAModel
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.losses import (
     PRO_DENOMINATORS,
@@ -351,7 +351,7 @@ class PHAModule(LightningModule):
     def adopt_legacy_settings(self, saved: dict[str, Any]) -> None:
         """Weights saved before a setting existed were trained with its legacy value: use it."""
         self.model.use_legacy_settings(saved)
-        for key in ("hypernet_calibration", "regression_target"):
+        for key in SWITCHABLE_SETTINGS:
             self.hparams[key] = getattr(self.model.config, key)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
