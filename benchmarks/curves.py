@@ -18,16 +18,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 def read_run(run_dir: Path) -> dict[str, dict[int, float]]:
-    """``{series: {step: value}}`` of one run's first TensorBoard log (the fit's)."""
-    logs = sorted(run_dir.rglob("events.out.tfevents.*"))
-    if not logs:
+    """``{series: {step: value}}`` of one run, merged over its TensorBoard logs (a resumed run
+    logs into a new version folder; the later log wins at the steps both hold)."""
+    log_dirs = sorted({path.parent for path in run_dir.rglob("events.out.tfevents.*")})
+    if not log_dirs:
         raise SystemExit(f"no TensorBoard log under {run_dir}")
-    events = EventAccumulator(str(logs[0].parent), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
+    merged: dict[str, dict[int, float]] = {}
+    for log_dir in log_dirs:
+        events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            merged.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    tags = list(merged)
 
     def series(tag: str) -> dict[int, float]:
-        return {e.step: e.value for e in events.Scalars(tag)} if tag in tags else {}
+        return merged.get(tag, {})
 
     ratios = [series(t) for t in tags if t.startswith("health/adapter_to_residual/")]
     return {

@@ -6,8 +6,8 @@
 
 Every run is its own ``pha fit … --test_after_fit true`` process; its per-task test metrics, the
 resolved config, the git commit, trainable parameters and wall time are appended to
-``runs.jsonl``. Runs already in that file are skipped, so an interrupted grid resumes where it
-stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``plot.png``
+``runs.jsonl``. Runs already in that file are skipped, and an interrupted run resumes from its
+``last.ckpt`` (written after every validation), so an interrupted grid resumes where it stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``plot.png``
 (average test score against n_train per method, as the paper's Figure 2) are written from all
 the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from pha_lightning.training.checkpoints import resolve_last_checkpoint
 
 METHOD_ARGS: dict[str, list[str]] = {
     "pha": ["--model.method=pha"],
@@ -96,8 +98,9 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
     """
     rid = run_id(method, n_train, seed, lr)
     root = args.output_dir / "runs" / rid
-    if root.exists():
-        shutil.rmtree(root)  # a run interrupted half-way starts over
+    resume = resolve_last_checkpoint(root) if root.exists() else None
+    if root.exists() and resume is None:
+        shutil.rmtree(root)  # interrupted before its first validation: starts over
     cmd = [
         *pha_command(),
         "fit",
@@ -107,9 +110,11 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
         f"--seed_everything={seed}",
         "--test_after_fit=true",
         f"--trainer.default_root_dir={root}",
+        f"--checkpoint.dirpath={root / 'checkpoints'}",  # one folder across resumes: the best stays ranked
         "--trainer.enable_progress_bar=false",
         *args.extra,
         *([] if lr is None else [f"--model.learning_rate={lr}"]),
+        *([] if resume is None else [f"--ckpt_path={resume}"]),
     ]
     start = time.time()
     run_logged(cmd, root.with_suffix(".log"), f"run {rid}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -27,6 +27,7 @@ from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
 from pha_lightning.training.callbacks import (
     FinalValidation,
+    LatestCheckpoint,
     NonFiniteGuard,
     RetrievalProjector,
     RetrieverTaskAccuracy,
@@ -114,7 +115,7 @@ class PHACLI(LightningCLI):
         parser.link_arguments("data.tasks", "model.tasks")
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("data.max_target_length", "model.generation_max_length")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/avg",

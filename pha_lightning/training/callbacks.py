@@ -14,6 +14,8 @@
   to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
 * :class:`FinalValidation` — validates after the last step of a run in which no validation ran
   (shorter than ``val_check_interval``), so there is a best checkpoint to test.
+* :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
+  validation, so an interrupted run resumes from its latest state, not from its best one.
 * :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
@@ -35,8 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn import functional as F
@@ -161,6 +164,25 @@ class NonFiniteGuard(Callback):
         ]
         written = [p for p in paths if p and os.path.exists(p)]
         return f"the last good checkpoint is {written[0]}" if written else "no checkpoint had been written yet"
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` holds the state after every validation.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is saved, so once the
+    monitored metric stops improving, ``last.ckpt`` is the best state, and a resumed run repeats
+    every step since then. ``save_last: link`` keeps Lightning's behaviour.
+    """
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ranked = (self.best_model_path, dict(self.best_k_models))
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last is not True or trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or ranked != (self.best_model_path, dict(self.best_k_models)):
+            return  # not training, or Lightning wrote last.ckpt with the new top-k checkpoint
+        self.last_model_path = self.last_model_path or self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        trainer.save_checkpoint(self.last_model_path)
 
 
 def _non_finite_weights(module: LightningModule) -> list[str]:
