@@ -117,7 +117,7 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
         *([] if resume is None else [f"--ckpt_path={resume}"]),
     ]
     start = time.time()
-    run_logged(cmd, root.with_suffix(".log"), f"run {rid}")
+    run_logged(cmd, root.parent / f"{rid}.log", f"run {rid}")  # not with_suffix: "lr0.0003" has a dot
     log_dir = next(root.rglob("test_metrics.json")).parent
     best = best_checkpoint(root)
     return {
@@ -130,7 +130,8 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
         **selection_record(best, root),
         "health": health_summary(log_dir / "health.json"),
         "trainable_params": trainable_parameters(best),
-        "wall_time_s": round(time.time() - start, 1),
+        "wall_time_s": round(time.time() - start, 1),  # of the last segment when resumed
+        "resumed_from": resume,
         "git_commit": git_commit(),
         "command": cmd,
         "config": (log_dir / "config.yaml").read_text() if (log_dir / "config.yaml").exists() else None,
@@ -191,7 +192,7 @@ def retest(row: dict, args: argparse.Namespace) -> dict:
 def run_logged(cmd: list[str], log: Path, what: str) -> None:
     """Run a ``pha`` command offline with its output in ``log``; a failure names ``what`` and the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
+    with log.open("a") as handle:  # a resumed run appends to its log
         result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log}")
