@@ -65,12 +65,25 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def classes() -> tuple[type, type]:
+    """``(PHADataModule, PHAModule)`` of the tree on the path, in its layout: the package split
+    (issue 13) moved them, and older commits are measured too."""
+    import pha_lightning
+
+    if (Path(pha_lightning.__file__).parent / "training").is_dir():
+        from pha_lightning.data.datamodule import PHADataModule
+        from pha_lightning.training.system import PHAModule
+    else:
+        from pha_lightning.datamodule import PHADataModule
+        from pha_lightning.module import PHAModule
+    return PHADataModule, PHAModule
+
+
 def build(spec: dict):
     """Data module (set up for fit) and model for one measurement, from ``pha_lightning`` on the path."""
     import torch
 
-    from pha_lightning.data.datamodule import PHADataModule
-    from pha_lightning.training.system import PHAModule
+    PHADataModule, PHAModule = classes()
 
     suite = dict(SUITES[spec["suite"]])
     if suite.get("source") == "local":
@@ -134,7 +147,7 @@ def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
         for loader in loaders:
             for batch in loader:
                 start, cpu_start = time.perf_counter(), time.process_time()
-                model.model.predict_values(batch)
+                getattr(model, "model", model).predict_values(batch)  # the network; the system itself before the split
                 seconds += time.perf_counter() - start
                 cpu_seconds += time.process_time() - cpu_start
                 tokens += float(batch["attention_mask"].sum())
@@ -144,7 +157,7 @@ def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
 def default_validation_seconds(model, spec: dict, bf16: bool) -> tuple[float, float] | None:
     """(seconds, CPU seconds) of a validation pass as the data module's defaults make it (``None``
     where it has no subset option)."""
-    from pha_lightning.data.datamodule import PHADataModule
+    PHADataModule, _ = classes()
 
     if "val_max_examples" not in inspect.signature(PHADataModule).parameters:
         return None
@@ -300,6 +313,7 @@ def main() -> None:
         return
     if "glue" in args.suites and not args.data_dir:
         parser.error("the glue suite needs --data-dir (or PHA_DATA_DIR)")
+    args.data_dir = args.data_dir and os.path.abspath(args.data_dir)  # each worker runs in the tree it measures
     rows = []
     with OldTree(args.old_commit) as old_tree:
         trees = {"old": old_tree, "new": ROOT}

@@ -97,20 +97,25 @@ def apply_bottleneck(x: Tensor, down_w: Tensor, down_b: Tensor, up_w: Tensor, up
     return F.relu(x @ down_w + down_b) @ up_w + up_b
 
 
+#: the most rows whose generated weights are gathered per row instead of grouped (run_grouped)
+GATHER_MAX_ROWS = 32
+
+
 def run_grouped(
     x: Tensor,
     group_of: Tensor,
     num_groups: int,
     per_example: bool,
     one_group: Callable[[Tensor, int], Tensor],
-    each_example: Callable[[Tensor], Tensor],
+    each_row: Callable[[Tensor, Tensor | None], Tensor],
 ) -> Tensor:
     """Transform each example of ``x (B, ..., d)`` with the weights of its group (of ``num_groups``).
 
-    ``one_group(rows, g)`` applies group ``g``'s weights to some rows; ``each_example(flat)``
-    applies example ``b``'s own weights to ``flat[b]`` (``(B, N, d)``, per-example weights).
-    Examples are gathered into contiguous groups and scattered back into batch order: the cost is
-    that of one transform over the batch plus two gathers, however many groups there are.
+    ``one_group(rows, g)`` applies group ``g``'s weights to some rows; ``each_row(flat, index)``
+    applies weight set ``index[b]`` to ``flat[b]`` (``(B, N, d)``; ``index`` None: set ``b``, the
+    per-example weights). Up to ``GATHER_MAX_ROWS`` rows (a length chunk), each row's weights are
+    gathered and applied by batched products, 1.2–1.7× faster on CPU than per-group products
+    (docs/method.md); larger batches are sorted into groups, so no weight copy grows with them.
     """
     examples = group_of.shape[0]
     if x.shape[0] != examples:
@@ -119,17 +124,22 @@ def run_grouped(
             raise ValueError(f"batch of {x.shape[0]} rows does not expand the {examples} examples")
         if not per_example:
             group_of = group_of.repeat_interleave(x.shape[0] // examples)
-    if per_example:
-        out = each_example(x.reshape(examples, -1, x.shape[-1]))
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-    if num_groups == 1:
+    if not per_example and num_groups == 1:
         return one_group(x, 0)
+    if per_example or x.shape[0] <= GATHER_MAX_ROWS:
+        out = each_row(x.reshape(group_of.shape[0], -1, x.shape[-1]), None if per_example else group_of)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
     order = torch.argsort(group_of, stable=True)
     counts = torch.bincount(group_of, minlength=num_groups).tolist()
     chunks = torch.split(x.index_select(0, order), counts)
     outputs = [one_group(chunk, g) for g, chunk in enumerate(chunks) if counts[g]]
     result = torch.empty((x.shape[0], *outputs[0].shape[1:]), dtype=outputs[0].dtype, device=x.device)
     return result.index_copy(0, order, torch.cat(outputs))
+
+
+def rows_of(weights: Tensor, index: Tensor | None) -> Tensor:
+    """``weights[index]`` along the group axis (``index`` None: all of them, in order)."""
+    return weights if index is None else weights.index_select(0, index)
 
 
 def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
@@ -139,11 +149,12 @@ def apply_grouped(x: Tensor, weights: GeneratedWeights, layer: int) -> Tensor:
     def one_group(rows: Tensor, g: int) -> Tensor:
         return apply_bottleneck(rows, w.down_w[g, layer], w.down_b[g, layer], w.up_w[g, layer], w.up_b[g, layer])
 
-    def each_example(flat: Tensor) -> Tensor:
-        hidden = F.relu(torch.bmm(flat, w.down_w[:, layer]) + w.down_b[:, layer, None])
-        return torch.bmm(hidden, w.up_w[:, layer]) + w.up_b[:, layer, None]
+    def each_row(flat: Tensor, index: Tensor | None) -> Tensor:
+        down_b, up_b = rows_of(w.down_b[:, layer], index), rows_of(w.up_b[:, layer], index)
+        hidden = F.relu(torch.baddbmm(down_b[:, None], flat, rows_of(w.down_w[:, layer], index)))
+        return torch.baddbmm(up_b[:, None], hidden, rows_of(w.up_w[:, layer], index))
 
-    return run_grouped(x, w.group_of, w.num_groups, w.per_example, one_group, each_example)
+    return run_grouped(x, w.group_of, w.num_groups, w.per_example, one_group, each_row)
 
 
 class TaskAdapterBank(nn.Module):

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import Family
-from pha_lightning.model.adapters import AdapterContext, run_grouped
+from pha_lightning.model.adapters import AdapterContext, rows_of, run_grouped
 from pha_lightning.model.backbone import backbone_blocks
 from pha_lightning.model.hypernetwork import Calibration, Generator, Head, head_multiplier
 
@@ -144,7 +144,9 @@ def apply_lora_grouped(x: Tensor, weights: GeneratedLoRA, shape_set: int, index:
         weights.num_groups,
         weights.per_example,
         lambda rows, g: F.linear(F.linear(rows, a[g]), b[g]),
-        lambda flat: torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2)),
+        lambda flat, rows: torch.bmm(
+            torch.bmm(flat, rows_of(a, rows).transpose(1, 2)), rows_of(b, rows).transpose(1, 2)
+        ),
     )
 
 

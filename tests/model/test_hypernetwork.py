@@ -38,7 +38,8 @@ def _models(seed: int = 0) -> tuple[HyperNetwork, PrototypeTable]:
     return hyper.double(), PrototypeTable(4, 64).double()
 
 
-@pytest.mark.parametrize("task_ids", [[2, 0, 2, 1, 0, 3, 3, 2], [1, 1, 1], [3, 0]])
+# 40 rows: over GATHER_MAX_ROWS, so the rows are sorted into groups instead of gathered
+@pytest.mark.parametrize("task_ids", [[2, 0, 2, 1, 0, 3, 3, 2], [1, 1, 1], [3, 0], [3, 1, 0, 2, 2] * 8])
 def test_grouped_generation_equals_per_example_forward_and_gradients(task_ids: list[int]) -> None:
     ids = torch.tensor(task_ids)
     hyper, protos = _models()

@@ -169,7 +169,8 @@ def hyper_slot(hyper: LoRAHyperNetwork, site: int) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("site", [1, 3])
-@pytest.mark.parametrize("task_ids", [[2, 0, 2, 1, 0, 3, 3, 2], [1, 1, 1]])
+# 40 rows: over GATHER_MAX_ROWS, sorted into groups instead of gathered
+@pytest.mark.parametrize("task_ids", [[2, 0, 2, 1, 0, 3, 3, 2], [1, 1, 1], [3, 1, 0, 2, 2] * 8])
 def test_grouped_lora_equals_per_example_forward_and_gradients(task_ids: list[int], site: int) -> None:
     ids = torch.tensor(task_ids)
     hyper, protos = generator()
