@@ -7,7 +7,8 @@
 Every run is its own ``pha fit … --test_after_fit true`` process; its per-task test metrics, the
 resolved config, the git commit, trainable parameters and wall time are appended to
 ``runs.jsonl``. Runs already in that file are skipped, and an interrupted run resumes from its
-``last.ckpt`` (written after every validation), so an interrupted grid resumes where it stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``plot.png``
+``last.ckpt`` (written after every validation), so an interrupted grid resumes where it
+stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``plot.png``
 (average test score against n_train per method, as the paper's Figure 2) are written from all
 the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
