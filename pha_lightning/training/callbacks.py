@@ -172,7 +172,22 @@ class LatestCheckpoint(ModelCheckpoint):
     Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is saved, so once the
     monitored metric stops improving, ``last.ckpt`` is the best state, and a resumed run repeats
     every step since then. ``save_last: link`` keeps Lightning's behaviour.
+
+    Without an explicit ``dirpath``, a resumed run keeps writing to the checkpoint folder of the
+    run it resumes: Lightning would start the new logger version's folder and forget the best
+    score, so the first validation after resuming became "best" however bad it was.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.follows_log_dir = self.dirpath is None  # setup() derives it from the logger's version
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if self.follows_log_dir and saved and saved != self.dirpath and os.path.isdir(saved):
+            rank_zero_info(f"resuming: checkpoints stay in the resumed run's folder {saved}")
+            self.dirpath = saved
+        super().load_state_dict(state_dict)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ranked = (self.best_model_path, dict(self.best_k_models))

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
 
 from pha_lightning.training.callbacks import LatestCheckpoint
 
@@ -20,19 +21,20 @@ class WorseEveryValidation(BoringModel):
         self.log("val/avg", -float(self.trainer.global_step))
 
 
-def fit(callback: ModelCheckpoint) -> None:
+def fit(callback: ModelCheckpoint, max_steps: int = 6, root: Path | None = None, ckpt_path: Path | None = None) -> None:
+    """Without ``root``, no logger (so ``callback`` needs a dirpath); with it, a new logger version."""
     trainer = Trainer(
         accelerator="cpu",
-        max_steps=6,
+        max_steps=max_steps,
         val_check_interval=2,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
+        logger=CSVLogger(root) if root else False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[callback],
     )
-    trainer.fit(WorseEveryValidation())
+    trainer.fit(WorseEveryValidation(), ckpt_path=ckpt_path)
 
 
 def step_of(path: Path) -> int:
@@ -54,3 +56,21 @@ def test_latest_checkpoint_keeps_the_best_for_resuming(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
     (saved,) = (v for k, v in state.items() if k.startswith("LatestCheckpoint"))
     assert Path(saved["best_model_path"]).name == "step=2.ckpt" and float(saved["best_model_score"]) == -2.0
+
+
+@pytest.mark.parametrize(("cls", "best_step"), [(LatestCheckpoint, 2), (ModelCheckpoint, 4)])
+def test_resuming_without_dirpath_keeps_the_best(cls: type[ModelCheckpoint], best_step: int, tmp_path: Path) -> None:
+    """A run resumed without ``dirpath`` starts a new logger version; its best checkpoint must
+    still be the best of the whole run. Lightning's own class, the control, resumes from its
+    last.ckpt (step 2) and takes the next, worse, validation at step 4 as the best."""
+    first = cls(monitor="val/avg", mode="max", save_last=True, filename="{step}")
+    fit(first, root=tmp_path)
+    folder = Path(first.dirpath)
+    assert folder == tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    resumed = cls(monitor="val/avg", mode="max", save_last=True, filename="{step}")
+    fit(resumed, max_steps=10, root=tmp_path, ckpt_path=folder / "last.ckpt")
+    assert (tmp_path / "lightning_logs" / "version_1").is_dir()
+    assert step_of(Path(resumed.best_model_path)) == best_step
+    if cls is LatestCheckpoint:
+        assert Path(resumed.dirpath) == folder and float(resumed.best_model_score) == -2.0
+        assert step_of(folder / "last.ckpt") == 10

@@ -9,6 +9,7 @@ bit for bit; any difference means some state was not restored.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -58,15 +59,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         broken, '--trainer.callbacks+={"class_path": "kill_callback.KillAtStep", "init_args": {"step": %d}}' % KILL_AT
     )
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+    killed_last = base / "killed_last.ckpt"  # the resumed run rewrites last.ckpt in the same folder
+    shutil.copy(broken / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", killed_last)
     resumed = _fit(broken, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stderr + resumed.stdout
-    return {"full": full, "broken": broken}
+    return {"full": full, "broken": broken, "killed_last": killed_last}
 
 
 def test_killed_run_left_a_mid_epoch_checkpoint(runs: dict[str, Path]) -> None:
     first = runs["broken"] / "lightning_logs" / "version_0"
-    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(runs["killed_last"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == KILL_AT - 1 and ckpt["epoch"] == 1
     # the batches the loop consumed, not those the fetcher had prefetched
     assert ckpt["PHADataModule"] == {"train_sampler": {"epoch": 1, "batches_consumed": 2}}
@@ -77,8 +80,11 @@ def test_killed_run_left_a_mid_epoch_checkpoint(runs: dict[str, Path]) -> None:
 def test_resumed_run_matches_the_uninterrupted_run_exactly(runs: dict[str, Path]) -> None:
     full_dir = runs["full"] / "lightning_logs" / "version_0"
     resumed_dir = runs["broken"] / "lightning_logs" / "version_1"  # `last` was found in version_0
+    # the resumed run logs to a new version but keeps writing checkpoints to the run's folder
+    assert not (resumed_dir / "checkpoints").exists()
+    resumed_ckpt = runs["broken"] / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     full = torch.load(full_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = torch.load(resumed_ckpt, map_location="cpu", weights_only=True)
     assert full["global_step"] == resumed["global_step"] == 10
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in full["state_dict"].items():
