@@ -248,6 +248,8 @@ def write_table(rows: list[dict], path: Path) -> str:
     text += (
         "\n\n"
         + paired_differences(rows)
+        + "\n\n"
+        + paired_task_differences(rows)
         + "\n\nEvery run (collapsed: its health report warned, docs/training_health.md):\n\n"
         + runs_table(rows)
     )
@@ -277,6 +279,34 @@ def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.
                 f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
                 f"{wins} / {ties} / {len(diffs) - wins - ties} |"
             )
+    return "\n".join(lines)
+
+
+def paired_task_differences(rows: list[dict], reference: str = "pha") -> str:
+    """Where the paired differences come from: per n_train and baseline, the mean over the shared
+    seeds of ``reference`` − baseline on each task's mean test metric."""
+    scores = {(r["method"], r["n_train"], r["seed"]): task_scores(r) for r in rows}
+    tasks = sorted({t for cell in scores.values() for t in cell if t != "avg"})
+    header = ["n_train", "baseline", "seeds", *tasks, "avg"]
+    lines = [
+        f"Per task, mean paired difference {reference} − baseline (test metric ×100).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for n_train in sorted({n for _, n, _ in scores}):
+        for method in sorted({m for m, n, _ in scores if n == n_train and m != reference}):
+            seeds = [s for m, n, s in scores if m == method and n == n_train and (reference, n, s) in scores]
+            if not seeds:
+                continue
+            pairs = [(scores[(reference, n_train, s)], scores[(method, n_train, s)]) for s in sorted(seeds)]
+            cells = [
+                f"{statistics.mean(ours[t] - theirs[t] for ours, theirs in pairs):+.1f}"
+                if all(t in ours and t in theirs for ours, theirs in pairs)
+                else "—"
+                for t in [*tasks, "avg"]
+            ]
+            lines.append(f"| {n_train} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
