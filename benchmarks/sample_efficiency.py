@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -257,6 +258,16 @@ def write_table(rows: list[dict], path: Path) -> str:
     return text
 
 
+def paired_cells(keys: set[tuple[str, int, int]], reference: str) -> Iterator[tuple[int, str, list[int]]]:
+    """``(n_train, baseline, seeds)`` for every baseline run on some of ``reference``'s seeds at
+    that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
+    for n_train in sorted({n for _, n, _ in keys}):
+        for method in sorted({m for m, n, _ in keys if n == n_train and m != reference}):
+            seeds = sorted(s for m, n, s in keys if m == method and n == n_train and (reference, n, s) in keys)
+            if seeds:
+                yield n_train, method, seeds
+
+
 def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.5) -> str:
     """Per n_train, ``reference`` − each other method on the same seeds: mean difference of the
     test average, and wins / ties / losses (|difference| < ``tie`` points is a tie)."""
@@ -267,18 +278,14 @@ def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.
         "| n_train | baseline | seeds | mean d | per seed | wins / ties / losses |",
         "|---|---|---|---|---|---|",
     ]
-    for n_train in sorted({n for _, n, _ in scores}):
-        for method in sorted({m for m, n, _ in scores if n == n_train and m != reference}):
-            seeds = sorted(s for m, n, s in scores if m == method and n == n_train and (reference, n, s) in scores)
-            if not seeds:
-                continue
-            diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
-            wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
-            per_seed = " ".join(f"{d:+.1f}" for d in diffs)
-            lines.append(
-                f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
-                f"{wins} / {ties} / {len(diffs) - wins - ties} |"
-            )
+    for n_train, method, seeds in paired_cells(set(scores), reference):
+        diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
+        wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
+        per_seed = " ".join(f"{d:+.1f}" for d in diffs)
+        lines.append(
+            f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
+            f"{wins} / {ties} / {len(diffs) - wins - ties} |"
+        )
     return "\n".join(lines)
 
 
@@ -294,19 +301,15 @@ def paired_task_differences(rows: list[dict], reference: str = "pha") -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for n_train in sorted({n for _, n, _ in scores}):
-        for method in sorted({m for m, n, _ in scores if n == n_train and m != reference}):
-            seeds = [s for m, n, s in scores if m == method and n == n_train and (reference, n, s) in scores]
-            if not seeds:
-                continue
-            pairs = [(scores[(reference, n_train, s)], scores[(method, n_train, s)]) for s in sorted(seeds)]
-            cells = [
-                f"{statistics.mean(ours[t] - theirs[t] for ours, theirs in pairs):+.1f}"
-                if all(t in ours and t in theirs for ours, theirs in pairs)
-                else "—"
-                for t in [*tasks, "avg"]
-            ]
-            lines.append(f"| {n_train} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    for n_train, method, seeds in paired_cells(set(scores), reference):
+        pairs = [(scores[(reference, n_train, s)], scores[(method, n_train, s)]) for s in seeds]
+        cells = [
+            f"{statistics.mean(ours[t] - theirs[t] for ours, theirs in pairs):+.1f}"
+            if all(t in ours and t in theirs for ours, theirs in pairs)
+            else "—"
+            for t in [*tasks, "avg"]
+        ]
+        lines.append(f"| {n_train} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,15 +1,19 @@
-"""The sample-efficiency report's paired tables, from hand-made rows (no training)."""
+"""The benchmark scripts' report functions, on hand-made inputs (no training)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _report_module():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("sample_efficiency", ROOT / "benchmarks/sample_efficiency.py")
+def _benchmark(name: str):  # noqa: ANN202
+    """A script of ``benchmarks/`` (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,7 +33,25 @@ def test_per_task_paired_differences_average_each_tasks_metrics_over_shared_seed
         _row("adapter", 1, 52.0, (60.0, 64.0)),
         _row("adapter", 2, 99.0, (99.0, 99.0)),  # no PHA run with seed 2: not paired, left out
     ]
-    table = _report_module().paired_task_differences(rows)
+    table = _benchmark("sample_efficiency").paired_task_differences(rows)
     # rte: ((50 - 56) + (54 - 52)) / 2 = -2; stsb: ((61 - 51) + (70 - 62)) / 2 = +9; avg: (+2 + +5) / 2
     assert "| n_train | baseline | seeds | rte | stsb | avg |" in table
     assert "| 100 | adapter | 2 | -2.0 | +9.0 | +3.5 |" in table
+
+
+def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
+    module = _benchmark("few_shot_transfer")
+
+    class Pooled(torch.nn.Module):  # the batch is the pooled features
+        def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"pooled": batch}
+
+    gen = torch.Generator().manual_seed(0)
+    steps = torch.linspace(-1, 1, 16).unsqueeze(1)
+    direction, offset = torch.nn.functional.normalize(torch.randn(1, 8, generator=gen), dim=-1), torch.full((1, 8), 0.5)
+    collapsed = offset + steps * direction  # every example on one line
+    share, ratio = module.pooled_spread(Pooled(), [collapsed[:8], collapsed[8:]])
+    assert share == pytest.approx(1.0) and ratio == pytest.approx(float(offset.norm() / steps.pow(2).mean().sqrt()))
+    varied = torch.randn(400, 8, generator=gen)  # isotropic: each of 8 axes holds about 1/8
+    share, ratio = module.pooled_spread(Pooled(), [varied])
+    assert share < 0.25 and ratio < 0.2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -12,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
@@ -158,23 +156,3 @@ def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
     assert "**synth_polarity_heldout**, k=4: synth_polarity" in rankings
     assert re.search(r"\| synth_polarity_heldout( \| [01]\.\d\d \| \d+\.\d\d){2} \|", rankings)
     assert all(r["tune"] == ("all" if r["variant"] == "adapter" else "hypernetwork") for r in rows)
-
-
-def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
-    spec = importlib.util.spec_from_file_location("few_shot_transfer", ROOT / "benchmarks/few_shot_transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    class Pooled(torch.nn.Module):  # the batch is the pooled features
-        def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"pooled": batch}
-
-    gen = torch.Generator().manual_seed(0)
-    steps = torch.linspace(-1, 1, 16).unsqueeze(1)
-    direction, offset = torch.nn.functional.normalize(torch.randn(1, 8, generator=gen), dim=-1), torch.full((1, 8), 0.5)
-    collapsed = offset + steps * direction  # every example on one line
-    share, ratio = module.pooled_spread(Pooled(), [collapsed[:8], collapsed[8:]])
-    assert share == pytest.approx(1.0) and ratio == pytest.approx(float(offset.norm() / steps.pow(2).mean().sqrt()))
-    varied = torch.randn(400, 8, generator=gen)  # isotropic: each of 8 axes holds about 1/8
-    share, ratio = module.pooled_spread(Pooled(), [varied])
-    assert share < 0.25 and ratio < 0.2
