@@ -201,11 +201,12 @@ def run_logged(cmd: list[str], log: Path, what: str) -> None:
 
 
 def best_checkpoint(root: Path) -> Path:
-    """The run's best checkpoint (the monitored one; ``last.ckpt`` is the latest, not the best)."""
-    best = next((p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt"), None)
-    if best is None:
-        raise SystemExit(f"no best checkpoint under {root}")
-    return best
+    """The run's best checkpoint: the one monitored checkpoint it keeps (``last*.ckpt`` are the
+    latest states, not the best). Two would mean two best-checkpoint records in one run folder."""
+    kept = [p for p in sorted(root.rglob("*.ckpt")) if not p.name.startswith("last")]
+    if len(kept) != 1:
+        raise SystemExit(f"expected one best checkpoint under {root}, found {[str(p) for p in kept] or 'none'}")
+    return kept[0]
 
 
 def task_scores(row: dict) -> dict[str, float]:

@@ -25,8 +25,9 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``last.ckpt`` of a 3-step PHA run on three synthetic tasks (built once per session)."""
     if "ckpt" in _CACHE:
         return _CACHE["ckpt"]
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from trainers import quiet_trainer
 
     from pha_lightning.data.datamodule import PHADataModule
     from pha_lightning.training.system import PHAModule
@@ -35,15 +36,9 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seed_everything(7)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH)
     model = PHAModule(tasks=TASKS, learning_rate=3e-3, warmup_steps=0, hypernet_init_scale=1.0)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
         default_root_dir=root,
         callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
     )

@@ -55,3 +55,15 @@ def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
     varied = torch.randn(400, 8, generator=gen)  # isotropic: each of 8 axes holds about 1/8
     share, ratio = module.pooled_spread(Pooled(), [varied])
     assert share < 0.25 and ratio < 0.2
+
+
+def test_best_checkpoint_is_the_one_monitored_file_and_two_are_an_error(tmp_path: Path) -> None:
+    best_checkpoint = _benchmark("sample_efficiency").best_checkpoint
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("last.ckpt", "last-v1.ckpt", "step000400.ckpt"):
+        (folder / name).touch()
+    assert best_checkpoint(tmp_path / "run") == folder / "step000400.ckpt"
+    (folder / "step000100.ckpt").touch()  # a second record, e.g. a run folder resumed after a move
+    with pytest.raises(SystemExit, match=r"expected one best checkpoint .*step000100.ckpt.*step000400.ckpt"):
+        best_checkpoint(tmp_path / "run")

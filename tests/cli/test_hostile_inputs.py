@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, tiny_fit_args, trained_checkpoint
+from trainers import quiet_trainer
 from transformers import GPT2Config
 
 from pha_lightning import PHAModel
@@ -157,9 +158,7 @@ def test_python_api_refuses_checkpoints_and_bundles_that_do_not_fit(ckpt: Path, 
     data = PHADataModule(
         tasks=["synth_polarity", "synth_score"], eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH
     )
-    trainer = Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1
-    )
+    trainer = quiet_trainer(limit_val_batches=1)
     with pytest.raises(ConfigError, match="was trained on tasks"):
         trainer.validate(other, datamodule=data, ckpt_path=str(ckpt), weights_only=True)
     with pytest.raises(ConfigError, match="is not the model bundle .* was trained on"):
@@ -252,14 +251,9 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(where: str
     checkpoints = ModelCheckpoint(
         dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_last=True, filename="{step}"
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=6,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        use_distributed_sampler=False,
         callbacks=[NonFiniteGuard(), _Poison(2, where), checkpoints],
     )
     with pytest.raises(NonFiniteLossError) as error:

@@ -259,8 +259,8 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
     """Checkpoints hold only the trainable weights; the checkpoint, its bundle (with and without
     precomputed LoRA factors) and the trained model predict the same; raw examples without a task
     are routed by the retriever."""
-    from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from trainers import quiet_trainer
 
     from pha_lightning import PHAModel
     from pha_lightning.cli.export import export_checkpoint
@@ -268,15 +268,9 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
     seed_everything(0)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)
     model = PHAModule(tasks=TASKS, adapter_kind="lora", learning_rate=1e-2, warmup_steps=0)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
         default_root_dir=tmp_path,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
     )

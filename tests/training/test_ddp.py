@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import Trainer
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
 from production_fixtures import logged_scalars, pha_env, run_pha, tiny_fit_args
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.system import PHAModule
@@ -72,14 +72,7 @@ def test_logged_validation_metrics_equal_a_single_process_evaluation(ddp_run: Pa
     ckpt = next(ddp_run.rglob("last.ckpt"))  # written after the last step's validation, same weights
     model = PHAModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     data = PHADataModule(tasks=TASKS, n_train=8, eval_batch_size=16, max_source_length=48)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(devices=1, limit_val_batches=1)
     trainer.validate(model, datamodule=data, verbose=False)
     single = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     logged = _scalars(ddp_run)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.health import (
@@ -144,17 +145,13 @@ def test_fit_writes_health_json_and_logs_it(tmp_path, data: PHADataModule) -> No
     seed_everything(0)
     model = PHAModule(tasks=TASKS)
     health = TrainingHealth(probe_examples=8)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=2,
         default_root_dir=tmp_path,
+        logger=True,  # health.json goes to the logger's folder
         limit_val_batches=1,
         val_check_interval=2,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[health],
-        use_distributed_sampler=False,
         enable_checkpointing=False,
     )
     trainer.fit(model, datamodule=data)

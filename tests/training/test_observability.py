@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from production_fixtures import MAX_SOURCE_LENGTH, TASKS, trained_checkpoint
 from torch.nn import functional as F
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.callbacks import RetrievalProjector, RetrieverTaskAccuracy, Throughput, batch_token_count
@@ -23,14 +23,7 @@ pytestmark = pytest.mark.slow  # trains with the callbacks
 def test_retriever_task_accuracy_is_the_nearest_prototype_hit_rate(tmp_path_factory: pytest.TempPathFactory) -> None:
     model = PHAModule.load_from_checkpoint(trained_checkpoint(tmp_path_factory), map_location="cpu", weights_only=True)
     data = PHADataModule(tasks=TASKS, eval_batch_size=32, max_source_length=MAX_SOURCE_LENGTH)
-    trainer = Trainer(
-        accelerator="cpu",
-        limit_val_batches=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[RetrieverTaskAccuracy()],
-    )
+    trainer = quiet_trainer(limit_val_batches=2, callbacks=[RetrieverTaskAccuracy()])
     trainer.validate(model, datamodule=data, verbose=False)
     logged = float(trainer.callback_metrics["retriever/val_task_accuracy"])
     correct = total = 0
@@ -54,14 +47,7 @@ def test_retrieval_projector_writes_each_tasks_vectors_and_the_prototypes(
     model = PHAModule.load_from_checkpoint(trained_checkpoint(tmp_path_factory), map_location="cpu", weights_only=True)
     data = PHADataModule(tasks=TASKS, eval_batch_size=4, max_source_length=MAX_SOURCE_LENGTH)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer = Trainer(
-        accelerator="cpu",
-        limit_val_batches=2,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[RetrievalProjector(points_per_task=5)],
-    )
+    trainer = quiet_trainer(limit_val_batches=2, logger=logger, callbacks=[RetrievalProjector(points_per_task=5)])
     trainer.validate(model, datamodule=data, verbose=False)
     logger.experiment.flush()
     (projector,) = Path(logger.log_dir).glob("*/retrieval")
@@ -95,16 +81,8 @@ def test_throughput_counts_examples_and_real_tokens(tmp_path: Path) -> None:
     batch = next(iter(data.train_dataloader()))
     assert batch_token_count(batch) == int(batch["attention_mask"].sum()) < batch["input_ids"].numel()
     model = PHAModule(tasks=TASKS[:2], warmup_steps=0)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        callbacks=[Throughput(window=2)],
+    trainer = quiet_trainer(
+        max_steps=3, enable_checkpointing=False, limit_val_batches=0, callbacks=[Throughput(window=2)]
     )
     trainer.fit(model, datamodule=data)
     examples, tokens = (float(trainer.callback_metrics[f"throughput/{k}_per_s"]) for k in ("examples", "tokens"))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
 from production_fixtures import PHA, logged_scalars, pha_env, tiny_fit_args
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.sampling import TemperatureBatchSampler
@@ -127,17 +128,9 @@ def test_saved_position_counts_consumed_not_prefetched_batches(num_workers: int)
     )
     model = PHAModule(tasks=TASKS[:2], warmup_steps=0)
     positions = _Positions()
-    Trainer(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        callbacks=[positions],
-    ).fit(model, datamodule=data)
+    quiet_trainer(max_steps=4, enable_checkpointing=False, limit_val_batches=0, callbacks=[positions]).fit(
+        model, datamodule=data
+    )
     assert [(i, consumed) for i, consumed, _ in positions.rows] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     ahead = [yielded - consumed for _, consumed, yielded in positions.rows]
     assert min(ahead) >= 0

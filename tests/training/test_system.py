@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.nn import functional as F
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.system import PHAModule
@@ -19,18 +20,7 @@ TRAINABLE_PREFIXES = ("shared_adapters.", "hypernetwork.", "retriever.", "protot
 
 
 def _trainer(max_steps: int, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        **kwargs,
-    )
+    return quiet_trainer(max_steps=max_steps, enable_checkpointing=False, limit_val_batches=0, **kwargs)
 
 
 @pytest.fixture(scope="module")

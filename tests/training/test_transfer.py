@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
@@ -20,17 +21,7 @@ TARGET = "synth_polarity_heldout"
 
 
 def _trainer(max_steps: int, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        **kwargs,
-    )
+    return quiet_trainer(max_steps=max_steps, limit_val_batches=0, **kwargs)
 
 
 @pytest.fixture(scope="module")
