@@ -259,50 +259,61 @@ def write_table(rows: list[dict], path: Path) -> str:
     return text
 
 
-def paired_cells(keys: set[tuple[str, int, int]], reference: str) -> Iterator[tuple[int, str, list[int]]]:
-    """``(n_train, baseline, seeds)`` for every baseline run on some of ``reference``'s seeds at
-    that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
+def reference_for(method: str) -> str:
+    """The PHA variant a baseline is paired with: the one of the same output structure
+    (``pha+label_words`` for ``<method>+label_words``), generated LoRA for shared LoRA, else ``pha``."""
+    if "+" in method:
+        return "pha" + method[method.index("+") :]
+    return "pha_lora" if method == "lora" else "pha"
+
+
+def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, str, list[int]]]:
+    """``(n_train, reference, baseline, seeds)`` for every baseline run on some of its reference's
+    seeds (:func:`reference_for`) at that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
     for n_train in sorted({n for _, n, _ in keys}):
-        for method in sorted({m for m, n, _ in keys if n == n_train and m != reference}):
+        for method in sorted({m for m, n, _ in keys if n == n_train}):
+            reference = reference_for(method)
+            if method == reference:
+                continue
             seeds = sorted(s for m, n, s in keys if m == method and n == n_train and (reference, n, s) in keys)
             if seeds:
-                yield n_train, method, seeds
+                yield n_train, reference, method, seeds
 
 
-def paired_differences(rows: list[dict], reference: str = "pha", tie: float = 0.5) -> str:
-    """Per n_train, ``reference`` − each other method on the same seeds: mean difference of the
-    test average, and wins / ties / losses (|difference| < ``tie`` points is a tie)."""
+def paired_differences(rows: list[dict], tie: float = 0.5) -> str:
+    """Per n_train, each PHA variant − its baselines on the same seeds (:func:`paired_cells`): mean
+    difference of the test average, and wins / ties / losses (|difference| < ``tie`` is a tie)."""
     scores = {(r["method"], r["n_train"], r["seed"]): r["test"]["test/avg"] for r in rows}
     lines = [
-        f"Paired differences of the test average, {reference} − baseline, on the same seeds (tie: |d| < {tie}).",
+        f"Paired differences of the test average, PHA variant − baseline, on the same seeds (tie: |d| < {tie}).",
         "",
-        "| n_train | baseline | seeds | mean d | per seed | wins / ties / losses |",
-        "|---|---|---|---|---|---|",
+        "| n_train | PHA variant | baseline | seeds | mean d | per seed | wins / ties / losses |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n_train, method, seeds in paired_cells(set(scores), reference):
+    for n_train, reference, method, seeds in paired_cells(set(scores)):
         diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
         wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
         per_seed = " ".join(f"{d:+.1f}" for d in diffs)
         lines.append(
-            f"| {n_train} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
+            f"| {n_train} | {reference} | {method} | {len(seeds)} | {statistics.mean(diffs):+.1f} | {per_seed} | "
             f"{wins} / {ties} / {len(diffs) - wins - ties} |"
         )
     return "\n".join(lines)
 
 
-def paired_task_differences(rows: list[dict], reference: str = "pha") -> str:
-    """Where the paired differences come from: per n_train and baseline, the mean over the shared
-    seeds of ``reference`` − baseline on each task's mean test metric."""
+def paired_task_differences(rows: list[dict]) -> str:
+    """Where the paired differences come from: per n_train and pair (:func:`paired_cells`), the
+    mean over the shared seeds of PHA variant − baseline on each task's mean test metric."""
     scores = {(r["method"], r["n_train"], r["seed"]): task_scores(r) for r in rows}
     tasks = sorted({t for cell in scores.values() for t in cell if t != "avg"})
-    header = ["n_train", "baseline", "seeds", *tasks, "avg"]
+    header = ["n_train", "PHA variant", "baseline", "seeds", *tasks, "avg"]
     lines = [
-        f"Per task, mean paired difference {reference} − baseline (test metric ×100).",
+        "Per task, mean paired difference PHA variant − baseline (test metric ×100).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for n_train, method, seeds in paired_cells(set(scores), reference):
+    for n_train, reference, method, seeds in paired_cells(set(scores)):
         pairs = [(scores[(reference, n_train, s)], scores[(method, n_train, s)]) for s in seeds]
         cells = [
             f"{statistics.mean(ours[t] - theirs[t] for ours, theirs in pairs):+.1f}"
@@ -310,7 +321,7 @@ def paired_task_differences(rows: list[dict], reference: str = "pha") -> str:
             else "—"
             for t in [*tasks, "avg"]
         ]
-        lines.append(f"| {n_train} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n_train} | {reference} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

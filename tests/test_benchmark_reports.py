@@ -35,8 +35,33 @@ def test_per_task_paired_differences_average_each_tasks_metrics_over_shared_seed
     ]
     table = _benchmark("sample_efficiency").paired_task_differences(rows)
     # rte: ((50 - 56) + (54 - 52)) / 2 = -2; stsb: ((61 - 51) + (70 - 62)) / 2 = +9; avg: (+2 + +5) / 2
-    assert "| n_train | baseline | seeds | rte | stsb | avg |" in table
-    assert "| 100 | adapter | 2 | -2.0 | +9.0 | +3.5 |" in table
+    assert "| n_train | PHA variant | baseline | seeds | rte | stsb | avg |" in table
+    assert "| 100 | pha | adapter | 2 | -2.0 | +9.0 | +3.5 |" in table
+
+
+def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() -> None:
+    report = _benchmark("sample_efficiency")
+    rows = [
+        _row("pha", 0, 60.0, (60.0, 60.0)),
+        _row("adapter", 0, 50.0, (50.0, 50.0)),
+        _row("pha_no_ir", 0, 58.0, (58.0, 58.0)),
+        _row("pha+label_words", 0, 40.0, (40.0, 40.0)),
+        _row("adapter+label_words", 0, 36.0, (36.0, 36.0)),
+        _row("pha_lora", 0, 55.0, (55.0, 55.0)),
+        _row("lora", 0, 52.0, (52.0, 52.0)),
+    ]
+    pairs = [(ref, base) for _, ref, base, _ in report.paired_cells({(r["method"], 100, 0) for r in rows})]
+    assert sorted(pairs) == [
+        ("pha", "adapter"),
+        ("pha", "pha_lora"),
+        ("pha", "pha_no_ir"),
+        ("pha+label_words", "adapter+label_words"),
+        ("pha_lora", "lora"),
+    ]
+    table = report.paired_differences(rows)
+    assert "| 100 | pha+label_words | adapter+label_words | 1 | +4.0 | +4.0 | 1 / 0 / 0 |" in table
+    assert "| 100 | pha_lora | lora | 1 | +3.0 | +3.0 | 1 / 0 / 0 |" in table
+    assert "| pha | pha+label_words |" not in table  # never across output structures
 
 
 def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
