@@ -20,8 +20,14 @@ if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTH
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RUN_ARGS=(-- "--data.data_dir=$DATA_DIR" --trainer.max_steps=1000 --trainer.val_check_interval=100 --model.warmup_steps=100)
 tuned=(); plain=()
-# PHA's ablations and the +label_words variants take their base method's rate: not tuned
-for method in "$@"; do [[ $method == pha_* || $method == *+* ]] && plain+=("$method") || tuned+=("$method"); done
+# PHA's variants (sample_efficiency.PHA_VARIANTS) and the +label_words variants take their base
+# method's rate and run at n_train 100 only; every other method (pha_lora included) is tuned
+for method in "$@"; do
+  case $method in
+    pha_no_ir | pha_no_pro | pha_no_contrastive | pha_pro_infonce | *+*) plain+=("$method") ;;
+    *) tuned+=("$method") ;;
+  esac
+done
 for method in "${tuned[@]}"; do
   # shellcheck disable=SC2086
   "$PYTHON" benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml --methods "$method" \

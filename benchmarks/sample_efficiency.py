@@ -14,14 +14,16 @@ the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
 Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, ``hyperformer``,
 ``hyperdecoder``, ``finetune``) plus PHA's ablations ``pha_no_ir``, ``pha_no_pro`` and
-``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), ``lora`` (shared LoRA) and ``pha_lora``
+``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), ``pha_pro_infonce`` (L_Pro with the
+positive prototype in its denominator, standard InfoNCE, instead of the released code's
+exclusion: bounded below by 0), ``lora`` (shared LoRA) and ``pha_lora``
 (PHA generating LoRA, ``adapter_kind: lora``), and each of them as ``<method>+label_words``
 with the encoder's shared label-word output layer. HyperFormer runs use one task per batch, as
 the original (``--data.sampling task``); the other methods use mixed batches.
 
 With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
-``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``); the ablations and the ``+label_words``
-variants take their base method's rate (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
+``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``); PHA's variants (:data:`PHA_VARIANTS`)
+and the ``+label_words`` variants take their base method's rate (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
 ``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
 marks collapsed runs.
@@ -49,6 +51,7 @@ METHOD_ARGS: dict[str, list[str]] = {
     "pha_no_ir": ["--model.method=pha", "--model.lambda_ir=0"],
     "pha_no_pro": ["--model.method=pha", "--model.lambda_pro=0"],
     "pha_no_contrastive": ["--model.method=pha", "--model.lambda_ir=0", "--model.lambda_pro=0"],
+    "pha_pro_infonce": ["--model.method=pha", "--model.pro_denominator=include_positive"],
     "adapter": ["--model.method=adapter"],
     "lora": ["--model.method=lora"],
     "pha_lora": ["--model.method=pha", "--model.adapter_kind=lora"],
@@ -62,6 +65,8 @@ METHOD_ARGS: dict[str, list[str]] = {
 METHOD_ARGS.update(
     {f"{m}+label_words": [*args, "--model.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())}
 )
+#: PHA with other loss settings: the same model, so they take PHA's learning rate (not tuned)
+PHA_VARIANTS: tuple[str, ...] = ("pha_no_ir", "pha_no_pro", "pha_no_contrastive", "pha_pro_infonce")
 
 
 def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str:
@@ -455,11 +460,11 @@ def read_chosen(path: Path) -> dict[str, float]:
 
 def lr_for(method: str, chosen: dict[str, float]) -> float | None:
     """A method's chosen learning rate. Variants without their own take their base method's:
-    ``<method>+label_words`` that of ``<method>``, PHA's ablations PHA's (PHA with λ's at 0)."""
+    ``<method>+label_words`` that of ``<method>``, PHA's variants (loss settings) PHA's."""
     if method in chosen:
         return chosen[method]
     base = method.split("+")[0]
-    return chosen.get(base, chosen.get("pha") if base.startswith("pha_no_") else None)
+    return chosen.get(base, chosen.get("pha") if base in PHA_VARIANTS else None)
 
 
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:

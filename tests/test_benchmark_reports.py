@@ -92,3 +92,15 @@ def test_best_checkpoint_is_the_one_monitored_file_and_two_are_an_error(tmp_path
     (folder / "step000100.ckpt").touch()  # a second record, e.g. a run folder resumed after a move
     with pytest.raises(SystemExit, match=r"expected one best checkpoint .*step000100.ckpt.*step000400.ckpt"):
         best_checkpoint(tmp_path / "run")
+
+
+def test_phas_loss_variants_take_phas_rate_and_the_grid_script_does_not_tune_them() -> None:
+    report = _benchmark("sample_efficiency")
+    chosen = {"pha": 1e-3, "adapter": 3e-4}
+    assert [report.lr_for(m, chosen) for m in report.PHA_VARIANTS] == [1e-3] * len(report.PHA_VARIANTS)
+    assert report.lr_for("adapter+label_words", chosen) == 3e-4
+    assert report.lr_for("pha_lora", chosen) is None  # a method of its own: tuned, never PHA's rate
+    script = (ROOT / "benchmarks" / "run_converged_minilm.sh").read_text()
+    (case,) = [line for line in script.splitlines() if line.strip().endswith('plain+=("$method") ;;')]
+    untuned = {name.strip() for name in case.split(")")[0].split("|")} - {"*+*"}
+    assert untuned == set(report.PHA_VARIANTS)
