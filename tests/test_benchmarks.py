@@ -90,7 +90,7 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     assert "| adapter | 24 | 1 |" in table and "| pha | 24 | 1 |" in table  # the chosen rate's runs only
     difference = pha["test"]["test/avg"] - adapter["test"]["test/avg"]
     assert (
-        f"| 24 | adapter | 1 | {difference:+.1f} | {difference:+.1f} | {int(difference >= 0.5)} / {int(abs(difference) < 0.5)} / {int(difference <= -0.5)} |"
+        f"| 24 | pha | adapter | 1 | {difference:+.1f} | {difference:+.1f} | {int(difference >= 0.5)} / {int(abs(difference) < 0.5)} / {int(difference <= -0.5)} |"
         in table
     )
     assert f"| {pha['run_id']} | {chosen['pha']} | {pha['test']['test/avg']:.1f} | {pha['best_step']} / 4 |" in table
