@@ -22,7 +22,10 @@ more things are needed, and this module provides the first:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
 
 from pha_lightning.data.sampling import TemperatureBatchSampler
 
@@ -49,6 +52,10 @@ class ResumableTrainBatches:
                 epoch, consumed = epoch + 1, 0
             sampler.load_state_dict({"epoch": epoch, "batches_yielded": consumed})
             self._consumed_epoch, self._consumed = epoch, consumed
+            rank_zero_info(f"resuming the training batches exactly: epoch {epoch}, batch {consumed}")
+            # Lightning looks for the position in the DataLoader, not here, and would warn that a
+            # mid-epoch resume "can cause unreliable results"; it cannot here, so say it once, correctly
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         return sampler
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

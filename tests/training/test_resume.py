@@ -64,7 +64,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copy(broken / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", killed_last)
     resumed = _fit(broken, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Restored all states from the checkpoint" in resumed.stderr + resumed.stdout
+    log = resumed.stderr + resumed.stdout
+    assert "Restored all states from the checkpoint" in log
+    # the data module restores the position; Lightning's "dataloader is not resumable" would be wrong
+    assert "resuming the training batches exactly: epoch 1, batch 2" in log
+    assert "not resumable" not in log
     return {"full": full, "broken": broken, "killed_last": killed_last}
 
 
