@@ -287,7 +287,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-batches", type=int, default=None, help="cap on test batches per run (large targets)")
     parser.add_argument("--data-dir", help="local GLUE/SuperGLUE directory")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/few_shot_transfer"))
-    parser.add_argument("--report-only", action="store_true", help="rewrite rankings.md and table.md; run no transfer")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite table.md (and rankings.md, from an existing source checkpoint); train nothing",
+    )
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -300,16 +304,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = args.output_dir / "runs.jsonl"
+    if args.report_only:  # a report never trains: rankings only from a source that exists
+        trained = args.output_dir / "source_pha" / "best.ckpt"
+        args.pha_ckpt = args.pha_ckpt or (str(trained) if trained.exists() else None)
+        if args.pha_ckpt:
+            write_rankings(args)
+        else:
+            print(f"no PHA source checkpoint ({trained} or --pha-ckpt): rankings.md not rewritten", flush=True)
+        write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
+        return
     if any(v in PHA_INITS for v in args.variants):
         args.pha_ckpt = args.pha_ckpt or train_source("pha", args)
     if "hyperformer" in args.variants:
         args.hyperformer_ckpt = args.hyperformer_ckpt or train_source("hyperformer", args)
     if args.pha_ckpt:
         write_rankings(args)
-    jsonl = args.output_dir / "runs.jsonl"
-    if args.report_only:
-        write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
-        return
     # seed outermost: an interrupted grid still covers every target and k for the first seeds
     grid = [(t, k, s, v) for s in args.seeds for t in args.targets for k in args.k for v in args.variants]
     for index, (target, k, seed, variant) in enumerate(grid, 1):

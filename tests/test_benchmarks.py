@@ -156,3 +156,11 @@ def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
     assert "**synth_polarity_heldout**, k=4: synth_polarity" in rankings
     assert re.search(r"\| synth_polarity_heldout( \| [01]\.\d\d \| \d+\.\d\d){2} \|", rankings)
     assert all(r["tune"] == ("all" if r["variant"] == "adapter" else "hypernetwork") for r in rows)
+
+    elsewhere = tmp_path / "report_only"  # the rows without their source models: a report trains nothing
+    elsewhere.mkdir()
+    (elsewhere / "runs.jsonl").write_text((tmp_path / "runs.jsonl").read_text())
+    script = str(ROOT / "benchmarks/few_shot_transfer.py")
+    report = _run(script, "--targets", "synth_polarity_heldout", "--output-dir", str(elsewhere), "--report-only")
+    assert "rankings.md not rewritten" in report.stdout and not (elsewhere / "source_pha").exists()
+    assert (elsewhere / "table.md").read_text() == table
