@@ -47,10 +47,15 @@ PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_rand
 VARIANTS = (*PHA_INITS, "adapter", "hyperformer")
 
 
+def source_checkpoint(method: str, args: argparse.Namespace) -> Path:
+    """Where :func:`train_source` keeps a source model's best checkpoint."""
+    return args.output_dir / f"source_{method}" / "best.ckpt"
+
+
 def train_source(method: str, args: argparse.Namespace) -> str:
     """Train a source model through the ``pha`` CLI (once; reused when its checkpoint exists)."""
-    root = args.output_dir / f"source_{method}"
-    done = root / "best.ckpt"
+    done = source_checkpoint(method, args)
+    root = done.parent
     if done.exists():
         return str(done)
     pha = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
@@ -301,25 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = args.output_dir / "runs.jsonl"
-    if args.report_only:  # a report never trains: rankings only from a source that exists
-        trained = args.output_dir / "source_pha" / "best.ckpt"
-        args.pha_ckpt = args.pha_ckpt or (str(trained) if trained.exists() else None)
-        if args.pha_ckpt:
-            write_rankings(args)
-        else:
-            print(f"no PHA source checkpoint ({trained} or --pha-ckpt): rankings.md not rewritten", flush=True)
-        write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
-        return
-    if any(v in PHA_INITS for v in args.variants):
-        args.pha_ckpt = args.pha_ckpt or train_source("pha", args)
-    if "hyperformer" in args.variants:
-        args.hyperformer_ckpt = args.hyperformer_ckpt or train_source("hyperformer", args)
-    if args.pha_ckpt:
-        write_rankings(args)
+def run_grid(args: argparse.Namespace, jsonl: Path) -> None:
+    """Every (target, k, seed, variant) not yet in ``jsonl``, appending each finished row."""
     # seed outermost: an interrupted grid still covers every target and k for the first seeds
     grid = [(t, k, s, v) for s in args.seeds for t in args.targets for k in args.k for v in args.variants]
     for index, (target, k, seed, variant) in enumerate(grid, 1):
@@ -332,6 +320,29 @@ def main(argv: list[str] | None = None) -> None:
             f"[{index}/{len(grid)}] {row['run_id']}: {row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)",
             flush=True,
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = args.output_dir / "runs.jsonl"
+    if args.report_only:  # a report never trains: rankings only from a source that exists
+        trained = source_checkpoint("pha", args)
+        args.pha_ckpt = args.pha_ckpt or (str(trained) if trained.exists() else None)
+    else:
+        if any(v in PHA_INITS for v in args.variants):
+            args.pha_ckpt = args.pha_ckpt or train_source("pha", args)
+        if "hyperformer" in args.variants:
+            args.hyperformer_ckpt = args.hyperformer_ckpt or train_source("hyperformer", args)
+    if args.pha_ckpt:
+        write_rankings(args)
+    else:
+        print(
+            f"no PHA source checkpoint ({source_checkpoint('pha', args)} or --pha-ckpt): rankings.md not rewritten",
+            flush=True,
+        )
+    if not args.report_only:
+        run_grid(args, jsonl)
     write_table(list(finished(jsonl).values()), args.output_dir / "table.md")
 
 
