@@ -4,7 +4,7 @@
 
 For every run directory ``<output-dir>/runs/<run id>`` (as ``sample_efficiency.py`` writes them)
 it reads ``val/avg``, the largest top-axis share of the pooled features and the largest
-adapter/residual ratio at each validation, and the training loss; it writes ``curves.md`` (one
+adapter/residual ratio (LoRA: update/frozen output) at each validation, and the training loss; it writes ``curves.md`` (one
 table per run) and ``curves.png`` (validation average against step, one line per run) into the
 output directory. The TensorBoard logs themselves are not committed; these files are.
 """
@@ -34,7 +34,7 @@ def read_run(run_dir: Path) -> dict[str, dict[int, float]]:
     def series(tag: str) -> dict[int, float]:
         return merged.get(tag, {})
 
-    ratios = [series(t) for t in tags if t.startswith("health/adapter_to_residual/")]
+    ratios = [series(t) for t in tags if t.startswith(("health/adapter_to_residual/", "health/lora_to_base/"))]
     return {
         "val/avg": series("val/avg"),
         "train/loss": series("train/loss"),
@@ -59,7 +59,7 @@ def run_table(run_id: str, data: dict[str, dict[int, float]]) -> str:
     lines = [
         f"### {run_id}",
         "",
-        "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual |",
+        "| step | val avg | train loss (mean of last 5 logs) | top-axis share | adapter/residual (LoRA: update/frozen) |",
         "|---|---|---|---|---|",
     ]
     for step, value in sorted(data["val/avg"].items()):

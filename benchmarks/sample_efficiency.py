@@ -165,6 +165,7 @@ def health_summary(path: Path) -> dict | None:
     return {
         "max_top_axis_share": max(end["top_axis_share"].values(), default=None),
         "max_adapter_to_residual": max(end["adapter_to_residual"], default=None),
+        "max_lora_to_base": max(end.get("lora_to_base", []), default=None),  # reports before it lack it
         "warnings": end["warnings"],
     }
 
@@ -333,7 +334,7 @@ def paired_task_differences(rows: list[dict]) -> str:
 def runs_table(rows: list[dict]) -> str:
     """One line per run: test average, the tested checkpoint's step, health, and a collapse mark."""
     lines = [
-        "| run | lr | test avg | best step / last | best val avg | top-axis share | adapter/residual | collapsed |",
+        "| run | lr | test avg | best step / last | best val avg | top-axis share | adapter/residual (LoRA: update/frozen) | collapsed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["n_train"], r["method"], r["seed"])):
@@ -345,11 +346,15 @@ def runs_table(rows: list[dict]) -> str:
             f"{row.get('best_step', '—')} / {row.get('last_step', '—')}",
             _number(row.get("best_val_avg"), ".1f"),
             _number(health.get("max_top_axis_share"), ".2f"),
-            _number(health.get("max_adapter_to_residual"), ".2f"),
+            _number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
             "yes" if collapsed(row) else "",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _first_present(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
 
 
 def _number(value: float | None, spec: str) -> str:

@@ -102,6 +102,15 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     rows = re.findall(r"\| \d+ \| \d+\.\d \| (?:-?\d\.\d{3}|—) \| 0\.\d\d \| \d\.\d\d \|", curves)
     assert len(rows) == 2  # one per validation (steps 2 and 4)
     assert (tmp_path / "curves.png").exists()
+    # a saved checkpoint's health, re-measured, equals the callback's report at that step
+    run_dir = tmp_path / "runs" / pha["run_id"]
+    end = json.loads(next(run_dir.rglob("health.json")).read_text())["end"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _run(str(ROOT / "benchmarks/checkpoint_health.py"), str(last), "--output", str(tmp_path / "health.json"))
+    measured = json.loads((tmp_path / "health.json").read_text())[str(last)]
+    assert measured["step"] == end["step"] == 4
+    for key in ("adapter_to_residual", "top_axis_share", "prototype_shift", "generated_between_task_spread"):
+        assert measured[key] == pytest.approx(end[key], rel=1e-4), key
     again = _run(*grid).stdout  # finished runs are skipped
     assert again.count("done already, skipped") == 6  # 4 tuning runs, then the 2 grid cells
     # retest: the same checkpoint, tested again by the current code, gives the same metrics

@@ -52,6 +52,12 @@ TARGET_PATTERNS: dict[Family, dict[str, str]] = {
 Shape = tuple[int, int]
 
 
+def reads_encoder_states(name: str) -> bool:
+    """Whether the linear layer ``name`` (inside a T5 decoder block) reads the encoder's output:
+    cross-attention's keys and values do, everything else reads the decoder's own tokens."""
+    return re.search(r"EncDecAttention\.[kv]$", name) is not None
+
+
 def check_lora_targets(targets: Sequence[str]) -> None:
     """One :class:`ConfigError` naming bad LoRA targets and the valid names (the numeric LoRA
     settings are range-checked with the model's other numbers)."""

@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pha_lightning.errors import PHAError
-from pha_lightning.training.health import HealthThresholds, format_health, health_report
+from pha_lightning.training.health import HealthThresholds, format_health, health_report, probe_batches
 
 
 class NonFiniteLossError(PHAError):
@@ -446,25 +446,10 @@ class TrainingHealth(Callback):
         self.initial_prototypes: Tensor | None = None
         self.reports: dict[str, dict[str, Any]] = {}
 
-    def _probe_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Tensor]]:
-        batches = []
-        loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
-        for loader in loaders or []:
-            batch = next(iter(loader), None)
-            if batch is not None:
-                batches.append(
-                    {
-                        k: v[: self.probe_examples].to(pl_module.device)
-                        for k, v in batch.items()
-                        if isinstance(v, Tensor)
-                    }
-                )
-        return batches
-
     def measure(self, trainer: Trainer, pl_module: LightningModule, when: str) -> dict[str, Any]:
-        report = health_report(
-            pl_module.model, self._probe_batches(trainer, pl_module), self.initial_prototypes, self.thresholds
-        )
+        loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
+        batches = probe_batches(loaders or [], self.probe_examples, pl_module.device)
+        report = health_report(pl_module.model, batches, self.initial_prototypes, self.thresholds)
         report["step"] = trainer.global_step
         self.reports[when] = report
         return report
@@ -503,7 +488,11 @@ class TrainingHealth(Callback):
 
 def _health_scalars(report: dict[str, Any]) -> dict[str, float]:
     """The report's numbers as ``health/...`` scalars (per block, per layer, per task)."""
-    scalars = {f"health/adapter_to_residual/block_{b}": r for b, r in enumerate(report["adapter_to_residual"])}
+    scalars = {
+        f"health/{key}/block_{b}": r
+        for key in ("adapter_to_residual", "lora_to_base")
+        for b, r in enumerate(report[key])
+    }
     for key in ("shared_adapter_norm", "generated_adapter_norm", "generated_between_task_spread"):
         scalars.update({f"health/{key}/layer_{i}": v for i, v in enumerate(report.get(key, []))})
     for key in ("prototype_shift", "top_axis_share"):

@@ -5,7 +5,8 @@ stream and every example's pooled features line up on one axis, so the task head
 difference between examples. This module measures that on a few evaluation batches, with plain
 PyTorch (the Lightning callback that schedules it is :class:`pha_lightning.training.callbacks.TrainingHealth`):
 
-* per block, ``‖adapter output‖ / ‖residual stream‖`` (root-mean-square over real tokens);
+* per block, ``‖adapter output‖ / ‖residual stream‖`` (root-mean-square over real tokens), or
+  for LoRA ``‖scaling·B·A·x‖ / ‖W·x‖`` over the block's LoRA sites;
 * per layer, the Frobenius norm of the shared and of the generated adapter matrices, and the
   between-task spread of the generated ones (0: every task gets the same adapter);
 * per task, how far its prototype moved from its initial value (relative to that value);
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from pha_lightning.model.backbone import adapter_sites, num_blocks
+from pha_lightning.model.backbone import adapter_sites, backbone_blocks, num_blocks
+from pha_lightning.model.lora import LoRALinear, reads_encoder_states
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -66,7 +69,8 @@ class _BlockSums:
 
 @dataclass
 class ResidualProbe:
-    """Accumulates ``Σ‖adapter(x)‖²`` and ``Σ‖residual‖²`` over real tokens, per adapted block."""
+    """Accumulates ``Σ‖adapter(x)‖²`` and ``Σ‖residual‖²`` (or a LoRA update's and its frozen
+    layer's output) over real tokens, per adapted block."""
 
     sums: list[_BlockSums]
     decoder_from: int  # blocks from this index on read decoder tokens (T5); len(sums) for encoders
@@ -76,8 +80,11 @@ class ResidualProbe:
     def ratios(self) -> list[float]:
         return [(s.adapter / s.residual) ** 0.5 if s.residual else 0.0 for s in self.sums]
 
-    def record(self, block: int, adapter_out: Tensor, residual: Tensor) -> None:
-        mask = self.source_mask if block < self.decoder_from else self.target_mask
+    def record(self, block: int, adapter_out: Tensor, residual: Tensor, source: bool | None = None) -> None:
+        """Add one sublayer's sums; ``source``: it reads the input's tokens (default: the
+        encoder's blocks do, the decoder's read the target's)."""
+        source = block < self.decoder_from if source is None else source
+        mask = self.source_mask if source else self.target_mask
         if mask is None or mask.shape != residual.shape[:2]:
             raise RuntimeError(
                 f"health probe: block {block} saw hidden states of shape {tuple(residual.shape[:2])}, "
@@ -88,12 +95,24 @@ class ResidualProbe:
         self.sums[block].residual += float((residual.float().pow(2) * weight).sum())
 
 
+def _encoder_blocks(model: PHAModel, blocks: int) -> int:
+    return num_blocks(model.backbone, model.family)[0] if model.family == "seq2seq" else blocks
+
+
+@contextmanager
+def _removing(handles: list[RemovableHandle]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def probe_residuals(model: PHAModel) -> Iterator[ResidualProbe]:
-    """Hooks on every adapted block for the duration of the ``with`` block."""
+    """Hooks on every adapted block for the duration of the ``with`` block (no blocks: a LoRA model)."""
     sites = adapter_sites(model.backbone, model.family)
-    encoder_blocks = num_blocks(model.backbone, model.family)[0] if model.family == "seq2seq" else len(sites)
-    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=encoder_blocks)
+    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_encoder_blocks(model, len(sites)))
     handles = []
     for block, site in enumerate(sites):
         captured: dict[str, Tensor] = {}
@@ -103,28 +122,59 @@ def probe_residuals(model: PHAModel) -> Iterator[ResidualProbe]:
                 lambda m, inputs, _o, b=block, c=captured: probe.record(b, c.pop("out"), m.residual_of(*inputs))
             )
         )
-    try:
+    with _removing(handles):
         yield probe
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+def _hook_lora_site(probe: ResidualProbe, block: int, source: bool, site: LoRALinear) -> list[RemovableHandle]:
+    """Record ``site``'s update (its output minus its frozen layer's) against the frozen output."""
+    captured: dict[str, Tensor] = {}
+
+    def keep_base(_module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+        captured["base"] = out
+
+    def record(_module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+        base = captured.pop("base").float()
+        probe.record(block, out.float() - base, base, source)
+
+    return [site.base.register_forward_hook(keep_base), site.register_forward_hook(record)]
+
+
+@contextmanager
+def probe_lora(model: PHAModel) -> Iterator[ResidualProbe]:
+    """Hooks on every LoRA site, summed per block (no blocks: a model without LoRA)."""
+    blocks = backbone_blocks(model.backbone, model.family) if model.layout.kind == "lora" else []
+    sites = [[(name, m) for name, m in block.named_modules() if isinstance(m, LoRALinear)] for block in blocks]
+    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_encoder_blocks(model, len(sites)))
+    handles = [
+        handle
+        for b, block_sites in enumerate(sites)
+        for name, site in block_sites
+        for handle in _hook_lora_site(probe, b, b < probe.decoder_from or reads_encoder_states(name), site)
+    ]
+    with _removing(handles):
+        yield probe
 
 
 @torch.no_grad()
-def measure_batches(model: PHAModel, batches: Iterable[dict[str, Tensor]]) -> tuple[list[float], dict[int, Tensor]]:
-    """Adapter/residual ratio per block, and the pooled features of each task id, over ``batches``.
+def measure_batches(
+    model: PHAModel, batches: Iterable[dict[str, Tensor]]
+) -> tuple[list[float], list[float], dict[int, Tensor]]:
+    """Adapter/residual and LoRA-update/frozen-output ratios per block (one of them empty), and the
+    pooled features of each task id, over ``batches``.
 
     Pooled features: what an encoder's task heads read; for T5 the mean of the final encoder states.
     """
     features: dict[int, list[Tensor]] = {}
-    with probe_residuals(model) as probe:
+    with probe_residuals(model) as adapters, probe_lora(model) as lora:
         for batch in batches:
-            probe.source_mask = batch["attention_mask"]
-            probe.target_mask = batch["labels"] != -100 if "labels" in batch else None
+            for probe in (adapters, lora):
+                probe.source_mask = batch["attention_mask"]
+                probe.target_mask = batch["labels"] != -100 if "labels" in batch else None
             pooled = model(batch, chunked=False)["pooled"]  # the hooks read whole-batch tensors
             for task in torch.unique(batch["task_ids"]).tolist():
                 features.setdefault(task, []).append(pooled[batch["task_ids"] == task].float().cpu())
-    return probe.ratios(), {task: torch.cat(parts) for task, parts in features.items()}
+    return adapters.ratios(), lora.ratios(), {task: torch.cat(parts) for task, parts in features.items()}
 
 
 @torch.no_grad()
@@ -153,6 +203,18 @@ def weight_report(model: PHAModel, initial_prototypes: Tensor | None) -> dict[st
     return report
 
 
+def probe_batches(
+    loaders: Iterable[Iterable[dict[str, Any]]], examples: int, device: torch.device
+) -> list[dict[str, Tensor]]:
+    """The first ``examples`` examples of each loader's first batch: what a health report reads."""
+    batches = []
+    for loader in loaders:
+        batch = next(iter(loader), None)
+        if batch is not None:
+            batches.append({k: v[:examples].to(device) for k, v in batch.items() if isinstance(v, Tensor)})
+    return batches
+
+
 def adapter_matrices(model: PHAModel, task_ids: Tensor) -> tuple[Tensor, Tensor]:
     """(the generated adapter matrices of ``task_ids``' tasks, every shared adapter matrix), flattened."""
     with torch.no_grad():
@@ -178,6 +240,7 @@ class HealthThresholds:
 
     collapse_share: float = 0.9
     adapter_ratio: float = 0.5
+    lora_ratio: float = 1.0
 
 
 def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> list[str]:
@@ -193,14 +256,26 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
             "examples; look at model.learning_rate, model.warmup_steps, model.hypernet_calibration "
             "(use 'width') and trainer.gradient_clip_val (1.0)"
         )
-    loud = [(b, r) for b, r in enumerate(report.get("adapter_to_residual", [])) if r >= thresholds.adapter_ratio]
-    if loud:
-        listed = ", ".join(f"block {b} {r:.2f}" for b, r in loud)
-        warnings.append(
-            f"adapters drown the residual stream: their output is at least {thresholds.adapter_ratio:.2f}× the "
-            f"residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') "
-            "and trainer.gradient_clip_val (1.0)"
-        )
+    ratio_checks = (
+        (
+            "adapter_to_residual",
+            thresholds.adapter_ratio,
+            "adapters drown the residual stream: their output is at "
+            "least {limit:.2f}× the residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration "
+            "(use 'width') and trainer.gradient_clip_val (1.0)",
+        ),
+        (
+            "lora_to_base",
+            thresholds.lora_ratio,
+            "LoRA updates outweigh the frozen layers they adapt: their output is "
+            "at least {limit:.2f}× the frozen output's norm ({listed}); look at model.learning_rate, model.lora_alpha "
+            "and the best-validation checkpoint's step",
+        ),
+    )
+    for key, limit, message in ratio_checks:
+        loud = [(b, r) for b, r in enumerate(report.get(key, [])) if r >= limit]
+        if loud:
+            warnings.append(message.format(limit=limit, listed=", ".join(f"block {b} {r:.2f}" for b, r in loud)))
     return warnings
 
 
@@ -214,8 +289,8 @@ def health_report(
     was_training = model.training
     model.eval()
     try:
-        ratios, features = measure_batches(model, batches)
-        report: dict[str, Any] = {"adapter_to_residual": ratios}
+        ratios, lora_ratios, features = measure_batches(model, batches)
+        report: dict[str, Any] = {"adapter_to_residual": ratios, "lora_to_base": lora_ratios}
         report.update(weight_report(model, initial_prototypes))
     finally:
         model.train(was_training)
@@ -232,11 +307,11 @@ def format_health(report: dict[str, Any]) -> str:
     def numbers(values: Iterable[float]) -> str:
         return " ".join(f"{v:.3g}" for v in values)
 
-    lines = (
-        [f"adapter/residual per block: {numbers(report['adapter_to_residual'])}"]
-        if report["adapter_to_residual"]
-        else []
-    )
+    lines = [
+        f"{label} per block: {numbers(report[key])}"
+        for key, label in (("adapter_to_residual", "adapter/residual"), ("lora_to_base", "LoRA update/frozen output"))
+        if report.get(key)
+    ]
     if report["shared_adapter_norm"]:
         lines.append(f"shared adapter norm per layer: {numbers(report['shared_adapter_norm'])}")
     if "generated_adapter_norm" in report:

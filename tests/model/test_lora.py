@@ -11,10 +11,11 @@ from torch.nn import functional as F
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.adapters import AdapterContext
-from pha_lightning.model.backbone import load_backbone
+from pha_lightning.model.backbone import backbone_blocks, load_backbone
 from pha_lightning.model.lora import GeneratedLoRAUpdate, LoRAHyperNetwork, LoRALinear, apply_lora_grouped
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import masked_mean
+from pha_lightning.training.health import health_report
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # compares with peft and trains LoRA models
@@ -139,6 +140,58 @@ def test_lora_model_starts_exactly_as_the_backbone(method: str, backbone: str, r
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
             expected = masked_mean(base(**inputs).last_hidden_state, batch["attention_mask"])
             torch.testing.assert_close(model(batch)["pooled"], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_t5"])
+def test_health_reports_each_blocks_lora_update_against_its_frozen_output(
+    backbone: str, request: pytest.FixtureRequest
+) -> None:
+    """``lora_to_base`` per block: ``sqrt(Σ‖scaling·B·A·x‖² / Σ‖W·x‖²)`` over the block's sites and
+    real tokens, the factors applied by hand; T5's cross-attention keys and values read the input's tokens."""
+    path = request.getfixturevalue(backbone)
+    seed_everything(0)
+    model = PHAModule(
+        backbone=path, tasks=TASKS, adapter_kind="lora", backbone_init="random", lora_targets=ALL_TARGETS
+    ).eval()
+    for head in model.model.hypernetwork.b_heads:
+        head.init_uniform(0.1)
+    with torch.no_grad():
+        for shared in model.model.shared_adapters:
+            shared.b.weight.normal_(0.0, 0.1)
+    batch = batch_for(path)
+    report = health_report(model.model, [batch])
+
+    blocks = backbone_blocks(model.model.backbone, model.model.family)
+    inputs: list[tuple[int, LoRALinear, torch.Tensor]] = []
+    handles = [
+        site.register_forward_hook(lambda m, inp, _o, b=b: inputs.append((b, m, inp[0])))
+        for b, block in enumerate(blocks)
+        for site in block.modules()
+        if isinstance(site, LoRALinear)
+    ]
+    with torch.no_grad():
+        model(batch)
+        weights = model.model.generated_weights(batch["task_ids"])
+    for handle in handles:
+        handle.remove()
+    source = batch["attention_mask"].bool()
+    target = batch["labels"] != -100 if model.model.family == "seq2seq" else None
+    assert target is None or target.shape != source.shape  # the shape names which tokens a site reads
+    sums = torch.zeros(len(blocks), 2, dtype=torch.float64)
+    for block, site, x in inputs:
+        if isinstance(site.update, GeneratedLoRAUpdate):
+            a = weights.a[site.update.shape_set][weights.group_of, site.update.index]  # (B, r, d_in)
+            b = weights.b[site.update.shape_set][weights.group_of, site.update.index]  # (B, d_out, r)
+            update = torch.einsum("btr,bor->bto", torch.einsum("btd,brd->btr", x, a), b)
+        else:
+            update = x @ site.update.a.weight.T @ site.update.b.weight.T
+        mask = source if x.shape[:2] == source.shape else target
+        sums[block, 0] += (site.scaling * update)[mask].double().pow(2).sum()
+        sums[block, 1] += site.base(x)[mask].double().pow(2).sum()
+    expected = (sums[:, 0] / sums[:, 1]).sqrt().tolist()
+    assert report["adapter_to_residual"] == []
+    assert report["lora_to_base"] == pytest.approx(expected, rel=1e-4)
+    assert min(expected) > 1e-3  # every block's update is non-zero, so the check has teeth
 
 
 D_IN, D_OUT, R = 12, 20, 3
