@@ -6,7 +6,9 @@
 Every (backbone, method) pair runs in its own process on the same inputs (a mixed-task batch of
 ``--batch-size`` × ``--seq-len`` tokens; 4 tasks), so peak memory (max RSS on CPU, peak allocated
 on CUDA) is that variant's alone. Each process times ``--steps`` optimizer steps after
-``--warmup`` unmeasured ones and reports the median. ``pha_per_example`` is PHA with the
+``--warmup`` unmeasured ones and reports the median wall time and the median CPU time of the
+process (the work done: with ``OMP_NUM_THREADS=1`` it stays comparable when other processes
+share the cores, where wall time does not). ``pha_per_example`` is PHA with the
 per-example reference path: the hypernetwork runs for every example and the weights are
 materialised per example — the cost that grouped generation avoids. ``lora`` is shared LoRA
 (query and value projections, rank 8) and ``pha_lora`` PHA generating LoRA factors.
@@ -115,16 +117,17 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = make_batch(model, args.batch_size, args.seq_len, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    times = []
+    times, cpu_times = [], []
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer_step(model, optimizer, batch, autocast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device.type == "cuda"
@@ -135,6 +138,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
         "backbone": args.backbone_label,
         "method": method,
         "median_step_s": statistics.median(times),
+        "median_step_cpu_s": statistics.median(cpu_times),
         "peak_mib": peak,
         "trainable_params": trainable,
         "device": str(device),
@@ -171,14 +175,16 @@ def run_variant(backbone: str, label: str, method: str, args: argparse.Namespace
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| backbone | method | median step (s) | × adapter | peak memory (MiB) | × adapter | trainable params |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | method | median step (s) | × adapter | CPU time (s) | × adapter | peak memory (MiB) | × adapter "
+        "| trainable params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         base = next(r for r in rows if r["backbone"] == row["backbone"] and r["method"] == "adapter")
         lines.append(
             f"| {row['backbone']} | {row['method']} | {row['median_step_s']:.3f} | "
-            f"{row['median_step_s'] / base['median_step_s']:.2f} | {row['peak_mib']:.0f} | "
+            f"{row['median_step_s'] / base['median_step_s']:.2f} | {row['median_step_cpu_s']:.3f} | "
+            f"{row['median_step_cpu_s'] / base['median_step_cpu_s']:.2f} | {row['peak_mib']:.0f} | "
             f"{row['peak_mib'] / base['peak_mib']:.2f} | {row['trainable_params']:,} |"
         )
     return "\n".join(lines)
