@@ -265,25 +265,26 @@ def write_table(rows: list[dict], path: Path) -> str:
     return text
 
 
-def reference_for(method: str) -> str:
-    """The PHA variant a baseline is paired with: the one of the same output structure
-    (``pha+label_words`` for ``<method>+label_words``), generated LoRA for shared LoRA, else ``pha``."""
+def references_for(method: str) -> tuple[str, ...]:
+    """The PHA variants a baseline is paired with: the one of the same output structure
+    (``pha+label_words`` for ``<method>+label_words``); shared LoRA with both generated LoRA and
+    PHA (the strongest baseline faces the paper's method too); else ``pha``."""
     if "+" in method:
-        return "pha" + method[method.index("+") :]
-    return "pha_lora" if method == "lora" else "pha"
+        return ("pha" + method[method.index("+") :],)
+    return ("pha_lora", "pha") if method == "lora" else ("pha",)
 
 
 def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, str, list[int]]]:
-    """``(n_train, reference, baseline, seeds)`` for every baseline run on some of its reference's
-    seeds (:func:`reference_for`) at that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
+    """``(n_train, reference, baseline, seeds)`` for every baseline run on some of a reference's
+    seeds (:func:`references_for`) at that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
     for n_train in sorted({n for _, n, _ in keys}):
         for method in sorted({m for m, n, _ in keys if n == n_train}):
-            reference = reference_for(method)
-            if method == reference:
-                continue
-            seeds = sorted(s for m, n, s in keys if m == method and n == n_train and (reference, n, s) in keys)
-            if seeds:
-                yield n_train, reference, method, seeds
+            for reference in references_for(method):
+                if method == reference:
+                    continue
+                seeds = sorted(s for m, n, s in keys if m == method and n == n_train and (reference, n, s) in keys)
+                if seeds:
+                    yield n_train, reference, method, seeds
 
 
 def paired_differences(rows: list[dict], tie: float = 0.5) -> str:

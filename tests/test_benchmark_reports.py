@@ -53,6 +53,7 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
     pairs = [(ref, base) for _, ref, base, _ in report.paired_cells({(r["method"], 100, 0) for r in rows})]
     assert sorted(pairs) == [
         ("pha", "adapter"),
+        ("pha", "lora"),
         ("pha", "pha_lora"),
         ("pha", "pha_no_ir"),
         ("pha+label_words", "adapter+label_words"),
@@ -61,6 +62,7 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
     table = report.paired_differences(rows)
     assert "| 100 | pha+label_words | adapter+label_words | 1 | +4.0 | +4.0 | 1 / 0 / 0 |" in table
     assert "| 100 | pha_lora | lora | 1 | +3.0 | +3.0 | 1 / 0 / 0 |" in table
+    assert "| 100 | pha | lora | 1 | +8.0 | +8.0 | 1 / 0 / 0 |" in table
     assert "| pha | pha+label_words |" not in table  # never across output structures
 
 
