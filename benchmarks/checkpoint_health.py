@@ -18,12 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.callbacks import TrainingHealth
+from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.health import format_health, health_report, probe_batches
-from pha_lightning.training.system import PHAModule
+from pha_lightning.training.system import load_system
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +46,8 @@ def saved_data_module(checkpoint: dict[str, Any], data_dir: str | None) -> PHADa
 
 
 def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    system = PHAModule.load_from_checkpoint(path, map_location="cpu")
+    checkpoint = read_checkpoint(str(path))
+    system = load_system(checkpoint).eval()
     data = saved_data_module(checkpoint, args.data_dir)
     data.setup("validate")
     batches = probe_batches(data.val_dataloader(), args.probe_examples, system.device)

@@ -22,7 +22,8 @@ with the encoder's shared label-word output layer. HyperFormer runs use one task
 the original (``--data.sampling task``); the other methods use mixed batches.
 
 With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
-``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``); PHA's variants (:data:`PHA_VARIANTS`)
+``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``), among every rate that cell was ever
+run at in the output directory (an edge check adds a candidate, never hides one); PHA's variants (:data:`PHA_VARIANTS`)
 and the ``+label_words`` variants take their base method's rate (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
 ``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
@@ -403,9 +404,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=[],
         metavar="LR",
-        help="first choose each method's learning rate among these by the best validation average "
-        "at --tune-n-train and --tune-seed (never on test); written to chosen_lr.json and used "
-        "by every run of the grid",
+        help="first run each method at these learning rates at --tune-n-train and --tune-seed, then "
+        "choose the rate with the best validation average among every rate that cell has run at "
+        "(never on test); written to chosen_lr.json and used by every run of the grid",
     )
     parser.add_argument("--tune-n-train", type=int, default=100)
     parser.add_argument("--tune-seed", type=int, default=0)
@@ -447,16 +448,28 @@ def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, fl
     """Each method's learning rate: the best validation average of its tuning runs (never test)."""
     n_train, seed = args.tune_n_train, args.tune_seed
     run_cells([(m, n_train, seed, lr) for m in args.methods for lr in args.tune_lr], args, jsonl)
-    rows = finished_runs(jsonl)
-    chosen = {}
-    for method in args.methods:
-        tried = [rows[run_id(method, n_train, seed, lr)] for lr in args.tune_lr]
-        chosen[method] = max(tried, key=lambda row: row["best_val_avg"])["learning_rate"]
+    chosen = best_rates(list(finished_runs(jsonl).values()), args.methods, n_train, seed)
     path = args.output_dir / CHOSEN_LR
     saved = read_chosen(path)
     saved.update(chosen)
     path.write_text(json.dumps(saved, indent=1) + "\n")
     print(f"learning rates chosen on the validation average (n_train {n_train}, seed {seed}): {chosen}", flush=True)
+    return chosen
+
+
+def best_rates(rows: list[dict], methods: list[str], n_train: int, seed: int) -> dict[str, float]:
+    """Each method's rate with the best validation average among **every** rate it was tuned at
+    on that cell, not only this invocation's ``--tune-lr``: an edge check run alone cannot
+    un-choose a better rate tried before."""
+    chosen = {}
+    for method in methods:
+        tried = [
+            row
+            for row in rows
+            if (row["method"], row["n_train"], row["seed"]) == (method, n_train, seed)
+            and row.get("learning_rate") is not None
+        ]
+        chosen[method] = max(tried, key=lambda row: row["best_val_avg"])["learning_rate"]
     return chosen
 
 

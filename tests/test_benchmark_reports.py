@@ -66,6 +66,22 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
     assert "| pha | pha+label_words |" not in table  # never across output structures
 
 
+def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell() -> None:
+    def tuned(lr: float, val: float, n_train: int = 100, seed: int = 0) -> dict:
+        return {"method": "task_adapter", "n_train": n_train, "seed": seed, "learning_rate": lr, "best_val_avg": val}
+
+    rows = [
+        tuned(1e-4, 53.4),  # tried in an earlier invocation (an edge check)
+        tuned(3e-4, 52.9),
+        tuned(1e-3, 51.5),
+        tuned(3e-3, 60.0, n_train=500),  # another cell: not a tuning run
+        tuned(3e-3, 61.0, seed=1),
+        {"method": "adapter", "n_train": 100, "seed": 0, "learning_rate": 1e-3, "best_val_avg": 51.1},
+    ]
+    best = _benchmark("sample_efficiency").best_rates(rows, ["task_adapter", "adapter"], 100, 0)
+    assert best == {"task_adapter": 1e-4, "adapter": 1e-3}
+
+
 def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
     module = _benchmark("few_shot_transfer")
 
