@@ -4,9 +4,9 @@
 
 For every run directory ``<output-dir>/runs/<run id>`` (as ``sample_efficiency.py`` writes them)
 it reads ``val/avg``, the largest top-axis share of the pooled features and the largest
-adapter/residual ratio (LoRA: update/frozen output) at each validation, and the training loss; it writes ``curves.md`` (one
-table per run) and ``curves.png`` (validation average against step, one line per run) into the
-output directory. The TensorBoard logs themselves are not committed; these files are.
+adapter/residual ratio (LoRA: update/frozen output) at each validation, and the training loss;
+it writes ``curves.md`` (one table per run) and ``curves.png`` (validation average against
+step, one line per run) into the output directory. The TensorBoard logs themselves are not committed; these files are.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ the original (``--data.sampling task``); the other methods use mixed batches.
 
 With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
 ``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``), among every rate that cell was ever
-run at in the output directory (an edge check adds a candidate, never hides one); PHA's variants (:data:`PHA_VARIANTS`)
-and the ``+label_words`` variants take their base method's rate (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
+run at in the output directory (an edge check adds a candidate, never hides one); PHA's
+variants (:data:`PHA_VARIANTS`) and the ``+label_words`` variants take their base method's rate
+(``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
 ``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
 marks collapsed runs.
