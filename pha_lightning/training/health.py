@@ -95,7 +95,8 @@ class ResidualProbe:
         self.sums[block].residual += float((residual.float().pow(2) * weight).sum())
 
 
-def _encoder_blocks(model: PHAModel, blocks: int) -> int:
+def _decoder_from(model: PHAModel, blocks: int) -> int:
+    """The first block that reads the target's tokens (T5's first decoder block; ``blocks`` for encoders)."""
     return num_blocks(model.backbone, model.family)[0] if model.family == "seq2seq" else blocks
 
 
@@ -112,7 +113,7 @@ def _removing(handles: list[RemovableHandle]) -> Iterator[None]:
 def probe_residuals(model: PHAModel) -> Iterator[ResidualProbe]:
     """Hooks on every adapted block for the duration of the ``with`` block (no blocks: a LoRA model)."""
     sites = adapter_sites(model.backbone, model.family)
-    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_encoder_blocks(model, len(sites)))
+    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_decoder_from(model, len(sites)))
     handles = []
     for block, site in enumerate(sites):
         captured: dict[str, Tensor] = {}
@@ -145,7 +146,7 @@ def probe_lora(model: PHAModel) -> Iterator[ResidualProbe]:
     """Hooks on every LoRA site, summed per block (no blocks: a model without LoRA)."""
     blocks = backbone_blocks(model.backbone, model.family) if model.layout.kind == "lora" else []
     sites = [[(name, m) for name, m in block.named_modules() if isinstance(m, LoRALinear)] for block in blocks]
-    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_encoder_blocks(model, len(sites)))
+    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_decoder_from(model, len(sites)))
     handles = [
         handle
         for b, block_sites in enumerate(sites)
@@ -260,16 +261,16 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
         (
             "adapter_to_residual",
             thresholds.adapter_ratio,
-            "adapters drown the residual stream: their output is at "
-            "least {limit:.2f}× the residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration "
-            "(use 'width') and trainer.gradient_clip_val (1.0)",
+            "adapters drown the residual stream: their output is at least {limit:.2f}× the residual's norm "
+            "({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') and "
+            "trainer.gradient_clip_val (1.0)",
         ),
         (
             "lora_to_base",
             thresholds.lora_ratio,
-            "LoRA updates outweigh the frozen layers they adapt: their output is "
-            "at least {limit:.2f}× the frozen output's norm ({listed}); look at model.learning_rate, model.lora_alpha "
-            "and the best-validation checkpoint's step",
+            "LoRA updates outweigh the frozen layers they adapt: their output is at least {limit:.2f}× the "
+            "frozen output's norm ({listed}); look at model.learning_rate, model.lora_alpha and the "
+            "best-validation checkpoint's step",
         ),
     )
     for key, limit, message in ratio_checks:
