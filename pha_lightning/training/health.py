@@ -241,7 +241,6 @@ class HealthThresholds:
 
     collapse_share: float = 0.9
     adapter_ratio: float = 0.5
-    lora_ratio: float = 1.0
 
 
 def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> list[str]:
@@ -257,26 +256,14 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
             "examples; look at model.learning_rate, model.warmup_steps, model.hypernet_calibration "
             "(use 'width') and trainer.gradient_clip_val (1.0)"
         )
-    ratio_checks = (
-        (
-            "adapter_to_residual",
-            thresholds.adapter_ratio,
-            "adapters drown the residual stream: their output is at least {limit:.2f}× the residual's norm "
-            "({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') and "
-            "trainer.gradient_clip_val (1.0)",
-        ),
-        (
-            "lora_to_base",
-            thresholds.lora_ratio,
-            "LoRA updates outweigh the frozen layers they adapt: their output is at least {limit:.2f}× the "
-            "frozen output's norm ({listed}); look at model.learning_rate, model.lora_alpha and the "
-            "best-validation checkpoint's step",
-        ),
-    )
-    for key, limit, message in ratio_checks:
-        loud = [(b, r) for b, r in enumerate(report.get(key, [])) if r >= limit]
-        if loud:
-            warnings.append(message.format(limit=limit, listed=", ".join(f"block {b} {r:.2f}" for b, r in loud)))
+    loud = [(b, r) for b, r in enumerate(report.get("adapter_to_residual", [])) if r >= thresholds.adapter_ratio]
+    if loud:
+        listed = ", ".join(f"block {b} {r:.2f}" for b, r in loud)
+        warnings.append(
+            f"adapters drown the residual stream: their output is at least {thresholds.adapter_ratio:.2f}× the "
+            f"residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') "
+            "and trainer.gradient_clip_val (1.0)"
+        )
     return warnings
 
 

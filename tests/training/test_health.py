@@ -137,10 +137,6 @@ def test_warnings_name_the_value_and_the_settings() -> None:
     assert "sst2 97 %" in warnings[0] and "rte" not in warnings[0] and "hypernet_calibration" in warnings[0]
     assert "block 1 1.38" in warnings[1] and "gradient_clip_val" in warnings[1]
     assert health_warnings({"top_axis_share": {"sst2": 0.5}, "adapter_to_residual": [0.1]}, HealthThresholds()) == []
-    lora = health_warnings(
-        {"top_axis_share": {}, "adapter_to_residual": [], "lora_to_base": [0.9, 1.81]}, HealthThresholds()
-    )
-    assert len(lora) == 1 and "block 1 1.81" in lora[0] and "block 0" not in lora[0] and "lora_alpha" in lora[0]
 
 
 def test_fit_writes_health_json_and_logs_it(tmp_path, data: PHADataModule) -> None:
