@@ -364,6 +364,22 @@ def _number(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def method_styles(methods: list[str]) -> dict[str, dict[str, str]]:
+    """One distinct (colour, line, marker) per method: PHA's family solid with circles, baselines
+    dashed with squares, so eleven methods never share a look (the default colour cycle has ten)."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20"].colors
+    return {
+        method: {
+            "color": matplotlib.colors.to_hex(colours[(2 * i) % 20 + (2 * i) // 20 % 2]),
+            "linestyle": "-" if method.startswith("pha") else "--",
+            "marker": "o" if method.startswith("pha") else "s",
+        }
+        for i, method in enumerate(sorted(methods))
+    }
+
+
 def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -371,17 +387,29 @@ def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = summarise(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for method in sorted({m for m, _ in groups}):
+    methods = sorted({m for m, _ in groups})
+    styles = method_styles(methods)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, method in enumerate(methods):
         sizes = sorted(n for m, n in groups if m == method)
-        means = [statistics.mean(groups[(method, n)]["avg"]) for n in sizes]
-        stds = [
-            statistics.stdev(groups[(method, n)]["avg"]) if len(groups[(method, n)]["avg"]) > 1 else 0 for n in sizes
-        ]
-        ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=method)
+        scores = [groups[(method, n)]["avg"] for n in sizes]
+        stds = [statistics.stdev(s) if len(s) > 1 else 0 for s in scores]
+        dodge = 1 + 0.012 * (i - (len(methods) - 1) / 2)  # side by side: error bars at one size never overlap
+        seeds = "/".join(str(len(s)) for s in scores)
+        ax.errorbar(
+            [n * dodge for n in sizes],
+            [statistics.mean(s) for s in scores],
+            yerr=stds,
+            capsize=3,
+            label=f"{method} ({seeds} seed{'' if seeds == '1' else 's'})",
+            **styles[method],
+        )
+    all_sizes = sorted({n for _, n in groups})
     ax.set_xscale("log")
+    ax.set_xticks(all_sizes, [str(n) for n in all_sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training examples per task (n_train)")
-    ax.set_ylabel("average test score")
+    ax.set_ylabel("average test score (mean ± std over seeds)")
     ax.set_title("Sample efficiency")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # outside: never over the data

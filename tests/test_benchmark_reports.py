@@ -122,3 +122,12 @@ def test_phas_loss_variants_take_phas_rate_and_the_grid_script_does_not_tune_the
     (case,) = [line for line in script.splitlines() if line.strip().endswith('plain+=("$method") ;;')]
     untuned = {name.strip() for name in case.split(")")[0].split("|")} - {"*+*"}
     assert untuned == set(report.PHA_VARIANTS)
+
+
+def test_every_method_in_the_plot_gets_its_own_colour_and_phas_family_its_own_line() -> None:
+    module = _benchmark("sample_efficiency")
+    methods = sorted(module.METHOD_ARGS)[:20]  # the palette has 20 colours
+    styles = module.method_styles(methods)
+    assert len({style["color"] for style in styles.values()}) == len(methods)
+    assert {styles[m]["linestyle"] for m in methods if m.startswith("pha")} == {"-"}
+    assert {styles[m]["linestyle"] for m in methods if not m.startswith("pha")} == {"--"}
