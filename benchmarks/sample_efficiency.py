@@ -268,12 +268,12 @@ def write_table(rows: list[dict], path: Path) -> str:
 
 
 def references_for(method: str) -> tuple[str, ...]:
-    """The PHA variants a baseline is paired with: the one of the same output structure
-    (``pha+label_words`` for ``<method>+label_words``); shared LoRA with both generated LoRA and
-    PHA (the strongest baseline faces the paper's method too); else ``pha``."""
+    """The PHA variants a method is paired with: a ``<method>+label_words`` baseline with the PHA
+    of the same output structure (``pha+label_words``); PHA's own variants (ablations, PHA-LoRA)
+    with ``pha``; every other baseline with both generator outputs, ``pha`` and ``pha_lora``."""
     if "+" in method:
         return ("pha" + method[method.index("+") :],)
-    return ("pha_lora", "pha") if method == "lora" else ("pha",)
+    return ("pha",) if method.startswith("pha") else ("pha", "pha_lora")
 
 
 def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, str, list[int]]]:

@@ -57,6 +57,7 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
         ("pha", "pha_lora"),
         ("pha", "pha_no_ir"),
         ("pha+label_words", "adapter+label_words"),
+        ("pha_lora", "adapter"),
         ("pha_lora", "lora"),
     ]
     table = report.paired_differences(rows)
