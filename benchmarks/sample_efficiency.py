@@ -267,13 +267,18 @@ def write_table(rows: list[dict], path: Path) -> str:
     return text
 
 
+def is_pha_family(method: str) -> bool:
+    """PHA and its variants (ablations, PHA-LoRA), as opposed to the baselines they are compared with."""
+    return method.startswith("pha")
+
+
 def references_for(method: str) -> tuple[str, ...]:
     """The PHA variants a method is paired with: a ``<method>+label_words`` baseline with the PHA
     of the same output structure (``pha+label_words``); PHA's own variants (ablations, PHA-LoRA)
     with ``pha``; every other baseline with both generator outputs, ``pha`` and ``pha_lora``."""
     if "+" in method:
         return ("pha" + method[method.index("+") :],)
-    return ("pha",) if method.startswith("pha") else ("pha", "pha_lora")
+    return ("pha",) if is_pha_family(method) else ("pha", "pha_lora")
 
 
 def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, str, list[int]]]:
@@ -373,8 +378,8 @@ def method_styles(methods: list[str]) -> dict[str, dict[str, str]]:
     return {
         method: {
             "color": matplotlib.colors.to_hex(colours[(2 * i) % 20 + (2 * i) // 20 % 2]),
-            "linestyle": "-" if method.startswith("pha") else "--",
-            "marker": "o" if method.startswith("pha") else "s",
+            "linestyle": "-" if is_pha_family(method) else "--",
+            "marker": "o" if is_pha_family(method) else "s",
         }
         for i, method in enumerate(sorted(methods))
     }
