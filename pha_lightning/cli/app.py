@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
+from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
 from pha_lightning.training.callbacks import (
@@ -79,9 +80,20 @@ BATCH_COUNT_SETTINGS: tuple[str, ...] = (
 )
 
 
+def linked_specs(specs: object, tasks: list[str] | None) -> list[dict] | None:
+    """``model.portable_task_specs`` from ``data.task_specs``; a bad spec is left to :func:`check_run_settings`,
+    which reports it in one line (jsonargparse would wrap it in a usage dump)."""
+    try:
+        return portable_specs(specs, tasks)
+    except PHAError:
+        return None
+
+
 def check_run_settings(config: Namespace) -> None:
-    """Range checks of every numeric setting (model, data, trainer, seed) as soon as the
-    configuration is parsed, before a model or a trainer is built."""
+    """Range checks of every numeric setting (model, data, trainer, seed) and the task specs as
+    soon as the configuration is parsed, before a model or a trainer is built."""
+    if config.get("data"):
+        parse_specs(config.data.get("task_specs"))
     for prefix, ranges in (("model", MODEL_RANGES), ("data", DATA_RANGES)):
         section = config.get(prefix) or {}
         check_ranges(prefix, {key: valid for key, valid in ranges.items() if key in section}, section)
@@ -113,6 +125,8 @@ class PHACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tasks", "model.tasks")
+        # the model keeps each spec task's portable spec (no file paths): checkpoints serve it alone
+        parser.link_arguments(("data.task_specs", "data.tasks"), "model.portable_task_specs", compute_fn=linked_specs)
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("data.max_target_length", "model.generation_max_length")
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
@@ -205,9 +219,11 @@ class PHACLI(LightningCLI):
         if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
             return
         saved = self._read_saved(path)
-        skip = {"_instantiator", "_class_path", "tasks", "generation_max_length", "transfer"}  # link targets, internals
-        defaults = {f"model.{k}": v for k, v in saved["hyper_parameters"].items() if k not in skip}
+        skip = {"_instantiator", "_class_path", "tasks", "portable_task_specs", "generation_max_length", "transfer"}
+        defaults = {f"model.{k}": v for k, v in saved["hyper_parameters"].items() if k not in skip}  # not link targets
         defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in ("_instantiator", "backbone")})
+        if not saved["data"].get("task_specs") and saved["hyper_parameters"].get("portable_task_specs"):
+            defaults["data.task_specs"] = saved["hyper_parameters"]["portable_task_specs"]  # a bundle: no files
         for key, value in defaults.items():
             try:
                 parser.set_defaults({f"{argv[0]}.{key}": value})
@@ -221,7 +237,8 @@ class PHACLI(LightningCLI):
             return cached
         if is_bundle(path) or os.path.isdir(path):
             config = read_bundle_config(path)
-            saved = {"kind": "bundle", "hyper_parameters": config["config"], "data": config.get("data", {})}
+            hyper_parameters = {**config["config"], "portable_task_specs": config["config"].get("task_specs")}
+            saved = {"kind": "bundle", "hyper_parameters": hyper_parameters, "data": config.get("data", {})}
             saved["config"] = config
         else:
             checkpoint = read_checkpoint(path)
@@ -258,6 +275,7 @@ class PHACLI(LightningCLI):
             )
         asked = config.model.as_dict() if hasattr(config.model, "as_dict") else dict(config.model)
         asked["tasks"] = list(config.data.tasks)
+        asked["portable_task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks)
         check_compatible(saved["hyper_parameters"], asked, f"{saved['kind']} {ckpt_path!r}")
 
     def _prepare_checkpoint(self) -> None:
@@ -310,7 +328,11 @@ class PHACLI(LightningCLI):
 
 
 #: Commands beside LightningCLI's fit/validate/test/predict: name -> module whose ``main(argv)`` runs it.
-EXTRA_COMMANDS: dict[str, str] = {"retrieve": "pha_lightning.cli.retrieve", "export": "pha_lightning.cli.export"}
+EXTRA_COMMANDS: dict[str, str] = {
+    "retrieve": "pha_lightning.cli.retrieve",
+    "export": "pha_lightning.cli.export",
+    "tasks": "pha_lightning.cli.tasks",
+}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """``pha retrieve``: which source tasks does a new task resemble, according to a trained PHA model?
 
-    pha retrieve --ckpt_path model.ckpt --tasks cb copa --k 16 --data_dir ../shared/data --output_dir retrieval/
+    pha retrieve --ckpt_path model.ckpt --tasks cb copa --k 16 --data_dir <data dir> --output_dir retrieval/
+    pha retrieve --ckpt_path model.ckpt --tasks my_task --task_specs my_tasks.yaml --data_dir <data dir>
 
 Embeds ``k`` support examples of each new task with the checkpoint's retriever, scores their mean
 normalised vector against every prototype (cosine) and prints the ranked source tasks. With
@@ -28,14 +29,19 @@ from pha_lightning.training.transfer import format_rankings, prototype_scores, r
 from pha_lightning.validation import SEED, SIZE, Range, check_range, ensure_writable_dir
 
 
-def load_model(ckpt_path: str) -> PHAModel:
-    """A trained PHA model from its checkpoint or bundle (the frozen backbone is rebuilt from its name)."""
-    model = (
-        PHAModel.from_pretrained(ckpt_path) if is_bundle(ckpt_path) else load_system(read_checkpoint(ckpt_path)).model
-    )
+def load_model(ckpt_path: str) -> tuple[PHAModel, list[dict] | None]:
+    """A trained PHA model from its checkpoint or bundle (the frozen backbone is rebuilt from its
+    name), and the specs its spec tasks were read with (a bundle's have no files)."""
+    if is_bundle(ckpt_path):
+        model = PHAModel.from_pretrained(ckpt_path)
+        specs = model.config.task_specs
+    else:
+        checkpoint = read_checkpoint(ckpt_path)
+        model = load_system(checkpoint).model
+        specs = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task_specs")
     if model.retriever is None or model.prototypes is None:
         raise SystemExit(f"pha retrieve: {ckpt_path} has no retriever and prototypes (method {model.config.method!r})")
-    return model.eval()
+    return model.eval(), specs
 
 
 def embed_tasks(model: PHAModel, tasks: list[str], split: str, n: int | None, data_args: dict) -> tuple[Tensor, Tensor]:
@@ -96,7 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="pha retrieve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ckpt_path", required=True, help="a trained PHA checkpoint")
-    parser.add_argument("--tasks", nargs="+", required=True, help="the new tasks (registry names)")
+    parser.add_argument(
+        "--tasks", nargs="+", required=True, help="the new tasks (built-in, or declared in --task_specs)"
+    )
+    parser.add_argument(
+        "--task_specs", help="new tasks declared in configuration: a YAML file holding their specs (as data.task_specs)"
+    )
     parser.add_argument("--k", type=int, default=16, help="support examples per new task (from its train split)")
     parser.add_argument(
         "--sources", type=int, default=0, help="validation examples per source task to add to the picture"
@@ -122,15 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    model = load_model(args.ckpt_path)
+    model, source_specs = load_model(args.ckpt_path)
     data_args = {"max_source_length": args.max_source_length, "seed": args.seed}
     if args.data_dir:
         data_args["data_dir"] = args.data_dir
     sources = [t.name for t in model.task_objects]
     prototypes = model.prototypes.table().detach().float()
-    z, task_ids = embed_tasks(
-        model, args.tasks, "train", args.k, {**data_args, "train_from_validation": args.train_from_validation}
-    )
+    new_args = {**data_args, "train_from_validation": args.train_from_validation, "task_specs": args.task_specs}
+    z, task_ids = embed_tasks(model, args.tasks, "train", args.k, new_args)
     labels = [args.tasks[i] for i in task_ids.tolist()]
     rankings = {}
     for index, task in enumerate(args.tasks):
@@ -141,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.output_dir is None:
         return
     if args.sources:
-        source_z, source_ids = embed_tasks(model, sources, "validation", args.sources, data_args)
+        source_z, source_ids = embed_tasks(
+            model, sources, "validation", args.sources, {**data_args, "task_specs": source_specs}
+        )
         z = torch.cat([z, source_z])
         labels += [sources[i] for i in source_ids.tolist()]
     args.output_dir.mkdir(parents=True, exist_ok=True)

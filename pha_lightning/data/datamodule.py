@@ -31,7 +31,8 @@ from pha_lightning.data.examples import Collator
 from pha_lightning.data.glue import SOURCES, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
 from pha_lightning.data.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
-from pha_lightning.data.tasks import Task, available_tasks, get_task
+from pha_lightning.data.specs import parse_specs, resolve_tasks
+from pha_lightning.data.tasks import Task, available_tasks
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges
@@ -98,7 +99,7 @@ def check_targets(task: Task, values: Sequence[float], split: str) -> list[float
 
 
 def check_task_names(tasks: Sequence[str]) -> None:
-    """Reject an empty task list, duplicates and unknown names, listing the valid names."""
+    """Reject an empty task list and duplicates (unknown names: :func:`resolve_tasks`)."""
     if isinstance(tasks, str) or len(tasks) == 0:
         raise ConfigError(
             f"tasks must be a non-empty list of task names, got {tasks!r}; available: {available_tasks()}"
@@ -106,9 +107,6 @@ def check_task_names(tasks: Sequence[str]) -> None:
     duplicates = sorted({name for name in tasks if list(tasks).count(name) > 1})
     if duplicates:
         raise ConfigError(f"tasks {duplicates} are listed more than once in {list(tasks)}")
-    unknown = [name for name in tasks if name not in available_tasks()]
-    if unknown:
-        raise ConfigError(f"unknown tasks {unknown}; available tasks: {available_tasks()}")
 
 
 def check_source_length(backbone: str, max_source_length: int) -> None:
@@ -223,8 +221,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     """Loads, tokenises and batches a list of registered tasks for PHA training and evaluation.
 
     Args:
-        tasks: registry names (see :func:`pha_lightning.data.tasks.available_tasks`); their order
-            defines the task ids.
+        tasks: task names: built-in (``pha tasks`` lists them) or declared in ``task_specs``; their
+            order defines the task ids.
+        task_specs: tasks declared in configuration (a user's files or a hub dataset): a list of
+            specs, or the path of a YAML file holding the list (docs/data.md, "Your own tasks").
         backbone: backbone name; decides the tokenizer and the batch layout (linked from the
             model's backbone by the CLI).
         batch_size: examples per training batch on each device.
@@ -269,6 +269,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     def __init__(
         self,
         tasks: list[str],
+        task_specs: list[dict] | str | None = None,
         backbone: str = "pypi:all-MiniLM-L6-v2",
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -293,7 +294,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     ) -> None:
         super().__init__()
         check_task_names(tasks)
+        self.specs = parse_specs(task_specs)
         self.save_hyperparameters()
+        # checkpoints keep the specs themselves, not the path of the file that held them
+        self.hparams["task_specs"] = [spec.to_dict() for spec in self.specs] or None
         check_ranges("data", NUMERIC_RANGES, self.hparams)
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
@@ -307,7 +311,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         if source not in SOURCES:
             raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
         self.tasks = list(tasks)
-        self.task_objects: list[Task] = [get_task(name) for name in tasks]
+        self.task_objects: list[Task] = resolve_tasks(tasks, self.specs)
         self.backbone = backbone
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -375,7 +379,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         options = self.check_sources(missing)
         built: dict[str, list[Dataset]] = {split: [] for split in missing}
         for task_id, task in enumerate(self.task_objects):
-            records = self._load_records(task, missing, options)
+            records = self.load_task_records(task, missing, options)
             for split in missing:
                 built[split].append(self._build_dataset(task_id, split, records[split]))
         self.datasets.update(built)
@@ -395,7 +399,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             return list(splits)
         return sorted({"validation", *splits} - {"train"})
 
-    def _load_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
+    def load_task_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
         """``task.load_splits``, with train read from validation for ``train_from_validation`` tasks."""
         read = self._read_splits(task, splits)
         if read == list(splits):
@@ -485,6 +489,11 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             if os.path.exists(temporary):
                 os.remove(temporary)
         return Dataset.from_file(str(path))
+
+    def token_lengths(self, task: Task, records: list[dict]) -> list[int]:
+        """Input tokens of each record with this backbone's tokenizer (truncated at ``max_source_length``)."""
+        columns = self._text_columns(task, records)
+        return tokenize_columns(columns, self.tokenizer, self.max_source_length, self.max_target_length)["length"]
 
     def _text_columns(self, task: Task, records: list[dict]) -> dict[str, list]:
         """The strings to tokenise: (pair of) texts for encoders, source and target for seq2seq."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pha_lightning.data.tasks import Task, check_split, register_task
+from pha_lightning.data.tasks import Task, check_split
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.validation import undecodable_bytes
 
@@ -662,12 +662,13 @@ def resolve_source(source: str, data_dir: str | os.PathLike | None) -> tuple[Sou
 
 
 # --------------------------------------------------------------------------- hub access
-def load_hub_split(task: str, path: str, config: str, split: str) -> list[dict]:
+def load_hub_split(task: str, path: str, config: str | None, split: str, revision: str | None = None) -> list[dict]:
     """Rows of a hub dataset split, or a :class:`DataError` that says what to do instead."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(path, config, split=split)
+        pinned = {"revision": revision} if revision else {}
+        dataset = datasets.load_dataset(path, config, split=split, **pinned)
     except Exception as err:  # noqa: BLE001 - any failure inside datasets is reported as a data problem
         offline = any(
             os.environ.get(var, "").lower() in ("1", "true", "yes", "on")
@@ -941,9 +942,6 @@ SUPERGLUE_TASKS: tuple[str, ...] = tuple(spec.name for spec in superglue_specs()
 PAPER_GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 
 
-def build_benchmark_tasks() -> list[BenchmarkTask]:
+def builtin_tasks() -> list[BenchmarkTask]:
+    """Every GLUE and SuperGLUE task (the task catalogue of :mod:`pha_lightning.data.tasks` asks for them)."""
     return [TASK_CLASSES.get(spec.name, BenchmarkTask)(spec) for spec in (*glue_specs(), *superglue_specs())]
-
-
-for _task in build_benchmark_tasks():
-    register_task(_task)

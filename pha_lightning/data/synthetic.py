@@ -18,7 +18,7 @@ import random
 import zlib
 from collections.abc import Callable, Mapping
 
-from pha_lightning.data.tasks import SPLITS, Task, check_split, register_task
+from pha_lightning.data.tasks import SPLITS, Task, check_split
 from pha_lightning.errors import ConfigError
 
 DEFAULT_SEED = 1234
@@ -179,10 +179,6 @@ def build_synthetic_suite(
     ]
 
 
-for _task in build_synthetic_suite():
-    register_task(_task)
-
-
 def heldout_copy(task: SyntheticTask, seed: int = DEFAULT_SEED + 1) -> SyntheticTask:
     """A new task with ``task``'s template and rule but its own name and seed: a transfer target
     whose most related source task is known."""
@@ -201,6 +197,8 @@ def heldout_copy(task: SyntheticTask, seed: int = DEFAULT_SEED + 1) -> Synthetic
 #: Transfer targets of the offline suite (see :func:`heldout_copy`).
 HELDOUT_TASKS: tuple[str, ...] = ("synth_polarity_heldout", "synth_category_heldout")
 
-for _task in build_synthetic_suite():
-    if f"{_task.name}_heldout" in HELDOUT_TASKS:
-        register_task(heldout_copy(_task))
+
+def builtin_tasks() -> list[SyntheticTask]:
+    """The synthetic suite and its transfer targets (the task catalogue of :mod:`pha_lightning.data.tasks` asks for them)."""
+    suite = build_synthetic_suite()
+    return [*suite, *(heldout_copy(task) for task in suite if f"{task.name}_heldout" in HELDOUT_TASKS)]

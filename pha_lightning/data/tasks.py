@@ -18,7 +18,7 @@ from pha_lightning.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
-#: Modules whose import registers built-in tasks. They are imported lazily on the first registry
+#: Modules whose ``builtin_tasks()`` give the built-in tasks. They are imported on the first
 #: lookup, because they import this module themselves (a top-level import would be circular).
 BUILTIN_TASK_MODULES: tuple[str, ...] = ("pha_lightning.data.synthetic", "pha_lightning.data.glue")
 
@@ -73,6 +73,12 @@ class Task(ABC):
     @property
     def is_regression(self) -> bool:
         return self.label_names == ()
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes as predictions name them; the text-to-text targets (``label_names``) unless a
+        task declares other target words (a spec's ``label_words``)."""
+        return self.label_names
 
     @property
     def num_labels(self) -> int:
@@ -164,18 +170,32 @@ class Task(ABC):
 
 
 _REGISTRY: dict[str, Task] = {}
+_BUILTIN: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> None:
-    """Make ``task`` available under ``task.name``; a name can be registered only once."""
+    """Make a Python-defined ``task`` available under ``task.name`` (tasks without code are
+    declared in configuration instead: :mod:`pha_lightning.data.specs`); a name is taken once."""
+    _load_builtin_tasks()
     if task.name in _REGISTRY and _REGISTRY[task.name] is not task:
         raise ConfigError(f"a task named {task.name!r} is already registered: {_REGISTRY[task.name]!r}")
     _REGISTRY[task.name] = task
 
 
 def _load_builtin_tasks() -> None:
+    """Fill the catalogue with the built-in tasks, once; importing a module registers nothing."""
+    if _BUILTIN:
+        return
     for module in BUILTIN_TASK_MODULES:
-        importlib.import_module(module)
+        for task in importlib.import_module(module).builtin_tasks():
+            _BUILTIN[task.name] = task
+    _REGISTRY.update(_BUILTIN)
+
+
+def builtin_task_names() -> list[str]:
+    """Sorted names of the tasks that ship with the package."""
+    _load_builtin_tasks()
+    return sorted(_BUILTIN)
 
 
 def available_tasks() -> list[str]:

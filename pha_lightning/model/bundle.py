@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import pha_lightning
-from pha_lightning.data.tasks import Task, get_task
+from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.hub import (
     PACKAGED_BACKBONES,
@@ -77,9 +77,13 @@ def _sha256(path: Path) -> str:
 
 
 def task_spec(task: Task) -> dict[str, Any]:
+    """What a bundle reader sees of a task without building the model (the model itself reads
+    ``config.task_specs``)."""
     return {
         "name": task.name,
         "label_names": list(task.label_names),
+        "class_names": list(task.class_names),
+        "inputs": list(task.source_fields),
         "is_regression": task.is_regression,
         "metrics": list(task.metric_names),
         "target_range": list(task.target_range) if task.target_range else None,
@@ -109,6 +113,7 @@ def backbone_record(name: str, init: str) -> dict[str, Any]:
 def write_bundle(
     output_dir: str | os.PathLike,
     config: Mapping[str, Any],
+    tasks: Sequence[Task],
     state: Mapping[str, Tensor],
     *,
     data: Mapping[str, Any] | None = None,
@@ -116,7 +121,9 @@ def write_bundle(
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict) and its weights, atomically."""
+    """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
+    and its weights, atomically. ``data`` keeps the input settings, not where the data was
+    (spec tasks travel in ``config.task_specs``, without their files)."""
     output_dir = Path(output_dir).expanduser().absolute()
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
@@ -146,9 +153,9 @@ def write_bundle(
             "transformers_version": importlib.metadata.version("transformers"),
             "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
             "method": config["method"],
-            "tasks": [task_spec(get_task(name)) for name in config["tasks"]],
+            "tasks": [task_spec(task) for task in tasks],
             "config": dict(config),
-            "data": {k: v for k, v in (data or {}).items() if not k.startswith("_")},
+            "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
             "num_parameters": sum(v.numel() for v in weights.values()),
             "files": files,
             **(extra or {}),

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from pha_lightning.data.specs import parse_spec
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.hypernetwork import CALIBRATIONS, Calibration
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets
@@ -102,13 +103,16 @@ def check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
 class PHAConfig:
     """What a PHA model is made of (see docs/method.md, "The parts", for every value).
 
-    ``tasks`` fixes the task ids (their order); ``retriever`` says whether PHA builds its
+    ``tasks`` fixes the task ids (their order); ``task_specs`` holds the portable spec of every
+    task declared in configuration (:meth:`~pha_lightning.data.specs.TaskSpec.portable`: fields,
+    labels, template, metrics; no file paths), so a saved model needs no spec file; ``retriever`` says whether PHA builds its
     retriever (the training system turns it off when neither contrastive loss is trained). The
     other fields are the ``model.*`` settings of the same names (``pha fit --help``).
     """
 
     backbone: str = "pypi:all-MiniLM-L6-v2"
     tasks: list[str] = field(default_factory=list)
+    task_specs: list[dict[str, Any]] | None = None
     method: Method = "pha"
     backbone_init: Literal["pretrained", "random"] = "pretrained"
     adapter_dim: int = 64
@@ -141,6 +145,7 @@ class PHAConfig:
         if not self.tasks:
             raise ConfigError("a PHA model needs at least one task (model.tasks, linked from data.tasks)")
         self.tasks = list(self.tasks)
+        self.task_specs = [parse_spec(spec).portable() for spec in self.task_specs or ()] or None
         for name, valid in CHOICES.items():
             check_choice(name, getattr(self, name), valid)
         check_ranges("model", NUMERIC_RANGES, {name: getattr(self, name) for name in NUMERIC_RANGES})

@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
 from pha_lightning.data.examples import Collator, encode_examples, predict_loader
-from pha_lightning.data.tasks import INVALID, Task, get_task
+from pha_lightning.data.specs import resolve_tasks
+from pha_lightning.data.tasks import INVALID, Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import backbone_family, load_tokenizer
 from pha_lightning.model import bundle
@@ -66,7 +67,7 @@ class PHAModel(nn.Module):
     def __init__(self, config: PHAConfig) -> None:
         super().__init__()
         self.config = config
-        self.task_objects: list[Task] = [get_task(name) for name in config.tasks]
+        self.task_objects: list[Task] = resolve_tasks(config.tasks, config.task_specs or ())
         #: how many leading tasks were added to a trained model (:meth:`add_tasks`)
         self.num_added_tasks = 0
         self.family = backbone_family(config.backbone)
@@ -193,8 +194,9 @@ class PHAModel(nn.Module):
             self.hypernetwork.set_calibration(self.config.hypernet_calibration)
 
     # ------------------------------------------------------------------ new tasks (few-shot transfer)
-    def add_tasks(self, names: list[str]) -> None:
-        """Put new tasks in front of the trained ones (ids ``0..n-1``; the trained tasks follow).
+    def add_tasks(self, names: list[str], specs: list[dict[str, Any]] | None = None) -> None:
+        """Put new tasks in front of the trained ones (ids ``0..n-1``; the trained tasks follow);
+        ``specs`` declares those that are spec tasks (their portable specs).
 
         Their prototype rows live in ``prototypes.added`` (N(0, σ²)) and, on encoder backbones,
         they get fresh heads; everything else is shared with the trained tasks.
@@ -207,12 +209,14 @@ class PHAModel(nn.Module):
         overlap = sorted(set(names) & set(self.config.tasks))
         if overlap:
             raise ConfigError(f"tasks {overlap} are already tasks of this model; new tasks must be new")
-        new = [get_task(name) for name in names]
+        new_specs = [spec for spec in specs or () if spec["name"] in names]
+        new = resolve_tasks(names, new_specs)
         self.prototypes.add_rows(len(new), self.config.prototype_init_std)
         if self.heads is not None:
             self.heads.prepend(self.d_model, new, self.config.head_dropout)
         self.task_objects = [*new, *self.task_objects]
         self.config.tasks = [*names, *self.config.tasks]
+        self.config.task_specs = [*new_specs, *(self.config.task_specs or ())] or None
         self.num_added_tasks = len(new)
 
     def copy_head(self, target: int, source: int) -> bool:
@@ -545,6 +549,7 @@ class PHAModel(nn.Module):
         return bundle.write_bundle(
             output_dir,
             self.config.to_dict(),
+            self.task_objects,
             self.state_to_save(),
             data=data,
             precomputed=precomputed,
@@ -608,4 +613,4 @@ def label_of(task: Task, value: float) -> tuple[int | float | None, str | None]:
         return None, None
     if task.is_regression:
         return value, f"{value:.3f}"
-    return int(value), task.label_names[int(value)]
+    return int(value), task.class_names[int(value)]

@@ -64,6 +64,22 @@ def _same_backbone(saved: str, asked: str, source: str) -> None:
     rank_zero_warn(f"{source} was trained on backbone {saved!r}; using {asked!r} instead as the configuration asks")
 
 
+def _same_task_specs(saved: list | None, asked: list | None, source: str) -> None:
+    """A spec task must keep its inputs, labels and template: the weights were trained on them."""
+    if asked is None:
+        return
+    before = {spec["name"]: spec for spec in saved or ()}
+    for spec in asked:
+        old = before.get(spec["name"])
+        if old is None or old == spec:
+            continue
+        key = sorted(k for k in old.keys() | spec.keys() if old.get(k) != spec.get(k))[0]
+        raise ConfigError(
+            f"{source} was trained on task {spec['name']!r} with {key}={old.get(key)!r}, but its spec in "
+            f"data.task_specs now says {key}={spec.get(key)!r}; a trained task keeps its spec"
+        )
+
+
 def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source: str) -> None:
     """Raise :class:`ConfigError` if a checkpoint's hyperparameters ``saved`` cannot serve ``asked``.
 
@@ -78,6 +94,7 @@ def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source:
             f"{source} was trained on tasks {list(saved['tasks'])}, but the configuration asks for "
             f"{list(asked['tasks'])} (data.tasks); the task order fixes the task ids, so they must match exactly"
         )
+    _same_task_specs(saved.get("portable_task_specs"), asked.get("portable_task_specs"), source)
     if asked.get("backbone") is not None:
         _same_backbone(saved["backbone"], asked["backbone"], source)
     keys = ("method",) if (saved.get("transfer") or asked.get("transfer")) else STRUCTURE_KEYS

