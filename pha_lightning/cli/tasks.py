@@ -19,7 +19,7 @@ from statistics import mean
 
 from pha_lightning.cli.app import PHACLI, check_run_settings
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.specs import SpecTask
+from pha_lightning.data.specs import FILE_SPLITS, SpecTask
 from pha_lightning.data.tasks import SPLITS, Task, available_tasks, get_task
 from pha_lightning.training.system import PHAModule
 
@@ -42,7 +42,7 @@ def source_of(task: Task, data: PHADataModule) -> str:
         spec = task.spec
         if spec.hub is not None:
             return f"spec, hub {spec.hub.path}" + (f" ({spec.hub.name})" if spec.hub.name else "")
-        files = ", ".join(f"{split}={path}" for split, path in (spec.files or {}).items())
+        files = ", ".join(f"{split}={spec.files[split]}" for split in FILE_SPLITS if split in (spec.files or {}))
         return f"spec, files {files} under {task.base_dir(data.data_dir)}"
     if task.reads_external_data:
         source = data.source_options()
