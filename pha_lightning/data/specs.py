@@ -44,6 +44,9 @@ QUOTING: dict[str, int] = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 FILE_SPLITS: tuple[str, ...] = (*SPLITS, "all")
 #: Spec keys that say where the rows are; a model keeps the others (:meth:`TaskSpec.portable`).
 SOURCE_KEYS: tuple[str, ...] = ("files", "hub", "format", "encoding", "quoting", "split")
+#: The metrics a spec may ask for (MultiRC's grouped ``f1a``/``em`` need code), by label space.
+CLASS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "matthews")
+SCORE_METRICS: tuple[str, ...] = ("pearson", "spearman")
 #: Share of the rows carved into each missing split by default.
 DEFAULT_CARVE: float = 0.1
 
@@ -176,7 +179,14 @@ def parse_spec(raw: Any) -> TaskSpec:
         if labels is None:
             raise _fail(name, "label_words need labels (a regression task's targets are its rounded scores)")
         label_words = _strings(name, "label_words", raw["label_words"], (len(labels), len(labels)))
-    metrics = _strings(name, "metrics", raw["metrics"]) if raw.get("metrics") is not None else None
+    metrics = None
+    if raw.get("metrics") is not None:
+        metrics = _strings(name, "metrics", raw["metrics"])
+        valid = SCORE_METRICS if regression else CLASS_METRICS
+        wrong = [metric for metric in metrics if metric not in valid]
+        if wrong:
+            kind = "a score" if regression else "classes"
+            raise _fail(name, f"unknown metrics {wrong} for {kind}; valid: {list(valid)}")
     spec = TaskSpec(
         name=name,
         inputs=inputs,

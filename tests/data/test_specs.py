@@ -176,7 +176,9 @@ def test_the_data_module_carves_the_same_on_every_rank(tmp_path: Path) -> None:
         module.setup()
     for split in SPLITS:
         first, second = (module.datasets[split][0] for module in modules)
-        assert first["input_ids"] == second["input_ids"] and len(first) == {"train": 32, "validation": 4, "test": 4}[split]
+        assert (
+            first["input_ids"] == second["input_ids"] and len(first) == {"train": 32, "validation": 4, "test": 4}[split]
+        )
 
 
 # ------------------------------------------------------------------ hub
@@ -289,6 +291,11 @@ def test_specs_from_a_yaml_file_equal_inline_specs(tmp_path: Path) -> None:
         (spec(hub="a/b"), r"give files or hub, not both"),
         (spec(files=None, hub={"path": "a/b", "splits": {"test": "test"}}), r"hub.splits needs train"),
         (spec(regression=[5, 0], labels=None), r"regression must be \[low, high\] with low < high"),
+        (
+            spec(metrics=["accuracy", "bleu"]),
+            r"unknown metrics \['bleu'\] for classes; valid: \['accuracy', 'f1', 'macro_f1'",
+        ),
+        (spec(metrics=["accuracy"], regression=[0, 1], labels=None), r"unknown metrics \['accuracy'\] for a score"),
     ],
 )
 def test_a_bad_spec_is_one_error_naming_the_key(raw: dict, message: str) -> None:
