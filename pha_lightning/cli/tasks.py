@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command_line, sys.argv = sys.argv, ["pha tasks", *argv]  # LightningCLI reads its arguments from sys.argv
     try:
-        cli = TasksCLI(PHAModule, PHADataModule, run=False, seed_everything_default=42)
+        cli = TasksCLI(PHAModule, PHADataModule, run=False, seed_everything_default=False)
     finally:
         sys.argv = command_line
     check_run_settings(cli.config)
