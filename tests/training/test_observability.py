@@ -20,10 +20,28 @@ from pha_lightning.training.system import PHAModule
 pytestmark = pytest.mark.slow  # trains with the callbacks
 
 
-def test_retriever_task_accuracy_is_the_nearest_prototype_hit_rate(tmp_path_factory: pytest.TempPathFactory) -> None:
-    model = PHAModule.load_from_checkpoint(trained_checkpoint(tmp_path_factory), map_location="cpu", weights_only=True)
+class CountingAccuracy(RetrieverTaskAccuracy):
+    """Also counts the examples whose ``z`` the listener saw."""
+
+    seen = 0
+
+    def on_retrieval(self, pl_module, z, task_ids) -> None:  # noqa: ANN001
+        super().on_retrieval(pl_module, z, task_ids)
+        CountingAccuracy.seen += len(task_ids)
+
+
+@pytest.mark.parametrize("chunk_cost_tokens", [None, 0])
+def test_retriever_task_accuracy_is_the_nearest_prototype_hit_rate(
+    tmp_path_factory: pytest.TempPathFactory, chunk_cost_tokens: int | None
+) -> None:
+    """Over every validation example, also when the forward runs each batch in length-sorted chunks
+    (the retriever is then called once per chunk)."""
+    model = PHAModule.load_from_checkpoint(
+        trained_checkpoint(tmp_path_factory), map_location="cpu", weights_only=True, chunk_cost_tokens=chunk_cost_tokens
+    )
     data = PHADataModule(tasks=TASKS, eval_batch_size=32, max_source_length=MAX_SOURCE_LENGTH)
-    trainer = quiet_trainer(limit_val_batches=2, callbacks=[RetrieverTaskAccuracy()])
+    CountingAccuracy.seen = 0
+    trainer = quiet_trainer(limit_val_batches=2, callbacks=[CountingAccuracy()])
     trainer.validate(model, datamodule=data, verbose=False)
     logged = float(trainer.callback_metrics["retriever/val_task_accuracy"])
     correct = total = 0
@@ -37,8 +55,9 @@ def test_retriever_task_accuracy_is_the_nearest_prototype_hit_rate(tmp_path_fact
                 nearest = (F.normalize(z, dim=-1) @ model.model.prototypes.normalized().T).argmax(-1)
                 correct += int((nearest == batch["task_ids"]).sum())
                 total += len(nearest)
+    assert CountingAccuracy.seen == total
     assert logged == pytest.approx(100 * correct / total, abs=1e-4)
-    assert not model.model.retriever._forward_hooks  # the callback listens during validation only
+    assert not model.model.retriever._forward_hooks and not model.model._forward_hooks  # only during validation
 
 
 def test_retrieval_projector_writes_each_tasks_vectors_and_the_prototypes(
