@@ -47,6 +47,8 @@ SOURCE_KEYS: tuple[str, ...] = ("files", "hub", "format", "encoding", "quoting",
 #: The metrics a spec may ask for (MultiRC's grouped ``f1a``/``em`` need code), by label space.
 CLASS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "matthews")
 SCORE_METRICS: tuple[str, ...] = ("pearson", "spearman")
+#: A hub dataset's split names by default.
+DEFAULT_HUB_SPLITS: dict[str, str] = {split: split for split in SPLITS}
 #: Share of the rows carved into each missing split by default.
 DEFAULT_CARVE: float = 0.1
 
@@ -82,9 +84,7 @@ class HubSource:
     path: str
     name: str | None = None
     revision: str | None = None
-    splits: Mapping[str, str] = field(
-        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
-    )
+    splits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HUB_SPLITS))
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def _hub(name: str, hub: Any) -> HubSource | None:
     if not isinstance(hub, Mapping) or not isinstance(hub.get("path"), str):
         raise _fail(name, f"hub must be {{path, name, revision, splits}} with a path, got {hub!r}")
     _check_keys(name, "hub", hub, [f.name for f in fields(HubSource)])
-    splits = hub.get("splits", HubSource.__dataclass_fields__["splits"].default_factory())
+    splits = hub.get("splits", DEFAULT_HUB_SPLITS)
     if not isinstance(splits, Mapping) or not splits or not all(isinstance(v, str) for v in splits.values()):
         raise _fail(name, f"hub.splits must map {list(SPLITS)} to the dataset's split names, got {splits!r}")
     _check_keys(name, "hub.splits", splits, SPLITS)
