@@ -31,9 +31,13 @@ class TasksCLI(PHACLI):
         """Nothing is built here: the data module is built from ``config.data`` by :func:`main`."""
 
 
-def describe_builtin(task: Task) -> str:
+def describe_listed(task: Task) -> str:
+    """One line of ``pha tasks``: inputs, label space, metrics."""
     words = getattr(task, "label_words", None) or task.class_names  # GLUE's targets are "0"/"1": show the names
-    labels = "score " + "–".join(f"{v:g}" for v in task.target_range) if task.is_regression else "/".join(words)
+    if task.is_regression:
+        labels = "score " + "–".join(f"{v:g}" for v in task.target_range) if task.target_range else "score"
+    else:
+        labels = "/".join(words)
     return f"{task.name:<24} {', '.join(task.source_fields):<36} {labels:<40} {', '.join(task.metric_names)}"
 
 
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[2:] if argv is None else argv)
     if not argv:
         print(f"{'task':<24} {'inputs':<36} {'labels':<40} metrics")
-        print("\n".join(describe_builtin(get_task(name)) for name in available_tasks()))
+        print("\n".join(describe_listed(get_task(name)) for name in available_tasks()))
         print(
             "\ntasks of your own: data.task_specs (docs/data.md, 'Your own tasks'); pha tasks --config <config> checks them"
         )
