@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from pha_lightning.errors import OutputError
+from safetensors import SafetensorError
+
+from pha_lightning.errors import OutputError, PHAError
 
 
 def public_mode(mode: int = 0o666) -> int:
@@ -23,11 +26,34 @@ def public_mode(mode: int = 0o666) -> int:
 
 @contextmanager
 def reported_write(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Turn an ``OSError`` raised while writing ``what`` at ``path`` into one OutputError line."""
+    """Turn an ``OSError`` raised while writing ``what`` at ``path`` into one OutputError line, also
+    when a library reports it as another error raised while handling it (torch's zip writer, datasets)."""
     try:
         yield
-    except OSError as err:
-        raise OutputError(f"cannot write {what} {str(path)!r}: {err.strerror or err}") from None
+    except SafetensorError as err:  # safetensors reports a full disk as its own error
+        raise OutputError(f"cannot write {what} {str(path)!r}: {_io_reason(err)}") from None
+    except Exception as err:
+        cause = os_error_behind(err)
+        if cause is None:
+            raise
+        raise OutputError(f"cannot write {what} {str(path)!r}: {cause.strerror or cause}") from None
+
+
+def os_error_behind(err: BaseException) -> OSError | None:
+    """``err`` itself or the exception it was raised while handling, if that is an ``OSError``
+    (not a PHAError: it has been reported already)."""
+    chain: BaseException | None = err
+    while chain is not None and not isinstance(chain, PHAError):
+        if isinstance(chain, OSError):
+            return chain
+        chain = chain.__context__
+    return None
+
+
+def _io_reason(err: SafetensorError) -> str:
+    """The operating system's words for the error number inside a SafetensorError (``… (os error 28)``)."""
+    found = re.search(r"os error (\d+)|code: (\d+)", str(err))
+    return os.strerror(int(found.group(1) or found.group(2))) if found else str(err)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], what: str) -> Path:

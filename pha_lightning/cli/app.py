@@ -21,16 +21,16 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.files import atomic_write_text
+from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
 from pha_lightning.training.callbacks import (
     FinalValidation,
@@ -132,6 +132,15 @@ def check_config_file(path: str) -> None:
             f"config file {path!r}: its top level is a {type(loaded).__name__}, not a mapping; a config file maps "
             "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
         )
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+        with reported_write(log_dir, "the run's config.yaml under"):
+            super().setup(trainer, pl_module, stage)
 
 
 class PHACLI(LightningCLI):
@@ -396,6 +405,7 @@ def _run_cli(args: list[str] | None) -> None:
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
             ],
         },
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         parser_class=PHAArgumentParser,
         parser_kwargs={

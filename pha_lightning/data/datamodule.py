@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -504,23 +505,21 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             return cached
         with reported_write(directory, "the tokenised-data cache (data.cache_dir)"):
             directory.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}-", suffix=".arrow.tmp")
-            os.close(handle)
+            building = tempfile.mkdtemp(dir=directory, prefix=f".{path.stem}-")  # datasets' temporaries too
             try:
                 dataset.map(
                     tokenize_columns,
                     batched=True,
                     remove_columns=text_columns,
                     fn_kwargs=fn_kwargs,
-                    cache_file_name=temporary,
+                    cache_file_name=os.path.join(building, path.name),
                     load_from_cache_file=False,
                     new_fingerprint=key[:32],
                     desc=f"Tokenising {task.name} ({split})",
                 )
-                os.replace(temporary, path)  # atomic: concurrent runs (DDP ranks) never see half a file
+                os.replace(os.path.join(building, path.name), path)  # atomic: concurrent runs never see half a file
             finally:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
+                shutil.rmtree(building, ignore_errors=True)
         atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
         return Dataset.from_file(str(path))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from torch import Tensor
 
 import pha_lightning
 from pha_lightning.data.tasks import Task, get_task
-from pha_lightning.errors import ConfigError, OutputError, PHAError
+from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import public_mode, reported_write, sha256_of
 from pha_lightning.hub import (
     PACKAGED_BACKBONES,
@@ -127,17 +126,9 @@ def write_bundle(
             _write_files(tmp, config, state, data, precomputed, extra)
             _public_permissions(tmp)
             _replace_dir(tmp, output_dir, parent)
-        except SafetensorError as err:  # safetensors reports a full disk as its own error
-            raise OutputError(f"cannot write bundle {str(output_dir)!r}: {_io_reason(err)}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
     return output_dir
-
-
-def _io_reason(err: SafetensorError) -> str:
-    """The operating system's words inside a SafetensorError (``… message: "No space left on device" …``)."""
-    found = re.search(r'message: "([^"]+)"', str(err))
-    return found.group(1) if found else str(err)
 
 
 def _write_files(

@@ -109,14 +109,15 @@ def checkpoint_files(root: str | os.PathLike) -> list[Path]:
 
 
 def checkpoint_step(path: Path) -> int | None:
-    """The global step a checkpoint was saved at (memory-mapped: its tensors are not read), or
-    ``None`` with a warning when it cannot be read (cut short, or not a checkpoint)."""
-    try:
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-    except Exception as err:  # any damage: this file is not a candidate, the others still are
-        rank_zero_warn(f"ckpt_path=last: skipping {path}, which cannot be read as a checkpoint ({type(err).__name__})")
-        return None
-    return int(step)
+    """The global step a checkpoint was saved at, or ``None`` when it cannot be read (cut short, or
+    not a checkpoint). Memory-mapped, so its tensors are not read; a legacy (pre-zip) file cannot
+    be mapped and is read whole."""
+    for mmap in (True, False):
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)["global_step"])
+        except Exception:  # any damage: this file is not a candidate, the others still are
+            continue
+    return None
 
 
 def resolve_last_checkpoint(root: str | os.PathLike, dirpath: str | os.PathLike | None = None) -> str | None:
@@ -126,11 +127,18 @@ def resolve_last_checkpoint(root: str | os.PathLike, dirpath: str | os.PathLike 
     (``trainer.default_root_dir``: the logger's ``version_*`` folders, SLURM's ``hpc_ckpt_*.ckpt``).
     Every complete checkpoint takes part, not only ``last.ckpt``: a run killed after writing a step
     checkpoint but before rewriting ``last.ckpt`` resumes from that step. The highest global step
-    wins; among equal steps, the most recently written file.
+    wins; among equal steps, the most recently written file. Unreadable files are skipped with a
+    warning; when every one is unreadable, reading the newest reports what is wrong with it.
     """
     candidates = set(checkpoint_files(dirpath) if dirpath else []) | set(checkpoint_files(root))
+    if not candidates:
+        return None
     steps = {path: checkpoint_step(path) for path in candidates}
     readable = [path for path, step in steps.items() if step is not None]
     if not readable:
-        return None
+        newest = str(max(candidates, key=lambda p: p.stat().st_mtime_ns))
+        read_checkpoint(newest)  # reports what is wrong with it
+        raise ConfigError(f"checkpoint {newest!r} records no global step: it is no pha fit checkpoint to resume")
+    for path in sorted(set(candidates) - set(readable)):
+        rank_zero_warn(f"ckpt_path=last: skipping {path}, which cannot be read as a checkpoint (cut short?)")
     return str(max(readable, key=lambda p: (steps[p], p.stat().st_mtime_ns)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,24 @@ class RunLogger(TensorBoardLogger):
         if version is None and rank_zero_only.rank == 0:
             version = claim_version(Path(save_dir) / (name or ""))
         super().__init__(save_dir, name=name, version=version, **kwargs)
+
+    def _writing(self) -> AbstractContextManager[None]:
+        return reported_write(self.log_dir, "the run's TensorBoard logs under")
+
+    @property
+    def experiment(self) -> Any:
+        """The SummaryWriter; it opens its event file when made, so a full disk shows here first."""
+        with self._writing():
+            return super().experiment
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        with self._writing():
+            super().log_metrics(metrics, step)
+
+    def save(self) -> None:
+        with self._writing():
+            super().save()
+
+    def finalize(self, status: str) -> None:
+        with self._writing():
+            super().finalize(status)
