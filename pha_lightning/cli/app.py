@@ -411,7 +411,7 @@ def _run_cli(args: list[str] | None) -> None:
         parser_kwargs={
             "prog": "pha",  # also when run as python -m, or in-process
             "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
-            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}."
+            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}.",
         },
     )
 
