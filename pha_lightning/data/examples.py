@@ -149,10 +149,10 @@ def encode_examples(
                 raise DataError(
                     f"{where}: {len(fields)} text fields {[k for k, _ in fields]}; an encoder takes one text or a pair"
                 )
-        source, pair = cap_chars(texts, max_source_length)
+        text, pair = cap_chars(texts, max_source_length)
         features = dict(
             tokenizer(
-                source,
+                text,
                 pair,
                 truncation=True,
                 max_length=max_source_length,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from production_fixtures import PHA, pha_env, pha_error, tiny_fit_args, trained_checkpoint
+from production_fixtures import PHA, pha_env_with_tests, pha_error, tiny_fit_args, trained_checkpoint
 from safetensors import SafetensorError
 
 from pha_lightning.data import datamodule as datamodule_module
@@ -35,7 +35,6 @@ from pha_lightning.training.outputs import claim_version
 pytestmark = pytest.mark.slow  # kills, fills disks and runs the pha command
 
 FULL = os.strerror(errno.ENOSPC)  # "No space left on device"
-TESTS = Path(__file__).parents[1]
 #: step checkpoints every 2 steps, all kept, no monitored metric (none is logged before step 50)
 KILL_ARGS = [
     *tiny_fit_args(n_train=6, eval_batch_size=8, max_steps=6, val_check_interval=50),
@@ -45,18 +44,11 @@ KILL_ARGS = [
 ]
 
 
-def _env() -> dict[str, str]:
-    """The pha environment with the tests folder importable (the kill callbacks), ahead of what is set."""
-    env = pha_env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    return env
-
-
 def _fit(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PHA, "fit", *args, f"--trainer.default_root_dir={root}"],
         cwd=root.parent,
-        env=_env(),
+        env=pha_env_with_tests(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -155,7 +147,9 @@ io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(4)}}, path
 
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
-    child = subprocess.run([sys.executable, "-c", CHILD_KILLED_MID_WRITE, str(path)], env=_env(), capture_output=True)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_KILLED_MID_WRITE, str(path)], env=pha_env_with_tests(), capture_output=True
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert _step(path) == 1  # the complete checkpoint, untouched
     (partial,) = [p for p in path.parent.iterdir() if p != path]
@@ -236,7 +230,7 @@ def test_two_runs_started_at_once_in_one_folder_get_their_own_version(tmp_path: 
         subprocess.Popen(
             [PHA, "fit", *args, f"--seed_everything={seed}", f"--trainer.default_root_dir={root}"],
             cwd=tmp_path,
-            env=_env(),
+            env=pha_env_with_tests(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
