@@ -17,3 +17,7 @@ class ConfigError(PHAError, ValueError):
 
 class DataError(PHAError, RuntimeError):
     """Data cannot be loaded: a missing file, a malformed row, an unreachable hub."""
+
+
+class OutputError(PHAError):
+    """An output cannot be written (a full disk, a read-only or vanished directory); names the path."""

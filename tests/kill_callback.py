@@ -1,10 +1,11 @@
-"""A callback for the resume test: the training process SIGKILLs itself (no clean shutdown, no
-final checkpoint) when it is about to run a given global step."""
+"""Callbacks for the resume and fault tests: the training process SIGKILLs itself (no clean shutdown,
+no final checkpoint) when it is about to run a given global step, or between two checkpoint writes."""
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from lightning.pytorch import Callback
 
@@ -15,4 +16,17 @@ class KillAtStep(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterStepCheckpoint(Callback):
+    """SIGKILL between two checkpoint writes of one step: after ``step<NNNNNN>.ckpt`` is complete,
+    as the next checkpoint of that step (``last.ckpt``) is about to be written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        written = Path(trainer.checkpoint_callback.dirpath) / f"step{self.step:06d}.ckpt"
+        if trainer.global_step == self.step and written.is_file():
             os.kill(os.getpid(), signal.SIGKILL)

@@ -51,6 +51,13 @@ def pha_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def pha_env_with_tests() -> dict[str, str]:
+    """:func:`pha_env` with the tests folder importable (the kill callbacks), ahead of any PYTHONPATH set."""
+    env = pha_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    return env
+
+
 def run_pha(
     *args: str, cwd: Path, expect: int = 0, env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -9,22 +9,29 @@ After ``validate`` and ``test`` the per-task metrics are printed as a table and 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
 from pha_lightning.training.callbacks import (
     FinalValidation,
@@ -37,6 +44,7 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
+from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
 from pha_lightning.training.system import NUMERIC_RANGES as MODEL_RANGES
 from pha_lightning.training.system import PHAModule
 from pha_lightning.validation import SEED, SIZE, Range, check_range, check_ranges, check_text_file, ensure_writable_dir
@@ -118,6 +126,33 @@ def _check_count_or_share(name: str, value: object, count: Range, share: Range) 
     raise ConfigError(
         f"{name} must be an integer {count.describe()} (batches) or a float {share.describe()} (a share of them), got {value!r}"
     )
+
+
+def check_config_file(path: str) -> None:
+    """A config file must be UTF-8 YAML mapping section names to settings; jsonargparse's own
+    messages for one that is not do not name the file. A ``--config`` that is no file (an inline
+    YAML string) or cannot be read is left to jsonargparse."""
+    check_text_file(path, "config file")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        return
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {path!r}: its top level is a {type(loaded).__name__}, not a mapping; a config file maps "
+            "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
+        )
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+        with reported_write(log_dir, "the run's config.yaml under"):
+            super().setup(trainer, pl_module, stage)
 
 
 class PHACLI(LightningCLI):
@@ -206,7 +241,7 @@ class PHACLI(LightningCLI):
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
             for path in _option_values(argv, "--config"):
-                check_text_file(path, "config file")
+                check_config_file(path)
             self._defaults_from_checkpoint(parser, argv)
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
@@ -305,6 +340,19 @@ class PHACLI(LightningCLI):
                 )
             ensure_writable_dir(output.parent, "the directory of predict_output")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with PHA's writers unless the configuration names its own: checkpoints written
+        atomically (:class:`AtomicCheckpointIO`) and, for the default logger, a version folder claimed
+        atomically (:class:`RunLogger`), so concurrent runs in one folder never share one."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") in (None, True):
+            kwargs.setdefault("logger", RunLogger(trainer.get("default_root_dir") or os.getcwd()))
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
     def _quiet_lightning_table(self) -> None:
         # Lightning repeats epoch-level metrics in one column per dataloader (one per task here);
         # the per-task table printed after the run replaces it.
@@ -321,9 +369,9 @@ class PHACLI(LightningCLI):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
         print(format_metrics_table(metrics, stage), flush=True)
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        os.makedirs(log_dir, exist_ok=True)
-        path = Path(log_dir) / f"{stage}_metrics.json"
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        path = atomic_write_text(
+            Path(log_dir) / f"{stage}_metrics.json", json.dumps(metrics, indent=2, sort_keys=True), "metrics file"
+        )
         print(f"wrote {path}", flush=True)
 
 
@@ -333,6 +381,10 @@ EXTRA_COMMANDS: dict[str, str] = {
     "export": "pha_lightning.cli.export",
     "tasks": "pha_lightning.cli.tasks",
 }
+
+
+#: ``OSError`` numbers that mean the storage, not the program, failed: full, over quota, read-only, broken.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 def main(args: list[str] | None = None) -> None:
@@ -346,6 +398,12 @@ def main(args: list[str] | None = None) -> None:
             _run_cli(args)
     except (PHAError, MisconfigurationException) as err:  # Lightning's: a trainer setting that cannot work
         print(f"pha: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        # a writer that is not pha's own (TensorBoard's event files, Lightning's config.yaml)
+        print(f"pha: error: cannot write {err.filename or 'an output file'}: {err.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -369,10 +427,13 @@ def _run_cli(args: list[str] | None) -> None:
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
             ],
         },
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
+        parser_class=PHAArgumentParser,
         parser_kwargs={
+            "prog": "pha",  # also when run as python -m, or in-process
             "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
-            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}."
+            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}.",
         },
     )
 

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
 
@@ -40,7 +41,7 @@ def export_checkpoint(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="pha export",
         description="Write a portable adapter bundle (config.json + adapter_model.safetensors) from a checkpoint.",
     )

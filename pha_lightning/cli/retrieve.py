@@ -21,7 +21,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.errors import ConfigError
+from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.system import load_system
@@ -40,7 +43,10 @@ def load_model(ckpt_path: str) -> tuple[PHAModel, list[dict] | None]:
         model = load_system(checkpoint).model
         specs = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task_specs")
     if model.retriever is None or model.prototypes is None:
-        raise SystemExit(f"pha retrieve: {ckpt_path} has no retriever and prototypes (method {model.config.method!r})")
+        raise ConfigError(
+            f"{ckpt_path} has no retriever and prototypes (method {model.config.method!r}); "
+            "pha retrieve needs a model of a method with a retriever and prototypes, e.g. pha"
+        )
     return model.eval(), specs
 
 
@@ -98,7 +104,7 @@ def plot(z: Tensor, labels: list[str], prototypes: Tensor, prototype_names: list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="pha retrieve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ckpt_path", required=True, help="a trained PHA checkpoint")
@@ -156,14 +162,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         z = torch.cat([z, source_z])
         labels += [sources[i] for i in source_ids.tolist()]
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {"z": z.contiguous(), "prototypes": prototypes.contiguous()}, str(args.output_dir / "retrieval.safetensors")
-    )
-    (args.output_dir / "retrieval.json").write_text(
-        json.dumps({"labels": labels, "prototype_tasks": sources, "rankings": rankings}, indent=2)
-    )
-    plot(z, labels, prototypes, sources, args.output_dir / "retrieval.png")
+    with reported_write(args.output_dir, "retrieval output"):
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"z": z.contiguous(), "prototypes": prototypes.contiguous()},
+            str(args.output_dir / "retrieval.safetensors"),
+        )
+        atomic_write_text(
+            args.output_dir / "retrieval.json",
+            json.dumps({"labels": labels, "prototype_tasks": sources, "rankings": rankings}, indent=2),
+            "retrieval output",
+        )
+        plot(z, labels, prototypes, sources, args.output_dir / "retrieval.png")
     print(f"wrote {args.output_dir}/retrieval.{{safetensors,json,png}}")
 
 

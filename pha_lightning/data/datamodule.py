@@ -16,24 +16,27 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.data.examples import Collator
+from pha_lightning.data.examples import Collator, cap_chars
 from pha_lightning.data.glue import SOURCES, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
 from pha_lightning.data.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
 from pha_lightning.data.specs import parse_specs, resolve_tasks
 from pha_lightning.data.tasks import Task, available_tasks
 from pha_lightning.errors import ConfigError, DataError
+from pha_lightning.files import atomic_write_text, reported_write, sha256_of
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges
 
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "PHA_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
 #: Bump when the tokenised layout changes, so older cache files are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: checksum sidecars
 #: The valid range of every numeric setting, checked when the data module is built (``data.<name>``).
 NUMERIC_RANGES: dict[str, Range] = {
     "batch_size": SIZE,
@@ -190,24 +193,52 @@ def tokenize_columns(
     """Tokenise ``source`` (+ ``pair``) and, for seq2seq, ``target`` into ``labels``; add ``length``.
 
     A module-level function (not a method) so ``datasets`` can fingerprint it without pickling
-    the data module. Seq2seq sources get no token type ids: T5 does not take them.
+    the data module. Seq2seq sources get no token type ids: T5 does not take them. Texts are cut to
+    :data:`~pha_lightning.data.examples.CHARS_PER_TOKEN` characters per token first (bounded memory).
     """
     seq2seq = "target" in batch
+    pair = batch.get("pair")
     features = dict(
         tokenizer(
-            batch["source"],
-            batch.get("pair"),
+            cap_chars(batch["source"], max_source_length),
+            None if pair is None else cap_chars(pair, max_source_length),
             truncation=True,
             max_length=max_source_length,
             return_token_type_ids=False if seq2seq else None,
         )
     )
     if seq2seq:
-        features["labels"] = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)[
-            "input_ids"
-        ]
+        features["labels"] = tokenizer(
+            text_target=cap_chars(batch["target"], max_target_length), truncation=True, max_length=max_target_length
+        )["input_ids"]
     features["length"] = [len(ids) for ids in features["input_ids"]]
     return features
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar of a cache file: its size and SHA-256, written after the file is in place."""
+    return path.with_name(path.name + ".sha256.json")
+
+
+def file_checksum(path: Path) -> dict[str, object]:
+    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def load_verified(path: Path) -> Dataset | None:
+    """A cached tokenised split, or ``None`` when there is none or it does not verify against its
+    checksum (a full disk, a partial copy): then one line says so and the caller rebuilds it."""
+    if not path.is_file():
+        return None
+    try:
+        if json.loads(checksum_path(path).read_text()) == file_checksum(path):
+            return Dataset.from_file(str(path))
+        problem = "its size or SHA-256 differs from the recorded one"
+    except FileNotFoundError:
+        problem = "it has no checksum (its write did not finish)"
+    except (OSError, ValueError, pa.ArrowException) as err:  # an unreadable sidecar or Arrow file
+        problem = f"it cannot be read ({type(err).__name__})"
+    log.warning("tokenised-data cache %s is damaged (%s); rebuilding it", path, problem)
+    return None
 
 
 def longest_first(dataset: Dataset) -> Dataset:
@@ -352,8 +383,13 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     @property
     def tokenized_cache_dir(self) -> Path:
         """Directory of the tokenised split files."""
-        base = self.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
-        return Path(os.path.expanduser(base)) / "tokenized"
+        base = Path(os.path.expanduser(self.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR))
+        if base.exists() and not base.is_dir():
+            raise ConfigError(
+                f"data.cache_dir {str(base)!r} is a file, not a directory; give a directory for the tokenised-data "
+                f"cache (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})"
+            )
+        return base / "tokenized"
 
     def source_options(self) -> dict[str, object]:
         """What every task's ``load_splits`` receives: the resolved source and the split protocol."""
@@ -467,27 +503,28 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         )
         directory = self.tokenized_cache_dir
         path = directory / f"{task.name}-{split}-{key[:24]}.arrow"
-        if path.is_file():
+        cached = load_verified(path)
+        if cached is not None:
             log.info("task %s, %s split: tokenised data from the cache %s", task.name, split, path)
-            return Dataset.from_file(str(path))
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}-", suffix=".arrow.tmp")
-        os.close(handle)
-        try:
-            dataset.map(
-                tokenize_columns,
-                batched=True,
-                remove_columns=text_columns,
-                fn_kwargs=fn_kwargs,
-                cache_file_name=temporary,
-                load_from_cache_file=False,
-                new_fingerprint=key[:32],
-                desc=f"Tokenising {task.name} ({split})",
-            )
-            os.replace(temporary, path)  # atomic: concurrent runs (DDP ranks) never see half a file
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+            return cached
+        with reported_write(directory, "the tokenised-data cache (data.cache_dir)"):
+            directory.mkdir(parents=True, exist_ok=True)
+            building = tempfile.mkdtemp(dir=directory, prefix=f".{path.stem}-")  # datasets' temporaries too
+            try:
+                dataset.map(
+                    tokenize_columns,
+                    batched=True,
+                    remove_columns=text_columns,
+                    fn_kwargs=fn_kwargs,
+                    cache_file_name=os.path.join(building, path.name),
+                    load_from_cache_file=False,
+                    new_fingerprint=key[:32],
+                    desc=f"Tokenising {task.name} ({split})",
+                )
+                os.replace(os.path.join(building, path.name), path)  # atomic: concurrent runs never see half a file
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+        atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
         return Dataset.from_file(str(path))
 
     def token_lengths(self, task: Task, records: list[dict]) -> list[int]:

@@ -28,6 +28,17 @@ from pha_lightning.validation import undecodable_bytes
 LABEL_PAD_ID = -100
 #: Input fields with a meaning of their own; every other field is example text.
 RESERVED_FIELDS: tuple[str, ...] = ("task", "id", "label")
+#: Characters of each text kept per token of its length limit before tokenising (docs/data.md,
+#: "Long texts"): tokenising a megabyte-long pair in full, only to truncate it, takes gigabytes.
+#: Real text averages 3-6 characters per token, and a WordPiece word over 100 characters is one
+#: unknown token, so the cut changes no tokenised input that has this many characters per token or fewer.
+CHARS_PER_TOKEN = 128
+
+
+def cap_chars(texts: Sequence[str | None], max_length: int) -> list[str | None]:
+    """Each text cut to ``max_length * CHARS_PER_TOKEN`` characters (``None``, no pair, stays)."""
+    limit = max_length * CHARS_PER_TOKEN
+    return [text if text is None or len(text) <= limit else text[:limit] for text in texts]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
@@ -141,10 +152,11 @@ def encode_examples(
                 raise DataError(
                     f"{where}: {len(fields)} text fields {[k for k, _ in fields]}; an encoder takes one text or a pair"
                 )
+        text, pair = cap_chars(texts, max_source_length)
         features = dict(
             tokenizer(
-                texts[0],
-                texts[1],
+                text,
+                pair,
                 truncation=True,
                 max_length=max_source_length,
                 return_token_type_ids=False if family == "seq2seq" else None,

@@ -101,7 +101,7 @@ def _tsv_rows(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, di
     with path.open(encoding=fmt.encoding, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         positions: dict[str, int]
-        width: int | None = None
+        width, like = None, "the header"  # a header-less file: every row as wide as its first
         if fmt.header:
             header = next(reader, None)
             where = Where(task, str(path), 1)
@@ -119,8 +119,10 @@ def _tsv_rows(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, di
             where = Where(task, str(path), reader.line_num)
             if not row:
                 continue  # an empty line carries no example
-            if width is not None and len(row) != width:
-                raise _fail(where, f"expected {width} tab-separated fields (as in the header), found {len(row)}")
+            if width is None:
+                width, like = len(row), f"line {reader.line_num}"
+            if len(row) != width:
+                raise _fail(where, f"expected {width} tab-separated fields (as in {like}), found {len(row)}")
             if len(row) < needed:
                 raise _fail(where, f"expected at least {needed} tab-separated fields, found {len(row)}")
             yield where, {key: row[index] for key, index in positions.items()}

@@ -11,7 +11,6 @@ hyperparameter) still load.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,6 +28,7 @@ from torch import Tensor
 import pha_lightning
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.files import public_mode, reported_write, sha256_of
 from pha_lightning.hub import (
     PACKAGED_BACKBONES,
     backbone_family,
@@ -68,14 +68,6 @@ def check_state_fits(state: Mapping[str, Tensor], model_state: Mapping[str, Tens
 
 
 # ---------------------------------------------------------------------------------------- writing
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def task_spec(task: Task) -> dict[str, Any]:
     """What a bundle reader sees of a task without building the model (the model itself reads
     ``config.task_specs``)."""
@@ -135,38 +127,51 @@ def write_bundle(
             "no checkpoint or bundle, so the model cannot be rebuilt elsewhere: bundles need a pretrained backbone"
         )
     parent = ensure_writable_dir(output_dir.parent, "the parent of output_dir")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.tmp-"))
-    try:
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        metadata = {"format": "pt", "pha_bundle": str(BUNDLE_VERSION)}
-        save_file(weights, str(tmp / WEIGHTS_NAME), metadata=metadata)
-        files = {WEIGHTS_NAME: _sha256(tmp / WEIGHTS_NAME)}
-        if precomputed:
-            save_file(dict(precomputed), str(tmp / ADAPTERS_NAME), metadata=metadata)
-            files[ADAPTERS_NAME] = _sha256(tmp / ADAPTERS_NAME)
-        record = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_VERSION,
-            "library": "pha-lightning",
-            "library_version": pha_lightning.__version__,
-            "torch_version": torch.__version__,
-            "transformers_version": importlib.metadata.version("transformers"),
-            "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
-            "method": config["method"],
-            "tasks": [task_spec(task) for task in tasks],
-            "config": dict(config),
-            "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
-            "num_parameters": sum(v.numel() for v in weights.values()),
-            "files": files,
-            **(extra or {}),
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
-        _public_permissions(tmp)
-        _replace_dir(tmp, output_dir, parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with reported_write(output_dir, "bundle"):
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.tmp-"))
+        try:
+            _write_files(tmp, config, tasks, state, data, precomputed, extra)
+            _public_permissions(tmp)
+            _replace_dir(tmp, output_dir, parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
     return output_dir
+
+
+def _write_files(
+    tmp: Path,
+    config: Mapping[str, Any],
+    tasks: Sequence[Task],
+    state: Mapping[str, Tensor],
+    data: Mapping[str, Any] | None,
+    precomputed: Mapping[str, Tensor] | None,
+    extra: Mapping[str, Any] | None,
+) -> None:
+    """The bundle's weights files and ``config.json`` (written last, with their SHA-256) in ``tmp``."""
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    metadata = {"format": "pt", "pha_bundle": str(BUNDLE_VERSION)}
+    save_file(weights, str(tmp / WEIGHTS_NAME), metadata=metadata)
+    files = {WEIGHTS_NAME: sha256_of(tmp / WEIGHTS_NAME)}
+    if precomputed:
+        save_file(dict(precomputed), str(tmp / ADAPTERS_NAME), metadata=metadata)
+        files[ADAPTERS_NAME] = sha256_of(tmp / ADAPTERS_NAME)
+    record = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "library": "pha-lightning",
+        "library_version": pha_lightning.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": importlib.metadata.version("transformers"),
+        "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
+        "method": config["method"],
+        "tasks": [task_spec(task) for task in tasks],
+        "config": dict(config),
+        "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
+        "num_parameters": sum(v.numel() for v in weights.values()),
+        "files": files,
+        **(extra or {}),
+    }
+    (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def _replace_dir(tmp: Path, output_dir: Path, parent: Path) -> None:
@@ -181,11 +186,9 @@ def _replace_dir(tmp: Path, output_dir: Path, parent: Path) -> None:
 
 def _public_permissions(directory: Path) -> None:
     """mkdtemp makes a private (0700) directory: give the bundle the usual permissions under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
+    directory.chmod(public_mode(0o777))
     for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
+        path.chmod(public_mode())
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -243,7 +246,7 @@ def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike
 def _read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
     if not path.is_file():
         raise BundleError(f"bundle file {path} is missing")
-    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+    if expected_sha256 is not None and sha256_of(path) != expected_sha256:
         raise BundleError(
             f"bundle file {path} is corrupt or truncated (its SHA-256 differs from the one in {CONFIG_NAME})"
         )

@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pha_lightning.errors import PHAError
+from pha_lightning.files import atomic_write_text
 from pha_lightning.training.health import HealthThresholds, format_health, health_report, probe_batches
 
 
@@ -486,8 +486,9 @@ class TrainingHealth(Callback):
         if trainer.is_global_zero:
             print(f"training health at step {report['step']} (docs/training_health.md):\n{format_health(report)}")
             if log_dir:
-                Path(log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(log_dir) / "health.json").write_text(json.dumps(self.reports, indent=1) + "\n", encoding="utf-8")
+                atomic_write_text(
+                    Path(log_dir) / "health.json", json.dumps(self.reports, indent=1) + "\n", "health report"
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial_prototypes": self.initial_prototypes, "reports": self.reports}
@@ -601,22 +602,9 @@ class RecordTrainingExamples(Callback):
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write ``rows`` as JSON lines to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``rows`` as JSON lines, atomically (:func:`~pha_lightning.files.atomic_write`)."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return atomic_write_text(path, text, "predictions file")
 
 
 class JSONLPredictionWriter(BasePredictionWriter):

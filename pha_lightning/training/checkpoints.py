@@ -8,9 +8,10 @@ file and what is wrong with it, before anything is half-done:
 * :func:`check_compatible` compares what a checkpoint or bundle was trained with (tasks, backbone,
   method, the hyperparameters that decide the weights' shapes) with what the configuration asks
   for, and :func:`check_state_fits` compares the saved weights' shapes with a built model;
-* :func:`resolve_last_checkpoint` finds the newest ``last*.ckpt`` (or SLURM ``hpc_ckpt_*.ckpt``)
-  under a run directory, across the TensorBoard logger's ``version_*`` folders, which Lightning's
-  own ``ckpt_path="last"`` does not search (each new run gets a new version folder);
+* :func:`resolve_last_checkpoint` finds the checkpoint furthest along (highest global step; any
+  ``*.ckpt``: step, ``last``, SLURM ``hpc_ckpt_*``) under a run directory, across the TensorBoard
+  logger's ``version_*`` folders, which Lightning's own ``ckpt_path="last"`` does not search (each
+  new run gets a new version folder);
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -115,24 +117,45 @@ def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def checkpoint_files(root: str | os.PathLike) -> list[Path]:
-    """``last*.ckpt`` files anywhere under ``root`` and SLURM ``hpc_ckpt_*.ckpt`` files in it."""
+    """Every checkpoint (``*.ckpt``: step, best, ``last``, SLURM ``hpc_ckpt``) anywhere under ``root``;
+    temporaries of writes in progress (hidden, ``.tmp``) are none."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.rglob("last*.ckpt") if p.is_file()]
-    found += [p for p in root.glob("hpc_ckpt_*.ckpt") if p.is_file()]
-    return found
+    return [p for p in root.rglob("*.ckpt") if p.is_file() and not p.name.startswith(".")]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint was saved at, or ``None`` when it cannot be read (cut short, or
+    not a checkpoint). Memory-mapped, so its tensors are not read; a legacy (pre-zip) file cannot
+    be mapped and is read whole."""
+    for mmap in (True, False):
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)["global_step"])
+        except Exception:  # any damage: this file is not a candidate, the others still are
+            continue
+    return None
 
 
 def resolve_last_checkpoint(root: str | os.PathLike, dirpath: str | os.PathLike | None = None) -> str | None:
-    """The most recently written resumable checkpoint of a run, or ``None`` when there is none yet.
+    """The resumable checkpoint of a run that is furthest along, or ``None`` when there is none yet.
 
-    ``dirpath`` (``checkpoint.dirpath``) is searched when set, else every ``version_*`` folder
-    under ``root`` (``trainer.default_root_dir``); SLURM's ``hpc_ckpt_*.ckpt`` in ``root`` (written
-    by Lightning on preemption) take part, so a requeued job resumes from whichever is newer.
+    ``dirpath`` (``checkpoint.dirpath``) is searched when set, and every folder under ``root``
+    (``trainer.default_root_dir``: the logger's ``version_*`` folders, SLURM's ``hpc_ckpt_*.ckpt``).
+    Every complete checkpoint takes part, not only ``last.ckpt``: a run killed after writing a step
+    checkpoint but before rewriting ``last.ckpt`` resumes from that step. The highest global step
+    wins; among equal steps, the most recently written file. Unreadable files are skipped with a
+    warning; when every one is unreadable, reading the newest reports what is wrong with it.
     """
-    candidates = checkpoint_files(dirpath) if dirpath else []
-    candidates += checkpoint_files(root)
+    candidates = set(checkpoint_files(dirpath) if dirpath else []) | set(checkpoint_files(root))
     if not candidates:
         return None
-    return str(max(set(candidates), key=lambda p: p.stat().st_mtime_ns))
+    steps = {path: checkpoint_step(path) for path in candidates}
+    readable = [path for path, step in steps.items() if step is not None]
+    if not readable:
+        newest = str(max(candidates, key=lambda p: p.stat().st_mtime_ns))
+        read_checkpoint(newest)  # reports what is wrong with it
+        raise ConfigError(f"checkpoint {newest!r} records no global step: it is no pha fit checkpoint to resume")
+    for path in sorted(set(candidates) - set(readable)):
+        rank_zero_warn(f"ckpt_path=last: skipping {path}, which cannot be read as a checkpoint (cut short?)")
+    return str(max(readable, key=lambda p: (steps[p], p.stat().st_mtime_ns)))

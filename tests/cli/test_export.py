@@ -15,6 +15,7 @@ from transformers import T5Config
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli.export import export_checkpoint
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.errors import OutputError
 from pha_lightning.model.bundle import ADAPTERS_NAME, CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
 from pha_lightning.training.checkpoints import model_state
 from pha_lightning.training.system import PHAModule
@@ -130,7 +131,7 @@ def test_export_is_atomic_and_never_overwrites_silently(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(bundle_format, "save_file", fail_midway)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=f"cannot write bundle '{out}': No space left on device"):
         export_checkpoint(ckpt, out)
     assert list(tmp_path.iterdir()) == []  # no bundle, no temporary directory left behind
     monkeypatch.setattr(bundle_format, "save_file", real_save)

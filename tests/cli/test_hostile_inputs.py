@@ -727,3 +727,92 @@ def test_transfer_settings_are_range_checked() -> None:
         TransferConfig(checkpoint="source.ckpt", mix_temperature=math.nan)
     with pytest.raises(ConfigError, match=r"^model.transfer.mix_top_m must be >= 1, got 0$"):
         TransferConfig(checkpoint="source.ckpt", mix_top_m=0)
+
+
+# ------------------------------------------------------------------ round three (issue 30)
+def _one_error_line(err: str) -> str:
+    """The whole stderr of a refused command line is one ``pha: error:`` line: no usage, no traceback."""
+    lines = [line for line in err.strip().splitlines() if "it/s]" not in line]  # transformers' progress bars
+    assert len(lines) == 1 and lines[0].startswith("pha: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("content", ["empty", "junk"])
+def test_backbone_path_without_a_model(content: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    backbone = tmp_path / "model"
+    backbone.mkdir()
+    if content == "junk":
+        (backbone / "README.md").write_text("weights to follow")
+    err = pha_error(
+        capsys, "fit", "--data.tasks=[synth_polarity]", f"--model.backbone={backbone}", *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    assert f"backbone '{backbone}' exists but holds no config that transformers can load" in err
+    assert "give a model directory written by save_pretrained (config.json, weights, tokenizer files)" in err
+    assert "Traceback" not in err
+
+
+def test_cache_dir_that_is_a_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a directory")
+    err = pha_error(
+        capsys, "fit", "--data.tasks=[synth_polarity]", f"--data.cache_dir={blocker}", *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    assert f"data.cache_dir '{blocker}' is a file, not a directory; give a directory" in _one_error_line(err)
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("- trainer\n- model\n", "its top level is a list, not a mapping; a config file maps sections to settings"),
+        ("just words\n", "its top level is a str, not a mapping"),
+        ("trainer: {max_steps: 3\n", "is not valid YAML: while parsing a flow mapping"),
+    ],
+)
+def test_config_file_that_is_not_a_mapping(
+    text: str, problem: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    err = pha_error(capsys, "fit", f"--config={config}")
+    assert f"pha: error: config file '{config}'" in _one_error_line(err) and problem in err
+
+
+def test_headerless_tsv_row_with_an_extra_field(tmp_path: Path) -> None:
+    """CoLA's files have no header and four fields a row: a row of five is malformed, not trained on."""
+    rows = "gj04\t1\t\tA fine sentence.\ngj04\t0\t*\tA bad sentence.\tstray\ngj04\t1\t\tAnother one.\n"
+    root = _glue_dir(tmp_path, {"glue/CoLA/train.tsv": rows.encode()})
+    with pytest.raises(DataError) as error:
+        get_task("cola").load_official("train", "local", root)
+    assert str(error.value) == (
+        f"malformed data in task 'cola', {root / 'glue/CoLA/train.tsv'}, line 2: "
+        "expected 4 tab-separated fields (as in line 1), found 5"
+    )
+    (root / "glue/CoLA/train.tsv").write_text(rows.replace("\tstray", ""))
+    assert len(get_task("cola").load_official("train", "local", root)) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--ckpt_path"], "argument --ckpt_path: expected one argument (`pha export --help`"),
+        (["export", "--ckpt_path=x.ckpt"], "the following arguments are required: --output_dir"),
+        (["retrieve", "--ckpt_path=x.ckpt", "--tasks", "cb", "--kk=3"], "unrecognized arguments: --kk=3"),
+        (["retrieve", "--ckpt_path=x.ckpt", "--tasks", "cb", "--k=0"], "--k must be >= 1, got 0"),
+        (["fit", "--trainer.max_stepz=1"], "unrecognized arguments: --trainer.max_stepz=1 (`pha fit --help` lists"),
+        (["fit", "--trainer.max_steps=many"], "Parser key \"trainer.max_steps\": Expected a <class 'int'>."),
+        (["fitt"], "invalid choice: 'fitt' (choose from"),
+    ],
+)
+def test_command_line_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    """pha export, pha retrieve and a typo'd key of pha fit: one `pha: error:` line, exit status 2."""
+    assert message in _one_error_line(pha_error(capsys, *args))
+
+
+def test_typod_key_in_a_config_file_is_one_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  tasks: [synth_polarity]\ntrainer:\n  max_stepz: 3\n")
+    line = _one_error_line(pha_error(capsys, "fit", f"--config={config}"))
+    assert "max_stepz" in line and "`pha fit --help` lists the valid options" in line

@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
-from production_fixtures import PHA, logged_scalars, pha_env, tiny_fit_args
+from production_fixtures import PHA, logged_scalars, pha_env_with_tests, tiny_fit_args
 from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
@@ -39,7 +39,7 @@ KILL_AT = 9  # the last checkpoint before it is step 8: epoch 1, 2 batches into 
 
 
 def _fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**pha_env(), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = pha_env_with_tests()  # this checkout's package too, not only an installed one
     return subprocess.run(
         [PHA, "fit", *ARGS, f"--trainer.default_root_dir={root}", *extra],
         cwd=root.parent,
