@@ -356,10 +356,15 @@ def parse_specs(value: Any) -> list[TaskSpec]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"data.task_specs declares the tasks {twice} more than once")
+    check_new_names(names)
+    return specs
+
+
+def check_new_names(names: Iterable[str]) -> None:
+    """A spec task may not take the name of a built-in (or registered) task."""
     taken = sorted(set(names) & set(available_tasks()))
     if taken:
         raise ConfigError(f"task specs {taken} have the names of built-in tasks; give them other names")
-    return specs
 
 
 def portable_specs(value: Any, tasks: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
@@ -371,9 +376,7 @@ def portable_specs(value: Any, tasks: Sequence[str] | None = None) -> list[dict[
 def resolve_tasks(names: Sequence[str], specs: Iterable[Any] = ()) -> list[Task]:
     """The task objects of ``names``: a spec (a :class:`TaskSpec` or its mapping) or a built-in task."""
     by_name = {s.name: s for s in (s if isinstance(s, TaskSpec) else parse_spec(s) for s in specs)}
-    taken = sorted(set(by_name) & set(available_tasks()))
-    if taken:
-        raise ConfigError(f"task specs {taken} have the names of built-in tasks; give them other names")
+    check_new_names(by_name)
     unknown = [n for n in names if n not in by_name and n not in available_tasks()]
     if unknown:
         raise ConfigError(
