@@ -13,6 +13,7 @@ import argparse
 from lightning.pytorch import seed_everything
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import one_step_change
 from pha_lightning.training.system import PHAModule
 
@@ -41,7 +42,7 @@ def main() -> None:
     print("| heads | generated: mean abs change | shared: mean abs change | ratio |\n|---|---|---|---|")
     for calibration in ("none", "width"):
         seed_everything(0)
-        model = PHAModule(backbone=args.backbone, tasks=TASKS, hypernet_calibration=calibration)
+        model = PHAModule(PHAConfig(backbone=args.backbone, tasks=TASKS, hypernet_calibration=calibration))
         generated, shared = one_step_change(model, batch, args.lr)
         print(f"| {calibration} | {generated:.3g} | {shared:.3g} | {generated / shared:.2f} |")
 

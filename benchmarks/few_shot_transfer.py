@@ -39,6 +39,7 @@ from lightning.pytorch import Trainer, seed_everything
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.tasks import get_task
 from pha_lightning.hub import backbone_family
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import feature_spread
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
@@ -160,11 +161,11 @@ def support_rankings(
         **data_options(target, args),
     )
     data.setup("fit")
-    model = PHAModule(tasks=[target], transfer=TransferConfig(args.pha_ckpt, init="top1"))
+    model = PHAModule(PHAConfig(tasks=[target]), transfer=TransferConfig(args.pha_ckpt, init="top1"))
     ranked = initialize_new_tasks(model.model, model.transfer, data.task_dataloaders("train"))[target]
     if not spread:
         return ranked, ""
-    fresh = PHAModule(backbone=args.backbone, tasks=[target], method="adapter")
+    fresh = PHAModule(PHAConfig(backbone=args.backbone, tasks=[target], method="adapter"))
     spreads = [pooled_spread(m, data.task_dataloaders("train")[0]) for m in (model, fresh)]
     return ranked, " | ".join(f"{share:.2f} | {offset:.2f}" for share, offset in spreads)
 

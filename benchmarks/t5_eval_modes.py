@@ -18,6 +18,8 @@ from transformers import T5Config
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import load_tokenizer
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
@@ -53,13 +55,8 @@ def main() -> None:
             small_t5(tmp, args.d_model)
         init = "pretrained" if args.backbone else "random"
         model = PHAModule(
-            backbone=backbone,
-            tasks=TASKS,
-            backbone_init=init,
-            method=args.method,
-            learning_rate=1e-3,
-            warmup_steps=20,
-            generation_max_length=6,
+            PHAConfig(backbone=backbone, tasks=TASKS, backbone_init=init, method=args.method, generation_max_length=6),
+            optim=OptimConfig(learning_rate=1e-3, warmup_steps=20),
         )
         data = PHADataModule(tasks=TASKS, backbone=backbone, batch_size=32, max_source_length=48, temperature=2.0)
         trainer = Trainer(

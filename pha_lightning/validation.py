@@ -7,9 +7,10 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 from pha_lightning.errors import ConfigError
 
@@ -52,6 +53,19 @@ class Range:
         return above and below
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The valid values of a string setting (the same interface as :class:`Range`)."""
+
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"one of {list(self.values)}"
+
+    def contains(self, value: object) -> bool:
+        return value in self.values
+
+
 #: Ranges most settings share: a size or count, a positive or non-negative number, a fraction (dropout, ε).
 SIZE = Range(1, integer=True)
 POSITIVE = Range(0, low_open=True)
@@ -61,21 +75,49 @@ FRACTION = Range(0, 1, high_open=True)
 SEED = Range(0, 2**32 - 1, integer=True)
 
 
-def check_range(name: str, value: object, valid: Range) -> None:
+def check_range(name: str, value: object, valid: Range | Choice) -> None:
     """A ConfigError naming the setting, its value and the valid range, unless ``value`` is valid.
 
     Called by constructors, so a bad constant is one clear line when the configuration is read,
     not a tensor error (or a silent NaN) deep inside a run."""
     if valid.contains(value):
         return
+    if isinstance(valid, Choice):
+        raise ConfigError(f"unknown {name} {value!r}; valid: {list(valid.values)}")
     kind = ("an integer " if valid.integer else "a number ") if value is not None and not valid.has_type(value) else ""
     raise ConfigError(f"{name} must be {kind}{valid.describe()}, got {value!r}")
 
 
-def check_ranges(prefix: str, ranges: Mapping[str, Range], values: Mapping[str, object]) -> None:
+def check_ranges(prefix: str, ranges: Mapping[str, Range | Choice], values: Mapping[str, object]) -> None:
     """:func:`check_range` for every setting of ``ranges``, named ``<prefix>.<setting>``."""
     for key, valid in ranges.items():
         check_range(f"{prefix}.{key}", values[key], valid)
+
+
+def setting(
+    default: Any = MISSING, valid: Range | Choice | None = None, *, factory: Any = MISSING, **metadata: Any
+) -> Any:
+    """A dataclass field whose valid values (and any other ``metadata``, e.g. ``structural``) live on it:
+    the one place a setting is declared; :func:`check_settings` reads ``valid``."""
+    return field(default=default, default_factory=factory, metadata={"valid": valid, **metadata})
+
+
+def valid_values(cls: type) -> dict[str, Range | Choice]:
+    """The declared valid values of every setting of a dataclass (those that declare any)."""
+    return {f.name: f.metadata["valid"] for f in fields(cls) if f.metadata.get("valid") is not None}
+
+
+def check_settings(prefix: str, cls: type, values: Mapping[str, object]) -> None:
+    """Check each of ``values`` that ``cls`` (a dataclass of :func:`setting` fields) declares valid
+    values for, named ``<prefix>.<setting>``; called by the dataclass itself and by the CLI right
+    after parsing, so a bad value is one line before anything is built."""
+    declared = valid_values(cls)
+    check_ranges(prefix, {key: declared[key] for key in declared if key in values}, values)
+
+
+def field_flag(cls: type, flag: str) -> tuple[str, ...]:
+    """The settings of a dataclass whose metadata sets ``flag`` (e.g. ``structural``)."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get(flag))
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.settings import OptimConfig
+
 PHA = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
 #: classification, text-pair classification and regression
 TASKS = ["synth_polarity", "synth_match", "synth_score"]
@@ -35,7 +38,9 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     seed_everything(7)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH)
-    model = PHAModule(tasks=TASKS, learning_rate=3e-3, warmup_steps=0, hypernet_init_scale=1.0)
+    model = PHAModule(
+        PHAConfig(tasks=TASKS, hypernet_init_scale=1.0), optim=OptimConfig(learning_rate=3e-3, warmup_steps=0)
+    )
     trainer = quiet_trainer(
         max_steps=3,
         limit_val_batches=1,

@@ -1,8 +1,9 @@
 """The ``pha`` command: a LightningCLI over :class:`PHAModule` and :class:`PHADataModule`.
 
-``pha fit|validate|test|predict --config configs/<name>.yaml``. The task list is configured once
-(``data.tasks``) and linked into the model; the backbone is configured once (``model.backbone``)
-and linked into the data module, which needs its tokenizer. Checkpointing selects on ``val/avg``.
+``pha fit|validate|test|predict --config configs/<name>.yaml``. The model's settings come in groups
+(``model.arch``, ``model.loss``, ``model.optim``, ``model.transfer``). The task list is configured
+once (``data.tasks``) and linked into the model; the backbone is configured once
+(``model.arch.backbone``) and linked into the data module, which needs its tokenizer. Checkpointing selects on ``val/avg``.
 After ``validate`` and ``test`` the per-task metrics are printed as a table and written to
 ``<log_dir>/<stage>_metrics.json``.
 """
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
@@ -33,6 +35,8 @@ from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
+from pha_lightning.model.config import PHAConfig, trains_retriever
+from pha_lightning.model.migration import check_model_section, renamed_model_setting
 from pha_lightning.training.callbacks import (
     FinalValidation,
     LatestCheckpoint,
@@ -45,9 +49,18 @@ from pha_lightning.training.callbacks import (
 )
 from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
-from pha_lightning.training.system import NUMERIC_RANGES as MODEL_RANGES
+from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
-from pha_lightning.validation import SEED, SIZE, Range, check_range, check_ranges, check_text_file, ensure_writable_dir
+from pha_lightning.validation import (
+    SEED,
+    SIZE,
+    Range,
+    check_range,
+    check_ranges,
+    check_settings,
+    check_text_file,
+    ensure_writable_dir,
+)
 
 
 def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
@@ -88,8 +101,12 @@ BATCH_COUNT_SETTINGS: tuple[str, ...] = (
 )
 
 
+#: The model's setting groups and the dataclass declaring each one's settings.
+MODEL_GROUPS: dict[str, type] = {"arch": PHAConfig, "loss": LossConfig, "optim": OptimConfig}
+
+
 def linked_specs(specs: object, tasks: list[str] | None) -> list[dict] | None:
-    """``model.portable_task_specs`` from ``data.task_specs``; a bad spec is left to :func:`check_run_settings`,
+    """``model.arch.task_specs`` from ``data.task_specs``; a bad spec is left to :func:`check_run_settings`,
     which reports it in one line (jsonargparse would wrap it in a usage dump)."""
     try:
         return portable_specs(specs, tasks)
@@ -102,11 +119,12 @@ def check_run_settings(config: Namespace) -> None:
     soon as the configuration is parsed, before a model or a trainer is built."""
     if config.get("data"):
         parse_specs(config.data.get("task_specs"))
-    for prefix, ranges in (("model", MODEL_RANGES), ("data", DATA_RANGES)):
-        section = config.get(prefix) or {}
-        check_ranges(prefix, {key: valid for key, valid in ranges.items() if key in section}, section)
-    if config.get("model") and config.get("data"):
-        check_source_length(config.model.backbone, config.data.max_source_length)
+        check_ranges("data", {key: valid for key, valid in DATA_RANGES.items() if key in config.data}, config.data)
+    model = config.get("model") or {}
+    for group, settings in MODEL_GROUPS.items():
+        check_settings(f"model.{group}", settings, model.get(group) or {})
+    if model and config.get("data"):
+        check_source_length(model.arch.backbone, config.data.max_source_length)
     seed = config.get("seed_everything")
     if not isinstance(seed, bool) and seed is not None:
         check_range("seed_everything", seed, SEED)
@@ -144,6 +162,18 @@ def check_config_file(path: str) -> None:
             f"config file {path!r}: its top level is a {type(loaded).__name__}, not a mapping; a config file maps "
             "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
         )
+    for section in (loaded or {}, *((loaded or {}).get(name) or {} for name in ("fit", "validate", "test", "predict"))):
+        if isinstance(section, dict):
+            check_model_section(section.get("model"), f"config file {path!r}")
+
+
+def check_option_names(argv: list[str]) -> None:
+    """A ``--model.<key>`` option of pha-lightning 0.1 (before settings were grouped) names its new key."""
+    for token in argv:
+        key = token[2:].split("=", 1)[0] if token.startswith("--model.") else ""
+        renamed = renamed_model_setting(key.removeprefix("model.")) if key.count(".") == 1 else None
+        if renamed is not None:
+            raise ConfigError(f"--{key} is {renamed} (settings are grouped by concern: see docs/migration.md)")
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -159,11 +189,17 @@ class PHACLI(LightningCLI):
     """LightningCLI with PHA's links, checkpoint defaults and per-task metric reports."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.tasks", "model.tasks")
+        parser.link_arguments("data.tasks", "model.arch.tasks")
         # the model keeps each spec task's portable spec (no file paths): checkpoints serve it alone
-        parser.link_arguments(("data.task_specs", "data.tasks"), "model.portable_task_specs", compute_fn=linked_specs)
-        parser.link_arguments("model.backbone", "data.backbone")
-        parser.link_arguments("data.max_target_length", "model.generation_max_length")
+        parser.link_arguments(("data.task_specs", "data.tasks"), "model.arch.task_specs", compute_fn=linked_specs)
+        # the retriever exists when a loss trains it (the system derives the same: trains_retriever)
+        parser.link_arguments(
+            ("data.tasks", "model.loss.lambda_ir", "model.loss.lambda_pro"),
+            "model.arch.retriever",
+            compute_fn=trains_retriever,
+        )
+        parser.link_arguments("model.arch.backbone", "data.backbone")
+        parser.link_arguments("data.max_target_length", "model.arch.generation_max_length")
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -240,6 +276,7 @@ class PHACLI(LightningCLI):
         mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
+            check_option_names(argv)
             for path in _option_values(argv, "--config"):
                 check_config_file(path)
             self._defaults_from_checkpoint(parser, argv)
@@ -254,15 +291,20 @@ class PHACLI(LightningCLI):
         if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
             return
         saved = self._read_saved(path)
-        skip = {"_instantiator", "_class_path", "tasks", "portable_task_specs", "generation_max_length", "transfer"}
-        defaults = {f"model.{k}": v for k, v in saved["hyper_parameters"].items() if k not in skip}  # not link targets
+        linked = {"tasks", "task_specs", "retriever", "generation_max_length"}  # link targets take no defaults
+        defaults = {
+            f"model.{group}.{key}": value
+            for group in MODEL_GROUPS
+            for key, value in (saved["hyper_parameters"].get(group) or {}).items()
+            if not (group == "arch" and key in linked)
+        }
         defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in ("_instantiator", "backbone")})
-        if not saved["data"].get("task_specs") and saved["hyper_parameters"].get("portable_task_specs"):
-            defaults["data.task_specs"] = saved["hyper_parameters"]["portable_task_specs"]  # a bundle: no files
+        if not saved["data"].get("task_specs") and saved["hyper_parameters"]["arch"].get("task_specs"):
+            defaults["data.task_specs"] = saved["hyper_parameters"]["arch"]["task_specs"]  # a bundle: no files
         for key, value in defaults.items():
             try:
                 parser.set_defaults({f"{argv[0]}.{key}": value})
-            except KeyError:  # a setting this version no longer has (or a bundle's architecture-only key)
+            except KeyError:  # not a command-line setting
                 continue
 
     def _read_saved(self, path: str) -> dict:
@@ -272,8 +314,7 @@ class PHACLI(LightningCLI):
             return cached
         if is_bundle(path) or os.path.isdir(path):
             config = read_bundle_config(path)
-            hyper_parameters = {**config["config"], "portable_task_specs": config["config"].get("task_specs")}
-            saved = {"kind": "bundle", "hyper_parameters": hyper_parameters, "data": config.get("data", {})}
+            saved = {"kind": "bundle", "hyper_parameters": {"arch": config["config"]}, "data": config.get("data", {})}
             saved["config"] = config
         else:
             checkpoint = read_checkpoint(path)
@@ -308,10 +349,13 @@ class PHACLI(LightningCLI):
                 f"{ckpt_path!r} is an adapter bundle: it holds no optimizer or loop state to resume training "
                 "from; resume from a checkpoint (.ckpt)"
             )
-        asked = config.model.as_dict() if hasattr(config.model, "as_dict") else dict(config.model)
+        arch = config.model.arch
+        asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
         asked["tasks"] = list(config.data.tasks)
-        asked["portable_task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks)
-        check_compatible(saved["hyper_parameters"], asked, f"{saved['kind']} {ckpt_path!r}")
+        asked["task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks)
+        saved_hp = saved["hyper_parameters"]
+        transfer = bool(saved_hp.get("transfer") or config.model.get("transfer"))
+        check_compatible(saved_hp["arch"], asked, f"{saved['kind']} {ckpt_path!r}", transfer=transfer)
 
     def _prepare_checkpoint(self) -> None:
         """Load checkpoints with ``weights_only`` (no arbitrary unpickling); put a bundle's weights in place."""
@@ -408,6 +452,8 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _run_cli(args: list[str] | None) -> None:
+    # each setting's help text is the docstring under its dataclass field
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     PHACLI(
         PHAModule,
         PHADataModule,

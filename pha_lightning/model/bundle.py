@@ -4,9 +4,8 @@ A bundle is a directory: ``config.json`` (format and library versions, the :clas
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
 every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
-a bundle is written into a temporary sibling directory and renamed into place. the README
-("Export a portable adapter bundle") describes the fields; format 1 bundles (whose config held every training
-hyperparameter) still load.
+a bundle is written into a temporary sibling directory and renamed into place. docs describe the
+fields; bundles of earlier formats are upgraded when read (:mod:`~pha_lightning.model.migration`).
 """
 
 from __future__ import annotations
@@ -36,12 +35,10 @@ from pha_lightning.hub import (
     load_backbone_config,
     resolve_backbone_path,
 )
-from pha_lightning.model.config import PHAConfig, trains_retriever
+from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.validation import ensure_writable_dir
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
-#: 2: ``config`` holds the architecture (:class:`PHAConfig`) alone; 1: ``hyperparameters`` held every training setting
-BUNDLE_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTERS_NAME = "generated_adapters.safetensors"
@@ -193,8 +190,8 @@ def _public_permissions(directory: Path) -> None:
 
 # ---------------------------------------------------------------------------------------- reading
 def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The bundle's ``config.json``, checked for format and completeness; ``config`` holds the
-    architecture (for a format 1 bundle, derived from its hyperparameters with their legacy meaning)."""
+    """The bundle's ``config.json``, checked for format and completeness and upgraded to the current
+    format (:mod:`~pha_lightning.model.migration`); ``config`` holds the architecture."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle {str(path)!r} does not exist or is not a directory")
@@ -210,21 +207,7 @@ def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != BUNDLE_FORMAT:
         found = record.get("format") if isinstance(record, dict) else None
         raise BundleError(f"{config_path} is not a pha adapter bundle config (format {found!r})")
-    version = record.get("format_version")
-    if not isinstance(version, int) or version > BUNDLE_VERSION:
-        raise BundleError(
-            f"{config_path} has format_version {version!r}; this pha-lightning "
-            f"{pha_lightning.__version__} reads versions up to {BUNDLE_VERSION}"
-        )
-    architecture = "config" if version >= 2 else "hyperparameters"
-    missing = [key for key in ("backbone", architecture, "tasks", "files") if key not in record]
-    if missing:
-        raise BundleError(f"{config_path} lacks {missing}")
-    if version == 1:
-        saved = record.pop("hyperparameters")
-        retriever = trains_retriever(saved["tasks"], saved.get("lambda_ir", 0.1), saved.get("lambda_pro", 0.1))
-        record["config"] = PHAConfig.from_settings(saved, retriever=retriever).to_dict()
-    return record
+    return upgrade_bundle_record(record, str(config_path), BundleError)
 
 
 def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike, given: bool) -> None:

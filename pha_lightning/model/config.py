@@ -1,13 +1,14 @@
 """``PHAConfig``: the architecture of a PHA model (or of a baseline built from its parts), nothing else.
 
-Training settings (loss weights, learning rate, schedule) belong to the training system; a
-bundle's ``config.json`` stores this dataclass alone. docs/method.md gives every constant's meaning.
+Every setting is declared once, here: its type, default, valid values (``setting(default, valid)``)
+and the help text ``pha fit --help`` shows (the docstring under it). Training settings (losses,
+optimisation, transfer) are the training system's; a bundle's ``config.json`` stores this
+dataclass alone. docs/method.md gives every constant's meaning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from pha_lightning.data.specs import parse_spec
@@ -15,77 +16,17 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.model.hypernetwork import CALIBRATIONS, Calibration
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets
 from pha_lightning.model.methods import ADAPTER_KINDS, METHODS, AdapterKind, Method
-from pha_lightning.validation import FRACTION, NON_NEGATIVE, POSITIVE, SIZE, Range, check_ranges
-
-#: The valid values of every string setting of the architecture.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
-    "backbone_init": ("pretrained", "random"),
-    "hypernet_calibration": CALIBRATIONS,
-    "regression_target": ("normalized", "raw"),
-    "head_pooling": ("mean", "cls"),
-    "output_layer": ("task_heads", "label_words"),
-    "seq2seq_eval": ("generate", "rank"),
-    "adapter_kind": ADAPTER_KINDS,
-}
-#: The valid range of every numeric setting of the architecture.
-NUMERIC_RANGES: dict[str, Range] = {
-    "adapter_dim": SIZE,
-    "split_layer": Range(1, integer=True, optional=True),  # its upper bound depends on the backbone
-    "retriever_hidden_dim": SIZE,
-    "retrieval_dim": SIZE,
-    "layer_embedding_dim": SIZE,
-    "hypernet_hidden_dim": SIZE,
-    "hypernet_out_dim": SIZE,
-    "hypernet_init_scale": NON_NEGATIVE,
-    "hypernet_layer_norm_eps": POSITIVE,
-    "shared_adapter_init_gain": NON_NEGATIVE,
-    "prototype_init_std": POSITIVE,
-    "head_dropout": FRACTION,
-    "generation_max_length": SIZE,
-    "chunk_cost_tokens": Range(0, integer=True, optional=True),
-    "lora_rank": SIZE,
-    "lora_alpha": POSITIVE,
-    "lora_dropout": FRACTION,
-}
-#: Settings that decide which weights a model has, their shapes and how they are read: a checkpoint
-#: or bundle serves only a configuration that agrees on them; a transferred model takes them from its source.
-ARCHITECTURE_KEYS: tuple[str, ...] = (
-    "backbone_init",
-    "adapter_dim",
-    "split_layer",
-    "retriever_hidden_dim",
-    "retrieval_dim",
-    "layer_embedding_dim",
-    "hypernet_hidden_dim",
-    "hypernet_out_dim",
-    "hypernet_layer_norm_eps",
-    "head_pooling",
-    "hypernet_calibration",
-    "regression_target",
-    "output_layer",
-    "adapter_kind",
-    "lora_rank",
-    "lora_alpha",
-    "lora_targets",
+from pha_lightning.validation import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SIZE,
+    Choice,
+    Range,
+    check_settings,
+    field_flag,
+    setting,
 )
-#: Settings added after the first checkpoints and bundles were written, with the values that
-#: reproduce those (the released behaviour): a saved configuration that lacks a key gets its value.
-LEGACY_SETTINGS: dict[str, Any] = {
-    "hypernet_calibration": "none",
-    "regression_target": "raw",
-    "output_layer": "task_heads",
-    "adapter_kind": "bottleneck",
-    "lora_rank": 8,
-    "lora_alpha": 16.0,
-    "lora_dropout": 0.1,
-    "lora_targets": None,
-}
-
-
-def with_legacy_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """Saved settings, completed with :data:`LEGACY_SETTINGS` for keys they predate."""
-    return {**LEGACY_SETTINGS, **saved}
 
 
 def trains_retriever(tasks: list[str], lambda_ir: float, lambda_pro: float) -> bool:
@@ -94,69 +35,104 @@ def trains_retriever(tasks: list[str], lambda_ir: float, lambda_pro: float) -> b
     return bool(lambda_ir or lambda_pro) and len(tasks) > 1
 
 
-def check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {name} {value!r}; valid: {list(valid)}")
-
-
 @dataclass
 class PHAConfig:
-    """What a PHA model is made of (see docs/method.md, "The parts", for every value).
-
-    ``tasks`` fixes the task ids (their order); ``task_specs`` holds the portable spec of every
-    task declared in configuration (:meth:`~pha_lightning.data.specs.TaskSpec.portable`: fields,
-    labels, template, metrics; no file paths), so a saved model needs no spec file; ``retriever`` says whether PHA builds its
-    retriever (the training system turns it off when neither contrastive loss is trained). The
-    other fields are the ``model.*`` settings of the same names (``pha fit --help``).
-    """
+    """The architecture (``model.arch``): backbone, method, adapters, retriever, hypernetwork, heads."""
 
     backbone: str = "pypi:all-MiniLM-L6-v2"
-    tasks: list[str] = field(default_factory=list)
+    """Hub id, local directory, or ``pypi:all-MiniLM-L6-v2`` (a model shipped in a package)."""
+    tasks: list[str] = setting(factory=list)
+    """Task names in the order of their task ids (linked from ``data.tasks``)."""
     task_specs: list[dict[str, Any]] | None = None
-    method: Method = "pha"
-    backbone_init: Literal["pretrained", "random"] = "pretrained"
-    adapter_dim: int = 64
-    split_layer: int | None = None
+    """The portable specs of the tasks declared in configuration (linked from ``data.task_specs``,
+    without file paths): a saved model serves them without the spec file."""
+    method: Method = setting("pha", Choice(METHODS))
+    """``pha`` or a baseline built from its parts (docs/method.md, "Baselines")."""
+    backbone_init: Literal["pretrained", "random"] = setting(
+        "pretrained", Choice(("pretrained", "random")), structural=True
+    )
+    """``pretrained`` weights, or ``random`` init from the backbone's config (tests, cost studies)."""
+    adapter_dim: int = setting(64, SIZE, structural=True)
+    """Adapter bottleneck ``r``."""
+    split_layer: int | None = setting(None, Range(1, integer=True, optional=True), structural=True)
+    """Encoder-only backbones: ``k``, blocks ``[0, k)`` get shared adapters and the retriever reads
+    block ``k-1``'s output; default ``N // 2``. Ignored for T5."""
     retriever: bool = True
-    retriever_hidden_dim: int = 128
-    retrieval_dim: int = 64
-    layer_embedding_dim: int = 64
-    hypernet_hidden_dim: int = 128
-    hypernet_out_dim: int = 64
-    hypernet_init_scale: float = 1e-3
-    hypernet_layer_norm_eps: float = 1e-6
-    hypernet_calibration: Calibration = "width"
-    shared_adapter_init_gain: float = 1e-4
-    prototype_init_std: float = 1.0
-    regression_target: Literal["normalized", "raw"] = "normalized"
-    head_pooling: Literal["mean", "cls"] = "mean"
-    output_layer: Literal["task_heads", "label_words"] = "task_heads"
-    head_dropout: float = 0.1
-    generation_max_length: int = 16
-    seq2seq_eval: Literal["generate", "rank"] = "generate"
-    chunk_cost_tokens: int | None = 64
-    adapter_kind: AdapterKind = "bottleneck"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    lora_targets: list[str] | None = None
+    """Whether PHA builds its retriever: set by the training system from the loss weights
+    (a retriever no loss trains is not built); not a command-line setting."""
+    retriever_hidden_dim: int = setting(128, SIZE, structural=True)
+    """Hidden width of the retriever MLP ``d_model → 128 → 64``."""
+    retrieval_dim: int = setting(64, SIZE, structural=True)
+    """Width of the retrieval vectors ``z`` and of the prototypes."""
+    layer_embedding_dim: int = setting(64, SIZE, structural=True)
+    """Width of the hypernetwork's layer embeddings."""
+    hypernet_hidden_dim: int = setting(128, SIZE, structural=True)
+    """Hidden width of the hypernetwork."""
+    hypernet_out_dim: int = setting(64, SIZE, structural=True)
+    """Width of the hypernetwork's shared output before the weight heads."""
+    hypernet_init_scale: float = setting(1e-3, NON_NEGATIVE)
+    """Standard deviation scale of the hypernetwork's weight heads at init."""
+    hypernet_layer_norm_eps: float = setting(1e-6, POSITIVE, structural=True)
+    """ε of the hypernetwork's layer norm."""
+    hypernet_calibration: Calibration = setting("width", Choice(CALIBRATIONS), structural=True)
+    """``width`` scales the generator's heads so one optimiser step moves a generated adapter as much
+    as a shared one; ``none`` is the released parametrisation (docs/method.md)."""
+    shared_adapter_init_gain: float = setting(1e-4, NON_NEGATIVE)
+    """Xavier gain of the shared adapters (1e-4: they start near zero)."""
+    prototype_init_std: float = setting(1.0, POSITIVE)
+    """σ of the N(0, σ²) prototype initialisation."""
+    regression_target: Literal["normalized", "raw"] = setting(
+        "normalized", Choice(("normalized", "raw")), structural=True
+    )
+    """Encoder regression heads predict the target mapped from the task's range to [-1, 1]
+    (``normalized``) or on the ``raw`` scale (the released behaviour)."""
+    head_pooling: Literal["mean", "cls"] = setting("mean", Choice(("mean", "cls")), structural=True)
+    """Encoder task heads read the ``mean`` of the final hidden states over real tokens, or ``cls``."""
+    output_layer: Literal["task_heads", "label_words"] = setting(
+        "task_heads", Choice(("task_heads", "label_words")), structural=True
+    )
+    """Encoder-only backbones: one head per task, or one layer over the union of the tasks' label words."""
+    head_dropout: float = setting(0.1, FRACTION)
+    """Dropout before the task heads."""
+    generation_max_length: int = setting(16, SIZE)
+    """T5: the most tokens generated at evaluation (linked from ``data.max_target_length``)."""
+    seq2seq_eval: Literal["generate", "rank"] = setting("generate", Choice(("generate", "rank")))
+    """T5: greedy ``generate`` (the paper), or ``rank`` the task's candidate targets by likelihood."""
+    chunk_cost_tokens: int | None = setting(64, Range(0, integer=True, optional=True))
+    """Length-aware execution: a chunk boundary where it saves more padded tokens than this (the cost of
+    one more backbone call; ~64 on a CPU, thousands on a GPU); ``None`` runs each batch whole."""
+    adapter_kind: AdapterKind = setting("bottleneck", Choice(ADAPTER_KINDS), structural=True)
+    """``bottleneck`` adapters, or ``lora`` on the attention projections (``method: lora`` always uses LoRA)."""
+    lora_rank: int = setting(8, SIZE, structural=True)
+    """LoRA's ``r``."""
+    lora_alpha: float = setting(16.0, POSITIVE, structural=True)
+    """LoRA's ``alpha``: the update is scaled by ``alpha / r``."""
+    lora_dropout: float = setting(0.1, FRACTION)
+    """Dropout on the LoRA sites' input."""
+    lora_targets: list[str] | None = setting(None, structural=True)
+    """The linear layers of each block LoRA adapts (default ``query`` and ``value``; also ``key``,
+    ``output``, ``ffn_in``, ``ffn_out``), as peft's ``LoraConfig`` means them."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise ConfigError("a PHA model needs at least one task (model.tasks, linked from data.tasks)")
+            raise ConfigError("a PHA model needs at least one task (model.arch.tasks, linked from data.tasks)")
         self.tasks = list(self.tasks)
         self.task_specs = [parse_spec(spec).portable() for spec in self.task_specs or ()] or None
-        for name, valid in CHOICES.items():
-            check_choice(name, getattr(self, name), valid)
-        check_ranges("model", NUMERIC_RANGES, {name: getattr(self, name) for name in NUMERIC_RANGES})
+        check_settings("model.arch", PHAConfig, self.to_dict())
         check_lora_targets(list(self.lora_targets or DEFAULT_LORA_TARGETS))
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], **overrides: Any) -> PHAConfig:
-        """The architecture among a mapping of settings (a checkpoint's hyperparameters, an old
-        bundle's config), completed with :data:`LEGACY_SETTINGS` for keys it predates."""
-        saved = {**with_legacy_settings(settings), **overrides}
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+    def from_dict(cls, settings: dict[str, Any]) -> PHAConfig:
+        """A config from its :meth:`to_dict` (a current-format checkpoint or bundle); an unknown key is an error."""
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown architecture settings {unknown}; valid: {[f.name for f in fields(cls)]}")
+        return cls(**settings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return asdict(self)
+
+
+#: Settings that decide which weights a model has, their shapes and how they are read: a checkpoint
+#: or bundle serves only a configuration that agrees on them; a transferred model takes them from its source.
+ARCHITECTURE_KEYS: tuple[str, ...] = field_flag(PHAConfig, "structural")

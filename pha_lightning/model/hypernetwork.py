@@ -82,11 +82,6 @@ class Generator(nn.Module):
     def heads(self) -> tuple[Head, ...]:
         raise NotImplementedError
 
-    def set_calibration(self, calibration: Calibration) -> None:
-        """Switch the heads' parametrisation (loading weights trained with another one)."""
-        for head in self.heads():
-            head.multiplier = head_multiplier(calibration, head.in_features)
-
 
 class HyperNetwork(Generator):
     """Generate bottleneck-adapter weights for every generated layer from a condition vector.

@@ -48,17 +48,13 @@ from pha_lightning.model.backbone import (
     site_hidden_states,
 )
 from pha_lightning.model.chunking import plan_chunks, restrict_weights, run_chunked
-from pha_lightning.model.config import LEGACY_SETTINGS, PHAConfig
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.model.hypernetwork import Generator, HyperNetwork
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
-
-#: Settings that change how weights are read, not which weights exist: a built model can switch
-#: them to the legacy values of weights saved before the settings existed.
-SWITCHABLE_SETTINGS: tuple[str, ...] = ("hypernet_calibration", "regression_target")
 
 
 class PHAModel(nn.Module):
@@ -183,15 +179,6 @@ class PHAModel(nn.Module):
         they cannot be rebuilt from the hub like the backbone.
         """
         return {name for name, p in self.named_parameters() if p.requires_grad or not name.startswith("backbone.")}
-
-    def use_legacy_settings(self, saved: Mapping[str, Any]) -> None:
-        """Weights saved before a :data:`SWITCHABLE_SETTINGS` setting existed were trained with its
-        legacy value (:data:`LEGACY_SETTINGS`): read them that way."""
-        for key in SWITCHABLE_SETTINGS:
-            if key not in saved:
-                setattr(self.config, key, LEGACY_SETTINGS[key])
-        if self.hypernetwork is not None:
-            self.hypernetwork.set_calibration(self.config.hypernet_calibration)
 
     # ------------------------------------------------------------------ new tasks (few-shot transfer)
     def add_tasks(self, names: list[str], specs: list[dict[str, Any]] | None = None) -> None:
@@ -576,7 +563,7 @@ class PHAModel(nn.Module):
         config = bundle.read_bundle_config(path)
         name = backbone or config["config"]["backbone"]
         bundle.check_backbone(config, name, path, given=backbone is not None)
-        model = cls(PHAConfig(**{**config["config"], "backbone": name}))
+        model = cls(PHAConfig.from_dict({**config["config"], "backbone": name}))
         model.load_bundle(path, config)
         model.bundle_config = config
         if use_precomputed_adapters and bundle.ADAPTERS_NAME in config["files"]:

@@ -5,8 +5,8 @@ file and what is wrong with it, before anything is half-done:
 
 * :func:`read_checkpoint` (from :mod:`pha_lightning.training.transfer`) loads with ``weights_only=True``
   (no arbitrary unpickling) and reports a missing, truncated or corrupt file;
-* :func:`check_compatible` compares what a checkpoint or bundle was trained with (tasks, backbone,
-  method, the hyperparameters that decide the weights' shapes) with what the configuration asks
+* :func:`check_compatible` compares the architecture a checkpoint or bundle was trained with (tasks,
+  backbone, method, the settings that decide the weights' shapes) with what the configuration asks
   for, and :func:`check_state_fits` compares the saved weights' shapes with a built model;
 * :func:`resolve_last_checkpoint` finds the checkpoint furthest along (highest global step; any
   ``*.ckpt``: step, ``last``, SLURM ``hpc_ckpt_*``) under a run directory, across the TensorBoard
@@ -40,7 +40,7 @@ __all__ = [
     "resolve_last_checkpoint",
 ]
 
-#: Hyperparameters besides tasks and backbone that decide which weights a model has and their shapes.
+#: Architecture settings besides tasks and backbone that decide which weights a model has and their shapes.
 STRUCTURE_KEYS: tuple[str, ...] = ("method", *ARCHITECTURE_KEYS)
 
 
@@ -82,38 +82,34 @@ def _same_task_specs(saved: list | None, asked: list | None, source: str) -> Non
         )
 
 
-def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source: str) -> None:
-    """Raise :class:`ConfigError` if a checkpoint's hyperparameters ``saved`` cannot serve ``asked``.
+def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source: str, transfer: bool = False) -> None:
+    """Raise :class:`ConfigError` if the architecture a checkpoint or bundle was trained with,
+    ``saved`` (a :class:`PHAConfig` dict), cannot serve the one the configuration asks for, ``asked``.
 
-    Both are PHAModule hyperparameter mappings (``asked`` may lack keys: those are not compared).
     Tasks must match in order (their positions are the task ids of prototype rows and heads), the
-    backbone must be the same model, and the method and architecture hyperparameters equal. A
-    transfer model takes its architecture from its source checkpoint, so for it only tasks,
-    backbone and method are compared.
+    backbone must be the same model, and the method and architecture settings equal. A transfer
+    model (``transfer``) takes its architecture from its source checkpoint, so for it only tasks,
+    backbone and method are compared. Keys ``asked`` lacks are not compared.
     """
-    if "tasks" in asked and asked["tasks"] is not None and list(asked["tasks"]) != list(saved["tasks"]):
+    if asked.get("tasks") is not None and list(asked["tasks"]) != list(saved["tasks"]):
         raise ConfigError(
             f"{source} was trained on tasks {list(saved['tasks'])}, but the configuration asks for "
             f"{list(asked['tasks'])} (data.tasks); the task order fixes the task ids, so they must match exactly"
         )
-    _same_task_specs(saved.get("portable_task_specs"), asked.get("portable_task_specs"), source)
+    _same_task_specs(saved.get("task_specs"), asked.get("task_specs"), source)
     if asked.get("backbone") is not None:
         _same_backbone(saved["backbone"], asked["backbone"], source)
-    keys = ("method",) if (saved.get("transfer") or asked.get("transfer")) else STRUCTURE_KEYS
-    for key in keys:
+    for key in ("method",) if transfer else STRUCTURE_KEYS:
         if key in asked and key in saved and asked[key] != saved[key]:
             raise ConfigError(
-                f"{source} was trained with model.{key}={saved[key]!r}, but the configuration asks for "
-                f"{asked[key]!r}; drop the option or use --model.{key}={saved[key]}"
+                f"{source} was trained with model.arch.{key}={saved[key]!r}, but the configuration asks for "
+                f"{asked[key]!r}; drop the option or use --model.arch.{key}={saved[key]}"
             )
 
 
 def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A checkpoint's weights under the model's own names: the system keeps its model under
-    ``model.``; checkpoints written before the model/system split have no such prefix."""
-    if any(key.startswith("model.") for key in state_dict):
-        return {key.removeprefix("model."): value for key, value in state_dict.items()}
-    return dict(state_dict)
+    """A checkpoint's weights under the model's own names (the system keeps its model under ``model.``)."""
+    return {key.removeprefix("model."): value for key, value in state_dict.items()}
 
 
 def checkpoint_files(root: str | os.PathLike) -> list[Path]:

@@ -13,7 +13,7 @@ module's ids); the source tasks' weights stay fixed unless ``tune`` includes the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.model.config import with_legacy_settings
-from pha_lightning.validation import POSITIVE, SIZE, check_range
+from pha_lightning.model.migration import upgrade_checkpoint
+from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -38,31 +38,23 @@ TUNE_MODES: tuple[str, ...] = ("prototype", "hypernetwork", "all")
 TRANSFER_METHODS: tuple[str, ...] = ("pha", "hyperformer")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferConfig:
-    """How to adapt a trained PHA checkpoint to the tasks being trained now.
-
-    Args:
-        checkpoint: the multi-task PHA checkpoint whose tasks are the sources.
-        init: how the new prototypes start: ``top1``, ``mix``, ``mean`` or ``random``.
-        mix_top_m: ``mix``: how many of the best-scoring source rows are mixed.
-        mix_temperature: ``mix``: softmax temperature over their cosine scores.
-        tune: which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see TUNE_MODES).
-    """
+    """Few-shot transfer (``model.transfer``): adapt a trained PHA checkpoint to the tasks being trained now."""
 
     checkpoint: str
-    init: Init = "top1"
-    mix_top_m: int = 3
-    mix_temperature: float = 0.1
-    tune: Tune = "prototype"
+    """The multi-task PHA checkpoint whose tasks are the sources."""
+    init: Init = setting("top1", Choice(INITS))
+    """How the new prototypes start: ``top1``, ``mix``, ``mean`` or ``random``."""
+    mix_top_m: int = setting(3, SIZE)
+    """``mix``: how many of the best-scoring source rows are mixed."""
+    mix_temperature: float = setting(0.1, POSITIVE)
+    """``mix``: softmax temperature over their cosine scores."""
+    tune: Tune = setting("prototype", Choice(TUNE_MODES))
+    """Which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see ``TUNE_MODES``)."""
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ConfigError(f"unknown transfer init {self.init!r}; valid: {list(INITS)}")
-        if self.tune not in TUNE_MODES:
-            raise ConfigError(f"unknown transfer tune {self.tune!r}; valid: {list(TUNE_MODES)}")
-        check_range("model.transfer.mix_top_m", self.mix_top_m, SIZE)
-        check_range("model.transfer.mix_temperature", self.mix_temperature, POSITIVE)
+        check_settings("model.transfer", TransferConfig, asdict(self))
 
 
 def read_checkpoint(path: str) -> dict:
@@ -75,15 +67,14 @@ def read_checkpoint(path: str) -> dict:
         raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise PHAError(f"{path!r} is not a pha checkpoint (no state_dict / hyper_parameters)")
-    checkpoint["hyper_parameters"] = with_legacy_settings(checkpoint["hyper_parameters"])
-    return checkpoint
+    return upgrade_checkpoint(checkpoint, f"checkpoint {path!r}")
 
 
 def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> dict:
     """The source checkpoint, checked against what the transfer asks for."""
     source = read_checkpoint(config.checkpoint)
-    hparams = source["hyper_parameters"]
-    method = hparams.get("method", "pha")
+    arch = source["hyper_parameters"]["arch"]
+    method = arch["method"]
     if method not in TRANSFER_METHODS:
         raise ConfigError(
             f"transfer needs a checkpoint of {list(TRANSFER_METHODS)}; {config.checkpoint!r} was trained with method {method!r}"
@@ -92,12 +83,12 @@ def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> 
         raise ConfigError(
             f"a HyperFormer checkpoint has no retriever: transfer init must be 'random', got {config.init!r}"
         )
-    if hparams["backbone"] != backbone:
+    if arch["backbone"] != backbone:
         raise ConfigError(
-            f"checkpoint {config.checkpoint!r} was trained on backbone {hparams['backbone']!r}, "
+            f"checkpoint {config.checkpoint!r} was trained on backbone {arch['backbone']!r}, "
             f"but the config asks for {backbone!r}"
         )
-    overlap = sorted(set(new_tasks) & set(hparams["tasks"]))
+    overlap = sorted(set(new_tasks) & set(arch["tasks"]))
     if overlap:
         raise ConfigError(f"tasks {overlap} are already source tasks of {config.checkpoint!r}; transfer adds new tasks")
     return source

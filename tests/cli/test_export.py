@@ -167,24 +167,3 @@ def test_bundle_sizes_for_t5_base_and_minilm(tmp_path: Path) -> None:
     print(
         f"bundle sizes: t5-base {t5_params:,} parameters = {t5_mb:.1f} MB; all-MiniLM-L6-v2 {minilm_params:,} = {minilm_mb:.1f} MB"
     )
-
-
-def test_format_1_bundles_still_load(bundle: Path, ckpt: Path, tmp_path: Path, batches: list[dict]) -> None:
-    """A bundle written before the model/system split (format 1: every training hyperparameter
-    under ``hyperparameters``) loads and predicts the same; keys it predates take their legacy values."""
-    import shutil
-
-    old = tmp_path / "old"
-    shutil.copytree(bundle, old)
-    record = json.loads((old / CONFIG_NAME).read_text())
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
-    record["hyperparameters"] = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "transfer"}
-    record["format_version"] = 1
-    del record["config"]
-    (old / CONFIG_NAME).write_text(json.dumps(record))
-    served, reference = PHAModel.from_pretrained(old), PHAModel.from_pretrained(bundle)
-    assert served.config == reference.config
-    assert torch.equal(served.predict_values(batches[0]), reference.predict_values(batches[0]))
-    del record["hyperparameters"]["hypernet_calibration"]  # written before the setting existed
-    (old / CONFIG_NAME).write_text(json.dumps(record))
-    assert read_bundle_config(old)["config"]["hypernet_calibration"] == "none"

@@ -27,7 +27,9 @@ from pha_lightning.data.glue import LARGE_TASK_VALIDATION_SIZE
 from pha_lightning.data.tasks import Task, available_tasks, get_task, register_task
 from pha_lightning.errors import ConfigError, DataError, PHAError
 from pha_lightning.model.bundle import WEIGHTS_NAME
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import NonFiniteGuard, NonFiniteLossError
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import NUMERIC_RANGES as MODEL_RANGES
 from pha_lightning.training.system import PHAModule
 from pha_lightning.validation import Range
@@ -93,13 +95,13 @@ def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_
     )
     assert "nope" in err and "hyperformer" in err and "task_adapter" in err
     with pytest.raises(ConfigError, match=r"unknown method 'nope'; valid: \['pha', 'adapter'"):
-        PHAModule(tasks=["synth_polarity"], method="nope")
+        PHAModule(PHAConfig(tasks=["synth_polarity"], method="nope"))
 
 
 def test_unsupported_backbone_family(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ConfigError, match="model_type 'gpt2', which PHA does not support; supported: .*'t5'.*'bert'"):
-        PHAModule(backbone=str(tmp_path / "gpt2"), tasks=["synth_polarity"], backbone_init="random")
+        PHAModule(PHAConfig(backbone=str(tmp_path / "gpt2"), tasks=["synth_polarity"], backbone_init="random"))
     err = pha_error(
         capsys,
         "fit",
@@ -154,7 +156,7 @@ def test_checkpoint_of_another_method_or_architecture(
 
 
 def test_python_api_refuses_checkpoints_and_bundles_that_do_not_fit(ckpt: Path, bundle: Path, tiny_t5: str) -> None:
-    other = PHAModule(tasks=["synth_polarity", "synth_score"])
+    other = PHAModule(PHAConfig(tasks=["synth_polarity", "synth_score"]))
     data = PHADataModule(
         tasks=["synth_polarity", "synth_score"], eval_batch_size=16, max_source_length=MAX_SOURCE_LENGTH
     )
@@ -247,7 +249,7 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(where: str
     seed_everything(0)
     tasks = ["synth_polarity", "synth_score"]
     data = PHADataModule(tasks=tasks, n_train=16, batch_size=8, max_source_length=MAX_SOURCE_LENGTH)
-    model = PHAModule(tasks=tasks, warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=tasks), optim=OptimConfig(warmup_steps=0))
     checkpoints = ModelCheckpoint(
         dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_last=True, filename="{step}"
     )

@@ -14,6 +14,7 @@ from transformers import AutoModel
 
 from pha_lightning.hub import backbone_family, load_tokenizer, resolve_backbone_path
 from pha_lightning.model.backbone import load_backbone
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # loads and runs the backbones
@@ -50,7 +51,7 @@ def _batch(backbone: str, task_ids: list[int]) -> dict[str, torch.Tensor]:
 
 
 def test_encoder_backbone_output_unchanged_at_init() -> None:
-    model = PHAModule(backbone=MINILM, tasks=TASKS).eval()
+    model = PHAModule(PHAConfig(backbone=MINILM, tasks=TASKS)).eval()
     reference = AutoModel.from_pretrained(resolve_backbone_path(MINILM)).eval()
     batch = _batch(MINILM, [0, 2, 3, 2])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -77,7 +78,7 @@ def test_t5_backbone_output_unchanged_at_init(tiny_t5: str) -> None:
     torch.manual_seed(0)
     reference = load_backbone(tiny_t5, "random").eval()
     torch.manual_seed(0)
-    model = PHAModule(backbone=tiny_t5, tasks=TASKS, backbone_init="random").eval()
+    model = PHAModule(PHAConfig(backbone=tiny_t5, tasks=TASKS, backbone_init="random")).eval()
     batch = _batch(tiny_t5, [1, 0, 1])
     decoder_input_ids = torch.tensor([[0, 5, 9], [0, 7, 7], [0, 3, 4]])
     inputs = {
@@ -106,7 +107,7 @@ def test_t5_backbone_output_unchanged_at_init(tiny_t5: str) -> None:
 
 def test_encoder_split_layer_is_validated() -> None:
     with pytest.raises(ValueError, match=r"split_layer must be in \[1, 5\].*got 6"):
-        PHAModule(backbone=MINILM, tasks=TASKS, split_layer=6)
+        PHAModule(PHAConfig(backbone=MINILM, tasks=TASKS, split_layer=6))
 
 
 def test_unsupported_backbone_family_is_named(tmp_path) -> None:

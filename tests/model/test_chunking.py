@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pha_lightning.model.chunking import partition, plan_chunks
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # runs every method on MiniLM and T5
@@ -67,13 +68,15 @@ def equivalence_model(backbone: str, method: str, init: str, dtype: torch.dtype)
     """A model whose adapters matter (large init), without dropout (eval mode) so both paths are deterministic."""
     torch.manual_seed(0)
     model = PHAModule(
-        backbone=backbone,
-        tasks=TASKS,
-        method=method,
-        backbone_init=init,
-        hypernet_init_scale=1.0,
-        shared_adapter_init_gain=1.0,
-        adapter_dim=8,
+        PHAConfig(
+            backbone=backbone,
+            tasks=TASKS,
+            method=method,
+            backbone_init=init,
+            hypernet_init_scale=1.0,
+            shared_adapter_init_gain=1.0,
+            adapter_dim=8,
+        )
     )
     return model.to(dtype).eval()
 

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.tasks import get_task
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.heads import LabelWordHead
 from pha_lightning.training.system import PHAModule
 
@@ -42,7 +43,7 @@ def test_module_trains_the_label_word_layer_with_label_smoothed_ce() -> None:
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, output_layer="label_words").eval()
+    model = PHAModule(PHAConfig(tasks=TASKS, output_layer="label_words")).eval()
     assert isinstance(model.model.heads, LabelWordHead)
     with torch.no_grad():
         out = model(batch)
@@ -59,4 +60,4 @@ def test_module_trains_the_label_word_layer_with_label_smoothed_ce() -> None:
         torch.testing.assert_close(preds[rows], model.model.heads.values(task, scores))
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
     with pytest.raises(ValueError, match=r"unknown output_layer 'vocab'; valid: \['task_heads', 'label_words'\]"):
-        PHAModule(tasks=TASKS, output_layer="vocab")
+        PHAModule(PHAConfig(tasks=TASKS, output_layer="vocab"))

@@ -12,10 +12,12 @@ from torch.nn import functional as F
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.adapters import AdapterContext
 from pha_lightning.model.backbone import backbone_blocks, load_backbone
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import GeneratedLoRAUpdate, LoRAHyperNetwork, LoRALinear, apply_lora_grouped
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import masked_mean
 from pha_lightning.training.health import health_report
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # compares with peft and trains LoRA models
@@ -41,15 +43,17 @@ def lora_pair(backbone: str, targets: tuple[str, ...], dropout: float) -> tuple[
     """``method: lora`` and peft's LoraModel on the same random backbone, with the same random factors."""
     seed_everything(0)
     ours = PHAModule(
-        backbone=backbone,
-        tasks=TASKS,
-        method="lora",
-        backbone_init="random",
-        lora_rank=4,
-        lora_alpha=12.0,
-        lora_dropout=dropout,
-        lora_targets=list(targets),
-        chunk_cost_tokens=None,
+        PHAConfig(
+            backbone=backbone,
+            tasks=TASKS,
+            method="lora",
+            backbone_init="random",
+            lora_rank=4,
+            lora_alpha=12.0,
+            lora_dropout=dropout,
+            lora_targets=list(targets),
+            chunk_cost_tokens=None,
+        )
     )
     seed_everything(0)
     base = load_backbone(backbone, "random")  # the same draws: the same frozen weights
@@ -116,13 +120,15 @@ def test_lora_model_starts_exactly_as_the_backbone(method: str, backbone: str, r
     path = request.getfixturevalue(backbone)
     seed_everything(0)
     model = PHAModule(
-        backbone=path,
-        tasks=TASKS,
-        method=method,
-        adapter_kind="lora",
-        backbone_init="random",
-        lora_targets=ALL_TARGETS,
-        chunk_cost_tokens=None,
+        PHAConfig(
+            backbone=path,
+            tasks=TASKS,
+            method=method,
+            adapter_kind="lora",
+            backbone_init="random",
+            lora_targets=ALL_TARGETS,
+            chunk_cost_tokens=None,
+        )
     ).eval()
     seed_everything(0)
     base = load_backbone(path, "random").eval()
@@ -151,7 +157,7 @@ def test_health_reports_each_blocks_lora_update_against_its_frozen_output(
     path = request.getfixturevalue(backbone)
     seed_everything(0)
     model = PHAModule(
-        backbone=path, tasks=TASKS, adapter_kind="lora", backbone_init="random", lora_targets=ALL_TARGETS
+        PHAConfig(backbone=path, tasks=TASKS, adapter_kind="lora", backbone_init="random", lora_targets=ALL_TARGETS)
     ).eval()
     for head in model.model.hypernetwork.b_heads:
         head.init_uniform(0.1)
@@ -272,7 +278,7 @@ def test_generated_a_starts_like_a_shared_a_and_b_at_zero() -> None:
 
 
 def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
-    model = PHAModule(backbone=tiny_bert, tasks=TASKS, adapter_kind="lora", backbone_init="random").eval()
+    model = PHAModule(PHAConfig(backbone=tiny_bert, tasks=TASKS, adapter_kind="lora", backbone_init="random")).eval()
     for head in model.model.hypernetwork.b_heads:
         head.init_uniform(0.1)
     ids = torch.tensor([3, 1, 3, 0])
@@ -289,14 +295,14 @@ def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"lora_rank": 0}, "model.lora_rank must be >= 1, got 0"),
-        ({"lora_alpha": -1.0}, "model.lora_alpha must be > 0, got -1.0"),
-        ({"lora_dropout": 1.0}, r"model.lora_dropout must be in \[0, 1\), got 1.0"),
+        ({"lora_rank": 0}, "model.arch.lora_rank must be >= 1, got 0"),
+        ({"lora_alpha": -1.0}, "model.arch.lora_alpha must be > 0, got -1.0"),
+        ({"lora_dropout": 1.0}, r"model.arch.lora_dropout must be in \[0, 1\), got 1.0"),
         (
             {"lora_targets": ["query", "qv"]},
             r"lora_targets must be distinct names from \['query', .*'ffn_out'\], got \['query', 'qv'\]",
         ),
-        ({"adapter_kind": "prefix"}, r"unknown adapter_kind 'prefix'; valid: \['bottleneck', 'lora'\]"),
+        ({"adapter_kind": "prefix"}, r"unknown model.arch.adapter_kind 'prefix'; valid: \['bottleneck', 'lora'\]"),
         (
             {"adapter_kind": "lora", "method": "task_adapter"},
             "adapter_kind 'lora' is not available for method 'task_adapter'",
@@ -305,7 +311,7 @@ def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
 )
 def test_bad_lora_settings_are_named(setting: dict, message: str, tiny_bert: str) -> None:
     with pytest.raises(ValueError, match=message):
-        PHAModule(backbone=tiny_bert, tasks=TASKS, backbone_init="random", **setting)
+        PHAModule(PHAConfig(backbone=tiny_bert, tasks=TASKS, backbone_init="random", **setting))
 
 
 def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
@@ -320,7 +326,9 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
 
     seed_everything(0)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)
-    model = PHAModule(tasks=TASKS, adapter_kind="lora", learning_rate=1e-2, warmup_steps=0)
+    model = PHAModule(
+        PHAConfig(tasks=TASKS, adapter_kind="lora"), optim=OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    )
     trainer = quiet_trainer(
         max_steps=3,
         limit_val_batches=1,
@@ -358,7 +366,7 @@ def transfer_from_lora_checkpoint(ckpt: str) -> None:
     from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
 
     target = "synth_polarity_heldout"
-    model = PHAModule(tasks=[target], transfer=TransferConfig(ckpt, init="top1")).eval()
+    model = PHAModule(PHAConfig(tasks=[target]), transfer=TransferConfig(ckpt, init="top1")).eval()
     assert (model.model.layout.kind, model.hparams.lora_targets) == ("lora", None)  # None: the default query, value
     support = PHADataModule(tasks=[target], batch_size=8, max_source_length=32, n_train=8, seed=3)
     support.setup("fit")

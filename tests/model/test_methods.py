@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.settings import LossConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains every method
@@ -27,10 +29,10 @@ EXPECTED_PARTS = {
 }
 
 
-def build(method: str, **kwargs) -> PHAModule:
+def build(method: str, loss: LossConfig = LossConfig()) -> PHAModule:
     """``<method>_lora``: the method with ``adapter_kind: lora``."""
     name, kind = (method.removesuffix("_lora"), "lora") if method.endswith("_lora") else (method, "bottleneck")
-    return PHAModule(tasks=TASKS, method=name, adapter_kind=kind, **kwargs)
+    return PHAModule(PHAConfig(tasks=TASKS, method=name, adapter_kind=kind), loss=loss)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def batches() -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize(("method", "lam"), list(EXPECTED_PARTS))
 def test_each_method_trains_exactly_its_parameters(method: str, lam: float, batches) -> None:
-    model = build(method, lambda_ir=lam, lambda_pro=lam)
+    model = build(method, LossConfig(lambda_ir=lam, lambda_pro=lam))
     trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
     assert {n.split(".")[0] for n in trainable} == EXPECTED_PARTS[(method, lam)]
     for kind in ("mixed", "single"):  # a one-task batch too: DDP needs every parameter in every step
@@ -58,7 +60,7 @@ def test_each_method_trains_exactly_its_parameters(method: str, lam: float, batc
 
 
 def test_ablation_keeps_one_contrastive_term(batches) -> None:
-    terms = PHAModule(tasks=TASKS, lambda_ir=0.0).loss_terms(batches["mixed"])
+    terms = PHAModule(PHAConfig(tasks=TASKS), loss=LossConfig(lambda_ir=0.0)).loss_terms(batches["mixed"])
     assert set(terms) == {"ce", "l_pro", "loss"}
     assert terms["loss"].item() == pytest.approx((terms["ce"] + 0.1 * terms["l_pro"]).item(), rel=1e-6)
 
@@ -67,12 +69,14 @@ def test_hyperdecoder_needs_no_task_id_at_inference(tiny_t5: str) -> None:
     """T5 HyperDecoder: generated adapters come from the example itself, so task ids change nothing."""
     torch.manual_seed(0)
     model = PHAModule(
-        backbone=tiny_t5,
-        tasks=TASKS,
-        method="hyperdecoder",
-        backbone_init="random",
-        hypernet_init_scale=1.0,
-        generation_max_length=4,
+        PHAConfig(
+            backbone=tiny_t5,
+            tasks=TASKS,
+            method="hyperdecoder",
+            backbone_init="random",
+            hypernet_init_scale=1.0,
+            generation_max_length=4,
+        )
     ).eval()
     dm = PHADataModule(tasks=TASKS, backbone=tiny_t5, batch_size=6, max_source_length=32)
     dm.setup("fit")
@@ -90,4 +94,4 @@ def test_hyperdecoder_needs_no_task_id_at_inference(tiny_t5: str) -> None:
 
 def test_unknown_method_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown method 'prefix'.*'lora'.*hyperdecoder"):
-        PHAModule(tasks=TASKS, method="prefix")
+        PHAModule(PHAConfig(tasks=TASKS, method="prefix"))

@@ -10,6 +10,7 @@ from lightning.pytorch import seed_everything
 from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import (
     HealthThresholds,
     between_task_spread,
@@ -36,7 +37,7 @@ def one_step_ratio(
     calibration: str, batch: dict[str, torch.Tensor], lr: float = 1e-3, adapter_kind: str = "bottleneck"
 ) -> float:
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, hypernet_calibration=calibration, adapter_kind=adapter_kind)
+    model = PHAModule(PHAConfig(tasks=TASKS, hypernet_calibration=calibration, adapter_kind=adapter_kind))
     generated, shared = one_step_change(model, batch, lr)
     return generated / shared
 
@@ -85,7 +86,9 @@ def test_between_task_spread_formula() -> None:
 
 def test_health_report_matches_direct_computation(tiny_bert: str, data: PHADataModule) -> None:
     seed_everything(0)
-    model = PHAModule(backbone=tiny_bert, tasks=TASKS, backbone_init="random", hypernet_init_scale=10.0).eval()
+    model = PHAModule(
+        PHAConfig(backbone=tiny_bert, tasks=TASKS, backbone_init="random", hypernet_init_scale=10.0)
+    ).eval()
     initial = model.model.prototypes.table().detach().clone()
     with torch.no_grad():
         model.model.prototypes.weight[1] += 0.5 * initial[1]  # task 1 moved by half its norm
@@ -143,7 +146,7 @@ def test_fit_writes_health_json_and_logs_it(tmp_path, data: PHADataModule) -> No
     from pha_lightning.training.callbacks import TrainingHealth
 
     seed_everything(0)
-    model = PHAModule(tasks=TASKS)
+    model = PHAModule(PHAConfig(tasks=TASKS))
     health = TrainingHealth(probe_examples=8)
     trainer = quiet_trainer(
         max_steps=2,
@@ -160,23 +163,3 @@ def test_fit_writes_health_json_and_logs_it(tmp_path, data: PHADataModule) -> No
     assert written["start"]["prototype_shift"]["synth_polarity"] == 0.0
     assert written["end"]["prototype_shift"]["synth_polarity"] > 0.0
     assert set(written["end"]["top_axis_share"]) == set(TASKS)
-
-
-def test_weights_saved_before_the_calibration_settings_load_with_their_old_meaning(data: PHADataModule) -> None:
-    """A checkpoint without ``hypernet_calibration`` / ``regression_target`` (written before they
-    existed) was trained with the released heads and raw-scale regression: a model built with the
-    new defaults adopts those when loading it, and predicts exactly what the old model predicted."""
-    seed_everything(0)
-    old = PHAModule(tasks=TASKS, hypernet_calibration="none", regression_target="raw", hypernet_init_scale=100.0).eval()
-    hparams = {k: v for k, v in old.hparams.items() if k not in ("hypernet_calibration", "regression_target")}
-    checkpoint = {
-        "hyper_parameters": hparams,
-        "state_dict": {k: v for k, v in old.model.state_dict().items() if k in old.model.saved_state_keys()},
-    }  # the layout before the model/system split: no "model." prefix
-    batch = next(iter(data.task_dataloaders("validation")[3]))  # synth_score: regression
-    new = PHAModule(**hparams).eval()
-    assert new.hparams.hypernet_calibration == "width"
-    new.on_load_checkpoint(checkpoint)  # what Lightning's load_from_checkpoint calls before loading weights
-    new.load_state_dict(checkpoint["state_dict"], strict=False)
-    assert (new.hparams.hypernet_calibration, new.hparams.regression_target) == ("none", "raw")
-    torch.testing.assert_close(new.model.predict_values(batch), old.model.predict_values(batch), rtol=0, atol=0)

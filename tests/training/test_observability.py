@@ -14,7 +14,9 @@ from torch.nn import functional as F
 from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import RetrievalProjector, RetrieverTaskAccuracy, Throughput, batch_token_count
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains with the callbacks
@@ -99,7 +101,7 @@ def test_throughput_counts_examples_and_real_tokens(tmp_path: Path) -> None:
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch_token_count(batch) == int(batch["attention_mask"].sum()) < batch["input_ids"].numel()
-    model = PHAModule(tasks=TASKS[:2], warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=TASKS[:2]), optim=OptimConfig(warmup_steps=0))
     trainer = quiet_trainer(
         max_steps=3, enable_checkpointing=False, limit_val_batches=0, callbacks=[Throughput(window=2)]
     )

@@ -23,7 +23,9 @@ from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.sampling import TemperatureBatchSampler
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import StepSeed
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # kills and resumes training runs
@@ -130,7 +132,7 @@ def test_saved_position_counts_consumed_not_prefetched_batches(num_workers: int)
         num_workers=num_workers,
         max_source_length=48,
     )
-    model = PHAModule(tasks=TASKS[:2], warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=TASKS[:2]), optim=OptimConfig(warmup_steps=0))
     positions = _Positions()
     quiet_trainer(max_steps=4, enable_checkpointing=False, limit_val_batches=0, callbacks=[positions]).fit(
         model, datamodule=data

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains and decodes T5 models
@@ -17,7 +18,7 @@ TASKS = ["synth_polarity", "synth_category", "synth_score"]
 def t5_model_and_batch(tiny_t5: str):
     torch.manual_seed(0)
     model = PHAModule(
-        backbone=tiny_t5, tasks=TASKS, backbone_init="random", hypernet_init_scale=1.0, seq2seq_eval="rank"
+        PHAConfig(backbone=tiny_t5, tasks=TASKS, backbone_init="random", hypernet_init_scale=1.0, seq2seq_eval="rank")
     ).eval()
     data = PHADataModule(tasks=TASKS, backbone=tiny_t5, batch_size=9, max_source_length=32, seed=2)
     data.setup("fit")
@@ -55,11 +56,11 @@ def test_rank_classification_matches_a_per_example_reference(t5_model_and_batch)
 
 def test_unknown_seq2seq_eval_is_named(tiny_t5: str) -> None:
     with pytest.raises(ValueError, match="unknown seq2seq_eval 'beam'"):
-        PHAModule(backbone=tiny_t5, tasks=TASKS, backbone_init="random", seq2seq_eval="beam")
+        PHAModule(PHAConfig(backbone=tiny_t5, tasks=TASKS, backbone_init="random", seq2seq_eval="beam"))
 
 
 def test_eval_step_passes_question_groups_to_grouped_metrics() -> None:
-    model = PHAModule(tasks=["multirc"])
+    model = PHAModule(PHAConfig(tasks=["multirc"]))
     seen = {}
     metrics = model.val_metrics["multirc"]
     original = metrics.update

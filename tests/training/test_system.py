@@ -11,6 +11,8 @@ from torch.nn import functional as F
 from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains PHA on MiniLM
@@ -32,7 +34,7 @@ def data() -> PHADataModule:
 
 def test_only_pha_parameters_train_and_backbone_stays_bit_identical(data: PHADataModule) -> None:
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, learning_rate=1e-3, warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=TASKS), optim=OptimConfig(learning_rate=1e-3, warmup_steps=0))
     trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(TRAINABLE_PREFIXES) for n in trainable)
     assert not any(p.requires_grad for p in model.model.backbone.parameters())
@@ -55,7 +57,7 @@ def test_only_pha_parameters_train_and_backbone_stays_bit_identical(data: PHADat
 
 
 def test_eval_generates_each_task_once_until_parameters_change(data: PHADataModule) -> None:
-    model = PHAModule(tasks=TASKS).eval()
+    model = PHAModule(PHAConfig(tasks=TASKS)).eval()
     calls = []
     model.model.hypernetwork.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
     loaders = data.val_dataloader()
@@ -72,7 +74,7 @@ def test_eval_generates_each_task_once_until_parameters_change(data: PHADataModu
 
 
 def test_eval_cache_matches_fresh_generation(data: PHADataModule) -> None:
-    model = PHAModule(tasks=TASKS, hypernet_init_scale=1.0).eval()
+    model = PHAModule(PHAConfig(tasks=TASKS, hypernet_init_scale=1.0)).eval()
     batch = next(iter(data.train_dataloader()))  # mixed tasks
     with torch.no_grad():
         cached = model.model.generated_weights(batch["task_ids"])
@@ -94,7 +96,7 @@ class _SamplerEpochs(Callback):
 
 def test_training_advances_the_sampler_epoch() -> None:
     dm = PHADataModule(tasks=TASKS[:2], batch_size=8, n_train=16, num_batches_per_epoch=2)
-    model = PHAModule(tasks=TASKS[:2], warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=TASKS[:2]), optim=OptimConfig(warmup_steps=0))
     recorder = _SamplerEpochs()
     _trainer(max_steps=6, callbacks=[recorder]).fit(model, datamodule=dm)
     assert recorder.epochs == [0, 1, 2]
@@ -103,7 +105,7 @@ def test_training_advances_the_sampler_epoch() -> None:
 
 def test_bf16_mixed_precision_gives_finite_losses() -> None:
     dm = PHADataModule(tasks=TASKS, batch_size=16, max_source_length=48)
-    model = PHAModule(tasks=TASKS, warmup_steps=0)
+    model = PHAModule(PHAConfig(tasks=TASKS), optim=OptimConfig(warmup_steps=0))
     losses = []
 
     class Record(Callback):
@@ -117,7 +119,7 @@ def test_bf16_mixed_precision_gives_finite_losses() -> None:
 def test_retriever_identifies_tasks_after_short_training(data: PHADataModule) -> None:
     """A nearest-prototype classifier on retrieval vectors names each validation example's task."""
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, learning_rate=1e-3, warmup_steps=5)
+    model = PHAModule(PHAConfig(tasks=TASKS), optim=OptimConfig(learning_rate=1e-3, warmup_steps=5))
     _trainer(max_steps=40).fit(model, datamodule=data)
     model.eval()
     correct = total = 0
@@ -134,11 +136,11 @@ def test_retriever_identifies_tasks_after_short_training(data: PHADataModule) ->
 
 def test_unknown_task_and_bad_constants_are_named() -> None:
     with pytest.raises(ValueError, match="synth_nope"):
-        PHAModule(tasks=["synth_nope"])
+        PHAModule(PHAConfig(tasks=["synth_nope"]))
     with pytest.raises(ValueError, match="'both'.*exclude_positive"):
-        PHAModule(tasks=TASKS, pro_denominator="both")
+        PHAModule(PHAConfig(tasks=TASKS), loss=LossConfig(pro_denominator="both"))
     with pytest.raises(ValueError, match="contrastive_temperature must be > 0, got 0"):
-        PHAModule(tasks=TASKS, contrastive_temperature=0)
+        PHAModule(PHAConfig(tasks=TASKS), loss=LossConfig(contrastive_temperature=0))
 
 
 @pytest.mark.parametrize("regression_target", ["normalized", "raw"])
@@ -152,7 +154,9 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(
     batch = next(iter(data.train_dataloader()))
     assert {0, 3} <= set(batch["task_ids"].tolist())  # synth_polarity (classes) and synth_score (regression)
     seed_everything(0)
-    model = PHAModule(tasks=TASKS, regression_loss_weight=0.25, regression_target=regression_target).eval()
+    model = PHAModule(
+        PHAConfig(tasks=TASKS, regression_target=regression_target), loss=LossConfig(regression_loss_weight=0.25)
+    ).eval()
     with torch.no_grad():
         out = model(batch)
         loss = model.task_loss(out, batch)
@@ -172,6 +176,6 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(
             expected += F.cross_entropy(head_out, target.long(), label_smoothing=0.1) * len(idx)
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
     with pytest.raises(ValueError, match="model.regression_loss_weight must be >= 0, got -1"):
-        PHAModule(tasks=TASKS, regression_loss_weight=-1)
+        PHAModule(PHAConfig(tasks=TASKS), loss=LossConfig(regression_loss_weight=-1))
     with pytest.raises(ValueError, match=r"unknown regression_target 'zscore'; valid: \['normalized', 'raw'\]"):
-        PHAModule(tasks=TASKS, regression_target="zscore")
+        PHAModule(PHAConfig(tasks=TASKS, regression_target="zscore"))

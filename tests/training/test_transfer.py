@@ -11,6 +11,8 @@ from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks, prototype_scores
 
@@ -27,7 +29,7 @@ def _trainer(max_steps: int, **kwargs) -> Trainer:
 @pytest.fixture(scope="module")
 def source_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     seed_everything(0)
-    model = PHAModule(tasks=SOURCES, learning_rate=1e-3, warmup_steps=5)
+    model = PHAModule(PHAConfig(tasks=SOURCES), optim=OptimConfig(learning_rate=1e-3, warmup_steps=5))
     data = PHADataModule(tasks=SOURCES, batch_size=32, max_source_length=48, temperature=2.0)
     trainer = _trainer(40, enable_checkpointing=False)
     trainer.fit(model, datamodule=data)
@@ -43,7 +45,7 @@ def _support(k: int, tasks: list[str] = [TARGET]) -> PHADataModule:  # noqa: B00
 
 
 def test_retrieval_ranks_the_heldout_copys_source_first(source_ckpt: str) -> None:
-    model = PHAModule(tasks=[TARGET], transfer=TransferConfig(source_ckpt))
+    model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(source_ckpt))
     rankings = initialize_new_tasks(model.model, model.transfer, _support(16).task_dataloaders("train"))
     ranked = [name for name, _ in rankings[TARGET]]
     assert ranked[0] == "synth_polarity", rankings
@@ -52,7 +54,7 @@ def test_retrieval_ranks_the_heldout_copys_source_first(source_ckpt: str) -> Non
 
 
 def test_top1_transfer_reproduces_the_source_tasks_predictions(source_ckpt: str) -> None:
-    model = PHAModule(tasks=[TARGET], transfer=TransferConfig(source_ckpt, init="top1"))
+    model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(source_ckpt, init="top1"))
     support = _support(16)
     initialize_new_tasks(model.model, model.transfer, support.task_dataloaders("train"))
     model.eval()
@@ -72,7 +74,7 @@ def test_top1_transfer_reproduces_the_source_tasks_predictions(source_ckpt: str)
     ],
 )
 def test_tuned_parameters_are_exactly_the_configured_ones(source_ckpt: str, tune: str, expected: set[str]) -> None:
-    model = PHAModule(tasks=[TARGET], transfer=TransferConfig(source_ckpt, tune=tune))
+    model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(source_ckpt, tune=tune))
     trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
     covered = {n for n in trainable if any(n == e or n.startswith(e + ".") for e in expected)}
     assert covered == trainable
@@ -93,7 +95,9 @@ def test_source_tasks_unchanged_unless_tuned(source_ckpt: str) -> None:
     for tune in ("prototype", "hypernetwork"):
         seed_everything(0)
         model = PHAModule(
-            tasks=[TARGET], transfer=TransferConfig(source_ckpt, tune=tune), learning_rate=5e-3, warmup_steps=0
+            PHAConfig(tasks=[TARGET]),
+            optim=OptimConfig(learning_rate=5e-3, warmup_steps=0),
+            transfer=TransferConfig(source_ckpt, tune=tune),
         )
         before = source_predictions(model)
         model.train()
@@ -106,13 +110,13 @@ def test_source_tasks_unchanged_unless_tuned(source_ckpt: str) -> None:
 
 def test_transfer_checks_its_source(source_ckpt: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already source tasks"):
-        PHAModule(tasks=["synth_score"], transfer=TransferConfig(source_ckpt))
+        PHAModule(PHAConfig(tasks=["synth_score"]), transfer=TransferConfig(source_ckpt))
     with pytest.raises(ConfigError, match="unknown transfer init 'best'"):
         TransferConfig(source_ckpt, init="best")
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(Path(source_ckpt).read_bytes()[:1000])
     with pytest.raises(Exception, match="cannot be read"):
-        PHAModule(tasks=[TARGET], transfer=TransferConfig(str(broken)))
+        PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(str(broken)))
 
 
 def test_prototype_scores_are_cosines_of_the_mean_direction() -> None:
