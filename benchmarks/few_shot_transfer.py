@@ -41,6 +41,7 @@ from pha_lightning.data.tasks import get_task
 from pha_lightning.hub import backbone_family
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import feature_spread
+from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
 
@@ -65,7 +66,7 @@ def train_source(method: str, args: argparse.Namespace) -> str:
         pha,
         "fit",
         f"--config={args.source_config}",
-        f"--model.method={method}",
+        f"--model.arch.method={method}",
         *extra,
         f"--trainer.default_root_dir={root}",
         "--trainer.enable_progress_bar=false",
@@ -83,16 +84,14 @@ def train_source(method: str, args: argparse.Namespace) -> str:
 
 
 def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModule:
-    common = {"tasks": [target], "learning_rate": args.lr, "warmup_steps": 0}
+    optim = OptimConfig(learning_rate=args.lr, warmup_steps=0)
     if variant in PHA_INITS:
-        return PHAModule(transfer=TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune), **common)
+        transfer = TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune)
+        return PHAModule(PHAConfig(tasks=[target]), optim=optim, transfer=transfer)
     if variant == "hyperformer":
-        return PHAModule(
-            method="hyperformer",
-            transfer=TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune),
-            **common,
-        )
-    return PHAModule(backbone=args.backbone, method="adapter", **common)
+        transfer = TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune)
+        return PHAModule(PHAConfig(tasks=[target], method="hyperformer"), optim=optim, transfer=transfer)
+    return PHAModule(PHAConfig(tasks=[target], backbone=args.backbone, method="adapter"), optim=optim)
 
 
 def data_options(target: str, args: argparse.Namespace) -> dict:

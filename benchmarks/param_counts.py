@@ -16,6 +16,7 @@ import tempfile
 import torch
 from transformers import T5Config
 
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.system import PHAModule
 
 T5_BASE = dict(vocab_size=32128, d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12, decoder_start_token_id=0)
@@ -32,7 +33,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 def count(backbone: str, tasks: list[str], variant: str = "pha") -> tuple[int, int]:
     with torch.device("meta"):
-        model = PHAModule(backbone=backbone, tasks=tasks, backbone_init="random", **VARIANTS[variant])
+        model = PHAModule(PHAConfig(backbone=backbone, tasks=tasks, backbone_init="random", **VARIANTS[variant]))
     return model.model.trainable_parameter_counts()
 
 

@@ -18,7 +18,7 @@ OUT=${OUT:-benchmarks/results/converged}
 LRS=${LRS:-"3e-4 1e-3"}
 if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-RUN_ARGS=(-- "--data.data_dir=$DATA_DIR" --trainer.max_steps=1000 --trainer.val_check_interval=100 --model.warmup_steps=100)
+RUN_ARGS=(-- "--data.data_dir=$DATA_DIR" --trainer.max_steps=1000 --trainer.val_check_interval=100 --model.optim.warmup_steps=100)
 tuned=(); plain=()
 # PHA's variants (sample_efficiency.PHA_VARIANTS) and the +label_words variants take their base
 # method's rate and run at n_train 100 only; every other method (pha_lora included) is tuned

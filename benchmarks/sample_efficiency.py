@@ -49,23 +49,23 @@ import torch
 from pha_lightning.training.checkpoints import resolve_last_checkpoint
 
 METHOD_ARGS: dict[str, list[str]] = {
-    "pha": ["--model.method=pha"],
-    "pha_no_ir": ["--model.method=pha", "--model.lambda_ir=0"],
-    "pha_no_pro": ["--model.method=pha", "--model.lambda_pro=0"],
-    "pha_no_contrastive": ["--model.method=pha", "--model.lambda_ir=0", "--model.lambda_pro=0"],
-    "pha_pro_infonce": ["--model.method=pha", "--model.pro_denominator=include_positive"],
-    "adapter": ["--model.method=adapter"],
-    "lora": ["--model.method=lora"],
-    "pha_lora": ["--model.method=pha", "--model.adapter_kind=lora"],
-    "task_adapter": ["--model.method=task_adapter"],
-    "hyperformer": ["--model.method=hyperformer", "--data.sampling=task"],
-    "hyperdecoder": ["--model.method=hyperdecoder"],
-    "finetune": ["--model.method=finetune"],
+    "pha": ["--model.arch.method=pha"],
+    "pha_no_ir": ["--model.arch.method=pha", "--model.loss.lambda_ir=0"],
+    "pha_no_pro": ["--model.arch.method=pha", "--model.loss.lambda_pro=0"],
+    "pha_no_contrastive": ["--model.arch.method=pha", "--model.loss.lambda_ir=0", "--model.loss.lambda_pro=0"],
+    "pha_pro_infonce": ["--model.arch.method=pha", "--model.loss.pro_denominator=include_positive"],
+    "adapter": ["--model.arch.method=adapter"],
+    "lora": ["--model.arch.method=lora"],
+    "pha_lora": ["--model.arch.method=pha", "--model.arch.adapter_kind=lora"],
+    "task_adapter": ["--model.arch.method=task_adapter"],
+    "hyperformer": ["--model.arch.method=hyperformer", "--data.sampling=task"],
+    "hyperdecoder": ["--model.arch.method=hyperdecoder"],
+    "finetune": ["--model.arch.method=finetune"],
 }
 #: every method with the encoder's shared label-word output layer instead of one head per task
 #: (``<method>+label_words``; the encoder analogue of T5's shared vocabulary, docs/method.md)
 METHOD_ARGS.update(
-    {f"{m}+label_words": [*args, "--model.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())}
+    {f"{m}+label_words": [*args, "--model.arch.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())}
 )
 #: PHA with other loss settings: the same model, so they take PHA's learning rate (not tuned)
 PHA_VARIANTS: tuple[str, ...] = ("pha_no_ir", "pha_no_pro", "pha_no_contrastive", "pha_pro_infonce")
@@ -103,7 +103,7 @@ def trainable_parameters(checkpoint: Path) -> int:
 def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: float | None = None) -> dict:
     """Train and test one configuration in its own ``pha`` process; return its JSONL row.
 
-    ``lr`` (when given) is the run's ``model.learning_rate`` and part of its id.
+    ``lr`` (when given) is the run's ``model.optim.learning_rate`` and part of its id.
     """
     rid = run_id(method, n_train, seed, lr)
     root = args.output_dir / "runs" / rid
@@ -122,7 +122,7 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
         f"--checkpoint.dirpath={root / 'checkpoints'}",  # one folder across resumes: the best stays ranked
         "--trainer.enable_progress_bar=false",
         *args.extra,
-        *([] if lr is None else [f"--model.learning_rate={lr}"]),
+        *([] if lr is None else [f"--model.optim.learning_rate={lr}"]),
         *([] if resume is None else [f"--ckpt_path={resume}"]),
     ]
     start = time.time()

@@ -95,7 +95,7 @@ def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, tor
 
 
 def module_args(method: str) -> dict[str, str]:
-    """The module settings of a variant: ``pha_per_example`` is PHA (timed on another path),
+    """The architecture settings of a variant: ``pha_per_example`` is PHA (timed on another path),
     ``pha_lora`` PHA generating LoRA."""
     if method == "pha_lora":
         return {"method": "pha", "adapter_kind": "lora"}
@@ -104,12 +104,13 @@ def module_args(method: str) -> dict[str, str]:
 
 def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     """Time one variant in this process."""
+    from pha_lightning.model.config import PHAConfig
     from pha_lightning.training.system import PHAModule
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     init = "random" if backbone != "pypi:all-MiniLM-L6-v2" else "pretrained"
-    model = PHAModule(backbone=backbone, tasks=TASKS, backbone_init=init, **module_args(method))
+    model = PHAModule(PHAConfig(backbone=backbone, tasks=TASKS, backbone_init=init, **module_args(method)))
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
         model.model.batch_adapter_weights = lambda task_ids: model.model.hypernetwork(model.model.prototypes(task_ids))

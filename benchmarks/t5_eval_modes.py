@@ -73,7 +73,7 @@ def main() -> None:
         trainer.fit(model, datamodule=data)
         results, predictions = {}, {}
         for mode in ("generate", "rank"):
-            model.hparams.seq2seq_eval = mode
+            model.model.config.seq2seq_eval = mode
             results[mode] = trainer.test(model, datamodule=data, verbose=False)[0]
             model.eval()
             with torch.no_grad():

@@ -99,8 +99,12 @@ def build(spec: dict):
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    model = PHAModule(backbone=BACKBONE, tasks=suite["tasks"], method=spec["method"], **spec["model_kwargs"])
-    return data, model
+    arch = {"backbone": BACKBONE, "tasks": suite["tasks"], "method": spec["method"], **spec["model_kwargs"]}
+    if "arch" in inspect.signature(PHAModule).parameters:  # settings grouped by concern (issue 29)
+        from pha_lightning.model.config import PHAConfig
+
+        return data, PHAModule(PHAConfig(**arch))
+    return data, PHAModule(**arch)
 
 
 def time_training(model, data, spec: dict) -> dict:

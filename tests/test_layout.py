@@ -123,7 +123,7 @@ print(json.dumps({{"same": model.predict(examples) == again.predict(examples),
     ("override", "message"),
     [
         ({"hypernet_calibration": "wide"}, "unknown hypernet_calibration 'wide'; valid: ['width', 'none']"),
-        ({"adapter_dim": 0}, "model.adapter_dim"),
+        ({"adapter_dim": 0}, "model.arch.adapter_dim"),
         ({"tasks": []}, "needs at least one task"),
     ],
 )

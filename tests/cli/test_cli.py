@@ -22,8 +22,8 @@ TINY = [
     "--data.n_train=64",
     "--data.batch_size=16",
     "--data.max_source_length=48",
-    "--model.warmup_steps=0",
-    "--model.learning_rate=1e-3",
+    "--model.optim.warmup_steps=0",
+    "--model.optim.learning_rate=1e-3",
     "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false",
 ]
@@ -66,7 +66,11 @@ def _checkpoint(root: Path, which: str) -> Path:
 def test_checkpoint_holds_only_trainable_weights_and_backbone_name(fitted: Path) -> None:
     ckpt = torch.load(_checkpoint(fitted, "step"), map_location="cpu", weights_only=False)
     keys = list(ckpt["state_dict"])
-    assert keys and all(k.startswith("model.") for k in keys) and not any(k.startswith("model.backbone.") for k in keys)
+    assert (
+        keys
+        and all(k.startswith("model.") for k in keys)
+        and not any(k.startswith("model.arch.backbone.") for k in keys)
+    )
     assert {k.split(".")[1] for k in keys} == {"shared_adapters", "hypernetwork", "retriever", "prototypes", "heads"}
     assert ckpt["pha_backbone"]["name"] == "pypi:all-MiniLM-L6-v2"
     assert Path(ckpt["pha_backbone"]["resolved_path"], "config.json").exists()
@@ -94,7 +98,7 @@ def test_print_config_links_tasks_and_backbone(tmp_path: Path) -> None:
     assert "tasks:\n  - synth_polarity\n  - synth_score" in result.stdout
     assert "use_distributed_sampler: false" in result.stdout
     help_text = run_pha("fit", "--help", cwd=tmp_path).stdout
-    assert "--model.lambda_ir" in help_text and "--data.temperature" in help_text
+    assert "--model.loss.lambda_ir" in help_text and "--data.temperature" in help_text
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def test_fit_and_test_on_two_local_glue_tasks_prints_the_per_task_table(tmp_path
         "--data.batch_size=8",
         "--data.eval_batch_size=32",
         "--data.max_source_length=48",
-        "--model.warmup_steps=0",
+        "--model.optim.warmup_steps=0",
         "--trainer.max_steps=2",
         "--trainer.val_check_interval=2",
         "--trainer.limit_val_batches=1",

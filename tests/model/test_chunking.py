@@ -47,7 +47,7 @@ def mixed_batch(model: PHAModule, lengths: list[int]) -> dict[str, torch.Tensor]
 
 def losses_and_grads(model: PHAModule, batch: dict[str, torch.Tensor], cost: int | None) -> tuple[dict, dict]:
     """Loss terms and the gradient of every trainable parameter, with chunking set to ``cost``."""
-    model.hparams.chunk_cost_tokens = cost
+    model.model.config.chunk_cost_tokens = cost
     model.zero_grad(set_to_none=True)
     terms = model.loss_terms(batch)
     terms["loss"].backward()

@@ -340,7 +340,7 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert set(saved) == {f"model.{n}" for n, p in model.model.named_parameters() if p.requires_grad}
     assert any(k.startswith("model.hypernetwork.b_heads.") for k in saved) and not any(
-        k.startswith("model.backbone.") for k in saved
+        k.startswith("model.arch.backbone.") for k in saved
     )
     assert model.model.hypernetwork.b_heads[0].weight.abs().sum() > 0  # trained: the generated B is no longer zero
 
@@ -367,7 +367,7 @@ def transfer_from_lora_checkpoint(ckpt: str) -> None:
 
     target = "synth_polarity_heldout"
     model = PHAModule(PHAConfig(tasks=[target]), transfer=TransferConfig(ckpt, init="top1")).eval()
-    assert (model.model.layout.kind, model.hparams.lora_targets) == ("lora", None)  # None: the default query, value
+    assert (model.model.layout.kind, model.hparams.arch["lora_targets"]) == ("lora", None)  # None: the default query, value
     support = PHADataModule(tasks=[target], batch_size=8, max_source_length=32, n_train=8, seed=3)
     support.setup("fit")
     best = initialize_new_tasks(model.model, model.transfer, support.task_dataloaders("train"))[target][0][0]

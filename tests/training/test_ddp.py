@@ -30,7 +30,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_pha(
         "fit",
         *tiny_fit_args(n_train=8, eval_batch_size=16, max_steps=STEPS, val_check_interval=2),
-        "--model.warmup_steps=0",
+        "--model.optim.warmup_steps=0",
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         f"--trainer.default_root_dir={root}",

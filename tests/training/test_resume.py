@@ -33,8 +33,8 @@ pytestmark = pytest.mark.slow  # kills and resumes training runs
 # 4 tasks x 6 examples, batches of 4: 6 batches per epoch; 10 steps = 1 2/3 epochs
 ARGS = [
     *tiny_fit_args(n_train=6, eval_batch_size=8, max_steps=10, val_check_interval=5),
-    "--model.learning_rate=3e-3",
-    "--model.warmup_steps=3",
+    "--model.optim.learning_rate=3e-3",
+    "--model.optim.warmup_steps=3",
     "--checkpoint.every_n_train_steps=2",
 ]
 KILL_AT = 9  # the last checkpoint before it is step 8: epoch 1, 2 batches into it
