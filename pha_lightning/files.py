@@ -1,11 +1,15 @@
-"""Writing outputs so that a fault (a full disk, a kill) never leaves a half-written file under its
-final name, and an ``OSError`` is one :class:`~pha_lightning.errors.OutputError` naming the path."""
+"""Writing outputs so that a fault (a full disk, a kill) never leaves a half-written file or
+directory under its final name, and an ``OSError`` is one :class:`~pha_lightning.errors.OutputError`
+naming the path. Every writer of the package goes through :func:`atomic_write` (a file written
+through a handle), :func:`atomic_directory` (a directory of files) or :func:`atomic_replacement`
+(a file written by a library that takes a file name)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,6 +78,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], wh
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+    return path
+
+
+@contextmanager
+def atomic_replacement(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name to write ``path`` at, in a new private folder beside it (on the same file
+    system, with room for the writer's own temporaries); renamed to ``path`` (replacing a file, or a
+    whole directory) when the block ends without an error. The folder, with whatever is left in it,
+    is removed either way. An ``OSError`` is not reported here: wrap in :func:`reported_write`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        temporary = folder / path.name
+        yield temporary
+        if temporary.is_dir() and path.exists():  # a rename replaces a file or an empty directory only
+            os.replace(path, folder / f"{path.name}.old")
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def atomic_directory(path: str | os.PathLike, write_files: Callable[[Path], None], what: str) -> Path:
+    """Write the directory ``path`` through ``write_files(folder)`` into a temporary sibling, then
+    rename it into place (:func:`atomic_replacement`): readers never see a part of one. The
+    directory and its files get the usual permissions under the umask (:func:`public_mode`)."""
+    path = Path(path)
+    with reported_write(path, what), atomic_replacement(path) as folder:
+        folder.mkdir()
+        write_files(folder)
+        for file in folder.iterdir():
+            file.chmod(public_mode())  # some writers create private files (safetensors: 0600)
     return path
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
-from pha_lightning.files import atomic_write_text, reported_write
+from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.system import load_system
@@ -163,17 +163,15 @@ def main(argv: list[str] | None = None) -> None:
         z = torch.cat([z, source_z])
         labels += [sources[i] for i in source_ids.tolist()]
     with reported_write(args.output_dir, "retrieval output"):
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"z": z.contiguous(), "prototypes": prototypes.contiguous()},
-            str(args.output_dir / "retrieval.safetensors"),
-        )
+        with atomic_replacement(args.output_dir / "retrieval.safetensors") as temporary:
+            save_file({"z": z.contiguous(), "prototypes": prototypes.contiguous()}, str(temporary))
         atomic_write_text(
             args.output_dir / "retrieval.json",
             json.dumps({"labels": labels, "prototype_tasks": sources, "rankings": rankings}, indent=2),
             "retrieval output",
         )
-        plot(z, labels, prototypes, sources, args.output_dir / "retrieval.png")
+        with atomic_replacement(args.output_dir / "retrieval.png") as temporary:
+            plot(z, labels, prototypes, sources, temporary)
     print(f"wrote {args.output_dir}/retrieval.{{safetensors,json,png}}")
 
 

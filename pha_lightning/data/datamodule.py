@@ -16,8 +16,6 @@ import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -36,7 +34,7 @@ from pha_lightning.data.sampling import SAMPLING_MODES, SamplingMode, Temperatur
 from pha_lightning.data.specs import parse_specs, resolve_tasks
 from pha_lightning.data.tasks import Task, available_tasks
 from pha_lightning.errors import ConfigError, DataError
-from pha_lightning.files import atomic_write_text, reported_write, sha256_of
+from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write, sha256_of
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges
 
@@ -507,23 +505,21 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         if cached is not None:
             log.info("task %s, %s split: tokenised data from the cache %s", task.name, split, path)
             return cached
-        with reported_write(directory, "the tokenised-data cache (data.cache_dir)"):
-            directory.mkdir(parents=True, exist_ok=True)
-            building = tempfile.mkdtemp(dir=directory, prefix=f".{path.stem}-")  # datasets' temporaries too
-            try:
-                dataset.map(
-                    tokenize_columns,
-                    batched=True,
-                    remove_columns=text_columns,
-                    fn_kwargs=fn_kwargs,
-                    cache_file_name=os.path.join(building, path.name),
-                    load_from_cache_file=False,
-                    new_fingerprint=key[:32],
-                    desc=f"Tokenising {task.name} ({split})",
-                )
-                os.replace(os.path.join(building, path.name), path)  # atomic: concurrent runs never see half a file
-            finally:
-                shutil.rmtree(building, ignore_errors=True)
+        # atomic: concurrent runs never see half a file; datasets' temporaries go to the same private folder
+        with (
+            reported_write(directory, "the tokenised-data cache (data.cache_dir)"),
+            atomic_replacement(path) as temporary,
+        ):
+            dataset.map(
+                tokenize_columns,
+                batched=True,
+                remove_columns=text_columns,
+                fn_kwargs=fn_kwargs,
+                cache_file_name=str(temporary),
+                load_from_cache_file=False,
+                new_fingerprint=key[:32],
+                desc=f"Tokenising {task.name} ({split})",
+            )
         atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
         return Dataset.from_file(str(path))
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from torch import Tensor
 import pha_lightning
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.files import public_mode, reported_write, sha256_of
+from pha_lightning.files import atomic_directory, sha256_of
 from pha_lightning.hub import (
     PACKAGED_BACKBONES,
     backbone_family,
@@ -123,16 +121,10 @@ def write_bundle(
             "this model's frozen backbone was built at random init (backbone_init='random'); its weights are in "
             "no checkpoint or bundle, so the model cannot be rebuilt elsewhere: bundles need a pretrained backbone"
         )
-    parent = ensure_writable_dir(output_dir.parent, "the parent of output_dir")
-    with reported_write(output_dir, "bundle"):
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.tmp-"))
-        try:
-            _write_files(tmp, config, tasks, state, data, precomputed, extra)
-            _public_permissions(tmp)
-            _replace_dir(tmp, output_dir, parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
-    return output_dir
+    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    return atomic_directory(
+        output_dir, lambda folder: _write_files(folder, config, tasks, state, data, precomputed, extra), "bundle"
+    )
 
 
 def _write_files(
@@ -169,23 +161,6 @@ def _write_files(
         **(extra or {}),
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def _replace_dir(tmp: Path, output_dir: Path, parent: Path) -> None:
-    if output_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{output_dir.name}.old-"))
-        os.replace(output_dir, old / "bundle")
-        os.replace(tmp, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output_dir)
-
-
-def _public_permissions(directory: Path) -> None:
-    """mkdtemp makes a private (0700) directory: give the bundle the usual permissions under the umask."""
-    directory.chmod(public_mode(0o777))
-    for path in directory.iterdir():
-        path.chmod(public_mode())
 
 
 # ---------------------------------------------------------------------------------------- reading

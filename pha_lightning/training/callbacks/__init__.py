@@ -1,0 +1,54 @@
+"""Callbacks for production runs, one a module; the ``pha`` command adds the first six to every Trainer.
+
+* :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
+  resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
+* :class:`NonFiniteGuard` — stops at the first NaN/inf loss (or weight) with the step and every
+  loss term, before the optimizer step and before any checkpoint of the bad state is written.
+* :class:`Throughput` — examples/s and tokens/s of training, summed over ranks.
+* :class:`RetrieverTaskAccuracy` — on validation, how often the nearest prototype (cosine of the
+  normalised retrieval vector ``z`` with the normalised prototypes) is the example's own task.
+* :class:`RetrievalProjector` — validation retrieval vectors and prototypes in TensorBoard's
+  embedding projector, coloured by task.
+* :class:`TrainingHealth` — after each validation and at the end of ``fit``: adapter/residual
+  ratios, adapter norms, prototype shift and feature collapse (:mod:`pha_lightning.training.health`), logged
+  to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
+* :class:`FinalValidation` — validates after the last step of a run in which no validation ran
+  (shorter than ``val_check_interval``), so there is a best checkpoint to test.
+* :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
+  validation, so an interrupted run resumes from its latest state, not from its best one.
+* :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order.
+* :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
+  its local loss, one JSON line per batch (the DDP test uses it).
+
+:class:`ValidationRetrievalListener` is the base of the two retrieval callbacks.
+"""
+
+from pha_lightning.training.callbacks.final_validation import FinalValidation
+from pha_lightning.training.callbacks.latest_checkpoint import LatestCheckpoint
+from pha_lightning.training.callbacks.non_finite import NonFiniteGuard, NonFiniteLossError
+from pha_lightning.training.callbacks.prediction_writer import JSONLPredictionWriter, write_jsonl_atomic
+from pha_lightning.training.callbacks.record_examples import RecordTrainingExamples, example_fingerprint
+from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
+from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjector
+from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAccuracy
+from pha_lightning.training.callbacks.step_seed import StepSeed
+from pha_lightning.training.callbacks.throughput import Throughput, batch_token_count
+from pha_lightning.training.callbacks.training_health import TrainingHealth
+
+__all__ = [
+    "FinalValidation",
+    "JSONLPredictionWriter",
+    "LatestCheckpoint",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "RecordTrainingExamples",
+    "RetrievalProjector",
+    "RetrieverTaskAccuracy",
+    "StepSeed",
+    "Throughput",
+    "TrainingHealth",
+    "ValidationRetrievalListener",
+    "batch_token_count",
+    "example_fingerprint",
+    "write_jsonl_atomic",
+]
