@@ -82,6 +82,69 @@ def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
     assert layer_of("pha_lightning.training.system") not in {"data", "foundation", *ALLOWED["data"]}
 
 
+MIGRATION = "pha_lightning.model.migration"
+#: Words only an old format has: legacy values, format 1 bundles' ``hyperparameters``, version 1
+#: checkpoints' ``portable_task_specs``; and the version fields, which only the migration reads.
+OLD_FORMAT_KEYS = ("hyperparameters", "portable_task_specs")
+VERSION_FIELDS = ("format_version", "CHECKPOINT_VERSION_KEY")
+
+
+def old_format_reads(path: Path) -> list[str]:
+    """Where a source file mentions an old format's words (outside docstrings and comments) or
+    reads a format version (writing one, as a dict key or an assignment target, is fine)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+    }
+    written = {id(key) for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys}
+    written |= {
+        id(node.slice) for node in ast.walk(tree) if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+        elif isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            text = node.name
+        else:
+            continue
+        if "legacy" in text.lower() or text in OLD_FORMAT_KEYS:
+            found.append(f"{path.name}:{node.lineno} mentions {text!r}")
+        elif text in VERSION_FIELDS and id(node) not in written:  # imports are ast.alias: not reads
+            found.append(f"{path.name}:{node.lineno} reads {text!r}")
+    return sorted(found, key=lambda hit: int(hit.split(":")[1].split()[0]))
+
+
+def test_only_the_migration_module_reads_old_formats() -> None:
+    """Checkpoints, bundles and configs of earlier versions are upgraded in one place; the rest of
+    the code sees the current format only."""
+    found = [
+        hit for name, path in sorted(source_modules().items()) if name != MIGRATION for hit in old_format_reads(path)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_old_format_check_sees_a_reader(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        'def f(record, checkpoint):\n    """Mentions legacy in a docstring: fine."""\n'
+        '    record["format_version"] = 2\n    out = {"format_version": 2}\n'
+        '    if record["format_version"] == 1:\n        return record.pop("hyperparameters")\n'
+        "    return LEGACY_SETTINGS\n"
+    )
+    assert old_format_reads(bad) == [
+        "bad.py:5 reads 'format_version'",
+        "bad.py:6 mentions 'hyperparameters'",
+        "bad.py:7 mentions 'LEGACY_SETTINGS'",
+    ]
+
+
 @pytest.mark.slow
 def test_model_package_does_not_import_lightning() -> None:
     code = (
@@ -122,7 +185,7 @@ print(json.dumps({{"same": model.predict(examples) == again.predict(examples),
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"hypernet_calibration": "wide"}, "unknown hypernet_calibration 'wide'; valid: ['width', 'none']"),
+        ({"hypernet_calibration": "wide"}, "unknown model.arch.hypernet_calibration 'wide'; valid: ['width', 'none']"),
         ({"adapter_dim": 0}, "model.arch.adapter_dim"),
         ({"tasks": []}, "needs at least one task"),
     ],
