@@ -4,7 +4,7 @@ A bundle is a directory: ``config.json`` (format and library versions, the :clas
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
 every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
-a bundle is written into a temporary sibling directory and renamed into place. the README
+a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; format 1 bundles (whose config held every training
 hyperparameter) still load.
 """
