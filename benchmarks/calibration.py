@@ -3,7 +3,7 @@
 Prints, for the released and the calibrated hypernetwork heads, the mean |change| per element of
 the generated adapter matrices and of the shared ones after one AdamW step, and their ratio.
 
-    python benchmarks/calibration.py --data-dir ../shared/data
+    python benchmarks/calibration.py --data-dir <data dir>
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Validation curves and training health of finished runs, from their TensorBoard logs.
 
-    python benchmarks/curves.py benchmarks/results/converged --runs pha-n100-s0-lr0.001 adapter-n100-s0-lr0.001
+    python benchmarks/curves.py results/converged --runs pha-n100-s0-lr0.001 adapter-n100-s0-lr0.001
 
 For every run directory ``<output-dir>/runs/<run id>`` (as ``sample_efficiency.py`` writes them)
 it reads ``val/avg``, the largest top-axis share of the pooled features and the largest

@@ -1,7 +1,7 @@
 """The paper's transfer experiment: a multi-task PHA model meets new tasks with k examples each.
 
-    python benchmarks/few_shot_transfer.py --data-dir ../shared/data \\
-        --output-dir benchmarks/results/few_shot_transfer
+    python benchmarks/few_shot_transfer.py --data-dir <data dir> \\
+        --output-dir results/few_shot_transfer
 
 1. Source models: PHA (and HyperFormer, for its baseline) trained on the source tasks through
    ``pha fit --config <source config>``, or reused from ``--pha-ckpt`` / ``--hyperformer-ckpt``.
@@ -291,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-source-length", type=int, default=128)
     parser.add_argument("--test-batches", type=int, default=None, help="cap on test batches per run (large targets)")
     parser.add_argument("--data-dir", help="local GLUE/SuperGLUE directory")
-    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/few_shot_transfer"))
+    parser.add_argument("--output-dir", type=Path, default=Path("results/few_shot_transfer"))
     parser.add_argument(
         "--report-only",
         action="store_true",

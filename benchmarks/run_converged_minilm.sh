@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# The converged sample-efficiency grid (benchmarks/README.md, "Protocol"): MiniLM on the five
+# The converged sample-efficiency grid (benchmarks/README.md, "The converged protocol"): MiniLM on the five
 # local GLUE tasks; every method's learning rate chosen on the validation average at n_train 100,
 # seed 0, among LRS; then n_train 100 and 500 × seeds 0-2 with that rate; 1000 steps of 32, a
 # validation every 100 steps (on a fixed subset), the best validation checkpoint tested on the
 # whole test split. Resumable: rerun the same command after an interruption.
 #   bash benchmarks/run_converged_minilm.sh DATA_DIR METHOD [METHOD ...]
 # One invocation is one lane; run two lanes side by side on a 2-core machine, e.g.
-#   bash benchmarks/run_converged_minilm.sh ../shared/data pha task_adapter hyperdecoder &
-#   bash benchmarks/run_converged_minilm.sh ../shared/data adapter hyperformer &
+#   bash benchmarks/run_converged_minilm.sh <data dir> pha task_adapter hyperdecoder &
+#   bash benchmarks/run_converged_minilm.sh <data dir> adapter hyperformer &
 # then, once PHA's and the adapter's rates are chosen, the ablations and the shared label-word
 # output layer (at n_train 100; they take their base method's rate):
-#   bash benchmarks/run_converged_minilm.sh ../shared/data pha_no_ir pha_no_pro pha_no_contrastive adapter+label_words pha+label_words
+#   bash benchmarks/run_converged_minilm.sh <data dir> pha_no_ir pha_no_pro pha_no_contrastive adapter+label_words pha+label_words
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=$1; shift
-OUT=${OUT:-benchmarks/results/converged}
+OUT=${OUT:-results/converged}
 LRS=${LRS:-"3e-4 1e-3"}
 if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -2,7 +2,7 @@
 
     python benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml \\
         --methods adapter hyperformer hyperdecoder pha --n-train 100 500 --seeds 0 1 2 \\
-        --output-dir benchmarks/results/sample_efficiency -- --data.data_dir ../shared/data
+        --output-dir results/sample_efficiency -- --data.data_dir <data dir>
 
 Every run is its own ``pha fit … --test_after_fit true`` process; its per-task test metrics, the
 resolved config, the git commit, trainable parameters and wall time are appended to
@@ -431,7 +431,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--n-train", nargs="+", type=int, default=[100, 500, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/sample_efficiency"))
+    parser.add_argument("--output-dir", type=Path, default=Path("results/sample_efficiency"))
     parser.add_argument(
         "--tune-lr",
         nargs="+",

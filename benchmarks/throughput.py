@@ -1,6 +1,6 @@
 """Real-token throughput of training and evaluation, this working tree against an older commit, in one run.
 
-    python benchmarks/throughput.py --data-dir ../shared/data --output benchmarks/results/throughput/cpu.md
+    python benchmarks/throughput.py --data-dir <data dir> --output results/throughput/cpu.md
 
 Throughput counts real tokens only (the attention mask's ones), so padding done faster is no
 gain. The older commit (default ``9f80f1a``) is checked out with ``git worktree add`` into a

@@ -1,7 +1,7 @@
 """Raw examples and batches: a prediction JSONL file, its examples encoded, batches padded.
 
 Each input line is a JSON object with the fields of its task, and optionally ``task`` (without
-it the retriever picks one), ``id`` and ``label``; README, "Predict on raw examples", gives the
+it the retriever picks one), ``id`` and ``label``; docs/production.md, "Predict on raw examples", gives the
 input and output formats. :class:`Collator` pads every batch of training, evaluation and prediction.
 """
 

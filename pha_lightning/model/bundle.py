@@ -4,8 +4,9 @@ A bundle is a directory: ``config.json`` (format and library versions, the :clas
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
 every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
-a bundle is written into a temporary sibling directory and renamed into place. docs describe the
-fields; bundles of earlier formats are upgraded when read (:mod:`~pha_lightning.model.migration`).
+a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
+("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
+when read (:mod:`~pha_lightning.model.migration`).
 """
 
 from __future__ import annotations

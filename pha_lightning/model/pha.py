@@ -458,8 +458,8 @@ class PHAModel(nn.Module):
 
     @torch.no_grad()
     def predict_rows(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Output rows of a batch of raw examples (README, "Predict on raw examples"): the retriever picks
-        the task of an example that names none."""
+        """Output rows of a batch of raw examples (docs/production.md, "Predict on raw examples"): the
+        retriever picks the task of an example that names none."""
         task_ids = batch["task_ids"].clone()
         unknown = task_ids < 0
         similarity = None
@@ -528,8 +528,8 @@ class PHAModel(nn.Module):
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write a bundle: ``config.json`` (this :class:`PHAConfig`, versions, checksums) and the
-        weights in safetensors (README, "Export a portable adapter bundle"). ``data`` records the input settings
-        (``max_source_length`` …), by default those of the bundle this model was loaded from."""
+        weights in safetensors (docs/production.md, "Export a portable adapter bundle"). ``data`` records the
+        input settings (``max_source_length`` …), by default those of the bundle this model was loaded from."""
         if data is None:
             data = (self.bundle_config or {}).get("data", {})
         precomputed = self.precomputed_adapters() if precompute else None

@@ -18,9 +18,9 @@ class LatestCheckpoint(ModelCheckpoint):
     monitored metric stops improving, ``last.ckpt`` is the best state, and a resumed run repeats
     every step since then. ``save_last: link`` keeps Lightning's behaviour.
 
-    A resumed run keeps its best-checkpoint record (README, "Resume an interrupted run"): Lightning forgets
-    the best score whenever the checkpoint folder differs from the one the state was saved in, so
-    the first validation after resuming became "best" however bad it was. Without an explicit
+    A resumed run keeps its best-checkpoint record (docs/production.md, "Resume an interrupted run
+    exactly"): Lightning forgets the best score whenever the checkpoint folder differs from the one
+    the state was saved in, so the first validation after resuming became "best" however bad it was. Without an explicit
     ``dirpath`` the run keeps writing to the folder of the run it resumes (not the new logger
     version's); a run folder that was moved or copied elsewhere (another worktree, another mount
     point) is recognised by the resumed ``last.ckpt`` living there, and its record follows it.
