@@ -57,7 +57,7 @@ def _same_backbone(saved: str, asked: str, source: str) -> None:
         raise ConfigError(
             f"{source} was trained on backbone {saved!r} but the configuration asks for {asked!r}, a different "
             f"model ({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(differ.items()))}); "
-            f"use --model.backbone={saved}"
+            f"use --model.arch.backbone={saved}"
         )
     if asked_arch is None:
         return  # loading the asked backbone will report it

@@ -253,7 +253,7 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
         warnings.append(
             f"representation collapse: the pooled features put at least {100 * thresholds.collapse_share:.0f} % of "
             f"their variance on one axis ({listed}), so the task heads barely see a difference between "
-            "examples; look at model.learning_rate, model.warmup_steps, model.hypernet_calibration "
+            "examples; look at model.optim.learning_rate, model.optim.warmup_steps, model.arch.hypernet_calibration "
             "(use 'width') and trainer.gradient_clip_val (1.0)"
         )
     loud = [(b, r) for b, r in enumerate(report.get("adapter_to_residual", [])) if r >= thresholds.adapter_ratio]
@@ -261,7 +261,7 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
         listed = ", ".join(f"block {b} {r:.2f}" for b, r in loud)
         warnings.append(
             f"adapters drown the residual stream: their output is at least {thresholds.adapter_ratio:.2f}× the "
-            f"residual's norm ({listed}); look at model.learning_rate, model.hypernet_calibration (use 'width') "
+            f"residual's norm ({listed}); look at model.optim.learning_rate, model.arch.hypernet_calibration (use 'width') "
             "and trainer.gradient_clip_val (1.0)"
         )
     return warnings

@@ -367,7 +367,10 @@ def transfer_from_lora_checkpoint(ckpt: str) -> None:
 
     target = "synth_polarity_heldout"
     model = PHAModule(PHAConfig(tasks=[target]), transfer=TransferConfig(ckpt, init="top1")).eval()
-    assert (model.model.layout.kind, model.hparams.arch["lora_targets"]) == ("lora", None)  # None: the default query, value
+    assert (model.model.layout.kind, model.hparams.arch["lora_targets"]) == (
+        "lora",
+        None,
+    )  # None: the default query, value
     support = PHADataModule(tasks=[target], batch_size=8, max_source_length=32, n_train=8, seed=3)
     support.setup("fit")
     best = initialize_new_tasks(model.model, model.transfer, support.task_dataloaders("train"))[target][0][0]

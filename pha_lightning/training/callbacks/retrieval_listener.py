@@ -13,7 +13,7 @@ class ValidationRetrievalListener(Callback):
 
     Forward hooks are registered for the validation loop only (no extra forward pass):
     :meth:`on_retrieval` sees each batch's ``z``, in batch order, with the batch. A chunked forward
-    (``model.chunk_cost_tokens``) calls the retriever once per length-sorted chunk, so ``z`` is
+    (``model.arch.chunk_cost_tokens``) calls the retriever once per length-sorted chunk, so ``z`` is
     read from the model's merged output; paths that do not return it (T5 generation) call the
     retriever once on the whole batch. Models without a retriever or prototypes are skipped.
     """
