@@ -3,6 +3,7 @@ Python API) naming what is wrong, and nothing is left half-written."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -29,10 +30,10 @@ from pha_lightning.errors import ConfigError, DataError, PHAError
 from pha_lightning.model.bundle import WEIGHTS_NAME
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import NonFiniteGuard, NonFiniteLossError
-from pha_lightning.training.settings import OptimConfig
-from pha_lightning.training.system import NUMERIC_RANGES as MODEL_RANGES
+from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
-from pha_lightning.validation import Range
+from pha_lightning.training.transfer import TransferConfig
+from pha_lightning.validation import Range, valid_values
 
 pytestmark = pytest.mark.slow  # runs the pha command on bad inputs, many in subprocesses
 
@@ -598,36 +599,60 @@ def _invalid_values(valid: Range) -> list[object]:
     return values
 
 
+#: Each settings dataclass with the prefix of its keys and the arguments it needs besides the one tested.
+SETTINGS_GROUPS = [
+    (PHAConfig, "model.arch", {"tasks": ["synth_polarity"]}),
+    (LossConfig, "model.loss", {}),
+    (OptimConfig, "model.optim", {}),
+    (TransferConfig, "model.transfer", {"checkpoint": "source.ckpt"}),
+]
 NUMERIC_SETTINGS = [
-    (cls, prefix, name, valid, value)
-    for cls, prefix, ranges in ((PHAModule, "model", MODEL_RANGES), (PHADataModule, "data", DATA_RANGES))
-    for name, valid in ranges.items()
+    (cls, prefix, required, name, valid, value)
+    for cls, prefix, required in SETTINGS_GROUPS
+    for name, valid in valid_values(cls).items()
+    if isinstance(valid, Range)
+    for value in _invalid_values(valid)
+] + [
+    (PHADataModule, "data", {"tasks": ["synth_polarity"]}, name, valid, value)
+    for name, valid in DATA_RANGES.items()
     for value in _invalid_values(valid)
 ]
 
 
 @pytest.mark.parametrize(
-    ("cls", "prefix", "name", "valid", "value"),
+    ("cls", "prefix", "required", "name", "valid", "value"),
     NUMERIC_SETTINGS,
     ids=lambda v: str(v) if isinstance(v, (str, float, int)) else "",
 )
-def test_every_numeric_setting_is_range_checked(cls: type, prefix: str, name: str, valid: Range, value: object) -> None:
+def test_every_numeric_setting_is_range_checked(
+    cls: type, prefix: str, required: dict, name: str, valid: Range, value: object
+) -> None:
     wrong_type = isinstance(value, str) or (valid.integer and isinstance(value, float))
     kind = ("an integer " if valid.integer else "a number ") if wrong_type else ""
     with pytest.raises(ConfigError) as error:
-        cls(tasks=["synth_polarity"], **{name: value})
+        cls(**required, **{name: value})
     assert str(error.value) == f"{prefix}.{name} must be {kind}{valid.describe()}, got {value!r}"
 
 
-@pytest.mark.parametrize(("cls", "ranges"), [(PHAModule, MODEL_RANGES), (PHADataModule, DATA_RANGES)])
-def test_no_numeric_setting_is_left_unchecked(cls: type, ranges: dict[str, Range]) -> None:
-    """A numeric constructor argument added later must get a range too."""
+@pytest.mark.parametrize("cls", [group[0] for group in SETTINGS_GROUPS])
+def test_no_setting_is_left_unchecked(cls: type) -> None:
+    """A numeric or string-choice setting added later must declare its valid values on its field."""
+    checked = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if re.fullmatch(r"(int|float|Literal\[.*\]|[A-Z][A-Za-z]+)( \| None)?", str(f.type)) and f.name != "checkpoint"
+    }
+    assert checked == set(valid_values(cls))
+
+
+def test_no_numeric_data_setting_is_left_unchecked() -> None:
+    """A numeric constructor argument of the data module added later must get a range too."""
     numeric = {
         name
-        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        for name, parameter in inspect.signature(PHADataModule.__init__).parameters.items()
         if re.fullmatch(r"(int|float)( \| None)?", str(parameter.annotation))
     }
-    assert numeric == set(ranges)
+    assert numeric == set(DATA_RANGES)
 
 
 def test_numeric_settings_on_the_command_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
