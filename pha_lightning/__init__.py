@@ -7,7 +7,7 @@ transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``vali
 (finding a backbone) are shared by all.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["PHAConfig", "PHAModel", "__version__"]
 

@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.slow,  # reads the whole local GLUE files
 ]
 
-#: data.md, "What is in ../shared/data/": (task, official split) → rows.
+#: The row counts of the official GLUE/SuperGLUE files (the counts the benchmarks publish): (task, official split) → rows.
 DOCUMENTED_ROWS = {
     ("cola", "train"): 8551, ("cola", "dev"): 1043,
     ("sst2", "train"): 67349, ("sst2", "dev"): 872,
