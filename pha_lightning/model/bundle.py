@@ -6,7 +6,8 @@ every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. the README
 ("Export a portable adapter bundle") describes the fields; format 1 bundles (whose config held every training
-hyperparameter) still load.
+hyperparameter) still load. :meth:`PHAModel.save_pretrained`, :meth:`~PHAModel.from_pretrained` and
+:meth:`~PHAModel.load_bundle` are :func:`save_model`, :func:`load_model` and :func:`load_weights`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -38,6 +39,9 @@ from pha_lightning.hub import (
 )
 from pha_lightning.model.config import PHAConfig, trains_retriever
 from pha_lightning.validation import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from pha_lightning.model.pha import PHAModel
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 #: 2: ``config`` holds the architecture (:class:`PHAConfig`) alone; 1: ``hyperparameters`` held every training setting
@@ -65,6 +69,15 @@ def check_state_fits(state: Mapping[str, Tensor], model_state: Mapping[str, Tens
             f"{source} does not fit this model: {len(wrong)} weights have other shapes, e.g. {key} is {have} "
             f"there and {want} here (trained on another backbone or architecture?)"
         )
+
+
+def check_state_complete(
+    state: Mapping[str, Tensor], wanted: Iterable[str], source: str, error: type[PHAError] = ConfigError
+) -> None:
+    """Every weight the model saves must be there: one left out would silently keep its initial value."""
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise error(f"{source} lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -269,3 +282,67 @@ def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict
 
 def is_bundle(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_NAME).exists()
+
+
+# ---------------------------------------------------------------------------------------- models
+def model_weights(model: PHAModel) -> dict[str, Tensor]:
+    """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
+    state = {k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()}
+    if "prototypes.added" in state:
+        state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
+    return state
+
+
+def save_model(
+    model: PHAModel,
+    output_dir: str | os.PathLike,
+    *,
+    precompute: bool,
+    overwrite: bool,
+    data: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+) -> Path:
+    """:meth:`PHAModel.save_pretrained`."""
+    if data is None:
+        data = (model.bundle_config or {}).get("data", {})
+    precomputed = model.precomputed_adapters() if precompute else None
+    return write_bundle(
+        output_dir,
+        model.config.to_dict(),
+        model.task_objects,
+        model_weights(model),
+        data=data,
+        precomputed=precomputed,
+        extra=extra,
+        overwrite=overwrite,
+    )
+
+
+def load_model(
+    cls: type[PHAModel],
+    path: str | os.PathLike,
+    *,
+    backbone: str | None,
+    use_precomputed_adapters: bool,
+    map_location: str | torch.device,
+) -> PHAModel:
+    """:meth:`PHAModel.from_pretrained`."""
+    config = read_bundle_config(path)
+    name = backbone or config["config"]["backbone"]
+    check_backbone(config, name, path, given=backbone is not None)
+    model = cls(PHAConfig(**{**config["config"], "backbone": name}))
+    load_weights(model, path, config)
+    model.bundle_config = config
+    if use_precomputed_adapters and ADAPTERS_NAME in config["files"]:
+        model.use_generated_table(read_precomputed(path, config))
+    return model.eval().to(map_location)
+
+
+def load_weights(model: PHAModel, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
+    """:meth:`PHAModel.load_bundle`: the bundle's weights must fit the model and hold all it saves."""
+    config = read_bundle_config(path) if config is None else config
+    state = read_bundle_weights(path, config)
+    source = f"bundle {str(path)!r}"
+    check_state_fits(state, model.state_dict(), source)
+    check_state_complete(state, model.saved_state_keys(), source, BundleError)
+    model.load_state_dict(state, strict=False)
