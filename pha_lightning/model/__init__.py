@@ -4,7 +4,8 @@
 (``config.py``, the architecture alone): the backbone wiring (``backbone.py``), bottleneck adapters
 (``adapters.py``) and LoRA (``lora.py``), the retriever, the prototype table, the hypernetwork,
 the output heads, length-aware chunked execution (``chunking.py``) and the method layouts of PHA
-and its baselines (``methods.py``); ``bundle.py`` is the format of ``save_pretrained`` /
+and its baselines (``methods.py``); ``seq2seq.py`` decodes T5 (generation, rank classification),
+``prediction.py`` predicts raw examples, and ``bundle.py`` is the format of ``save_pretrained`` /
 ``from_pretrained``. It depends on :mod:`pha_lightning.data` only for task definitions and for
 encoding raw examples.
 """

@@ -6,7 +6,9 @@ every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
-when read (:mod:`~pha_lightning.model.migration`).
+when read (:mod:`~pha_lightning.model.migration`). :meth:`PHAModel.save_pretrained`,
+:meth:`~PHAModel.from_pretrained` and :meth:`~PHAModel.load_bundle` are :func:`save_model`,
+:func:`load_model` and :func:`load_weights`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -34,8 +36,12 @@ from pha_lightning.hub import (
     load_backbone_config,
     resolve_backbone_path,
 )
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.validation import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from pha_lightning.model.pha import PHAModel
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
@@ -61,6 +67,15 @@ def check_state_fits(state: Mapping[str, Tensor], model_state: Mapping[str, Tens
             f"{source} does not fit this model: {len(wrong)} weights have other shapes, e.g. {key} is {have} "
             f"there and {want} here (trained on another backbone or architecture?)"
         )
+
+
+def check_state_complete(
+    state: Mapping[str, Tensor], wanted: Iterable[str], source: str, error: type[PHAError] = ConfigError
+) -> None:
+    """Every weight the model saves must be there: one left out would silently keep its initial value."""
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise error(f"{source} lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -228,3 +243,67 @@ def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict
 
 def is_bundle(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_NAME).exists()
+
+
+# ---------------------------------------------------------------------------------------- models
+def model_weights(model: PHAModel) -> dict[str, Tensor]:
+    """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
+    state = {k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()}
+    if "prototypes.added" in state:
+        state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
+    return state
+
+
+def save_model(
+    model: PHAModel,
+    output_dir: str | os.PathLike,
+    *,
+    precompute: bool,
+    overwrite: bool,
+    data: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+) -> Path:
+    """:meth:`PHAModel.save_pretrained`."""
+    if data is None:
+        data = (model.bundle_config or {}).get("data", {})
+    precomputed = model.precomputed_adapters() if precompute else None
+    return write_bundle(
+        output_dir,
+        model.config.to_dict(),
+        model.task_objects,
+        model_weights(model),
+        data=data,
+        precomputed=precomputed,
+        extra=extra,
+        overwrite=overwrite,
+    )
+
+
+def load_model(
+    cls: type[PHAModel],
+    path: str | os.PathLike,
+    *,
+    backbone: str | None,
+    use_precomputed_adapters: bool,
+    map_location: str | torch.device,
+) -> PHAModel:
+    """:meth:`PHAModel.from_pretrained`."""
+    config = read_bundle_config(path)
+    name = backbone or config["config"]["backbone"]
+    check_backbone(config, name, path, given=backbone is not None)
+    model = cls(PHAConfig.from_dict({**config["config"], "backbone": name}))
+    load_weights(model, path, config)
+    model.bundle_config = config
+    if use_precomputed_adapters and ADAPTERS_NAME in config["files"]:
+        model.use_generated_table(read_precomputed(path, config))
+    return model.eval().to(map_location)
+
+
+def load_weights(model: PHAModel, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
+    """:meth:`PHAModel.load_bundle`: the bundle's weights must fit the model and hold all it saves."""
+    config = read_bundle_config(path) if config is None else config
+    state = read_bundle_weights(path, config)
+    source = f"bundle {str(path)!r}"
+    check_state_fits(state, model.state_dict(), source)
+    check_state_complete(state, model.saved_state_keys(), source, BundleError)
+    model.load_state_dict(state, strict=False)

@@ -6,26 +6,81 @@ linear head instead, which already is task-specific capacity; :class:`LabelWordH
 encoder analogue of text-to-text: one linear layer over the union of the tasks' label words (the
 T5 target strings: ``"0"``, ``"1"``, … and, for a regression task, its grid of rounded values such
 as STS-B's ``"0.0" … "5.0"``), of which each task scores only its own. See docs/method.md.
+
+Each layer alone knows how its outputs become predictions and loss inputs (:class:`OutputLayer`),
+so the model's predictions and the training loss never tell the three cases apart themselves.
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pha_lightning.data.tasks import REGRESSION_TARGET_STEP, Task
+from pha_lightning.errors import ConfigError
 
 
-class TaskHeads(nn.ModuleList):
-    """Dropout and a linear layer per task: ``num_labels`` logits, or one regression output."""
+class TaskLoss(NamedTuple):
+    """One task's share of the task loss: ``outputs`` against ``targets``, by cross-entropy over
+    classes, or by MSE where ``regression``."""
 
-    def __init__(self, d_model: int, tasks: list[Task], dropout: float) -> None:
+    outputs: Tensor
+    targets: Tensor
+    regression: bool
+
+
+class OutputLayer(ABC):
+    """Predictions and loss inputs of a batch, from each present task's :meth:`outputs`."""
+
+    @abstractmethod
+    def outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
+        """``{task: (indices, outputs)}`` of the tasks present, and a zero for the loss to add."""
+
+    @abstractmethod
+    def values(self, task: int, outputs: Tensor) -> Tensor:
+        """A task's predictions as floats: the class index, or the value on the task's own scale."""
+
+    @abstractmethod
+    def loss_input(self, task: int, outputs: Tensor, target: Tensor) -> TaskLoss:
+        """What a task's outputs are trained towards, given its examples' targets."""
+
+    def predictions(self, pooled: Tensor, task_ids: Tensor) -> Tensor:
+        """Per-example predictions as floats (:meth:`values`)."""
+        preds = torch.empty(len(task_ids), device=task_ids.device)
+        for task, (idx, out) in self.outputs(pooled, task_ids)[0].items():
+            preds[idx] = self.values(task, out)
+        return preds
+
+    def loss_inputs(self, pooled: Tensor, task_ids: Tensor, targets: Tensor) -> tuple[list[TaskLoss], Tensor]:
+        """Each present task's :class:`TaskLoss`, and the zero of :meth:`outputs` (DDP wants it added)."""
+        outputs, unused = self.outputs(pooled, task_ids)
+        inputs = [self.loss_input(task, out, targets.index_select(0, idx)) for task, (idx, out) in outputs.items()]
+        return inputs, unused
+
+
+class TaskHeads(nn.ModuleList, OutputLayer):
+    """Dropout and a linear layer per task: ``num_labels`` logits, or one regression output.
+
+    A regression head predicts its target mapped from the task's ``target_range`` to [-1, 1]
+    (``regression_target: normalized``, an MSE on a par with a classification CE at init) or the
+    ``raw`` value; :meth:`values` maps it back.
+    """
+
+    def __init__(
+        self, d_model: int, tasks: list[Task], dropout: float, regression_target: Literal["normalized", "raw"]
+    ) -> None:
         super().__init__(_task_head(d_model, t, dropout) for t in tasks)
+        self.tasks = list(tasks)
+        self.regression_target = regression_target
 
     def prepend(self, d_model: int, tasks: list[Task], dropout: float) -> None:
         """New heads for ``tasks``, in front of the existing ones (their task ids come first)."""
         for index, task in enumerate(tasks):
             self.insert(index, _task_head(d_model, task, dropout))
+        self.tasks = [*tasks, *self.tasks]
 
     def outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
         """Each present task's head applied to its examples: ``{task: (indices, outputs)}``.
@@ -42,12 +97,35 @@ class TaskHeads(nn.ModuleList):
                 unused = unused + 0.0 * head(pooled[:1]).sum()
         return outputs, unused
 
+    def regression_scale(self, task: int) -> tuple[float, float]:
+        """``(center, half-width)`` of the task's ``target_range``: the head predicts
+        ``(y - center) / half-width``; ``(0, 1)`` (the raw value) with ``regression_target: raw``."""
+        if self.regression_target == "raw":
+            return 0.0, 1.0
+        spec = self.tasks[task]
+        if spec.target_range is None:
+            raise ConfigError(f"regression task {spec.name!r} has no target_range to normalise its targets by")
+        low, high = spec.target_range
+        return (low + high) / 2, (high - low) / 2
+
+    def values(self, task: int, outputs: Tensor) -> Tensor:
+        if not self.tasks[task].is_regression:
+            return outputs.argmax(-1).float()
+        center, half = self.regression_scale(task)
+        return outputs.squeeze(-1).float() * half + center
+
+    def loss_input(self, task: int, outputs: Tensor, target: Tensor) -> TaskLoss:
+        if not self.tasks[task].is_regression:
+            return TaskLoss(outputs, target.long(), regression=False)
+        center, half = self.regression_scale(task)
+        return TaskLoss(outputs.squeeze(-1).float(), (target.float() - center) / half, regression=True)
+
 
 def _task_head(d_model: int, task: Task, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, task.num_labels))
 
 
-class LabelWordHead(nn.Module):
+class LabelWordHead(nn.Module, OutputLayer):
     """One output layer over the union of the tasks' label words; each task scores only its own.
 
     A regression task is classified into its grid of values (step ``REGRESSION_TARGET_STEP``
@@ -93,3 +171,7 @@ class LabelWordHead(nn.Module):
             return best.float()
         low = spec.target_range[0]  # type: ignore[index]
         return low + best.float() * REGRESSION_TARGET_STEP
+
+    def loss_input(self, task: int, outputs: Tensor, target: Tensor) -> TaskLoss:
+        """Classification over the task's label words, a regression task's included (:meth:`classes`)."""
+        return TaskLoss(outputs, self.classes(task, target), regression=False)

@@ -3,8 +3,11 @@
 A frozen backbone; shared adapters before the retrieval point; the retriever on the hidden states
 at that point; a prototype table; a hypernetwork that turns each task's prototype (⊕ a layer
 embedding) into the adapters of the blocks after it; task heads on encoder-only backbones. The
-same parts build PHA's baselines (:mod:`pha_lightning.model.methods`). Training (losses,
-optimiser, checkpoints) is :mod:`pha_lightning.training`; docs/method.md explains the method.
+same parts build PHA's baselines (:mod:`pha_lightning.model.methods`). What runs on top of the
+network lives beside it: T5 decoding (:mod:`~pha_lightning.model.seq2seq`), raw-example prediction
+(:mod:`~pha_lightning.model.prediction`), the bundle format (:mod:`~pha_lightning.model.bundle`).
+Training (losses, optimiser, checkpoints) is :mod:`pha_lightning.training`; docs/method.md
+explains the method.
 
     model = PHAModel.from_pretrained("bundles/demo")
     model.predict([{"task": "synth_polarity", "sentence": "the red cat was lovely"}])
@@ -12,7 +15,6 @@ optimiser, checkpoints) is :mod:`pha_lightning.training`; docs/method.md explain
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,12 +27,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.data.examples import Collator, encode_examples, predict_loader
 from pha_lightning.data.specs import resolve_tasks
-from pha_lightning.data.tasks import INVALID, Task
+from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import backbone_family, load_tokenizer
-from pha_lightning.model import bundle
+from pha_lightning.model import bundle, prediction, seq2seq
 from pha_lightning.model.adapters import (
     AdapterContext,
     GeneratedAdapter,
@@ -107,8 +108,11 @@ class PHAModel(nn.Module):
             else None
         )
         self.hypernetwork = self._build_generator(lora_sites) if layout.source in ("prototype", "instance") else None
-        head_class = LabelWordHead if config.output_layer == "label_words" else TaskHeads
-        self.heads = head_class(d_model, self.task_objects, config.head_dropout) if self.family == "encoder" else None
+        self.heads: TaskHeads | LabelWordHead | None = None
+        if self.family == "encoder" and config.output_layer == "label_words":
+            self.heads = LabelWordHead(d_model, self.task_objects, config.head_dropout)
+        elif self.family == "encoder":
+            self.heads = TaskHeads(d_model, self.task_objects, config.head_dropout, config.regression_target)
 
     def _attach_adapters(self) -> list[tuple[int, int]]:
         """Shared adapters (or LoRA) in the blocks before the split, generated ones after; returns
@@ -361,129 +365,14 @@ class PHAModel(nn.Module):
         pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
 
-    def regression_scale(self, task: Task) -> tuple[float, float]:
-        """``(center, half-width)`` of the task's ``target_range``: a head predicts
-        ``(y - center) / half-width``; ``(0, 1)`` (the raw value) with ``regression_target: raw``."""
-        if self.config.regression_target == "raw":
-            return 0.0, 1.0
-        if task.target_range is None:
-            raise ConfigError(f"regression task {task.name!r} has no target_range to normalise its targets by")
-        low, high = task.target_range
-        return (low + high) / 2, (high - low) / 2
-
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict_values(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-example predictions as floats: class index (``INVALID`` if unparseable) or regression value."""
-        task_ids = batch["task_ids"]
         if self.family == "seq2seq":
-            return self.rank_values(batch) if self.config.seq2seq_eval == "rank" else self._generate_values(batch)
-        out = self(batch)
-        preds = torch.empty(len(task_ids), device=task_ids.device)
-        for task, (idx, head_out) in self.heads.outputs(out["pooled"], task_ids)[0].items():
-            if isinstance(self.heads, LabelWordHead):
-                preds[idx] = self.heads.values(task, head_out)
-            elif self.task_objects[task].is_regression:
-                center, half = self.regression_scale(self.task_objects[task])
-                preds[idx] = head_out.squeeze(-1).float() * half + center
-            else:
-                preds[idx] = head_out.argmax(-1).float()
-        return preds
+            return seq2seq.predicted_values(self, batch)
+        return self.heads.predictions(self(batch)["pooled"], batch["task_ids"])
 
-    def generate_texts(self, batch: dict[str, Tensor]) -> list[str]:
-        """Greedy generation (T5 path) with each example's task adapters."""
-        tokens, _ = self.run_backbone(
-            batch,
-            lambda: self.backbone.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                max_new_tokens=self.config.generation_max_length,
-                num_beams=1,
-                do_sample=False,
-            ),
-        )
-        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-
-    def rank_values(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rank classification (T5 path): score every candidate target of the example's task by
-        its summed token log-likelihood and take the best; no generation, never invalid."""
-        values = torch.empty(len(batch["task_ids"]), device=self.device)
-        for task in torch.unique(batch["task_ids"]).tolist():
-            rows = (batch["task_ids"] == task).nonzero(as_tuple=True)[0]
-            sub = {
-                k: v.index_select(0, rows) for k, v in batch.items() if isinstance(v, Tensor) and len(v) == len(values)
-            }
-            candidates = self.task_objects[task].rank_candidates()
-            scores, _ = self.run_backbone(
-                sub, lambda sub=sub, candidates=candidates: self._candidate_scores(sub, candidates)
-            )
-            best = scores.argmax(-1).tolist()
-            parsed = [self.task_objects[task].parse_generation(candidates[i]) for i in best]
-            values[rows] = torch.tensor(parsed, dtype=torch.float32, device=self.device)
-        return values
-
-    def _candidate_scores(self, batch: dict[str, Tensor], candidates: tuple[str, ...]) -> Tensor:
-        """``(B, C)`` summed log-likelihoods; the encoder runs once, the decoder once per candidate."""
-        encoded = self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        targets = self.tokenizer(text_target=list(candidates), padding=True, return_tensors="pt")["input_ids"]
-        targets = targets.masked_fill(targets == self.tokenizer.pad_token_id, -100).to(self.device)
-        scores = []
-        for target in targets:
-            labels = target.expand(len(batch["input_ids"]), -1)
-            logits = self.backbone(
-                encoder_outputs=encoded,
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=self.backbone._shift_right(labels),
-            ).logits
-            log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            scores.append(log_probs.masked_fill(labels == -100, 0.0).sum(-1))
-        return torch.stack(scores, dim=1)
-
-    def _generate_values(self, batch: dict[str, Tensor]) -> Tensor:
-        texts = self.generate_texts(batch)
-        values = [self.task_objects[t].parse_generation(text) for t, text in zip(batch["task_ids"].tolist(), texts)]
-        return torch.tensor([INVALID if v is None else v for v in values], dtype=torch.float32, device=self.device)
-
-    @torch.no_grad()
-    def identify_tasks(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Nearest prototype of every example: (task ids, cosine similarities)."""
-        if self.retriever is None or self.prototypes is None:
-            raise ConfigError(
-                f"examples without a task need a model with a retriever and prototypes (method 'pha' with "
-                f'lambda_ir or lambda_pro > 0); this model is {self.config.method!r}: give every example a "task"'
-            )
-        probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
-        best = self.retrieval_scores(self.retrieval_forward(probe)).max(-1)
-        return best.indices, best.values
-
-    @torch.no_grad()
-    def predict_rows(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Output rows of a batch of raw examples (docs/production.md, "Predict on raw examples"): the
-        retriever picks the task of an example that names none."""
-        task_ids = batch["task_ids"].clone()
-        unknown = task_ids < 0
-        similarity = None
-        if bool(unknown.any()):
-            chosen, similarity = self.identify_tasks(batch)
-            task_ids[unknown] = chosen[unknown]
-        values = self.predict_values({**batch, "task_ids": task_ids}).tolist()
-        rows = []
-        for i, meta in enumerate(batch["meta"]):
-            task = self.task_objects[int(task_ids[i])]
-            prediction, label = label_of(task, values[i])
-            row = {"index": meta["index"], "line": meta["line"]}
-            if "id" in meta:
-                row["id"] = meta["id"]
-            row |= {"task": task.name, "task_source": "retriever" if bool(unknown[i]) else "input"}
-            if bool(unknown[i]):
-                row["task_similarity"] = round(float(similarity[i]), 6)
-            row |= {"prediction": prediction, "label": label}
-            if "target" in meta:
-                row["target"] = meta["target"]
-            rows.append(row)
-        return rows
-
-    @torch.no_grad()
     def predict(
         self, examples: Iterable[Mapping[str, Any]], batch_size: int = 32, max_source_length: int | None = None
     ) -> list[dict[str, Any]]:
@@ -491,33 +380,9 @@ class PHAModel(nn.Module):
 
         ``max_source_length`` defaults to the one the model was trained with (its bundle), else 128.
         """
-        rows = [(number, dict(example)) for number, example in enumerate(examples, start=1)]
-        if not rows:
-            return []
-        trained_length = (self.bundle_config or {}).get("data", {}).get("max_source_length")
-        length = int(max_source_length or trained_length or 128)
-        tokenizer = self.tokenizer
-        encoded = encode_examples(rows, self.task_objects, self.family, tokenizer, length, source="example")
-        collator = Collator(tokenizer.pad_token_id, tokenizer.pad_token_type_id, tokenizer.padding_side)
-        was_training = self.training
-        self.eval()
-        out: list[dict[str, Any]] = []
-        try:
-            for batch in predict_loader(encoded, collator, batch_size):
-                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-                out.extend(self.predict_rows(batch))
-        finally:
-            self.train(was_training)
-        return sorted(out, key=lambda row: row["index"])
+        return prediction.predict(self, examples, batch_size, max_source_length)
 
-    # ------------------------------------------------------------------ saving and loading
-    def state_to_save(self) -> dict[str, Tensor]:
-        """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
-        state = {k: v for k, v in self.state_dict().items() if k in self.saved_state_keys()}
-        if "prototypes.added" in state:
-            state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
-        return state
-
+    # ------------------------------------------------------------------ saving and loading (model/bundle.py)
     def save_pretrained(
         self,
         output_dir: str | os.PathLike,
@@ -528,21 +393,9 @@ class PHAModel(nn.Module):
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write a bundle: ``config.json`` (this :class:`PHAConfig`, versions, checksums) and the
-        weights in safetensors (docs/production.md, "Export a portable adapter bundle"). ``data`` records the
-        input settings (``max_source_length`` …), by default those of the bundle this model was loaded from."""
-        if data is None:
-            data = (self.bundle_config or {}).get("data", {})
-        precomputed = self.precomputed_adapters() if precompute else None
-        return bundle.write_bundle(
-            output_dir,
-            self.config.to_dict(),
-            self.task_objects,
-            self.state_to_save(),
-            data=data,
-            precomputed=precomputed,
-            extra=extra,
-            overwrite=overwrite,
-        )
+        weights in safetensors (docs/production.md, "Export a portable adapter bundle"). ``data`` records the input settings
+        (``max_source_length`` …), by default those of the bundle this model was loaded from."""
+        return bundle.save_model(self, output_dir, precompute=precompute, overwrite=overwrite, data=data, extra=extra)
 
     @classmethod
     def from_pretrained(
@@ -560,26 +413,13 @@ class PHAModel(nn.Module):
         bundle has them, replace the hypernetwork at inference unless ``use_precomputed_adapters``
         is false.
         """
-        config = bundle.read_bundle_config(path)
-        name = backbone or config["config"]["backbone"]
-        bundle.check_backbone(config, name, path, given=backbone is not None)
-        model = cls(PHAConfig.from_dict({**config["config"], "backbone": name}))
-        model.load_bundle(path, config)
-        model.bundle_config = config
-        if use_precomputed_adapters and bundle.ADAPTERS_NAME in config["files"]:
-            model.use_generated_table(bundle.read_precomputed(path, config))
-        return model.eval().to(map_location)
+        return bundle.load_model(
+            cls, path, backbone=backbone, use_precomputed_adapters=use_precomputed_adapters, map_location=map_location
+        )
 
     def load_bundle(self, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
         """Load a bundle's weights into this (already built) model (``pha test --ckpt_path <bundle>``)."""
-        config = bundle.read_bundle_config(path) if config is None else config
-        state = bundle.read_bundle_weights(path, config)
-        source = f"bundle {str(path)!r}"
-        bundle.check_state_fits(state, self.state_dict(), source)
-        missing = sorted(self.saved_state_keys() - set(state))
-        if missing:
-            raise bundle.BundleError(f"{source} lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
-        self.load_state_dict(state, strict=False)
+        bundle.load_weights(self, path, config)
 
 
 @dataclass
@@ -592,12 +432,3 @@ class _Retrieval:
 
 def _encoder_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
-def label_of(task: Task, value: float) -> tuple[int | float | None, str | None]:
-    """A prediction as (value, label string): the class index and its name, or the regression value."""
-    if math.isnan(value):
-        return None, None
-    if task.is_regression:
-        return value, f"{value:.3f}"
-    return int(value), task.class_names[int(value)]

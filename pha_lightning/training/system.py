@@ -18,13 +18,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
+from pha_lightning.model.bundle import check_state_complete
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
-from pha_lightning.model.heads import LabelWordHead
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
 from pha_lightning.model.pha import PHAModel
+from pha_lightning.model.prediction import label_of, predict_rows
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.losses import (
     instance_contrastive_loss,
@@ -144,18 +144,13 @@ class PHAModule(LightningModule):
         eps, model = self.loss_config.label_smoothing, self.model
         if model.family == "seq2seq":
             return label_smoothed_cross_entropy(out["lm_logits"], batch["labels"], eps)
-        outputs, total = model.heads.outputs(out["pooled"], batch["task_ids"])
-        for task, (idx, head_out) in outputs.items():
-            target = batch["targets"].index_select(0, idx)
-            if isinstance(model.heads, LabelWordHead):
-                loss = label_smoothed_cross_entropy(head_out, model.heads.classes(task, target), eps)
-            elif model.task_objects[task].is_regression:
-                center, half = model.regression_scale(model.task_objects[task])
-                scaled = (target.float() - center) / half
-                loss = self.loss_config.regression_loss_weight * F.mse_loss(head_out.squeeze(-1).float(), scaled)
+        inputs, total = model.heads.loss_inputs(out["pooled"], batch["task_ids"], batch["targets"])
+        for outputs, targets, regression in inputs:
+            if regression:
+                loss = self.loss_config.regression_loss_weight * F.mse_loss(outputs, targets)
             else:
-                loss = label_smoothed_cross_entropy(head_out, target.long(), eps)
-            total = total + loss * len(idx)
+                loss = label_smoothed_cross_entropy(outputs, targets, eps)
+            total = total + loss * len(targets)
         return total / len(batch["task_ids"])
 
     def loss_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -195,12 +190,12 @@ class PHAModule(LightningModule):
     # ------------------------------------------------------------------ prediction and evaluation
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         if "example_ids" in batch:  # raw examples of data.predict_file, with or without a task
-            return self.model.predict_rows(batch)
+            return predict_rows(self.model, batch)
         values = self.model.predict_values(batch)
         rows = []
         for task_id, value, target in zip(batch["task_ids"].tolist(), values.tolist(), batch["targets"].tolist()):
             task = self.model.task_objects[task_id]
-            rows.append({"task": task.name, "prediction": value, "label": _label_string(task, value), "target": target})
+            rows.append({"task": task.name, "prediction": value, "label": label_of(task, value)[1], "target": target})
         return rows
 
     def _eval_step(self, batch: dict[str, Tensor], metrics: nn.ModuleDict) -> None:
@@ -272,9 +267,8 @@ class PHAModule(LightningModule):
         transfer = bool(saved.get("transfer") or self.transfer)
         check_compatible(saved["arch"], self.hparams.arch, "the checkpoint", transfer=transfer)
         check_state_fits(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
-        missing = sorted({f"model.{k}" for k in self.model.saved_state_keys()} - set(checkpoint["state_dict"]))
-        if missing:
-            raise ConfigError(f"checkpoint lacks {len(missing)} trainable weights of this model, e.g. {missing[:3]}")
+        wanted = {f"model.{k}" for k in self.model.saved_state_keys()}
+        check_state_complete(checkpoint["state_dict"], wanted, "the checkpoint")
 
 
 def load_system(checkpoint: dict[str, Any]) -> PHAModule:
@@ -284,9 +278,3 @@ def load_system(checkpoint: dict[str, Any]) -> PHAModule:
     system.on_load_checkpoint(checkpoint)
     system.load_state_dict(checkpoint["state_dict"], strict=False)
     return system
-
-
-def _label_string(task: Task, value: float) -> str | None:
-    if task.is_regression:
-        return f"{value:.3f}"
-    return None if math.isnan(value) else task.class_names[int(value)]
