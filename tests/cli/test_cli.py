@@ -118,6 +118,11 @@ def test_method_override_configs_compose_with_a_base_config(
 
     resolved = yaml.safe_load(out)
     expected = yaml.safe_load(override.read_text())
-    for section, values in expected.items():
-        for key, value in values.items():
-            assert resolved[section][key] == value, (section, key)
+    def assert_within(want: dict, have: dict, path: str) -> None:
+        for key, value in want.items():
+            if isinstance(value, dict):
+                assert_within(value, have[key], f"{path}.{key}")
+            else:
+                assert have[key] == value, f"{path}.{key}"
+
+    assert_within(expected, resolved, "config")

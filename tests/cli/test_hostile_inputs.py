@@ -95,7 +95,7 @@ def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_
         f"--trainer.default_root_dir={tmp_path}",
     )
     assert "nope" in err and "hyperformer" in err and "task_adapter" in err
-    with pytest.raises(ConfigError, match=r"unknown method 'nope'; valid: \['pha', 'adapter'"):
+    with pytest.raises(ConfigError, match=r"unknown model.arch.method 'nope'; valid: \['pha', 'adapter'"):
         PHAModule(PHAConfig(tasks=["synth_polarity"], method="nope"))
 
 

@@ -94,5 +94,5 @@ def test_hyperdecoder_needs_no_task_id_at_inference(tiny_t5: str) -> None:
 
 
 def test_unknown_method_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown method 'prefix'.*'lora'.*hyperdecoder"):
+    with pytest.raises(ValueError, match="unknown model.arch.method 'prefix'.*'lora'.*hyperdecoder"):
         PHAModule(PHAConfig(tasks=TASKS, method="prefix"))

@@ -55,7 +55,7 @@ def test_rank_classification_matches_a_per_example_reference(t5_model_and_batch)
 
 
 def test_unknown_seq2seq_eval_is_named(tiny_t5: str) -> None:
-    with pytest.raises(ValueError, match="unknown seq2seq_eval 'beam'"):
+    with pytest.raises(ValueError, match="unknown model.arch.seq2seq_eval 'beam'"):
         PHAModule(PHAConfig(backbone=tiny_t5, tasks=TASKS, backbone_init="random", seq2seq_eval="beam"))
 
 

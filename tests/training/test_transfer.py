@@ -111,7 +111,7 @@ def test_source_tasks_unchanged_unless_tuned(source_ckpt: str) -> None:
 def test_transfer_checks_its_source(source_ckpt: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already source tasks"):
         PHAModule(PHAConfig(tasks=["synth_score"]), transfer=TransferConfig(source_ckpt))
-    with pytest.raises(ConfigError, match="unknown transfer init 'best'"):
+    with pytest.raises(ConfigError, match="unknown model.transfer.init 'best'"):
         TransferConfig(source_ckpt, init="best")
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(Path(source_ckpt).read_bytes()[:1000])
