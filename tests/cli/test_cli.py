@@ -118,6 +118,7 @@ def test_method_override_configs_compose_with_a_base_config(
 
     resolved = yaml.safe_load(out)
     expected = yaml.safe_load(override.read_text())
+
     def assert_within(want: dict, have: dict, path: str) -> None:
         for key, value in want.items():
             if isinstance(value, dict):

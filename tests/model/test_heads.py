@@ -59,5 +59,7 @@ def test_module_trains_the_label_word_layer_with_label_smoothed_ce() -> None:
         expected += F.cross_entropy(scores, target, label_smoothing=0.1) * int(rows.sum())
         torch.testing.assert_close(preds[rows], model.model.heads.values(task, scores))
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
-    with pytest.raises(ValueError, match=r"unknown model.arch.output_layer 'vocab'; valid: \['task_heads', 'label_words'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown model.arch.output_layer 'vocab'; valid: \['task_heads', 'label_words'\]"
+    ):
         PHAModule(PHAConfig(tasks=TASKS, output_layer="vocab"))

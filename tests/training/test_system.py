@@ -177,5 +177,7 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(
     torch.testing.assert_close(loss, expected / len(batch["task_ids"]))
     with pytest.raises(ValueError, match="model.loss.regression_loss_weight must be >= 0, got -1"):
         PHAModule(PHAConfig(tasks=TASKS), loss=LossConfig(regression_loss_weight=-1))
-    with pytest.raises(ValueError, match=r"unknown model.arch.regression_target 'zscore'; valid: \['normalized', 'raw'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown model.arch.regression_target 'zscore'; valid: \['normalized', 'raw'\]"
+    ):
         PHAModule(PHAConfig(tasks=TASKS, regression_target="zscore"))
