@@ -152,6 +152,23 @@ def low_data_size(total: int, n_train: int | None, percent_train: float | None) 
     return None
 
 
+def subsample_groups(records: list[dict], n: int, seed: int, task_name: str, groups: list) -> list[dict]:
+    """At most ``n`` records made of whole groups (MultiRC: every answer of a question, so that exact
+    match stays defined), groups drawn with a generator seeded by (seed, task), original order kept.
+    At least one group is kept, even when it alone holds more than ``n`` records."""
+    members: dict = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    keys = list(members)
+    random.Random(f"{seed}/{task_name}/groups").shuffle(keys)
+    chosen: list[int] = []
+    for key in keys:
+        if chosen and len(chosen) + len(members[key]) > n:
+            continue
+        chosen.extend(members[key])
+    return [records[index] for index in sorted(chosen)]
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A stable digest of what decides a tokenizer's output: its full serialisation when it has a
     fast backend, else ``datasets``' hash of the object; plus class, special tokens and sides."""
@@ -452,17 +469,20 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             size = low_data_size(len(records), self.n_train, self.percent_train)
             if size is not None:
                 records = subsample(records, size, self.data_seed, task.name)
-        grouped = any(task.group_of(record) is not None for record in records)  # MultiRC: keep whole questions
-        if (
-            split == "validation"
-            and self.val_max_examples is not None
-            and len(records) > self.val_max_examples
-            and not grouped
-        ):
-            records = subsample(records, self.val_max_examples, self.data_seed, f"{task.name}/validation")
+        if split == "validation" and self.val_max_examples is not None and len(records) > self.val_max_examples:
+            records = self.validation_subset(task, records)
         if not records:
             raise ConfigError(f"task {task.name!r} has no {split} examples")
         return records
+
+    def validation_subset(self, task: Task, records: list[dict]) -> list[dict]:
+        """The fixed validation draw of at most ``val_max_examples``: whole groups where the task's
+        metric is computed per group (MultiRC's questions), single records otherwise."""
+        name = f"{task.name}/validation"
+        groups = [task.group_of(record) for record in records]
+        if any(group is not None for group in groups):
+            return subsample_groups(records, self.val_max_examples, self.data_seed, name, groups)
+        return subsample(records, self.val_max_examples, self.data_seed, name)
 
     def _build_dataset(self, task_id: int, split: str, records: list[dict]) -> Dataset:
         task = self.task_objects[task_id]

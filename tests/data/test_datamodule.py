@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.datamodule import PHADataModule, subsample_groups
 from pha_lightning.data.examples import LABEL_PAD_ID
 from pha_lightning.data.tasks import get_task
 
@@ -97,6 +97,19 @@ def test_validation_keeps_a_fixed_subset_and_test_the_whole_split() -> None:
     whole = PHADataModule(["synth_polarity"], backbone=MINILM, val_max_examples=None)
     whole.setup("validate")
     assert len(whole.datasets["validation"][0]) == 100
+
+
+def test_grouped_validation_keeps_whole_groups_within_the_cap() -> None:
+    groups = [g for g in range(40) for _ in range(1 + g % 4)]  # 40 questions of 1-4 answers
+    records = [{"group": g, "row": i} for i, g in enumerate(groups)]
+    kept = subsample_groups(records, 30, 0, "multirc/validation", groups)
+    kept_groups = {r["group"] for r in kept}
+    assert 26 <= len(kept) <= 30  # the largest group holds 4: at most 3 short of the cap
+    assert sum(groups.count(g) for g in kept_groups) == len(kept)  # every kept group is whole
+    assert [r["row"] for r in kept] == sorted(r["row"] for r in kept)
+    assert kept == subsample_groups(records, 30, 0, "multirc/validation", groups)
+    assert kept != subsample_groups(records, 30, 1, "multirc/validation", groups)
+    assert len(subsample_groups(records[1:3], 1, 0, "t", groups[1:3])) == 2  # one whole group even above the cap
 
 
 def test_test_and_predict_loaders_use_the_test_split() -> None:
