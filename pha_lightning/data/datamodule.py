@@ -306,7 +306,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         val_max_examples: validation keeps at most this many examples of each task, a fixed draw
             (seeded by ``data_seed``): validation during training stays cheap on large splits,
             while ``test`` always runs the whole test split. ``None``: the whole validation split.
-            Tasks scored per group of records (MultiRC's questions) keep their whole split.
+            Tasks scored per group of records (MultiRC's questions) keep whole groups.
 
     The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
     :mod:`pha_lightning.data.resume`.

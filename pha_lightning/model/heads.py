@@ -85,16 +85,18 @@ class TaskHeads(nn.ModuleList, OutputLayer):
     def outputs(self, pooled: Tensor, task_ids: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor]:
         """Each present task's head applied to its examples: ``{task: (indices, outputs)}``.
 
-        Also returns a zero that depends on the heads of the tasks absent from the batch, for the
-        loss to add: every trainable parameter then takes part in every step, which DDP requires.
+        Also returns a zero that depends on the parameters of the heads of the tasks absent from
+        the batch, for the loss to add: every trainable parameter then takes part in every step
+        (with a zero gradient), which DDP requires. Only the present tasks' heads run, so a step's
+        cost does not grow with the number of tasks.
         """
-        outputs, unused = {}, pooled.new_zeros(())
-        for task, head in enumerate(self):
+        present = torch.unique(task_ids).tolist()
+        outputs = {}
+        for task in present:
             idx = (task_ids == task).nonzero(as_tuple=True)[0]
-            if len(idx):
-                outputs[task] = (idx, head(pooled.index_select(0, idx)))
-            else:
-                unused = unused + 0.0 * head(pooled[:1]).sum()
+            outputs[task] = (idx, self[task](pooled.index_select(0, idx)))
+        absent = [p for task in sorted(set(range(len(self))) - set(present)) for p in self[task].parameters()]
+        unused = 0.0 * torch.stack([p.sum() for p in absent]).sum() if absent else pooled.new_zeros(())
         return outputs, unused
 
     def regression_scale(self, task: int) -> tuple[float, float]:

@@ -10,10 +10,27 @@ from torch.nn import functional as F
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.tasks import get_task
 from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.heads import LabelWordHead
+from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.training.system import PHAModule
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
+
+
+def test_task_heads_run_only_present_tasks_and_give_absent_heads_zero_gradients() -> None:
+    tasks = [get_task(name) for name in ("cola", "stsb", "rte", "mnli")]
+    heads = TaskHeads(8, tasks, dropout=0.0, regression_target="normalized")
+    calls = []
+    for index, head in enumerate(heads):
+        head.register_forward_hook(lambda module, args, out, index=index: calls.append(index))
+    pooled = torch.randn(5, 8)
+    outputs, zero = heads.outputs(pooled, torch.tensor([3, 1, 3, 1, 3]))
+    assert calls == [1, 3] and sorted(outputs) == [1, 3]
+    torch.testing.assert_close(outputs[3][1], heads[3](pooled[[0, 2, 4]]))
+    assert zero.item() == 0.0
+    (sum(out.sum() for _, out in outputs.values()) + zero).backward()
+    for index in (0, 2):  # absent: in the graph (DDP needs every parameter), with exactly zero gradients
+        assert all(p.grad is not None and not p.grad.any() for p in heads[index].parameters())
+    assert all(p.grad.abs().sum() > 0 for p in heads[1].parameters())
 
 
 def test_vocabulary_is_the_union_of_label_words_and_tasks_score_their_own() -> None:
