@@ -13,6 +13,11 @@ per-example reference path: the hypernetwork runs for every example and the weig
 materialised per example — the cost that grouped generation avoids. ``lora`` is shared LoRA
 (query and value projections, rank 8) and ``pha_lora`` PHA generating LoRA factors.
 
+``--backbone-settings`` adds the big-backbone options as a second axis, e.g.
+``float32 bfloat16 float32+ckpt bfloat16+ckpt``: the frozen backbone's dtype
+(``model.arch.backbone_dtype``), and ``+ckpt`` for activation checkpointing per block; the table
+then also gives each row's ratio to the same method on the first setting.
+
 Writes a markdown table (and the raw JSON lines with ``--jsonl``).
 """
 
@@ -102,6 +107,14 @@ def module_args(method: str) -> dict[str, str]:
     return {"method": method.replace("_per_example", "")}
 
 
+def backbone_options(setting: str) -> dict[str, object]:
+    """``float32``, ``bfloat16+ckpt``, …: the backbone dtype, and activation checkpointing."""
+    dtype, _, extra = setting.partition("+")
+    if dtype not in ("float32", "bfloat16", "float16") or extra not in ("", "ckpt"):
+        raise SystemExit(f"backbone setting {setting!r}: give a dtype (float32, bfloat16, float16), optionally +ckpt")
+    return {"backbone_dtype": dtype, "activation_checkpointing": extra == "ckpt"}
+
+
 def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     """Time one variant in this process."""
     from pha_lightning.model.config import PHAConfig
@@ -110,7 +123,8 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     init = "random" if backbone != "pypi:all-MiniLM-L6-v2" else "pretrained"
-    model = PHAModule(PHAConfig(backbone=backbone, tasks=TASKS, backbone_init=init, **module_args(method)))
+    arch = {**module_args(method), **backbone_options(args.backbone_setting)}
+    model = PHAModule(PHAConfig(backbone=backbone, tasks=TASKS, backbone_init=init, **arch))
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
         model.model.batch_adapter_weights = lambda task_ids: model.model.hypernetwork(model.model.prototypes(task_ids))
@@ -138,6 +152,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     return {
         "backbone": args.backbone_label,
         "method": method,
+        "setting": args.backbone_setting,
         "median_step_s": statistics.median(times),
         "median_step_cpu_s": statistics.median(cpu_times),
         "peak_mib": peak,
@@ -148,7 +163,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     }
 
 
-def run_variant(backbone: str, label: str, method: str, args: argparse.Namespace) -> dict:
+def run_variant(backbone: str, label: str, method: str, setting: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -167,26 +182,33 @@ def run_variant(backbone: str, label: str, method: str, args: argparse.Namespace
         str(args.warmup),
         "--device",
         args.device,
+        "--backbone-setting",
+        setting,
     ] + (["--bf16"] if args.bf16 else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
-        raise RuntimeError(f"{label}/{method} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"{label}/{method}/{setting} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
+    """Ratios to ``adapter`` on the same backbone and setting, and to the first setting of the same method."""
+    first = rows[0]["setting"]
     lines = [
-        "| backbone | method | median step (s) | × adapter | CPU time (s) | × adapter | peak memory (MiB) | × adapter "
-        "| trainable params |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backbone | setting | method | median step (s) | × adapter | CPU time (s) | × adapter | peak memory (MiB) "
+        f"| × adapter | step × {first} | memory × {first} | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        base = next(r for r in rows if r["backbone"] == row["backbone"] and r["method"] == "adapter")
+        same = [r for r in rows if r["backbone"] == row["backbone"]]
+        base = next(r for r in same if r["method"] == "adapter" and r["setting"] == row["setting"])
+        ref = next(r for r in same if r["method"] == row["method"] and r["setting"] == first)
         lines.append(
-            f"| {row['backbone']} | {row['method']} | {row['median_step_s']:.3f} | "
+            f"| {row['backbone']} | {row['setting']} | {row['method']} | {row['median_step_s']:.3f} | "
             f"{row['median_step_s'] / base['median_step_s']:.2f} | {row['median_step_cpu_s']:.3f} | "
             f"{row['median_step_cpu_s'] / base['median_step_cpu_s']:.2f} | {row['peak_mib']:.0f} | "
-            f"{row['peak_mib'] / base['peak_mib']:.2f} | {row['trainable_params']:,} |"
+            f"{row['peak_mib'] / base['peak_mib']:.2f} | {row['median_step_s'] / ref['median_step_s']:.2f} | "
+            f"{row['peak_mib'] / ref['peak_mib']:.2f} | {row['trainable_params']:,} |"
         )
     return "\n".join(lines)
 
@@ -204,6 +226,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument(
+        "--backbone-settings",
+        nargs="+",
+        default=["float32"],
+        help="backbone dtype per run, optionally +ckpt (activation checkpointing): float32 bfloat16 float32+ckpt …",
+    )
+    parser.add_argument("--backbone-setting", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="write the markdown table here")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per variant here")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
@@ -217,10 +246,13 @@ def main() -> None:
         backbones = {"minilm": "pypi:all-MiniLM-L6-v2", "t5-small-shape": tmp}
         t5_small_shape(args.d_model).save_pretrained(tmp)
         for label in args.backbones:
+            for setting in args.backbone_settings:
+                backbone_options(setting)  # a bad setting fails before the first run
             for method in args.methods:
-                row = run_variant(backbones[label], label, method, args)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for setting in args.backbone_settings:
+                    row = run_variant(backbones[label], label, method, setting, args)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     if "adapter" not in args.methods:
         raise SystemExit("the ratios need the 'adapter' method in --methods")
     text = table(rows)

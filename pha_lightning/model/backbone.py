@@ -15,6 +15,7 @@ frozen weights where they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -25,23 +26,34 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.hub import Family, backbone_family, from_hub, load_backbone_config
 
 
-def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained") -> nn.Module:
-    """Load a backbone's weights (or build it at random init from its config, for tests and cost studies)."""
+def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained", dtype: str = "float32") -> nn.Module:
+    """Load a backbone's weights in ``dtype`` (or build it at random init from its config, for
+    tests and cost studies); pretrained weights are read straight into ``dtype``."""
     from transformers import AutoModelForSeq2SeqLM
 
     if init not in ("pretrained", "random"):
         raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
+    torch_dtype = getattr(torch, dtype)
     auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
     model = (
-        auto.from_config(load_backbone_config(name))
+        auto.from_config(load_backbone_config(name)).to(torch_dtype)
         if init == "random"
-        else from_hub(name, "weights", auto.from_pretrained)
+        else from_hub(name, "weights", lambda path: auto.from_pretrained(path, dtype=torch_dtype))
     )
     if getattr(model, "pooler", None) is not None:
         # task heads pool the final states themselves; an unused pooler would leave trainable
         # parameters out of the graph when the backbone is fine-tuned (DDP rejects that)
         model.pooler = None
     return model
+
+
+def in_float32(part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``part(x)`` for a trainable part (float32 weights) reading a half-precision frozen stream:
+    computed in float32 and returned in the stream's dtype. A float32 stream, or autocast (which
+    picks the dtype of every product itself), leaves the call as it is."""
+    if x.dtype == torch.float32 or torch.is_autocast_enabled(x.device.type):
+        return part(x)
+    return part(x.float()).to(x.dtype)
 
 
 class T5FeedForwardWithAdapter(nn.Module):
@@ -67,7 +79,7 @@ class T5FeedForwardWithAdapter(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = self.ff.layer_norm(hidden_states)
-        return hidden_states + self.ff.dropout(self.ff.DenseReluDense(x)) + self._adapter[0](x)
+        return hidden_states + self.ff.dropout(self.ff.DenseReluDense(x)) + in_float32(self._adapter[0], x)
 
 
 class EncoderOutputWithAdapter(nn.Module):
@@ -93,7 +105,8 @@ class EncoderOutputWithAdapter(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         out = self.output
-        return out.LayerNorm(out.dropout(out.dense(hidden_states)) + input_tensor + self._adapter[0](input_tensor))
+        adapted = in_float32(self._adapter[0], input_tensor)
+        return out.LayerNorm(out.dropout(out.dense(hidden_states)) + input_tensor + adapted)
 
 
 def _encoder_blocks(model: nn.Module) -> nn.ModuleList:

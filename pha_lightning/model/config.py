@@ -15,7 +15,7 @@ from pha_lightning.data.specs import parse_spec
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.hypernetwork import CALIBRATIONS, Calibration
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets
-from pha_lightning.model.methods import ADAPTER_KINDS, METHODS, AdapterKind, Method
+from pha_lightning.model.methods import ADAPTER_KINDS, METHODS, AdapterKind, Method, trains_backbone
 from pha_lightning.validation import (
     FRACTION,
     NON_NEGATIVE,
@@ -27,6 +27,10 @@ from pha_lightning.validation import (
     field_flag,
     setting,
 )
+
+#: the dtypes a frozen backbone can be held in (``model.arch.backbone_dtype``)
+BACKBONE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+BackboneDtype = Literal["float32", "bfloat16", "float16"]
 
 
 def trains_retriever(tasks: list[str], lambda_ir: float, lambda_pro: float) -> bool:
@@ -48,6 +52,13 @@ class PHAConfig:
     without file paths): a saved model serves them without the spec file."""
     method: Method = setting("pha", Choice(METHODS))
     """``pha`` or a baseline built from its parts (docs/method.md, "Baselines")."""
+    backbone_dtype: BackboneDtype = setting("float32", Choice(BACKBONE_DTYPES))
+    """The dtype the frozen backbone's weights are held in: ``bfloat16`` or ``float16`` halve its
+    memory; the trainable parts (adapters, LoRA, hypernetwork, heads) stay float32 and compute in
+    float32 (docs/production.md, "Big backbones")."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone block's activations in the backward pass instead of keeping them:
+    less memory for a longer step; generated adapters keep their weights for the recomputation."""
     backbone_init: Literal["pretrained", "random"] = setting(
         "pretrained", Choice(("pretrained", "random")), structural=True
     )
@@ -120,6 +131,12 @@ class PHAConfig:
         self.task_specs = [parse_spec(spec).portable() for spec in self.task_specs or ()] or None
         check_settings("model.arch", PHAConfig, self.to_dict())
         check_lora_targets(list(self.lora_targets or DEFAULT_LORA_TARGETS))
+        if self.backbone_dtype != "float32" and trains_backbone(self.method):
+            raise ConfigError(
+                f"backbone_dtype {self.backbone_dtype!r} holds the frozen backbone in half precision, but method "
+                f"{self.method!r} trains the backbone; use backbone_dtype 'float32' (with trainer.precision "
+                "bf16-mixed for half-precision compute)"
+            )
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> PHAConfig:

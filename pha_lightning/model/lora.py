@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import Family
 from pha_lightning.model.adapters import AdapterContext, rows_of, run_grouped
-from pha_lightning.model.backbone import backbone_blocks
+from pha_lightning.model.backbone import backbone_blocks, in_float32
 from pha_lightning.model.hypernetwork import Calibration, Generator, Head, head_multiplier
 
 LORA_TARGETS: tuple[str, ...] = ("query", "key", "value", "output", "ffn_in", "ffn_out")
@@ -107,7 +107,7 @@ class LoRALinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self._update[0](self.dropout(x)) * self.scaling
+        return self.base(x) + in_float32(lambda rows: self._update[0](self.dropout(rows)) * self.scaling, x)
 
 
 @dataclass

@@ -72,3 +72,8 @@ def method_layout(method: str, before: int, after: int, contrastive: bool, adapt
     if method not in layouts:
         raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")
     return dataclasses.replace(layouts[method], kind="lora") if adapter_kind == "lora" else layouts[method]
+
+
+def trains_backbone(method: str) -> bool:
+    """Whether ``method`` trains the backbone's own weights (they must then stay float32)."""
+    return method_layout(method, 0, 0, contrastive=False).trains_backbone

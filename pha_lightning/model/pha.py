@@ -15,6 +15,7 @@ explains the method.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class PHAModel(nn.Module):
         #: how many leading tasks were added to a trained model (:meth:`add_tasks`)
         self.num_added_tasks = 0
         self.family = backbone_family(config.backbone)
-        self.backbone = load_backbone(config.backbone, config.backbone_init)
+        self.backbone = load_backbone(config.backbone, config.backbone_init, config.backbone_dtype)
         before, after = self._split_blocks(config.split_layer)
         self.split_layer = before
         self.layout = method_layout(config.method, before, after, config.retriever, config.adapter_kind)
@@ -76,6 +77,10 @@ class PHAModel(nn.Module):
         self.backbone.train()  # from_pretrained returns eval mode; docs/method.md keeps the FFN dropout in training
         self.d_model = hidden_size(self.backbone)
         self._build_parts()
+        if config.activation_checkpointing:
+            self.backbone.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._recomputation_contexts}
+            )
         self._eval_cache: dict[int, WeightSet] = {}
         self._eval_cache_stamp: tuple | None = None
         self._retrieval: _Retrieval | None = None
@@ -291,9 +296,15 @@ class PHAModel(nn.Module):
         state = self._retrieval
         if state is None:  # the backbone was called directly, outside this model's forward
             return
-        state.z = self.retriever(site_hidden_states(output), state.attention_mask)
+        state.z = self.retriever(site_hidden_states(output).float(), state.attention_mask)
         if self.layout.source == "instance":
             self.adapter_context.weights = self.hypernetwork(state.z)
+
+    def _recomputation_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """Activation checkpointing's contexts for one block: nothing in the forward pass; in the
+        recomputation (during backward, after the forward has cleared the adapter context) the
+        generated weights the block saw in its forward pass."""
+        return contextlib.nullcontext(), self.adapter_context.use(self.adapter_context.weights)
 
     def run_backbone(
         self, batch: dict[str, Tensor], call: Callable[[], Any], weights: WeightSet | None = None
@@ -358,10 +369,10 @@ class PHAModel(nn.Module):
                 ),
                 weights,
             )
-            pooled = masked_mean(out.encoder_last_hidden_state, batch["attention_mask"])
+            pooled = masked_mean(out.encoder_last_hidden_state.float(), batch["attention_mask"])
             return {"z": z, "lm_logits": out.logits, "pooled": pooled}
         out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights)
-        final = out.last_hidden_state
+        final = out.last_hidden_state.float()  # the heads are float32 whatever the backbone's dtype
         pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
 
