@@ -12,8 +12,14 @@
      prototype initialised by retrieval (top-1 row, softmax mix of the top-m rows), by the mean
      of all rows, or at random; ``--tune`` says what trains besides the new prototype and head
      (default ``hypernetwork``: a prototype-only transfer cannot move the source model's features);
-   * ``adapter`` — a fresh shared-adapter model trained on the k examples alone;
+   * ``adapter`` / ``lora`` / ``task_adapter`` — a fresh shared-adapter, shared-LoRA or per-task
+     adapter model trained on the k examples alone (with one task, the per-task adapter is a
+     shared adapter with the per-task bank's initialisation);
    * ``hyperformer`` — a fresh task embedding for the trained HyperFormer.
+
+Targets may be tasks a user declared: ``--task-specs`` reads the ``data.task_specs`` of a pha
+config (e.g. configs/many_tasks_minilm.yaml, whose CR, SUBJ and TREC fine are spec tasks), so
+the same file declares the source and the held-out tasks.
 
 Results: ``runs.jsonl`` (one line per run; finished runs are skipped, so the grid resumes),
 ``table.md`` (mean ± std over seeds per target, k and variant) and ``rankings.md`` (the source
@@ -34,9 +40,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch import Trainer, seed_everything
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.data.tasks import get_task
 from pha_lightning.hub import backbone_family
 from pha_lightning.model.config import PHAConfig
@@ -46,7 +54,16 @@ from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
 
 PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
-VARIANTS = (*PHA_INITS, "adapter", "hyperformer")
+#: fresh models trained on the k examples alone, by method
+FRESH = ("adapter", "lora", "task_adapter")
+VARIANTS = (*PHA_INITS, *FRESH, "hyperformer")
+
+
+def read_config_specs(path: Path) -> list[dict]:
+    """The ``data.task_specs`` of a pha config file, checked as ``pha fit`` checks them."""
+    specs = (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("task_specs") or []
+    parse_specs(specs)
+    return specs
 
 
 def source_checkpoint(method: str, args: argparse.Namespace) -> Path:
@@ -83,15 +100,34 @@ def train_source(method: str, args: argparse.Namespace) -> str:
     return str(done)
 
 
+def target_arch(target: str, args: argparse.Namespace, **settings: object) -> PHAConfig:
+    """The architecture of a model for ``target`` (its portable spec when it is a spec task)."""
+    return PHAConfig(tasks=[target], task_specs=portable_specs(args.task_specs, [target]), **settings)
+
+
 def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModule:
     optim = OptimConfig(learning_rate=args.lr, warmup_steps=0)
     if variant in PHA_INITS:
         transfer = TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune)
-        return PHAModule(PHAConfig(tasks=[target]), optim=optim, transfer=transfer)
+        return PHAModule(target_arch(target, args), optim=optim, transfer=transfer)
     if variant == "hyperformer":
         transfer = TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune)
-        return PHAModule(PHAConfig(tasks=[target], method="hyperformer"), optim=optim, transfer=transfer)
-    return PHAModule(PHAConfig(tasks=[target], backbone=args.backbone, method="adapter"), optim=optim)
+        return PHAModule(target_arch(target, args, method="hyperformer"), optim=optim, transfer=transfer)
+    return PHAModule(target_arch(target, args, backbone=args.backbone, method=variant), optim=optim)
+
+
+def target_data(target: str, k: int, seed: int, args: argparse.Namespace, **options: object) -> PHADataModule:
+    """The target's data module: its k support examples (drawn by ``seed``) and its test split."""
+    return PHADataModule(
+        tasks=[target],
+        task_specs=[spec for spec in args.task_specs if spec["name"] == target] or None,
+        backbone=args.backbone,
+        n_train=k,
+        seed=seed,
+        max_source_length=args.max_source_length,
+        **data_options(target, args),
+        **options,
+    )
 
 
 def data_options(target: str, args: argparse.Namespace) -> dict:
@@ -99,6 +135,8 @@ def data_options(target: str, args: argparse.Namespace) -> dict:
     k support examples from its validation half, which is disjoint from its test half."""
     if not args.data_dir:
         return {}
+    if any(spec["name"] == target for spec in args.task_specs):
+        return {"data_dir": args.data_dir}  # a spec says itself where its splits come from
     task = get_task(target)
     no_train = getattr(task, "reads_external_data", False) and not task.has_local("train", args.data_dir)
     return {"data_dir": args.data_dir, **({"train_from_validation": [target]} if no_train else {})}
@@ -106,15 +144,7 @@ def data_options(target: str, args: argparse.Namespace) -> dict:
 
 def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespace) -> dict:
     seed_everything(seed)
-    data = PHADataModule(
-        tasks=[target],
-        backbone=args.backbone,
-        n_train=k,
-        seed=seed,
-        batch_size=min(k, args.batch_size),
-        max_source_length=args.max_source_length,
-        **data_options(target, args),
-    )
+    data = target_data(target, k, seed, args, batch_size=min(k, args.batch_size))
     model = build_model(variant, target, args)
     start = time.time()
     trainer = Trainer(
@@ -139,7 +169,7 @@ def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespa
         "seed": seed,
         "test": {key: float(value) for key, value in metrics.items()},
         "steps": args.steps,
-        "tune": args.tune if variant != "adapter" else "all",
+        "tune": "all" if variant in FRESH else args.tune,
         "lr": args.lr,
         "wall_time_s": round(time.time() - start, 1),
     }
@@ -151,20 +181,13 @@ def support_rankings(
     """The source tasks ranked for ``target`` from its k support examples (first seed's draw), and
     with ``spread`` how varied the features are that the new task's head reads
     (:func:`pooled_spread`) for the top-1 transferred model and for a fresh adapter model."""
-    data = PHADataModule(
-        tasks=[target],
-        backbone=args.backbone,
-        n_train=k,
-        seed=args.seeds[0],
-        max_source_length=args.max_source_length,
-        **data_options(target, args),
-    )
+    data = target_data(target, k, args.seeds[0], args)
     data.setup("fit")
-    model = PHAModule(PHAConfig(tasks=[target]), transfer=TransferConfig(args.pha_ckpt, init="top1"))
+    model = PHAModule(target_arch(target, args), transfer=TransferConfig(args.pha_ckpt, init="top1"))
     ranked = initialize_new_tasks(model.model, model.transfer, data.task_dataloaders("train"))[target]
     if not spread:
         return ranked, ""
-    fresh = PHAModule(PHAConfig(backbone=args.backbone, tasks=[target], method="adapter"))
+    fresh = PHAModule(target_arch(target, args, backbone=args.backbone, method="adapter"))
     spreads = [pooled_spread(m, data.task_dataloaders("train")[0]) for m in (model, fresh)]
     return ranked, " | ".join(f"{share:.2f} | {offset:.2f}" for share, offset in spreads)
 
@@ -236,6 +259,9 @@ COMPARISONS = (
     ("pha_top1", "pha_mean"),
     ("pha_mix", "pha_top1"),
     ("pha_top1", "adapter"),
+    ("pha_top1", "lora"),
+    ("pha_top1", "task_adapter"),
+    ("pha_mix", "adapter"),
     ("pha_top1", "hyperformer"),
 )
 
@@ -291,6 +317,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-source-length", type=int, default=128)
     parser.add_argument("--test-batches", type=int, default=None, help="cap on test batches per run (large targets)")
     parser.add_argument("--data-dir", help="local GLUE/SuperGLUE directory")
+    parser.add_argument(
+        "--task-specs", type=Path, help="a pha config whose data.task_specs declare targets (and sources) of their own"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("results/few_shot_transfer"))
     parser.add_argument(
         "--report-only",
@@ -301,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.source_args = argv[split + 1 :]  # passed to the source `pha fit` runs
+    args.task_specs = read_config_specs(args.task_specs) if args.task_specs else []
     if args.data_dir:
         args.source_args.append(f"--data.data_dir={args.data_dir}")
     return args

@@ -129,12 +129,24 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
 
 
 def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
+    rows = [{"text": f"the {w} was {a}", "label": a} for w in ("cat", "car", "cake") for a in ("good", "bad")] * 8
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "name": "mine",
+        "files": {"all": str(tmp_path / "mine.jsonl")},
+        "inputs": ["text"],
+        "labels": ["bad", "good"],
+    }
+    (tmp_path / "specs.yaml").write_text(json.dumps({"data": {"task_specs": [{**spec, "split": {"test": 12}}]}}))
     _run(
         str(ROOT / "benchmarks/few_shot_transfer.py"),
         "--source-config",
         "configs/demo.yaml",
+        "--task-specs",
+        str(tmp_path / "specs.yaml"),
         "--targets",
         "synth_polarity_heldout",
+        "mine",
         "--k",
         "4",
         "--seeds",
@@ -150,26 +162,36 @@ def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
         "--trainer.val_check_interval=3",
         "--data.eval_batch_size=50",
     )
-    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert sorted(r["variant"] for r in rows) == sorted(
-        ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "hyperformer"]
-    )
+    every = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    variants = ["pha_top1", "pha_mix", "pha_mean", "pha_random", "adapter", "lora", "task_adapter", "hyperformer"]
+    mine = [r for r in every if r["target"] == "mine"]
+    assert sorted(r["variant"] for r in mine) == sorted(variants)  # a spec task as a target, from the config
+    assert all(set(r["test"]) >= {"test/mine/accuracy", "test/avg"} for r in mine)
+    rows = [r for r in every if r["target"] == "synth_polarity_heldout"]
+    assert sorted(r["variant"] for r in rows) == sorted(variants)
     assert all("test/synth_polarity_heldout/accuracy" in r["test"] for r in rows)
     table = (tmp_path / "table.md").read_text()
     assert "| synth_polarity_heldout | 4 |" in table
-    score = {r["variant"]: r["test"]["test/avg"] for r in rows}
-    difference = score["pha_top1"] - score["pha_random"]
-    won = "1 / 0 / 0" if difference > 1e-6 else "0 / 1 / 0" if abs(difference) <= 1e-6 else "0 / 0 / 1"
-    assert f"| 4 | pha_top1 − pha_random | {difference:+.1f} | {won} | 1 |" in table
+    score = {(r["variant"], r["target"]): r["test"]["test/avg"] for r in every}
+    diffs = [score[("pha_top1", t)] - score[("pha_random", t)] for t in ("synth_polarity_heldout", "mine")]
+    won, tied = sum(d > 1e-6 for d in diffs), sum(abs(d) <= 1e-6 for d in diffs)
+    mean = sum(diffs) / 2
+    assert f"| 4 | pha_top1 − pha_random | {mean:+.1f} | {won} / {tied} / {2 - won - tied} | 2 |" in table
+    assert "| 4 | pha_top1 − lora |" in table
     rankings = (tmp_path / "rankings.md").read_text()
     assert "**synth_polarity_heldout**, k=4: synth_polarity" in rankings
     assert re.search(r"\| synth_polarity_heldout( \| [01]\.\d\d \| \d+\.\d\d){2} \|", rankings)
-    assert all(r["tune"] == ("all" if r["variant"] == "adapter" else "hypernetwork") for r in rows)
+    assert all(
+        r["tune"] == ("all" if r["variant"] in ("adapter", "lora", "task_adapter") else "hypernetwork") for r in rows
+    )
+    assert "**mine**, k=4: " in rankings
 
     elsewhere = tmp_path / "report_only"  # the rows without their source models: a report trains nothing
     elsewhere.mkdir()
     (elsewhere / "runs.jsonl").write_text((tmp_path / "runs.jsonl").read_text())
     script = str(ROOT / "benchmarks/few_shot_transfer.py")
-    report = _run(script, "--targets", "synth_polarity_heldout", "--output-dir", str(elsewhere), "--report-only")
+    report = _run(
+        script, "--targets", "synth_polarity_heldout", "mine", "--output-dir", str(elsewhere), "--report-only"
+    )
     assert "rankings.md not rewritten" in report.stdout and not (elsewhere / "source_pha").exists()
     assert (elsewhere / "table.md").read_text() == table
