@@ -25,13 +25,18 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.hub import Family, backbone_family, from_hub, load_backbone_config
 
 
-def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained") -> nn.Module:
-    """Load a backbone's weights (or build it at random init from its config, for tests and cost studies)."""
+def backbone_class(name: str) -> type:
+    """The transformers auto class a backbone loads with: ``AutoModelForSeq2SeqLM`` (T5), else ``AutoModel``."""
     from transformers import AutoModelForSeq2SeqLM
 
+    return AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
+
+
+def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained") -> nn.Module:
+    """Load a backbone's weights (or build it at random init from its config, for tests and cost studies)."""
     if init not in ("pretrained", "random"):
         raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
-    auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
+    auto = backbone_class(name)
     model = (
         auto.from_config(load_backbone_config(name))
         if init == "random"
