@@ -2,7 +2,8 @@
 
 A bundle is a directory: ``config.json`` (format and library versions, the :class:`PHAConfig`,
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
-every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
+every weights file), ``pha_model.safetensors`` (the PHA weights, no backbone; not peft's
+``adapter_model.safetensors``, which peft would try to read) and optionally
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_NAME = "pha_model.safetensors"
 ADAPTERS_NAME = "generated_adapters.safetensors"
 
 
@@ -173,6 +174,7 @@ def _write_files(
         "config": dict(config),
         "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
         "num_parameters": sum(v.numel() for v in weights.values()),
+        "weights_file": WEIGHTS_NAME,
         "files": files,
         **(extra or {}),
     }
@@ -233,7 +235,8 @@ def _read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
 def read_bundle_weights(path: str | os.PathLike, record: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
     """The PHA weights of a bundle (checked against the SHA-256 its config records)."""
     record = read_bundle_config(path) if record is None else record
-    return _read_tensors(Path(path) / WEIGHTS_NAME, record["files"].get(WEIGHTS_NAME))
+    name = record["weights_file"]
+    return _read_tensors(Path(path) / name, record["files"].get(name))
 
 
 def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor]:

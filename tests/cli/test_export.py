@@ -136,7 +136,7 @@ def test_export_is_atomic_and_never_overwrites_silently(
         export_checkpoint(ckpt, out)
     assert (out / "marker").exists()
     export_checkpoint(ckpt, out, overwrite=True)
-    assert not (out / "marker").exists() and read_bundle_config(out)["format_version"] == 2
+    assert not (out / "marker").exists() and read_bundle_config(out)["format_version"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
