@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -210,6 +211,7 @@ def measure(serve: dict[str, Callable[[Batch], torch.Tensor]], data: list[Batch]
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         model, export = build(args, Path(folder))
         serve = servers(model, export, args.tasks)
@@ -219,10 +221,10 @@ def main() -> None:
             "peft_per_task": directory_mb(export / "peft" / args.tasks[0]),
             "merged_per_task": directory_mb(export / "merged" / args.tasks[0]),
         }
-    write_report(args, results, sizes)
+    write_report(args, results, sizes, (load_before, os.getloadavg()[0]))
 
 
-def write_report(args: argparse.Namespace, results: dict[str, dict], sizes: dict) -> None:
+def write_report(args: argparse.Namespace, results: dict[str, dict], sizes: dict, load: tuple[float, float]) -> None:
     """The markdown table (median examples/s per variant and batch kind) and the raw rows as JSON lines."""
     args.output.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -232,7 +234,9 @@ def write_report(args: argparse.Namespace, results: dict[str, dict], sizes: dict
         f"`{command}`",
         "",
         f"{args.batches} batches of {args.batch_size} per repetition, {args.repeats} interleaved repetitions, "
-        f"{args.threads} torch thread(s), {platform.machine()}, torch {torch.__version__}.",
+        f"{args.threads} torch thread(s), {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other processes share the cores: "
+        "wall-clock rates are noisy, CPU time per example less so).",
         "",
         "| batches | variant | examples/s (median) | range | CPU ms / example | max abs diff to pha |",
         "|---|---|---|---|---|---|",
