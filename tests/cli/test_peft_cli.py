@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from peft import PeftModel
-from production_fixtures import pha_error
+from production_fixtures import pha_error, run_pha
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -18,6 +18,8 @@ from pha_lightning.cli.app import main
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME
+from pha_lightning.training.settings import OptimConfig
+from pha_lightning.training.system import PHAModule
 
 TASKS = ["synth_polarity", "synth_match", "synth_score"]
 
@@ -97,3 +99,42 @@ def test_unknown_task_is_named(lora_bundle: Path, tmp_path: Path, capsys: pytest
         capsys, "export", f"--ckpt_path={lora_bundle}", f"--output_dir={tmp_path}/x", "--format=peft", "--tasks", "cola"
     )
     assert f"--tasks must be distinct tasks of this model {TASKS}, got ['cola']" in err
+
+
+@pytest.mark.slow
+def test_console_export_of_a_trained_lora_checkpoint(tmp_path: Path) -> None:
+    """`pha export --format peft` of a checkpoint (3 training steps of PHA-LoRA): each task's peft
+    adapter and head give the checkpoint's own head outputs."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from trainers import quiet_trainer
+
+    seed_everything(0)
+    data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)
+    system = PHAModule(
+        PHAConfig(tasks=TASKS, adapter_kind="lora"), optim=OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    )
+    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    quiet_trainer(max_steps=3, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[callback]).fit(system, data)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    result = run_pha(
+        "export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path / 'served'}", "--format=peft", cwd=tmp_path
+    )
+    assert "peft/synth_score (" in result.stdout
+    assert json.loads((tmp_path / "served" / INDEX_NAME).read_text())["source_checkpoint"]["global_step"] == 3
+
+    reference = PHAModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
+    data.setup("validate")
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        expected, _ = reference.heads.outputs(reference(batch)["pooled"], batch["task_ids"])
+    base = AutoModel.from_pretrained(resolve_backbone_path(reference.config.backbone))
+    peft = PeftModel.from_pretrained(base, tmp_path / "served" / "peft" / TASKS[0], adapter_name=TASKS[0])
+    for task in TASKS[1:]:
+        peft.load_adapter(tmp_path / "served" / "peft" / task, adapter_name=task)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        hidden = peft.eval()(**inputs, adapter_names=[TASKS[t] for t in batch["task_ids"].tolist()]).last_hidden_state
+    pooled = (hidden * inputs["attention_mask"][..., None]).sum(1) / inputs["attention_mask"].sum(1, keepdim=True)
+    for task, (rows, outputs) in expected.items():
+        head = load_file(tmp_path / "served" / "peft" / TASKS[task] / HEAD_NAME)
+        torch.testing.assert_close(pooled[rows] @ head["weight"].T + head["bias"], outputs, rtol=1e-4, atol=1e-5)
