@@ -1,14 +1,17 @@
-"""``pha export``: the portable bundle of a training checkpoint, or per-task peft adapters.
+"""``pha export``: the portable bundle of a training checkpoint, or per-task peft / AdapterHub adapters.
 
     pha export --ckpt_path runs/demo/.../checkpoints/last.ckpt --output_dir bundles/demo [--precompute_adapters]
     pha export --ckpt_path <checkpoint or bundle> --output_dir served/ --format peft [--tasks a b] [--merge]
+    pha export --ckpt_path <checkpoint or bundle> --output_dir served/ --format adapterhub [--tasks a b]
 
 The bundle (:mod:`pha_lightning.model.bundle`) holds the model's architecture and weights, not
 the training system: :meth:`PHAModel.from_pretrained` serves it without this package's training
 code or the checkpoint. A model trained by few-shot transfer is exported as one plain model over
 its new and source tasks, so its bundle does not need the source checkpoint. ``--format peft``
 writes one peft LoRA adapter per task (LoRA models only), and with ``--merge`` a plain
-transformers checkpoint per task (:mod:`pha_lightning.model.peft_export`).
+transformers checkpoint per task (:mod:`pha_lightning.model.peft_export`); ``--format adapterhub``
+one AdapterHub parallel bottleneck adapter per task (bottleneck models on BERT,
+:mod:`pha_lightning.model.adapterhub_export`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from pathlib import Path
 
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.errors import ConfigError
+from pha_lightning.model.adapterhub_export import write_adapterhub_export
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.peft_export import write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
 
-FORMATS = ("bundle", "peft")
+FORMATS = ("bundle", "peft", "adapterhub")
 
 
 def load_trained(ckpt_path: str | os.PathLike) -> tuple[PHAModel, dict, dict]:
@@ -70,27 +74,38 @@ def export_peft(
     return write_peft_export(model, output_dir, tasks=tasks, merge=merge, overwrite=overwrite, data=data, extra=extra)
 
 
+def export_adapterhub(
+    ckpt_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    tasks: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one AdapterHub parallel bottleneck adapter per task of a bottleneck model on BERT."""
+    model, data, extra = load_trained(ckpt_path)
+    return write_adapterhub_export(model, output_dir, tasks=tasks, overwrite=overwrite, data=data, extra=extra)
+
+
 def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="pha export",
         description="Write a portable adapter bundle (config.json + pha_model.safetensors) from a checkpoint, "
         "or with --format peft one peft LoRA adapter per task.",
     )
-    parser.add_argument(
-        "--ckpt_path", required=True, help="a checkpoint written by pha fit (--format peft: or a bundle)"
-    )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by pha fit, or a bundle")
     parser.add_argument("--output_dir", required=True, help="the directory to create")
     parser.add_argument(
         "--format",
         default="bundle",
-        help="bundle (PHAModel.from_pretrained), or peft: peft/<task>/ adapter directories of a LoRA model",
+        help="bundle (PHAModel.from_pretrained); peft: peft/<task>/ adapters of a LoRA model; "
+        "adapterhub: adapterhub/<task>/ parallel bottleneck adapters of a bottleneck model on BERT",
     )
     parser.add_argument(
         "--precompute_adapters",
         action="store_true",
         help="bundle: also store every task's generated adapters (generated_adapters.safetensors): serving skips the hypernetwork",
     )
-    parser.add_argument("--tasks", nargs="+", help="peft: the tasks to export (default: all)")
+    parser.add_argument("--tasks", nargs="+", help="peft, adapterhub: the tasks to export (default: all)")
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -110,12 +125,16 @@ def check_format_options(args: argparse.Namespace) -> None:
     """Each option belongs to one format; one given with the other is an error, not ignored."""
     if args.format not in FORMATS:
         raise ConfigError(f"--format must be one of {list(FORMATS)}, got {args.format!r}")
-    if args.format == "bundle" and (args.tasks or args.merge):
-        given = "--tasks" if args.tasks else "--merge"
-        raise ConfigError(f"{given} belongs to --format peft (a bundle holds every task); add --format peft")
-    if args.format == "peft" and args.precompute_adapters:
+    if args.format == "bundle" and args.tasks:
+        raise ConfigError("--tasks belongs to --format peft or adapterhub (a bundle holds every task)")
+    if args.format != "peft" and args.merge:
         raise ConfigError(
-            "--precompute_adapters belongs to --format bundle; a peft export always holds each task's generated factors"
+            f"--merge belongs to --format peft (LoRA updates merge into the weights), not {args.format!r}"
+        )
+    if args.format != "bundle" and args.precompute_adapters:
+        raise ConfigError(
+            f"--precompute_adapters belongs to --format bundle; a {args.format} export always holds each task's "
+            "generated weights"
         )
 
 
@@ -125,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         path = export_peft(
             args.ckpt_path, args.output_dir, tasks=args.tasks, merge=args.merge, overwrite=args.overwrite
         )
-        print(f"wrote {path}: {describe_peft_export(path)}", flush=True)
+        print(f"wrote {path}: {describe_task_export(path)}", flush=True)
+        return
+    if args.format == "adapterhub":
+        path = export_adapterhub(args.ckpt_path, args.output_dir, tasks=args.tasks, overwrite=args.overwrite)
+        print(f"wrote {path}: {describe_task_export(path)}", flush=True)
         return
     path = export_checkpoint(
         args.ckpt_path, args.output_dir, precompute=args.precompute_adapters, overwrite=args.overwrite
@@ -137,10 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def describe_peft_export(path: Path) -> str:
+def describe_task_export(path: Path) -> str:
     """``peft/<task> (0.15 MB), merged/<task> (90.9 MB), …``: each task directory and its size."""
     parts = []
-    for kind in ("peft", "merged"):
+    for kind in ("peft", "merged", "adapterhub"):
         for directory in sorted((path / kind).iterdir()) if (path / kind).is_dir() else ():
             size = sum(f.stat().st_size for f in directory.iterdir())
             parts.append(f"{kind}/{directory.name} ({size / 1e6:.2f} MB)")

@@ -114,6 +114,18 @@ def backbone_record(name: str, init: str) -> dict[str, Any]:
     }
 
 
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """``output_dir`` as an absolute path, if it can become an export: not a file, empty unless
+    ``overwrite``, its parent writable."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
+    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    return output_dir
+
+
 def write_bundle(
     output_dir: str | os.PathLike,
     config: Mapping[str, Any],
@@ -128,17 +140,12 @@ def write_bundle(
     """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
     and its weights, atomically. ``data`` keeps the input settings, not where the data was
     (spec tasks travel in ``config.task_specs``, without their files)."""
-    output_dir = Path(output_dir).expanduser().absolute()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
     if config.get("backbone_init") == "random":
         raise ConfigError(
             "this model's frozen backbone was built at random init (backbone_init='random'); its weights are in "
             "no checkpoint or bundle, so the model cannot be rebuilt elsewhere: bundles need a pretrained backbone"
         )
-    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    output_dir = check_output_dir(output_dir, overwrite)
     return atomic_directory(
         output_dir, lambda folder: _write_files(folder, config, tasks, state, data, precomputed, extra), "bundle"
     )

@@ -30,9 +30,9 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_directory
 from pha_lightning.hub import from_hub, resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
+from pha_lightning.model.bundle import check_output_dir
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.model.lora import GeneratedLoRA, LoRALinear, SharedLoRA
-from pha_lightning.validation import ensure_writable_dir
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -212,33 +212,32 @@ def write_peft_export(
     """Write ``peft/<task>/`` (and with ``merge``, ``merged/<task>/``) for every selected task, and an
     ``export.json`` index, atomically into ``output_dir``."""
     check_peft_exportable(model)
-    indices = select_tasks(model, tasks)
-    output_dir = Path(output_dir).expanduser().absolute()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
-    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
-    model.eval()
-    data = dict(data if data is not None else (model.bundle_config or {}).get("data", {}))
+    indices, output_dir, data = prepare_export(model, output_dir, tasks, overwrite, data)
     return atomic_directory(
         output_dir, lambda folder: _write_export(model, folder, indices, merge, data, dict(extra or {})), "export"
     )
+
+
+def prepare_export(
+    model: PHAModel,
+    output_dir: str | os.PathLike,
+    tasks: Sequence[str] | None,
+    overwrite: bool,
+    data: Mapping[str, Any] | None,
+) -> tuple[list[int], Path, dict[str, Any]]:
+    """What every per-task export checks and needs first: the tasks' indices, the output directory,
+    the data settings (by default the bundle's); the model is put in eval mode."""
+    indices = select_tasks(model, tasks)
+    output_dir = check_output_dir(output_dir, overwrite)
+    model.eval()
+    return indices, output_dir, dict(data if data is not None else (model.bundle_config or {}).get("data", {}))
 
 
 def _write_export(
     model: PHAModel, folder: Path, indices: list[int], merge: bool, data: dict[str, Any], extra: dict[str, Any]
 ) -> None:
     factors = {task: task_factors(model, task) for task in indices}
-    index: dict[str, Any] = {
-        "format": "pha-peft-export",
-        "library_version": pha_lightning.__version__,
-        "backbone": model.config.backbone,
-        "base_model_name_or_path": resolve_backbone_path(model.config.backbone),
-        "method": model.config.method,
-        "tasks": {},
-        **extra,
-    }
+    index = export_index(model, "peft", extra)
     for task in indices:
         name = model.task_objects[task].name
         _write_adapter(model, folder / "peft" / name, task, factors[task], data)
@@ -249,20 +248,34 @@ def _write_export(
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, default=str) + "\n")
 
 
+def export_index(model: PHAModel, kind: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``export.json`` before its ``tasks`` are filled in: the format, the backbone, the source (``extra``)."""
+    return {
+        "format": f"pha-{kind}-export",
+        "library_version": pha_lightning.__version__,
+        "backbone": model.config.backbone,
+        "base_model_name_or_path": resolve_backbone_path(model.config.backbone),
+        "method": model.config.method,
+        "tasks": {},
+        **extra,
+    }
+
+
 def _write_adapter(model: PHAModel, directory: Path, task: int, factors: Factors, data: Mapping[str, Any]) -> None:
     """One peft adapter directory: config, factors, head, model card."""
     directory.mkdir(parents=True)
     config = peft_config(model, list(factors))
     (directory / PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     save_file(peft_state(factors), str(directory / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
-    _write_head_and_card(model, directory, task, data, merged=False)
+    write_head_and_card(model, directory, task, data, "peft")
 
 
-def _write_head_and_card(model: PHAModel, directory: Path, task: int, data: Mapping[str, Any], merged: bool) -> None:
+def write_head_and_card(model: PHAModel, directory: Path, task: int, data: Mapping[str, Any], kind: str) -> None:
+    """The task's head file (encoders) and its model card (``kind`` of :data:`CARD_KINDS`) in ``directory``."""
     head = head_state(model, task)
     if head is not None:
         save_file(head[0], str(directory / HEAD_NAME), metadata=head[1])
-    (directory / CARD_NAME).write_text(model_card(model, task, data, merged))
+    (directory / CARD_NAME).write_text(model_card(model, task, data, kind))
 
 
 def _write_merged(
@@ -280,7 +293,7 @@ def _write_merged(
         directory = folder / model.task_objects[task].name
         base.save_pretrained(directory)
         model.tokenizer.save_pretrained(directory)
-        _write_head_and_card(model, directory, task, data, merged=True)
+        write_head_and_card(model, directory, task, data, "merged")
         written.append((task, f"merged/{model.task_objects[task].name}"))
     return written
 
@@ -294,20 +307,33 @@ def merge_factors(base: nn.Module, originals: Mapping[str, Tensor], factors: Fac
 
 
 # ---------------------------------------------------------------------------------------- model card
-def model_card(model: PHAModel, task: int, data: Mapping[str, Any], merged: bool) -> str:
-    """The README of an exported task: what it is, how to load it, the input format, the outputs."""
+#: per kind of export: its title, the card's ``library_name`` and tag, and what it holds
+CARD_KINDS: dict[str, tuple[str, str, str]] = {
+    "peft": ("peft LoRA adapter", "peft", "lora"),
+    "merged": ("merged checkpoint", "transformers", "merged-lora"),
+    "adapterhub": ("AdapterHub parallel bottleneck adapter", "adapter-transformers", "adapterhub:par_bn"),
+}
+
+
+def model_card(model: PHAModel, task: int, data: Mapping[str, Any], kind: str) -> str:
+    """The README of an exported task (``kind`` of :data:`CARD_KINDS`): what it is, how to load it,
+    the input format, the outputs."""
     spec, config = model.task_objects[task], model.config
     base = resolve_backbone_path(config.backbone)
     max_length = data.get("max_source_length", 128)
-    front = ["---", f"base_model: {json.dumps(base)}", "library_name: " + ("transformers" if merged else "peft")]
-    front += ["tags:", "- pha-lightning", "- lora" if not merged else "- merged-lora", "---", ""]
-    kind = "merged checkpoint" if merged else "peft LoRA adapter"
+    title, library, tag = CARD_KINDS[kind]
+    front = ["---", f"base_model: {json.dumps(base)}", f"library_name: {library}"]
+    front += ["tags:", "- pha-lightning", f"- {tag}", "---", ""]
+    adapters = (
+        f"LoRA r={config.lora_rank}, alpha={config.lora_alpha}"
+        if config.adapter_kind == "lora" or config.method == "lora"
+        else f"bottleneck adapters of width {config.adapter_dim}"
+    )
     lines = [
-        f"# {spec.name}: {kind} exported by pha-lightning {pha_lightning.__version__}",
+        f"# {spec.name}: {title} exported by pha-lightning {pha_lightning.__version__}",
         "",
-        f"Task `{spec.name}` of a `{config.method}` model (adapter_kind `{config.adapter_kind}`, LoRA r={config.lora_rank}, "
-        f"alpha={config.lora_alpha}) on the frozen backbone `{config.backbone}` (`{base}`). "
-        "The shared LoRA factors and this task's generated ones are fixed: it computes what "
+        f"Task `{spec.name}` of a `{config.method}` model ({adapters}) on the frozen backbone `{config.backbone}` "
+        f"(`{base}`). The shared adapter weights and this task's generated ones are fixed: it computes what "
         "`PHAModel` computes for this task.",
         "",
         "## Input",
@@ -317,7 +343,7 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], merged: bool
         "## Load",
         "",
         "```python",
-        *_load_lines(model, base, merged),
+        *_load_lines(model, base, kind),
         "```",
         "",
         *_output_lines(model, task),
@@ -325,14 +351,24 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], merged: bool
     return "\n".join(front + lines) + "\n"
 
 
-def _load_lines(model: PHAModel, base: str, merged: bool) -> list[str]:
+def _load_lines(model: PHAModel, base: str, kind: str) -> list[str]:
     auto = "AutoModelForSeq2SeqLM" if model.family == "seq2seq" else "AutoModel"
-    if merged:
+    if kind == "merged":
         return [
             f"from transformers import {auto}, AutoTokenizer",
             "",
             f'model = {auto}.from_pretrained(".").eval()  # a plain transformers checkpoint: no peft, no pha',
             'tokenizer = AutoTokenizer.from_pretrained(".")',
+        ]
+    if kind == "adapterhub":
+        return [
+            "import adapters",
+            f"from transformers import {auto}",
+            "",
+            f'model = {auto}.from_pretrained("{base}")',
+            "adapters.init(model)",
+            'name = model.load_adapter(".", use_safetensors=True, set_active=True)',
+            "model.eval()  # more tasks: load each, then model.set_active_adapters(task) per batch of that task",
         ]
     return [
         "from peft import PeftModel",

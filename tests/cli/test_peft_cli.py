@@ -1,4 +1,5 @@
-"""`pha export --format peft [--tasks …] [--merge]` from a bundle, and its one-line errors."""
+"""`pha export --format peft [--tasks …] [--merge]` and `--format adapterhub` from a bundle or a
+checkpoint, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -79,10 +80,11 @@ def test_export_peft_and_merged_from_a_bundle(lora_bundle: Path, tmp_path: Path,
     ("options", "message"),
     [
         (["--format=peft"], "method 'pha' with adapter_kind 'bottleneck' uses parallel bottleneck adapters"),
-        (["--format=onnx"], r"--format must be one of \['bundle', 'peft'\], got 'onnx'"),
+        (["--format=onnx"], r"--format must be one of \['bundle', 'peft', 'adapterhub'\], got 'onnx'"),
         (["--merge"], "--merge belongs to --format peft"),
         (["--tasks", "synth_match"], "--tasks belongs to --format peft"),
         (["--format=peft", "--precompute_adapters"], "--precompute_adapters belongs to --format bundle"),
+        (["--format=adapterhub", "--merge"], "--merge belongs to --format peft (LoRA updates merge into the weights)"),
     ],
 )
 def test_export_options_that_cannot_work_are_one_line(
@@ -92,6 +94,19 @@ def test_export_options_that_cannot_work_are_one_line(
     last = err.strip().splitlines()[-1]  # after transformers' loading progress, if the model was loaded
     assert last.startswith("pha: error: ") and message.replace("\\", "") in last.replace("\\", "")
     assert not (tmp_path / "x").exists()
+
+
+def test_export_adapterhub_from_a_bundle(
+    bottleneck_bundle: Path, lora_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The files; their equivalence with the adapters package is tests/model/test_adapterhub_export.py's."""
+    out = tmp_path / "served"
+    main(["export", f"--ckpt_path={bottleneck_bundle}", f"--output_dir={out}", "--format=adapterhub", "--tasks", "synth_match"])  # fmt: skip
+    assert f"wrote {out}: adapterhub/synth_match (" in capsys.readouterr().out
+    files = sorted(p.name for p in (out / "adapterhub" / "synth_match").iterdir())
+    assert files == ["README.md", "adapter.safetensors", "adapter_config.json", HEAD_NAME]
+    err = pha_error(capsys, "export", f"--ckpt_path={lora_bundle}", f"--output_dir={tmp_path}/x", "--format=adapterhub")
+    assert "adapters are LoRA: export them with --format peft" in err.strip().splitlines()[-1]
 
 
 def test_unknown_task_is_named(lora_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

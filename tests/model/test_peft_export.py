@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
-from pha_lightning.hub import load_backbone_config, load_tokenizer, resolve_backbone_path
+from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import LoRALinear
@@ -31,17 +31,8 @@ ALL_TARGETS = ["query", "key", "value", "output", "ffn_in", "ffn_out"]
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_bert: str, tiny_t5: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The tiny backbones saved as pretrained checkpoints (random weights): what a peft base loads."""
-    paths = {}
-    for kind, config_dir in (("bert", tiny_bert), ("t5", tiny_t5)):
-        torch.manual_seed(0)
-        model = backbone_class(config_dir).from_config(load_backbone_config(config_dir))
-        path = tmp_path_factory.mktemp(f"pretrained_{kind}")
-        model.save_pretrained(path)
-        load_tokenizer(config_dir).save_pretrained(path)
-        paths[kind] = str(path)
-    return paths
+def pretrained(pretrained_tiny: dict[str, str]) -> dict[str, str]:
+    return pretrained_tiny
 
 
 def pha_model(backbone: str, method: str, **settings: object) -> PHAModel:
