@@ -44,6 +44,7 @@ def adapters_python() -> str | None:
 ADAPTERS_RUN = """
 import json, sys, torch
 import adapters
+from adapters.composition import BatchSplit
 from transformers import AutoModel
 request = json.load(open(sys.argv[1]))
 dtype = getattr(torch, request["dtype"])
@@ -59,6 +60,10 @@ for task in request["adapters"]:
     model.set_active_adapters(task)
     with torch.no_grad():
         outputs[task] = model(**inputs).last_hidden_state
+split = request["batch_split"]  # a batch sorted by task: each task's rows through its own adapter
+model.active_adapters = BatchSplit(*split["tasks"], batch_sizes=split["sizes"])
+with torch.no_grad():
+    outputs["batch_split"] = model(**inputs).last_hidden_state
 torch.save(outputs, request["outputs"])
 """
 
@@ -110,6 +115,10 @@ def test_adapters_package_reproduces_each_task(
     data = PHADataModule(tasks=TASKS, backbone=path, batch_size=6, max_source_length=24, seed=3)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
+    order = torch.argsort(batch["task_ids"], stable=True)
+    batch = {k: v[order] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    present, sizes = torch.unique_consecutive(batch["task_ids"], return_counts=True)
+    assert len(present) > 1
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     torch.save(inputs, tmp_path / "inputs.pt")
     request = {
@@ -118,6 +127,7 @@ def test_adapters_package_reproduces_each_task(
         "adapters": {task: str(out / "adapterhub" / task) for task in TASKS},
         "inputs": str(tmp_path / "inputs.pt"),
         "outputs": str(tmp_path / "outputs.pt"),
+        "batch_split": {"tasks": [TASKS[t] for t in present.tolist()], "sizes": sizes.tolist()},
     }
     (tmp_path / "request.json").write_text(json.dumps(request))
     env = {**os.environ, "PYTHONPATH": ""}  # the other environment's own transformers, no pha
@@ -128,6 +138,9 @@ def test_adapters_package_reproduces_each_task(
     expected = {task: final_states(model, batch, t) for t, task in enumerate(TASKS)}
     for task in TASKS:
         torch.testing.assert_close(got[task], expected[task], **tolerance)
+    with torch.no_grad():  # PHA on the mixed batch, against adapters' BatchSplit of it
+        mixed = model.run_backbone(batch, lambda: model.backbone(**inputs))[0].last_hidden_state
+    torch.testing.assert_close(got["batch_split"], mixed, **tolerance)
     distinct = not torch.allclose(expected[TASKS[0]], expected[TASKS[1]])
     assert distinct == (method != "adapter")  # per-task adapters really differ; the shared one does not
 
