@@ -183,19 +183,22 @@ def head_state(model: PHAModel, task: int) -> tuple[dict[str, Tensor], dict[str,
 
 
 def input_format(model: PHAModel, task: Task) -> str:
-    """How the task's examples are turned into model input, for the model card."""
+    """How the task's examples are turned into model input, for the model card: the task's own
+    formatting applied to ``{field}`` placeholders (or a pointer to it, where it needs real values)."""
     fields = ", ".join(f"`{field}`" for field in task.source_fields)
-    if model.family == "encoder":
-        what = "the text" if len(task.source_fields) == 1 else "a text pair, in this order"
-        return (
-            f"The backbone's tokenizer gets the field(s) {fields} as {what}: "
-            '`inputs = tokenizer(text[, pair], truncation=True, max_length=max_length, return_tensors="pt")`.'
-        )
+    placeholders = {field: "{" + field + "}" for field in task.source_fields}
     try:
-        template = task.seq2seq_source({field: "{" + field + "}" for field in task.source_fields})
-    except (KeyError, TypeError, ValueError):
-        template = f"(built by task {task.name!r}'s own formatting from the fields {fields})"
-    return f"The encoder reads one string, `{template}`, filled in from the fields {fields}, truncated to `max_length` tokens."
+        texts = task.encoder_text(placeholders) if model.family == "encoder" else (task.seq2seq_source(placeholders),)
+    except (KeyError, TypeError, ValueError, NotImplementedError):
+        return f"Inputs are built by task `{task.name}`'s own formatting in pha-lightning from the fields {fields}."
+    if model.family == "seq2seq":
+        return f"The encoder reads one string, `{texts[0]}`, filled in from the fields {fields}, truncated to `max_length` tokens."
+    text, pair = texts
+    shown = f"the text `{text}`" + (f" and the pair `{pair}`" if pair is not None else "")
+    return (
+        f"The backbone's tokenizer gets {shown}, filled in from the fields {fields}: "
+        '`inputs = tokenizer(text[, pair], truncation=True, max_length=max_length, return_tensors="pt")`.'
+    )
 
 
 # ---------------------------------------------------------------------------------------- writing
