@@ -52,6 +52,26 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def pretrained_tiny(tiny_bert: str, tiny_t5: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The tiny backbones saved as pretrained checkpoints (random weights), keyed ``bert`` and ``t5``:
+    what a peft or AdapterHub base model loads with ``from_pretrained``."""
+    import torch
+
+    from pha_lightning.hub import load_backbone_config, load_tokenizer
+    from pha_lightning.model.backbone import backbone_class
+
+    paths = {}
+    for kind, config_dir in (("bert", tiny_bert), ("t5", tiny_t5)):
+        torch.manual_seed(0)
+        model = backbone_class(config_dir).from_config(load_backbone_config(config_dir))
+        path = tmp_path_factory.mktemp(f"pretrained_{kind}")
+        model.save_pretrained(path)
+        load_tokenizer(config_dir).save_pretrained(path)
+        paths[kind] = str(path)
+    return paths
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_tokenisation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tokenised splits go to a per-session directory, never the user's ~/.cache/pha_lightning

@@ -178,7 +178,7 @@ print(json.dumps({{"same": model.predict(examples) == again.predict(examples),
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "lightning": False}
     config = json.loads((tmp_path / "bundle" / "config.json").read_text())
-    assert config["format_version"] == 2 and config["config"]["adapter_dim"] == 16
+    assert config["format_version"] == 3 and config["config"]["adapter_dim"] == 16
     assert not {"learning_rate", "warmup_steps", "lambda_ir", "hyperparameters"} & (set(config) | set(config["config"]))
 
 

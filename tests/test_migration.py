@@ -14,9 +14,14 @@ from production_fixtures import pha_error, trained_checkpoint
 from pha_lightning.cli.app import check_config_file, check_option_names
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.model.bundle import CONFIG_NAME, read_bundle_config
+from pha_lightning.model.bundle import CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
 from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
+from pha_lightning.model.migration import (
+    CHECKPOINT_VERSION,
+    CHECKPOINT_VERSION_KEY,
+    OLD_BUNDLE_WEIGHTS_NAME,
+    upgrade_checkpoint,
+)
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.settings import LossConfig
@@ -108,8 +113,7 @@ def test_format_1_bundles_still_load(
     ckpt = trained_checkpoint(tmp_path_factory)
     bundle = load_system(read_checkpoint(str(ckpt))).model.save_pretrained(tmp_path / "bundle")
     old = tmp_path / "old"
-    shutil.copytree(bundle, old)
-    record = json.loads((old / CONFIG_NAME).read_text())
+    record = format_2_copy(bundle, old)
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     record["hyperparameters"] = {k: v for k, v in version_1(hparams).items() if k != "transfer"}
     record["format_version"] = 1
@@ -122,6 +126,40 @@ def test_format_1_bundles_still_load(
     del record["hyperparameters"]["hypernet_calibration"]  # written before the setting existed
     (old / CONFIG_NAME).write_text(json.dumps(record))
     assert read_bundle_config(old)["config"]["hypernet_calibration"] == "none"
+
+
+def format_2_copy(bundle: Path, old: Path) -> dict:
+    """A copy of ``bundle`` as format 2 wrote it (weights in peft's file name, no ``weights_file``); its record."""
+    shutil.copytree(bundle, old)
+    record = json.loads((old / CONFIG_NAME).read_text())
+    (old / WEIGHTS_NAME).rename(old / OLD_BUNDLE_WEIGHTS_NAME)
+    record["files"] = {OLD_BUNDLE_WEIGHTS_NAME if k == WEIGHTS_NAME else k: v for k, v in record["files"].items()}
+    del record["weights_file"]
+    record["format_version"] = 2
+    (old / CONFIG_NAME).write_text(json.dumps(record))
+    return record
+
+
+def test_format_2_bundles_with_the_old_weights_file_name_still_load(tmp_path: Path) -> None:
+    """Format 2 kept the weights in ``adapter_model.safetensors`` (peft's name); format 3 renamed
+    it ``pha_model.safetensors``. An old bundle loads with the same weights, and its SHA-256 is still checked."""
+    seed_everything(0)
+    model = PHAModel(PHAConfig(tasks=TASKS)).eval()
+    with torch.no_grad():
+        model.prototypes.weight.add_(1.0)  # not the init: the weights must come from the file
+    bundle = model.save_pretrained(tmp_path / "bundle", precompute=True)
+    assert (bundle / WEIGHTS_NAME).exists() and WEIGHTS_NAME == "pha_model.safetensors"
+    old = tmp_path / "old"
+    format_2_copy(bundle, old)
+    served = PHAModel.from_pretrained(old, use_precomputed_adapters=False)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(served.state_dict()[name], value, rtol=0, atol=0)
+    assert read_bundle_config(old)["weights_file"] == OLD_BUNDLE_WEIGHTS_NAME
+    copy = served.save_pretrained(tmp_path / "resaved")  # written in the current format
+    assert (copy / WEIGHTS_NAME).exists() and not (copy / OLD_BUNDLE_WEIGHTS_NAME).exists()
+    (old / OLD_BUNDLE_WEIGHTS_NAME).write_bytes((old / OLD_BUNDLE_WEIGHTS_NAME).read_bytes()[:-8])
+    with pytest.raises(PHAError, match="adapter_model.safetensors is corrupt or truncated"):
+        PHAModel.from_pretrained(old)
 
 
 @pytest.mark.parametrize(

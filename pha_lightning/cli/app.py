@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonargparse
-import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -28,7 +27,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from pha_lightning.cli.parsing import PHAArgumentParser
+from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.data.specs import parse_specs, portable_specs
@@ -58,7 +57,6 @@ from pha_lightning.validation import (
     check_range,
     check_ranges,
     check_settings,
-    check_text_file,
     ensure_writable_dir,
 )
 
@@ -150,26 +148,38 @@ def check_config_file(path: str) -> None:
     """A config file must be UTF-8 YAML mapping section names to settings; jsonargparse's own
     messages for one that is not do not name the file. A ``--config`` that is no file (an inline
     YAML string) or cannot be read is left to jsonargparse."""
-    check_text_file(path, "config file")
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError:
+    loaded = read_config_mapping(
+        path, "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
+    )
+    if loaded is None:
         return
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(err).split())}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(
-            f"config file {path!r}: its top level is a {type(loaded).__name__}, not a mapping; a config file maps "
-            "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
-        )
-    for section in (loaded or {}, *((loaded or {}).get(name) or {} for name in ("fit", "validate", "test", "predict"))):
+    for section in (loaded, *(loaded.get(name) or {} for name in ("fit", "validate", "test", "predict"))):
         if isinstance(section, dict):
             check_model_section(section.get("model"), f"config file {path!r}")
+            for key in OPTIMIZER_OPTIONS:
+                if key[2:] in section:
+                    raise ConfigError(f"config file {path!r}: {optimizer_option_error(key[2:])}")
+
+
+#: LightningCLI's optimiser options, which PHA does not take: its AdamW and schedule are ``model.optim``
+OPTIMIZER_OPTIONS: tuple[str, ...] = ("--optimizer", "--lr_scheduler")
+
+
+def optimizer_option_error(name: str) -> ConfigError:
+    """LightningCLI's optimiser options are off (``auto_configure_optimizers=False``): what configures PHA's."""
+    return ConfigError(
+        f"{name} is not an option of pha: PHA trains with AdamW and a linear warm-up and decay, set by "
+        "model.optim.learning_rate, model.optim.weight_decay, model.optim.warmup_steps and model.optim.adam_epsilon"
+    )
 
 
 def check_option_names(argv: list[str]) -> None:
-    """A ``--model.<key>`` option of pha-lightning 0.1 (before settings were grouped) names its new key."""
+    """A ``--model.<key>`` option of pha-lightning 0.1 (before settings were grouped) names its new key;
+    ``--optimizer`` / ``--lr_scheduler`` name the settings that configure PHA's optimiser instead."""
     for token in argv:
+        name = token.split("=", 1)[0].split(".", 1)[0]
+        if name in OPTIMIZER_OPTIONS:
+            raise optimizer_option_error(name)
         key = token[2:].split("=", 1)[0] if token.startswith("--model.") else ""
         renamed = renamed_model_setting(key.removeprefix("model.")) if key.count(".") == 1 else None
         if renamed is not None:
@@ -277,7 +287,7 @@ class PHACLI(LightningCLI):
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
             check_option_names(argv)
-            for path in _option_values(argv, "--config"):
+            for path in option_values(argv, "--config"):
                 check_config_file(path)
             self._defaults_from_checkpoint(parser, argv)
         super().parse_arguments(parser, args)
@@ -473,6 +483,8 @@ def _run_cli(args: list[str] | None) -> None:
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
             ],
         },
+        # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it
+        auto_configure_optimizers=False,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         parser_class=PHAArgumentParser,
@@ -484,20 +496,9 @@ def _run_cli(args: list[str] | None) -> None:
     )
 
 
-def _option_values(argv: list[str], option: str) -> list[str]:
-    """Every value of ``--option value`` or ``--option=value`` in a command line, in order."""
-    values = []
-    for index, token in enumerate(argv):
-        if token == option and index + 1 < len(argv):
-            values.append(argv[index + 1])
-        elif token.startswith(option + "="):
-            values.append(token.split("=", 1)[1])
-    return values
-
-
 def _option_value(argv: list[str], option: str) -> str | None:
     """The value of ``--option`` in a command line (the last one wins), or ``None``."""
-    values = _option_values(argv, option)
+    values = option_values(argv, option)
     return values[-1] if values else None
 
 

@@ -26,15 +26,20 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.hub import Family, backbone_family, from_hub, load_backbone_config
 
 
+def backbone_class(name: str) -> type:
+    """The transformers auto class a backbone loads with: ``AutoModelForSeq2SeqLM`` (T5), else ``AutoModel``."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
+
+
 def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained", dtype: str = "float32") -> nn.Module:
     """Load a backbone's weights in ``dtype`` (or build it at random init from its config, for
     tests and cost studies); pretrained weights are read straight into ``dtype``."""
-    from transformers import AutoModelForSeq2SeqLM
-
     if init not in ("pretrained", "random"):
         raise ConfigError(f"unknown backbone init {init!r}; valid: ['pretrained', 'random']")
     torch_dtype = getattr(torch, dtype)
-    auto = AutoModelForSeq2SeqLM if backbone_family(name) == "seq2seq" else AutoModel
+    auto = backbone_class(name)
     model = (
         auto.from_config(load_backbone_config(name)).to(torch_dtype)
         if init == "random"

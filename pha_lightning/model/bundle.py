@@ -2,7 +2,8 @@
 
 A bundle is a directory: ``config.json`` (format and library versions, the :class:`PHAConfig`,
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
-every weights file), ``adapter_model.safetensors`` (the PHA weights, no backbone) and optionally
+every weights file), ``pha_model.safetensors`` (the PHA weights, no backbone; not peft's
+``adapter_model.safetensors``, which peft would try to read) and optionally
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_NAME = "pha_model.safetensors"
 ADAPTERS_NAME = "generated_adapters.safetensors"
 
 
@@ -113,6 +114,18 @@ def backbone_record(name: str, init: str) -> dict[str, Any]:
     }
 
 
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """``output_dir`` as an absolute path, if it can become an export: not a file, empty unless
+    ``overwrite``, its parent writable."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
+    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    return output_dir
+
+
 def write_bundle(
     output_dir: str | os.PathLike,
     config: Mapping[str, Any],
@@ -127,17 +140,12 @@ def write_bundle(
     """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
     and its weights, atomically. ``data`` keeps the input settings, not where the data was
     (spec tasks travel in ``config.task_specs``, without their files)."""
-    output_dir = Path(output_dir).expanduser().absolute()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir {str(output_dir)!r} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir {str(output_dir)!r} is not empty; pass --overwrite to replace it")
     if config.get("backbone_init") == "random":
         raise ConfigError(
             "this model's frozen backbone was built at random init (backbone_init='random'); its weights are in "
             "no checkpoint or bundle, so the model cannot be rebuilt elsewhere: bundles need a pretrained backbone"
         )
-    ensure_writable_dir(output_dir.parent, "the parent of output_dir")
+    output_dir = check_output_dir(output_dir, overwrite)
     return atomic_directory(
         output_dir, lambda folder: _write_files(folder, config, tasks, state, data, precomputed, extra), "bundle"
     )
@@ -173,6 +181,7 @@ def _write_files(
         "config": dict(config),
         "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
         "num_parameters": sum(v.numel() for v in weights.values()),
+        "weights_file": WEIGHTS_NAME,
         "files": files,
         **(extra or {}),
     }
@@ -233,7 +242,8 @@ def _read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
 def read_bundle_weights(path: str | os.PathLike, record: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
     """The PHA weights of a bundle (checked against the SHA-256 its config records)."""
     record = read_bundle_config(path) if record is None else record
-    return _read_tensors(Path(path) / WEIGHTS_NAME, record["files"].get(WEIGHTS_NAME))
+    name = record["weights_file"]
+    return _read_tensors(Path(path) / name, record["files"].get(name))
 
 
 def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -10,7 +10,9 @@ the formats.
   without the ``model.`` prefix. Checkpoint 2: ``hyper_parameters`` grouped as the system's
   arguments ``arch`` / ``loss`` / ``optim`` / ``transfer``, version in ``pha_checkpoint_version``.
 * bundle 1: ``config.json`` held every training hyperparameter under ``hyperparameters``;
-  bundle 2: ``config`` holds the architecture (:class:`PHAConfig`) alone.
+  bundle 2: ``config`` holds the architecture (:class:`PHAConfig`) alone; bundle 3: the weights
+  file is ``pha_model.safetensors``, named by ``weights_file`` (bundles 1 and 2 used peft's file
+  name ``adapter_model.safetensors`` for keys peft cannot read).
 * configuration 1: flat ``model.*`` keys. Configuration 2 groups them (``model.arch.*``,
   ``model.loss.*``, ``model.optim.*``); a flat key is an error naming its new name, not guessed.
 """
@@ -27,7 +29,9 @@ from pha_lightning.model.config import PHAConfig, trains_retriever
 
 CHECKPOINT_VERSION = 2
 CHECKPOINT_VERSION_KEY = "pha_checkpoint_version"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3
+#: the weights file of bundles 1 and 2 (peft's name; format 3 renamed it so peft does not take it for its own)
+OLD_BUNDLE_WEIGHTS_NAME = "adapter_model.safetensors"
 
 #: Settings added after the first checkpoints and bundles were written, with the values that
 #: reproduce those (the released behaviour): a saved configuration that lacks a key gets its value.
@@ -105,7 +109,11 @@ def _bundle_1_to_2(record: dict[str, Any]) -> None:
     record["config"] = legacy_architecture(record.pop("hyperparameters"))
 
 
-BUNDLE_STEPS: dict[int, Callable[[dict[str, Any]], None]] = {1: _bundle_1_to_2}
+def _bundle_2_to_3(record: dict[str, Any]) -> None:
+    record["weights_file"] = OLD_BUNDLE_WEIGHTS_NAME
+
+
+BUNDLE_STEPS: dict[int, Callable[[dict[str, Any]], None]] = {1: _bundle_1_to_2, 2: _bundle_2_to_3}
 
 
 def upgrade_bundle_record(record: dict[str, Any], source: str, error: type[PHAError] = PHAError) -> dict[str, Any]:

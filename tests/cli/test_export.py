@@ -136,12 +136,12 @@ def test_export_is_atomic_and_never_overwrites_silently(
         export_checkpoint(ckpt, out)
     assert (out / "marker").exists()
     export_checkpoint(ckpt, out, overwrite=True)
-    assert not (out / "marker").exists() and read_bundle_config(out)["format_version"] == 2
+    assert not (out / "marker").exists() and read_bundle_config(out)["format_version"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
 def bundle_megabytes(backbone: str, tasks: list[str]) -> tuple[int, float]:
-    """Trainable parameters and adapter_model.safetensors size (float32) of a PHA model, from its config alone."""
+    """Trainable parameters and pha_model.safetensors size (float32) of a PHA model, from its config alone."""
     with torch.device("meta"):
         model = PHAModel(PHAConfig(backbone=backbone, tasks=tasks, backbone_init="random"))
     params = sum(p.numel() for n, p in model.named_parameters() if n in model.saved_state_keys())

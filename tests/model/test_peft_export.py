@@ -1,0 +1,283 @@
+"""Per-task peft exports and merged checkpoints, checked against peft and transformers themselves:
+``PeftModel.from_pretrained`` (one task), ``load_adapter`` + ``adapter_names=`` (a mixed batch) and
+``AutoModel.from_pretrained`` of a merged checkpoint compute what ``PHAModel`` computes for each task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
+
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.errors import ConfigError
+from pha_lightning.hub import resolve_backbone_path
+from pha_lightning.model.backbone import backbone_class
+from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.lora import LoRALinear
+from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME, PEFT_CONFIG_NAME, write_peft_export
+from pha_lightning.model.pha import PHAModel
+from pha_lightning.model.retriever import masked_mean
+
+TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
+ALL_TARGETS = ["query", "key", "value", "output", "ffn_in", "ffn_out"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(pretrained_tiny: dict[str, str]) -> dict[str, str]:
+    return pretrained_tiny
+
+
+def pha_model(backbone: str, method: str, **settings: object) -> PHAModel:
+    """A float64 LoRA model with non-zero shared and generated B factors (B = 0 would hide a wrong export)."""
+    seed_everything(0)
+    config = PHAConfig(
+        backbone=backbone,
+        tasks=TASKS,
+        method=method,
+        adapter_kind="lora",
+        lora_rank=4,
+        lora_alpha=12.0,
+        lora_dropout=0.2,
+        chunk_cost_tokens=None,
+        **{"lora_targets": ALL_TARGETS, **settings},
+    )
+    model = PHAModel(config).double().eval()
+    with torch.no_grad():
+        for shared in model.shared_adapters:
+            shared.b.weight.normal_(0.0, 0.3)
+        if model.hypernetwork is not None:
+            for head in model.hypernetwork.b_heads:
+                head.init_uniform(0.3)
+    return model
+
+
+def mixed_batch(backbone: str, size: int = 8) -> dict[str, torch.Tensor]:
+    data = PHADataModule(tasks=TASKS, backbone=backbone, batch_size=size, max_source_length=24, seed=3)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert len(batch["task_ids"].unique()) > 1
+    return batch
+
+
+def pha_outputs(model: PHAModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden states (encoder) or teacher-forced logits (T5) of PHA for the batch's tasks."""
+    with torch.no_grad():
+        if model.family == "seq2seq":
+            return model(batch)["lm_logits"]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return model.run_backbone(batch, lambda: model.backbone(**inputs))[0].last_hidden_state
+
+
+def hf_inputs(model: PHAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as a transformers model takes it (T5: decoder inputs shifted from the labels)."""
+    if model.family == "seq2seq":
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "decoder_input_ids": model.backbone._shift_right(batch["labels"]),
+        }
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def served_outputs(served: torch.nn.Module, inputs: dict[str, torch.Tensor], **kwargs: object) -> torch.Tensor:
+    """What :func:`pha_outputs` returns, from a transformers (or peft) model."""
+    with torch.no_grad():
+        out = served(**inputs, **kwargs)
+    return out.logits if "decoder_input_ids" in inputs else out.last_hidden_state
+
+
+def load_base(path: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    return backbone_class(path).from_pretrained(resolve_backbone_path(path), dtype=dtype).eval()
+
+
+EXACT = {"rtol": 1e-10, "atol": 1e-12}  # float64: only summation order differs
+
+
+@pytest.mark.parametrize("method", ["pha", "hyperformer", "lora"])
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_each_task_through_peft_equals_pha(kind: str, method: str, pretrained: dict, tmp_path: Path) -> None:
+    """One task per ``PeftModel.from_pretrained``; then every task via ``load_adapter`` in one
+    mixed batch with ``adapter_names=``: the same hidden states / logits as PHA, row by row."""
+    model = pha_model(pretrained[kind], method)
+    out = write_peft_export(model, tmp_path / "export")
+    batch = mixed_batch(pretrained[kind])
+    expected = pha_outputs(model, batch)
+
+    first = TASKS[1]
+    single = PeftModel.from_pretrained(load_base(pretrained[kind]), out / "peft" / first).eval()
+    alone = {**batch, "task_ids": torch.full_like(batch["task_ids"], 1)}
+    torch.testing.assert_close(served_outputs(single, hf_inputs(model, batch)), pha_outputs(model, alone), **EXACT)
+
+    peft = PeftModel.from_pretrained(load_base(pretrained[kind]), out / "peft" / TASKS[0], adapter_name=TASKS[0])
+    for task in TASKS[1:]:
+        peft.load_adapter(out / "peft" / task, adapter_name=task)
+    peft.eval()
+    names = [TASKS[t] for t in batch["task_ids"].tolist()]
+    got = served_outputs(peft, hf_inputs(model, batch), adapter_names=names)
+    torch.testing.assert_close(got, expected, **EXACT)
+    # the tasks really differ (PHA's generated factors), except for method lora, whose adapter is shared
+    differs = not torch.allclose(pha_outputs(model, alone), expected)
+    assert differs == (method != "lora")
+    if kind == "t5":  # greedy generation of a mixed batch, as PHA decodes it
+        settings = {"max_new_tokens": 6, "num_beams": 1, "do_sample": False}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.no_grad():
+            ours, _ = model.run_backbone(batch, lambda: model.backbone.generate(**inputs, **settings))
+            theirs = peft.generate(**inputs, **settings, adapter_names=names)
+            bare = load_base(pretrained[kind]).generate(**inputs, **settings)
+        assert torch.equal(ours, theirs) and not torch.equal(ours, bare)  # the adapters change the answers
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_adapter_config_targets_exactly_the_adapted_modules(kind: str, pretrained: dict, tmp_path: Path) -> None:
+    """Full module paths: BERT's ``output.dense`` (ffn_out) without the attention output, and the reverse."""
+    targets = ["query", "ffn_out"] if kind == "bert" else ["value", "ffn_in"]
+    model = pha_model(pretrained[kind], "pha", lora_targets=targets)
+    out = write_peft_export(model, tmp_path / "export", tasks=[TASKS[2]])
+    config = json.loads((out / "peft" / TASKS[2] / PEFT_CONFIG_NAME).read_text())
+    assert set(config) <= set(LoraConfig.__dataclass_fields__)  # every key is one of peft's
+    loaded = LoraConfig.from_pretrained(out / "peft" / TASKS[2])
+    assert (loaded.r, loaded.lora_alpha, loaded.lora_dropout, loaded.use_rslora) == (4, 12.0, 0.2, False)
+    ours = {name for name, module in model.backbone.named_modules() if isinstance(module, LoRALinear)}
+    peft = PeftModel.from_pretrained(load_base(pretrained[kind]), out / "peft" / TASKS[2])
+    wrapped = {name.removeprefix("base_model.model.") for name, m in peft.named_modules() if hasattr(m, "lora_A")}
+    # BERT: 4 blocks x 2; T5: 2 encoder blocks x 2, 2 decoder blocks x 3 (cross-attention's v too)
+    assert wrapped == ours and len(ours) == {"bert": 8, "t5": 10}[kind]
+    if kind == "bert":
+        assert not any("attention.output" in name for name in wrapped)
+    assert json.loads((out / INDEX_NAME).read_text())["tasks"] == {TASKS[2]: {"peft": f"peft/{TASKS[2]}"}}
+
+
+@pytest.mark.parametrize("output_layer", ["task_heads", "label_words"])
+def test_task_head_file_applied_in_two_lines_gives_phas_outputs(
+    output_layer: str, pretrained: dict, tmp_path: Path
+) -> None:
+    model = pha_model(pretrained["bert"], "pha", output_layer=output_layer)
+    out = write_peft_export(model, tmp_path / "export")
+    batch = mixed_batch(pretrained["bert"])
+    with torch.no_grad():
+        pooled = model(batch)["pooled"]
+        expected, _ = model.heads.outputs(pooled, batch["task_ids"])
+    for task, (rows, task_outputs) in expected.items():
+        directory = out / "peft" / TASKS[task]
+        peft = PeftModel.from_pretrained(load_base(pretrained["bert"]), directory).eval()
+        head = load_file(directory / HEAD_NAME)
+        inputs = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.no_grad():
+            hidden, mask = peft(**inputs).last_hidden_state, inputs["attention_mask"]
+        # the two lines of the model card
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        outputs = pooled @ head["weight"].T + head["bias"]
+        torch.testing.assert_close(outputs, task_outputs, **EXACT)
+    card = (out / "peft" / TASKS[0] / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in card and HEAD_NAME in card and "sentence" in card
+
+
+def test_t5_card_holds_the_input_template(pretrained: dict, tmp_path: Path) -> None:
+    model = pha_model(pretrained["t5"], "pha")
+    out = write_peft_export(model, tmp_path / "export", tasks=["synth_match"], data={"max_source_length": 40})
+    card = (out / "peft" / "synth_match" / "README.md").read_text()
+    assert "`synth_match sentence1: {sentence1} sentence2: {sentence2}`" in card and "was 40 in training" in card
+    assert not (out / "peft" / "synth_match" / HEAD_NAME).exists()
+
+
+#: loads a merged checkpoint with pha_lightning and peft made unimportable, and saves its outputs
+PLAIN_LOAD = """
+import sys, torch
+sys.modules["peft"] = None
+sys.modules["pha_lightning"] = None
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+path, inputs, output = sys.argv[1:]
+batch = torch.load(inputs)
+auto = AutoModelForSeq2SeqLM if "decoder_input_ids" in batch else AutoModel
+model = auto.from_pretrained(path).eval()
+with torch.no_grad():
+    out = model(**batch)
+torch.save(out.logits if "decoder_input_ids" in batch else out.last_hidden_state, output)
+"""
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_merged_checkpoint_loads_without_pha_or_peft_and_equals_pha(
+    kind: str, pretrained: dict, tmp_path: Path
+) -> None:
+    model = pha_model(pretrained[kind], "pha")
+    out = write_peft_export(model, tmp_path / "export", tasks=TASKS[:2], merge=True)
+    assert sorted(p.name for p in (out / "merged").iterdir()) == sorted(TASKS[:2])
+    batch = mixed_batch(pretrained[kind])
+    task = 1
+    alone = {**batch, "task_ids": torch.full_like(batch["task_ids"], task)}
+    expected = pha_outputs(model, alone)
+    torch.save(hf_inputs(model, batch), tmp_path / "inputs.pt")
+    env = {**os.environ, "PYTHONPATH": ""}
+    subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(out / "merged" / TASKS[task]), str(tmp_path / "inputs.pt"),
+         str(tmp_path / "out.pt")],
+        check=True, env=env, timeout=300,
+    )  # fmt: skip
+    got = torch.load(tmp_path / "out.pt")
+    assert got.dtype == torch.float64  # merged in the model's precision
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"method": "pha"}, "method 'pha' with adapter_kind 'bottleneck' uses parallel bottleneck adapters"),
+        ({"method": "finetune"}, "method 'finetune' trains the backbone itself"),
+        ({"method": "hyperdecoder", "adapter_kind": "lora"}, "generates LoRA factors from each example's own"),
+        ({"method": "lora", "backbone_init": "random"}, r"built at random init \(backbone_init='random'\)"),
+    ],
+)
+def test_models_without_a_per_task_lora_adapter_are_refused(
+    settings: dict, message: str, tiny_bert: str, tmp_path: Path
+) -> None:
+    model = PHAModel(PHAConfig(backbone=tiny_bert, tasks=TASKS, **{"backbone_init": "random", **settings}))
+    with pytest.raises(ConfigError, match=message):
+        write_peft_export(model, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def test_unknown_tasks_are_named(pretrained: dict, tmp_path: Path) -> None:
+    model = pha_model(pretrained["bert"], "lora")
+    with pytest.raises(ConfigError, match=r"--tasks must be distinct tasks of this model \[.*\], got \['nope'\]"):
+        write_peft_export(model, tmp_path / "export", tasks=["nope"])
+
+
+@pytest.mark.slow
+def test_minilm_task_through_peft_and_merged_equals_pha(tmp_path: Path) -> None:
+    """The real pretrained backbone in float32: one mixed batch through peft, and a merged model."""
+    seed_everything(0)
+    model = PHAModel(PHAConfig(tasks=TASKS, adapter_kind="lora", lora_targets=["query", "value", "ffn_out"])).eval()
+    with torch.no_grad():
+        for shared in model.shared_adapters:
+            shared.b.weight.normal_(0.0, 0.05)
+        for head in model.hypernetwork.b_heads:
+            head.init_uniform(0.05)
+    out = write_peft_export(model, tmp_path / "export", merge=True)
+    batch = mixed_batch(model.config.backbone)
+    base = load_base(model.config.backbone, torch.float32)
+    peft = PeftModel.from_pretrained(base, out / "peft" / TASKS[0], adapter_name=TASKS[0])
+    for task in TASKS[1:]:
+        peft.load_adapter(out / "peft" / task, adapter_name=task)
+    peft.eval()
+    expected = pha_outputs(model, batch)
+    inputs = hf_inputs(model, batch)
+    got = served_outputs(peft, inputs, adapter_names=[TASKS[t] for t in batch["task_ids"].tolist()])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        pooled = model(batch)["pooled"]
+    torch.testing.assert_close(masked_mean(got, batch["attention_mask"]), pooled, rtol=1e-5, atol=1e-5)
+    for task in batch["task_ids"].unique().tolist()[:2]:
+        rows = torch.nonzero(batch["task_ids"] == task).squeeze(1)
+        merged = load_base(str(out / "merged" / TASKS[task]), torch.float32)
+        got = served_outputs(merged, {k: v[rows] for k, v in inputs.items()})
+        torch.testing.assert_close(got, expected[rows], rtol=1e-4, atol=1e-5)
