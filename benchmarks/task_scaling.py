@@ -11,7 +11,7 @@ fitting mixed batches of ``--batch-size`` for ``--warmup`` + ``--steps`` steps, 
 ``validate`` over ``--val-per-task`` examples of every task, a checkpoint and a bundle. It
 reports the median training step (from batch start to batch end: forward, backward, clipping,
 AdamW; wall and CPU time of the process), the median time the loader takes to deliver a batch,
-the evaluation time per example, the peak memory (max RSS), the checkpoint and bundle sizes
+the evaluation time per example (wall and CPU), the peak memory (max RSS), the checkpoint and bundle sizes
 and the trainable parameters. Sizes run innermost, so drift in the machine's load spreads over
 every size of a method instead of favouring one. The short synthetic sentences keep the
 backbone cheap, which makes any per-task overhead more visible than it is on real inputs.
@@ -139,9 +139,9 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
     trainer.fit(system, datamodule=data)
     setup_s = time.perf_counter() - started - sum(wall for wall, _ in timer.steps) - sum(timer.waits)
     trainer.limit_val_batches = 1.0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.validate(system, datamodule=data, verbose=False)
-    eval_s = time.perf_counter() - start
+    eval_s, eval_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     examples = sum(len(dataset) for dataset in data.datasets["validation"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "model.ckpt"
@@ -157,6 +157,7 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
         "step_cpu_s": statistics.median(cpu for _, cpu in measured),
         "loader_wait_s": statistics.median(timer.waits[args.warmup :]),
         "eval_ms_per_example": 1000 * eval_s / examples,
+        "eval_cpu_ms_per_example": 1000 * eval_cpu_s / examples,
         "eval_examples": examples,
         "setup_s": setup_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -184,6 +185,7 @@ COLUMNS = (
     ("step_cpu_s", "step CPU (s)", ".3f"),
     ("loader_wait_s", "loader wait (s)", ".4f"),
     ("eval_ms_per_example", "eval (ms/example)", ".2f"),
+    ("eval_cpu_ms_per_example", "eval CPU (ms/example)", ".2f"),
     ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
     ("checkpoint_mib", "checkpoint (MiB)", ".1f"),
     ("bundle_mib", "bundle (MiB)", ".1f"),
@@ -197,7 +199,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["tasks"])):
         base = min((r for r in rows if r["method"] == row["method"]), key=lambda r: r["tasks"])
-        cells = [row["method"], str(row["tasks"]), *(format(row[key], spec) for key, _, spec in COLUMNS)]
+        cells = [row["method"], str(row["tasks"])]
+        cells += [format(row[key], spec) if key in row else "—" for key, _, spec in COLUMNS]
         cells += [f"{row['step_s'] / base['step_s']:.2f}", f"{row['step_cpu_s'] / base['step_cpu_s']:.2f}"]
         lines.append("| " + " | ".join([*cells, f"{row['trainable_params']:,}"]) + " |")
     return "\n".join(lines)
