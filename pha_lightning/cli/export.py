@@ -90,7 +90,8 @@ def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="pha export",
         description="Write a portable adapter bundle (config.json + pha_model.safetensors) from a checkpoint, "
-        "or with --format peft one peft LoRA adapter per task.",
+        "or one adapter per task: --format peft (LoRA models; --merge adds merged transformers checkpoints) "
+        "or --format adapterhub (bottleneck models on BERT).",
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by pha fit, or a bundle")
     parser.add_argument("--output_dir", required=True, help="the directory to create")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from peft import LoraConfig, PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pha_lightning.data.datamodule import PHADataModule
@@ -156,16 +157,19 @@ def test_adapter_config_targets_exactly_the_adapted_modules(kind: str, pretraine
     assert json.loads((out / INDEX_NAME).read_text())["tasks"] == {TASKS[2]: {"peft": f"peft/{TASKS[2]}"}}
 
 
-@pytest.mark.parametrize("output_layer", ["task_heads", "label_words"])
+@pytest.mark.parametrize(
+    ("output_layer", "pooling"), [("task_heads", "mean"), ("label_words", "mean"), ("task_heads", "cls")]
+)
 def test_task_head_file_applied_in_two_lines_gives_phas_outputs(
-    output_layer: str, pretrained: dict, tmp_path: Path
+    output_layer: str, pooling: str, pretrained: dict, tmp_path: Path
 ) -> None:
-    model = pha_model(pretrained["bert"], "pha", output_layer=output_layer)
+    model = pha_model(pretrained["bert"], "pha", output_layer=output_layer, head_pooling=pooling)
     out = write_peft_export(model, tmp_path / "export")
     batch = mixed_batch(pretrained["bert"])
     with torch.no_grad():
         pooled = model(batch)["pooled"]
         expected, _ = model.heads.outputs(pooled, batch["task_ids"])
+    kinds = set()
     for task, (rows, task_outputs) in expected.items():
         directory = out / "peft" / TASKS[task]
         peft = PeftModel.from_pretrained(load_base(pretrained["bert"]), directory).eval()
@@ -174,11 +178,24 @@ def test_task_head_file_applied_in_two_lines_gives_phas_outputs(
         with torch.no_grad():
             hidden, mask = peft(**inputs).last_hidden_state, inputs["attention_mask"]
         # the two lines of the model card
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) if pooling == "mean" else hidden[:, 0]
         outputs = pooled @ head["weight"].T + head["bias"]
         torch.testing.assert_close(outputs, task_outputs, **EXACT)
+        meta = head_metadata(directory / HEAD_NAME)
+        assert meta["pooling"] == pooling
+        kinds.add(meta["kind"])
+        if meta["kind"] == "regression":  # the card's reading of a normalised regression head
+            value = outputs[:, 0] * float(meta["regression_half_width"]) + float(meta["regression_center"])
+            torch.testing.assert_close(value.float(), model.heads.values(task, task_outputs), rtol=1e-6, atol=1e-6)
+    assert kinds == ({"classification", "regression"} if output_layer == "task_heads" else {"classification"})
     card = (out / "peft" / TASKS[0] / "README.md").read_text()
     assert "PeftModel.from_pretrained" in card and HEAD_NAME in card and "sentence" in card
+    assert ("pooled = hidden[:, 0]" in card) == (pooling == "cls")
+
+
+def head_metadata(path: Path) -> dict[str, str]:
+    with safe_open(path, framework="pt") as f:
+        return f.metadata()
 
 
 def test_t5_card_holds_the_input_template(pretrained: dict, tmp_path: Path) -> None:
