@@ -7,7 +7,8 @@ For each number of tasks N, N tasks are declared as task specs over small JSONL 
 the four kinds of the built-in synthetic suite: two or three classes, a sentence pair, a score),
 exactly as a user declares their own, and every (N, method) pair runs in its own process on
 MiniLM: the data module with temperature sampling over the N tasks, a Lightning ``Trainer``
-fitting mixed batches of ``--batch-size`` for ``--warmup`` + ``--steps`` steps, then one
+fitting batches of ``--batch-size`` (mixed tasks; one task per batch for HyperFormer, as its
+original) for ``--warmup`` + ``--steps`` steps, then one
 ``validate`` over ``--val-per-task`` examples of every task, a checkpoint and a bundle. It
 reports the median training step (from batch start to batch end: forward, backward, clipping,
 AdamW; wall and CPU time of the process), the median time the loader takes to deliver a batch,
@@ -16,7 +17,8 @@ and the trainable parameters. Sizes run innermost, so drift in the machine's loa
 every size of a method instead of favouring one. The short synthetic sentences keep the
 backbone cheap, which makes any per-task overhead more visible than it is on real inputs.
 
-Writes ``table.md`` (ratios to each method's smallest N) and ``runs.jsonl`` in the output folder.
+Writes ``table.md`` (ratios to each method's smallest N) and ``runs.jsonl`` in the output folder;
+rerunning some ``--methods`` into the same folder replaces only their rows.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def arch_settings(method: str) -> dict[str, str]:
     return {"method": "pha", "adapter_kind": "lora"} if method == "pha_lora" else {"method": method}
 
 
+def sampling(method: str) -> str:
+    """HyperFormer trains on one task per batch, as the original (and the grids here) do; the
+    others on mixed batches."""
+    return "task" if method == "hyperformer" else "mixed"
+
+
 def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
@@ -113,6 +121,7 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
         max_source_length=128,
         val_max_examples=args.val_per_task,
         cache_tokenized=False,
+        sampling=sampling(method),
     )
     loss = LossConfig()
     arch = PHAConfig(
@@ -153,6 +162,7 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
     return {
         "method": method,
         "tasks": len(names),
+        "sampling": sampling(method),
         "step_s": statistics.median(wall for wall, _ in measured),
         "step_cpu_s": statistics.median(cpu for _, cpu in measured),
         "loader_wait_s": statistics.median(timer.waits[args.warmup :]),
@@ -226,7 +236,10 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args)))
         return
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    jsonl = args.output_dir / "runs.jsonl"
+    # rows of other methods from an earlier run stay: a rerun of some methods replaces only theirs
+    earlier = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    rows = [row for row in earlier if row["method"] not in args.methods]
     with tempfile.TemporaryDirectory() as tmp:
         spec_files = {}
         for size in args.sizes:
@@ -241,8 +254,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     text = table(rows)
     command = "python benchmarks/task_scaling.py " + " ".join(sys.argv[1:])
-    (args.output_dir / "table.md").write_text(f"`{command.strip()}`\n\n{text}\n")
-    (args.output_dir / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (args.output_dir / "table.md").write_text(f"Last command: `{command.strip()}`\n\n{text}\n")
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(text)
 
 
