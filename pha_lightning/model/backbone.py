@@ -52,11 +52,21 @@ def load_backbone(name: str, init: Literal["pretrained", "random"] = "pretrained
     return model
 
 
+#: the dtypes of a frozen backbone held in half precision (``backbone_dtype``)
+HALF_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is half precision (a half-precision backbone's states, read by
+    float32 parts: retriever, heads); any other dtype (float32, float64 in tests) as it is."""
+    return x.float() if x.dtype in HALF_DTYPES else x
+
+
 def in_float32(part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``part(x)`` for a trainable part (float32 weights) reading a half-precision frozen stream:
-    computed in float32 and returned in the stream's dtype. A float32 stream, or autocast (which
+    computed in float32 and returned in the stream's dtype. Any other stream, or autocast (which
     picks the dtype of every product itself), leaves the call as it is."""
-    if x.dtype == torch.float32 or torch.is_autocast_enabled(x.device.type):
+    if x.dtype not in HALF_DTYPES or torch.is_autocast_enabled(x.device.type):
         return part(x)
     return part(x.float()).to(x.dtype)
 

@@ -43,6 +43,7 @@ from pha_lightning.model.adapters import (
 )
 from pha_lightning.model.backbone import (
     attach_adapters,
+    full_precision,
     hidden_size,
     load_backbone,
     num_blocks,
@@ -296,7 +297,7 @@ class PHAModel(nn.Module):
         state = self._retrieval
         if state is None:  # the backbone was called directly, outside this model's forward
             return
-        state.z = self.retriever(site_hidden_states(output).float(), state.attention_mask)
+        state.z = self.retriever(full_precision(site_hidden_states(output)), state.attention_mask)
         if self.layout.source == "instance":
             self.adapter_context.weights = self.hypernetwork(state.z)
 
@@ -369,10 +370,10 @@ class PHAModel(nn.Module):
                 ),
                 weights,
             )
-            pooled = masked_mean(out.encoder_last_hidden_state.float(), batch["attention_mask"])
+            pooled = masked_mean(full_precision(out.encoder_last_hidden_state), batch["attention_mask"])
             return {"z": z, "lm_logits": out.logits, "pooled": pooled}
         out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights)
-        final = out.last_hidden_state.float()  # the heads are float32 whatever the backbone's dtype
+        final = full_precision(out.last_hidden_state)  # the heads stay float32 under a half-precision backbone
         pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
 
