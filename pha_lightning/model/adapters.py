@@ -86,6 +86,12 @@ class WeightSet(Protocol):
 W = TypeVar("W", bound=WeightSet)
 
 
+def site_vectors(weights: WeightSet) -> list[Tensor]:
+    """Each matrix set's matrices as one flat vector per group and site, ``(G, sites, n)``: what the
+    health report's norms and spread, and the between-task loss, compare."""
+    return [torch.cat([m.flatten(2) for m in matrices], dim=2) for matrices in weights.matrix_sets()]
+
+
 def stack_groups(weights: list[W], group_of: Tensor) -> W:
     """One weights object holding the groups of ``weights`` in order (e.g. one cached weight set per task)."""
     names = weights[0].parts()

@@ -13,9 +13,16 @@ from typing import Any, Literal
 
 from pha_lightning.data.specs import parse_spec
 from pha_lightning.errors import ConfigError
-from pha_lightning.model.hypernetwork import CALIBRATIONS, Calibration
+from pha_lightning.model.hypernetwork import CALIBRATIONS, OUTPUT_SCALES, Calibration, OutputScaleMode
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets
-from pha_lightning.model.methods import ADAPTER_KINDS, METHODS, AdapterKind, Method, trains_backbone
+from pha_lightning.model.methods import (
+    ADAPTER_KINDS,
+    METHODS,
+    AdapterKind,
+    Method,
+    generates_bottleneck_adapters,
+    trains_backbone,
+)
 from pha_lightning.validation import (
     FRACTION,
     NON_NEGATIVE,
@@ -88,6 +95,10 @@ class PHAConfig:
     hypernet_calibration: Calibration = setting("width", Choice(CALIBRATIONS), structural=True)
     """``width`` scales the generator's heads so one optimiser step moves a generated adapter as much
     as a shared one; ``none`` is the released parametrisation (docs/method.md)."""
+    generated_output_scale: OutputScaleMode = setting("none", Choice(OUTPUT_SCALES), structural=True)
+    """Multiply each generated bottleneck adapter's output by a scale that starts at exactly 0: one
+    learned per ``layer``, or generated per ``task_layer`` (HyperDecoder: per example and layer);
+    ``none`` is the released adapters (docs/method.md, "Zero-started output scale")."""
     shared_adapter_init_gain: float = setting(1e-4, NON_NEGATIVE)
     """Xavier gain of the shared adapters (1e-4: they start near zero)."""
     prototype_init_std: float = setting(1.0, POSITIVE)
@@ -131,6 +142,13 @@ class PHAConfig:
         self.task_specs = [parse_spec(spec).portable() for spec in self.task_specs or ()] or None
         check_settings("model.arch", PHAConfig, self.to_dict())
         check_lora_targets(list(self.lora_targets or DEFAULT_LORA_TARGETS))
+        if self.generated_output_scale != "none" and not generates_bottleneck_adapters(self.method, self.adapter_kind):
+            raise ConfigError(
+                f"generated_output_scale {self.generated_output_scale!r} scales generated bottleneck adapters, but "
+                f"method {self.method!r} with adapter_kind {self.adapter_kind!r} generates none (generated LoRA "
+                "already starts at B = 0); use 'none', or method pha, hyperformer or hyperdecoder with adapter_kind "
+                "'bottleneck'"
+            )
         if self.backbone_dtype != "float32" and trains_backbone(self.method):
             raise ConfigError(
                 f"backbone_dtype {self.backbone_dtype!r} holds the frozen backbone in half precision, but method "

@@ -10,6 +10,11 @@ generated weight by ``lr·‖g‖₁`` (≈ 50·lr for 64 LayerNorm-ed features)
 step. The heads therefore multiply their matrix product by ``1/out_dim`` and start with weights
 ``out_dim`` times larger (the same function at init), which brings the step back to ≈ lr whatever
 the width. ``calibration="none"`` is the released parametrisation. See docs/method.md.
+
+Output scale (``output_scale``, off by default; an improvement beyond the paper): each generated
+adapter's output is multiplied by a scale that starts at exactly 0, learned per layer (``layer``)
+or generated per condition and layer by a zero-started head (``task_layer``), so a fresh adapter is
+exactly transparent and has to earn its loudness, as LoRA's ``B = 0``. See docs/method.md.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pha_lightning.model.adapters import GeneratedWeights
 
 Calibration = Literal["width", "none"]
 CALIBRATIONS: tuple[str, ...] = ("width", "none")
+OutputScaleMode = Literal["none", "layer", "task_layer"]
+OUTPUT_SCALES: tuple[str, ...] = ("none", "layer", "task_layer")
 
 
 def head_multiplier(calibration: str, out_dim: int) -> float:
@@ -53,6 +60,40 @@ class Head(nn.Linear):
         return torch.addmm(self.bias, g.reshape(-1, g.shape[-1]), self.weight.t(), alpha=self.multiplier).view(
             *g.shape[:-1], -1
         )
+
+
+class LayerScale(nn.Module):
+    """One learned scalar per generated layer, starting at 0: ``s (G, L)``, the same for every condition."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self, g: Tensor) -> Tensor:
+        return self.scale.expand(g.shape[0], -1)
+
+
+class GeneratedScale(nn.Module):
+    """A scalar per condition and layer, ``s = w·g + b`` read from the trunk's ``g`` by a head that
+    starts at zero (weight and bias): at init ``s = 0`` and only the head gets a gradient."""
+
+    def __init__(self, out_dim: int, multiplier: float) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # draws nothing: every other part's init is unchanged
+            self.head = Head(out_dim, 1, multiplier)
+            self.head.init_uniform(0.0)
+
+    def forward(self, g: Tensor) -> Tensor:
+        return self.head(g).squeeze(-1)
+
+
+def build_output_scale(mode: str, num_layers: int, out_dim: int, multiplier: float) -> nn.Module | None:
+    """The module computing the generated adapters' output scale ``(G, L)`` (``None``: no scale, the released adapters)."""
+    if mode not in OUTPUT_SCALES:
+        raise ConfigError(f"unknown generated_output_scale {mode!r}; valid: {list(OUTPUT_SCALES)}")
+    if mode == "layer":
+        return LayerScale(num_layers)
+    return GeneratedScale(out_dim, multiplier) if mode == "task_layer" else None
 
 
 class Generator(nn.Module):
@@ -98,6 +139,8 @@ class HyperNetwork(Generator):
         layer_norm_eps: epsilon of the LayerNorm on ``g``.
         calibration: ``width`` scales the heads' step to a shared adapter's; ``none`` is the released
             parametrisation (see the module docstring).
+        output_scale: ``none`` (the released adapters), ``layer`` or ``task_layer``: a zero-started
+            scale on each generated adapter's output (see the module docstring).
     """
 
     def __init__(
@@ -112,6 +155,7 @@ class HyperNetwork(Generator):
         init_scale: float = 1e-3,
         layer_norm_eps: float = 1e-6,
         calibration: Calibration = "width",
+        output_scale: OutputScaleMode = "none",
     ) -> None:
         super().__init__(num_layers, cond_dim, layer_emb_dim, hidden_dim, out_dim, layer_norm_eps)
         self.d_model, self.bottleneck, self.num_layers = d_model, bottleneck, num_layers
@@ -125,6 +169,7 @@ class HyperNetwork(Generator):
         self.up_w.init_uniform(init_scale * math.sqrt(3.0 / (out_dim * bottleneck)))
         for bias_head in (self.down_b, self.up_b):
             bias_head.init_uniform(init_scale * math.sqrt(3.0 / out_dim))
+        self.output_scale = build_output_scale(output_scale, num_layers, out_dim, scale)
 
     def heads(self) -> tuple[Head, ...]:
         return (self.down_w, self.down_b, self.up_w, self.up_b)
@@ -138,11 +183,15 @@ class HyperNetwork(Generator):
         groups = cond.shape[0]
         g = self.features(cond)  # (G, L, out_dim)
         d, r = self.d_model, self.bottleneck
+        up_w, up_b = self.up_w(g).view(groups, self.num_layers, r, d), self.up_b(g)
+        if self.output_scale is not None:  # s·(h·W_up + b_up): folded into the up projection
+            s = self.output_scale(g)  # (G, L)
+            up_w, up_b = up_w * s[..., None, None], up_b * s[..., None]
         return GeneratedWeights(
             down_w=self.down_w(g).view(groups, self.num_layers, d, r),
             down_b=self.down_b(g),
-            up_w=self.up_w(g).view(groups, self.num_layers, r, d),
-            up_b=self.up_b(g),
+            up_w=up_w,
+            up_b=up_b,
             group_of=torch.arange(groups, device=cond.device) if group_of is None else group_of,
             per_example=group_of is None,
         )

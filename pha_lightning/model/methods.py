@@ -77,3 +77,10 @@ def method_layout(method: str, before: int, after: int, contrastive: bool, adapt
 def trains_backbone(method: str) -> bool:
     """Whether ``method`` trains the backbone's own weights (they must then stay float32)."""
     return method_layout(method, 0, 0, contrastive=False).trains_backbone
+
+
+def generates_bottleneck_adapters(method: str, adapter_kind: str) -> bool:
+    """Whether ``method`` with ``adapter_kind`` has a hypernetwork generating bottleneck adapters
+    (what ``generated_output_scale`` scales)."""
+    layout = method_layout(method, 0, 0, contrastive=False, adapter_kind=adapter_kind)
+    return layout.kind == "bottleneck" and layout.source in ("prototype", "instance")

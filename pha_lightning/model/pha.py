@@ -153,7 +153,12 @@ class PHAModel(nn.Module):
         if self.layout.kind == "lora":
             return LoRAHyperNetwork(lora_sites, config.lora_rank, **common)
         return HyperNetwork(
-            self.d_model, config.adapter_dim, self.layout.generated, init_scale=config.hypernet_init_scale, **common
+            self.d_model,
+            config.adapter_dim,
+            self.layout.generated,
+            init_scale=config.hypernet_init_scale,
+            output_scale=config.generated_output_scale,
+            **common,
         )
 
     def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:

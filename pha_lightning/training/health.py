@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from pha_lightning.model.adapters import site_vectors
 from pha_lightning.model.backbone import adapter_sites, backbone_blocks, num_blocks
 from pha_lightning.model.lora import LoRALinear, reads_encoder_states
 
@@ -190,8 +191,7 @@ def weight_report(model: PHAModel, initial_prototypes: Tensor | None) -> dict[st
     generated = model.batch_adapter_weights(all_tasks)
     if generated is not None:
         report["generated_adapter_norm"], report["generated_between_task_spread"] = [], []
-        for matrices in generated.matrix_sets():  # per generated layer (adapters) or LoRA site
-            per_task = torch.cat([m.flatten(2) for m in matrices], dim=2)  # (T, sites, n)
+        for per_task in site_vectors(generated):  # (T, sites, n): per generated layer (adapters) or LoRA site
             report["generated_adapter_norm"] += [float(v) for v in per_task.norm(dim=2).mean(0)]
             report["generated_between_task_spread"] += [
                 between_task_spread(per_task[:, site]) for site in range(per_task.shape[1])

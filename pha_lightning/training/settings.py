@@ -17,7 +17,7 @@ from pha_lightning.validation import FRACTION, NON_NEGATIVE, POSITIVE, Choice, R
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (``model.loss``; docs/method.md, "Losses")."""
+    """The training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro (+ λ_apart·L_apart)`` (``model.loss``; docs/method.md, "Losses")."""
 
     lambda_ir: float = setting(0.1, NON_NEGATIVE)
     """λ_IR, the weight of the instance contrastive loss L_IR."""
@@ -31,6 +31,10 @@ class LossConfig:
     """ε of the label-smoothed cross-entropy."""
     regression_loss_weight: float = setting(1.0, NON_NEGATIVE)
     """Multiplies the MSE of encoder regression heads in the task loss (1.0: the plain sum)."""
+    lambda_apart: float = setting(0.0, NON_NEGATIVE)
+    """λ_apart, the weight of L_apart: the mean pairwise cosine similarity between tasks' generated
+    adapters (per generated layer), which keeps them apart; 0 (off) is the paper (docs/method.md,
+    "Keeping tasks' adapters apart")."""
 
     def __post_init__(self) -> None:
         check_settings("model.loss", LossConfig, asdict(self))
@@ -48,6 +52,10 @@ class OptimConfig:
     """Peak learning rate."""
     weight_decay: float = setting(0.0, NON_NEGATIVE)
     """AdamW's decoupled weight decay."""
+    hypernet_head_weight_decay: float | None = setting(None, Range(0, optional=True))
+    """AdamW's decoupled weight decay on the hypernetwork's output heads alone, which bounds the
+    generated weights' size; ``None``: ``weight_decay`` like every other parameter, the paper
+    (docs/method.md, "Bounding the generated weights")."""
     warmup_steps: int = setting(500, Range(0, integer=True))
     """Steps of linear warm-up (at most the run's length)."""
     adam_epsilon: float = setting(1e-8, POSITIVE)

@@ -1,6 +1,7 @@
 """``PHAModule``: the Lightning system that trains a :class:`~pha_lightning.model.PHAModel`.
 
-Training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (:mod:`pha_lightning.training.losses`), the
+Training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (+ ``λ_apart·L_apart``, off by default)
+(:mod:`pha_lightning.training.losses`), the
 per-task metrics, AdamW with a linear schedule, the checkpoint format (no frozen backbone
 weights), and few-shot transfer to new tasks (:mod:`pha_lightning.training.transfer`).
 """
@@ -27,6 +28,7 @@ from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import label_of, predict_rows
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.losses import (
+    between_task_similarity,
     instance_contrastive_loss,
     label_smoothed_cross_entropy,
     prototype_contrastive_loss,
@@ -66,6 +68,7 @@ class PHAModule(LightningModule):
         self.transfer = TransferConfig(**transfer) if isinstance(transfer, dict) else transfer
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         self.model, arch = self._build_model(arch if isinstance(arch, PHAConfig) else PHAConfig.from_dict(arch))
+        self._check_generator_settings()
         # plain data, so checkpoints load with weights_only; the keys are this constructor's arguments
         self.save_hyperparameters(
             {
@@ -119,6 +122,23 @@ class PHAModule(LightningModule):
             )
         return loss.trains_retriever(arch.tasks)
 
+    def _check_generator_settings(self) -> None:
+        """λ_apart needs per-task generated adapters of at least two tasks; the heads' own weight
+        decay needs a hypernetwork: one clear error rather than a term that silently does nothing."""
+        model, lambda_apart = self.model, self.loss_config.lambda_apart
+        if lambda_apart and (model.layout.source != "prototype" or len(model.task_objects) < 2):
+            raise ConfigError(
+                f"model.loss.lambda_apart {lambda_apart} keeps tasks' generated adapters apart, but method "
+                f"{model.config.method!r} on {len(model.task_objects)} task(s) has no per-task generated adapters to "
+                "compare; use 0, or method pha or hyperformer with at least 2 tasks"
+            )
+        decay = self.optim_config.hypernet_head_weight_decay
+        if decay is not None and model.hypernetwork is None:
+            raise ConfigError(
+                f"model.optim.hypernet_head_weight_decay {decay} decays the hypernetwork's heads, but method "
+                f"{model.config.method!r} has no hypernetwork; use None, or method pha, hyperformer or hyperdecoder"
+            )
+
     def on_fit_start(self) -> None:
         if self.transfer and self.trainer.ckpt_path is None:  # not when resuming a transfer run
             # every rank sees all support examples and the same seed, so all ranks start alike
@@ -159,18 +179,28 @@ class PHAModule(LightningModule):
         terms = {"ce": self.task_loss(out, batch)}
         if out["z"] is None or self.model.prototypes is None:  # baselines, and PHA with both weights 0
             terms["loss"] = terms["ce"]
-            return terms
+        else:
+            terms.update(self.contrastive_terms(out["z"], batch["task_ids"], terms["ce"]))
+        if hp.lambda_apart:
+            every_task = torch.arange(len(self.model.task_objects), device=self.device)
+            terms["l_apart"] = between_task_similarity(self.model.generated_weights(every_task))
+            terms["loss"] = terms["loss"] + hp.lambda_apart * terms["l_apart"]
+        return terms
+
+    def contrastive_terms(self, z: Tensor, task_ids: Tensor, ce: Tensor) -> dict[str, Tensor]:
+        """L_IR and L_Pro (those with a weight) of the retrieval vectors ``z``, and ``loss`` = ``ce`` + their weighted sum."""
+        hp, terms = self.loss_config, {}
         if hp.lambda_ir:
-            terms["l_ir"] = instance_contrastive_loss(out["z"], batch["task_ids"], hp.contrastive_temperature)
+            terms["l_ir"] = instance_contrastive_loss(z, task_ids, hp.contrastive_temperature)
         if hp.lambda_pro:
             terms["l_pro"] = prototype_contrastive_loss(
-                out["z"],
+                z,
                 self.model.prototypes.table(),
-                batch["task_ids"],
+                task_ids,
                 hp.contrastive_temperature,
                 hp.pro_denominator,
             )
-        terms["loss"] = terms["ce"] + hp.lambda_ir * terms.get("l_ir", 0.0) + hp.lambda_pro * terms.get("l_pro", 0.0)
+        terms["loss"] = ce + hp.lambda_ir * terms.get("l_ir", 0.0) + hp.lambda_pro * terms.get("l_pro", 0.0)
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -237,13 +267,26 @@ class PHAModule(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.optim_config
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
         scheduler = get_linear_schedule_with_warmup(optimizer, min(hp.warmup_steps, int(total_steps)), int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def parameter_groups(self) -> list[Tensor] | list[dict[str, Any]]:
+        """The trainable parameters; with ``hypernet_head_weight_decay`` set, the hypernetwork's output
+        heads in a group of their own with that decay, everything else with ``weight_decay``."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = self.optim_config.hypernet_head_weight_decay
+        if decay is None:
+            return params  # one group: the released optimiser
+        heads = {id(p) for head in self.model.hypernetwork.heads() for p in head.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in heads]},
+            {"params": [p for p in params if id(p) in heads], "weight_decay": decay},
+        ]
+        return [group for group in groups if group["params"]]  # frozen heads (a transfer): no group
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
