@@ -267,7 +267,9 @@ class PHAModule(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.optim_config
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
+        optimizer = torch.optim.AdamW(
+            self.parameter_groups(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon
+        )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
