@@ -17,7 +17,8 @@ Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, `
 ``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), ``pha_pro_infonce`` (L_Pro with the
 positive prototype in its denominator, standard InfoNCE, instead of the released code's
 exclusion: bounded below by 0), ``lora`` (shared LoRA) and ``pha_lora``
-(PHA generating LoRA, ``adapter_kind: lora``), and each of them as ``<method>+label_words``
+(PHA generating LoRA, ``adapter_kind: lora``), PHA with a generator mechanism (:data:`MECHANISMS`,
+each the override file ``configs/methods/<name>.yaml``), and each of them as ``<method>+label_words``
 with the encoder's shared label-word output layer. HyperFormer runs use one task per batch, as
 the original (``--data.sampling task``); the other methods use mixed batches.
 
@@ -62,6 +63,11 @@ METHOD_ARGS: dict[str, list[str]] = {
     "hyperdecoder": ["--model.arch.method=hyperdecoder"],
     "finetune": ["--model.arch.method=finetune"],
 }
+#: PHA with the generator mechanisms of issue 35, each an override file of configs/methods/
+#: (docs/method.md, "Beyond the paper: the generator's mechanisms"); screened at PHA's rate
+MECHANISMS: tuple[str, ...] = ("pha_zero_scale", "pha_zero_scale_task", "pha_bounded", "pha_apart", "pha_mechanisms")
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
+METHOD_ARGS.update({name: [f"--config={METHOD_CONFIGS / f'{name}.yaml'}"] for name in MECHANISMS})
 #: every method with the encoder's shared label-word output layer instead of one head per task
 #: (``<method>+label_words``; the encoder analogue of T5's shared vocabulary, docs/method.md)
 METHOD_ARGS.update(
@@ -168,6 +174,7 @@ def health_summary(path: Path) -> dict | None:
         "max_top_axis_share": max(end["top_axis_share"].values(), default=None),
         "max_adapter_to_residual": max(end["adapter_to_residual"], default=None),
         "max_lora_to_base": max(end.get("lora_to_base", []), default=None),  # reports before it lack it
+        "between_task_spread": end.get("generated_between_task_spread"),  # per generated layer or LoRA site
         "warnings": end["warnings"],
     }
 
@@ -361,6 +368,42 @@ def runs_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the rows a screening is compared with: PHA's and PHA-LoRA's in the reference grid
+SCREENING_REFERENCES: tuple[str, ...] = ("pha", "pha_lora")
+
+
+def screening_table(rows: list[dict], references: list[dict], seed: int = 0) -> str:
+    """Validation only, never test: each run's best validation average at ``seed`` and its health
+    signature, beside PHA's and PHA-LoRA's rows of the reference grid (at their chosen rates)."""
+    baseline = {r["n_train"]: r["best_val_avg"] for r in references if r["method"] == "pha" and r["seed"] == seed}
+    picked = [r for r in references if r["method"] in SCREENING_REFERENCES] + rows
+    lines = [
+        f"Screening on validation (seed {seed}; the best validation checkpoint's val/avg; test is never read).",
+        "",
+        "| n_train | method | lr | val avg | Δ val vs pha | best step / last | top-axis share | "
+        "adapter/residual (LoRA: update/frozen) | between-task spread per layer | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted((r for r in picked if r["seed"] == seed), key=lambda r: (r["n_train"], r["method"])):
+        health, val = row.get("health") or {}, row.get("best_val_avg")
+        reference = baseline.get(row["n_train"])
+        spread = health.get("between_task_spread")
+        cells = [
+            row["n_train"],
+            row["method"],
+            row.get("learning_rate") or "—",
+            _number(val, ".1f"),
+            "—" if val is None or reference is None else f"{val - reference:+.1f}",
+            f"{row.get('best_step', '—')} / {row.get('last_step', '—')}",
+            _number(health.get("max_top_axis_share"), ".2f"),
+            _number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
+            " ".join(f"{v:.2f}" for v in spread) if spread else "—",
+            row.get("git_commit", "")[:8],
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def _first_present(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
@@ -444,6 +487,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tune-n-train", type=int, default=100)
     parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument(
+        "--screen-against",
+        type=Path,
+        metavar="DIR",
+        help="also write screening.md: this grid's rows on validation only, beside PHA's and PHA-LoRA's "
+        "rows of the grid in DIR (e.g. results/converged)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rewrite table.md and plot.png from runs.jsonl")
     parser.add_argument(
         "--retest",
@@ -513,11 +563,11 @@ def read_chosen(path: Path) -> dict[str, float]:
 
 def lr_for(method: str, chosen: dict[str, float]) -> float | None:
     """A method's chosen learning rate. Variants without their own take their base method's:
-    ``<method>+label_words`` that of ``<method>``, PHA's variants (loss settings) PHA's."""
+    ``<method>+label_words`` that of ``<method>``, PHA's variants (loss settings) and mechanisms PHA's."""
     if method in chosen:
         return chosen[method]
     base = method.split("+")[0]
-    return chosen.get(base, chosen.get("pha") if base in PHA_VARIANTS else None)
+    return chosen.get(base, chosen.get("pha") if base in (*PHA_VARIANTS, *MECHANISMS) else None)
 
 
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
@@ -555,6 +605,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no finished runs in {jsonl}")
     print(write_table(rows, args.output_dir / "table.md"))
     write_plot(rows, args.output_dir / "plot.png")
+    if args.screen_against:
+        references = grid_rows(list(finished_runs(args.screen_against / "runs.jsonl").values()),
+                               args.screen_against / CHOSEN_LR)  # fmt: skip
+        screening = screening_table(rows, references)
+        (args.output_dir / "screening.md").write_text(screening + "\n")
+        print(screening)
     print(f"wrote {args.output_dir / 'table.md'} and {args.output_dir / 'plot.png'}")
 
 

@@ -132,3 +132,26 @@ def test_every_method_in_the_plot_gets_its_own_colour_and_phas_family_its_own_li
     assert len({style["color"] for style in styles.values()}) == len(methods)
     assert {styles[m]["linestyle"] for m in methods if m.startswith("pha")} == {"-"}
     assert {styles[m]["linestyle"] for m in methods if not m.startswith("pha")} == {"--"}
+
+
+def test_mechanism_screening_reads_validation_beside_phas_converged_rows() -> None:
+    """The screening table shows each row's validation average, its difference to PHA's converged
+    row at the same size and seed, and its health; test scores never appear in it."""
+    module = _benchmark("sample_efficiency")
+    assert {module.lr_for(m, {"pha": 1e-3}) for m in module.MECHANISMS} == {1e-3}  # PHA's rate, never tuned
+    for name in module.MECHANISMS:  # each is an override file of configs/methods/
+        assert module.METHOD_ARGS[name] == [f"--config={ROOT / 'configs' / 'methods' / f'{name}.yaml'}"]
+
+    def row(method: str, n_train: int, val: float, seed: int = 0, **health) -> dict:
+        test = {"test/avg": 12.345}
+        return {"method": method, "n_train": n_train, "seed": seed, "best_val_avg": val, "test": test,
+                "learning_rate": 1e-3, "best_step": 600, "last_step": 1000, "health": health, "git_commit": "abcdef123"}  # fmt: skip
+
+    references = [row("pha", 100, 50.8, max_top_axis_share=0.55, max_adapter_to_residual=0.96),
+                  row("pha_lora", 100, 51.5), row("adapter", 100, 51.1), row("pha", 100, 49.0, seed=1)]  # fmt: skip
+    rows = [row("pha_zero_scale", 100, 52.3, between_task_spread=[0.41, 0.52, 0.6])]
+    table = module.screening_table(rows, references)
+    assert "| 100 | pha_zero_scale | 0.001 | 52.3 | +1.5 | 600 / 1000 | — | — | 0.41 0.52 0.60 | abcdef12 |" in table
+    assert "| 100 | pha | 0.001 | 50.8 | +0.0 | 600 / 1000 | 0.55 | 0.96 | — | abcdef12 |" in table
+    assert "| 100 | pha_lora |" in table and "adapter |" not in table  # PHA's and PHA-LoRA's rows only
+    assert "12.3" not in table and table.count("\n| 100 |") == 3  # no test score, seed 0 only
