@@ -9,8 +9,8 @@
 # and OUT change the sizes and the output folder.
 #   bash benchmarks/run_mechanisms_minilm.sh DATA_DIR VARIANT [VARIANT ...] [-- PHA_FIT_ARGS ...]
 # e.g. two lanes on a 2-core machine:
-#   bash benchmarks/run_mechanisms_minilm.sh <data dir> pha_zero_scale pha_bounded &
-#   bash benchmarks/run_mechanisms_minilm.sh <data dir> pha_apart pha_zero_scale_task &
+#   bash benchmarks/run_mechanisms_minilm.sh <data dir> pha_zero_scale pha_bounded pha_zero_scale_task &
+#   bash benchmarks/run_mechanisms_minilm.sh <data dir> pha_apart pha_quiet pha_mechanisms &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=$1; shift

@@ -65,7 +65,9 @@ METHOD_ARGS: dict[str, list[str]] = {
 }
 #: PHA with the generator mechanisms of issue 35, each an override file of configs/methods/
 #: (docs/method.md, "Beyond the paper: the generator's mechanisms"); screened at PHA's rate
-MECHANISMS: tuple[str, ...] = ("pha_zero_scale", "pha_zero_scale_task", "pha_bounded", "pha_apart", "pha_mechanisms")
+MECHANISMS: tuple[str, ...] = (
+    "pha_zero_scale", "pha_zero_scale_task", "pha_bounded", "pha_quiet", "pha_apart", "pha_mechanisms",
+)  # fmt: skip
 METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 METHOD_ARGS.update({name: [f"--config={METHOD_CONFIGS / f'{name}.yaml'}"] for name in MECHANISMS})
 #: every method with the encoder's shared label-word output layer instead of one head per task

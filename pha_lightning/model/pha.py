@@ -322,13 +322,19 @@ class PHAModel(nn.Module):
         """
         if weights is None:
             weights = self.batch_adapter_weights(batch["task_ids"])
-        self._retrieval = _Retrieval(batch["attention_mask"])
+        self._retrieval = _Retrieval(batch)
         try:
             with self.adapter_context.use(weights):
                 output = call()
             return output, self._retrieval.z
         finally:
             self._retrieval = None
+
+    @property
+    def running_batch(self) -> dict[str, Tensor] | None:
+        """The batch the backbone is running on now (one chunk of it under length-aware execution),
+        ``None`` outside a forward pass: what hooks inside the backbone read its token masks from."""
+        return None if self._retrieval is None else self._retrieval.batch
 
     def retrieval_forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Retrieval vectors ``z`` of a batch, running no more than they need.
@@ -443,8 +449,12 @@ class PHAModel(nn.Module):
 class _Retrieval:
     """What the retrieval-point hook needs from, and gives back to, one forward pass."""
 
-    attention_mask: Tensor
+    batch: dict[str, Tensor]
     z: Tensor | None = None
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return self.batch["attention_mask"]
 
 
 def _encoder_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ What the thresholds mean and which settings to look at is in docs/training_healt
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,36 +65,47 @@ def between_task_spread(weights: Tensor) -> float:
 
 @dataclass
 class _BlockSums:
-    adapter: float = 0.0
-    residual: float = 0.0
+    adapter: float | Tensor = 0.0
+    residual: float | Tensor = 0.0
+
+
+def token_masks(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """The real tokens of a batch's input ``(B, T)`` and of its target ``(B, T')`` (T5; else ``None``)."""
+    return batch["attention_mask"], batch["labels"] != -100 if "labels" in batch else None
 
 
 @dataclass
 class ResidualProbe:
     """Accumulates ``Σ‖adapter(x)‖²`` and ``Σ‖residual‖²`` (or a LoRA update's and its frozen
-    layer's output) over real tokens, per adapted block."""
+    layer's output) over real tokens, per adapted block, as tensors: differentiable when the
+    forward is (the generated-adapter loudness term), plain numbers under ``no_grad`` (reports)."""
 
     sums: list[_BlockSums]
     decoder_from: int  # blocks from this index on read decoder tokens (T5); len(sums) for encoders
-    source_mask: Tensor | None = None  # (B, T) real tokens of the current batch's input
-    target_mask: Tensor | None = None  # (B, T') real tokens of its target (T5 decoder)
+    model: PHAModel  # its running_batch: the token masks of the (chunk of the) batch being run
 
     def ratios(self) -> list[float]:
-        return [(s.adapter / s.residual) ** 0.5 if s.residual else 0.0 for s in self.sums]
+        return [float(s.adapter / s.residual) ** 0.5 if s.residual else 0.0 for s in self.sums]
+
+    def squared_ratios(self, blocks: range) -> Tensor:
+        """``Σ‖adapter‖² / Σ‖residual‖²`` of ``blocks``, with their graph (the squares of :meth:`ratios`)."""
+        sums = [self.sums[b] for b in blocks]
+        return torch.stack([torch.as_tensor(s.adapter) / torch.as_tensor(s.residual).clamp_min(1e-12) for s in sums])
 
     def record(self, block: int, adapter_out: Tensor, residual: Tensor, source: bool | None = None) -> None:
         """Add one sublayer's sums; ``source``: it reads the input's tokens (default: the
         encoder's blocks do, the decoder's read the target's)."""
         source = block < self.decoder_from if source is None else source
-        mask = self.source_mask if source else self.target_mask
+        batch = self.model.running_batch
+        mask = None if batch is None else token_masks(batch)[0 if source else 1]
         if mask is None or mask.shape != residual.shape[:2]:
             raise RuntimeError(
                 f"health probe: block {block} saw hidden states of shape {tuple(residual.shape[:2])}, "
                 f"not the batch's {None if mask is None else tuple(mask.shape)}"
             )
         weight = mask.to(residual.dtype).unsqueeze(-1)
-        self.sums[block].adapter += float((adapter_out.float().pow(2) * weight).sum())
-        self.sums[block].residual += float((residual.float().pow(2) * weight).sum())
+        self.sums[block].adapter = self.sums[block].adapter + (adapter_out.float().pow(2) * weight).sum()
+        self.sums[block].residual = self.sums[block].residual + (residual.float().pow(2) * weight).sum()
 
 
 def _decoder_from(model: PHAModel, blocks: int) -> int:
@@ -114,7 +126,7 @@ def _removing(handles: list[RemovableHandle]) -> Iterator[None]:
 def probe_residuals(model: PHAModel) -> Iterator[ResidualProbe]:
     """Hooks on every adapted block for the duration of the ``with`` block (no blocks: a LoRA model)."""
     sites = adapter_sites(model.backbone, model.family)
-    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_decoder_from(model, len(sites)))
+    probe = ResidualProbe([_BlockSums() for _ in sites], _decoder_from(model, len(sites)), model)
     handles = []
     for block, site in enumerate(sites):
         captured: dict[str, Tensor] = {}
@@ -147,7 +159,7 @@ def probe_lora(model: PHAModel) -> Iterator[ResidualProbe]:
     """Hooks on every LoRA site, summed per block (no blocks: a model without LoRA)."""
     blocks = backbone_blocks(model.backbone, model.family) if model.layout.kind == "lora" else []
     sites = [[(name, m) for name, m in block.named_modules() if isinstance(m, LoRALinear)] for block in blocks]
-    probe = ResidualProbe([_BlockSums() for _ in sites], decoder_from=_decoder_from(model, len(sites)))
+    probe = ResidualProbe([_BlockSums() for _ in sites], _decoder_from(model, len(sites)), model)
     handles = [
         handle
         for b, block_sites in enumerate(sites)
@@ -156,6 +168,12 @@ def probe_lora(model: PHAModel) -> Iterator[ResidualProbe]:
     ]
     with _removing(handles):
         yield probe
+
+
+def probe_adapters(model: PHAModel) -> contextlib.AbstractContextManager[ResidualProbe]:
+    """The probe of the model's adapter kind: bottleneck adapters against the residual, or LoRA
+    updates against their frozen outputs."""
+    return probe_lora(model) if model.layout.kind == "lora" else probe_residuals(model)
 
 
 @torch.no_grad()
@@ -170,9 +188,6 @@ def measure_batches(
     features: dict[int, list[Tensor]] = {}
     with probe_residuals(model) as adapters, probe_lora(model) as lora:
         for batch in batches:
-            for probe in (adapters, lora):
-                probe.source_mask = batch["attention_mask"]
-                probe.target_mask = batch["labels"] != -100 if "labels" in batch else None
             pooled = model(batch, chunked=False)["pooled"]  # the hooks read whole-batch tensors
             for task in torch.unique(batch["task_ids"]).tolist():
                 features.setdefault(task, []).append(pooled[batch["task_ids"] == task].float().cpu())

@@ -17,7 +17,7 @@ from pha_lightning.validation import FRACTION, NON_NEGATIVE, POSITIVE, Choice, R
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro (+ λ_apart·L_apart)`` (``model.loss``; docs/method.md, "Losses")."""
+    """The training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro (+ λ_ratio·L_ratio + λ_apart·L_apart)`` (``model.loss``; docs/method.md, "Losses")."""
 
     lambda_ir: float = setting(0.1, NON_NEGATIVE)
     """λ_IR, the weight of the instance contrastive loss L_IR."""
@@ -31,6 +31,11 @@ class LossConfig:
     """ε of the label-smoothed cross-entropy."""
     regression_loss_weight: float = setting(1.0, NON_NEGATIVE)
     """Multiplies the MSE of encoder regression heads in the task loss (1.0: the plain sum)."""
+    lambda_adapter_ratio: float = setting(0.0, NON_NEGATIVE)
+    """λ_ratio, the weight of L_ratio: the mean over generated blocks of the squared
+    ‖generated adapter output‖ / ‖residual stream‖ the health report measures (LoRA: update / frozen
+    output), which keeps generated adapters quiet; 0 (off) is the paper (docs/method.md, "Bounding
+    the generated weights")."""
     lambda_apart: float = setting(0.0, NON_NEGATIVE)
     """λ_apart, the weight of L_apart: the mean pairwise cosine similarity between tasks' generated
     adapters (per generated layer), which keeps them apart; 0 (off) is the paper (docs/method.md,

@@ -1,6 +1,6 @@
 """``PHAModule``: the Lightning system that trains a :class:`~pha_lightning.model.PHAModel`.
 
-Training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (+ ``λ_apart·L_apart``, off by default)
+Training loss ``CE_ls + λ_IR·L_IR + λ_Pro·L_Pro`` (+ ``λ_ratio·L_ratio + λ_apart·L_apart``, off by default)
 (:mod:`pha_lightning.training.losses`), the
 per-task metrics, AdamW with a linear schedule, the checkpoint format (no frozen backbone
 weights), and few-shot transfer to new tasks (:mod:`pha_lightning.training.transfer`).
@@ -8,6 +8,7 @@ weights), and few-shot transfer to new tasks (:mod:`pha_lightning.training.trans
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, replace
 from typing import Any
@@ -27,6 +28,7 @@ from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import label_of, predict_rows
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
+from pha_lightning.training.health import probe_adapters
 from pha_lightning.training.losses import (
     between_task_similarity,
     instance_contrastive_loss,
@@ -123,8 +125,8 @@ class PHAModule(LightningModule):
         return loss.trains_retriever(arch.tasks)
 
     def _check_generator_settings(self) -> None:
-        """λ_apart needs per-task generated adapters of at least two tasks; the heads' own weight
-        decay needs a hypernetwork: one clear error rather than a term that silently does nothing."""
+        """λ_apart needs per-task generated adapters of at least two tasks; λ_ratio and the heads' own
+        weight decay need a hypernetwork: one clear error rather than a term that silently does nothing."""
         model, lambda_apart = self.model, self.loss_config.lambda_apart
         if lambda_apart and (model.layout.source != "prototype" or len(model.task_objects) < 2):
             raise ConfigError(
@@ -132,12 +134,16 @@ class PHAModule(LightningModule):
                 f"{model.config.method!r} on {len(model.task_objects)} task(s) has no per-task generated adapters to "
                 "compare; use 0, or method pha or hyperformer with at least 2 tasks"
             )
-        decay = self.optim_config.hypernet_head_weight_decay
-        if decay is not None and model.hypernetwork is None:
-            raise ConfigError(
-                f"model.optim.hypernet_head_weight_decay {decay} decays the hypernetwork's heads, but method "
-                f"{model.config.method!r} has no hypernetwork; use None, or method pha, hyperformer or hyperdecoder"
-            )
+        generator_settings = {
+            "model.loss.lambda_adapter_ratio": self.loss_config.lambda_adapter_ratio or None,
+            "model.optim.hypernet_head_weight_decay": self.optim_config.hypernet_head_weight_decay,
+        }
+        for name, value in generator_settings.items():
+            if value is not None and model.hypernetwork is None:
+                raise ConfigError(
+                    f"{name} {value} acts on the hypernetwork and its generated adapters, but method "
+                    f"{model.config.method!r} has none; use its default, or method pha, hyperformer or hyperdecoder"
+                )
 
     def on_fit_start(self) -> None:
         if self.transfer and self.trainer.ckpt_path is None:  # not when resuming a transfer run
@@ -174,13 +180,18 @@ class PHAModule(LightningModule):
         return total / len(batch["task_ids"])
 
     def loss_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = self.model(batch)
         hp = self.loss_config
+        with probe_adapters(self.model) if hp.lambda_adapter_ratio else contextlib.nullcontext() as probe:
+            out = self.model(batch)
         terms = {"ce": self.task_loss(out, batch)}
         if out["z"] is None or self.model.prototypes is None:  # baselines, and PHA with both weights 0
             terms["loss"] = terms["ce"]
         else:
             terms.update(self.contrastive_terms(out["z"], batch["task_ids"], terms["ce"]))
+        if probe is not None:
+            layout = self.model.layout
+            terms["l_ratio"] = probe.squared_ratios(range(layout.shared, layout.shared + layout.generated)).mean()
+            terms["loss"] = terms["loss"] + hp.lambda_adapter_ratio * terms["l_ratio"]
         if hp.lambda_apart:
             every_task = torch.arange(len(self.model.task_objects), device=self.device)
             terms["l_apart"] = between_task_similarity(self.model.generated_weights(every_task))

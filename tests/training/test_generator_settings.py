@@ -1,5 +1,6 @@
-"""L_apart (``model.loss.lambda_apart``) and the hypernetwork heads' own weight decay
-(``model.optim.hypernet_head_weight_decay``): against hand-computed formulas, off by default."""
+"""L_apart (``model.loss.lambda_apart``), L_ratio (``model.loss.lambda_adapter_ratio``) and the
+hypernetwork heads' own weight decay (``model.optim.hypernet_head_weight_decay``): against
+hand-computed formulas and the health report, off by default."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.model.adapters import GeneratedWeights
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import GeneratedLoRA
-from pha_lightning.training.health import between_task_spread
+from pha_lightning.training.health import between_task_spread, health_report
 from pha_lightning.training.losses import between_task_similarity
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
@@ -98,6 +99,38 @@ def test_lambda_apart_adds_the_term_over_every_task(tiny_bert: str, batch: dict[
     assert apart.model.hypernetwork.up_w.weight.grad.abs().sum() > 0
 
 
+def loud_system(tiny_bert: str, adapter_kind: str, loss: LossConfig = LossConfig()) -> PHAModule:
+    """Generated adapters far from zero (a large init; LoRA: ``B`` heads' biases drawn too), chunked per length."""
+    model = system(tiny_bert, loss, hypernet_init_scale=10.0, chunk_cost_tokens=0, adapter_kind=adapter_kind)
+    if adapter_kind == "lora":
+        with torch.no_grad():
+            for head in model.model.hypernetwork.b_heads:
+                head.bias.normal_(0.0, 0.5)
+    return model.eval()  # eval: no dropout draws, the same numbers in both systems
+
+
+@pytest.mark.parametrize("adapter_kind", ["bottleneck", "lora"])
+def test_lambda_adapter_ratio_is_the_health_reports_loudness_of_generated_blocks(
+    tiny_bert: str, batch: dict[str, torch.Tensor], adapter_kind: str
+) -> None:
+    """L_ratio = mean over generated blocks of (adapter/residual)², the health report's number
+    (LoRA: update/frozen output), measured through the chunked training forward."""
+    model = loud_system(tiny_bert, adapter_kind, LossConfig(lambda_adapter_ratio=2.0))
+    terms = model.loss_terms(batch)
+    report = health_report(model.model, [batch])
+    ratios = report["lora_to_base" if adapter_kind == "lora" else "adapter_to_residual"]
+    generated = torch.tensor(ratios[model.model.split_layer :], dtype=torch.float64)
+    assert float(generated.min()) > 1e-3  # loud enough for the comparison to have teeth
+    assert float(terms["l_ratio"].detach()) == pytest.approx(float(generated.square().mean()), rel=1e-4)
+    released = loud_system(tiny_bert, adapter_kind).loss_terms(batch)
+    assert "l_ratio" not in released  # default: the released loss
+    torch.testing.assert_close(terms["loss"], released["loss"] + 2.0 * terms["l_ratio"])
+
+    model.zero_grad()
+    terms["l_ratio"].backward()  # it quiets the generator: every head of the hypernetwork gets its gradient
+    assert all(p.grad.abs().sum() > 0 for head in model.model.hypernetwork.heads() for p in head.parameters())
+
+
 def test_hypernet_head_weight_decay_decays_the_heads_alone(tiny_bert: str) -> None:
     released = system(tiny_bert)
     trainable = [p for p in released.parameters() if p.requires_grad]
@@ -127,5 +160,7 @@ def test_generator_settings_name_bad_values(tiny_bert: str) -> None:
         system(tiny_bert, LossConfig(lambda_apart=0.1), method="adapter")
     with pytest.raises(ConfigError, match="lambda_apart 0.1 .*method 'hyperdecoder'"):
         system(tiny_bert, LossConfig(lambda_apart=0.1), method="hyperdecoder")
-    with pytest.raises(ConfigError, match="hypernet_head_weight_decay 0.1 .*method 'task_adapter' has no hypernetwork"):
+    with pytest.raises(ConfigError, match="lambda_adapter_ratio 0.1 acts on the hypernetwork.*'adapter' has none"):
+        system(tiny_bert, LossConfig(lambda_adapter_ratio=0.1), method="adapter")
+    with pytest.raises(ConfigError, match="hypernet_head_weight_decay 0.1 acts on the hypernetwork.*'task_adapter'"):
         system(tiny_bert, optim=OptimConfig(hypernet_head_weight_decay=0.1), method="task_adapter")
