@@ -7,7 +7,7 @@
   (``denominator="exclude_positive"``, the default); standard InfoNCE keeps it in
   (``"include_positive"``).
 * :func:`between_task_similarity` — L_apart (off by default, beyond the paper): the mean pairwise
-  cosine similarity between tasks' generated adapters, per generated layer or LoRA site.
+  cosine similarity between tasks' generated adapters per generated layer or LoRA site, floored at 0.
 * :func:`label_smoothed_cross_entropy` — token- or example-level CE with label smoothing, averaged
   (the released low-data configs sum it instead, which makes the contrastive terms vanish).
 """
@@ -79,20 +79,22 @@ def label_smoothed_cross_entropy(
 
 
 def between_task_similarity(weights: WeightSet) -> Tensor:
-    """L_apart: ``mean over sites of mean_{s<t} cos(W_s, W_t)`` for ``weights`` generated for ``T ≥ 2``
-    tasks (one group each), ``W_t`` a task's matrices at one site flattened into one vector.
+    """L_apart: ``mean over sites of max(0, mean_{s<t} cos(W_s, W_t))`` for ``weights`` generated for
+    ``T ≥ 2`` tasks (one group each), ``W_t`` a task's matrices at one site flattened into one vector.
 
-    1 when every task gets the same adapter (up to scale), 0 for unrelated ones, and for equal norms
-    ``(T−1)/T·(1 − L_apart)`` is the square of the health report's between-task spread.
+    1 when every task gets the same adapter (up to scale), 0 once a site's adapters are unrelated on
+    average (independent per-task adapters): the hinge keeps it from rewarding opposite adapters,
+    which a plain mean reaches with two tasks (cos −1). For equal norms and ``L_apart > 0`` at a
+    site, ``(T−1)/T·(1 − L_apart)`` is the square of the health report's between-task spread.
     """
     sets = site_vectors(weights)  # each (T, sites, n); n differs between LoRA's shape sets
     tasks = sets[0].shape[0]
     if tasks < 2:
         raise ValueError(f"L_apart compares tasks' adapters: it needs at least 2 tasks, got {tasks}")
     first, second = torch.triu_indices(tasks, tasks, offset=1, device=sets[0].device)
-    cosines = []
+    per_site = []
     for vectors in sets:
         unit = F.normalize(vectors.float(), dim=-1)
         gram = torch.einsum("tsn,usn->stu", unit, unit)  # (sites, T, T): no per-pair copy of the weights
-        cosines.append(gram[:, first, second].flatten())
-    return torch.cat(cosines).mean()
+        per_site.append(gram[:, first, second].mean(1))
+    return torch.cat(per_site).clamp_min(0.0).mean()

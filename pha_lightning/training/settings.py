@@ -38,8 +38,8 @@ class LossConfig:
     the generated weights")."""
     lambda_apart: float = setting(0.0, NON_NEGATIVE)
     """λ_apart, the weight of L_apart: the mean pairwise cosine similarity between tasks' generated
-    adapters (per generated layer), which keeps them apart; 0 (off) is the paper (docs/method.md,
-    "Keeping tasks' adapters apart")."""
+    adapters per generated layer, floored at 0, which keeps them apart; 0 (off) is the paper
+    (docs/method.md, "Keeping tasks' adapters apart")."""
 
     def __post_init__(self) -> None:
         check_settings("model.loss", LossConfig, asdict(self))

@@ -25,14 +25,19 @@ TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 
 
 def hand_similarity(vector_sets: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over every site of every set and every task pair of the cosine, one pair at a time."""
-    cosines = [
-        F.cosine_similarity(vectors[s, site], vectors[t, site], dim=0)
+    """Per site of every set, the mean cosine over task pairs (one pair at a time), floored at 0;
+    then the mean over sites."""
+    per_site = [
+        torch.stack(
+            [
+                F.cosine_similarity(vectors[s, site], vectors[t, site], dim=0)
+                for s, t in itertools.combinations(range(vectors.shape[0]), 2)
+            ]
+        ).mean()
         for vectors in vector_sets
         for site in range(vectors.shape[1])
-        for s, t in itertools.combinations(range(vectors.shape[0]), 2)
     ]
-    return torch.stack(cosines).mean()
+    return torch.stack(per_site).clamp_min(0.0).mean()
 
 
 def test_between_task_similarity_against_pairwise_cosines() -> None:
@@ -43,6 +48,15 @@ def test_between_task_similarity_against_pairwise_cosines() -> None:
                                group_of=torch.arange(tasks))  # fmt: skip
     flat = torch.cat([down_w.flatten(2), up_w.flatten(2)], dim=2)  # the matrices, not the biases
     torch.testing.assert_close(between_task_similarity(weights), hand_similarity([flat]))
+    down_w[:, 0] += 3.0 * torch.randn(1, d, r)  # layer 0 shared: similar; the others unrelated (~0, some < 0)
+    up_w[:, 0] += 3.0 * torch.randn(1, r, d)
+    flat = torch.cat([down_w.flatten(2), up_w.flatten(2)], dim=2)
+    assert float(hand_similarity([flat[:, :1]])) > 0.5
+    torch.testing.assert_close(between_task_similarity(weights), hand_similarity([flat]))
+
+    opposite = GeneratedWeights(*(torch.cat([t[:1], -t[:1]]) for t in (down_w, weights.down_b, up_w, weights.up_b)),
+                                group_of=torch.arange(2))  # fmt: skip
+    assert float(between_task_similarity(opposite)) == 0.0  # anti-parallel adapters are not rewarded: cos −1 → 0
 
     # LoRA: two shape sets of different sizes, every site counted once
     a = (torch.randn(tasks, 2, r, d), torch.randn(tasks, 1, r, 7))
