@@ -78,6 +78,8 @@ class PHAModule(LightningModule):
                 "transfer": asdict(self.transfer) if self.transfer else None,
             }
         )
+        #: the random state at construction: the model built later gets the weights it would have got here
+        self._init_rng = torch.random.get_rng_state()
         evaluated = resolve_tasks(arch.tasks, arch.task_specs or ())
         self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
         self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
@@ -100,8 +102,9 @@ class PHAModule(LightningModule):
         shard it per transformer block (docs/production.md, "Big backbones"). Idempotent: Lightning
         calls it in every stage, and :attr:`model` calls it on first use."""
         if self._built_model() is None:
-            # in the system's mode: .eval() or .train() before the model was built still applies
-            self.model = self._build_model(PHAConfig.from_dict(self.hparams.arch)).train(self.training)
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(self._init_rng)
+                self.model = self._placed(self._build_model(PHAConfig.from_dict(self.hparams.arch)))
         model = self._built_model()
         if self.device_mesh is not None and not is_sharded(model):
             shard_model(model, self.device_mesh)
@@ -115,6 +118,14 @@ class PHAModule(LightningModule):
         """Context for code that reads the model's weights outside its forward (a collective under
         sharding: every rank enters; :func:`~pha_lightning.model.sharding.gathered`)."""
         return gathered(self.model, write_back)
+
+    def _placed(self, model: PHAModel) -> PHAModel:
+        """``model`` in the system's mode, and its device and dtype when they were set before the
+        model was built (``.eval()``, ``.to("cuda")``, ``.double()`` on the system still apply)."""
+        model.train(self.training)
+        if self.dtype != torch.get_default_dtype():
+            model.to(self.dtype)
+        return model.to(self.device) if self.device.type != "cpu" else model
 
     def _resolve_arch(self, arch: PHAConfig) -> tuple[PHAConfig, tuple[PHAConfig, dict[str, Tensor]] | None]:
         """The architecture the hyperparameters record, and a transfer source's weights: a transfer
