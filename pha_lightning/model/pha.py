@@ -57,8 +57,8 @@ from pha_lightning.model.hypernetwork import Generator, HyperNetwork
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.prototypes import PrototypeTable
-from pha_lightning.model.sharding import is_sharded
 from pha_lightning.model.retriever import Retriever, masked_mean
+from pha_lightning.model.sharding import is_sharded
 
 
 class PHAModel(nn.Module):

@@ -26,8 +26,8 @@ from pha_lightning.model.bundle import check_state_complete
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.model.sharding import gathered, is_sharded, shard_model
 from pha_lightning.model.prediction import label_of, predict_rows
+from pha_lightning.model.sharding import gathered, is_sharded, shard_model
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.losses import (
     instance_contrastive_loss,
