@@ -78,6 +78,8 @@ class PHAModule(LightningModule):
                 "transfer": asdict(self.transfer) if self.transfer else None,
             }
         )
+        with torch.device("meta"):  # its errors (layout, split layer, backbone) now: a dry build, nothing allocated
+            PHAModel(replace(arch, backbone_init="random"))
         #: the random state at construction: the model built later gets the weights it would have got here
         self._init_rng = torch.random.get_rng_state()
         evaluated = resolve_tasks(arch.tasks, arch.task_specs or ())
