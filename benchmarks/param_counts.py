@@ -32,9 +32,9 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 
 def count(backbone: str, tasks: list[str], variant: str = "pha") -> tuple[int, int]:
-    with torch.device("meta"):
-        model = PHAModule(PHAConfig(backbone=backbone, tasks=tasks, backbone_init="random", **VARIANTS[variant]))
-    return model.model.trainable_parameter_counts()
+    with torch.device("meta"):  # the system builds its model on first use: inside the context
+        model = PHAModule(PHAConfig(backbone=backbone, tasks=tasks, backbone_init="random", **VARIANTS[variant])).model
+    return model.trainable_parameter_counts()
 
 
 def main() -> None:

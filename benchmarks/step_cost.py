@@ -125,6 +125,7 @@ def worker(backbone: str, method: str, args: argparse.Namespace) -> dict:
     init = "random" if backbone != "pypi:all-MiniLM-L6-v2" else "pretrained"
     arch = {**module_args(method), **backbone_options(args.backbone_setting)}
     model = PHAModule(PHAConfig(backbone=backbone, tasks=TASKS, backbone_init=init, **arch))
+    model.configure_model()  # builds the model now: the optimiser below takes its parameters
     if method == "pha_per_example":
         # reference path: one hypernetwork row and one materialised weight set per example
         model.model.batch_adapter_weights = lambda task_ids: model.model.hypernetwork(model.model.prototypes(task_ids))

@@ -49,6 +49,7 @@ from pha_lightning.training.callbacks import (
 from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
 from pha_lightning.training.settings import LossConfig, OptimConfig
+from pha_lightning.training.sharding import STRATEGY_NAME
 from pha_lightning.training.system import PHAModule
 from pha_lightning.validation import (
     SEED,
@@ -491,7 +492,8 @@ def _run_cli(args: list[str] | None) -> None:
         parser_kwargs={
             "prog": "pha",  # also when run as python -m, or in-process
             "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
-            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}.",
+            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}. "
+            f"Sharded training of big backbones: --trainer.strategy={STRATEGY_NAME} (docs/production.md).",
         },
     )
 

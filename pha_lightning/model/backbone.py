@@ -124,11 +124,16 @@ class EncoderOutputWithAdapter(nn.Module):
         return out.LayerNorm(out.dropout(out.dense(hidden_states)) + input_tensor + adapted)
 
 
+def _ffn_output(block: nn.Module) -> nn.Module | None:
+    """A block's feed-forward output module, also once :func:`attach_adapters` has wrapped it."""
+    output = getattr(block, "output", None)
+    return output.output if isinstance(output, EncoderOutputWithAdapter) else output
+
+
 def _encoder_blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(getattr(model, "encoder", None), "layer", None)
     if not isinstance(blocks, nn.ModuleList) or not all(
-        all(hasattr(getattr(block, "output", None), attr) for attr in ("dense", "LayerNorm", "dropout"))
-        for block in blocks
+        all(hasattr(_ffn_output(block), attr) for attr in ("dense", "LayerNorm", "dropout")) for block in blocks
     ):
         raise ConfigError(
             f"{type(model).__name__} does not have the BERT-style layout PHA wires into "

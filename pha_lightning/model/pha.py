@@ -58,6 +58,7 @@ from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, att
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
+from pha_lightning.model.sharding import is_sharded
 
 
 class PHAModel(nn.Module):
@@ -361,9 +362,11 @@ class PHAModel(nn.Module):
         encoder states) and, for T5, the decoder's ``lm_logits`` (teacher forced on ``labels``).
         Generated weights are made once per batch; the backbone runs the batch in length-sorted
         chunks when that pays (``chunk_cost_tokens``), unless ``chunked`` is false (hooks that
-        need the batch's own layout, e.g. the health probe).
+        need the batch's own layout, e.g. the health probe) or the model is sharded.
         """
         weights = self.batch_adapter_weights(batch["task_ids"])
+        # sharded: every rank must make the same backbone calls (each gathers weights collectively)
+        chunked = chunked and not is_sharded(self)
         chunks = plan_chunks(batch["attention_mask"], self.config.chunk_cost_tokens) if chunked else None
         if chunks is None:
             return self._forward_rows(batch, weights)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from pha_lightning.data.tasks import INVALID
+from pha_lightning.model.sharding import is_sharded
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -33,6 +34,7 @@ def generate_texts(model: PHAModel, batch: dict[str, Tensor]) -> list[str]:
             max_new_tokens=model.config.generation_max_length,
             num_beams=1,
             do_sample=False,
+            synced_gpus=is_sharded(model),  # ranks finish at different lengths; each step gathers weights
         ),
     )
     return [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

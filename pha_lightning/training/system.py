@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -20,13 +21,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from pha_lightning.data.specs import resolve_tasks
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.bundle import check_state_complete
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
+from pha_lightning.model.methods import method_layout
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import label_of, predict_rows
+from pha_lightning.model.sharding import gathered, is_sharded, shard_model
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.health import probe_adapters
 from pha_lightning.training.losses import (
@@ -69,8 +73,8 @@ class PHAModule(LightningModule):
         self.optim_config: OptimConfig = as_settings(OptimConfig, optim)
         self.transfer = TransferConfig(**transfer) if isinstance(transfer, dict) else transfer
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
-        self.model, arch = self._build_model(arch if isinstance(arch, PHAConfig) else PHAConfig.from_dict(arch))
-        self._check_generator_settings()
+        arch, self._source = self._resolve_arch(arch if isinstance(arch, PHAConfig) else PHAConfig.from_dict(arch))
+        self._check_generator_settings(arch)
         # plain data, so checkpoints load with weights_only; the keys are this constructor's arguments
         self.save_hyperparameters(
             {
@@ -80,18 +84,62 @@ class PHAModule(LightningModule):
                 "transfer": asdict(self.transfer) if self.transfer else None,
             }
         )
-        evaluated = self.model.task_objects[: len(arch.tasks)]
+        with torch.device("meta"):  # its errors (layout, split layer, backbone) now: a dry build, nothing allocated
+            PHAModel(replace(arch, backbone_init="random"))
+        #: the random state at construction: the model built later gets the weights it would have got here
+        self._init_rng = torch.random.get_rng_state()
+        evaluated = resolve_tasks(arch.tasks, arch.task_specs or ())
         self.val_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
         self.test_metrics = nn.ModuleDict({t.name: build_task_metrics(t) for t in evaluated})
         #: the latest validation results, stored in each checkpoint as ``pha_val_metrics``
         self.last_val_metrics: dict[str, float] = {}
 
-    def _build_model(self, arch: PHAConfig) -> tuple[PHAModel, PHAConfig]:
-        """The model ``arch`` describes, and the architecture the hyperparameters record; for a
-        transfer, the source model (its architecture) with the new tasks in front."""
+    @property
+    def model(self) -> PHAModel:
+        """The :class:`PHAModel`, built by :meth:`configure_model` on first use (outside a Trainer too)."""
+        self.configure_model()
+        return self._built_model()
+
+    def _built_model(self) -> PHAModel | None:
+        """The model if :meth:`configure_model` has built it (read past the :attr:`model` property)."""
+        return dict(self.named_children()).get("model")
+
+    def configure_model(self) -> None:
+        """Build the model once, here rather than in ``__init__``, so that the strategy's context
+        (the device it initialises on) applies; under ``ModelParallelStrategy`` (a device mesh)
+        shard it per transformer block (docs/production.md, "Big backbones"). Idempotent: Lightning
+        calls it in every stage, and :attr:`model` calls it on first use."""
+        if self._built_model() is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(self._init_rng)
+                self.model = self._placed(self._build_model(PHAConfig.from_dict(self.hparams.arch)))
+        model = self._built_model()
+        if self.device_mesh is not None and not is_sharded(model):
+            shard_model(model, self.device_mesh)
+            if model.config.chunk_cost_tokens is not None:
+                rank_zero_info(
+                    f"sharded model: length chunking (model.arch.chunk_cost_tokens={model.config.chunk_cost_tokens}) is "
+                    "off, every batch runs padded: ranks must make the same backbone calls, each gathering weights"
+                )
+
+    def full_weights(self, write_back: bool = False) -> AbstractContextManager[None]:
+        """Context for code that reads the model's weights outside its forward (a collective under
+        sharding: every rank enters; :func:`~pha_lightning.model.sharding.gathered`)."""
+        return gathered(self.model, write_back)
+
+    def _placed(self, model: PHAModel) -> PHAModel:
+        """``model`` in the system's mode, and its device and dtype when they were set before the
+        model was built (``.eval()``, ``.to("cuda")``, ``.double()`` on the system still apply)."""
+        model.train(self.training)
+        if self.dtype != torch.get_default_dtype():
+            model.to(self.dtype)
+        return model.to(self.device) if self.device.type != "cpu" else model
+
+    def _resolve_arch(self, arch: PHAConfig) -> tuple[PHAConfig, tuple[PHAConfig, dict[str, Tensor]] | None]:
+        """The architecture the hyperparameters record, and a transfer source's weights: a transfer
+        takes the source's architecture (its :data:`ARCHITECTURE_KEYS`) and puts the new tasks in front."""
         if not self.transfer:
-            arch = replace(arch, retriever=self._retriever_wanted(arch))
-            return PHAModel(arch), arch
+            return replace(arch, retriever=self._retriever_wanted(arch)), None
         source = read_source(self.transfer, arch.backbone, arch.tasks)
         saved = PHAConfig.from_dict(source["hyper_parameters"]["arch"])
         if arch.method != saved.method:
@@ -104,13 +152,19 @@ class PHAModule(LightningModule):
                 f"its own head); {self.transfer.checkpoint!r} has {saved.output_layer!r}"
             )
         arch = replace(arch, **{key: getattr(saved, key) for key in ARCHITECTURE_KEYS})
+        return arch, (saved, model_state(source["state_dict"]))
+
+    def _build_model(self, arch: PHAConfig) -> PHAModel:
+        """The model ``arch`` describes; for a transfer, the source model with the new tasks in front."""
+        if self._source is None:
+            return PHAModel(arch)
+        saved, state = self._source
         model = PHAModel(replace(arch, tasks=saved.tasks, task_specs=saved.task_specs, retriever=saved.retriever))
-        state = model_state(source["state_dict"])
         check_state_fits(state, model.state_dict(), f"transfer checkpoint {self.transfer.checkpoint!r}")
         model.load_state_dict(state, strict=False)
         model.add_tasks(list(arch.tasks), arch.task_specs)
         set_trainable(model, self.transfer.tune)
-        return model, arch
+        return model
 
     def _retriever_wanted(self, arch: PHAConfig) -> bool:
         """PHA trains its retriever with L_IR/L_Pro; with a single task they contrast nothing, so
@@ -124,33 +178,36 @@ class PHAModule(LightningModule):
             )
         return loss.trains_retriever(arch.tasks)
 
-    def _check_generator_settings(self) -> None:
+    def _check_generator_settings(self, arch: PHAConfig) -> None:
         """λ_apart needs per-task generated adapters of at least two tasks; λ_ratio and the heads' own
         weight decay need a hypernetwork: one clear error rather than a term that silently does nothing."""
-        model, lambda_apart = self.model, self.loss_config.lambda_apart
-        if lambda_apart and (model.layout.source != "prototype" or len(model.task_objects) < 2):
+        layout = method_layout(arch.method, 0, 0, contrastive=False, adapter_kind=arch.adapter_kind)
+        tasks = len(arch.tasks) + (len(self._source[0].tasks) if self._source else 0)  # a transfer's too
+        lambda_apart = self.loss_config.lambda_apart
+        if lambda_apart and (layout.source != "prototype" or tasks < 2):
             raise ConfigError(
                 f"model.loss.lambda_apart {lambda_apart} keeps tasks' generated adapters apart, but method "
-                f"{model.config.method!r} on {len(model.task_objects)} task(s) has no per-task generated adapters to "
-                "compare; use 0, or method pha or hyperformer with at least 2 tasks"
+                f"{arch.method!r} on {tasks} task(s) has no per-task generated adapters to compare; use 0, or "
+                "method pha or hyperformer with at least 2 tasks"
             )
         generator_settings = {
             "model.loss.lambda_adapter_ratio": self.loss_config.lambda_adapter_ratio or None,
             "model.optim.hypernet_head_weight_decay": self.optim_config.hypernet_head_weight_decay,
         }
         for name, value in generator_settings.items():
-            if value is not None and model.hypernetwork is None:
+            if value is not None and layout.source not in ("prototype", "instance"):
                 raise ConfigError(
                     f"{name} {value} acts on the hypernetwork and its generated adapters, but method "
-                    f"{model.config.method!r} has none; use its default, or method pha, hyperformer or hyperdecoder"
+                    f"{arch.method!r} has none; use its default, or method pha, hyperformer or hyperdecoder"
                 )
 
     def on_fit_start(self) -> None:
         if self.transfer and self.trainer.ckpt_path is None:  # not when resuming a transfer run
             # every rank sees all support examples and the same seed, so all ranks start alike
-            rankings = initialize_new_tasks(
-                self.model, self.transfer, self.trainer.datamodule.task_dataloaders("train")
-            )
+            with self.full_weights(write_back=True):
+                rankings = initialize_new_tasks(
+                    self.model, self.transfer, self.trainer.datamodule.task_dataloaders("train")
+                )
             rank_zero_info(
                 f"transfer ({self.transfer.init}) — source tasks ranked by retrieval:\n{format_rankings(rankings)}"
             )
@@ -230,9 +287,10 @@ class PHAModule(LightningModule):
 
     # ------------------------------------------------------------------ prediction and evaluation
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        if "example_ids" in batch:  # raw examples of data.predict_file, with or without a task
-            return predict_rows(self.model, batch)
-        values = self.model.predict_values(batch)
+        with self.full_weights():
+            if "example_ids" in batch:  # raw examples of data.predict_file, with or without a task
+                return predict_rows(self.model, batch)
+            values = self.model.predict_values(batch)
         rows = []
         for task_id, value, target in zip(batch["task_ids"].tolist(), values.tolist(), batch["targets"].tolist()):
             task = self.model.task_objects[task_id]
@@ -240,7 +298,8 @@ class PHAModule(LightningModule):
         return rows
 
     def _eval_step(self, batch: dict[str, Tensor], metrics: nn.ModuleDict) -> None:
-        preds = self.model.predict_values(batch)
+        with self.full_weights():
+            preds = self.model.predict_values(batch)
         for task in torch.unique(batch["task_ids"]).tolist():
             mask = batch["task_ids"] == task
             # MultiRC's exact match is per question: its metric takes the question ids as `groups`
@@ -322,8 +381,10 @@ class PHAModule(LightningModule):
         # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
         transfer = bool(saved.get("transfer") or self.transfer)
         check_compatible(saved["arch"], self.hparams.arch, "the checkpoint", transfer=transfer)
-        check_state_fits(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
+        if "state_dict" not in checkpoint:  # ModelParallelStrategy loads the weights itself, before this hook
+            return
         wanted = {f"model.{k}" for k in self.model.saved_state_keys()}
+        check_state_fits(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
         check_state_complete(checkpoint["state_dict"], wanted, "the checkpoint")
 
 
@@ -331,6 +392,7 @@ def load_system(checkpoint: dict[str, Any]) -> PHAModule:
     """The system a checkpoint (read by :func:`~pha_lightning.training.checkpoints.read_checkpoint`)
     holds, with its weights: its class path is not imported, so checkpoints of older layouts load."""
     system = PHAModule(**upgrade_checkpoint(checkpoint)["hyper_parameters"])
+    system.configure_model()
     system.on_load_checkpoint(checkpoint)
     system.load_state_dict(checkpoint["state_dict"], strict=False)
     return system

@@ -100,3 +100,16 @@ def test_pha_accepts_the_rendered_command_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_nodes: 2" in result.stdout and "precision: bf16-mixed" in result.stdout
     assert re.search(r"devices: '?4'?\n", result.stdout)  # a string for jsonargparse; Lightning reads it as 4 GPUs
+
+
+def test_pha_strategy_selects_sharded_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch import Trainer
+
+    from pha_lightning.cli.app import STRATEGY_NAME
+    from pha_lightning.training.sharding import PHAShardedStrategy
+
+    monkeypatch.setenv("PHA_STRATEGY", STRATEGY_NAME)
+    _, argv, stderr = render(tmp_path)
+    assert _arg(argv, "trainer.strategy") == "pha_fsdp", stderr
+    trainer = Trainer(strategy=_arg(argv, "trainer.strategy"), accelerator="cpu", devices=1, logger=False)
+    assert isinstance(trainer.strategy, PHAShardedStrategy)  # the name pha registers

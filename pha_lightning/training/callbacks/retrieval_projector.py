@@ -47,10 +47,13 @@ class RetrievalProjector(ValidationRetrievalListener):
 
     def report(self, trainer: Trainer, pl_module: LightningModule) -> None:
         writer = _tensorboard_writer(trainer)
-        if writer is None or not trainer.is_global_zero or not self._tasks:
+        if writer is None or not self._tasks:  # the same on every rank (their loggers, their validation)
+            return
+        with pl_module.full_weights():  # a collective under sharding: before the rank-0 test
+            prototypes = pl_module.model.prototypes.normalized().detach().float().cpu()
+        if not trainer.is_global_zero:
             return
         names = [task.name for task in pl_module.model.task_objects]
-        prototypes = pl_module.model.prototypes.normalized().detach().float().cpu()
         writer.add_embedding(
             torch.cat([*self._points, prototypes]),
             metadata=[["example", names[t]] for t in self._tasks] + [["prototype", name] for name in names],

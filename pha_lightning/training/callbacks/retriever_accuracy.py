@@ -21,7 +21,7 @@ class RetrieverTaskAccuracy(ValidationRetrievalListener):
         self._correct = self._total = 0
 
     def on_retrieval(self, pl_module: LightningModule, z: Tensor, task_ids: Tensor) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), pl_module.full_weights():
             nearest = (F.normalize(z, dim=-1) @ pl_module.model.prototypes.normalized().float().T).argmax(-1)
         self._correct += int((nearest == task_ids).sum())
         self._total += len(nearest)

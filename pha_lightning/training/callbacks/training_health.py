@@ -29,14 +29,16 @@ class TrainingHealth(Callback):
     def measure(self, trainer: Trainer, pl_module: LightningModule, when: str) -> dict[str, Any]:
         loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
         batches = probe_batches(loaders or [], self.probe_examples, pl_module.device)
-        report = health_report(pl_module.model, batches, self.initial_prototypes, self.thresholds)
+        with pl_module.full_weights():
+            report = health_report(pl_module.model, batches, self.initial_prototypes, self.thresholds)
         report["step"] = trainer.global_step
         self.reports[when] = report
         return report
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.initial_prototypes is None and pl_module.model.prototypes is not None:
-            self.initial_prototypes = pl_module.model.prototypes.table().detach().cpu().clone()
+            with pl_module.full_weights():
+                self.initial_prototypes = pl_module.model.prototypes.table().detach().cpu().clone()
         if "start" not in self.reports:
             self.measure(trainer, pl_module, "start")
 
