@@ -105,3 +105,26 @@ def test_scale_is_refused_where_no_bottleneck_adapter_is_generated() -> None:
         PHAConfig(tasks=TASKS, method="adapter", generated_output_scale="task_layer")
     with pytest.raises(ConfigError, match=r"unknown model.arch.generated_output_scale 'task'; valid: \['none'"):
         PHAConfig(tasks=TASKS, generated_output_scale="task")
+
+
+@pytest.mark.parametrize("mode", SCALES)
+def test_bundle_keeps_the_scale_and_its_precomputed_adapters_include_it(
+    pretrained_tiny: dict[str, str], tmp_path, mode: str
+) -> None:
+    """A bundle records the setting and the scale's weights; precomputed adapters hold the scaled
+    adapters, so served and generated outputs agree."""
+    torch.manual_seed(0)
+    model = PHAModel(
+        PHAConfig(backbone=pretrained_tiny["bert"], tasks=TASKS, generated_output_scale=mode, hypernet_init_scale=10.0)
+    ).eval()
+    with torch.no_grad():
+        for param in model.hypernetwork.output_scale.parameters():
+            param.normal_(0.0, 1.0)  # a trained, non-zero scale
+        expected = model(tiny_batch())["pooled"]
+    assert not torch.allclose(expected, PHAModel(model.config).eval()(tiny_batch())["pooled"])  # the scale matters
+    path = model.save_pretrained(tmp_path / "bundle", precompute=True)
+    for precomputed in (True, False):
+        again = PHAModel.from_pretrained(path, use_precomputed_adapters=precomputed).eval()
+        assert again.config.generated_output_scale == mode
+        with torch.no_grad():
+            torch.testing.assert_close(again(tiny_batch())["pooled"], expected)
