@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,14 @@ def test_mechanism_screening_reads_validation_beside_phas_converged_rows() -> No
     assert "| 100 | pha | 0.001 | 50.8 | +0.0 | 600 / 1000 | 0.55 | 0.96 | — | abcdef12 |" in table
     assert "| 100 | pha_lora |" in table and "adapter |" not in table  # PHA's and PHA-LoRA's rows only
     assert "12.3" not in table and table.count("\n| 100 |") == 3  # no test score, seed 0 only
+
+
+def test_health_summary_keeps_the_between_task_spread(tmp_path: Path) -> None:
+    end = {"top_axis_share": {"rte": 0.3, "cola": 0.6}, "adapter_to_residual": [0.1, 1.2], "warnings": ["loud"]}
+    path = tmp_path / "health.json"
+    path.write_text(json.dumps({"end": {**end, "generated_between_task_spread": [0.4, 0.38]}}))
+    summary = _benchmark("sample_efficiency").health_summary(path)
+    assert summary == {"max_top_axis_share": 0.6, "max_adapter_to_residual": 1.2, "max_lora_to_base": None,
+                       "between_task_spread": [0.4, 0.38], "warnings": ["loud"]}  # fmt: skip
+    path.write_text(json.dumps({"end": end}))  # a report of a method without generated adapters
+    assert _benchmark("sample_efficiency").health_summary(path)["between_task_spread"] is None
