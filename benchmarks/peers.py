@@ -13,7 +13,8 @@ same validation examples in the same batches of 128 (the project's order: per ta
 * ``peft_lora``: one peft ``LoraModel`` with our LoRA settings (targets, r, alpha, dropout) + the
   same per-task heads, trained by the HF ``Trainer`` on the same examples in the same order,
   padded by ``DataCollatorWithPadding`` (identical batches: ours are padded the same way before
-  chunking); ``*_grouped``: the same with the Trainer's length grouping (``group_by_length``);
+  chunking); ``ours_lora_padded`` is ours with chunking off (the peers' padded batches),
+  ``ours_pha_fused_adamw`` PHA with ``model.optim.adamw_kernel: fused``; ``*_grouped``: the same with the Trainer's length grouping (``group_by_length``);
 * ``adapterhub``: AdapterHub's parallel bottleneck adapter (``par_bn``, the reduction factor of our
   ``adapter_dim``, scaling 1.0: our ``adapter`` exactly, see ``model/adapterhub_export.py``) + the
   same heads, trained by ``AdapterTrainer`` in ``--adapters-python`` (``adapters`` pins

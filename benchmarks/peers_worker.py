@@ -14,10 +14,10 @@ counted FLOPs per real token, peak memory, the loss at initialisation and the ev
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -262,4 +262,6 @@ def count_training_flops(trainer, model: PeerModel) -> tuple[float, int]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="one measurement's settings, as JSON (peers.py writes them)")
+    print(json.dumps(worker(json.loads(parser.parse_args().spec))))
