@@ -294,7 +294,10 @@ class PHAModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.optim_config
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
+        kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(hp.adamw_kernel, {})
+        optimizer = torch.optim.AdamW(
+            params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon, **kernel
+        )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError("set trainer.max_steps or trainer.max_epochs: the linear schedule needs a finite length")
