@@ -167,3 +167,21 @@ def test_health_summary_keeps_the_between_task_spread(tmp_path: Path) -> None:
                        "between_task_spread": [0.4, 0.38], "warnings": ["loud"]}  # fmt: skip
     path.write_text(json.dumps({"end": end}))  # a report of a method without generated adapters
     assert _benchmark("sample_efficiency").health_summary(path)["between_task_spread"] is None
+
+
+def test_peers_throughputs_count_real_tokens_and_ratios_pair_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # peers.py imports its sibling throughput.py
+    peers = _benchmark("peers")
+    steps = [{"wall_s": 2.0, "cpu_s": 1.0, "real_tokens": 300, "padded_tokens": 1000}] * 2
+    row = peers.derived({"steps": steps, "eval_examples": 50, "eval_s": 5.0, "eval_cpu_s": 2.0})
+    assert row["train_tok_per_cpu_s"] == 300 and row["train_tok_per_s"] == 150 and row["real_share"] == 0.3
+    assert row["eval_ex_per_cpu_s"] == 25 and row["eval_ex_per_s"] == 10
+    rows = [
+        {"variant": "ours", "round": 0, "x": 6.0},
+        {"variant": "peer", "round": 0, "x": 2.0},
+        {"variant": "ours", "round": 1, "x": 4.0},
+        {"variant": "peer", "round": 1, "x": 4.0},
+        {"variant": "ours", "round": 2, "x": 9.0},  # its peer did not run in round 2: not a ratio
+    ]
+    assert peers.ratio(rows, "ours", "peer", "x") == "2.00 (1.00–3.00)"
+    assert peers.ratio(rows, "ours", "absent", "x") == "–"

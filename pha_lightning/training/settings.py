@@ -8,7 +8,7 @@ it) that ``pha fit --help`` shows. The architecture is :class:`~pha_lightning.mo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pha_lightning.model.config import trains_retriever
 from pha_lightning.training.losses import PRO_DENOMINATORS, ProDenominator
@@ -49,6 +49,11 @@ class LossConfig:
         return trains_retriever(tasks, self.lambda_ir, self.lambda_pro)
 
 
+#: torch's AdamW implementations (``torch.optim.AdamW``'s ``foreach`` and ``fused`` switches)
+ADAMW_KERNELS = ("default", "foreach", "fused")
+AdamWKernel = Literal["default", "foreach", "fused"]
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with a linear warm-up and a linear decay to zero (``model.optim``)."""
@@ -65,6 +70,10 @@ class OptimConfig:
     """Steps of linear warm-up (at most the run's length)."""
     adam_epsilon: float = setting(1e-8, POSITIVE)
     """AdamW's ε."""
+    adamw_kernel: AdamWKernel = setting("default", Choice(ADAMW_KERNELS))
+    """AdamW's implementation: ``default`` (torch's choice: a per-tensor loop on CPU), ``foreach``
+    (the same arithmetic, bit for bit, in multi-tensor kernels) or ``fused`` (one kernel per step;
+    the last bit may round differently)."""
 
     def __post_init__(self) -> None:
         check_settings("model.optim", OptimConfig, asdict(self))

@@ -337,8 +337,9 @@ class PHAModule(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.optim_config
+        kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(hp.adamw_kernel, {})
         optimizer = torch.optim.AdamW(
-            self.parameter_groups(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon
+            self.parameter_groups(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon, **kernel
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):

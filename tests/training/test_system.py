@@ -181,3 +181,26 @@ def test_regression_loss_weight_scales_only_the_regression_heads_mse(
         ValueError, match=r"unknown model.arch.regression_target 'zscore'; valid: \['normalized', 'raw'\]"
     ):
         PHAModule(PHAConfig(tasks=TASKS, regression_target="zscore"))
+
+
+def _trained_after_three_steps(data: PHADataModule, kernel: str) -> dict[str, torch.Tensor]:
+    seed_everything(0)  # same initial weights, batches and dropout masks for every kernel
+    model = PHAModule(
+        PHAConfig(tasks=TASKS), optim=OptimConfig(learning_rate=1e-3, warmup_steps=0, adamw_kernel=kernel)
+    )
+    trainer = _trainer(max_steps=3)
+    trainer.fit(model, datamodule=data)
+    defaults = trainer.optimizers[0].defaults
+    switches = {"default": (None, None), "foreach": (True, None), "fused": (None, True)}[kernel]
+    assert (defaults["foreach"], defaults["fused"]) == switches
+    return {n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad}
+
+
+def test_adamw_kernels_foreach_is_bit_identical_and_fused_rounds_alike(data: PHADataModule) -> None:
+    reference = _trained_after_three_steps(data, "default")
+    foreach, fused = _trained_after_three_steps(data, "foreach"), _trained_after_three_steps(data, "fused")
+    assert all(torch.equal(foreach[n], p) for n, p in reference.items())
+    worst = max(float((fused[n] - p).abs().max()) for n, p in reference.items())
+    assert worst < 1e-5, worst  # the same update up to rounding
+    with pytest.raises(ValueError, match=r"model.optim.adamw_kernel.*'apex'.*foreach"):
+        OptimConfig(adamw_kernel="apex")
