@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from torch.nn import functional as F
+from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
@@ -84,10 +85,15 @@ def test_between_task_similarity_is_the_health_spread_for_equal_norms() -> None:
 
 
 @pytest.fixture(scope="module")
-def batch() -> dict[str, torch.Tensor]:
+def data() -> PHADataModule:
     dm = PHADataModule(tasks=TASKS, batch_size=16, max_source_length=24, temperature=2.0)
     dm.setup("fit")
-    return next(iter(dm.train_dataloader()))
+    return dm
+
+
+@pytest.fixture(scope="module")
+def batch(data: PHADataModule) -> dict[str, torch.Tensor]:
+    return next(iter(data.train_dataloader()))
 
 
 def system(tiny_bert: str, loss: LossConfig = LossConfig(), optim: OptimConfig = OptimConfig(), **arch) -> PHAModule:
@@ -178,3 +184,22 @@ def test_generator_settings_name_bad_values(tiny_bert: str) -> None:
         system(tiny_bert, LossConfig(lambda_adapter_ratio=0.1), method="adapter")
     with pytest.raises(ConfigError, match="hypernet_head_weight_decay 0.1 acts on the hypernetwork.*'task_adapter'"):
         system(tiny_bert, optim=OptimConfig(hypernet_head_weight_decay=0.1), method="task_adapter")
+
+
+def test_every_mechanism_trains_through_the_trainer_and_logs_its_terms(tiny_bert: str, data: PHADataModule) -> None:
+    """Two steps of ``fit`` with all four mechanisms: the optimiser has the heads' own group, the
+    terms are logged as ``train/l_ratio`` and ``train/l_apart``, the output scale has moved off 0."""
+    model = system(
+        tiny_bert,
+        LossConfig(lambda_adapter_ratio=0.1, lambda_apart=0.1),
+        OptimConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.01, hypernet_head_weight_decay=1.0),
+        generated_output_scale="task_layer",
+    )
+    trainer = quiet_trainer(max_steps=2, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    groups = trainer.optimizers[0].param_groups
+    heads = [p for head in model.model.hypernetwork.heads() for p in head.parameters()]
+    assert [g["weight_decay"] for g in groups] == [0.01, 1.0]
+    assert len(groups[1]["params"]) == len(heads) and all(a is b for a, b in zip(groups[1]["params"], heads))
+    assert {"train/l_ratio", "train/l_apart", "train/ce"} <= set(trainer.callback_metrics)
+    assert model.model.hypernetwork.output_scale.head.bias.abs().item() > 0
