@@ -16,7 +16,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
@@ -236,6 +235,9 @@ class PHAModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        # imported here: transformers' optimization module imports its Trainer's utilities and peft (~1 s of start-up)
+        from transformers import get_linear_schedule_with_warmup
+
         hp = self.optim_config
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
