@@ -159,6 +159,6 @@ def test_command_table_covers_lightning_clis_top_level_help(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         run_cli(["--help"])
     lightning_help = capsys.readouterr().out
-    options = {word.rstrip(",") for word in lightning_help.split() if word.startswith("-")}
+    options = {word.rstrip(",.") for word in lightning_help.split() if word.startswith("-")}
     table = run_python("-c", IMPORTS_AFTER, "--help").stdout
     assert options and all(option in table for option in options), options
