@@ -10,23 +10,22 @@ After ``validate`` and ``test`` the per-task metrics are printed as a table and 
 
 from __future__ import annotations
 
-import errno
-import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from pha_lightning.cli.entry import EXTRA_COMMANDS, main  # noqa: F401 (main: `from pha_lightning.cli.app import main`)
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
@@ -199,6 +198,18 @@ class RunConfigSaver(SaveConfigCallback):
 class PHACLI(LightningCLI):
     """LightningCLI with PHA's links, checkpoint defaults and per-task metric reports."""
 
+    def __init__(self, *args: Any, started_at: float | None = None, **kwargs: Any) -> None:
+        """``started_at``: ``time.perf_counter()`` when the command started (default: now); the time
+        until here is the imports' share of ``pha predict``'s first-prediction report."""
+        now = time.perf_counter()
+        #: when each start-up phase ended: imports, parsing (set by instantiate_classes), model load
+        self.startup_marks = {"start": now if started_at is None else started_at, "imports": now}
+        super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        self.startup_marks["parsing"] = time.perf_counter()
+        super().instantiate_classes()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tasks", "model.arch.tasks")
         # the model keeps each spec task's portable spec (no file paths): checkpoints serve it alone
@@ -271,13 +282,14 @@ class PHACLI(LightningCLI):
             )  # a missing test file: now, not after training
 
     def before_predict(self) -> None:
-        from pha_lightning.training.callbacks import JSONLPredictionWriter
+        from pha_lightning.training.callbacks import FirstPredictionTime, JSONLPredictionWriter
 
         self._prepare_checkpoint()
+        self.startup_marks["model load"] = time.perf_counter()
         output = self.config[self.subcommand].get("predict_output") or os.path.join(
             self.trainer.log_dir or self.trainer.default_root_dir, "predictions.jsonl"
         )
-        self.trainer.callbacks.append(JSONLPredictionWriter(output))
+        self.trainer.callbacks.extend([JSONLPredictionWriter(output), FirstPredictionTime(self.startup_marks)])
 
     # ------------------------------------------------------------------ checkpoints and bundles as inputs
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:  # noqa: ANN001
@@ -430,45 +442,23 @@ class PHACLI(LightningCLI):
         print(f"wrote {path}", flush=True)
 
 
-#: Commands beside LightningCLI's fit/validate/test/predict: name -> module whose ``main(argv)`` runs it.
-EXTRA_COMMANDS: dict[str, str] = {
-    "retrieve": "pha_lightning.cli.retrieve",
-    "export": "pha_lightning.cli.export",
-    "tasks": "pha_lightning.cli.tasks",
-}
+class TasksCLI(PHACLI):
+    """The ``fit`` parser without a subcommand, building nothing: ``pha tasks`` only reads the data settings."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing is built here: the data module is built from ``config.data`` by ``pha tasks``."""
 
 
-#: ``OSError`` numbers that mean the storage, not the program, failed: full, over quota, read-only, broken.
-STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-
-
-def main(args: list[str] | None = None) -> None:
-    """Console entry point of ``pha``."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = sys.argv[1:] if args is None else args
-    try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
-        else:
-            _run_cli(args)
-    except (PHAError, MisconfigurationException) as err:  # Lightning's: a trainer setting that cannot work
-        print(f"pha: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as err:
-        if err.errno not in STORAGE_ERRNOS:
-            raise
-        # a writer that is not pha's own (TensorBoard's event files, Lightning's config.yaml)
-        print(f"pha: error: cannot write {err.filename or 'an output file'}: {err.strerror}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _run_cli(args: list[str] | None) -> None:
+def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
+    """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
+    when the command started) times ``pha predict``'s first prediction."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     PHACLI(
         PHAModule,
         PHADataModule,
         args=args,
+        started_at=started_at,
         seed_everything_default=42,
         trainer_defaults={
             # the temperature batch sampler shards data across ranks itself

@@ -8,6 +8,9 @@ With a configuration (the same ``--config`` files and ``--data.*``/``--model.*``
 reported: its source, rows per split (and what ``n_train``/``val_max_examples`` keep), its labels
 with their counts in the kept train rows, input fields, metrics and the mean token length with the
 configured backbone. A bad spec fails here with the same one-line error as ``fit``.
+
+The listing imports only the task registry; a configuration is parsed by ``pha fit``'s parser,
+which imports Lightning, torch and transformers (and ``datasets`` for a task read from the hub).
 """
 
 from __future__ import annotations
@@ -16,19 +19,13 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from statistics import mean
+from typing import TYPE_CHECKING
 
-from pha_lightning.cli.app import PHACLI, check_run_settings
-from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.specs import FILE_SPLITS, SpecTask
 from pha_lightning.data.tasks import SPLITS, Task, available_tasks, get_task
-from pha_lightning.training.system import PHAModule
 
-
-class TasksCLI(PHACLI):
-    """The ``fit`` parser without a subcommand, building nothing: ``pha tasks`` only reads the data settings."""
-
-    def instantiate_classes(self) -> None:
-        """Nothing is built here: the data module is built from ``config.data`` by :func:`main`."""
+if TYPE_CHECKING:
+    from pha_lightning.data.datamodule import PHADataModule
 
 
 def describe_listed(task: Task) -> str:
@@ -108,6 +105,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "\ntasks of your own: data.task_specs (docs/data.md, 'Your own tasks'); pha tasks --config <config> checks them"
         )
         return
+    print(report(configured_data(argv)), flush=True)
+
+
+def configured_data(argv: list[str]) -> PHADataModule:
+    """The data module of a configuration, parsed and checked as ``pha fit`` would."""
+    from pha_lightning.cli.app import TasksCLI, check_run_settings
+    from pha_lightning.data.datamodule import PHADataModule
+    from pha_lightning.training.system import PHAModule
+
     command_line, sys.argv = sys.argv, ["pha tasks", *argv]  # LightningCLI reads its arguments from sys.argv
     try:
         cli = TasksCLI(PHAModule, PHADataModule, run=False, seed_everything_default=False)
@@ -115,4 +121,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = command_line
     check_run_settings(cli.config)
     settings = {k: v for k, v in cli.config.data.as_dict().items() if not k.startswith("_")}
-    print(report(PHADataModule(**settings)), flush=True)
+    return PHADataModule(**settings)

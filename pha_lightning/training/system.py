@@ -19,7 +19,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from pha_lightning.data.specs import resolve_tasks
 from pha_lightning.errors import ConfigError
@@ -336,6 +335,9 @@ class PHAModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        # imported here: transformers' optimization module imports its Trainer's utilities and peft (~1 s of start-up)
+        from transformers import get_linear_schedule_with_warmup
+
         hp = self.optim_config
         kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(hp.adamw_kernel, {})
         optimizer = torch.optim.AdamW(

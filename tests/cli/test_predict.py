@@ -4,6 +4,7 @@ per input line in input order, the retriever picking (and naming) the task of ex
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ EXAMPLES = [
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     ckpt = trained_checkpoint(tmp_path_factory)
     root = tmp_path_factory.mktemp("predict")
     examples = root / "in.jsonl"
@@ -48,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "predict", f"--ckpt_path={ckpt}", *common, f"--trainer.default_root_dir={root / 'ckpt_run'}", cwd=root
     )
     out_bundle = root / "from_bundle.jsonl"
-    run_pha(
+    from_bundle = run_pha(
         "predict",
         f"--ckpt_path={bundle}",
         *common,
@@ -57,7 +58,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cwd=root,
     )
     assert "wrote 7 predictions to" in from_ckpt.stdout
-    return {"ckpt": ckpt, "bundle": bundle, "examples": examples, "root": root, "out_bundle": out_bundle}
+    return {
+        "ckpt": ckpt,
+        "bundle": bundle,
+        "examples": examples,
+        "root": root,
+        "out_bundle": out_bundle,
+        "bundle_stdout": from_bundle.stdout,
+    }
 
 
 def _rows(path: Path) -> list[dict]:
@@ -85,6 +93,17 @@ def test_one_line_per_input_in_input_order(run: dict[str, Path]) -> None:
     assert rows[0]["label"] == ["0", "1"][rows[0]["prediction"]] and rows[4]["target"] == "1"
     # the run's resolved configuration is saved beside it, as for every run
     assert (default_output.parent / "config.yaml").exists()
+
+
+def test_time_to_first_prediction_is_reported_once_with_its_phases(run: dict) -> None:
+    reports = re.findall(
+        r"first prediction after ([\d.]+) s \(imports ([\d.]+) s, parsing ([\d.]+) s, model load ([\d.]+) s\)",
+        run["bundle_stdout"],
+    )
+    assert len(reports) == 1, run["bundle_stdout"]
+    total, *phases = map(float, reports[0])
+    assert all(phase >= 0 for phase in phases) and total >= sum(phases) - 0.15  # each rounded to 0.1 s
+    assert phases[0] > 0.5  # the imports of torch and Lightning are in it
 
 
 def test_bundle_predictions_equal_checkpoint_predictions(run: dict[str, Path]) -> None:

@@ -16,7 +16,8 @@
   (shorter than ``val_check_interval``), so there is a best checkpoint to test.
 * :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
   validation, so an interrupted run resumes from its latest state, not from its best one.
-* :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order.
+* :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order;
+  :class:`FirstPredictionTime` prints once how long the command took to its first prediction.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 
@@ -26,7 +27,12 @@
 from pha_lightning.training.callbacks.final_validation import FinalValidation
 from pha_lightning.training.callbacks.latest_checkpoint import LatestCheckpoint
 from pha_lightning.training.callbacks.non_finite import NonFiniteGuard, NonFiniteLossError
-from pha_lightning.training.callbacks.prediction_writer import JSONLPredictionWriter, write_jsonl_atomic
+from pha_lightning.training.callbacks.prediction_writer import (
+    FirstPredictionTime,
+    JSONLPredictionWriter,
+    first_prediction_report,
+    write_jsonl_atomic,
+)
 from pha_lightning.training.callbacks.record_examples import RecordTrainingExamples, example_fingerprint
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
 from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjector
@@ -37,6 +43,7 @@ from pha_lightning.training.callbacks.training_health import TrainingHealth
 
 __all__ = [
     "FinalValidation",
+    "FirstPredictionTime",
     "JSONLPredictionWriter",
     "LatestCheckpoint",
     "NonFiniteGuard",
@@ -50,5 +57,6 @@ __all__ = [
     "ValidationRetrievalListener",
     "batch_token_count",
     "example_fingerprint",
+    "first_prediction_report",
     "write_jsonl_atomic",
 ]

@@ -1,0 +1,142 @@
+"""The ``pha`` console entry point: the table of commands, and dispatch to the one asked for.
+
+This module imports only the standard library, so ``pha``, ``pha --help`` and ``pha --version``
+answer at once; torch, Lightning and transformers are imported by the command that needs them
+(``pha fit`` and its siblings by :mod:`pha_lightning.cli.app`). ``pha <command> --help`` is served
+from the help cache (:mod:`pha_lightning.cli.help_cache`) after its first call. docs/usage.md,
+"Start-up", says what each path costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from pha_lightning import __version__
+from pha_lightning.errors import PHAError
+
+
+class Command(NamedTuple):
+    """A command of ``pha``: the module whose ``main(argv)`` runs it, and its line in ``pha --help``."""
+
+    module: str
+    summary: str
+
+
+#: LightningCLI's subcommands over the training system and the data module (:mod:`pha_lightning.cli.app`)
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train on data.tasks; checkpoints select on val/avg (Lightning: runs the full optimization routine)",
+    "validate": "evaluate a checkpoint or bundle on the validation splits; per-task metrics table and JSON",
+    "test": "evaluate a checkpoint or bundle on the test splits; per-task metrics table and JSON",
+    "predict": "predict raw JSONL examples (data.predict_file) or the test splits, from a checkpoint or bundle",
+}
+
+#: Commands beside LightningCLI's fit/validate/test/predict.
+EXTRA_COMMANDS: dict[str, Command] = {
+    "retrieve": Command("pha_lightning.cli.retrieve", "which trained tasks new tasks resemble, by the retriever"),
+    "export": Command("pha_lightning.cli.export", "a checkpoint's portable bundle, or peft / AdapterHub adapters"),
+    "tasks": Command("pha_lightning.cli.tasks", "the built-in tasks; with --config, a configuration's tasks checked"),
+}
+
+DESCRIPTION = "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."
+
+#: ``OSError`` numbers that mean the storage, not the program, failed: full, over quota, read-only, broken.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+HELP_FLAGS: tuple[str, ...] = ("-h", "--help")
+
+
+def command_table() -> argparse.ArgumentParser:
+    """The top-level parser as ``pha --help`` shows it: LightningCLI's options before a subcommand, and
+    every command with its summary. Only ``--help`` and ``--version`` are parsed by it; any other
+    command line goes to its command's own parser."""
+    parser = argparse.ArgumentParser(prog="pha", description=DESCRIPTION)
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="fit/validate/test/predict: a configuration file in json or yaml format (before the command)",
+    )
+    parser.add_argument(
+        "--print_config",
+        metavar="=flags",
+        nargs="?",
+        help="fit/validate/test/predict: print the configuration after applying all other arguments and exit; "
+        "flags: skip_default, skip_unset",
+    )
+    parser.add_argument("--version", action="version", version=f"pha {__version__}")
+    commands = parser.add_subparsers(
+        title="commands", description="`pha <command> --help` lists its options", metavar="<command>"
+    )
+    for name, summary in all_commands().items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def all_commands() -> dict[str, str]:
+    """Every command of ``pha`` and its summary, in the order ``pha --help`` lists them."""
+    return {**LIGHTNING_COMMANDS, **{name: command.summary for name, command in EXTRA_COMMANDS.items()}}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point of ``pha``."""
+    started_at = time.perf_counter()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_command(args, started_at)
+    except Exception as err:
+        if not report_error(err):
+            raise
+        raise SystemExit(2) from None
+
+
+def run_command(args: list[str] | None, started_at: float) -> None:
+    """``pha --help``/``--version`` here; ``pha <command> --help`` through the help cache; the rest by its
+    command. ``args``: the command line after ``pha`` (``None``: ``sys.argv``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv:
+        raise PHAError(f"a command is required, one of {', '.join(all_commands())} (`pha --help` describes them)")
+    if len(argv) == 1 and argv[0] in (*HELP_FLAGS, "--version"):
+        command_table().parse_args(argv)  # prints and exits
+    run = command_runner(argv, args, started_at)
+    if len(argv) == 2 and argv[0] in all_commands() and argv[1] in HELP_FLAGS:
+        from pha_lightning.cli.help_cache import print_help
+
+        print_help(argv[0], run)
+    else:
+        run()
+
+
+def command_runner(argv: list[str], args: list[str] | None, started_at: float) -> Callable[[], None]:
+    """What runs the command line ``argv``: an extra command's ``main``, or the LightningCLI (also for
+    the options before a subcommand, e.g. ``pha -c config.yaml fit``), given ``args`` as they came
+    (LightningCLI warns when given the arguments it would read from ``sys.argv``)."""
+    if argv[0] in EXTRA_COMMANDS:
+        return lambda: importlib.import_module(EXTRA_COMMANDS[argv[0]].module).main(argv[1:])
+    return lambda: importlib.import_module("pha_lightning.cli.app").run_cli(args, started_at)
+
+
+def report_error(err: Exception) -> bool:
+    """Print a user error as one ``pha: error: …`` line; ``False`` for a bug (it keeps its traceback)."""
+    if is_user_error(err):
+        print(f"pha: error: {err}", file=sys.stderr)
+    elif isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        # a writer that is not pha's own (TensorBoard's event files, Lightning's config.yaml)
+        print(f"pha: error: cannot write {err.filename or 'an output file'}: {err.strerror}", file=sys.stderr)
+    else:
+        return False
+    return True
+
+
+def is_user_error(err: Exception) -> bool:
+    """A :class:`PHAError`, or Lightning's ``MisconfigurationException`` (a trainer setting that cannot
+    work). Lightning's module is looked up, not imported: when it is not loaded, nothing raised it."""
+    lightning_errors = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return isinstance(err, PHAError) or (
+        lightning_errors is not None and isinstance(err, lightning_errors.MisconfigurationException)
+    )
