@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,13 @@ from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import (
     CHECKPOINT_VERSION,
     CHECKPOINT_VERSION_KEY,
+    FLAT_TRAINING_SETTINGS,
     OLD_BUNDLE_WEIGHTS_NAME,
     upgrade_checkpoint,
 )
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.checkpoints import read_checkpoint
-from pha_lightning.training.settings import LossConfig
+from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule, load_system
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
@@ -35,7 +37,17 @@ def version_1(hyper_parameters: dict) -> dict:
     arch = dict(hyper_parameters["arch"])
     flat = {key: value for key, value in arch.items() if key not in ("task_specs", "retriever")}
     flat["portable_task_specs"] = arch["task_specs"]
-    return {**flat, **hyper_parameters["loss"], **hyper_parameters["optim"], "transfer": hyper_parameters["transfer"]}
+    training = {**hyper_parameters["loss"], **hyper_parameters["optim"]}
+    # version 1 had only these training settings; later ones take their defaults (the released behaviour)
+    training = {key: value for key, value in training.items() if key in FLAT_TRAINING_SETTINGS}
+    return {**flat, **training, "transfer": hyper_parameters["transfer"]}
+
+
+def with_defaults(hyper_parameters: dict) -> dict:
+    """Grouped settings with every loss and optimiser setting a checkpoint lacks at its default, as
+    :class:`PHAModule` builds them."""
+    groups = {"loss": asdict(LossConfig()), "optim": asdict(OptimConfig())}
+    return {**hyper_parameters, **{name: {**groups[name], **hyper_parameters[name]} for name in groups}}
 
 
 def old_checkpoint(system: PHAModule, drop: tuple[str, ...] = ()) -> dict:
@@ -61,8 +73,8 @@ def test_a_version_1_checkpoint_upgrades_to_the_grouped_settings(tmp_path_factor
     old = {**current, "hyper_parameters": version_1(current["hyper_parameters"])}
     del old[CHECKPOINT_VERSION_KEY]
     upgraded = upgrade_checkpoint(old)
-    assert upgraded["hyper_parameters"] == current["hyper_parameters"]
-    assert upgrade_checkpoint(upgraded)["hyper_parameters"] == current["hyper_parameters"]  # idempotent
+    assert with_defaults(upgraded["hyper_parameters"]) == with_defaults(current["hyper_parameters"])
+    assert upgrade_checkpoint(upgraded)["hyper_parameters"] == upgraded["hyper_parameters"]  # idempotent
 
 
 def test_the_retriever_of_a_version_1_checkpoint_follows_its_loss_weights() -> None:

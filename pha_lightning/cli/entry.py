@@ -45,6 +45,9 @@ EXTRA_COMMANDS: dict[str, Command] = {
 }
 
 DESCRIPTION = "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."
+#: the sharded strategy's name is training.sharding.STRATEGY_NAME; LightningCLI's help shows it too, and
+#: tests/cli/test_startup.py checks that this table names every option that help does
+SHARDING_HINT = "Sharded training of big backbones: --trainer.strategy=pha_fsdp (docs/production.md)."
 
 #: ``OSError`` numbers that mean the storage, not the program, failed: full, over quota, read-only, broken.
 STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
@@ -56,7 +59,7 @@ def command_table() -> argparse.ArgumentParser:
     """The top-level parser as ``pha --help`` shows it: LightningCLI's options before a subcommand, and
     every command with its summary. Only ``--help`` and ``--version`` are parsed by it; any other
     command line goes to its command's own parser."""
-    parser = argparse.ArgumentParser(prog="pha", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="pha", description=f"{DESCRIPTION} {SHARDING_HINT}")
     parser.add_argument(
         "-c",
         "--config",
