@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.specs import parse_specs, portable_specs
@@ -49,6 +49,7 @@ from pha_lightning.data.tasks import get_task
 from pha_lightning.hub import backbone_family
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import feature_spread
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
@@ -147,16 +148,10 @@ def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespa
     data = target_data(target, k, seed, args, batch_size=min(k, args.batch_size))
     model = build_model(variant, target, args)
     start = time.time()
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=args.steps,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        use_distributed_sampler=False,
         limit_test_batches=args.test_batches,
     )
     trainer.fit(model, datamodule=data)

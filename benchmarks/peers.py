@@ -162,8 +162,10 @@ def flops_of(run) -> float:
 
 def our_worker(spec: dict) -> dict:
     """Train and evaluate the project's system on the prepared batches, in this process."""
-    from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch import Callback
     from torch.utils.data import DataLoader
+
+    from pha_lightning.training.scripting import quiet_trainer
 
     folder = Path(spec["folder"])
     batches, evaluation = torch.load(folder / "train.pt"), torch.load(folder / "eval.pt")
@@ -183,16 +185,11 @@ def our_worker(spec: dict) -> dict:
             steps.append({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu})
             steps[-1] |= {"real_tokens": int(mask.sum()), "padded_tokens": mask.numel()}
 
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=1,
         max_steps=len(batches),
         gradient_clip_val=1.0,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=[StepTimer()],
     )

@@ -13,12 +13,13 @@ import argparse
 import tempfile
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from transformers import T5Config
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import load_tokenizer
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 
@@ -59,16 +60,10 @@ def main() -> None:
             optim=OptimConfig(learning_rate=1e-3, warmup_steps=20),
         )
         data = PHADataModule(tasks=TASKS, backbone=backbone, batch_size=32, max_source_length=48, temperature=2.0)
-        trainer = Trainer(
-            accelerator="cpu",
+        trainer = quiet_trainer(
             max_steps=args.steps,
-            logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             limit_val_batches=0,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
         )
         trainer.fit(model, datamodule=data)
         results, predictions = {}, {}

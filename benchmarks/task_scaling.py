@@ -82,11 +82,12 @@ def directory_size(path: Path) -> int:
 def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
     """Train, validate and save one (N, method) in this process; return its row."""
     import torch
-    from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch import Callback
 
     from pha_lightning.data.datamodule import PHADataModule
     from pha_lightning.data.specs import portable_specs
     from pha_lightning.model.config import PHAConfig
+    from pha_lightning.training.scripting import quiet_trainer
     from pha_lightning.training.settings import LossConfig, OptimConfig
     from pha_lightning.training.system import PHAModule
 
@@ -133,15 +134,11 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
     )
     system = PHAModule(arch, loss=loss, optim=OptimConfig(warmup_steps=0))
     timer = StepTimer()
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=1,
         max_steps=args.warmup + args.steps,
         limit_val_batches=0,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         gradient_clip_val=1.0,
         callbacks=[timer],
     )

@@ -30,9 +30,9 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return _CACHE["ckpt"]
     from lightning.pytorch import seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from trainers import quiet_trainer
 
     from pha_lightning.data.datamodule import PHADataModule
+    from pha_lightning.training.scripting import quiet_trainer
     from pha_lightning.training.system import PHAModule
 
     root = tmp_path_factory.mktemp("trained")

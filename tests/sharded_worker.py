@@ -23,12 +23,12 @@ import torch.distributed as dist
 from lightning.pytorch import seed_everything
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.sharding import full_tensor, shard_model
 from pha_lightning.training.callbacks import RetrieverTaskAccuracy, TrainingHealth
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.sharding import PHAShardedStrategy
 from pha_lightning.training.system import PHAModule
 

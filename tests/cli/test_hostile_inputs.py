@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, tiny_fit_args, trained_checkpoint
-from trainers import quiet_trainer
 from transformers import GPT2Config
 
 from pha_lightning import PHAModel
@@ -30,6 +29,7 @@ from pha_lightning.errors import ConfigError, DataError, PHAError
 from pha_lightning.model.bundle import WEIGHTS_NAME
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import NonFiniteGuard, NonFiniteLossError
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig

@@ -121,7 +121,8 @@ def test_console_export_of_a_trained_lora_checkpoint(tmp_path: Path) -> None:
     """`pha export --format peft` of a checkpoint (3 training steps of PHA-LoRA): each task's peft
     adapter and head give the checkpoint's own head outputs."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from trainers import quiet_trainer
+
+    from pha_lightning.training.scripting import quiet_trainer
 
     seed_everything(0)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)

@@ -319,10 +319,10 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
     precomputed LoRA factors) and the trained model predict the same; raw examples without a task
     are routed by the retriever."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from trainers import quiet_trainer
 
     from pha_lightning import PHAModel
     from pha_lightning.cli.export import export_checkpoint
+    from pha_lightning.training.scripting import quiet_trainer
 
     seed_everything(0)
     data = PHADataModule(tasks=TASKS, n_train=16, batch_size=8, eval_batch_size=16, max_source_length=32)

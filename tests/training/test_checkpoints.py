@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
-from trainers import quiet_trainer
 
 from pha_lightning.training.callbacks import LatestCheckpoint
+from pha_lightning.training.scripting import quiet_trainer
 
 
 class WorseEveryValidation(BoringModel):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
 from production_fixtures import logged_scalars, pha_env, run_pha, tiny_fit_args
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains with two DDP processes

@@ -10,7 +10,6 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from torch.nn import functional as F
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
@@ -19,6 +18,7 @@ from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import GeneratedLoRA
 from pha_lightning.training.health import between_task_spread, health_report
 from pha_lightning.training.losses import between_task_similarity
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
 

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from lightning.pytorch import seed_everything
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.config import PHAConfig
@@ -19,6 +18,7 @@ from pha_lightning.training.health import (
     health_warnings,
     one_step_change,
 )
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains and probes MiniLM models

@@ -11,11 +11,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from production_fixtures import MAX_SOURCE_LENGTH, TASKS, trained_checkpoint
 from torch.nn import functional as F
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import RetrievalProjector, RetrieverTaskAccuracy, Throughput, batch_token_count
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 

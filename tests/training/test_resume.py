@@ -19,12 +19,12 @@ import torch
 from lightning.pytorch import Callback
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
 from production_fixtures import PHA, logged_scalars, pha_env_with_tests, tiny_fit_args
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.sampling import TemperatureBatchSampler
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import StepSeed
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 

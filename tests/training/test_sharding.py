@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from production_fixtures import pha_env_with_tests, run_pha
+from production_fixtures import pha_env, run_pha
 
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.checkpoints import read_checkpoint
@@ -26,7 +26,7 @@ WORKER = Path(__file__).parent.parent / "sharded_worker.py"
 @pytest.fixture(scope="module", params=["t5", "bert"])
 def sharded_run(request: pytest.FixtureRequest, pretrained_tiny: dict[str, str], tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp(f"sharded_{request.param}")
-    env = {**pha_env_with_tests(), "OMP_NUM_THREADS": "1"}  # the tests folder importable: trainers.py
+    env = {**pha_env(), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER)]
     result = subprocess.run(
         [*command, pretrained_tiny[request.param], str(out)], env=env, capture_output=True, text=True, timeout=600

@@ -8,10 +8,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.nn import functional as F
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from trainers import quiet_trainer
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks, prototype_scores
