@@ -36,6 +36,7 @@ from pha_lightning.model.bundle import is_bundle, read_bundle_config
 from pha_lightning.model.config import PHAConfig, trains_retriever
 from pha_lightning.model.migration import check_model_section, renamed_model_setting
 from pha_lightning.training.callbacks import (
+    DataSizeAdvice,
     FinalValidation,
     LatestCheckpoint,
     NonFiniteGuard,
@@ -472,6 +473,7 @@ def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
                 RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
                 TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
+                DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size
             ],
         },
         # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it

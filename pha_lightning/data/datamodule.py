@@ -572,11 +572,15 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             raise RuntimeError(f"the {split} split is not set up; call setup() for a stage that uses it first")
         return self.datasets[split]
 
+    def train_sizes(self) -> list[int]:
+        """Each task's number of training examples (after ``n_train`` / ``percent_train``), in task order."""
+        return [len(dataset) for dataset in self._split("train")]
+
     def train_dataloader(self) -> DataLoader:
         train = self._split("train")
         attached = self.trainer is not None
         sampler = TemperatureBatchSampler(
-            [len(dataset) for dataset in train],
+            self.train_sizes(),
             batch_size=self.batch_size,
             temperature=self.temperature,
             mode=self.sampling,

@@ -44,7 +44,7 @@ def _metrics(path: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    run_pha(
+    result = run_pha(
         "fit",
         *TINY,
         "--trainer.max_steps=8",
@@ -54,7 +54,15 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"--trainer.default_root_dir={root}",
         cwd=root,
     )
+    (root / "fit_output.txt").write_text(result.stdout + result.stderr)
     return root
+
+
+def test_fit_advises_once_on_the_adapter_kind_for_its_examples_per_task(fitted: Path) -> None:
+    """64 examples per task with PHA's default bottleneck adapters: the side where generated LoRA was ahead."""
+    output = (fitted / "fit_output.txt").read_text()
+    assert output.count("at 64 training examples per task (median over 2 tasks)") == 1, output[-3000:]
+    assert "--model.arch.adapter_kind=lora" in output
 
 
 def _checkpoint(root: Path, which: str) -> Path:

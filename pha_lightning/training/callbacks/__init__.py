@@ -1,4 +1,4 @@
-"""Callbacks for production runs, one a module; the ``pha`` command adds the first six to every Trainer.
+"""Callbacks for production runs, one a module; the ``pha`` command adds the first eight to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
@@ -12,6 +12,8 @@
 * :class:`TrainingHealth` — after each validation and at the end of ``fit``: adapter/residual
   ratios, adapter norms, prototype shift and feature collapse (:mod:`pha_lightning.training.health`), logged
   to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
+* :class:`DataSizeAdvice` — says once, at the start of ``fit``, when the training examples per task
+  fall where PHA's other generated adapter kind was measured ahead (:mod:`pha_lightning.training.size_advice`).
 * :class:`FinalValidation` — validates after the last step of a run in which no validation ran
   (shorter than ``val_check_interval``), so there is a best checkpoint to test.
 * :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
@@ -37,11 +39,13 @@ from pha_lightning.training.callbacks.record_examples import RecordTrainingExamp
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
 from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjector
 from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAccuracy
+from pha_lightning.training.callbacks.size_advice import DataSizeAdvice
 from pha_lightning.training.callbacks.step_seed import StepSeed
 from pha_lightning.training.callbacks.throughput import Throughput, batch_token_count
 from pha_lightning.training.callbacks.training_health import TrainingHealth
 
 __all__ = [
+    "DataSizeAdvice",
     "FinalValidation",
     "FirstPredictionTime",
     "JSONLPredictionWriter",
