@@ -1,5 +1,5 @@
 # Entry points: `make demo` (train PHA on the built-in offline suite), `make test` (lint, then every
-# test: what CI runs), `make quick` (lint, then the tests not marked slow: under a minute).
+# test, one worker per core: what CI runs), `make quick` (lint, then the tests not marked slow: under a minute).
 # Both create or reuse a virtual environment in $(VENV) and install what they need.
 #
 # TORCH_SPEC picks the torch build installed before the project. The default pins the CPU build
@@ -34,8 +34,12 @@ lint: install
 	$(BIN)/ruff check pha_lightning tests benchmarks
 	$(BIN)/ruff format --check pha_lightning tests benchmarks
 
+# The whole suite runs on TEST_WORKERS processes (pytest-xdist; one file stays on one worker, so a
+# file's shared fixtures train once), one BLAS thread each so the workers do not oversubscribe the cores.
+TEST_WORKERS ?= auto
+
 test: lint
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 quick: lint
 	$(BIN)/python -m pytest -q -m "not slow"
