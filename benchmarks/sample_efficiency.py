@@ -28,8 +28,9 @@ run at in the output directory (an edge check adds a candidate, never hides one)
 variants (:data:`PHA_VARIANTS`) and the ``+label_words`` variants take their base method's rate
 (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
-``table.md`` adds paired differences (PHA − each baseline, same seeds) and a per-run table that
-marks collapsed runs.
+``table.md`` adds paired differences (PHA − each baseline, same seeds; ``--pair-with`` pairs a
+chosen variant with every method, ``--with-runs`` reports another folder's rows too) and a per-run
+table that marks collapsed runs.
 """
 
 from __future__ import annotations
@@ -252,7 +253,9 @@ def summarise(rows: list[dict]) -> dict[tuple[str, int], dict[str, list[float]]]
     return groups
 
 
-def write_table(rows: list[dict], path: Path) -> str:
+def write_table(rows: list[dict], path: Path, candidates: tuple[str, ...] = ()) -> str:
+    """``table.md``: per-task means, paired differences (:func:`paired_cells`, ``candidates`` also
+    paired with every other method) and one line per run."""
     groups = summarise(rows)
     tasks = sorted({t for cell in groups.values() for t in cell if t != "avg"})
     params = {row["method"]: row["trainable_params"] for row in rows}
@@ -266,9 +269,9 @@ def write_table(rows: list[dict], path: Path) -> str:
     )
     text += (
         "\n\n"
-        + paired_differences(rows)
+        + paired_differences(rows, candidates=candidates)
         + "\n\n"
-        + paired_task_differences(rows)
+        + paired_task_differences(rows, candidates=candidates)
         + "\n\nEvery run (collapsed: its health report warned, docs/training_health.md):\n\n"
         + runs_table(rows)
     )
@@ -290,12 +293,16 @@ def references_for(method: str) -> tuple[str, ...]:
     return ("pha",) if is_pha_family(method) else ("pha", "pha_lora")
 
 
-def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, str, list[int]]]:
+def paired_cells(
+    keys: set[tuple[str, int, int]], candidates: tuple[str, ...] = ()
+) -> Iterator[tuple[int, str, str, list[int]]]:
     """``(n_train, reference, baseline, seeds)`` for every baseline run on some of a reference's
-    seeds (:func:`references_for`) at that n_train; ``keys`` are the runs' ``(method, n_train, seed)``."""
+    seeds (:func:`references_for`, and every method against each of ``candidates``, a variant
+    that is to be compared with all of them) at that n_train; ``keys`` are the runs'
+    ``(method, n_train, seed)``."""
     for n_train in sorted({n for _, n, _ in keys}):
         for method in sorted({m for m, n, _ in keys if n == n_train}):
-            for reference in references_for(method):
+            for reference in dict.fromkeys((*references_for(method), *candidates)):
                 if method == reference:
                     continue
                 seeds = sorted(s for m, n, s in keys if m == method and n == n_train and (reference, n, s) in keys)
@@ -303,7 +310,7 @@ def paired_cells(keys: set[tuple[str, int, int]]) -> Iterator[tuple[int, str, st
                     yield n_train, reference, method, seeds
 
 
-def paired_differences(rows: list[dict], tie: float = 0.5) -> str:
+def paired_differences(rows: list[dict], tie: float = 0.5, candidates: tuple[str, ...] = ()) -> str:
     """Per n_train, each PHA variant − its baselines on the same seeds (:func:`paired_cells`): mean
     difference of the test average, and wins / ties / losses (|difference| < ``tie`` is a tie)."""
     scores = {(r["method"], r["n_train"], r["seed"]): r["test"]["test/avg"] for r in rows}
@@ -313,7 +320,7 @@ def paired_differences(rows: list[dict], tie: float = 0.5) -> str:
         "| n_train | PHA variant | baseline | seeds | mean d | per seed | wins / ties / losses |",
         "|---|---|---|---|---|---|---|",
     ]
-    for n_train, reference, method, seeds in paired_cells(set(scores)):
+    for n_train, reference, method, seeds in paired_cells(set(scores), candidates):
         diffs = [scores[(reference, n_train, s)] - scores[(method, n_train, s)] for s in seeds]
         wins, ties = sum(d >= tie for d in diffs), sum(abs(d) < tie for d in diffs)
         per_seed = " ".join(f"{d:+.1f}" for d in diffs)
@@ -324,7 +331,7 @@ def paired_differences(rows: list[dict], tie: float = 0.5) -> str:
     return "\n".join(lines)
 
 
-def paired_task_differences(rows: list[dict]) -> str:
+def paired_task_differences(rows: list[dict], candidates: tuple[str, ...] = ()) -> str:
     """Where the paired differences come from: per n_train and pair (:func:`paired_cells`), the
     mean over the shared seeds of PHA variant − baseline on each task's mean test metric."""
     scores = {(r["method"], r["n_train"], r["seed"]): task_scores(r) for r in rows}
@@ -336,7 +343,7 @@ def paired_task_differences(rows: list[dict]) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for n_train, reference, method, seeds in paired_cells(set(scores)):
+    for n_train, reference, method, seeds in paired_cells(set(scores), candidates):
         pairs = [(scores[(reference, n_train, s)], scores[(method, n_train, s)]) for s in seeds]
         cells = [
             f"{statistics.mean(ours[t] - theirs[t] for ours, theirs in pairs):+.1f}"
@@ -498,6 +505,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true", help="only rewrite table.md and plot.png from runs.jsonl")
     parser.add_argument(
+        "--pair-with",
+        nargs="+",
+        default=[],
+        choices=list(METHOD_ARGS),
+        metavar="METHOD",
+        help="in table.md, also pair these methods (e.g. a screening's winner) with every other method",
+    )
+    parser.add_argument(
+        "--with-runs",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="JSONL",
+        help="also report the finished rows of these runs.jsonl files (e.g. a winner's seeds run into "
+        "another folder); a run id in two files is an error",
+    )
+    parser.add_argument(
         "--retest",
         nargs="+",
         default=[],
@@ -572,6 +596,19 @@ def lr_for(method: str, chosen: dict[str, float]) -> float | None:
     return chosen.get(base, chosen.get("pha") if base in (*PHA_VARIANTS, *MECHANISMS) else None)
 
 
+def reported_rows(jsonl: Path, others: list[Path]) -> list[dict]:
+    """The finished rows of ``jsonl`` and of ``others`` (``--with-runs``), each run once."""
+    rows = finished_runs(jsonl)
+    for other in others:
+        if not other.is_file():
+            raise SystemExit(f"--with-runs: no file {other}; give the runs.jsonl of another output folder")
+        for rid, row in finished_runs(other).items():
+            if rid in rows:
+                raise SystemExit(f"--with-runs: run {rid} is in both {other} and an earlier file; report each run once")
+            rows[rid] = row
+    return list(rows.values())
+
+
 def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
     """The rows the report is about: without tuning, all; with it, each method's chosen rate only."""
     chosen = read_chosen(chosen_path)
@@ -602,10 +639,10 @@ def main(argv: list[str] | None = None) -> None:
         # seed outermost: an interrupted grid still has every method and size for the first seeds
         cells = [(m, n, s, lr_for(m, chosen)) for s in args.seeds for n in args.n_train for m in args.methods]
         run_cells(cells, args, jsonl)
-    rows = grid_rows(list(finished_runs(jsonl).values()), args.output_dir / CHOSEN_LR)
+    rows = grid_rows(reported_rows(jsonl, args.with_runs), args.output_dir / CHOSEN_LR)
     if not rows:
         raise SystemExit(f"no finished runs in {jsonl}")
-    print(write_table(rows, args.output_dir / "table.md"))
+    print(write_table(rows, args.output_dir / "table.md", candidates=tuple(args.pair_with)))
     write_plot(rows, args.output_dir / "plot.png")
     if args.screen_against:
         references = grid_rows(list(finished_runs(args.screen_against / "runs.jsonl").values()),

@@ -68,6 +68,36 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
     assert "| pha | pha+label_words |" not in table  # never across output structures
 
 
+def test_a_candidate_is_paired_with_every_method_and_rows_of_two_folders_are_reported_once(tmp_path: Path) -> None:
+    report = _benchmark("sample_efficiency")
+    rows = [
+        _row("pha_quiet", 0, 62.0, (60.0, 60.0)),
+        _row("pha", 0, 60.0, (60.0, 60.0)),
+        _row("pha_lora", 0, 55.0, (55.0, 55.0)),
+        _row("adapter", 0, 50.0, (50.0, 50.0)),
+    ]
+    keys = {(r["method"], 100, 0) for r in rows}
+    pairs = sorted((ref, base) for _, ref, base, _ in report.paired_cells(keys, ("pha_quiet",)))
+    assert [pair for pair in pairs if pair[0] == "pha_quiet"] == [
+        ("pha_quiet", "adapter"),
+        ("pha_quiet", "pha"),
+        ("pha_quiet", "pha_lora"),
+    ]
+    assert ("pha", "pha_quiet") in pairs  # the usual pairs stay
+    table = report.paired_differences(rows, candidates=("pha_quiet",))
+    assert "| 100 | pha_quiet | adapter | 1 | +11.0 | +11.0 | 1 / 0 / 0 |" in table
+    assert "| 100 | pha_quiet | pha_lora | 1 | +6.0 | +6.0 | 1 / 0 / 0 |" in table
+
+    ours, theirs = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    ours.write_text("".join(json.dumps({**r, "run_id": r["method"]}) + "\n" for r in rows[1:]))
+    theirs.write_text(json.dumps({**rows[0], "run_id": "pha_quiet"}) + "\n")
+    assert sorted(r["method"] for r in report.reported_rows(ours, [theirs])) == sorted(r["method"] for r in rows)
+    with pytest.raises(SystemExit, match="run pha is in both"):
+        report.reported_rows(ours, [ours])
+    with pytest.raises(SystemExit, match="no file .*missing.jsonl"):
+        report.reported_rows(ours, [tmp_path / "missing.jsonl"])
+
+
 def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell() -> None:
     def tuned(lr: float, val: float, n_train: int = 100, seed: int = 0) -> dict:
         return {"method": "task_adapter", "n_train": n_train, "seed": seed, "learning_rate": lr, "best_val_avg": val}
