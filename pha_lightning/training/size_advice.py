@@ -1,6 +1,6 @@
 """Which PHA for how many training examples per task: the rule the converged grid backs.
 
-On five GLUE tasks with MiniLM (benchmarks/results/converged, 3 paired seeds), PHA generating LoRA
+On five GLUE tasks with MiniLM (results/converged, 3 paired seeds), PHA generating LoRA
 was ahead of PHA generating bottleneck adapters at 100 examples per task on every seed, and behind
 it at 500 on every seed; between the two sizes nothing was measured, so nothing is advised there.
 docs/method.md, "Which PHA for which data size", gives the numbers.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pha_lightning.model.config import PHAConfig
 
-RESULTS = "benchmarks/results/converged"
+RESULTS = "results/converged"
 
 
 @dataclass(frozen=True)
