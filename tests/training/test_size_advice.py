@@ -51,6 +51,15 @@ def test_nothing_is_advised_where_nothing_was_measured_against_the_run(arch: dic
     assert size_advice(config(**arch), sizes) is None
 
 
+def test_more_tasks_than_the_rule_was_measured_on_get_no_advice() -> None:
+    """Five tasks measured; on 18 the kinds were level at 100 examples per task."""
+    assert size_advice(config(), [100] * 5) is not None
+    assert size_advice(config(), [100] * 6) is None
+    assert size_advice(config(), [100] * 18) is None
+    assert size_advice(config(adapter_kind="lora"), [500] * 18) is None
+    assert size_advice(config(), [100] * 18, SizeRule(tasks_at_most=18)) is not None
+
+
 def test_the_median_over_tasks_and_the_rule_decide() -> None:
     assert size_advice(config(), [20, 100, 5000]) is not None  # median 100
     assert size_advice(config(), [20, 150, 5000]) is None
