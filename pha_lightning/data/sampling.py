@@ -106,6 +106,19 @@ class TemperatureBatchSampler(Sampler[list[int]]):
             self._resume_from = 0
         self.epoch = epoch
 
+    def settings(self) -> dict[str, Any]:
+        """Everything the batch sequence depends on besides the epoch (and the rank, which a run keeps):
+        a resumed run continues the interrupted run's sequence only if these are equal."""
+        return {
+            "task_sizes": list(self.task_sizes),
+            "batch_size": self.batch_size,
+            "temperature": self.temperature,
+            "mode": self.mode,
+            "num_batches": self.num_batches,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+        }
+
     def state_dict(self) -> dict[str, int]:
         """Position in the epoch: resuming skips the batches already yielded.
 

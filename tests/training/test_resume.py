@@ -79,7 +79,19 @@ def test_killed_run_left_a_mid_epoch_checkpoint(runs: dict[str, Path]) -> None:
     ckpt = torch.load(runs["killed_last"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == KILL_AT - 1 and ckpt["epoch"] == 1
     # the batches the loop consumed, not those the fetcher had prefetched
-    assert ckpt["PHADataModule"] == {"train_sampler": {"epoch": 1, "batches_consumed": 2}}
+    assert ckpt["PHADataModule"]["train_sampler"] == {
+        "epoch": 1,
+        "batches_consumed": 2,
+        "settings": {
+            "task_sizes": [6, 6, 6, 6],
+            "batch_size": 4,
+            "temperature": 10.0,
+            "mode": "mixed",
+            "num_batches": 6,
+            "seed": 42,
+            "num_replicas": 1,
+        },
+    }
     assert ckpt["callbacks"]["StepSeed"] == {"seed": 42}
     assert not (first / "checkpoints" / f"step{KILL_AT:06d}.ckpt").exists()
 
@@ -157,6 +169,63 @@ def test_restored_position_and_epoch_reach_the_new_sampler() -> None:
     data.track_train_sampler(end)
     expected.set_epoch(4)
     assert end.epoch == 4 and list(end) == list(expected)
+
+
+def _saved_state(sampler: TemperatureBatchSampler, consumed: int) -> dict:
+    """The data module's checkpoint state after ``consumed`` batches of ``sampler``'s epoch 1."""
+    data = PHADataModule(tasks=TASKS[:2], n_train=16, batch_size=sampler.batch_size, max_source_length=48)
+    data.load_state_dict({"train_sampler": {"epoch": 1, "batches_consumed": consumed}})
+    data.track_train_sampler(sampler)  # the position a run at that point holds, and its sampler
+    return json.loads(json.dumps(data.state_dict()))  # as a checkpoint stores it
+
+
+def test_resume_with_unchanged_batch_settings_is_exact(caplog: pytest.LogCaptureFixture) -> None:
+    state = _saved_state(TemperatureBatchSampler([16, 16], batch_size=4, seed=42), consumed=5)
+    assert state["train_sampler"]["settings"]["batch_size"] == 4
+    data = PHADataModule(tasks=TASKS[:2], n_train=16, batch_size=4, max_source_length=48)
+    data.load_state_dict(state)
+    with caplog.at_level("INFO"):
+        data.track_train_sampler(TemperatureBatchSampler([16, 16], batch_size=4, seed=42))
+    assert "resuming the training batches exactly: epoch 1, batch 5" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("changed", "named", "position"),
+    [
+        ({"batch_size": 8}, "data.batch_size 4 -> 8", 2),  # 5 of 8 batches -> 2.5 of 4, rounded to even
+        ({"seed": 7}, "data.seed 42 -> 7", 5),
+        ({"temperature": 1.0}, "data.temperature 10.0 -> 1.0", 5),
+        ({"mode": "task"}, "data.sampling 'mixed' -> 'task'", 5),
+        ({"num_batches": 16}, "batches per epoch", 10),
+        ({"num_replicas": 2}, "training processes (trainer.devices x trainer.num_nodes) 1 -> 2", 2),
+        ({"task_sizes": [16, 32]}, "training examples per task", 8),
+    ],
+)
+def test_resume_with_changed_batch_settings_warns_and_claims_no_exactness(
+    changed: dict, named: str, position: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = _saved_state(TemperatureBatchSampler([16, 16], batch_size=4, seed=42), consumed=5)
+    settings = {"task_sizes": [16, 16], "batch_size": 4, "seed": 42, **changed}
+    data = PHADataModule(tasks=TASKS[:2], n_train=16, batch_size=settings["batch_size"], max_source_length=48)
+    data.load_state_dict(state)
+    sampler = TemperatureBatchSampler(**settings)
+    with caplog.at_level("INFO"), pytest.warns(UserWarning, match="resuming with changed batch settings") as record:
+        data.track_train_sampler(sampler)
+    (message,) = [str(w.message) for w in record if "changed batch settings" in str(w.message)]
+    assert named in message and "not an exact continuation" in message
+    assert f"epoch 1, batch {position}" in message  # the same share of the epoch, in the new sequence
+    assert sampler.state_dict() == {"epoch": 1, "batches_yielded": position}
+    assert "exactly" not in caplog.text
+
+
+def test_resume_from_a_checkpoint_without_recorded_settings_does_not_claim_exactness(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = PHADataModule(tasks=TASKS[:2], n_train=16, batch_size=4, max_source_length=48)
+    data.load_state_dict({"train_sampler": {"epoch": 1, "batches_consumed": 5}})  # saved by pha-lightning <= 0.x
+    with caplog.at_level("INFO"):
+        data.track_train_sampler(TemperatureBatchSampler([16, 16], batch_size=4, seed=42))
+    assert "exact only if they are unchanged" in caplog.text and "exactly" not in caplog.text
 
 
 def test_step_seed_depends_only_on_the_step() -> None:
