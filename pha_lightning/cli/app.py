@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pha_lightning.cli.entry import EXTRA_COMMANDS, main  # noqa: F401 (main: `from pha_lightning.cli.app import main`)
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
@@ -42,10 +43,12 @@ from pha_lightning.training.callbacks import (
     NonFiniteGuard,
     RetrievalProjector,
     RetrieverTaskAccuracy,
+    SignalStop,
     StepSeed,
     Throughput,
     TrainingHealth,
 )
+from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
 from pha_lightning.training.settings import LossConfig, OptimConfig
@@ -455,6 +458,14 @@ def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
     when the command started) times ``pha predict``'s first prediction."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    try:
+        _run_phacli(args, started_at)
+    except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
+        raise SystemExit(SIGTERM_EXIT) from None
+
+
+def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
+    """PHA's LightningCLI with its trainer defaults (every run's callbacks) and parser settings."""
     PHACLI(
         PHAModule,
         PHADataModule,
@@ -474,6 +485,7 @@ def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
                 TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
                 DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size
+                SignalStop(),  # SIGTERM: stop prediction too; say what was kept and how to resume
             ],
         },
         # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it

@@ -35,7 +35,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from pha_lightning.data.sampling import TemperatureBatchSampler
 
-
 #: The user's settings behind each of :meth:`TemperatureBatchSampler.settings`, for messages.
 SETTING_NAMES: dict[str, str] = {
     "task_sizes": "training examples per task (data.tasks, data.n_train, data.percent_train, the data files)",
@@ -50,7 +49,9 @@ SETTING_NAMES: dict[str, str] = {
 
 def changed_batch_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"<setting> <saved> -> <now>"`` for every sampler setting that differs from the checkpoint's."""
-    return [f"{SETTING_NAMES[key]} {saved.get(key)!r} -> {value!r}" for key, value in now.items() if saved.get(key) != value]
+    return [
+        f"{SETTING_NAMES[key]} {saved.get(key)!r} -> {value!r}" for key, value in now.items() if saved.get(key) != value
+    ]
 
 
 def resume_message(epoch: int, batch: int, changed: list[str], recorded: bool) -> str:

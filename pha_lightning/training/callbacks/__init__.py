@@ -1,4 +1,4 @@
-"""Callbacks for production runs, one a module; the ``pha`` command adds the first eight to every Trainer.
+"""Callbacks for production runs, one a module; the ``pha`` command adds the first nine to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
@@ -16,8 +16,10 @@
   fall where PHA's other generated adapter kind was measured ahead (:mod:`pha_lightning.training.size_advice`).
 * :class:`FinalValidation` — validates after the last step of a run in which no validation ran
   (shorter than ``val_check_interval``), so there is a best checkpoint to test.
+* :class:`SignalStop` — SIGTERM stops prediction as Lightning stops training and evaluation, and the
+  run says what it kept and how to resume; ``pha`` then exits with status 143.
 * :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
-  validation, so an interrupted run resumes from its latest state, not from its best one.
+  validation and at SIGTERM, so an interrupted run resumes from its latest state, not from its best one.
 * :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order;
   :class:`FirstPredictionTime` prints once how long the command took to its first prediction.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
@@ -39,6 +41,7 @@ from pha_lightning.training.callbacks.record_examples import RecordTrainingExamp
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
 from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjector
 from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAccuracy
+from pha_lightning.training.callbacks.signal_stop import SignalStop
 from pha_lightning.training.callbacks.size_advice import DataSizeAdvice
 from pha_lightning.training.callbacks.step_seed import StepSeed
 from pha_lightning.training.callbacks.throughput import Throughput, batch_token_count
@@ -55,6 +58,7 @@ __all__ = [
     "RecordTrainingExamples",
     "RetrievalProjector",
     "RetrieverTaskAccuracy",
+    "SignalStop",
     "StepSeed",
     "Throughput",
     "TrainingHealth",

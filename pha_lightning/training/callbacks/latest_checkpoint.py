@@ -12,7 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` holds the state after every validation.
+    """ModelCheckpoint whose ``last.ckpt`` holds the state after every validation, and after the
+    batch during which the run received SIGTERM (Lightning's loops stop after that batch).
 
     Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is saved, so once the
     monitored metric stops improving, ``last.ckpt`` is the best state, and a resumed run repeats
@@ -53,6 +54,16 @@ class LatestCheckpoint(ModelCheckpoint):
             return os.path.dirname(os.path.realpath(resumed))
         return saved if saved and os.path.isdir(saved) else None
 
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # any rank's signal stops every rank (Lightning broadcasts it before the next batch): all save
+        if self.save_last is not True or trainer.fast_dev_run:
+            return
+        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
+            self._save_latest(trainer)
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ranked = (self.best_model_path, dict(self.best_k_models))
         super().on_validation_end(trainer, pl_module)
@@ -60,6 +71,10 @@ class LatestCheckpoint(ModelCheckpoint):
             return
         if trainer.state.fn != TrainerFn.FITTING or ranked != (self.best_model_path, dict(self.best_k_models)):
             return  # not training, or Lightning wrote last.ckpt with the new top-k checkpoint
+        self._save_latest(trainer)
+
+    def _save_latest(self, trainer: Trainer) -> None:
+        """Write the current state to ``last.ckpt``."""
         self.last_model_path = self.last_model_path or self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
         trainer.save_checkpoint(self.last_model_path)
 

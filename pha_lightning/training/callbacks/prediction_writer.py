@@ -1,10 +1,12 @@
-"""``pha predict``'s output: every prediction row, written once, whole, in input order; and how long
-the command took to its first prediction."""
+"""``pha predict``'s output: every prediction row, written once, whole, in input order (the rows done
+when SIGTERM stopped it: to a ``.partial`` file beside); and how long the command took to its first
+prediction."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +14,12 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pha_lightning.files import atomic_write_text
+
+#: appended to ``--predict_output`` for the rows a prediction stopped by SIGTERM had completed
+PARTIAL_SUFFIX = ".partial"
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
@@ -51,13 +57,29 @@ class JSONLPredictionWriter(BasePredictionWriter):
             self.rows.extend(prediction)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if trainer.is_global_zero:
+            path = write_jsonl_atomic(self.output_path, self.ordered_rows())
+            print(f"wrote {len(self.rows)} predictions to {path}", flush=True)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Stopped by SIGTERM: the complete rows go to ``<output>.partial``, never to the output itself,
+        which only a finished prediction writes."""
+        if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
             return
+        partial = write_jsonl_atomic(f"{self.output_path}{PARTIAL_SUFFIX}", self.ordered_rows())
+        print(
+            f"pha: stopped by SIGTERM after {len(self.rows)} predictions: wrote them to {partial}; "
+            f"{self.output_path} was not written; run the command again to predict every example",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        """The rows in input order when they come from an input file (``index``), else in loader order."""
         rows = self.rows
         if rows and all("index" in row for row in rows):
             rows = sorted(rows, key=lambda row: row["index"])
-        path = write_jsonl_atomic(self.output_path, rows)
-        print(f"wrote {len(rows)} predictions to {path}", flush=True)
+        return rows
 
 
 def first_prediction_report(marks: dict[str, float], now: float) -> str:

@@ -1,0 +1,67 @@
+"""A run stopped by SIGTERM (``kill``, SLURM before preemption or the time limit) says what it kept and
+how to go on; ``pha`` then exits with :data:`SIGTERM_EXIT`, never 0 (docs/production.md, "Signals").
+
+Lightning's signal connector catches SIGTERM and sets ``trainer.received_sigterm``; its training and
+evaluation loops then stop after the current batch by raising ``SIGTERMException``. Its prediction
+loop does not check, so this callback does, after every predicted batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+#: ``pha``'s exit status after SIGTERM: 128 + 15, what a shell reports for a process SIGTERM ended
+SIGTERM_EXIT = 143
+
+
+class SignalStop(Callback):
+    """Stops prediction at SIGTERM as Lightning stops its other loops, and reports every stop by SIGTERM
+    in one line: for ``fit`` the latest checkpoint, its step and the option that resumes from it. The
+    prediction writer reports what prediction kept (:class:`JSONLPredictionWriter`)."""
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.saved_step = int(checkpoint["global_step"])
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            print(f"pha: {self.fit_report(trainer)}", file=sys.stderr, flush=True)
+        elif trainer.state.fn != TrainerFn.PREDICTING:
+            print(
+                f"pha: stopped by SIGTERM during {trainer.state.fn.value}: no metrics were written; run the command again",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def fit_report(self, trainer: Trainer) -> str:
+        """Where the stopped run can resume from, and how."""
+        stopped = f"stopped by SIGTERM at step {trainer.global_step}"
+        callback = trainer.checkpoint_callback
+        path = callback.last_model_path or callback.best_model_path if callback is not None else ""
+        if not path or self.saved_step is None:
+            return f"{stopped}; no checkpoint was written (checkpointing is off or came later), so a new run starts from scratch"
+        return (
+            f"{stopped}; the latest checkpoint {path} holds step {self.saved_step}. To resume, run the same "
+            f"command with --ckpt_path last (or --ckpt_path {path})"
+        )
