@@ -21,13 +21,14 @@ import jsonargparse
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pha_lightning.cli.entry import EXTRA_COMMANDS, main  # noqa: F401 (main: `from pha_lightning.cli.app import main`)
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
+from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.data.specs import parse_specs, portable_specs
@@ -45,6 +46,7 @@ from pha_lightning.training.callbacks import (
     RetrieverTaskAccuracy,
     SignalStop,
     StepSeed,
+    TextProgress,
     Throughput,
     TrainingHealth,
 )
@@ -414,7 +416,8 @@ class PHACLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with PHA's writers unless the configuration names its own: checkpoints written
         atomically (:class:`AtomicCheckpointIO`) and, for the default logger, a version folder claimed
-        atomically (:class:`RunLogger`), so concurrent runs in one folder never share one."""
+        atomically (:class:`RunLogger`), so concurrent runs in one folder never share one; and, when
+        the output is no terminal (a log file), progress as text lines (:class:`TextProgress`)."""
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") in (None, True):
             kwargs.setdefault("logger", RunLogger(trainer.get("default_root_dir") or os.getcwd()))
@@ -422,6 +425,11 @@ class PHACLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        callbacks = trainer.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        bar_chosen = any(isinstance(callback, ProgressBar) for callback in callbacks)
+        if trainer.get("enable_progress_bar") is not False and not bar_chosen and not sys.stdout.isatty():
+            kwargs.setdefault("callbacks", [*callbacks, TextProgress()])  # a bar in a file shows nothing
         return super().instantiate_trainer(**kwargs)
 
     def _quiet_lightning_table(self) -> None:
@@ -458,6 +466,7 @@ def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
     when the command started) times ``pha predict``'s first prediction."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    hide_library_noise()
     try:
         _run_phacli(args, started_at)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept

@@ -1,8 +1,10 @@
 """Predicting raw examples with a :class:`~pha_lightning.model.PHAModel` (README, "Predict on raw examples").
 
 Examples are encoded as in a ``pha predict`` JSONL file; the retriever picks the task of an example
-that names none; every prediction becomes an output row with its label (:func:`label_of`, also what
-``pha predict`` on a test split writes).
+that names none; every prediction becomes an output row (docs/production.md, "Predict on raw
+examples", lists its keys). A row is built from independent parts — where it came from
+(:func:`input_fields`), its task (:func:`task_fields`), the prediction (:func:`prediction_fields`, also
+what ``pha predict`` on a test split writes) — so a new part is one more function.
 """
 
 from __future__ import annotations
@@ -22,13 +24,31 @@ if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
 
 
-def label_of(task: Task, value: float) -> tuple[int | float | None, str | None]:
-    """A prediction as (value, label string): the class index and its name, or the regression value."""
-    if math.isnan(value):
-        return None, None
+def prediction_fields(task: Task, value: float) -> dict[str, Any]:
+    """``prediction`` as a user reads it (the label string; a regression's score) and, for a
+    classification, ``prediction_index`` (the class index); ``None`` for a value that is no prediction
+    (NaN: an invalid generation)."""
     if task.is_regression:
-        return value, f"{value:.3f}"
-    return int(value), task.class_names[int(value)]
+        return {"prediction": None if math.isnan(value) else value}
+    if math.isnan(value):
+        return {"prediction": None, "prediction_index": None}
+    return {"prediction": task.class_names[int(value)], "prediction_index": int(value)}
+
+
+def input_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Which input an output row answers: ``index`` (0-based, non-blank lines), ``line`` and the input's ``id``."""
+    row = {"index": meta["index"], "line": meta["line"]}
+    if "id" in meta:
+        row["id"] = meta["id"]
+    return row
+
+
+def task_fields(task: Task, similarity: float | None) -> dict[str, Any]:
+    """``task``; ``routed`` (the retriever chose it: the input named none) with, if so, the cosine
+    ``task_similarity`` to the chosen prototype."""
+    if similarity is None:
+        return {"task": task.name, "routed": False}
+    return {"task": task.name, "routed": True, "task_similarity": round(similarity, 6)}
 
 
 @torch.no_grad()
@@ -57,14 +77,8 @@ def predict_rows(model: PHAModel, batch: dict[str, Any]) -> list[dict[str, Any]]
     rows = []
     for i, meta in enumerate(batch["meta"]):
         task = model.task_objects[int(task_ids[i])]
-        prediction, label = label_of(task, values[i])
-        row = {"index": meta["index"], "line": meta["line"]}
-        if "id" in meta:
-            row["id"] = meta["id"]
-        row |= {"task": task.name, "task_source": "retriever" if bool(unknown[i]) else "input"}
-        if bool(unknown[i]):
-            row["task_similarity"] = round(float(similarity[i]), 6)
-        row |= {"prediction": prediction, "label": label}
+        routed = float(similarity[i]) if bool(unknown[i]) else None
+        row = input_fields(meta) | task_fields(task, routed) | prediction_fields(task, values[i])
         if "target" in meta:
             row["target"] = meta["target"]
         rows.append(row)

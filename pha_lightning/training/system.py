@@ -28,7 +28,7 @@ from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.model.prediction import label_of, predict_rows
+from pha_lightning.model.prediction import predict_rows, prediction_fields
 from pha_lightning.model.sharding import gathered, is_sharded, shard_model
 from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
 from pha_lightning.training.health import probe_adapters
@@ -207,9 +207,12 @@ class PHAModule(LightningModule):
                 rankings = initialize_new_tasks(
                     self.model, self.transfer, self.trainer.datamodule.task_dataloaders("train")
                 )
-            rank_zero_info(
-                f"transfer ({self.transfer.init}) — source tasks ranked by retrieval:\n{format_rankings(rankings)}"
-            )
+            if rankings:  # init "random" retrieves nothing
+                rank_zero_info(
+                    f"transfer ({self.transfer.init}) — source tasks ranked by retrieval:\n{format_rankings(rankings)}"
+                )
+            else:
+                rank_zero_info(f"transfer ({self.transfer.init}): new tasks' prototypes drawn at random, no retrieval")
         trainable, total = self.model.trainable_parameter_counts()
         rank_zero_info(
             f"{self.model.config.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)"
@@ -293,7 +296,7 @@ class PHAModule(LightningModule):
         rows = []
         for task_id, value, target in zip(batch["task_ids"].tolist(), values.tolist(), batch["targets"].tolist()):
             task = self.model.task_objects[task_id]
-            rows.append({"task": task.name, "prediction": value, "label": label_of(task, value)[1], "target": target})
+            rows.append({"task": task.name, **prediction_fields(task, value), "target": target})
         return rows
 
     def _eval_step(self, batch: dict[str, Tensor], metrics: nn.ModuleDict) -> None:

@@ -101,8 +101,8 @@ def test_python_predict_on_raw_examples(bundle: Path) -> None:
         ]
     )
     assert [r["index"] for r in rows] == [0, 1, 2] and rows[0]["id"] == 7
-    assert rows[0]["label"] in ("0", "1") and rows[2]["task"] == "synth_match"
-    assert rows[1]["task_source"] == "retriever" and rows[1]["task"] in TASKS
+    assert rows[0]["prediction"] in ("0", "1") and rows[2]["task"] == "synth_match"
+    assert rows[1]["routed"] is True and rows[1]["task"] in TASKS
 
 
 def test_save_pretrained_round_trip(bundle: Path, tmp_path: Path, batches: list[dict]) -> None:

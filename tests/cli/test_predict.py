@@ -81,16 +81,14 @@ def test_one_line_per_input_in_input_order(run: dict[str, Path]) -> None:
     assert rows[0]["id"] == "a" and rows[3]["id"] == 4 and "id" not in rows[1]
     for row, example in zip(rows, inputs):
         if "task" in example:
-            assert row["task"] == example["task"] and row["task_source"] == "input" and "task_similarity" not in row
+            assert row["task"] == example["task"] and row["routed"] is False and "task_similarity" not in row
         else:
-            assert row["task_source"] == "retriever" and row["task"] in TASKS and -1 <= row["task_similarity"] <= 1
-    score = rows[2]
-    assert (
-        score["target"] == 5.0
-        and isinstance(score["prediction"], float)
-        and score["label"] == f"{score['prediction']:.3f}"
-    )
-    assert rows[0]["label"] == ["0", "1"][rows[0]["prediction"]] and rows[4]["target"] == "1"
+            assert row["routed"] is True and row["task"] in TASKS and -1 <= row["task_similarity"] <= 1
+        assert "label" not in row and "task_source" not in row  # the input's gold label is `target`
+    score = rows[2]  # a regression: the predicted score, a JSON number; no class index
+    assert score["target"] == 5.0 and isinstance(score["prediction"], float) and "prediction_index" not in score
+    # a classification: the predicted label string, and its class index
+    assert rows[0]["prediction"] == ["0", "1"][rows[0]["prediction_index"]] and rows[4]["target"] == "1"
     # the run's resolved configuration is saved beside it, as for every run
     assert (default_output.parent / "config.yaml").exists()
 
@@ -131,6 +129,6 @@ def test_retriever_picks_the_nearest_prototype(run: dict[str, Path]) -> None:
             expected[index] = (TASKS[int(scores.argmax())], float(scores.max()))
     predicted = _rows(run["out_bundle"])
     for row in predicted:
-        if row["task_source"] == "retriever":
+        if row["routed"]:
             task, similarity = expected[row["index"]]
             assert row["task"] == task and row["task_similarity"] == pytest.approx(similarity, abs=1e-5)

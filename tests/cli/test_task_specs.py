@@ -191,7 +191,7 @@ def test_a_bundle_predicts_spec_tasks_without_the_spec(project: Path, tmp_path: 
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert rows[0]["label"] in ("negative", "positive") and rows[1]["label"] in ("person", "place", "number")
+    assert rows[0]["prediction"] in ("negative", "positive") and rows[1]["prediction"] in ("person", "place", "number")
     assert rows[1]["target"] == "place"
     (empty / "in.jsonl").write_text("".join(json.dumps(example) + "\n" for example in examples))
     run_pha(
@@ -203,7 +203,7 @@ def test_a_bundle_predicts_spec_tasks_without_the_spec(project: Path, tmp_path: 
         cwd=empty,
     )
     served = [json.loads(line) for line in (empty / "out.jsonl").read_text().splitlines()]
-    assert [row["label"] for row in served] == [row["label"] for row in rows]
+    assert [row["prediction"] for row in served] == [row["prediction"] for row in rows]
 
 
 def test_transfer_to_a_new_spec_task_and_retrieve_it(project: Path, tmp_path: Path) -> None:

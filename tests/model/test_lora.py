@@ -356,7 +356,7 @@ def test_pha_lora_checkpoint_bundle_and_predict_round_trip(tmp_path) -> None:
     for other in (loaded.model, served, plain):
         torch.testing.assert_close(other.predict_values(batch), expected, rtol=0, atol=0)
     rows = served.predict([{"sentence": "the red cat near the park was lovely"}])
-    assert rows[0]["task_source"] == "retriever" and rows[0]["task"] in TASKS
+    assert rows[0]["routed"] is True and rows[0]["task"] in TASKS
     transfer_from_lora_checkpoint(str(ckpt))
 
 

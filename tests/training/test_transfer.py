@@ -166,6 +166,14 @@ def test_pha_retrieve_ranks_and_writes_vectors_and_picture(source_ckpt: str, tmp
     assert (tmp_path / "retrieval.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_random_init_says_so_instead_of_an_empty_ranking(source_ckpt: str, caplog: pytest.LogCaptureFixture) -> None:
+    model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(source_ckpt, init="random"))
+    with caplog.at_level("INFO"):
+        _trainer(1, enable_checkpointing=False).fit(model, datamodule=_support(8))
+    assert "transfer (random): new tasks' prototypes drawn at random, no retrieval" in caplog.text
+    assert "ranked by retrieval" not in caplog.text
+
+
 def test_transfer_through_pha_fit(source_ckpt: str, tmp_path: Path) -> None:
     out = _pha(
         "fit",

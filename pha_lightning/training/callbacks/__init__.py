@@ -22,6 +22,8 @@
   validation and at SIGTERM, so an interrupted run resumes from its latest state, not from its best one.
 * :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order;
   :class:`FirstPredictionTime` prints once how long the command took to its first prediction.
+* :class:`TextProgress` — progress as plain lines (step, loss, examples/s, time left) where ``pha``'s
+  output is no terminal (a log file), in place of a bar that a file shows only at the end.
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 
@@ -44,6 +46,7 @@ from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAcc
 from pha_lightning.training.callbacks.signal_stop import SignalStop
 from pha_lightning.training.callbacks.size_advice import DataSizeAdvice
 from pha_lightning.training.callbacks.step_seed import StepSeed
+from pha_lightning.training.callbacks.text_progress import TextProgress
 from pha_lightning.training.callbacks.throughput import Throughput, batch_token_count
 from pha_lightning.training.callbacks.training_health import TrainingHealth
 
@@ -60,6 +63,7 @@ __all__ = [
     "RetrieverTaskAccuracy",
     "SignalStop",
     "StepSeed",
+    "TextProgress",
     "Throughput",
     "TrainingHealth",
     "ValidationRetrievalListener",
