@@ -59,9 +59,10 @@ class SignalStop(Callback):
         stopped = f"stopped by SIGTERM at step {trainer.global_step}"
         callback = trainer.checkpoint_callback
         path = callback.last_model_path or callback.best_model_path if callback is not None else ""
-        if not path or self.saved_step is None:
-            return f"{stopped}; no checkpoint was written (checkpointing is off or came later), so a new run starts from scratch"
+        if not path:
+            return f"{stopped}; no checkpoint was written (checkpointing is off), so a new run starts from scratch"
+        held = f" holds step {self.saved_step}" if self.saved_step is not None else ""  # None: saved by an earlier run
         return (
-            f"{stopped}; the latest checkpoint {path} holds step {self.saved_step}. To resume, run the same "
-            f"command with --ckpt_path last (or --ckpt_path {path})"
+            f"{stopped}; the latest checkpoint {path}{held}. To resume, run the same command with "
+            f"--ckpt_path last (or --ckpt_path {path})"
         )

@@ -38,6 +38,7 @@ class TextProgress(ProgressBar):
         self.last_line = -math.inf
         self.done = 0  # batches of the current validate/test/predict command
         self.first_step = 0  # the global step training started (or resumed) at
+        self.total_steps: float = math.inf  # of the whole run (inf: unbounded)
 
     def disable(self) -> None:
         self.enabled = False
@@ -67,18 +68,17 @@ class TextProgress(ProgressBar):
     # ------------------------------------------------------------------ fit
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.restart_clock()
-        self.first_step = trainer.global_step
+        self.first_step, self.total_steps = trainer.global_step, trainer.estimated_stepping_batches
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        total = trainer.estimated_stepping_batches
-        if self.due(last=trainer.global_step >= total):
-            self.print(self.train_line(trainer, total), flush=True)
+        if self.due(last=trainer.global_step >= self.total_steps):
+            self.print(self.train_line(trainer), flush=True)
 
-    def train_line(self, trainer: Trainer, total: float) -> str:
+    def train_line(self, trainer: Trainer) -> str:
         """``step 40/400 | loss 0.8123 | 31.2 examples/s | 0:01:05 elapsed, ~0:09:45 left``"""
-        step, metrics = trainer.global_step, trainer.callback_metrics
+        step, metrics, total = trainer.global_step, trainer.callback_metrics, self.total_steps
         parts = [f"step {step}/{total if math.isfinite(total) else '?'}"]
         if "train/loss" in metrics:
             parts.append(f"loss {float(metrics['train/loss']):.4f}")
