@@ -31,7 +31,9 @@ class DropAdvertisements(logging.Filter):
 
 def hide_library_noise() -> None:
     """Install the filters of the rule above, for this process (the ``pha`` command, not the Python API)."""
-    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(DropAdvertisements())
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    if not any(isinstance(known, DropAdvertisements) for known in logger.filters):  # once, however often pha runs
+        logger.addFilter(DropAdvertisements())
     if sys.warnoptions:  # the user chose which warnings to see
         return
     for category in (DeprecationWarning, FutureWarning):
