@@ -31,7 +31,7 @@ from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_con
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
-from pha_lightning.data.specs import parse_specs, portable_specs
+from pha_lightning.data.specs import parse_specs, portable_data_settings, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
@@ -192,6 +192,39 @@ def check_option_names(argv: list[str]) -> None:
             raise ConfigError(f"--{key} is {renamed} (settings are grouped by concern: see docs/migration.md)")
 
 
+def check_predict_output(output: str, predict_file: str | None, ckpt_path: str | None, overwrite: bool) -> None:
+    """``--predict_output`` must be a file that writing cannot destroy something else with: not the
+    input file, not the checkpoint or inside the bundle being served, and, unless ``overwrite``, no
+    existing file (predictions of an earlier run)."""
+    path = Path(output).expanduser().absolute()
+    if path.is_dir():
+        raise ConfigError(
+            f"predict_output {str(path)!r} is a directory; give the JSONL file to write, e.g. {str(path / 'predictions.jsonl')!r}"
+        )
+    if predict_file and same_file(path, Path(predict_file)):
+        raise ConfigError(
+            f"predict_output {str(path)!r} is the input file data.predict_file: writing it would destroy the "
+            "examples; give another file"
+        )
+    if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+        served = Path(ckpt_path).expanduser().resolve()
+        if same_file(path, served) or (served.is_dir() and path.resolve().is_relative_to(served)):
+            raise ConfigError(
+                f"predict_output {str(path)!r} is inside {str(served)!r}, the model being served (ckpt_path); "
+                "write the predictions outside it"
+            )
+    if path.exists() and not overwrite:
+        raise ConfigError(f"predict_output {str(path)!r} exists; pass --overwrite to replace it, or give another file")
+    ensure_writable_dir(path.parent, "the directory of predict_output")
+
+
+def same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file (also through links); paths that do not exist yet are compared resolved."""
+    if path.exists() and other.exists():
+        return os.path.samefile(path, other)
+    return path.resolve() == other.expanduser().resolve()
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
 
@@ -249,6 +282,14 @@ class PHACLI(LightningCLI):
             type=str | None,
             default=None,
             help="predict: the JSONL file to write predictions to (default: <log_dir>/predictions.jsonl).",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            nargs="?",
+            const=True,  # `--overwrite` alone, as pha export takes it
+            default=False,
+            help="predict: replace predict_output if it exists (without it, an existing file is refused).",
         )
 
     def after_fit(self) -> None:
@@ -327,7 +368,8 @@ class PHACLI(LightningCLI):
             for key, value in (saved["hyper_parameters"].get(group) or {}).items()
             if not (group == "arch" and key in linked)
         }
-        defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in ("_instantiator", "backbone")})
+        # what the run's machine read and wrote (data_dir, cache_dir, predict_file) is not this machine's
+        defaults.update({f"data.{k}": v for k, v in portable_data_settings(saved["data"]).items() if k != "backbone"})
         if not saved["data"].get("task_specs") and saved["hyper_parameters"]["arch"].get("task_specs"):
             defaults["data.task_specs"] = saved["hyper_parameters"]["arch"]["task_specs"]  # a bundle: no files
         for key, value in defaults.items():
@@ -406,12 +448,9 @@ class PHACLI(LightningCLI):
         if dirpath:
             ensure_writable_dir(dirpath, "checkpoint.dirpath")
         if self.subcommand == "predict" and config.get("predict_output"):
-            output = Path(config.predict_output).expanduser().absolute()
-            if output.is_dir():
-                raise ConfigError(
-                    f"predict_output {str(output)!r} is a directory; give the JSONL file to write, e.g. {str(output / 'predictions.jsonl')!r}"
-                )
-            ensure_writable_dir(output.parent, "the directory of predict_output")
+            check_predict_output(
+                config.predict_output, config.data.get("predict_file"), config.get("ckpt_path"), config.get("overwrite")
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with PHA's writers unless the configuration names its own: checkpoints written

@@ -373,6 +373,17 @@ def portable_specs(value: Any, tasks: Sequence[str] | None = None) -> list[dict[
     return specs or None
 
 
+#: Data settings that name places on the machine that ran (what it read, where it cached): a bundle
+#: does not record them, and a checkpoint's or bundle's record never supplies them as defaults.
+MACHINE_PATHS: tuple[str, ...] = ("data_dir", "cache_dir", "predict_file")
+
+
+def portable_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings of a saved record that hold on any machine: without :data:`MACHINE_PATHS`
+    and without the private keys a ``save_hyperparameters`` record carries (``_instantiator``)."""
+    return {key: value for key, value in data.items() if not key.startswith("_") and key not in MACHINE_PATHS}
+
+
 def resolve_tasks(names: Sequence[str], specs: Iterable[Any] = ()) -> list[Task]:
     """The task objects of ``names``: a spec (a :class:`TaskSpec` or its mapping) or a built-in task."""
     by_name = {s.name: s for s in (s if isinstance(s, TaskSpec) else parse_spec(s) for s in specs)}

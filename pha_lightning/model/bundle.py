@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import pha_lightning
+from pha_lightning.data.specs import portable_data_settings
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_directory, sha256_of
@@ -138,8 +139,9 @@ def write_bundle(
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
-    and its weights, atomically. ``data`` keeps the input settings, not where the data was
-    (spec tasks travel in ``config.task_specs``, without their files)."""
+    and its weights, atomically. ``data`` keeps the input settings, not where the data or the cache
+    was (:func:`~pha_lightning.data.specs.portable_data_settings`; spec tasks travel in
+    ``config.task_specs``, without their files)."""
     if config.get("backbone_init") == "random":
         raise ConfigError(
             "this model's frozen backbone was built at random init (backbone_init='random'); its weights are in "
@@ -179,7 +181,7 @@ def _write_files(
         "method": config["method"],
         "tasks": [task_spec(task) for task in tasks],
         "config": dict(config),
-        "data": {k: v for k, v in (data or {}).items() if not k.startswith("_") and k != "task_specs"},
+        "data": {k: v for k, v in portable_data_settings(data or {}).items() if k != "task_specs"},
         "num_parameters": sum(v.numel() for v in weights.values()),
         "weights_file": WEIGHTS_NAME,
         "files": files,
@@ -207,7 +209,21 @@ def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != BUNDLE_FORMAT:
         found = record.get("format") if isinstance(record, dict) else None
         raise BundleError(f"{config_path} is not a pha adapter bundle config (format {found!r})")
-    return upgrade_bundle_record(record, str(config_path), BundleError)
+    record = upgrade_bundle_record(record, str(config_path), BundleError)
+    check_file_names(record, config_path)
+    return record
+
+
+def check_file_names(record: Mapping[str, Any], config_path: Path) -> None:
+    """Every file a bundle's config names (``weights_file``, the keys of ``files``) is a file name in the
+    bundle's folder: a path (``../x``, ``/x``) would read weights from outside the bundle."""
+    named = [("weights_file", record.get("weights_file")), *(("files", name) for name in record["files"])]
+    for key, name in named:
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise BundleError(
+                f"{config_path}: {key} names {name!r}, which is not a file name inside the bundle; a bundle "
+                f"names its files relative to its own folder, e.g. {WEIGHTS_NAME!r}"
+            )
 
 
 def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike, given: bool) -> None:

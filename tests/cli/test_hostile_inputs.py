@@ -855,3 +855,91 @@ def test_typod_key_in_a_config_file_is_one_line(capsys: pytest.CaptureFixture, t
     config.write_text("data:\n  tasks: [synth_polarity]\ntrainer:\n  max_stepz: 3\n")
     line = _one_error_line(pha_error(capsys, "fit", f"--config={config}"))
     assert "max_stepz" in line and "`pha fit --help` lists the valid options" in line
+
+
+# ------------------------------------------------------------------ round four (issue 50)
+def test_predict_output_never_destroys_an_input(
+    capsys: pytest.CaptureFixture, tmp_path: Path, ckpt: Path, bundle: Path
+) -> None:
+    """``--predict_output`` is refused when it is the input file, the checkpoint or a file inside the bundle
+    being served, and when it exists, unless ``--overwrite``: nothing is replaced without being asked for."""
+    examples, run = tmp_path / "in.jsonl", tmp_path / "run"
+    examples.write_text('{"task": "synth_polarity", "sentence": "fine"}\n')
+    before = examples.read_bytes()
+    served = {"input": (ckpt, examples), "checkpoint": (ckpt, ckpt), "bundle": (bundle, bundle / "out.jsonl")}
+    messages = {
+        "input": f"predict_output '{examples}' is the input file data.predict_file: writing it would destroy the examples",
+        "checkpoint": f"predict_output '{ckpt}' is inside '{ckpt}', the model being served (ckpt_path)",
+        "bundle": f"predict_output '{bundle / 'out.jsonl'}' is inside '{bundle}', the model being served (ckpt_path)",
+    }
+    bundle_files = sorted(p.name for p in bundle.iterdir())
+    for case, (model, output) in served.items():
+        args = [f"--ckpt_path={model}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}"]
+        err = pha_error(capsys, "predict", *args, f"--predict_output={output}", "--overwrite")
+        assert messages[case] in _one_error_line(err), err
+    assert examples.read_bytes() == before and sorted(p.name for p in bundle.iterdir()) == bundle_files
+    existing = tmp_path / "predictions.jsonl"
+    existing.write_text("earlier predictions\n")
+    args = [f"--ckpt_path={ckpt}", f"--data.predict_file={examples}", f"--trainer.default_root_dir={run}"]
+    err = pha_error(capsys, "predict", *args, f"--predict_output={existing}")
+    assert (
+        f"predict_output '{existing}' exists; pass --overwrite to replace it, or give another file"
+        in _one_error_line(err)
+    )
+    assert existing.read_text() == "earlier predictions\n"
+    from pha_lightning.cli.app import main
+
+    main(["predict", *args, f"--predict_output={existing}", "--overwrite", "--trainer.enable_progress_bar=false"])
+    assert json.loads(existing.read_text())["task"] == "synth_polarity"
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_bundle_files_must_lie_inside_the_bundle(
+    where: str, capsys: pytest.CaptureFixture, tmp_path: Path, bundle: Path
+) -> None:
+    """A bundle whose config.json names its weights file by a path outside the bundle is refused,
+    even when that file is a valid weights file with the recorded SHA-256."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    outside = tmp_path / "elsewhere" / WEIGHTS_NAME
+    outside.parent.mkdir()
+    shutil.copy(copy / WEIGHTS_NAME, outside)
+    (copy / WEIGHTS_NAME).unlink()
+    name = f"../elsewhere/{WEIGHTS_NAME}" if where == "parent" else str(outside)
+    record = json.loads((copy / "config.json").read_text())
+    record["weights_file"] = name
+    record["files"] = {name: record["files"].pop(WEIGHTS_NAME)}
+    (copy / "config.json").write_text(json.dumps(record))
+    message = f"weights_file names {name!r}, which is not a file name inside the bundle"
+    with pytest.raises(PHAError, match=re.escape(message)):
+        PHAModel.from_pretrained(copy)
+    examples = tmp_path / "in.jsonl"
+    examples.write_text('{"task": "synth_polarity", "sentence": "x"}\n')
+    err = pha_error(
+        capsys, "predict", f"--ckpt_path={copy}", f"--data.predict_file={examples}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert message in _one_error_line(err)
+
+
+def test_a_bundles_recorded_paths_are_not_this_machines(
+    capsys: pytest.CaptureFixture, tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporting machine's cache (data.cache_dir in an older bundle's config.json) is not written to:
+    ``pha test --ckpt_path <bundle>`` caches in this machine's cache; new bundles do not record it."""
+    from pha_lightning.cli.app import main
+    from pha_lightning.data.specs import MACHINE_PATHS
+
+    assert not set(MACHINE_PATHS) & set(json.loads((bundle / "config.json").read_text())["data"])
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    record = json.loads((copy / "config.json").read_text())
+    theirs, ours = tmp_path / "exporting_machine_cache", tmp_path / "user_cache"
+    record["data"]["cache_dir"] = str(theirs)
+    (copy / "config.json").write_text(json.dumps(record))
+    monkeypatch.setenv("PHA_CACHE_DIR", str(ours))
+    main(
+        ["test", f"--ckpt_path={copy}", f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.limit_test_batches=1",
+         "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
+    )  # fmt: skip
+    assert not theirs.exists() and list((ours / "tokenized").iterdir())
