@@ -51,7 +51,12 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
-from pha_lightning.training.checkpoints import check_compatible, read_checkpoint, resolve_last_checkpoint
+from pha_lightning.training.checkpoints import (
+    check_compatible,
+    read_checkpoint,
+    resolve_last_checkpoint,
+    served_hyper_parameters,
+)
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.sharding import STRATEGY_NAME
@@ -225,6 +230,14 @@ def same_file(path: Path, other: Path) -> bool:
     return path.resolve() == other.expanduser().resolve()
 
 
+def served_specs(data_specs: list[dict] | None, model_specs: list[dict] | None) -> list[dict] | None:
+    """``data.task_specs`` for a saved model: the run's specs (with their files), and the model's portable
+    specs of the spec tasks the run did not list (a bundle's, or a transferred model's source tasks)."""
+    listed = {spec["name"] for spec in data_specs or ()}
+    specs = [*(data_specs or ()), *(spec for spec in model_specs or () if spec["name"] not in listed)]
+    return specs or None
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
 
@@ -361,17 +374,21 @@ class PHACLI(LightningCLI):
         if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
             return
         saved = self._read_saved(path)
+        served = saved["served"]
         linked = {"tasks", "task_specs", "retriever", "generation_max_length"}  # link targets take no defaults
         defaults = {
             f"model.{group}.{key}": value
             for group in MODEL_GROUPS
-            for key, value in (saved["hyper_parameters"].get(group) or {}).items()
+            for key, value in (served.get(group) or {}).items()
             if not (group == "arch" and key in linked)
         }
         # what the run's machine read and wrote (data_dir, cache_dir, predict_file) is not this machine's
         defaults.update({f"data.{k}": v for k, v in portable_data_settings(saved["data"]).items() if k != "backbone"})
-        if not saved["data"].get("task_specs") and saved["hyper_parameters"]["arch"].get("task_specs"):
-            defaults["data.task_specs"] = saved["hyper_parameters"]["arch"]["task_specs"]  # a bundle: no files
+        # the model's tasks, which a transferred model's run did not list (its source's, behind the new ones)
+        defaults["data.tasks"] = served["arch"]["tasks"]
+        specs = served_specs(saved["data"].get("task_specs"), served["arch"].get("task_specs"))
+        if specs:
+            defaults["data.task_specs"] = specs
         for key, value in defaults.items():
             try:
                 parser.set_defaults({f"{argv[0]}.{key}": value})
@@ -385,12 +402,14 @@ class PHACLI(LightningCLI):
             return cached
         if is_bundle(path) or os.path.isdir(path):
             config = read_bundle_config(path)
-            saved = {"kind": "bundle", "hyper_parameters": {"arch": config["config"]}, "data": config.get("data", {})}
-            saved["config"] = config
+            hyper_parameters = {"arch": config["config"]}
+            saved = {"kind": "bundle", "hyper_parameters": hyper_parameters, "served": hyper_parameters}
+            saved |= {"data": config.get("data", {}), "config": config}
         else:
             checkpoint = read_checkpoint(path)
             data = checkpoint.get("datamodule_hyper_parameters") or {}
             saved = {"kind": "checkpoint", "hyper_parameters": checkpoint["hyper_parameters"], "data": data}
+            saved["served"] = served_hyper_parameters(checkpoint)  # a transferred model as the plain one
         self._saved = {**saved, "path": path}
         return self._saved
 
@@ -424,7 +443,8 @@ class PHACLI(LightningCLI):
         asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
         asked["tasks"] = list(config.data.tasks)
         asked["task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks)
-        saved_hp = saved["hyper_parameters"]
+        # a transferred model is served as the plain model it holds unless the run's transfer settings are given
+        saved_hp = saved["hyper_parameters"] if config.model.get("transfer") else saved["served"]
         transfer = bool(saved_hp.get("transfer") or config.model.get("transfer"))
         check_compatible(saved_hp["arch"], asked, f"{saved['kind']} {ckpt_path!r}", transfer=transfer)
 

@@ -40,6 +40,7 @@ def load_trained(ckpt_path: str | os.PathLike) -> tuple[PHAModel, dict, dict]:
         model = PHAModel.from_pretrained(ckpt_path)
         return model, dict((model.bundle_config or {}).get("data", {})), {"source_bundle": os.path.abspath(ckpt_path)}
     checkpoint = read_checkpoint(ckpt_path)
+    transfer = checkpoint["hyper_parameters"].get("transfer")
     model = load_system(checkpoint).eval().model
     extra = {
         "source_checkpoint": {
@@ -48,7 +49,7 @@ def load_trained(ckpt_path: str | os.PathLike) -> tuple[PHAModel, dict, dict]:
             "global_step": checkpoint.get("global_step"),
         },
         "val_metrics": checkpoint.get("pha_val_metrics", {}),
-        "transfer": checkpoint["hyper_parameters"].get("transfer"),
+        "transfer": transfer,
     }
     return model, checkpoint.get("datamodule_hyper_parameters") or {}, extra
 

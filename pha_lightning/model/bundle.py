@@ -274,9 +274,16 @@ def is_bundle(path: str | os.PathLike | None) -> bool:
 # ---------------------------------------------------------------------------------------- models
 def model_weights(model: PHAModel) -> dict[str, Tensor]:
     """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
-    state = {k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()}
-    if "prototypes.added" in state:
-        state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
+    return merge_added_rows({k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()})
+
+
+def merge_added_rows(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """``state`` with the prototype rows of tasks added by few-shot transfer (``prototypes.added``, in
+    front) merged into ``prototypes.weight``: the weights of the plain model over every task."""
+    state = dict(state)
+    added, table = f"{prefix}prototypes.added", f"{prefix}prototypes.weight"
+    if added in state:
+        state[table] = torch.cat([state.pop(added), state[table]])
     return state
 
 

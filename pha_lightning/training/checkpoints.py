@@ -27,21 +27,27 @@ from torch import Tensor
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import backbone_fingerprint
-from pha_lightning.model.bundle import check_state_fits
+from pha_lightning.model.bundle import check_state_fits, merge_added_rows
 from pha_lightning.model.config import ARCHITECTURE_KEYS
 from pha_lightning.training.transfer import read_checkpoint
 
 __all__ = [
+    "SERVED_ARCH_KEY",
     "STRUCTURE_KEYS",
+    "as_served",
     "check_compatible",
     "check_state_fits",
     "model_state",
     "read_checkpoint",
     "resolve_last_checkpoint",
+    "served_hyper_parameters",
 ]
 
 #: Architecture settings besides tasks and backbone that decide which weights a model has and their shapes.
 STRUCTURE_KEYS: tuple[str, ...] = ("method", *ARCHITECTURE_KEYS)
+#: A few-shot transfer checkpoint's record of its model's architecture as built: the new tasks in front
+#: of the source's (:meth:`~pha_lightning.model.PHAModel.add_tasks`), which the hyperparameters lack.
+SERVED_ARCH_KEY = "pha_served_arch"
 
 
 def _same_backbone(saved: str, asked: str, source: str) -> None:
@@ -105,6 +111,27 @@ def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source:
                 f"{source} was trained with model.arch.{key}={saved[key]!r}, but the configuration asks for "
                 f"{asked[key]!r}; drop the option or use --model.arch.{key}={saved[key]}"
             )
+
+
+def served_hyper_parameters(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of the plain model a few-shot transfer checkpoint holds: the architecture
+    it recorded as built (its new tasks in front of its source's, :data:`SERVED_ARCH_KEY`) and no
+    transfer, so that it serves without its source checkpoint. Other checkpoints: their own."""
+    hyper_parameters = checkpoint["hyper_parameters"]
+    if not hyper_parameters.get("transfer") or SERVED_ARCH_KEY not in checkpoint:
+        return hyper_parameters
+    return {**hyper_parameters, "arch": checkpoint[SERVED_ARCH_KEY], "transfer": None}
+
+
+def as_served(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A few-shot transfer checkpoint, in place, as the plain model it holds (:func:`served_hyper_parameters`,
+    the new tasks' prototype rows merged into the table); other checkpoints are left as they are."""
+    served = served_hyper_parameters(checkpoint)
+    if served is not checkpoint["hyper_parameters"]:
+        checkpoint["hyper_parameters"] = served
+        if "state_dict" in checkpoint:  # a sharded checkpoint's weights are loaded by its strategy
+            checkpoint["state_dict"] = merge_added_rows(checkpoint["state_dict"], "model.")
+    return checkpoint
 
 
 def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -30,7 +30,13 @@ from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import predict_rows, prediction_fields
 from pha_lightning.model.sharding import gathered, is_sharded, shard_model
-from pha_lightning.training.checkpoints import check_compatible, check_state_fits, model_state
+from pha_lightning.training.checkpoints import (
+    SERVED_ARCH_KEY,
+    as_served,
+    check_compatible,
+    check_state_fits,
+    model_state,
+)
 from pha_lightning.training.health import probe_adapters
 from pha_lightning.training.losses import (
     between_task_similarity,
@@ -380,9 +386,13 @@ class PHAModule(LightningModule):
             "init": config.backbone_init,
         }
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
+        if self.transfer:  # what serves it without the source checkpoint (as_served)
+            checkpoint[SERVED_ARCH_KEY] = config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint)
+        if not self.transfer:  # a transferred model served without its transfer settings: the plain model
+            as_served(checkpoint)
         saved = checkpoint["hyper_parameters"]
         # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
         transfer = bool(saved.get("transfer") or self.transfer)
@@ -396,8 +406,9 @@ class PHAModule(LightningModule):
 
 def load_system(checkpoint: dict[str, Any]) -> PHAModule:
     """The system a checkpoint (read by :func:`~pha_lightning.training.checkpoints.read_checkpoint`)
-    holds, with its weights: its class path is not imported, so checkpoints of older layouts load."""
-    system = PHAModule(**upgrade_checkpoint(checkpoint)["hyper_parameters"])
+    holds, with its weights: its class path is not imported, so checkpoints of older layouts load;
+    a transferred model as the plain model it holds (:func:`~pha_lightning.training.checkpoints.as_served`)."""
+    system = PHAModule(**as_served(upgrade_checkpoint(checkpoint))["hyper_parameters"])
     system.configure_model()
     system.on_load_checkpoint(checkpoint)
     system.load_state_dict(checkpoint["state_dict"], strict=False)

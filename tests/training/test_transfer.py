@@ -192,3 +192,42 @@ def test_transfer_through_pha_fit(source_ckpt: str, tmp_path: Path) -> None:
     )
     assert "transfer (mix)" in out and f"{TARGET}: synth_polarity" in out
     assert f"test/{TARGET}/accuracy" in (next(tmp_path.rglob("test_metrics.json"))).read_text()
+
+
+def test_transferred_model_serves_from_the_command_line_without_its_config_or_source(
+    source_ckpt: str, tmp_path: Path
+) -> None:
+    """``pha predict --ckpt_path`` of a transfer checkpoint, and of its bundle, with no configuration and the
+    source checkpoint gone: the plain model over the new and the source tasks, predicting what
+    ``PHAModel.from_pretrained`` predicts (issue 50)."""
+    import json
+    import shutil
+
+    from pha_lightning import PHAModel
+    from pha_lightning.cli.app import main
+    from pha_lightning.cli.export import export_checkpoint
+
+    source = tmp_path / "source.ckpt"
+    shutil.copy(source_ckpt, source)
+    seed_everything(0)
+    model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(str(source)))
+    trainer = _trainer(2, enable_checkpointing=False)
+    trainer.fit(model, datamodule=_support(8))
+    transferred = tmp_path / "transferred.ckpt"
+    trainer.save_checkpoint(transferred)
+    source.unlink()  # served without it
+    bundle = export_checkpoint(transferred, tmp_path / "bundle")
+    examples = [{"task": TARGET, "sentence": "the red cat near the park was lovely"}, {"sentence": "three nasty dogs"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    expected = PHAModel.from_pretrained(bundle).predict(examples)
+    assert [row["task"] for row in expected][0] == TARGET
+    for served in (transferred, bundle):
+        output = tmp_path / f"{served.name}.jsonl"
+        main(
+            ["predict", f"--ckpt_path={served}", f"--data.predict_file={tmp_path / 'in.jsonl'}",
+             f"--predict_output={output}", f"--trainer.default_root_dir={tmp_path / 'runs'}",
+             "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+        )  # fmt: skip
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [(r["task"], r["prediction"]) for r in rows] == [(r["task"], r["prediction"]) for r in expected]
+        assert rows[1]["task_similarity"] == pytest.approx(expected[1]["task_similarity"], abs=1e-5)
