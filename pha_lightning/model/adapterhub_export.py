@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_directory
-from pha_lightning.hub import load_backbone_config, resolve_backbone_path
+from pha_lightning.hub import load_backbone_config
 from pha_lightning.model.adapters import GeneratedAdapter, GeneratedWeights, SharedAdapter
 from pha_lightning.model.backbone import adapter_sites
 from pha_lightning.model.peft_export import INDEX_NAME, export_index, prepare_export, write_head_and_card
@@ -148,7 +148,7 @@ def adapterhub_config(model: PHAModel, name: str) -> dict[str, Any]:
         "config": bottleneck,
         "hidden_size": model.d_model,
         "model_class": "BertModel",
-        "model_name": resolve_backbone_path(model.config.backbone),
+        "model_name": model.config.backbone,  # portable: resolve_backbone_path maps pypi: names to a path
         "model_type": "bert",
         "name": name,
         "version": ADAPTERHUB_FORMAT,

