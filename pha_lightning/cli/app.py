@@ -31,7 +31,7 @@ from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_con
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
-from pha_lightning.data.specs import parse_specs, portable_data_settings, portable_specs
+from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
@@ -109,6 +109,10 @@ BATCH_COUNT_SETTINGS: tuple[str, ...] = (
     "limit_predict_batches",
 )
 
+
+#: Data settings a checkpoint's or bundle's record never supplies: the backbone (linked from the model),
+#: the record's own keys, and where to write: a recorded cache is the exporting machine's, not this one's.
+DATA_NOT_FROM_RECORD: tuple[str, ...] = ("backbone", "_instantiator", "cache_dir")
 
 #: The model's setting groups and the dataclass declaring each one's settings.
 MODEL_GROUPS: dict[str, type] = {"arch": PHAConfig, "loss": LossConfig, "optim": OptimConfig}
@@ -382,8 +386,7 @@ class PHACLI(LightningCLI):
             for key, value in (served.get(group) or {}).items()
             if not (group == "arch" and key in linked)
         }
-        # what the run's machine read and wrote (data_dir, cache_dir, predict_file) is not this machine's
-        defaults.update({f"data.{k}": v for k, v in portable_data_settings(saved["data"]).items() if k != "backbone"})
+        defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in DATA_NOT_FROM_RECORD})
         # the model's tasks, which a transferred model's run did not list (its source's, behind the new ones)
         defaults["data.tasks"] = served["arch"]["tasks"]
         specs = served_specs(saved["data"].get("task_specs"), served["arch"].get("task_specs"))

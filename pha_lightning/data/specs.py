@@ -373,13 +373,13 @@ def portable_specs(value: Any, tasks: Sequence[str] | None = None) -> list[dict[
     return specs or None
 
 
-#: Data settings that name places on the machine that ran (what it read, where it cached): a bundle
-#: does not record them, and a checkpoint's or bundle's record never supplies them as defaults.
+#: Data settings that name places on the machine that ran (what it read, where it cached): a bundle,
+#: which travels to other machines, does not record them.
 MACHINE_PATHS: tuple[str, ...] = ("data_dir", "cache_dir", "predict_file")
 
 
 def portable_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The data settings of a saved record that hold on any machine: without :data:`MACHINE_PATHS`
+    """The data settings of a run that hold on any machine (a bundle's): without :data:`MACHINE_PATHS`
     and without the private keys a ``save_hyperparameters`` record carries (``_instantiator``)."""
     return {key: value for key, value in data.items() if not key.startswith("_") and key not in MACHINE_PATHS}
 
