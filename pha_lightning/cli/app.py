@@ -442,6 +442,11 @@ class PHACLI(LightningCLI):
                 f"{ckpt_path!r} is an adapter bundle: it holds no optimizer or loop state to resume training "
                 "from; resume from a checkpoint (.ckpt)"
             )
+        if subcommand == "fit" and saved["hyper_parameters"].get("transfer") and not config.model.get("transfer"):
+            raise ConfigError(
+                f"{ckpt_path!r} is a few-shot transfer checkpoint: its training resumes with the run's transfer "
+                "settings (model.transfer); give the run's config.yaml (--config), which holds them"
+            )
         arch = config.model.arch
         asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
         asked["tasks"] = list(config.data.tasks)

@@ -195,7 +195,7 @@ def test_transfer_through_pha_fit(source_ckpt: str, tmp_path: Path) -> None:
 
 
 def test_transferred_model_serves_from_the_command_line_without_its_config_or_source(
-    source_ckpt: str, tmp_path: Path
+    source_ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """``pha predict --ckpt_path`` of a transfer checkpoint, and of its bundle, with no configuration and the
     source checkpoint gone: the plain model over the new and the source tasks, predicting what
@@ -231,3 +231,10 @@ def test_transferred_model_serves_from_the_command_line_without_its_config_or_so
         rows = [json.loads(line) for line in output.read_text().splitlines()]
         assert [(r["task"], r["prediction"]) for r in rows] == [(r["task"], r["prediction"]) for r in expected]
         assert rows[1]["task_similarity"] == pytest.approx(expected[1]["task_similarity"], abs=1e-5)
+    # resuming its training needs the transfer settings: one line, not an optimizer-state traceback
+    with pytest.raises(SystemExit):
+        main(["fit", f"--ckpt_path={transferred}", f"--trainer.default_root_dir={tmp_path / 'runs'}"])
+    assert (
+        f"pha: error: '{transferred}' is a few-shot transfer checkpoint: its training resumes"
+        in capsys.readouterr().err
+    )
