@@ -106,6 +106,45 @@ def _check_label(task: Task, label: Any, where: str) -> str | float:
     )
 
 
+def checked_example(
+    record: dict[str, Any], tasks: Sequence[Task], family: str, where: str
+) -> tuple[int, dict[str, Any], tuple[str, str | None]]:
+    """An example's task id (-1: the retriever decides), what the output echoes (``id``, ``target``)
+    and its text (or text pair); a :class:`DataError` or :class:`ConfigError` naming the field or
+    value at ``where`` when it cannot be predicted. The server checks requests with it before they
+    are queued (:mod:`pha_lightning.model.serving`)."""
+    ids = {task.name: index for index, task in enumerate(tasks)}
+    task = None
+    if record.get("task") is not None:
+        if not isinstance(record["task"], str) or record["task"] not in ids:
+            raise ConfigError(f"{where}: unknown task {record['task']!r}; this model's tasks: {list(ids)}")
+        task = tasks[ids[record["task"]]]
+    meta: dict[str, Any] = {}
+    if "id" in record:
+        meta["id"] = record["id"]
+    if "label" in record and record["label"] is not None:
+        if task is None:
+            raise DataError(f'{where}: a label needs a task to be checked against; add "task"')
+        meta["target"] = _check_label(task, record["label"], where)
+    if task is not None and all(field in record for field in task.source_fields):
+        _check_text_values(record, task.source_fields, where)
+        if family == "seq2seq":
+            return ids[task.name], meta, (task.seq2seq_source(record), None)
+        return ids[task.name], meta, task.encoder_text(record)
+    fields = _text_fields(record)
+    if task is not None and "text" not in record:
+        raise DataError(f'{where}: task {task.name!r} needs the fields {list(task.source_fields)} (or "text")')
+    if not fields:
+        raise DataError(f'{where}: no text: give "text" (and "text_pair") or the task\'s fields')
+    _check_text_values(record, [name for name, _ in fields], where)
+    task_id = -1 if task is None else ids[task.name]
+    if family == "seq2seq":
+        return task_id, meta, (" ".join(f"{k}: {v}" for k, v in fields), None)
+    if len(fields) <= 2:
+        return task_id, meta, (fields[0][1], fields[1][1] if len(fields) == 2 else None)
+    raise DataError(f"{where}: {len(fields)} text fields {[k for k, _ in fields]}; an encoder takes one text or a pair")
+
+
 def encode_examples(
     rows: Sequence[tuple[int, dict[str, Any]]],
     tasks: Sequence[Task],
@@ -115,43 +154,9 @@ def encode_examples(
     source: str = "input",
 ) -> list[dict[str, Any]]:
     """Tokenised examples with their task id (-1: the retriever decides) and what the output echoes."""
-    ids = {task.name: index for index, task in enumerate(tasks)}
     examples = []
     for index, (number, record) in enumerate(rows):
-        where = f"{source}:{number}"
-        task = None
-        if record.get("task") is not None:
-            if record["task"] not in ids:
-                raise ConfigError(f"{where}: unknown task {record['task']!r}; this model's tasks: {list(ids)}")
-            task = tasks[ids[record["task"]]]
-        meta: dict[str, Any] = {"index": index, "line": number}
-        if "id" in record:
-            meta["id"] = record["id"]
-        if "label" in record and record["label"] is not None:
-            if task is None:
-                raise DataError(f'{where}: a label needs a task to be checked against; add "task"')
-            meta["target"] = _check_label(task, record["label"], where)
-        if task is not None and all(field in record for field in task.source_fields):
-            _check_text_values(record, task.source_fields, where)
-            if family == "seq2seq":
-                texts: tuple[str, str | None] = (task.seq2seq_source(record), None)
-            else:
-                texts = task.encoder_text(record)
-        else:
-            fields = _text_fields(record)
-            if task is not None and "text" not in record:
-                raise DataError(f'{where}: task {task.name!r} needs the fields {list(task.source_fields)} (or "text")')
-            if not fields:
-                raise DataError(f'{where}: no text: give "text" (and "text_pair") or the task\'s fields')
-            _check_text_values(record, [name for name, _ in fields], where)
-            if family == "seq2seq":
-                texts = (" ".join(f"{k}: {v}" for k, v in fields), None)
-            elif len(fields) <= 2:
-                texts = (fields[0][1], fields[1][1] if len(fields) == 2 else None)
-            else:
-                raise DataError(
-                    f"{where}: {len(fields)} text fields {[k for k, _ in fields]}; an encoder takes one text or a pair"
-                )
+        task_id, echoed, texts = checked_example(record, tasks, family, f"{source}:{number}")
         text, pair = cap_chars(texts, max_source_length)
         features = dict(
             tokenizer(
@@ -162,8 +167,8 @@ def encode_examples(
                 return_token_type_ids=False if family == "seq2seq" else None,
             )
         )
-        features["task_ids"] = -1 if task is None else ids[task.name]
-        features["meta"] = meta
+        features["task_ids"] = task_id
+        features["meta"] = {"index": index, "line": number, **echoed}
         examples.append(features)
     return examples
 

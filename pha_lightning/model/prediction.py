@@ -51,14 +51,24 @@ def task_fields(task: Task, similarity: float | None) -> dict[str, Any]:
     return {"task": task.name, "routed": True, "task_similarity": round(similarity, 6)}
 
 
+def routes(model: PHAModel) -> bool:
+    """Whether the model can pick the task of an example that names none (a retriever and prototypes)."""
+    return model.retriever is not None and model.prototypes is not None
+
+
+def no_router_error(method: str) -> ConfigError:
+    """What an example without a task gets from a model that cannot pick one."""
+    return ConfigError(
+        f"examples without a task need a model with a retriever and prototypes (method 'pha' with "
+        f'lambda_ir or lambda_pro > 0); this model is {method!r}: give every example a "task"'
+    )
+
+
 @torch.no_grad()
 def identify_tasks(model: PHAModel, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Nearest prototype of every example: (task ids, cosine similarities)."""
-    if model.retriever is None or model.prototypes is None:
-        raise ConfigError(
-            f"examples without a task need a model with a retriever and prototypes (method 'pha' with "
-            f'lambda_ir or lambda_pro > 0); this model is {model.config.method!r}: give every example a "task"'
-        )
+    if not routes(model):
+        raise no_router_error(model.config.method)
     probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
     best = model.retrieval_scores(model.retrieval_forward(probe)).max(-1)
     return best.indices, best.values

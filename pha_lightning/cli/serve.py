@@ -1,0 +1,118 @@
+"""``pha serve``: an HTTP server for a trained model (bundle or checkpoint), on LitServe.
+
+    pha serve --ckpt_path bundles/demo [--host 127.0.0.1] [--port 8000] [--max_batch_size 32]
+    pha serve --config serve.yaml        # the same options as YAML keys
+
+``GET /health`` answers 200 once the model is loaded; ``POST /predict`` takes one raw example (a
+line of a ``pha predict`` file) or a JSON list of them and answers each with its task, prediction,
+whether the router chose the task and its confidence; ``GET /tasks`` lists the served tasks.
+Requests that arrive together are predicted together, tasks mixed. SIGTERM lets the requests in
+flight finish (``--shutdown_timeout``) and exits. docs/production.md, "Serving", says more.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import jsonargparse
+from jsonargparse import ActionConfigFile, Namespace
+
+from pha_lightning.cli.export import load_trained
+from pha_lightning.cli.parsing import PHAArgumentParser
+from pha_lightning.errors import ConfigError
+from pha_lightning.model.bundle import is_bundle
+from pha_lightning.model.serving import PHAServingAPI, RequestChecks, ServeConfig, ServedTasks
+
+
+def build_parser() -> PHAArgumentParser:
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = PHAArgumentParser(prog="pha serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="a bundle (pha export) or a checkpoint (pha fit)")
+    parser.add_class_arguments(ServeConfig, as_group=False)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
+    parsed: Namespace = build_parser().parse_args(sys.argv[2:] if argv is None else argv)
+    settings = {key: value for key, value in parsed.as_dict().items() if key not in ("config", "ckpt_path")}
+    return parsed.ckpt_path, ServeConfig(**settings)
+
+
+def served_bundle(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
+    """The bundle the inference workers load (a checkpoint is exported into ``folder`` first, so the
+    workers never import the training code) and the tasks requests are checked against."""
+    if not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist; give a bundle (pha export) or a checkpoint")
+    model, data, extra = load_trained(ckpt_path)
+    served = ServedTasks.of(model)
+    bundle = ckpt_path
+    if not is_bundle(ckpt_path):
+        bundle = str(model.save_pretrained(folder / "bundle", data=data, extra=extra))
+    del model
+    gc.collect()
+    return bundle, served
+
+
+def build_server(bundle: str, served: ServedTasks, config: ServeConfig):  # noqa: ANN201 (litserve.LitServer)
+    """LitServe's server over the bundle, with the request checks and ``GET /tasks``."""
+    import litserve as ls
+
+    server = ls.LitServer(
+        PHAServingAPI(bundle, config),
+        accelerator=config.accelerator,
+        devices=config.devices,
+        workers_per_device=config.workers_per_device,
+        timeout=config.timeout,
+        middlewares=[(RequestChecks, {"served": served, "max_body_bytes": config.max_body_bytes})],
+    )
+    server.uvicorn_graceful_timeout = config.shutdown_timeout
+    listing = served.listing()
+    server.app.add_api_route("/tasks", lambda: listing, methods=["GET"])
+    return server
+
+
+def stop_on_sigterm(server_pid: int) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM as Ctrl+C in the server's process: LitServe then stops its HTTP servers gracefully
+    (they finish the requests in flight, up to ``shutdown_timeout``) before its inference workers.
+    The HTTP servers, forked from it, install uvicorn's own handler and re-raise the signal when
+    done: there it ends the process as by default."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == server_pid:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return handle
+
+
+def main(argv: list[str] | None = None) -> None:
+    ckpt_path, config = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pha-serve-") as folder:
+        bundle, served = served_bundle(ckpt_path, Path(folder))
+        server = build_server(bundle, served, config)
+        signal.signal(signal.SIGTERM, stop_on_sigterm(os.getpid()))
+        print(
+            f"pha serve: {len(served.tasks)} tasks on http://{config.host}:{config.port} "
+            "(POST /predict, GET /tasks, GET /health)",
+            flush=True,
+        )
+        server.run(
+            host=config.host,
+            port=config.port,
+            num_api_servers=config.num_api_servers,
+            generate_client_file=False,
+            log_level="warning",
+        )
+
+
+if __name__ == "__main__":
+    main()
