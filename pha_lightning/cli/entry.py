@@ -42,7 +42,9 @@ EXTRA_COMMANDS: dict[str, Command] = {
     "retrieve": Command("pha_lightning.cli.retrieve", "which trained tasks new tasks resemble, by the retriever"),
     "export": Command("pha_lightning.cli.export", "a checkpoint's portable bundle, or peft / AdapterHub adapters"),
     "tasks": Command("pha_lightning.cli.tasks", "the built-in tasks; with --config, a configuration's tasks checked"),
-    "serve": Command("pha_lightning.cli.serve", "an HTTP server (LitServe) of a bundle or checkpoint: mixed-task batches, routing"),
+    "serve": Command(
+        "pha_lightning.cli.serve", "an HTTP server (LitServe) of a bundle or checkpoint: mixed-task batches, routing"
+    ),
 }
 
 DESCRIPTION = "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."

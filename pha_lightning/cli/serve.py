@@ -29,6 +29,7 @@ from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.serving import PHAServingAPI, RequestChecks, ServeConfig, ServedTasks
+from pha_lightning.validation import check_range, valid_values
 
 
 def build_parser() -> PHAArgumentParser:
@@ -43,6 +44,8 @@ def build_parser() -> PHAArgumentParser:
 def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
     parsed: Namespace = build_parser().parse_args(sys.argv[2:] if argv is None else argv)
     settings = {key: value for key, value in parsed.as_dict().items() if key not in ("config", "ckpt_path")}
+    for key, valid in valid_values(ServeConfig).items():  # named as the option, before ServeConfig names it serve.<key>
+        check_range(f"--{key}", settings[key], valid)
     return parsed.ckpt_path, ServeConfig(**settings)
 
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 
 from pha_lightning.data.examples import checked_example
 from pha_lightning.data.tasks import Task
-from pha_lightning.errors import PHAError
+from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import no_router_error, predict, routes
 from pha_lightning.validation import NON_NEGATIVE, POSITIVE, SIZE, Choice, Range, check_settings, setting
@@ -68,10 +68,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_settings("serve", ServeConfig, self.__dict__)
-        if self.devices != "auto" and (isinstance(self.devices, bool) or not isinstance(self.devices, int)):
-            raise PHAError(f"serve.devices must be an integer >= 1 or 'auto', got {self.devices!r}")
-        if isinstance(self.devices, int) and self.devices < 1:
-            raise PHAError(f"serve.devices must be an integer >= 1 or 'auto', got {self.devices!r}")
+        devices = self.devices
+        if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+            raise ConfigError(f"serve.devices must be an integer >= 1 or 'auto', got {devices!r}")
 
 
 class RequestError(PHAError):
@@ -111,7 +110,8 @@ class ServedTasks:
     def check(self, example: object, where: str) -> None:
         if not isinstance(example, dict):
             raise RequestError(
-                422, f"{where} is a JSON {type(example).__name__}, not an object of the task's fields (a line of a pha predict file)"
+                422,
+                f"{where} is a JSON {type(example).__name__}, not an object of the task's fields (a line of a pha predict file)",
             )
         try:
             task_id, _, _ = checked_example(example, self.tasks, self.family, where)
@@ -148,7 +148,7 @@ class RequestChecks:
     """ASGI middleware: a ``POST /predict`` body is read (up to ``max_body_bytes``) and checked by
     :meth:`ServedTasks.examples` before LitServe queues it; a bad one is answered
     ``{"detail": <one line naming the field or value>}`` with 400 (not JSON), 413 (too large) or 422
-    (an example that cannot be predicted)."""
+    (an example that cannot be predicted). A good one goes on as JSON, whatever its declared type."""
 
     def __init__(self, app: ASGIApp, served: ServedTasks, max_body_bytes: int) -> None:
         self.app = app
@@ -174,7 +174,9 @@ class RequestChecks:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        # the body is JSON whatever it was declared as (``curl -d`` says form data, which LitServe would parse as such)
+        headers = [(name, value) for name, value in scope.get("headers") or () if name != b"content-type"]
+        await self.app({**scope, "headers": [*headers, (b"content-type", b"application/json")]}, replay, send)
 
     async def read_body(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> bytes:
         headers = dict(scope.get("headers") or ())
@@ -277,4 +279,3 @@ def served_row(row: Mapping[str, Any]) -> dict[str, Any]:
             row["prediction_index"], row["prediction"] = row["prediction"], label
     row.setdefault("confidence", None)
     return {name: row[name] for name in SERVED_FIELDS if name in row}
-

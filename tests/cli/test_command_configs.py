@@ -1,4 +1,4 @@
-"""`pha export` and `pha retrieve` read `--config` files of their own options and `--print_config` them,
+"""`pha export`, `pha retrieve` and `pha serve` read `--config` files of their own options and `--print_config` them,
 with the one-line errors of the rest of `pha`; `pha fit` refuses LightningCLI's `--optimizer`."""
 
 from __future__ import annotations
@@ -116,3 +116,41 @@ def test_an_optimizer_section_in_a_fit_config_is_refused(tmp_path: Path, capsys:
         " and a linear warm-up and decay, set by model.optim.learning_rate, model.optim.weight_decay, "
         "model.optim.warmup_steps and model.optim.adam_epsilon\n"
     )
+
+
+def test_serve_config_file_then_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write_yaml(tmp_path / "serve.yaml", {"ckpt_path": "bundle", "port": 9000, "max_batch_size": 8})
+    printed = printed_config(capsys, "serve", "--config", config, "--port", "9001")
+    assert printed == {
+        "ckpt_path": "bundle",
+        "host": "127.0.0.1",
+        "port": 9001,  # the command line wins
+        "max_batch_size": 8,
+        "batch_timeout": 0.005,
+        "predict_batch_size": 64,
+        "max_body_bytes": 1_000_000,
+        "accelerator": "auto",
+        "devices": "auto",
+        "workers_per_device": 1,
+        "num_api_servers": None,
+        "timeout": 30.0,
+        "shutdown_timeout": 30.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ckpt_path=b", "--port=80"], r"--port must be in \[1024, 65535\], got 80"),
+        (["--ckpt_path=b", "--host=localhost"], r"unknown --host 'localhost'; valid: \['127.0.0.1', '0.0.0.0', '::'\]"),
+        (["--ckpt_path=b", "--max_batch_size=0"], r"--max_batch_size must be >= 1, got 0"),
+        (["--ckpt_path=b", "--batch_timeout=-1"], r"--batch_timeout must be >= 0, got -1"),
+        (["--ckpt_path=b", "--devices=0"], r"serve.devices must be an integer >= 1 or 'auto', got 0"),
+        (["--port=9000"], r"the following arguments are required: ckpt_path \(`pha serve --help`"),
+        (["--ckpt_path=/no/such/bundle"], r"ckpt_path '/no/such/bundle' does not exist; give a bundle"),
+    ],
+)
+def test_bad_serve_options_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    err = pha_error(capsys, "serve", *args)
+    assert err.startswith("pha: error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err

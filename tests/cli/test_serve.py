@@ -49,7 +49,9 @@ class Server:
             self.process = subprocess.Popen(command, env=pha_env(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"pha serve exited {self.process.returncode}:\n{log.read_text()[-3000:]}"
+            assert self.process.poll() is None, (
+                f"pha serve exited {self.process.returncode}:\n{log.read_text()[-3000:]}"
+            )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -145,6 +147,10 @@ def test_answers_equal_pha_predict(server: Server, trained: dict[str, Path]) -> 
     single = server.post(EXAMPLES[1])
     assert single.status_code == 200
     assert_rows_equal([single.json()], [expected[1]])
+    # `curl -d` declares form data: the body is read as JSON all the same
+    curl = server.post(EXAMPLES[1], headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert curl.status_code == 200, curl.text
+    assert_rows_equal([curl.json()], [expected[1]])
 
 
 def test_64_concurrent_clients_each_get_their_own_answer(server: Server) -> None:
@@ -166,7 +172,9 @@ def test_requests_batched_together_get_the_answers_they_get_alone(trained: dict[
     alone = [api.predict(request) for request in requests]
     assert len(together) == len(requests)
     for batched, single in zip(together, alone):
-        assert_rows_equal(batched if isinstance(batched, list) else [batched], single if isinstance(single, list) else [single])
+        assert_rows_equal(
+            batched if isinstance(batched, list) else [batched], single if isinstance(single, list) else [single]
+        )
 
 
 BAD_BODIES = [
@@ -174,13 +182,33 @@ BAD_BODIES = [
     (b"\xff\xfe", 400, "not JSON (its bytes are not UTF-8)"),
     (b"[]", 422, "the body is an empty list"),
     (b"[1]", 422, "example 1 is a JSON int, not an object"),
-    (json.dumps({"task": "nope", "sentence": "x"}).encode(), 422, "example 1: unknown task 'nope'; this model's tasks: ['synth_polarity'"),
+    (
+        json.dumps({"task": "nope", "sentence": "x"}).encode(),
+        422,
+        "example 1: unknown task 'nope'; this model's tasks: ['synth_polarity'",
+    ),
     (json.dumps({"task": ["synth_polarity"], "sentence": "x"}).encode(), 422, "unknown task ['synth_polarity']"),
-    (json.dumps({"task": "synth_match", "sentence1": "x"}).encode(), 422, "task 'synth_match' needs the fields ['sentence1', 'sentence2']"),
+    (
+        json.dumps({"task": "synth_match", "sentence1": "x"}).encode(),
+        422,
+        "task 'synth_match' needs the fields ['sentence1', 'sentence2']",
+    ),
     (json.dumps({"task": "synth_polarity", "sentence": None}).encode(), 422, "field 'sentence' is null, not text"),
-    (json.dumps({"task": "synth_polarity", "sentence": "x", "label": "7"}).encode(), 422, "label '7' is outside the label space"),
-    (json.dumps([EXAMPLES[0], {"a": "x", "b": "y", "c": "z"}]).encode(), 422, "example 2: 3 text fields ['a', 'b', 'c']"),
-    (json.dumps([EXAMPLES[0]] * 1000).encode(), 413, f"over the limit of {MAX_BODY_BYTES} (pha serve --max_body_bytes)"),
+    (
+        json.dumps({"task": "synth_polarity", "sentence": "x", "label": "7"}).encode(),
+        422,
+        "label '7' is outside the label space",
+    ),
+    (
+        json.dumps([EXAMPLES[0], {"a": "x", "b": "y", "c": "z"}]).encode(),
+        422,
+        "example 2: 3 text fields ['a', 'b', 'c']",
+    ),
+    (
+        json.dumps([EXAMPLES[0]] * 1000).encode(),
+        413,
+        f"over the limit of {MAX_BODY_BYTES} (pha serve --max_body_bytes)",
+    ),
 ]
 
 
