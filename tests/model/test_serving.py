@@ -1,0 +1,65 @@
+"""The server's request checks and answer rows, without a server (tests/cli/test_serve.py runs one)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pha_lightning.data.tasks import get_task
+from pha_lightning.model.serving import RequestError, ServedTasks, served_row
+
+TASKS = ("synth_polarity", "synth_match", "synth_score")
+
+
+def served(can_route: bool = True) -> ServedTasks:
+    return ServedTasks(tuple(get_task(name) for name in TASKS), "encoder", "pha" if can_route else "adapter", can_route)
+
+
+def test_a_routed_row_keeps_the_routers_confidence_and_a_named_one_gets_none() -> None:
+    routed = {"index": 0, "line": 1, "task": "synth_match", "task_source": "retriever", "task_similarity": 0.7,
+              "confidence": 0.93, "prediction": 1, "label": "1"}  # fmt: skip
+    assert served_row(routed) == {"task": "synth_match", "routed": True, "confidence": 0.93, "task_similarity": 0.7,
+                                  "prediction": "1", "prediction_index": 1}  # fmt: skip
+    named = {"index": 1, "line": 2, "id": 4, "task": "synth_score", "task_source": "input", "prediction": 2.5,
+             "label": "2.500", "target": 3.0}  # fmt: skip
+    assert served_row(named) == {"id": 4, "task": "synth_score", "routed": False, "confidence": None,
+                                 "prediction": 2.5, "target": 3.0}  # fmt: skip
+
+
+def test_an_abstained_row_has_no_task_or_prediction_and_says_why() -> None:
+    reason = "confidence 0.41 below the threshold 0.83 chosen for precision 0.95; name the task to predict"
+    row = {"index": 0, "line": 1, "task": None, "task_source": "retriever", "task_similarity": 0.2, "confidence": 0.41,
+           "prediction": None, "label": None, "abstained": reason}  # fmt: skip
+    assert served_row(row) == {"task": None, "routed": True, "confidence": 0.41, "task_similarity": 0.2,
+                               "prediction": None, "abstained": reason}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{", 400, "the body is not JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+        (b'"just text"', 422, "example 1 is a JSON str, not an object of the task's fields"),
+        (
+            json.dumps([{"task": "synth_polarity", "sentence": "x"}, {"task": 3}]).encode(),
+            422,
+            "example 2: unknown task 3; this model's tasks: ['synth_polarity', 'synth_match', 'synth_score']",
+        ),  # fmt: skip
+        (
+            json.dumps({"task": "synth_score", "sentence": ["a"]}).encode(),
+            422,
+            "example 1: field 'sentence' is [\"a\"], not text",
+        ),  # fmt: skip
+        (json.dumps({"sentence": "x", "label": 1}).encode(), 422, "example 1: a label needs a task"),
+    ],
+)
+def test_bad_bodies_are_refused_naming_the_value(body: bytes, status: int, message: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        served().examples(body)
+    assert refused.value.status == status and message in str(refused.value)
+
+
+def test_an_example_without_a_task_needs_a_model_that_routes() -> None:
+    assert served().examples(b'{"sentence": "a red cat"}') == [{"sentence": "a red cat"}]
+    with pytest.raises(RequestError, match="example 1: examples without a task need a model with a retriever"):
+        served(can_route=False).examples(b'{"sentence": "a red cat"}')
