@@ -1,0 +1,514 @@
+"""Serving under load: ``pha serve`` (mixed tasks, half routed) against the server a peft user would write.
+
+    python benchmarks/serve_load.py                                     # 60 s per point, CPU
+    python benchmarks/serve_load.py --seconds 20 --soak-seconds 60 --output results/serving_load/short.md
+    python benchmarks/serve_load.py --soak-seconds 600                  # the 10-minute soak too
+
+Builds one PHA-LoRA model on the offline suite (random non-zero factors, as benchmarks/serving.py:
+the cost does not depend on what they learned), its bundle (precomputed adapters) and its
+``pha export --format peft`` adapters, and serves the same validation examples with:
+
+* ``pha``: ``pha serve`` of the bundle; half the requests name their task, half leave it to the router;
+* ``peft``: LitServe around one ``PeftModel`` holding every task's adapter, a batch predicted in one
+  call with ``adapter_names=`` and each example through its task's exported head; every request
+  names its task (a peft server cannot route).
+
+Both run with the same LitServe batching (``--max-batch-size``, ``--batch-timeout``), one inference
+worker, one torch thread. Closed-loop clients (each sends its next request when the last is
+answered, one example per request) at each concurrency, the two servers alternating per point;
+per point: requests/s, p50/p99 latency, the server processes' CPU time per request and their peak
+memory (PSS, summed over LitServe's processes). ``pha predict`` on the same examples (a JSONL file)
+is the offline reference, and the answers of ``pha serve`` are checked against its rows. The soak
+(``--soak-seconds``) runs ``pha serve`` at concurrency 32 with 5 % malformed requests and reports
+failed valid requests, answers to the malformed ones, and memory over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import litserve as ls
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PHA = str(Path(sys.executable).with_name("pha"))
+TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
+#: the malformed requests of the soak: not JSON, an unknown task, a missing field, a wrong type, an empty list
+MALFORMED: tuple[bytes, ...] = (
+    b'{"task": "synth_polarity", "sentence": ',
+    b'{"task": "no_such_task", "sentence": "a red cat"}',
+    b'{"task": "synth_match", "sentence1": "a red cat"}',
+    b'{"task": "synth_polarity", "sentence": null}',
+    b"[]",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="pypi:all-MiniLM-L6-v2", help="an encoder-only backbone")
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--lora-targets", nargs="+", default=["query", "value"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of load per point")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each point, not counted")
+    parser.add_argument("--examples", type=int, default=512, help="distinct examples in the request stream")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="LitServe's max_batch_size, both servers")
+    parser.add_argument("--batch-timeout", type=float, default=0.005, help="LitServe's batch_timeout, both servers")
+    parser.add_argument("--accelerator", default="cpu", help="LitServe's accelerator, both servers")
+    parser.add_argument("--soak-seconds", type=float, default=0.0, help="then a soak of pha serve this long (0: none)")
+    parser.add_argument("--soak-concurrency", type=int, default=32)
+    parser.add_argument("--malformed", type=float, default=0.05, help="share of malformed requests in the soak")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. that this is a short run)")
+    parser.add_argument("--output", type=Path, default=Path("results/serving_load/serve_load.md"))
+    parser.add_argument("--peft-server", type=Path, help=argparse.SUPPRESS)  # internal: run the peft server
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------------------------------- peft server
+class PeftAPI(ls.LitAPI):
+    """What a peft user would serve: one PeftModel with every task's adapter, ``adapter_names=`` per
+    batch, each example's pooled states through its task's head; the client names the task."""
+
+    def __init__(self, export: str, backbone: str, tasks: list[str], **batching: Any) -> None:
+        super().__init__(**batching)
+        self.export, self.backbone, self.task_names = Path(export), backbone, tasks
+
+    def setup(self, device: str) -> None:
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from pha_lightning.data.tasks import get_task
+        from pha_lightning.hub import load_tokenizer, resolve_backbone_path
+        from pha_lightning.model.backbone import backbone_class
+        from pha_lightning.model.peft_export import HEAD_NAME
+
+        base = backbone_class(self.backbone).from_pretrained(resolve_backbone_path(self.backbone))
+        first, *rest = self.task_names
+        self.peft = PeftModel.from_pretrained(base, self.export / "peft" / first, adapter_name=first)
+        for name in rest:
+            self.peft.load_adapter(self.export / "peft" / name, adapter_name=name)
+        self.peft.to(device).eval()
+        self.heads = {
+            name: load_file(self.export / "peft" / name / HEAD_NAME, device=device) for name in self.task_names
+        }
+        self.tasks = {name: get_task(name) for name in self.task_names}
+        self.tokenizer = load_tokenizer(self.backbone)
+        self.device = device
+
+    def decode_request(self, request):  # noqa: ANN001, ANN201 (LitServe passes the parsed JSON)
+        task = self.tasks[request["task"]]
+        text, pair = task.encoder_text(request)
+        return task.name, self.tokenizer(text, pair, truncation=True, max_length=128)
+
+    def batch(self, inputs: list) -> tuple[list[str], dict[str, torch.Tensor]]:
+        names = [name for name, _ in inputs]
+        return names, self.tokenizer.pad([encoded for _, encoded in inputs], return_tensors="pt").to(self.device)
+
+    @torch.no_grad()
+    def predict(self, batch: tuple[list[str], dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        names, inputs = batch
+        hidden = self.peft(**inputs, adapter_names=names).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+        answers = []
+        for name, row in zip(names, pooled):
+            head, task = self.heads[name], self.tasks[name]
+            out = row @ head["weight"].T + head["bias"]
+            if task.is_regression:
+                answers.append({"task": name, "prediction": float(out[0])})
+            else:
+                answers.append({"task": name, "prediction": task.class_names[int(out.argmax())]})
+        return answers
+
+    def unbatch(self, output: list) -> list:
+        return output
+
+    def encode_response(self, output):  # noqa: ANN001, ANN201
+        return output
+
+
+def run_peft_server(args: argparse.Namespace) -> None:
+    export = json.loads((args.peft_server / "export.json").read_text())
+    tasks = list(export["tasks"])
+    api = PeftAPI(
+        str(args.peft_server),
+        args.backbone,
+        tasks,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+    )
+    server = ls.LitServer(api, accelerator=args.accelerator, devices=1)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
+
+
+# ---------------------------------------------------------------------------------------- the load
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen([*command, f"--port={port}"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{command[:3]} exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{command[:3]} not healthy after 600 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class Resources:
+    """CPU seconds and memory (PSS, MB) of a server's process tree, memory sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.root, self.interval = psutil.Process(pid), interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+
+    def tree(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.tree():
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def memory_mb(self) -> float:
+        total = 0
+        for process in self.tree():
+            try:
+                total += process.memory_full_info().pss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def __enter__(self) -> Resources:
+        self.started, self.cpu_start = time.monotonic(), self.cpu_seconds()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.monotonic() - self.started, self.memory_mb()))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cpu = self.cpu_seconds() - self.cpu_start
+
+
+async def closed_loop(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, malformed: float = 0.0, seed: int = 0
+) -> list[dict[str, Any]]:
+    """``concurrency`` clients, each posting its next body when the last is answered, for ``seconds``;
+    with ``malformed`` > 0 that share of requests is a body of :data:`MALFORMED`. Every request's
+    latency, status and whether it was malformed."""
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+    end = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def client_loop(k: int) -> None:
+            i = k
+            while time.monotonic() < end:
+                bad = rng.random() < malformed
+                body = rng.choice(MALFORMED) if bad else bodies[i % len(bodies)]
+                started = time.monotonic()
+                try:
+                    status = (await client.post(f"{url}/predict", content=body)).status_code
+                except httpx.HTTPError as err:
+                    status = type(err).__name__
+                records.append(
+                    {"latency": time.monotonic() - started, "status": status, "malformed": bad, "t": started}
+                )
+                i += concurrency
+
+        await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
+    return records
+
+
+def failures(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many requests got each answer other than 200 (an HTTP status, or the client's error)."""
+    return dict(Counter(str(r["status"]) for r in records if r["status"] != 200))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(url: str, pid: int, bodies: list[bytes], concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    asyncio.run(closed_loop(url, bodies, concurrency, args.warmup))
+    with Resources(pid) as used:
+        started = time.monotonic()
+        records = asyncio.run(closed_loop(url, bodies, concurrency, args.seconds))
+        wall = time.monotonic() - started
+    ok = [r["latency"] for r in records if r["status"] == 200]
+    return {
+        "concurrency": concurrency,
+        "requests": len(records),
+        "failed": len(records) - len(ok),
+        "failures": failures(records),
+        "max_ms": 1000 * max(ok, default=0.0),
+        "requests_per_s": len(ok) / wall,
+        "p50_ms": 1000 * percentile(ok, 0.5),
+        "p99_ms": 1000 * percentile(ok, 0.99),
+        "cpu_ms_per_request": 1000 * used.cpu / max(len(ok), 1),
+        "peak_pss_mb": max((m for _, m in used.samples), default=used.memory_mb()),
+    }
+
+
+# ---------------------------------------------------------------------------------------- the run
+def request_stream(tasks: list[str], n: int) -> list[dict[str, Any]]:
+    """``n`` validation examples, tasks interleaved, as ``{"task", <fields>}`` objects."""
+    from pha_lightning.data.tasks import get_task
+
+    per_task = {name: get_task(name).load_split("validation") for name in tasks}
+    stream = []
+    for i in range(n):
+        task = get_task(tasks[i % len(tasks)])
+        record = per_task[task.name][(i // len(tasks)) % len(per_task[task.name])]
+        stream.append({"task": task.name, **{field: record[field] for field in task.source_fields}})
+    return stream
+
+
+def offline_reference(bundle: Path, pha_bodies: list[dict], folder: Path) -> tuple[dict[str, Any], list[dict]]:
+    """``pha predict`` on the examples: wall and CPU seconds, peak RSS, and its rows."""
+    examples, output = folder / "stream.jsonl", folder / "predict.jsonl"
+    examples.write_text("".join(json.dumps(body) + "\n" for body in pha_bodies))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            PHA,
+            "predict",
+            f"--ckpt_path={bundle}",
+            f"--data.predict_file={examples}",
+            f"--predict_output={output}",
+            "--data.eval_batch_size=32",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={folder / 'predict_run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"pha predict failed: {done.stderr[-2000:]}")
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    return {"examples": len(rows), "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": after.ru_maxrss / 1024}, rows
+
+
+def agreement(url: str, pha_bodies: list[dict], rows: list[dict]) -> tuple[int, int]:
+    """How many of ``pha serve``'s answers to the stream (one list request) equal ``pha predict``'s rows."""
+    from pha_lightning.model.serving import served_row
+
+    answers = httpx.post(f"{url}/predict", json=pha_bodies, timeout=600).json()
+    same = 0
+    for answer, row in zip(answers, map(served_row, rows)):
+        value, reference = answer["prediction"], row["prediction"]
+        close = abs(value - reference) < 1e-4 if isinstance(reference, float) else value == reference
+        same += int(answer["task"] == row["task"] and close)
+    return same, len(rows)
+
+
+def soak(url: str, pid: int, bodies: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    with Resources(pid, interval=2.0) as used:
+        records = asyncio.run(
+            closed_loop(url, bodies, args.soak_concurrency, args.soak_seconds, args.malformed, seed=1)
+        )
+    valid = [r for r in records if not r["malformed"]]
+    bad = [r for r in records if r["malformed"]]
+    ok = [r["latency"] for r in valid if r["status"] == 200]
+    window = max(args.soak_seconds / 6, 2.0)
+    first = [m for t, m in used.samples if t <= window]
+    last = [m for t, m in used.samples if t >= args.soak_seconds - window]
+    return {
+        "seconds": args.soak_seconds,
+        "concurrency": args.soak_concurrency,
+        "valid": len(valid),
+        "valid_failed": len(valid) - len(ok),
+        "valid_failures": failures(valid),
+        "malformed": len(bad),
+        "malformed_4xx": sum(isinstance(r["status"], int) and 400 <= r["status"] < 500 for r in bad),
+        "requests_per_s": len(ok) / args.soak_seconds,
+        "p50_ms": 1000 * percentile(ok, 0.5),
+        "p99_ms": 1000 * percentile(ok, 0.99),
+        "memory_first_mb": statistics.mean(first) if first else float("nan"),
+        "memory_last_mb": statistics.mean(last) if last else float("nan"),
+        "memory_window_s": window,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.peft_server is not None:
+        run_peft_server(args)
+        return
+    from serving import build  # benchmarks/serving.py: the same PHA-LoRA model, bundle and peft export
+
+    torch.set_num_threads(1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        folder = Path(tmp)
+        model, export = build(args, folder)
+        # with the data settings pha predict reads from a bundle (the tasks, the source length)
+        bundle = model.save_pretrained(
+            folder / "bundle", precompute=True, overwrite=True, data={"tasks": args.tasks, "max_source_length": 128}
+        )
+        del model
+        stream = request_stream(args.tasks, args.examples)
+        pha_bodies = [
+            body if i % 2 == 0 else {k: v for k, v in body.items() if k != "task"} for i, body in enumerate(stream)
+        ]
+        encoded = {
+            "pha": [json.dumps(b).encode() for b in pha_bodies],
+            "peft": [json.dumps(b).encode() for b in stream],
+        }
+        offline, rows = offline_reference(bundle, pha_bodies, folder)
+        common = [f"--max_batch_size={args.max_batch_size}", f"--batch_timeout={args.batch_timeout}"]
+        commands = {
+            "pha": [PHA, "serve", f"--ckpt_path={bundle}", *common, f"--accelerator={args.accelerator}"],
+            "peft": [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                f"--peft-server={export}",
+                f"--backbone={args.backbone}",
+                f"--max-batch-size={args.max_batch_size}",
+                f"--batch-timeout={args.batch_timeout}",
+                f"--accelerator={args.accelerator}",
+            ],
+        }
+        servers = {name: start(command, folder / f"{name}.log") for name, command in commands.items()}
+        try:
+            same = agreement(servers["pha"][1], pha_bodies, rows)
+            points = []
+            for concurrency in args.concurrency:
+                for name, (process, url) in servers.items():
+                    point = {"server": name, **measure(url, process.pid, encoded[name], concurrency, args)}
+                    print(json.dumps(point), flush=True)
+                    points.append(point)
+            soaked = None
+            if args.soak_seconds > 0:
+                stop(servers.pop("peft")[0])
+                process, url = servers["pha"]
+                soaked = soak(url, process.pid, encoded["pha"], args)
+                print(json.dumps(soaked), flush=True)
+        finally:
+            for process, _ in servers.values():
+                stop(process)
+    write_report(args, points, offline, same, soaked, (load_start, os.getloadavg()[0]))
+
+
+def write_report(
+    args: argparse.Namespace,
+    points: list[dict],
+    offline: dict,
+    same: tuple[int, int],
+    soaked: dict | None,
+    load: tuple[float, float],
+) -> None:
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    lines = [
+        f"# pha serve under load against a peft server ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
+        "",
+        f"`{command}`",
+        "",
+        *([f"**{args.note}**", ""] if args.note else []),
+        f"{args.seconds:g} s per point after {args.warmup:g} s of warm-up; LitServe max_batch_size {args.max_batch_size}, "
+        f"batch_timeout {args.batch_timeout:g} s, one inference worker, one torch thread, accelerator {args.accelerator}; "
+        f"{platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, litserve {ls.__version__}; "
+        f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (the client shares the cores).",
+        "",
+        "| concurrency | server | requests/s | pha / peft | p50 ms | p99 ms | p99 / p50 | server CPU ms / request | peak PSS MB | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    peft = {p["concurrency"]: p for p in points if p["server"] == "peft"}
+    for p in points:
+        ratio = f"{p['requests_per_s'] / peft[p['concurrency']]['requests_per_s']:.2f}" if p["server"] == "pha" else ""
+        lines.append(
+            f"| {p['concurrency']} | {p['server']} | {p['requests_per_s']:.1f} | {ratio} | {p['p50_ms']:.0f} | "
+            f"{p['p99_ms']:.0f} | {p['p99_ms'] / p['p50_ms']:.1f} | {p['cpu_ms_per_request']:.1f} | "
+            f"{p['peak_pss_mb']:.0f} | {p['failed']}{' ' + json.dumps(p['failures']) if p['failures'] else ''} |"
+        )
+    lines += [
+        "",
+        f"pha: half the requests name their task, half are routed; peft: every request names its task. "
+        f"Offline reference, `pha predict` on the same {offline['examples']} examples (batches of 32, start-up included): "
+        f"{offline['wall_s']:.1f} s wall ({offline['examples'] / offline['wall_s']:.1f} examples/s), "
+        f"{offline['cpu_s']:.1f} s CPU ({1000 * offline['cpu_s'] / offline['examples']:.1f} ms / example), "
+        f"peak RSS {offline['peak_rss_mb']:.0f} MB. pha serve's answers equal pha predict's rows on "
+        f"{same[0]} of {same[1]} examples (task and label; scores within 1e-4).",
+    ]
+    if soaked:
+        lines += [
+            "",
+            f"Soak: {soaked['seconds']:g} s of pha serve at concurrency {soaked['concurrency']}, {100 * args.malformed:g} % "
+            f"malformed requests: {soaked['valid']} valid requests, {soaked['valid_failed']} failed "
+            f"{json.dumps(soaked['valid_failures'])}; "
+            f"{soaked['malformed']} malformed, {soaked['malformed_4xx']} answered 4xx; {soaked['requests_per_s']:.1f} "
+            f"requests/s, p50 {soaked['p50_ms']:.0f} ms, p99 {soaked['p99_ms']:.0f} ms; memory (PSS) "
+            f"{soaked['memory_first_mb']:.0f} MB over the first {soaked['memory_window_s']:.0f} s, "
+            f"{soaked['memory_last_mb']:.0f} MB over the last.",
+        ]
+    args.output.write_text("\n".join(lines) + "\n")
+    with args.output.with_suffix(".jsonl").open("w") as f:
+        for row in [*points, {"offline": offline, "agreement": same}, *([{"soak": soaked}] if soaked else [])]:
+            f.write(json.dumps({**row, "command": command}) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
