@@ -304,6 +304,8 @@ class PHAModel(nn.Module):
         if state is None:  # the backbone was called directly, outside this model's forward
             return
         state.z = self.retriever(full_precision(site_hidden_states(output)), state.attention_mask)
+        if state.stop:
+            raise _RetrievalDone
         if self.layout.source == "instance":
             self.adapter_context.weights = self.hypernetwork(state.z)
 
@@ -314,19 +316,27 @@ class PHAModel(nn.Module):
         return contextlib.nullcontext(), self.adapter_context.use(self.adapter_context.weights)
 
     def run_backbone(
-        self, batch: dict[str, Tensor], call: Callable[[], Any], weights: WeightSet | None = None
+        self,
+        batch: dict[str, Tensor],
+        call: Callable[[], Any],
+        weights: WeightSet | None = None,
+        stop_at_retrieval: bool = False,
     ) -> tuple[Any, Tensor | None]:
         """Run ``call`` (a backbone forward or ``generate``) with this batch's adapters in place.
 
         ``weights`` are the batch's generated weights when made beforehand (once for all chunks of
-        a batch). Returns the output and the retrieval vectors ``z`` (``None`` without a retriever).
+        a batch). Returns the output and the retrieval vectors ``z`` (``None`` without a retriever);
+        with ``stop_at_retrieval`` the pass ends at the retrieval point and the output is ``None``.
         """
         if weights is None:
             weights = self.batch_adapter_weights(batch["task_ids"])
-        self._retrieval = _Retrieval(batch)
+        self._retrieval = _Retrieval(batch, stop=stop_at_retrieval)
         try:
             with self.adapter_context.use(weights):
-                output = call()
+                try:
+                    output = call()
+                except _RetrievalDone:
+                    output = None
             return output, self._retrieval.z
         finally:
             self._retrieval = None
@@ -340,7 +350,9 @@ class PHAModel(nn.Module):
     def retrieval_forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Retrieval vectors ``z`` of a batch, running no more than they need.
 
-        T5: the encoder alone. Encoder-only backbones run whole (the retrieval point is mid-stack).
+        T5: the encoder alone. Encoder-only backbones: the blocks up to the retrieval point (the
+        retrieval-point hook stops the pass there), or the whole stack when sharded (every rank
+        must make the same collective calls, which a pass stopped mid-stack would not).
         """
         if self.retriever is None:
             raise ConfigError(f"method {self.config.method!r} (with these loss weights) has no retriever")
@@ -348,7 +360,7 @@ class PHAModel(nn.Module):
             call = lambda: self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # noqa: E731
         else:
             call = lambda: self.backbone(**_encoder_inputs(batch))  # noqa: E731
-        return self.run_backbone(batch, call)[1]
+        return self.run_backbone(batch, call, stop_at_retrieval=self.family != "seq2seq" and not is_sharded(self))[1]
 
     def retrieval_scores(self, z: Tensor) -> Tensor:
         """Cosine of every retrieval vector with every task's prototype: ``(B, tasks)``."""
@@ -453,11 +465,17 @@ class _Retrieval:
     """What the retrieval-point hook needs from, and gives back to, one forward pass."""
 
     batch: dict[str, Tensor]
+    #: whether only ``z`` is wanted: the hook then stops the pass (:class:`_RetrievalDone`)
+    stop: bool = False
     z: Tensor | None = None
 
     @property
     def attention_mask(self) -> Tensor:
         return self.batch["attention_mask"]
+
+
+class _RetrievalDone(Exception):
+    """Raised by the retrieval-point hook when only ``z`` is wanted: the blocks above it do not run."""
 
 
 def _encoder_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
