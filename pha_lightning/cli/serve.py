@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -29,6 +28,7 @@ from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.serving import PHAServingAPI, RequestChecks, ServeConfig, ServedTasks
+from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.validation import check_range, valid_values
 
 
@@ -82,19 +82,23 @@ def build_server(bundle: str, served: ServedTasks, config: ServeConfig):  # noqa
     return server
 
 
-def stop_on_sigterm(server_pid: int) -> Callable[[int, FrameType | None], None]:
+class SigtermStop:
     """SIGTERM as Ctrl+C in the server's process: LitServe then stops its HTTP servers gracefully
-    (they finish the requests in flight, up to ``shutdown_timeout``) before its inference workers.
+    (they finish the requests in flight, up to ``shutdown_timeout``) before its inference workers,
+    and ``pha serve`` exits with :data:`SIGTERM_EXIT` like every ``pha`` command SIGTERM stopped.
     The HTTP servers, forked from it, install uvicorn's own handler and re-raise the signal when
     done: there it ends the process as by default."""
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() == server_pid:
+    def __init__(self) -> None:
+        self.server_pid = os.getpid()
+        self.received = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == self.server_pid:
+            self.received = True
             raise KeyboardInterrupt
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-
-    return handle
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pha-serve-") as folder:
         bundle, served = served_bundle(ckpt_path, Path(folder))
         server = build_server(bundle, served, config)
-        signal.signal(signal.SIGTERM, stop_on_sigterm(os.getpid()))
+        stop = SigtermStop()
+        signal.signal(signal.SIGTERM, stop)
         print(
             f"pha serve: {len(served.tasks)} tasks on http://{config.host}:{config.port} "
             "(POST /predict, GET /tasks, GET /health)",
@@ -115,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
             generate_client_file=False,
             log_level="warning",
         )
+    if stop.received:
+        print("pha serve: stopped by SIGTERM; the requests in flight were answered", file=sys.stderr, flush=True)
+        raise SystemExit(SIGTERM_EXIT)
 
 
 if __name__ == "__main__":

@@ -269,13 +269,8 @@ SERVED_FIELDS: tuple[str, ...] = (
 
 
 def served_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A prediction row as the server answers it: the row schema's fields without the file's
-    ``index``/``line``; ``confidence`` is the router's (``None`` for a task the input named)."""
-    row = dict(row)
-    if "task_source" in row:  # rows before the router's confidence: task_source, prediction index, label
-        row["routed"] = row.pop("task_source") == "retriever"
-        label = row.pop("label")
-        if isinstance(row["prediction"], int):
-            row["prediction_index"], row["prediction"] = row["prediction"], label
-    row.setdefault("confidence", None)
+    """A prediction row as the server answers it: the row's fields without the file's ``index`` and
+    ``line``, and ``confidence`` always there (the router's; ``None`` for a task the input named, or
+    from a model whose routing has no calibration)."""
+    row = {"confidence": None, **row}
     return {name: row[name] for name in SERVED_FIELDS if name in row}

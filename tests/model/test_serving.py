@@ -17,22 +17,21 @@ def served(can_route: bool = True) -> ServedTasks:
 
 
 def test_a_routed_row_keeps_the_routers_confidence_and_a_named_one_gets_none() -> None:
-    routed = {"index": 0, "line": 1, "task": "synth_match", "task_source": "retriever", "task_similarity": 0.7,
-              "confidence": 0.93, "prediction": 1, "label": "1"}  # fmt: skip
+    routed = {"index": 0, "line": 1, "task": "synth_match", "routed": True, "task_similarity": 0.7,
+              "confidence": 0.93, "prediction": "1", "prediction_index": 1}  # fmt: skip
     assert served_row(routed) == {"task": "synth_match", "routed": True, "confidence": 0.93, "task_similarity": 0.7,
                                   "prediction": "1", "prediction_index": 1}  # fmt: skip
-    named = {"index": 1, "line": 2, "id": 4, "task": "synth_score", "task_source": "input", "prediction": 2.5,
-             "label": "2.500", "target": 3.0}  # fmt: skip
+    named = {"index": 1, "line": 2, "id": 4, "task": "synth_score", "routed": False, "prediction": 2.5, "target": 3.0}
     assert served_row(named) == {"id": 4, "task": "synth_score", "routed": False, "confidence": None,
                                  "prediction": 2.5, "target": 3.0}  # fmt: skip
 
 
 def test_an_abstained_row_has_no_task_or_prediction_and_says_why() -> None:
     reason = "confidence 0.41 below the threshold 0.83 chosen for precision 0.95; name the task to predict"
-    row = {"index": 0, "line": 1, "task": None, "task_source": "retriever", "task_similarity": 0.2, "confidence": 0.41,
-           "prediction": None, "label": None, "abstained": reason}  # fmt: skip
+    row = {"index": 0, "line": 1, "task": None, "routed": True, "task_similarity": 0.2, "confidence": 0.41,
+           "prediction": None, "prediction_index": None, "abstained": reason}  # fmt: skip
     assert served_row(row) == {"task": None, "routed": True, "confidence": 0.41, "task_similarity": 0.2,
-                               "prediction": None, "abstained": reason}  # fmt: skip
+                               "prediction": None, "prediction_index": None, "abstained": reason}  # fmt: skip
 
 
 @pytest.mark.parametrize(
