@@ -13,12 +13,14 @@ flight finish (``--shutdown_timeout``) and exits. docs/production.md, "Serving",
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import jsonargparse
 from jsonargparse import ActionConfigFile, Namespace
@@ -27,12 +29,16 @@ from pha_lightning.cli.export import load_trained
 from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.bundle import is_bundle
-from pha_lightning.model.serving import PHAServingAPI, RequestChecks, ServeConfig, ServedTasks
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.validation import check_range, valid_values
 
+if TYPE_CHECKING:  # imported by the functions: pha_lightning.model.serving imports LitServe, checked first
+    from pha_lightning.model.serving import ServeConfig, ServedTasks
+
 
 def build_parser() -> PHAArgumentParser:
+    from pha_lightning.model.serving import ServeConfig
+
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = PHAArgumentParser(prog="pha serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
@@ -42,6 +48,8 @@ def build_parser() -> PHAArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
+    from pha_lightning.model.serving import ServeConfig
+
     parsed: Namespace = build_parser().parse_args(sys.argv[2:] if argv is None else argv)
     settings = {key: value for key, value in parsed.as_dict().items() if key not in ("config", "ckpt_path")}
     for key, valid in valid_values(ServeConfig).items():  # named as the option, before ServeConfig names it serve.<key>
@@ -52,6 +60,8 @@ def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
 def served_bundle(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
     """The bundle the inference workers load (a checkpoint is exported into ``folder`` first, so the
     workers never import the training code) and the tasks requests are checked against."""
+    from pha_lightning.model.serving import ServedTasks
+
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist; give a bundle (pha export) or a checkpoint")
     model, data, extra = load_trained(ckpt_path)
@@ -67,6 +77,8 @@ def served_bundle(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
 def build_server(bundle: str, served: ServedTasks, config: ServeConfig):  # noqa: ANN201 (litserve.LitServer)
     """LitServe's server over the bundle, with the request checks and ``GET /tasks``."""
     import litserve as ls
+
+    from pha_lightning.model.serving import PHAServingAPI, RequestChecks
 
     server = ls.LitServer(
         PHAServingAPI(bundle, config),
@@ -102,6 +114,8 @@ class SigtermStop:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if importlib.util.find_spec("litserve") is None:
+        raise ConfigError("pha serve needs LitServe, which is not installed: pip install 'pha-lightning[serve]'")
     ckpt_path, config = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pha-serve-") as folder:
         bundle, served = served_bundle(ckpt_path, Path(folder))

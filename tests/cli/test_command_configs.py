@@ -154,3 +154,16 @@ def test_bad_serve_options_are_one_line(args: list[str], message: str, capsys: p
     err = pha_error(capsys, "serve", *args)
     assert err.startswith("pha: error: ") and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+
+
+def test_serve_without_litserve_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "litserve" else find_spec(name, *a)
+    )
+    err = pha_error(capsys, "serve", "--ckpt_path=bundle")
+    assert "pha serve needs LitServe, which is not installed: pip install 'pha-lightning[serve]'" in err
