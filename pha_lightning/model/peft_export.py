@@ -91,7 +91,7 @@ def lora_sites(model: PHAModel) -> list[tuple[str, LoRALinear]]:
 def task_factors(model: PHAModel, task: int) -> Factors:
     """The LoRA factors task ``task`` runs with: shared sites' own, generated sites' for this task."""
     with torch.no_grad():
-        generated = model.batch_adapter_weights(torch.tensor([task], device=model.device))
+        generated = model.task_weights(torch.tensor([task], device=model.device))
     factors = {}
     for name, site in lora_sites(model):
         update = site.update
