@@ -59,6 +59,15 @@ LORA_BANK_SOURCES: dict[str, str] = {
 }  # fmt: skip
 
 
+#: methods that run another method's weights differently: ``arrow`` routes over a ``task_lora`` library
+SAME_WEIGHTS: dict[str, str] = {"arrow": "task_lora"}
+
+
+def weights_of(method: str) -> str:
+    """The method whose weights ``method`` has (a checkpoint of either serves the other)."""
+    return SAME_WEIGHTS.get(method, method)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each kind of adapter goes, for a backbone with ``before + after`` blocks."""
