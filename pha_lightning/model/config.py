@@ -141,6 +141,10 @@ class PHAConfig:
     poly_splits: int | None = setting(None, Range(1, integer=True, optional=True), structural=True)
     """``mhr``: the heads each skill LoRA is cut into, mixed apart (peft's ``n_splits``; default
     ``4``; it must divide every site's width); ``poly`` has one (default ``None``: the method's)."""
+    mtl_up_projections: int = setting(3, SIZE, structural=True)
+    """``mtl_lora``: the shared up-projections each task mixes (AdapterHub's ``n_up_projection``)."""
+    mtl_sharpness: float = setting(0.05, POSITIVE)
+    """``mtl_lora``: the temperature of each task's softmax over them (AdapterHub's ``weights_sharpness``)."""
     arrow_top_k: int = setting(3, SIZE)
     """``arrow``: the task LoRAs each token mixes, those its top singular vectors align with best."""
     arrow_temperature: float = setting(1.0, POSITIVE)

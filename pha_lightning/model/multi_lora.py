@@ -7,6 +7,8 @@ the sites, the grouped application, chunking and exports are generated LoRA's:
 * :class:`TaskLoRABank` (``task_lora``): one LoRA per task, peft's ``LoraModel`` once per task;
 * :class:`SkillLoRABank` (``poly``, ``mhr``): peft's ``PolyModel``, each task's LoRA a learned
   mixture of ``poly_skills`` skill LoRAs, each cut into ``poly_splits`` heads mixed apart (MHR);
+* :class:`MTLLoRABank` (``mtl_lora``): AdapterHub's MTL-LoRA, a shared ``A``, a per-task diagonal
+  ``Λ`` and a per-task mixture of shared up-projections;
 * :class:`ArrowLoRA` (``arrow``): peft's Arrow routing over a ``task_lora`` library at inference,
   every token mixing the ``arrow_top_k`` LoRAs whose top right singular vector it aligns with best.
 """
@@ -191,3 +193,37 @@ class SkillLoRABank(nn.Module):
         """The skills' weights from their logits, as peft's ``PolyRouter`` makes them."""
         w = RelaxedBernoulli(1.0, logits=logits).rsample() if self.training else torch.sigmoid(logits)
         return w / (w.sum(dim=-1, keepdim=True) + POLY_EPS)
+
+
+class MTLLoRABank(nn.Module):
+    """AdapterHub's MTL-LoRA (``MTLLoRAConfig`` with ``task_specific_matrix_type="singular_values"``):
+    per site a shared ``A``, a task-specific diagonal ``Λ_t`` and ``n`` shared up-projections ``B_i``
+    mixed per task by ``softmax(w_t / sharpness)``; task ``t``'s LoRA is ``(Σ_i p_ti·B_i)·(Λ_t·A)``.
+
+    Per shape set ``k``: ``a[k] (S_k, r, d_in)`` drawn as LoRA's ``A``, ``b[k] (S_k, n, d_out, r)``
+    zero, ``scales[k] (S_k, T, r)`` and ``mix[k] (S_k, T, n)`` ones, as ``adapters`` starts them.
+    """
+
+    def __init__(
+        self, num_tasks: int, site_shapes: Sequence[Shape], rank: int, up_projections: int, sharpness: float
+    ) -> None:
+        super().__init__()
+        shapes, counts = site_counts(site_shapes)
+        self.sharpness = sharpness
+        self.a = nn.ParameterList(
+            nn.Parameter(init_lora_a(torch.empty(n, rank, d_in))) for (d_in, _), n in zip(shapes, counts)
+        )
+        self.b = nn.ParameterList(
+            nn.Parameter(torch.zeros(n, up_projections, d_out, rank)) for (_, d_out), n in zip(shapes, counts)
+        )
+        self.scales = nn.ParameterList(nn.Parameter(torch.ones(n, num_tasks, rank)) for n in counts)
+        self.mix = nn.ParameterList(nn.Parameter(torch.ones(n, num_tasks, up_projections)) for n in counts)
+
+    def forward(self, task_ids: Tensor) -> GeneratedLoRA:
+        tasks, group_of = torch.unique(task_ids, return_inverse=True)
+        a, b = [], []
+        for a_k, b_k, scales, mix in zip(self.a, self.b, self.scales, self.mix):
+            a.append((scales[:, tasks, :, None] * a_k[:, None]).transpose(0, 1))  # (G, S, r, d_in)
+            weights = torch.softmax(mix[:, tasks] / self.sharpness, dim=-1)  # (S, G, n)
+            b.append(torch.einsum("sgn,sndr->gsdr", weights, b_k))
+        return GeneratedLoRA(tuple(a), tuple(b), group_of)

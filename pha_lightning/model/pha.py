@@ -56,7 +56,7 @@ from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.model.hypernetwork import Generator, HyperNetwork
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora
 from pha_lightning.model.methods import method_layout
-from pha_lightning.model.multi_lora import SkillLoRABank, TaskLoRABank
+from pha_lightning.model.multi_lora import MTLLoRABank, SkillLoRABank, TaskLoRABank
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
 from pha_lightning.model.sharding import is_sharded
@@ -171,6 +171,10 @@ class PHAModel(nn.Module):
             return TaskLoRABank(num_tasks, lora_sites, config.lora_rank)
         if source == "skills":
             return SkillLoRABank(num_tasks, lora_sites, config.lora_rank, config.poly_skills, config.skill_splits)
+        if source == "mtl_lora":
+            return MTLLoRABank(
+                num_tasks, lora_sites, config.lora_rank, config.mtl_up_projections, config.mtl_sharpness
+            )
         return None
 
     def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:

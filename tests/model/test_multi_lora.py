@@ -1,10 +1,14 @@
 """The multi-task LoRA methods against peft itself, in float64 on tiny BERT and T5: ``poly`` and
 ``mhr`` against ``PolyModel`` (outputs and gradients), ``task_lora`` and ``arrow`` through their
-per-task peft exports (``PeftModel`` per task, ``create_arrow_model`` over all of them), mixed-task
+per-task peft exports (``PeftModel`` per task, ``create_arrow_model`` over all of them), ``mtl_lora``
+against AdapterHub's ``MTLLoRAConfig`` (in the ``adapters`` environment), mixed-task
 batches run in chunks; and their settings' errors."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,10 @@ from lightning.pytorch import seed_everything
 from peft import PeftModel, PolyConfig, get_peft_model
 from peft.tuners.lora import ArrowConfig, create_arrow_model
 
+from safetensors.torch import save_file
+
 from pha_lightning.errors import ConfigError
+from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import LoRALinear
 from pha_lightning.model.chunking import plan_chunks
@@ -21,6 +28,7 @@ from pha_lightning.model.multi_lora import ArrowLoRA, top_right_singular_vectors
 from pha_lightning.model.peft_export import write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.retriever import masked_mean
+from tests.model.test_adapterhub_export import adapters_python
 from tests.model.test_peft_export import TASKS, hf_inputs, load_base, mixed_batch, pha_outputs, served_outputs
 
 pytestmark = pytest.mark.slow  # compares with peft on real (tiny) backbones
@@ -38,10 +46,8 @@ def bank_model(backbone: str, method: str, **settings: object) -> PHAModel:
     """A float64 model of ``method`` whose bank is far from its init (B = 0 would hide any mapping),
     run in length chunks (a small chunk cost: mixed batches split)."""
     seed_everything(0)
-    config = PHAConfig(
-        backbone=backbone, tasks=TASKS, method=method, lora_rank=4, lora_alpha=1.0, lora_dropout=0.0,
-        chunk_cost_tokens=1, **settings,
-    )  # fmt: skip
+    defaults = {"lora_rank": 4, "lora_alpha": 1.0, "lora_dropout": 0.0, "chunk_cost_tokens": 1}
+    config = PHAConfig(backbone=backbone, tasks=TASKS, method=method, **{**defaults, **settings})
     model = PHAModel(config).double().eval()
     with torch.no_grad():
         for name, p in model.lora_bank.named_parameters():
@@ -214,3 +220,94 @@ def test_bad_settings_are_named(settings: dict, message: str) -> None:
 def test_mhr_splits_must_divide_the_sites(pretrained: dict) -> None:
     with pytest.raises(ConfigError, match=r"poly_splits 5 must divide every LoRA site's input and output width"):
         PHAModel(PHAConfig(backbone=pretrained["bert"], tasks=TASKS, method="mhr", poly_splits=5))
+
+
+#: builds AdapterHub's MTL-LoRA (one MTLLoRAConfig adapter per task, A and B shared) with the given
+#: weights, runs the batch with ``task_ids`` through ``MultiTask`` and saves the outputs
+MTL_LORA_RUN = """
+import json, sys, torch
+import adapters
+from adapters import MTLLoRAConfig
+from adapters.composition import MultiTask
+from safetensors.torch import load_file
+from transformers import AutoModel, T5ForConditionalGeneration
+request = json.load(open(sys.argv[1]))
+torch.set_default_dtype(torch.float64)  # adapters builds its modules in the default dtype
+kind = T5ForConditionalGeneration if request["t5"] else AutoModel
+model = kind.from_pretrained(request["base"], dtype=torch.float64)
+adapters.init(model)
+config = MTLLoRAConfig(r=request["rank"], alpha=request["alpha"], dropout=0.0, n_up_projection=request["up"],
+                       weights_sharpness=request["sharpness"])
+for task in request["tasks"]:
+    model.add_adapter(task, config)
+model.share_parameters(adapter_names=request["tasks"])
+model.active_adapters = MultiTask(*request["tasks"])
+weights = load_file(request["weights"])
+params = dict(model.named_parameters())
+missing = sorted(set(params) - set(weights) - {n for n, p in params.items() if ".loras." not in n and "shared_parameters" not in n})
+assert not missing, missing
+with torch.no_grad():
+    for name, value in weights.items():
+        params[name].copy_(value)
+model.eval()
+inputs = load_file(request["inputs"])
+with torch.no_grad():
+    out = model(**inputs)
+torch.save(out.logits if request["t5"] else out.last_hidden_state, request["outputs"])
+"""
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_mtl_lora_equals_adapterhub_mtl_lora(kind: str, pretrained: dict, tmp_path: Path) -> None:
+    """``mtl_lora`` on a mixed batch in chunks computes what AdapterHub's MTL-LoRA computes with the
+    batch's ``task_ids`` (run in the ``adapters`` environment, skipped without one, as the AdapterHub export)."""
+    python = adapters_python()
+    if python is None:
+        pytest.skip("no Python with the adapters package (set PHA_ADAPTERS_PYTHON; adapters pins transformers 4.57)")
+    model = bank_model(pretrained[kind], "mtl_lora", lora_alpha=6.0, mtl_up_projections=3, mtl_sharpness=0.5)
+    bank, shared = model.lora_bank, ",".join(TASKS)
+    weights = {}
+    for name, site in sites(model):
+        k, i = site.update.shape_set, site.update.index
+        weights[f"{name}.shared_parameters.{shared}.lora_A"] = bank.a[k][i]
+        weights[f"{name}.shared_parameters.{shared}.lora_B"] = bank.b[k][i]
+        for t, task in enumerate(TASKS):
+            weights[f"{name}.loras.{task}.weights"] = bank.mix[k][i, t]
+            weights[f"{name}.loras.{task}.task_specific.values"] = bank.scales[k][i, t]
+    save_file({n: w.detach().contiguous() for n, w in weights.items()}, tmp_path / "weights.safetensors")
+    batch = mixed_batch(pretrained[kind])
+    inputs = {**hf_inputs(model, batch), "task_ids": batch["task_ids"]}
+    save_file({n: v.contiguous() for n, v in inputs.items()}, tmp_path / "inputs.safetensors")
+    request = {
+        "base": resolve_backbone_path(pretrained[kind]), "t5": model.family == "seq2seq", "tasks": TASKS,
+        "rank": 4, "alpha": 6.0, "up": 3, "sharpness": 0.5, "weights": str(tmp_path / "weights.safetensors"),
+        "inputs": str(tmp_path / "inputs.safetensors"), "outputs": str(tmp_path / "outputs.pt"),
+    }  # fmt: skip
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    env = {**os.environ, "PYTHONPATH": ""}  # the other environment's own transformers, no pha
+    result = subprocess.run([python, "-c", MTL_LORA_RUN, str(tmp_path / "request.json")], env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        got = chunked_outputs(model, batch)
+    if model.family == "seq2seq":
+        got, expected = targets_only(got, batch), targets_only(expected, batch)
+        # the adapters environment's transformers 4.57 takes T5's attention softmax in float32
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(got, masked_mean(expected, batch["attention_mask"]), **CLOSE)
+
+
+def test_mtl_lora_is_one_lora_per_task(pretrained: dict) -> None:
+    """Task ``t``'s factors are ``Λ_t·A`` and ``Σ_i softmax(w_t / sharpness)_i·B_i`` (AdapterHub's
+    formula, in its order of products), and the tasks differ."""
+    model = bank_model(pretrained["bert"], "mtl_lora", mtl_sharpness=0.5)
+    bank = model.lora_bank
+    x = torch.randn(5, bank.a[0].shape[-1], dtype=torch.float64)
+    weights = bank(torch.tensor([2, 0]))
+    for g, t in enumerate([0, 2]):
+        p = (bank.mix[0][0, t] / 0.5).exp()
+        per_up = x @ bank.a[0][0].T @ torch.diag(bank.scales[0][0, t]) @ bank.b[0][0].transpose(-1, -2)
+        expected = (p[:, None, None] * per_up).sum(0) / p.sum()
+        torch.testing.assert_close(x @ weights.a[0][g, 0].T @ weights.b[0][g, 0].T, expected, **CLOSE)
+    assert not torch.allclose(weights.b[0][0], weights.b[0][1])
