@@ -128,10 +128,11 @@ def test_poly_samples_each_example_in_training(pretrained: dict) -> None:
     torch.testing.assert_close(mixture.sum(-1), torch.ones(mixture.shape[:-1], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("method", ["task_lora", "poly", "mhr"])
+@pytest.mark.parametrize("method", ["task_lora", "poly", "mhr", "mtl_lora"])
 @pytest.mark.parametrize("kind", ["bert", "t5"])
 def test_peft_export_serves_each_task(kind: str, method: str, pretrained: dict, tmp_path: Path) -> None:
-    """``pha export --format peft``: every task's LoRA (task_lora's own, Poly's mixture at evaluation)
+    """``pha export --format peft``: every task's LoRA (task_lora's own, Poly's mixture at evaluation,
+    MTL-LoRA's ``(Σ p·B)·(Λ·A)``)
     loaded by peft computes what the model computes for a mixed batch; the tasks really differ."""
     model = bank_model(pretrained[kind], method)
     out = write_peft_export(model, tmp_path / "export")
@@ -311,3 +312,16 @@ def test_mtl_lora_is_one_lora_per_task(pretrained: dict) -> None:
         expected = (p[:, None, None] * per_up).sum(0) / p.sum()
         torch.testing.assert_close(x @ weights.a[0][g, 0].T @ weights.b[0][g, 0].T, expected, **CLOSE)
     assert not torch.allclose(weights.b[0][0], weights.b[0][1])
+
+
+@pytest.mark.parametrize("method", ["task_lora", "poly", "mhr", "mtl_lora", "arrow"])
+def test_bundle_serves_the_same_predictions(method: str, pretrained: dict, tmp_path: Path) -> None:
+    """``save_pretrained`` / ``from_pretrained`` keep the bank: the served model predicts a mixed batch
+    and raw examples (``pha predict``'s path) as the trained one does."""
+    model = bank_model(pretrained["bert"], method).float()
+    served = PHAModel.from_pretrained(model.save_pretrained(tmp_path / "bundle")).eval()
+    assert served.config.method == method
+    batch = mixed_batch(pretrained["bert"])
+    torch.testing.assert_close(served.predict_values(batch), model.predict_values(batch))
+    examples = [{"task": "synth_polarity", "sentence": "the red cat near the park was lovely"}]
+    assert served.predict(examples) == model.predict(examples)
