@@ -172,9 +172,7 @@ class PHAModel(nn.Module):
         if source == "skills":
             return SkillLoRABank(num_tasks, lora_sites, config.lora_rank, config.poly_skills, config.skill_splits)
         if source == "mtl_lora":
-            return MTLLoRABank(
-                num_tasks, lora_sites, config.lora_rank, config.mtl_up_projections, config.mtl_sharpness
-            )
+            return MTLLoRABank(num_tasks, lora_sites, config.lora_rank, config.mtl_up_projections, config.mtl_sharpness)
         return None
 
     def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:

@@ -16,14 +16,13 @@ import torch
 from lightning.pytorch import seed_everything
 from peft import PeftModel, PolyConfig, get_peft_model
 from peft.tuners.lora import ArrowConfig, create_arrow_model
-
 from safetensors.torch import save_file
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
+from pha_lightning.model.chunking import plan_chunks
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import LoRALinear
-from pha_lightning.model.chunking import plan_chunks
 from pha_lightning.model.multi_lora import ArrowLoRA, top_right_singular_vectors
 from pha_lightning.model.peft_export import write_peft_export
 from pha_lightning.model.pha import PHAModel
