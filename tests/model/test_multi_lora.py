@@ -27,6 +27,7 @@ from pha_lightning.model.multi_lora import ArrowLoRA, top_right_singular_vectors
 from pha_lightning.model.peft_export import write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.retriever import masked_mean
+from pha_lightning.training.checkpoints import check_compatible
 from tests.model.test_adapterhub_export import adapters_python
 from tests.model.test_peft_export import TASKS, hf_inputs, load_base, mixed_batch, pha_outputs, served_outputs
 
@@ -324,3 +325,13 @@ def test_bundle_serves_the_same_predictions(method: str, pretrained: dict, tmp_p
     torch.testing.assert_close(served.predict_values(batch), model.predict_values(batch))
     examples = [{"task": "synth_polarity", "sentence": "the red cat near the park was lovely"}]
     assert served.predict(examples) == model.predict(examples)
+
+
+def test_arrow_serves_a_task_lora_checkpoint_and_nothing_else() -> None:
+    """An ``arrow`` configuration loads a ``task_lora`` checkpoint (the same weights) and back; any
+    other method's checkpoint is refused, naming both methods."""
+    saved = {"tasks": TASKS, "method": "task_lora"}
+    check_compatible(saved, {"tasks": TASKS, "method": "arrow"}, "run.ckpt")
+    check_compatible({**saved, "method": "arrow"}, {"tasks": TASKS, "method": "task_lora"}, "run.ckpt")
+    with pytest.raises(ConfigError, match=r"run.ckpt was trained with model.arch.method='poly', but .* 'arrow'"):
+        check_compatible({**saved, "method": "poly"}, {"tasks": TASKS, "method": "arrow"}, "run.ckpt")
