@@ -63,7 +63,13 @@ METHOD_ARGS: dict[str, list[str]] = {
     "hyperformer": ["--model.arch.method=hyperformer", "--data.sampling=task"],
     "hyperdecoder": ["--model.arch.method=hyperdecoder"],
     "finetune": ["--model.arch.method=finetune"],
+    # the multi-task LoRA methods users pick today (issue 51; docs/method.md, "Multi-task LoRA baselines")
+    **{m: [f"--model.arch.method={m}"] for m in ("task_lora", "poly", "mhr", "mtl_lora", "arrow")},
 }
+#: methods with no training of their own: a row evaluates the run of the same cell (size, seed,
+#: rate) of another method, trained first if missing (``arrow``: Arrow's routing over the
+#: ``task_lora`` run's per-task LoRAs, without task labels); tuned on their own validation average
+EVALUATED_ON: dict[str, str] = {"arrow": "task_lora"}
 #: PHA with the generator mechanisms of issue 35, each an override file of configs/methods/
 #: (docs/method.md, "Beyond the paper: the generator's mechanisms"); screened at PHA's rate
 MECHANISMS: tuple[str, ...] = (
@@ -114,6 +120,8 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
 
     ``lr`` (when given) is the run's ``model.optim.learning_rate`` and part of its id.
     """
+    if method in EVALUATED_ON:
+        return evaluate_on(method, n_train, seed, args, lr)
     rid = run_id(method, n_train, seed, lr)
     root = args.output_dir / "runs" / rid
     resume = resolve_last_checkpoint(root) if root.exists() else None
@@ -153,6 +161,46 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
         "git_commit": git_commit(),
         "command": cmd,
         "config": (log_dir / "config.yaml").read_text() if (log_dir / "config.yaml").exists() else None,
+    }
+
+
+def evaluate_on(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: float | None) -> dict:
+    """The row of a method without training of its own (:data:`EVALUATED_ON`): ``pha validate`` and
+    ``pha test`` of the source method's best checkpoint of the same cell, run as ``method``."""
+    jsonl = args.output_dir / "runs.jsonl"
+    source = run_id(EVALUATED_ON[method], n_train, seed, lr)
+    if source not in finished_runs(jsonl):
+        with jsonl.open("a") as handle:
+            handle.write(json.dumps(run_one(EVALUATED_ON[method], n_train, seed, args, lr)) + "\n")
+    trained = finished_runs(jsonl)[source]
+    root = args.output_dir / "runs" / source
+    best = best_checkpoint(root)
+    configs = sorted(root.rglob("config.yaml"))
+    rid = run_id(method, n_train, seed, lr)
+    out = args.output_dir / "runs" / rid
+    shutil.rmtree(out, ignore_errors=True)  # an evaluation is short: an interrupted one starts over
+    start, metrics, commands = time.time(), {}, []
+    for stage, name in (("validate", "val"), ("test", "test")):
+        cmd = [
+            *pha_command(), stage, f"--config={configs[0]}", *METHOD_ARGS[method], f"--ckpt_path={best}",
+            f"--trainer.default_root_dir={out / stage}", "--trainer.enable_progress_bar=false",
+        ]  # fmt: skip
+        run_logged(cmd, out.parent / f"{rid}.log", f"{stage} of {rid}")
+        metrics[name] = json.loads(next((out / stage).rglob(f"{name}_metrics.json")).read_text())
+        commands.append(cmd)
+    return {
+        **{key: trained[key] for key in ("n_train", "seed", "learning_rate", "best_step", "last_step", "health")},
+        "run_id": rid,
+        "method": method,
+        "test": metrics["test"],
+        "best_val_avg": metrics["val"]["val/avg"],
+        "evaluated_run": source,
+        "trainable_params": trained["trainable_params"],
+        "wall_time_s": round(time.time() - start, 1),
+        "resumed_from": None,
+        "git_commit": git_commit(),
+        "command": commands,
+        "config": trained["config"],
     }
 
 
@@ -494,6 +542,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "choose the rate with the best validation average among every rate that cell has run at "
         "(never on test); written to chosen_lr.json and used by every run of the grid",
     )
+    parser.add_argument(
+        "--bracket",
+        action="store_true",
+        help="after --tune-lr, while a method's best rate is the lowest or highest it was tried at, try the "
+        "next rate of RATE_GRID beyond it (edge checks until the choice is bracketed, or the grid ends)",
+    )
     parser.add_argument("--tune-n-train", type=int, default=100)
     parser.add_argument("--tune-seed", type=int, default=0)
     parser.add_argument(
@@ -558,6 +612,9 @@ def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, fl
     """Each method's learning rate: the best validation average of its tuning runs (never test)."""
     n_train, seed = args.tune_n_train, args.tune_seed
     run_cells([(m, n_train, seed, lr) for m in args.methods for lr in args.tune_lr], args, jsonl)
+    while args.bracket and (edges := edge_checks(list(finished_runs(jsonl).values()), args.methods, n_train, seed)):
+        print(f"edge checks (a choice at the edge of the rates tried): {edges}", flush=True)
+        run_cells(edges, args, jsonl)
     chosen = best_rates(list(finished_runs(jsonl).values()), args.methods, n_train, seed)
     path = args.output_dir / CHOSEN_LR
     saved = read_chosen(path)
@@ -581,6 +638,25 @@ def best_rates(rows: list[dict], methods: list[str], n_train: int, seed: int) ->
         ]
         chosen[method] = max(tried, key=lambda row: row["best_val_avg"])["learning_rate"]
     return chosen
+
+
+#: the rates edge checks step along (half decades)
+RATE_GRID: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def edge_checks(rows: list[dict], methods: list[str], n_train: int, seed: int) -> list[tuple[str, int, int, float]]:
+    """For each method whose best rate is the lowest or highest it was tried at on the tuning cell,
+    the next :data:`RATE_GRID` rate beyond it, untried (none when the grid ends there)."""
+    cells = []
+    for method, best in best_rates(rows, methods, n_train, seed).items():
+        cell = [r for r in rows if (r["method"], r["n_train"], r["seed"]) == (method, n_train, seed)]
+        tried = {r["learning_rate"] for r in cell if r.get("learning_rate") is not None}
+        beyond = [r for r in RATE_GRID if r > best * 1.01] if best >= max(tried) else []
+        below = [r for r in RATE_GRID if r < best / 1.01] if best <= min(tried) else []
+        for rate in (beyond[:1] + below[-1:]) if len(tried) > 1 else []:
+            if rate not in tried:
+                cells.append((method, n_train, seed, rate))
+    return cells
 
 
 def read_chosen(path: Path) -> dict[str, float]:

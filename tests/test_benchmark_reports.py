@@ -114,6 +114,32 @@ def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell() -> None:
     assert best == {"task_adapter": 1e-4, "adapter": 1e-3}
 
 
+def test_edge_checks_step_beyond_a_choice_at_the_edge_until_it_is_bracketed() -> None:
+    """--bracket: a best rate at the top (or bottom) of those tried gets the next grid rate beyond it;
+    an interior choice, a single rate tried, or the grid's end gets none."""
+
+    def tuned(method: str, lr: float, val: float) -> dict:
+        return {"method": method, "n_train": 100, "seed": 0, "learning_rate": lr, "best_val_avg": val}
+
+    module = _benchmark("sample_efficiency")
+    rows = [
+        tuned("poly", 3e-4, 50.0), tuned("poly", 1e-3, 52.0),  # best at the top: try 3e-3
+        tuned("mhr", 3e-4, 53.0), tuned("mhr", 1e-3, 52.0),  # best at the bottom: try 1e-4
+        tuned("pha", 3e-4, 50.0), tuned("pha", 1e-3, 55.0), tuned("pha", 3e-3, 54.0),  # bracketed
+        tuned("adapter", 1e-3, 50.0),  # one rate: nothing to bracket
+        tuned("lora", 3e-3, 40.0), tuned("lora", 1e-2, 41.0),  # the grid ends at 1e-2
+    ]  # fmt: skip
+    checks = module.edge_checks(rows, ["poly", "mhr", "pha", "adapter", "lora"], 100, 0)
+    assert checks == [("poly", 100, 0, 3e-3), ("mhr", 100, 0, 1e-4)]
+
+
+def test_arrow_takes_its_rate_from_its_own_tuning_on_task_lora_runs() -> None:
+    module = _benchmark("sample_efficiency")
+    assert module.EVALUATED_ON == {"arrow": "task_lora"}
+    assert module.lr_for("arrow", {"arrow": 3e-3, "task_lora": 1e-3}) == 3e-3
+    assert module.METHOD_ARGS["arrow"] == ["--model.arch.method=arrow"]
+
+
 def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
     module = _benchmark("few_shot_transfer")
 

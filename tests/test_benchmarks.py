@@ -128,6 +128,28 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     assert unknown.returncode != 0 and "no finished run ['pha-n99-s0']" in unknown.stderr
 
 
+def test_arrow_rows_evaluate_the_task_lora_run_of_their_cell(tmp_path: Path) -> None:
+    """An arrow row trains nothing: the task_lora run of its cell is trained first, then validated and
+    tested as arrow; the row keeps that run's step and size, its own metrics, and is skipped on rerun."""
+    grid = [
+        str(ROOT / "benchmarks/sample_efficiency.py"), "--config", "configs/demo.yaml", "--methods", "arrow",
+        "--n-train", "24", "--seeds", "0", "--output-dir", str(tmp_path), "--tune-lr", "1e-3", "--tune-n-train", "24",
+        "--", "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--data.eval_batch_size=50",
+        "--data.tasks=[synth_polarity,synth_category,synth_score]",
+    ]  # fmt: skip
+    _run(*grid)
+    rows = {r["run_id"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
+    assert list(rows) == ["task_lora-n24-s0-lr0.001", "arrow-n24-s0-lr0.001"]
+    trained, arrow = rows.values()
+    assert arrow["evaluated_run"] == trained["run_id"] and arrow["best_step"] == trained["best_step"]
+    assert arrow["trainable_params"] == trained["trainable_params"] and arrow["learning_rate"] == 1e-3
+    assert {"test/avg", "test/synth_category/accuracy"} <= arrow["test"].keys()
+    assert arrow["test"] != trained["test"]  # routed without task labels: not the task_lora model
+    assert all("--model.arch.method=arrow" in cmd for cmd in arrow["command"])
+    assert json.loads((tmp_path / "chosen_lr.json").read_text())["arrow"] == 1e-3
+    assert _run(*grid).stdout.count("done already, skipped") == 2
+
+
 def test_tiny_few_shot_transfer_grid(tmp_path: Path) -> None:
     rows = [{"text": f"the {w} was {a}", "label": a} for w in ("cat", "car", "cake") for a in ("good", "bad")] * 8
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -35,6 +35,8 @@ from pha_lightning.validation import (
     setting,
 )
 
+#: ``mhr``'s heads per skill LoRA when ``poly_splits`` is unset
+MHR_SPLITS = 4
 #: the dtypes a frozen backbone can be held in (``model.arch.backbone_dtype``)
 BACKBONE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 BackboneDtype = Literal["float32", "bfloat16", "float16"]
@@ -134,6 +136,19 @@ class PHAConfig:
     lora_targets: list[str] | None = setting(None, structural=True)
     """The linear layers of each block LoRA adapts (default ``query`` and ``value``; also ``key``,
     ``output``, ``ffn_in``, ``ffn_out``), as peft's ``LoraConfig`` means them."""
+    poly_skills: int = setting(4, SIZE, structural=True)
+    """``poly`` and ``mhr``: the skill LoRAs per site each task's LoRA mixes (peft's ``n_skills``)."""
+    poly_splits: int | None = setting(None, Range(1, integer=True, optional=True), structural=True)
+    """``mhr``: the heads each skill LoRA is cut into, mixed apart (peft's ``n_splits``; default
+    ``4``; it must divide every site's width); ``poly`` has one (default ``None``: the method's)."""
+    mtl_up_projections: int = setting(3, SIZE, structural=True)
+    """``mtl_lora``: the shared up-projections each task mixes (AdapterHub's ``n_up_projection``)."""
+    mtl_sharpness: float = setting(0.05, POSITIVE)
+    """``mtl_lora``: the temperature of each task's softmax over them (AdapterHub's ``weights_sharpness``)."""
+    arrow_top_k: int = setting(3, SIZE)
+    """``arrow``: the task LoRAs each token mixes, those its top singular vectors align with best."""
+    arrow_temperature: float = setting(1.0, POSITIVE)
+    """``arrow``: the temperature of the softmax over the kept LoRAs' scores."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -149,11 +164,34 @@ class PHAConfig:
                 "already starts at B = 0); use 'none', or method pha, hyperformer or hyperdecoder with adapter_kind "
                 "'bottleneck'"
             )
+        self._check_multi_lora()
         if self.backbone_dtype != "float32" and trains_backbone(self.method):
             raise ConfigError(
                 f"backbone_dtype {self.backbone_dtype!r} holds the frozen backbone in half precision, but method "
                 f"{self.method!r} trains the backbone; use backbone_dtype 'float32' (with trainer.precision "
                 "bf16-mixed for half-precision compute)"
+            )
+
+    @property
+    def skill_splits(self) -> int:
+        """The heads of ``poly`` / ``mhr``'s skill LoRAs (``poly_splits``, or the method's default)."""
+        if self.method != "mhr":
+            return 1
+        return self.poly_splits or MHR_SPLITS
+
+    def _check_multi_lora(self) -> None:
+        """Settings the multi-task LoRA methods cannot honour, named with what would work."""
+        if self.method == "poly" and self.poly_splits not in (None, 1):
+            raise ConfigError(
+                f"poly_splits {self.poly_splits} cuts Poly's skills into heads, which is method 'mhr'; "
+                "use method 'mhr', or poly_splits 1 (or unset) for 'poly'"
+            )
+        if self.method == "mhr" and self.poly_splits == 1:
+            raise ConfigError("poly_splits 1 makes MHR Poly; use method 'poly', or poly_splits >= 2 for 'mhr'")
+        if self.method == "arrow" and self.arrow_top_k > len(self.tasks):
+            raise ConfigError(
+                f"arrow_top_k {self.arrow_top_k} is more than the {len(self.tasks)} task LoRAs Arrow routes over; "
+                f"use 1 to {len(self.tasks)}"
             )
 
     @classmethod

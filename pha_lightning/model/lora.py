@@ -140,6 +140,10 @@ class GeneratedLoRA:
     def matrix_sets(self) -> list[tuple[Tensor, ...]]:
         return list(zip(self.a, self.b))
 
+    def apply(self, x: Tensor, shape_set: int, index: int) -> Tensor:
+        """``B·A·x`` with each example's group's factors of site ``index`` of set ``shape_set``."""
+        return apply_lora_grouped(x, self, shape_set, index)
+
 
 def apply_lora_grouped(x: Tensor, weights: GeneratedLoRA, shape_set: int, index: int) -> Tensor:
     """``B·A·x`` with each example's group's factors of site ``index`` of set ``shape_set``."""
@@ -165,7 +169,7 @@ class GeneratedLoRAUpdate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weights = self.context.current(f"generated LoRA site {self.index} of shape set {self.shape_set}")
-        return apply_lora_grouped(x, weights, self.shape_set, self.index)
+        return weights.apply(x, self.shape_set, self.index)  # GeneratedLoRA, or Arrow's routed library
 
 
 def shape_sets(site_shapes: Sequence[Shape]) -> tuple[list[Shape], list[tuple[int, int]]]:

@@ -13,8 +13,15 @@ method          blocks before the split   blocks after the split         generat
 ``hyperformer`` generated adapters        generated adapters             learned task embedding
 ``hyperdecoder`` shared adapters          generated adapters             the example's own z
 ``finetune``    no adapters, backbone trained                            —
+``task_lora``   one LoRA per task         one LoRA per task              —
+``poly``        each task's LoRA a learned mixture of a skill inventory   learned task logits
+``mhr``         Poly with each LoRA cut in ``poly_splits`` heads mixed apart      learned task logits
+``mtl_lora``    shared A, per-task Λ, a per-task mix of shared up-projections    learned task weights
+``arrow``       ``task_lora``'s LoRAs, mixed per token (no task label)         their top singular vectors
 =============== ========================= ============================== ========================
 
+The multi-task LoRA methods (``task_lora`` to ``arrow``) have LoRA at every block and no split;
+their settings are the ``lora_*``, ``poly_*`` and ``arrow_*`` ones (docs/method.md, "Multi-task LoRA baselines").
 "The split" is the retrieval point: T5's encoder/decoder boundary, or block ``k`` of an encoder.
 PHA's ablations are PHA with ``lambda_ir = 0`` and/or ``lambda_pro = 0``.
 
@@ -31,12 +38,34 @@ from typing import Literal
 
 from pha_lightning.errors import ConfigError
 
-Method = Literal["pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune"]
-METHODS: tuple[str, ...] = ("pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune")
+Method = Literal[
+    "pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune",
+    "task_lora", "poly", "mhr", "mtl_lora", "arrow",
+]  # fmt: skip
+METHODS: tuple[str, ...] = (
+    "pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune",
+    "task_lora", "poly", "mhr", "mtl_lora", "arrow",
+)  # fmt: skip
 AdapterKind = Literal["bottleneck", "lora"]
 ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "lora")
 #: methods that can use ``adapter_kind: lora`` (``lora`` always does)
-LORA_METHODS: tuple[str, ...] = ("pha", "adapter", "lora", "hyperformer", "hyperdecoder")
+LORA_METHODS: tuple[str, ...] = (
+    "pha", "adapter", "lora", "hyperformer", "hyperdecoder", "task_lora", "poly", "mhr", "mtl_lora", "arrow",
+)  # fmt: skip
+#: the multi-task LoRA methods: LoRA at every block, each task's factors from a bank of
+#: :mod:`pha_lightning.model.multi_lora` (the layout's ``source`` names it)
+LORA_BANK_SOURCES: dict[str, str] = {
+    "task_lora": "task_lora", "poly": "skills", "mhr": "skills", "mtl_lora": "mtl_lora", "arrow": "task_lora",
+}  # fmt: skip
+
+
+#: methods that run another method's weights differently: ``arrow`` routes over a ``task_lora`` library
+SAME_WEIGHTS: dict[str, str] = {"arrow": "task_lora"}
+
+
+def weights_of(method: str) -> str:
+    """The method whose weights ``method`` has (a checkpoint of either serves the other)."""
+    return SAME_WEIGHTS.get(method, method)
 
 
 @dataclass(frozen=True)
@@ -45,7 +74,7 @@ class Layout:
 
     shared: int  # blocks [0, shared) get shared adapters
     generated: int  # the following blocks get generated (or per-task) adapters
-    source: Literal["none", "prototype", "task_bank", "instance"]
+    source: Literal["none", "prototype", "task_bank", "instance", "task_lora", "skills", "mtl_lora"]
     uses_retriever: bool
     trains_backbone: bool = False
     kind: AdapterKind = "bottleneck"
@@ -68,6 +97,7 @@ def method_layout(method: str, before: int, after: int, contrastive: bool, adapt
         "hyperformer": Layout(0, total, "prototype", uses_retriever=False),
         "hyperdecoder": Layout(before, after, "instance", uses_retriever=True),
         "finetune": Layout(0, 0, "none", uses_retriever=False, trains_backbone=True),
+        **{m: Layout(0, total, source, uses_retriever=False, kind="lora") for m, source in LORA_BANK_SOURCES.items()},  # type: ignore[arg-type]
     }
     if method not in layouts:
         raise ConfigError(f"unknown method {method!r}; valid: {list(METHODS)}")

@@ -91,7 +91,7 @@ def lora_sites(model: PHAModel) -> list[tuple[str, LoRALinear]]:
 def task_factors(model: PHAModel, task: int) -> Factors:
     """The LoRA factors task ``task`` runs with: shared sites' own, generated sites' for this task."""
     with torch.no_grad():
-        generated = model.batch_adapter_weights(torch.tensor([task], device=model.device))
+        generated = model.task_weights(torch.tensor([task], device=model.device))
     factors = {}
     for name, site in lora_sites(model):
         update = site.update
@@ -329,14 +329,14 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], kind: str) -
     front += ["tags:", "- pha-lightning", f"- {tag}", "---", ""]
     adapters = (
         f"LoRA r={config.lora_rank}, alpha={config.lora_alpha}"
-        if config.adapter_kind == "lora" or config.method == "lora"
+        if model.layout.kind == "lora"
         else f"bottleneck adapters of width {config.adapter_dim}"
     )
     lines = [
         f"# {spec.name}: {title} exported by pha-lightning {pha_lightning.__version__}",
         "",
-        f"Task `{spec.name}` of a `{config.method}` model ({adapters}) on the frozen backbone `{base}`. The shared adapter weights and this task's generated ones are fixed: it computes what "
-        "`PHAModel` computes for this task.",
+        f"Task `{spec.name}` of a `{config.method}` model ({adapters}) on the frozen backbone `{base}`. "
+        + _what_it_computes(config.method),
         "",
         "## Input",
         "",
@@ -351,6 +351,16 @@ def model_card(model: PHAModel, task: int, data: Mapping[str, Any], kind: str) -
         *_output_lines(model, task),
     ]
     return "\n".join(front + lines) + "\n"
+
+
+def _what_it_computes(method: str) -> str:
+    if method == "arrow":  # the export is the library Arrow routes over, not the routing
+        return (
+            "It is this task's LoRA of the Arrow library: the `arrow` model routes every token over all the "
+            "tasks' LoRAs (give every exported task's folder to peft's `create_arrow_model` with `ArrowConfig("
+            "top_k, router_temperature)`); alone it computes what `PHAModel` computes for this task with the task label."
+        )
+    return "The shared adapter weights and this task's own ones are fixed: it computes what `PHAModel` computes for this task."
 
 
 def _load_lines(model: PHAModel, base: str, kind: str) -> list[str]:

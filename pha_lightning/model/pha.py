@@ -56,6 +56,7 @@ from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.model.hypernetwork import Generator, HyperNetwork
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, LoRAHyperNetwork, attach_lora
 from pha_lightning.model.methods import method_layout
+from pha_lightning.model.multi_lora import MTLLoRABank, SkillLoRABank, TaskLoRABank
 from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
 from pha_lightning.model.sharding import is_sharded
@@ -115,6 +116,7 @@ class PHAModel(nn.Module):
             else None
         )
         self.hypernetwork = self._build_generator(lora_sites) if layout.source in ("prototype", "instance") else None
+        self.lora_bank = self._build_lora_bank(num_tasks, lora_sites)
         self.heads: TaskHeads | LabelWordHead | None = None
         if self.family == "encoder" and config.output_layer == "label_words":
             self.heads = LabelWordHead(d_model, self.task_objects, config.head_dropout)
@@ -161,6 +163,17 @@ class PHAModel(nn.Module):
             output_scale=config.generated_output_scale,
             **common,
         )
+
+    def _build_lora_bank(self, num_tasks: int, lora_sites: list[tuple[int, int]]) -> nn.Module | None:
+        """The multi-task LoRA methods' per-task factors (:mod:`~pha_lightning.model.multi_lora`)."""
+        config, source = self.config, self.layout.source
+        if source == "task_lora":
+            return TaskLoRABank(num_tasks, lora_sites, config.lora_rank)
+        if source == "skills":
+            return SkillLoRABank(num_tasks, lora_sites, config.lora_rank, config.poly_skills, config.skill_splits)
+        if source == "mtl_lora":
+            return MTLLoRABank(num_tasks, lora_sites, config.lora_rank, config.mtl_up_projections, config.mtl_sharpness)
+        return None
 
     def _split_blocks(self, split_layer: int | None) -> tuple[int, int]:
         before, after = num_blocks(self.backbone, self.family)
@@ -241,7 +254,18 @@ class PHAModel(nn.Module):
             return self.generated_weights(task_ids)
         if source == "task_bank":
             return self.task_adapters(task_ids)
+        if self.config.method == "arrow" and not self.training:  # routed per token, the task label unused
+            return self.lora_bank.arrow(self.config.arrow_top_k, self.config.arrow_temperature, len(task_ids))
+        if self.lora_bank is not None:
+            return self.lora_bank(task_ids)
         return None
+
+    def task_weights(self, task_ids: Tensor) -> WeightSet | None:
+        """Each task's own adapter weights (Arrow's: its LoRA of the library, not the routed mixture):
+        what exports write per task."""
+        if self.config.method == "arrow":
+            return self.lora_bank(task_ids)
+        return self.batch_adapter_weights(task_ids)
 
     def generated_weights(self, task_ids: Tensor) -> WeightSet:
         """Adapter weights for the tasks of a batch: the hypernetwork runs once per distinct task.

@@ -29,6 +29,7 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.hub import backbone_fingerprint
 from pha_lightning.model.bundle import check_state_fits, merge_added_rows
 from pha_lightning.model.config import ARCHITECTURE_KEYS
+from pha_lightning.model.methods import weights_of
 from pha_lightning.training.transfer import read_checkpoint
 
 __all__ = [
@@ -93,7 +94,8 @@ def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source:
     ``saved`` (a :class:`PHAConfig` dict), cannot serve the one the configuration asks for, ``asked``.
 
     Tasks must match in order (their positions are the task ids of prototype rows and heads), the
-    backbone must be the same model, and the method and architecture settings equal. A transfer
+    backbone must be the same model, and the method and architecture settings equal (or the method one
+    with the same weights: an ``arrow`` model serves a ``task_lora`` checkpoint). A transfer
     model (``transfer``) takes its architecture from its source checkpoint, so for it only tasks,
     backbone and method are compared. Keys ``asked`` lacks are not compared.
     """
@@ -106,7 +108,7 @@ def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source:
     if asked.get("backbone") is not None:
         _same_backbone(saved["backbone"], asked["backbone"], source)
     for key in ("method",) if transfer else STRUCTURE_KEYS:
-        if key in asked and key in saved and asked[key] != saved[key]:
+        if key in asked and key in saved and not _same_setting(key, asked[key], saved[key]):
             raise ConfigError(
                 f"{source} was trained with model.arch.{key}={saved[key]!r}, but the configuration asks for "
                 f"{asked[key]!r}; drop the option or use --model.arch.{key}={saved[key]}"
@@ -132,6 +134,11 @@ def as_served(checkpoint: dict[str, Any]) -> dict[str, Any]:
         if "state_dict" in checkpoint:  # a sharded checkpoint's weights are loaded by its strategy
             checkpoint["state_dict"] = merge_added_rows(checkpoint["state_dict"], "model.")
     return checkpoint
+
+
+def _same_setting(key: str, asked: Any, saved: Any) -> bool:
+    """Whether a saved architecture setting serves the asked one (a method: one with its weights)."""
+    return weights_of(asked) == weights_of(saved) if key == "method" else asked == saved
 
 
 def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -14,6 +14,8 @@ pytestmark = pytest.mark.slow  # runs every method on MiniLM and T5
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 METHODS = ["pha", "adapter", "hyperformer", "hyperdecoder", "task_adapter"]
+#: the multi-task LoRA methods (their banks' B drawn non-zero, so their updates matter)
+LORA_BANK_METHODS = ["task_lora", "poly", "mhr", "mtl_lora", "arrow"]
 #: lengths of a batch like the local GLUE mix: many short examples, a few long ones
 LENGTHS = [12, 9, 30, 64, 11, 14, 52, 7, 25, 40, 13, 70, 10, 28, 12, 33]
 
@@ -78,10 +80,14 @@ def equivalence_model(backbone: str, method: str, init: str, dtype: torch.dtype)
             adapter_dim=8,
         )
     )
+    if model.model.lora_bank is not None:
+        with torch.no_grad():
+            for b in model.model.lora_bank.b:
+                b.normal_(0.0, 0.3)
     return model.to(dtype).eval()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + LORA_BANK_METHODS)
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_t5"])
 def test_chunked_matches_padded_in_float64(method: str, backbone: str, request: pytest.FixtureRequest) -> None:
     model = equivalence_model(request.getfixturevalue(backbone), method, "random", torch.float64)
