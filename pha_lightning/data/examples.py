@@ -42,7 +42,9 @@ def cap_chars(texts: Sequence[str | None], max_length: int) -> list[str | None]:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for every non-blank line; a clear error for anything else."""
+    """``(line number, object)`` for every non-blank line; a clear error for anything else. Lines end
+    at ``\n`` only (JSON Lines): a string may hold U+2028, U+2029 or U+0085, which ``str.splitlines``
+    would take for line ends; a ``\r`` before the ``\n`` is JSON whitespace."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not JSON
@@ -54,7 +56,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
     except OSError as err:
         raise DataError(f"prediction file {str(path)!r} cannot be read: {err}") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
