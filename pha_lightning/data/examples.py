@@ -95,17 +95,12 @@ def _check_label(task: Task, label: Any, where: str) -> str | float:
         if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
             raise DataError(f"{where}: label {label!r} of regression task {task.name!r} is not a finite number")
         return float(label)
-    names = task.class_names
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
-        return names[label]
-    if isinstance(label, str) and label in names:
-        return label
-    if isinstance(label, str) and label in task.label_names:  # a spec's label word
-        return names[task.label_names.index(label)]
-    raise DataError(
-        f"{where}: label {label!r} is outside the label space of task {task.name!r}: "
-        f"{list(names)} (or their indices 0..{len(names) - 1})"
-    )
+    index = task.class_index(label)
+    if index is None:
+        raise DataError(
+            f"{where}: label {label!r} is outside the label space of task {task.name!r}: {task.label_space()}"
+        )
+    return task.class_names[index]
 
 
 def checked_example(

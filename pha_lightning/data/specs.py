@@ -513,20 +513,10 @@ class SpecTask(Task):
     def _target(self, value: Any, where: str) -> float:
         if self.spec.regression is not None:
             return self._score(value, where)
-        labels = self.class_names
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if str(value) in labels:
-            return float(labels.index(str(value)))
-        index = value if isinstance(value, int) and not isinstance(value, bool) else None
-        if isinstance(value, str) and value.strip().isdigit():
-            index = int(value)
-        if index is not None and 0 <= index < len(labels):
-            return float(index)
-        raise DataError(
-            f"task {self.name!r}, {where}: label {value!r} is none of the labels {list(labels)} "
-            f"nor an index 0..{len(labels) - 1} of them"
-        )
+        index = self.class_index(value)
+        if index is None:
+            raise DataError(f"task {self.name!r}, {where}: label {value!r} is none of the labels {self.label_space()}")
+        return float(index)
 
     def _score(self, value: Any, where: str) -> float:
         low, high = self.spec.regression  # type: ignore[misc]

@@ -13,6 +13,7 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from pha_lightning.errors import ConfigError
 
@@ -27,6 +28,14 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = ("pha_lightning.data.synthetic", "pha_li
 REGRESSION_TARGET_STEP = 0.2
 #: The prediction of a generation that parses to no label (NaN: ``-1.0`` is a legitimate regression value).
 INVALID = float("nan")
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_split(split: str) -> None:
@@ -79,6 +88,36 @@ class Task(ABC):
         """The classes as predictions name them; the text-to-text targets (``label_names``) unless a
         task declares other target words (a spec's ``label_words``)."""
         return self.label_names
+
+    def class_index(self, value: Any) -> int | None:
+        """The class a label value names (docs/data.md, "Your own tasks"), ``None`` when it names none:
+        a value equal to a class name (or a target word) is that class; an integer (or its digits) is
+        a class index only when no class name reads as a number, so that no value is read both ways
+        (with labels ``[1, 2, 3]``, ``0`` is no class, not the class at index 0)."""
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a JSON 3.0 is the label 3
+        for names in (self.class_names, self.label_names):
+            if str(value) in names:
+                return names.index(str(value))
+        index = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if isinstance(value, str) and value.strip().isdigit():
+            index = int(value)
+        if index is None or not self.indexes_classes or not 0 <= index < len(self.class_names):
+            return None
+        return index
+
+    @property
+    def indexes_classes(self) -> bool:
+        """Whether an integer label may index the classes: only when no class name or target word
+        reads as a number, which an integer would otherwise be taken for."""
+        return not any(_reads_as_number(name) for name in (*self.class_names, *self.label_names))
+
+    def label_space(self) -> str:
+        """The label values a classification task accepts, as its errors list them."""
+        names = list(self.class_names)
+        if self.indexes_classes:
+            return f"{names} (or their indices 0..{len(names) - 1})"
+        return f"{names} (these labels are numbers: a number names a label, never its position)"
 
     @property
     def num_labels(self) -> int:

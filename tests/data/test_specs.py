@@ -93,11 +93,78 @@ def test_a_value_equal_to_a_label_is_that_label_before_an_index(tmp_path: Path) 
     assert all(r["label"] == float(1 - int(r["text"].split()[1]) % 2) for part in splits.values() for r in part)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_numeric_labels_are_never_read_as_positions(tmp_path: Path, fmt: str) -> None:
+    """With labels [1, 2, 3, 4, 5] a value is a label or an error: ``0`` is not the class at index 0 (``1``)."""
+    values = [1, 2, 3, 4, 5] * 4
+    path = tmp_path / f"stars.{fmt}"
+    raw = spec(files={"all": path.name}, labels=[1, 2, 3, 4, 5])
+    if fmt == "csv":
+        write_csv(path, [(f"t {i}", str(v)) for i, v in enumerate(values)])
+    else:
+        path.write_text("".join(json.dumps({"text": f"t {i}", "label": v}) + "\n" for i, v in enumerate(values)))
+    loaded = [r for part in load(raw, tmp_path).values() for r in part]
+    assert sorted((r["idx"], r["label"]) for r in loaded) == [(i, float(v - 1)) for i, v in enumerate(values)]
+    if fmt == "csv":
+        write_csv(path, [(f"t {i}", str(v)) for i, v in enumerate([*values[:5], 0, *values[5:]])])
+    else:
+        path.write_text("".join(json.dumps({"text": f"t {i}", "label": v}) + "\n" for i, v in enumerate([0, *values])))
+    value, line = ("'0'", 7) if fmt == "csv" else ("0", 1)
+    with pytest.raises(
+        DataError,
+        match=rf"stars\.{fmt}, line {line}: label {value} is none of the labels \['1', '2', '3', '4', '5'\] "
+        r"\(these labels are numbers: a number names a label, never its position\)",
+    ):
+        load(raw, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "value", "index"),
+    [
+        (["neg", "pos"], 1, 1),  # no label is a number: an integer indexes them
+        (["neg", "pos"], "1", 1),
+        (["neg", "pos"], "pos", 1),
+        (["1", "2", "3"], 1, 0),  # numeric labels: a number names its label
+        (["1", "2", "3"], 3.0, 2),
+        (["1", "2", "3"], 0, None),
+        (["1", "2", "3"], "0", None),
+        (["-1", "1"], 0, None),  # negative and decimal labels are numbers too
+        (["0.5", "1.5"], 1, None),
+        (["1", "0"], 1, 0),  # equality before position
+        (["neg", "pos"], True, None),
+        (["neg", "pos"], 2, None),
+    ],
+)
+def test_class_index_rule(labels: list[str], value: object, index: int | None) -> None:
+    assert SpecTask(parse_spec(spec(labels=labels))).class_index(value) == index
+
+
+def test_prediction_inputs_read_numeric_labels_by_the_same_rule() -> None:
+    """A prediction input's gold label follows the rule of the training files: ``1`` is the label
+    ``1`` (not the class at index 1, ``2``), and ``0`` is an error naming line, value and labels."""
+    from pha_lightning.data.examples import encode_examples
+    from pha_lightning.hub import load_tokenizer
+
+    task = SpecTask(parse_spec(spec(labels=[1, 2, 3, 4, 5])))
+    rows = [(1, {"task": "mine", "text": "five stars", "label": 1}), (2, {"task": "mine", "text": "x", "label": "5"})]
+    tokenizer = load_tokenizer(MINILM)
+    assert [e["meta"]["target"] for e in encode_examples(rows, [task], "encoder", tokenizer, 16)] == ["1", "5"]
+    with pytest.raises(DataError, match=r"input:3: label 0 is outside the label space of task 'mine': \['1', "):
+        encode_examples([(3, {"task": "mine", "text": "x", "label": 0})], [task], "encoder", tokenizer, 16)
+
+
+def test_label_words_name_their_class(tmp_path: Path) -> None:
+    """A target word names its class in a file as in a prediction input (and blocks indices when numeric)."""
+    task = SpecTask(parse_spec(spec(labels=["a", "b"], label_words=["0", "1"])))
+    assert (task.class_index("b"), task.class_index("0"), task.class_index(1)) == (1, 0, 1)
+    assert not task.indexes_classes
+
+
 def test_a_bad_label_names_task_file_line_and_value(tmp_path: Path) -> None:
     write_csv(tmp_path / "mine.csv", [*ROWS[:5], ("odd one", "maybe"), *ROWS[5:]])
     with pytest.raises(
         DataError,
-        match=r"task 'mine', .*mine\.csv, line 7: label 'maybe' is none of the labels \['neg', 'pos'\] nor an index 0\.\.1",
+        match=r"task 'mine', .*mine\.csv, line 7: label 'maybe' is none of the labels \['neg', 'pos'\] \(or their indices 0\.\.1\)",
     ):
         load(spec(), tmp_path)
 
