@@ -10,10 +10,14 @@ from the help cache (:mod:`pha_lightning.cli.help_cache`) after its first call. 
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import importlib
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -56,6 +60,10 @@ SHARDING_HINT = "Sharded training of big backbones: --trainer.strategy=pha_fsdp 
 STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 HELP_FLAGS: tuple[str, ...] = ("-h", "--help")
+
+#: Options naming a file that pha reads more than once (checked, then parsed): a pipe given to one
+#: (``--config <(...)``) would be empty the second time, so :func:`read_pipes` reads it once.
+FILE_OPTIONS: tuple[str, ...] = ("-c", "--config", "--data.task_specs", "--task_specs")
 
 
 def command_table() -> argparse.ArgumentParser:
@@ -109,6 +117,13 @@ def run_command(args: list[str] | None, started_at: float) -> None:
         raise PHAError(f"a command is required, one of {', '.join(all_commands())} (`pha --help` describes them)")
     if len(argv) == 1 and argv[0] in (*HELP_FLAGS, "--version"):
         command_table().parse_args(argv)  # prints and exits
+    piped = read_pipes(argv)
+    if piped != argv:  # LightningCLI, and the launcher of a multi-device run, read sys.argv
+        argv = piped
+        if args is None:
+            sys.argv[1:] = piped
+        else:
+            args = piped
     run = command_runner(argv, args, started_at)
     if len(argv) == 2 and argv[0] in all_commands() and argv[1] in HELP_FLAGS:
         from pha_lightning.cli.help_cache import print_help
@@ -116,6 +131,33 @@ def run_command(args: list[str] | None, started_at: float) -> None:
         print_help(argv[0], run)
     else:
         run()
+
+
+def read_pipes(argv: list[str]) -> list[str]:
+    """``argv`` with each pipe or FIFO given to a :data:`FILE_OPTIONS` option read once into a regular
+    file (in a temporary folder removed at exit) that replaces it: every reader, and the processes a
+    multi-device run starts with the same command line, then sees the whole text."""
+    out, folder = list(argv), None
+    for index, token in enumerate(argv):
+        option, _, inline = token.partition("=")
+        if option not in FILE_OPTIONS or (not inline and index + 1 == len(argv)):
+            continue
+        position, path = (index, inline) if inline else (index + 1, argv[index + 1])
+        try:
+            if not stat.S_ISFIFO(os.stat(path).st_mode):
+                continue
+            with open(path, "rb") as pipe:
+                content = pipe.read()
+        except OSError:
+            continue  # not a readable file: its reader names it
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="pha-pipes-")
+            atexit.register(shutil.rmtree, folder, True)
+        copy = os.path.join(folder, f"{len(os.listdir(folder))}-{option.lstrip('-')}.yaml")
+        with open(copy, "wb") as file:
+            file.write(content)
+        out[position] = f"{option}={copy}" if inline else copy
+    return out
 
 
 def command_runner(argv: list[str], args: list[str] | None, started_at: float) -> Callable[[], None]:

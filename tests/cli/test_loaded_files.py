@@ -4,15 +4,20 @@ and configs and task specs given as pipes (``--config <(...)``) are read once an
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from production_fixtures import pha_error, run_pha
+from production_fixtures import PHA, pha_env, pha_error, run_pha
 from safetensors.torch import load_file
 
 from pha_lightning import PHAConfig, PHAModel
+from pha_lightning.cli.entry import read_pipes
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import load_backbone
@@ -106,3 +111,68 @@ def test_a_bundle_whose_backbone_holds_pickled_weights_is_one_line(tmp_path: Pat
     line = _one_error_line(err)
     assert line.startswith(f"pha: error: the weights of backbone '{folder}' ({pickled}) are refused"), line
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ pipes
+def _fifo(path: Path, text: str) -> threading.Thread:
+    """A named pipe at ``path`` that a thread fills with ``text`` once, as a shell's ``<(...)`` would."""
+    os.mkfifo(path)
+    writer = threading.Thread(target=path.write_text, args=(text,), daemon=True)
+    writer.start()
+    return writer
+
+
+def test_a_pipe_given_for_a_file_is_read_once_into_a_regular_file(tmp_path: Path) -> None:
+    config, specs = "trainer: {max_steps: 7}\n", SPECS
+    writers = [_fifo(tmp_path / "config", config), _fifo(tmp_path / "specs", specs)]
+    regular = tmp_path / "regular.yaml"
+    regular.write_text("data: {}\n")
+    argv = ["fit", "--config", str(tmp_path / "config"), f"--data.task_specs={tmp_path / 'specs'}", "-c", str(regular)]
+    read = read_pipes(argv)
+    for writer in writers:
+        writer.join(timeout=10)
+    assert read[0] == "fit" and read[4:] == ["-c", str(regular)]  # a regular file stays as it is
+    assert Path(read[2]).is_file() and Path(read[2]).read_text() == config
+    option, _, copy = read[3].partition("=")
+    assert option == "--data.task_specs" and Path(copy).read_text() == specs
+    assert read_pipes(read) == read  # nothing left to read
+
+
+SPECS = "- name: mine\n  files: {all: mine.csv}\n  inputs: [text]\n  labels: [neg, pos]\n"
+
+
+def _spec_data(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "mine.csv").write_text(
+        "text,label\n" + "".join(f"text {i},{'pos' if i % 3 else 'neg'}\n" for i in range(40))
+    )
+    (folder / "specs.yaml").write_text(SPECS)
+    return folder
+
+
+def _bash(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``command`` in bash (whose ``<(...)`` gives the pha command a pipe, /dev/fd/N)."""
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=pha_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_configs_and_task_specs_given_as_pipes_work(tmp_path: Path) -> None:
+    """``pha tasks --config <(...) --data.task_specs <(...)`` (LightningCLI's parser) and ``pha retrieve
+    --config <(...) --task_specs <(...)`` (pha's own) read every pipe once: before, the second read
+    found it empty ("Unexpected config", "must hold a list of task specs", or no options at all)."""
+    data = _spec_data(tmp_path / "data")
+    result = _bash(
+        f"{PHA} tasks --config <(printf 'data: {{tasks: [mine], data_dir: {data}}}\\n') --data.task_specs <(cat {data}/specs.yaml)",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "rows: train 32, validation 4, test 4" in result.stdout
+        and "labels (kept train rows): neg 12, pos 20" in result.stdout
+    )
+
+    bundle = PHAModel(PHAConfig(tasks=["synth_polarity", "synth_score"])).save_pretrained(tmp_path / "bundle")
+    options = f"ckpt_path: {bundle}\\ntasks: [mine]\\ndata_dir: {data}\\nk: 4\\n"
+    result = _bash(f"{PHA} retrieve --config <(printf '{options}') --task_specs <(cat {data}/specs.yaml)", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.fullmatch(r"mine: synth_\w+ -?[\d.]+, synth_\w+ -?[\d.]+\n", result.stdout), result.stdout
