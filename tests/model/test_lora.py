@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from peft import LoraConfig, get_peft_model
+from tolerances import FLOAT32_PATHS
 from torch.nn import functional as F
 
 from pha_lightning.data.datamodule import PHADataModule
@@ -99,7 +100,7 @@ def test_shared_lora_equals_peft_lora_model(
         torch.manual_seed(1)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         expected = masked_mean(theirs(**inputs).last_hidden_state, batch["attention_mask"])
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, **FLOAT32_PATHS)  # another library: its own kernel path
     (got.square().sum()).backward()
     (expected.square().sum()).backward()
     for name, site in ((n, m) for n, m in ours.model.backbone.named_modules() if isinstance(m, LoRALinear)):
@@ -286,9 +287,11 @@ def test_eval_cache_serves_the_generated_lora(tiny_bert: str) -> None:
         cached = model.model.generated_weights(ids)
         again = model.model.generated_weights(ids)
     fresh = model.model.generated_weights(ids)
-    assert again.a[0] is not None and torch.equal(cached.a[0], again.a[0])
+    assert again.a[0] is not None and torch.equal(cached.a[0], again.a[0])  # served from the cache
     for name, part in fresh.parts().items():
-        torch.testing.assert_close(cached.parts()[name], part.detach(), rtol=0, atol=0)
+        # the cache generates one task at a time without autograd, ``fresh`` the batch's three tasks
+        # at once with it: the same weights, along other kernels (1.3e-7 apart on an Intel Xeon)
+        torch.testing.assert_close(cached.parts()[name], part.detach(), **FLOAT32_PATHS)
     torch.testing.assert_close(cached.group_of, fresh.group_of)
 
 
