@@ -189,4 +189,4 @@ def test_configs_and_task_specs_given_as_pipes_work(tmp_path: Path) -> None:
     options = f"ckpt_path: {bundle}\\ntasks: [mine]\\ndata_dir: {data}\\nk: 4\\n"
     result = _bash(f"{PHA} retrieve --config <(printf '{options}') --task_specs <(cat {data}/specs.yaml)", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.fullmatch(r"mine: synth_\w+ -?[\d.]+, synth_\w+ -?[\d.]+\n", result.stdout), result.stdout
+    assert re.fullmatch(r"mine: synth_\w+ [-+]?[\d.]+, synth_\w+ [-+]?[\d.]+\n", result.stdout), result.stdout
