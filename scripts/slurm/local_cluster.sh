@@ -44,7 +44,7 @@ stop() {
   done
   if [[ $status -ne 0 && -d "$DIR/log" ]]; then
     echo "local_cluster.sh: daemon logs (exit $status):" >&2
-    tail -n 20 "$DIR"/log/* >&2
+    tail -n 20 "$DIR"/log/*.out >&2
   fi
   rm -rf "$DIR"
   exit "$status"
@@ -86,8 +86,6 @@ StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd-%n.pid
-SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -106,9 +104,9 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
 export SLURM_CONF=$DIR/slurm.conf
 
-# foreground daemons started in the background: $! is each daemon's own pid
+# foreground daemons started in the background: $! is each daemon's own pid (each logs to $DIR/log/<daemon>.out)
 munged --foreground --socket="$DIR/munge/socket" --key-file="$DIR/munge/munge.key" \
-  --log-file="$DIR/log/munged.log" --pid-file="$DIR/munge/munged.pid" --seed-file="$DIR/munge/seed" \
+  --log-file=/dev/null --pid-file="$DIR/munge/munged.pid" --seed-file="$DIR/munge/seed" \
   >"$DIR/log/munged.out" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do [[ -S "$DIR/munge/socket" ]] && break; sleep 0.2; done
