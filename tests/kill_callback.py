@@ -71,13 +71,14 @@ class HoldForSignal(Callback):
             return
         if trainer.global_step == self.step and not (self.dirpath / "signalled").exists():
             (self.dirpath / f"holding_rank{trainer.global_rank}").touch()
-            self._wait(trainer, lambda: (self.dirpath / "signalled").exists())
+            self._wait(lambda: (self.dirpath / "signalled").exists())
         if list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
-            self._wait(trainer, lambda: False)  # requeued: SLURM's SIGTERM, then SIGKILL, ends this run
+            # requeued: SLURM's SIGTERM (which Lightning notes and lets pass), then SIGKILL, end this run
+            self._wait(lambda: False)
 
-    def _wait(self, trainer, done) -> None:  # noqa: ANN001
+    def _wait(self, done) -> None:  # noqa: ANN001
         deadline = time.monotonic() + self.timeout
-        while not done() and not trainer.received_sigterm:
+        while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"HoldForSignal: nothing happened within {self.timeout} s")
             time.sleep(0.1)

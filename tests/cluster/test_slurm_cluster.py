@@ -173,6 +173,9 @@ def _preempted(tmp_path_factory: pytest.TempPathFactory, name: str, strategy: st
     hold = _callback("kill_callback.HoldForSignal", step=HOLD_AT, dirpath=str(base))
     job = submit(base, record, hold, nodes=2, tasks_per_node=1, strategy=strategy)
     preempt(base, job, ranks=2)
+    # SLURM holds a requeued job for 120 s (EligibleTime) before it may start again; not here
+    wait_for(lambda: job_info(job)["Restarts"] == "1", 300, f"job {job} to requeue itself")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     info = wait_until_ended(job)
     assert info["JobState"] == "COMPLETED", output(base, job)[-6000:]
     assert info["Restarts"] == "1", info  # requeued once, by the job itself
