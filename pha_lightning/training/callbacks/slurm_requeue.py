@@ -71,7 +71,11 @@ class SlurmRequeue(Callback):
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
             job = slurm_job_id()
-            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            try:
+                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            except OSError as error:  # no scontrol on this node's PATH
+                rank_zero_warn(f"scontrol requeue {job} could not run: {error}; the job is not requeued")
+                return
             if result.returncode != 0:
                 rank_zero_warn(f"scontrol requeue {job} failed ({result.returncode}): {result.stderr.strip()}")
 
