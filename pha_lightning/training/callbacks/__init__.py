@@ -1,4 +1,4 @@
-"""Callbacks for production runs, one a module; the ``pha`` command adds the first nine to every Trainer.
+"""Callbacks for production runs, one a module; the ``pha`` command adds the first ten to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
