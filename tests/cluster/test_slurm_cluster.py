@@ -208,7 +208,8 @@ def _check_two_nodes_and_requeue(base: Path, job: str) -> None:
     assert sorted(p.name for p in run.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_1.ckpt"]
     hpc = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == HOLD_AT + 1
-    assert hpc["PHADataModule"] == {"train_sampler": {"epoch": 1, "batches_consumed": 1}}
+    position = hpc["PHADataModule"]["train_sampler"]
+    assert (position["epoch"], position["batches_consumed"]) == (1, 1)
     assert "resuming the training batches exactly: epoch 1, batch 1" in log
     # data sharded across the nodes: disjoint examples, the same task mix (the resumed steps included)
     ranks = [
