@@ -1,6 +1,8 @@
 # Entry points: `make demo` (train PHA on the built-in offline suite), `make test` (lint, then every
 # test, one worker per core: what CI runs), `make quick` (lint, then the tests not marked slow: under a minute).
-# Both create or reuse a virtual environment in $(VENV) and install what they need.
+# `make test-cluster` (root; installs Debian's SLURM when missing): the tests marked `cluster` on a real
+# SLURM controller and two node daemons started on 127.0.0.1 for the run (scripts/slurm/local_cluster.sh).
+# All create or reuse a virtual environment in $(VENV) and install what they need.
 #
 # TORCH_SPEC picks the torch build installed before the project. The default pins the CPU build
 # that lies on this project's machines; on a GPU machine use `make install TORCH_SPEC=torch`
@@ -16,7 +18,7 @@ STAMP := $(VENV)/.pha-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo lint test quick clean
+.PHONY: install demo lint test quick test-cluster clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ test: lint
 
 quick: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-cluster: install
+	OMP_NUM_THREADS=1 scripts/slurm/local_cluster.sh $(BIN)/python -m pytest -q -p no:randomly -m cluster tests/cluster
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,6 +12,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The cluster tests need the SLURM cluster `make test-cluster` starts: only a `-m` naming them selects them."""
+    if "cluster" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("cluster") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("cluster")])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A T5 backbone directory (config + MiniLM's tokenizer) to build at random init: no pretrained T5 is offline."""

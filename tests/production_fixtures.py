@@ -110,10 +110,16 @@ def tiny_fit_args(*, n_train: int, eval_batch_size: int, max_steps: int, val_che
 
 
 def logged_scalars(version_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar a run logged to TensorBoard: tag → {step: value}."""
+    """Every scalar a run logged to TensorBoard: tag → {step: value}, over all its events files
+    (testing after fit starts a second one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events_file,) = version_dir.glob("events.out.tfevents.*")
-    events = EventAccumulator(str(events_file))
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    scalars: dict[str, dict[int, float]] = {}
+    files = sorted(version_dir.glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard events in {version_dir}"
+    for events_file in files:
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    return scalars

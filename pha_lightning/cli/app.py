@@ -45,6 +45,7 @@ from pha_lightning.training.callbacks import (
     RetrievalProjector,
     RetrieverTaskAccuracy,
     SignalStop,
+    SlurmRequeue,
     StepSeed,
     TextProgress,
     Throughput,
@@ -510,11 +511,14 @@ class PHACLI(LightningCLI):
     def after_test(self) -> None:
         self._report("test")
 
-    @rank_zero_only
     def _report(self, stage: str) -> None:
+        # every rank asks: under DDP the log folder is broadcast from rank 0, a collective
+        self._write_report(stage, self.trainer.log_dir or self.trainer.default_root_dir)
+
+    @rank_zero_only
+    def _write_report(self, stage: str, log_dir: str) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
         print(format_metrics_table(metrics, stage), flush=True)
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
         path = atomic_write_text(
             Path(log_dir) / f"{stage}_metrics.json", json.dumps(metrics, indent=2, sort_keys=True), "metrics file"
         )
@@ -562,6 +566,7 @@ def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
                 DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size
                 SignalStop(),  # SIGTERM: stop prediction too; say what was kept and how to resume
+                SlurmRequeue(),  # under SLURM: the pre-emption signal checkpoints at a step boundary, then requeues
             ],
         },
         # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it

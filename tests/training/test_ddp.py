@@ -1,6 +1,7 @@
-"""`pha fit` under DDP (2 CPU processes, gloo) on the offline suite: it finishes, the ranks train on
-disjoint examples, the logged training losses are the means over ranks, the logged validation
-metrics equal a single-process evaluation of the same weights, and every signal of a run is logged."""
+"""`pha fit` under DDP (2 CPU processes, gloo) on the offline suite: it finishes (testing after fit),
+the ranks train on disjoint examples, the logged training losses are the means over ranks, the
+logged validation metrics equal a single-process evaluation of the same weights, and every signal
+of a run is logged."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--model.optim.warmup_steps=0",
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
+        "--test_after_fit=true",
+        "--trainer.limit_test_batches=1",
         f"--trainer.default_root_dir={root}",
         f"--trainer.callbacks+={json.dumps(record)}",
         cwd=root,
@@ -79,6 +82,13 @@ def test_logged_validation_metrics_equal_a_single_process_evaluation(ddp_run: Pa
     assert "val/avg" in single and "val/synth_score/pearson" in single
     for key, value in single.items():
         assert logged[key][max(logged[key])] == pytest.approx(value, abs=1e-4), key
+
+
+def test_test_after_fit_writes_its_report_under_ddp(ddp_run: Path) -> None:
+    # the report asks every rank for the log folder (a broadcast), then rank 0 writes: asked on
+    # rank 0 alone, it waited for a rank that had already left (found under SLURM, issue 56)
+    metrics = json.loads((ddp_run / "lightning_logs" / "version_0" / "test_metrics.json").read_text())
+    assert "test/avg" in metrics and "test/synth_score/pearson" in metrics
 
 
 def test_every_signal_is_logged_and_the_config_saved(ddp_run: Path) -> None:

@@ -1,4 +1,4 @@
-"""Callbacks for production runs, one a module; the ``pha`` command adds the first nine to every Trainer.
+"""Callbacks for production runs, one a module; the ``pha`` command adds the first ten to every Trainer.
 
 * :class:`StepSeed` — dropout randomness as a function of (seed, epoch, batch, rank), so a run
   resumed from any checkpoint draws exactly the masks an uninterrupted run draws.
@@ -18,6 +18,8 @@
   (shorter than ``val_check_interval``), so there is a best checkpoint to test.
 * :class:`SignalStop` — SIGTERM stops prediction as Lightning stops training and evaluation, and the
   run says what it kept and how to resume; ``pha`` then exits with status 143.
+* :class:`SlurmRequeue` — under SLURM, the pre-emption signal (SIGUSR1) writes ``hpc_ckpt_<n>.ckpt``
+  at the end of the training step, not mid-step, then requeues the job: the requeued job resumes exactly.
 * :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
   validation and at SIGTERM, so an interrupted run resumes from its latest state, not from its best one.
 * :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order;
@@ -45,6 +47,7 @@ from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjec
 from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAccuracy
 from pha_lightning.training.callbacks.signal_stop import SignalStop
 from pha_lightning.training.callbacks.size_advice import DataSizeAdvice
+from pha_lightning.training.callbacks.slurm_requeue import SlurmRequeue
 from pha_lightning.training.callbacks.step_seed import StepSeed
 from pha_lightning.training.callbacks.text_progress import TextProgress
 from pha_lightning.training.callbacks.throughput import Throughput, batch_token_count
@@ -62,6 +65,7 @@ __all__ = [
     "RetrievalProjector",
     "RetrieverTaskAccuracy",
     "SignalStop",
+    "SlurmRequeue",
     "StepSeed",
     "TextProgress",
     "Throughput",
