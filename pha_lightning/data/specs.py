@@ -43,7 +43,7 @@ QUOTING: dict[str, int] = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 #: The keys of ``files``: one file per split, or ``all`` for one file to carve.
 FILE_SPLITS: tuple[str, ...] = (*SPLITS, "all")
 #: Spec keys that say where the rows are; a model keeps the others (:meth:`TaskSpec.portable`).
-SOURCE_KEYS: tuple[str, ...] = ("files", "hub", "format", "encoding", "quoting", "split")
+SOURCE_KEYS: tuple[str, ...] = ("files", "hub", "format", "encoding", "quoting", "columns", "split_column", "split")
 #: The metrics a spec may ask for (MultiRC's grouped ``f1a``/``em`` need code), by label space.
 CLASS_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1", "matthews")
 SCORE_METRICS: tuple[str, ...] = ("pearson", "spearman")
@@ -101,13 +101,34 @@ class Carve:
 
 
 @dataclass(frozen=True)
+class SplitColumn:
+    """Rows assigned to splits by a field of the file: ``values`` maps each split to the field's values
+    that put a row there (as text); a split it does not name is carved from train."""
+
+    name: str
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {split: (split,) for split in SPLITS})
+
+    def split_of(self, value: Any) -> str | None:
+        """The split a field value puts its row in, ``None`` when it names none."""
+        text = _label_text(value)
+        return next((split for split, values in self.values.items() if text in values), None)
+
+
+def _label_text(value: Any) -> str:
+    """A file value as the text a spec names it by: a JSON ``3.0`` is ``3``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task declared in configuration; see docs/data.md ("Your own tasks") for every key."""
 
     name: str
     inputs: tuple[str, ...]
     label: str = "label"
-    labels: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | Mapping[str, str] | None = None
     regression: tuple[float, float] | None = None
     label_words: tuple[str, ...] | None = None
     metrics: tuple[str, ...] | None = None
@@ -117,6 +138,8 @@ class TaskSpec:
     format: str | None = None
     encoding: str = "utf-8"
     quoting: str | None = None
+    columns: tuple[str, ...] | None = None
+    split_column: SplitColumn | None = None
     split: Carve | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,15 +149,22 @@ class TaskSpec:
             value = getattr(self, f.name)
             if value is None or (f.name == "encoding" and value == "utf-8"):
                 continue
-            if isinstance(value, (HubSource, Carve)):
+            if isinstance(value, (HubSource, Carve, SplitColumn)):
                 value = {k.name: getattr(value, k.name) for k in fields(value) if getattr(value, k.name) is not None}
-                value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+                value = {k: _plain(v) for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = dict(value)
             out[f.name] = value
         return out
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names, in order (``labels`` as a list, or the values of its mapping)."""
+        if isinstance(self.labels, Mapping):
+            return tuple(dict.fromkeys(self.labels.values()))
+        return self.labels
 
     def portable(self) -> dict[str, Any]:
         """What a model keeps: everything but where the rows are (no file paths, no hub)."""
@@ -154,6 +184,13 @@ class TaskSpec:
                 f"cannot infer the format of {path!r} from its suffix; give format (one of {list(FORMATS)})",
             )
         return SUFFIX_FORMATS[suffix]
+
+
+def _plain(value: Any) -> Any:
+    """Plain YAML data: mappings as dicts, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -178,7 +215,8 @@ def parse_spec(raw: Any) -> TaskSpec:
     if raw.get("label_words") is not None:
         if labels is None:
             raise _fail(name, "label_words need labels (a regression task's targets are its rounded scores)")
-        label_words = _strings(name, "label_words", raw["label_words"], (len(labels), len(labels)))
+        classes = labels if not isinstance(labels, Mapping) else tuple(dict.fromkeys(labels.values()))
+        label_words = _strings(name, "label_words", raw["label_words"], (len(classes), len(classes)))
     metrics = None
     if raw.get("metrics") is not None:
         metrics = _strings(name, "metrics", raw["metrics"])
@@ -201,6 +239,8 @@ def parse_spec(raw: Any) -> TaskSpec:
         format=_choice(name, "format", raw.get("format"), FORMATS),
         encoding=_encoding(name, raw.get("encoding", "utf-8")),
         quoting=_choice(name, "quoting", raw.get("quoting"), tuple(QUOTING)),
+        columns=None if raw.get("columns") is None else _strings(name, "columns", raw["columns"]),
+        split_column=_split_column(name, raw.get("split_column")),
         split=_carve(name, raw.get("split")),
     )
     if spec.files is not None and spec.hub is not None:
@@ -208,6 +248,7 @@ def parse_spec(raw: Any) -> TaskSpec:
     if spec.files is not None:
         for path in spec.files.values():
             spec.file_format(path)  # a suffix that names no format: now, not at loading
+    _check_file_layout(spec)
     if spec.split is not None and spec.has_source and not spec_carves(spec):
         raise _fail(name, "split says how to carve missing splits, but train, validation and test are all given")
     return spec
@@ -217,6 +258,8 @@ def _label_space(name: str, raw: Mapping[str, Any]) -> tuple[tuple[str, ...] | N
     labels, regression = raw.get("labels"), raw.get("regression")
     if (labels is None) == (regression is None):
         raise _fail(name, "give labels (the classes) or regression: [low, high] (a score), exactly one")
+    if isinstance(labels, Mapping):
+        return _label_map(name, labels), None
     if labels is not None:
         return _strings(name, "labels", [str(v) if isinstance(v, int) else v for v in labels], (2, None)), None
     ok = (
@@ -228,6 +271,66 @@ def _label_space(name: str, raw: Mapping[str, Any]) -> tuple[tuple[str, ...] | N
     if not ok:
         raise _fail(name, f"regression must be [low, high] with low < high, got {regression!r}")
     return None, (float(regression[0]), float(regression[1]))
+
+
+def _label_map(name: str, labels: Mapping[Any, Any]) -> dict[str, str]:
+    """``labels`` as a mapping from the file's values to class names (``{1: negative, 2: positive}``)."""
+    keys = [key for key in labels if isinstance(key, bool) or not isinstance(key, (int, str)) or key == ""]
+    if keys:
+        raise _fail(name, f"labels maps the file's values (integers or texts) to class names; bad values {keys}")
+    mapping = {_label_text(key): value for key, value in labels.items()}
+    if len(mapping) != len(labels):
+        raise _fail(name, f"labels maps one file value twice: {dict(labels)}")
+    classes = _strings(name, "labels", list(dict.fromkeys(mapping.values())), (2, None))
+    crossed = sorted(key for key, value in mapping.items() if key in classes and key != value)
+    if crossed:
+        raise _fail(name, f"labels maps the file values {crossed} to other classes than those they name: {mapping}")
+    return mapping
+
+
+def _split_column(name: str, raw: Any) -> SplitColumn | None:
+    """``split_column``: a field name (its values are the split names), or ``{name, train, validation,
+    test}`` with the values (one or a list) that put a row in each split."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise _fail(name, f"split_column must be a field name or {{name, train, validation, test}}, got {raw!r}")
+    _check_keys(name, "split_column", raw, ("name", *SPLITS))
+    given = {split: raw[split] for split in SPLITS if split in raw}
+    if not given:
+        return SplitColumn(raw["name"])
+    values: dict[str, tuple[str, ...]] = {}
+    for split, value in given.items():
+        listed = value if isinstance(value, list) else [value]
+        if not listed or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in listed):
+            raise _fail(name, f"split_column.{split} must be a value or a list of values, got {value!r}")
+        values[split] = tuple(_label_text(v) for v in listed)
+    if "train" not in values:
+        raise _fail(name, f"split_column needs the values of train, got {sorted(values)}")
+    seen = [v for listed in values.values() for v in listed]
+    twice = sorted({v for v in seen if seen.count(v) > 1})
+    if twice:
+        raise _fail(name, f"split_column puts the values {twice} in more than one split: {values}")
+    return SplitColumn(raw["name"], values)
+
+
+def _check_file_layout(spec: TaskSpec) -> None:
+    """``columns`` name a header-less csv/tsv file's fields (every field the spec reads among them);
+    ``split_column`` splits one file."""
+    if spec.columns is not None:
+        if spec.files is None or any(spec.file_format(p) not in ("csv", "tsv") for p in spec.files.values()):
+            raise _fail(spec.name, "columns name the fields of header-less csv/tsv files; give them only with such files")
+        wanted = [*spec.inputs, spec.label, *([spec.split_column.name] if spec.split_column else [])]
+        missing = [f for f in wanted if f not in spec.columns]
+        if missing:
+            raise _fail(spec.name, f"the fields {missing} are not among columns {list(spec.columns)}")
+    if spec.split_column is not None and (spec.files is None or "all" not in spec.files):
+        raise _fail(
+            spec.name,
+            f"split_column splits one file: give it as files: {{all: <path>}}, got {spec.files or spec.hub!r}",
+        )
 
 
 def _template(name: str, template: Any, inputs: tuple[str, ...]) -> str | None:
@@ -321,7 +424,12 @@ def _carve(name: str, split: Any) -> Carve | None:
 
 def spec_carves(spec: TaskSpec) -> tuple[str, ...]:
     """The splits carved from train (or from ``all``) because no file or hub split gives them."""
-    given = set(spec.files or {}) if spec.files is not None else set(spec.hub.splits if spec.hub else ())
+    if spec.split_column is not None:
+        given = set(spec.split_column.values)
+    elif spec.files is not None:
+        given = set(spec.files)
+    else:
+        given = set(spec.hub.splits if spec.hub else ())
     if "all" in given:
         return ("validation", "test")
     return tuple(split for split in ("validation", "test") if split not in given)
@@ -339,14 +447,25 @@ def read_spec_list(value: Any) -> list[Any]:
             raise ConfigError(f"data.task_specs: the file {value!r} does not exist") from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"data.task_specs: the file {value!r} cannot be read as YAML: {err}") from None
-        if isinstance(loaded, Mapping) and "task_specs" in loaded:
-            loaded = loaded["task_specs"]
-        if not isinstance(loaded, list):
-            raise ConfigError(f"data.task_specs: the file {value!r} must hold a list of task specs")
-        return loaded
+        return _listed_specs(loaded, value)
     if isinstance(value, Sequence):
         return list(value)
     raise ConfigError(f"data.task_specs must be a list of task specs or the path of a YAML file, got {value!r}")
+
+
+def _listed_specs(loaded: Any, path: str) -> list[Any]:
+    """The specs of a spec file in any of its shapes: a list, ``task_specs: [...]``, or a
+    configuration (``data: {task_specs: [...]}``, as ``pha fit --config`` reads)."""
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("data"), Mapping):
+        loaded = loaded["data"]
+    if isinstance(loaded, Mapping) and "task_specs" in loaded:
+        loaded = loaded["task_specs"]
+    if not isinstance(loaded, list):
+        raise ConfigError(
+            f"data.task_specs: the file {path!r} holds no task specs; give a list of specs, "
+            "task_specs: [...], or a configuration with data: {task_specs: [...]}"
+        )
+    return loaded
 
 
 def parse_specs(value: Any) -> list[TaskSpec]:
@@ -407,7 +526,7 @@ class SpecTask(Task):
         self.spec = spec
         self.name = spec.name
         self.source_fields = spec.inputs
-        self.label_names = spec.label_words or spec.labels or ()
+        self.label_names = spec.label_words or spec.classes or ()
         self.target_range = spec.regression
         default = ("pearson", "spearman") if spec.regression else ("accuracy",)
         self.metric_names = spec.metrics or default
@@ -415,7 +534,20 @@ class SpecTask(Task):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.spec.labels or ()
+        return self.spec.classes or ()
+
+    def class_index(self, value: Any) -> int | None:
+        """With ``labels`` as a mapping, a value is a file value it maps or a class name; else the rule
+        of every task (:meth:`Task.class_index`)."""
+        if not isinstance(self.spec.labels, Mapping):
+            return super().class_index(value)
+        name = self.spec.labels.get(_label_text(value), _label_text(value))
+        return self.class_names.index(name) if name in self.class_names else None
+
+    def label_space(self) -> str:
+        if not isinstance(self.spec.labels, Mapping):
+            return super().label_space()
+        return f"the values {list(self.spec.labels)} (mapped to {dict(self.spec.labels)}) or the classes"
 
     def seq2seq_source(self, record: dict) -> str:
         if self.spec.template is None:
@@ -465,15 +597,36 @@ class SpecTask(Task):
                 )
                 for split, name in hub.splits.items()
             }
-        return {split: self._read_file(base / path) for split, path in (self.spec.files or {}).items()}
+        sources = {split: self._read_file(base / path) for split, path in (self.spec.files or {}).items()}
+        return sources if self.spec.split_column is None else self._split_by_column(sources["all"])
 
-    def _read_file(self, path: Path) -> list[dict]:
+    def _split_by_column(self, rows: list[tuple[dict, Any, str]]) -> dict[str, list[dict]]:
+        """The rows of one file in the splits its split column names; a value naming none is an error."""
+        column = self.spec.split_column
+        out: dict[str, list[dict]] = {}
+        for record, value, where in rows:
+            split = column.split_of(value)  # type: ignore[union-attr]
+            if split is None:
+                raise DataError(
+                    f"task {self.name!r}, {where}: split_column {column.name!r} holds {value!r}, which "  # type: ignore[union-attr]
+                    f"names no split; valid: {dict(column.values)} (give split_column: {{name, train, validation, test}})"  # type: ignore[union-attr]
+                )
+            out.setdefault(split, []).append(record)
+        return out
+
+    def _read_file(self, path: Path) -> Any:
         if not path.is_file():
             raise DataError(f"task {self.name!r}: the file {str(path)!r} does not exist")
         fmt = self.spec.file_format(str(path))
-        columns = [*self.spec.inputs, self.spec.label]
+        split_field = [self.spec.split_column.name] if self.spec.split_column else []
+        columns = [*self.spec.inputs, self.spec.label, *split_field]
         try:
-            rows = read_table(path, fmt, self.spec.encoding, self.spec.quoting, columns)
+            rows = read_table(path, fmt, self.spec.encoding, self.spec.quoting, columns, self.spec.columns)
+        except ColumnCount as err:
+            raise DataError(
+                f"task {self.name!r}, {path}: columns names {len(self.spec.columns or ())} fields "
+                f"{list(self.spec.columns or ())} but the file's first line has {err.count}: {err.first}"
+            ) from None
         except UnicodeDecodeError:
             line, problem = undecodable_bytes(path, self.spec.encoding)
             raise DataError(
@@ -485,8 +638,11 @@ class SpecTask(Task):
             ) from None
         except Exception as err:  # noqa: BLE001 - a parser's failure (pandas, pyarrow, json) is a data problem
             raise DataError(f"task {self.name!r}: cannot read {path} as {fmt}: {type(err).__name__}: {err}") from None
-        first_line = 2 if fmt in ("csv", "tsv") else 1
-        return self._records(rows, str(path), first_line)
+        first_line = 1 if fmt not in ("csv", "tsv") or self.spec.columns else 2
+        records = self._records(rows, str(path), first_line)
+        if not split_field:
+            return records
+        return [(r, row[split_field[0]], f"{path}, line {i + first_line}") for i, (r, row) in enumerate(zip(records, rows))]
 
     def _records(self, rows: list[dict], origin: str, first_line: int) -> list[dict]:
         """Checked records ``{input: text, label: class index or score, idx}``; ``first_line`` is the
@@ -554,6 +710,14 @@ class SpecTask(Task):
         return out
 
 
+class ColumnCount(Exception):
+    """A header-less file's first line has another number of fields than ``columns`` names."""
+
+    def __init__(self, count: int, first: list[str]) -> None:
+        super().__init__(f"{count} fields")
+        self.count, self.first = count, first
+
+
 class MissingFields(Exception):
     """A file lacks fields a spec names."""
 
@@ -562,18 +726,24 @@ class MissingFields(Exception):
         self.missing, self.present = missing, present
 
 
-def read_table(path: Path, fmt: str, encoding: str, quoting: str | None, columns: list[str]) -> list[dict]:
+def read_table(
+    path: Path, fmt: str, encoding: str, quoting: str | None, columns: list[str], names: Sequence[str] | None = None
+) -> list[dict]:
     """The ``columns`` of a csv/tsv/json(l)/parquet file as rows, read with ``datasets`` (and cached by it).
 
     csv/tsv fields are read as text (no type guessing, no "NA" → missing); json and parquet keep
-    their types (labels may be integers or booleans there).
+    their types (labels may be integers or booleans there). ``names`` are the fields of a csv/tsv
+    file without a header line, in order.
     """
     from datasets import Dataset, Features, Value
 
     if fmt in ("csv", "tsv"):
         delimiter = "," if fmt == "csv" else "\t"
         quote = QUOTING[quoting or ("minimal" if fmt == "csv" else "none")]
-        header = _csv_header(path, delimiter, encoding, quote)
+        first = _csv_header(path, delimiter, encoding, quote)
+        if names is not None and len(first) != len(names):
+            raise ColumnCount(len(first), first)
+        header = list(names) if names is not None else first
         missing = [c for c in columns if c not in header]
         if missing:
             raise MissingFields(missing, header)
@@ -582,6 +752,7 @@ def read_table(path: Path, fmt: str, encoding: str, quoting: str | None, columns
             sep=delimiter,
             encoding=encoding,
             quoting=quote,
+            **({"header": None, "column_names": list(names)} if names is not None else {}),
             usecols=list(dict.fromkeys(columns)),
             features=Features({c: Value("string") for c in dict.fromkeys(columns)}),
             na_filter=False,
