@@ -119,11 +119,12 @@ DATA_NOT_FROM_RECORD: tuple[str, ...] = ("backbone", "_instantiator", "cache_dir
 MODEL_GROUPS: dict[str, type] = {"arch": PHAConfig, "loss": LossConfig, "optim": OptimConfig}
 
 
-def linked_specs(specs: object, tasks: list[str] | None) -> list[dict] | None:
-    """``model.arch.task_specs`` from ``data.task_specs``; a bad spec is left to :func:`check_run_settings`,
-    which reports it in one line (jsonargparse would wrap it in a usage dump)."""
+def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = None) -> list[dict] | None:
+    """``model.arch.task_specs`` from ``data.task_specs`` (labels a spec leaves out read under ``data_dir``);
+    a bad spec is left to :func:`check_run_settings`, which reports it in one line (jsonargparse would
+    wrap it in a usage dump)."""
     try:
-        return portable_specs(specs, tasks)
+        return portable_specs(specs, tasks, data_dir)
     except PHAError:
         return None
 
@@ -132,7 +133,7 @@ def check_run_settings(config: Namespace) -> None:
     """Range checks of every numeric setting (model, data, trainer, seed) and the task specs as
     soon as the configuration is parsed, before a model or a trainer is built."""
     if config.get("data"):
-        parse_specs(config.data.get("task_specs"))
+        parse_specs(config.data.get("task_specs"), config.data.get("data_dir"))
         check_ranges("data", {key: valid for key, valid in DATA_RANGES.items() if key in config.data}, config.data)
     model = config.get("model") or {}
     for group, settings in MODEL_GROUPS.items():
@@ -270,7 +271,9 @@ class PHACLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tasks", "model.arch.tasks")
         # the model keeps each spec task's portable spec (no file paths): checkpoints serve it alone
-        parser.link_arguments(("data.task_specs", "data.tasks"), "model.arch.task_specs", compute_fn=linked_specs)
+        parser.link_arguments(
+            ("data.task_specs", "data.tasks", "data.data_dir"), "model.arch.task_specs", compute_fn=linked_specs
+        )
         # the retriever exists when a loss trains it (the system derives the same: trains_retriever)
         parser.link_arguments(
             ("data.tasks", "model.loss.lambda_ir", "model.loss.lambda_pro"),
@@ -451,7 +454,7 @@ class PHACLI(LightningCLI):
         arch = config.model.arch
         asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
         asked["tasks"] = list(config.data.tasks)
-        asked["task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks)
+        asked["task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks, config.data.get("data_dir"))
         # a transferred model is served as the plain model it holds unless the run's transfer settings are given
         saved_hp = saved["hyper_parameters"] if config.model.get("transfer") else saved["served"]
         transfer = bool(saved_hp.get("transfer") or config.model.get("transfer"))

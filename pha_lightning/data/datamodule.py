@@ -340,7 +340,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     ) -> None:
         super().__init__()
         check_task_names(tasks)
-        self.specs = parse_specs(task_specs)
+        self.specs = parse_specs(task_specs, data_dir)
         self.save_hyperparameters()
         # checkpoints keep the specs themselves, not the path of the file that held them
         self.hparams["task_specs"] = [spec.to_dict() for spec in self.specs] or None

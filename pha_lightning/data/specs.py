@@ -17,7 +17,7 @@ import os
 import random
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,8 @@ def parse_spec(raw: Any) -> TaskSpec:
     label_words = None
     if raw.get("label_words") is not None:
         if labels is None:
-            raise _fail(name, "label_words need labels (a regression task's targets are its rounded scores)")
+            raise _fail(name, "label_words need labels (a regression task's targets are its rounded scores; one "
+                        "word per label needs the labels in order)")
         classes = labels if not isinstance(labels, Mapping) else tuple(dict.fromkeys(labels.values()))
         label_words = _strings(name, "label_words", raw["label_words"], (len(classes), len(classes)))
     metrics = None
@@ -256,8 +257,12 @@ def parse_spec(raw: Any) -> TaskSpec:
 
 def _label_space(name: str, raw: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, tuple[float, float] | None]:
     labels, regression = raw.get("labels"), raw.get("regression")
-    if (labels is None) == (regression is None):
-        raise _fail(name, "give labels (the classes) or regression: [low, high] (a score), exactly one")
+    if labels is not None and regression is not None:
+        raise _fail(name, "give labels (the classes) or regression: [low, high] (a score), not both")
+    if labels is None and regression is None:
+        if raw.get("files") is None and raw.get("hub") is None:
+            raise _fail(name, "give labels (the classes) or regression: [low, high]; without files none are read")
+        return None, None  # read from the training rows: with_file_labels
     if isinstance(labels, Mapping):
         return _label_map(name, labels), None
     if labels is not None:
@@ -468,15 +473,30 @@ def _listed_specs(loaded: Any, path: str) -> list[Any]:
     return loaded
 
 
-def parse_specs(value: Any) -> list[TaskSpec]:
-    """Every spec of ``data.task_specs``, checked: names unique and not those of built-in tasks."""
+def parse_specs(value: Any, data_dir: str | None = None) -> list[TaskSpec]:
+    """Every spec of ``data.task_specs``, checked: names unique and not those of built-in tasks; a spec
+    without labels or regression gets the labels of its training rows (:func:`with_file_labels`)."""
     specs = [parse_spec(raw) for raw in read_spec_list(value)]
     names = [spec.name for spec in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"data.task_specs declares the tasks {twice} more than once")
     check_new_names(names)
-    return specs
+    return [with_file_labels(spec, data_dir) for spec in specs]
+
+
+def with_file_labels(spec: TaskSpec, data_dir: str | None) -> TaskSpec:
+    """``spec`` with the label values of its training rows as labels when it gives neither labels nor
+    regression: sorted (as numbers when all are integers), so every run reads the same list; a label
+    only validation or test rows hold is then an error naming it."""
+    if spec.labels is not None or spec.regression is not None:
+        return spec
+    values = {_label_text(value) for value in SpecTask(spec).train_label_values(data_dir)}
+    integers = all(value.lstrip("-").isdigit() for value in values)
+    labels = tuple(sorted(values, key=lambda v: (int(v), v) if integers else (0, v)))
+    if len(labels) < 2:
+        raise DataError(f"task {spec.name!r}: its training rows hold the labels {list(labels)}; a task needs two")
+    return replace(spec, labels=labels)
 
 
 def check_new_names(names: Iterable[str]) -> None:
@@ -486,9 +506,11 @@ def check_new_names(names: Iterable[str]) -> None:
         raise ConfigError(f"task specs {taken} have the names of built-in tasks; give them other names")
 
 
-def portable_specs(value: Any, tasks: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
+def portable_specs(
+    value: Any, tasks: Sequence[str] | None = None, data_dir: str | None = None
+) -> list[dict[str, Any]] | None:
     """The part of each spec (of ``tasks``, if given) that a model stores; ``None`` when there is none."""
-    specs = [s.portable() for s in parse_specs(value) if tasks is None or s.name in tasks]
+    specs = [s.portable() for s in parse_specs(value, data_dir) if tasks is None or s.name in tasks]
     return specs or None
 
 
@@ -523,7 +545,7 @@ class SpecTask(Task):
     reads_external_data = True
 
     def __init__(self, spec: TaskSpec) -> None:
-        self.spec = spec
+        self.spec = spec  # without a label space only to read its training labels (with_file_labels)
         self.name = spec.name
         self.source_fields = spec.inputs
         self.label_names = spec.label_words or spec.classes or ()
@@ -598,23 +620,45 @@ class SpecTask(Task):
                 for split, name in hub.splits.items()
             }
         sources = {split: self._read_file(base / path) for split, path in (self.spec.files or {}).items()}
-        return sources if self.spec.split_column is None else self._split_by_column(sources["all"])
-
-    def _split_by_column(self, rows: list[tuple[dict, Any, str]]) -> dict[str, list[dict]]:
-        """The rows of one file in the splits its split column names; a value naming none is an error."""
         column = self.spec.split_column
+        return sources if column is None else self._split_by_column(column, sources["all"])
+
+    def _split_by_column(self, column: SplitColumn, rows: list[tuple[dict, Any, str]]) -> dict[str, list[dict]]:
+        """The rows of one file in the splits its split column names; a value naming none is an error."""
         out: dict[str, list[dict]] = {}
         for record, value, where in rows:
-            split = column.split_of(value)  # type: ignore[union-attr]
+            split = column.split_of(value)
             if split is None:
                 raise DataError(
-                    f"task {self.name!r}, {where}: split_column {column.name!r} holds {value!r}, which "  # type: ignore[union-attr]
-                    f"names no split; valid: {dict(column.values)} (give split_column: {{name, train, validation, test}})"  # type: ignore[union-attr]
+                    f"task {self.name!r}, {where}: split_column {column.name!r} holds {value!r}, which names no "
+                    f"split; valid: {dict(column.values)} (give split_column: {{name, train, validation, test}})"
                 )
             out.setdefault(split, []).append(record)
         return out
 
+    def train_label_values(self, data_dir: str | None) -> list[Any]:
+        """The label values of the training rows as the file holds them (of ``all`` for a file to carve)."""
+        if self.spec.hub is not None:
+            hub = self.spec.hub
+            rows = load_hub_split(self.name, hub.path, hub.name, hub.splits["train"], hub.revision)
+            if rows and self.spec.label not in rows[0]:
+                raise DataError(f"task {self.name!r}, hub {hub.path}: no field {self.spec.label!r}; its fields are {sorted(rows[0])}")
+            return [row[self.spec.label] for row in rows]
+        files = self.spec.files or {}
+        rows, _ = self._read_rows(self.base_dir(data_dir) / files.get("train", files.get("all", "")))
+        column = self.spec.split_column
+        return [row[self.spec.label] for row in rows if column is None or column.split_of(row[column.name]) == "train"]
+
     def _read_file(self, path: Path) -> Any:
+        rows, first_line = self._read_rows(path)
+        records = self._records(rows, str(path), first_line)
+        if self.spec.split_column is None:
+            return records
+        name = self.spec.split_column.name
+        return [(r, row[name], f"{path}, line {i + first_line}") for i, (r, row) in enumerate(zip(records, rows))]
+
+    def _read_rows(self, path: Path) -> tuple[list[dict], int]:
+        """The rows of one file with the fields the spec reads, and the file line of the first row."""
         if not path.is_file():
             raise DataError(f"task {self.name!r}: the file {str(path)!r} does not exist")
         fmt = self.spec.file_format(str(path))
@@ -638,11 +682,7 @@ class SpecTask(Task):
             ) from None
         except Exception as err:  # noqa: BLE001 - a parser's failure (pandas, pyarrow, json) is a data problem
             raise DataError(f"task {self.name!r}: cannot read {path} as {fmt}: {type(err).__name__}: {err}") from None
-        first_line = 1 if fmt not in ("csv", "tsv") or self.spec.columns else 2
-        records = self._records(rows, str(path), first_line)
-        if not split_field:
-            return records
-        return [(r, row[split_field[0]], f"{path}, line {i + first_line}") for i, (r, row) in enumerate(zip(records, rows))]
+        return rows, 1 if fmt not in ("csv", "tsv") or self.spec.columns else 2
 
     def _records(self, rows: list[dict], origin: str, first_line: int) -> list[dict]:
         """Checked records ``{input: text, label: class index or score, idx}``; ``first_line`` is the

@@ -124,3 +124,39 @@ def test_a_file_without_specs_says_which_shapes_are_read(tmp_path: Path) -> None
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({"model": {"backbone": "x"}}))
     with pytest.raises(ConfigError, match=r"s\.yaml' holds no task specs; give a list .* data: \{task_specs"):
         parse_specs(str(tmp_path / "s.yaml"))
+
+
+# ------------------------------------------------------------------ d. labels read from the training rows
+def test_labels_a_spec_leaves_out_are_those_of_the_training_file_sorted(tmp_path: Path) -> None:
+    rows = [(label, f"text {i}", 0) for i, label in enumerate([10, 2, 1, 2, 10, 1] * 3)]
+    write(tmp_path / "train.csv", rows)
+    write(tmp_path / "test.csv", rows[:4])
+    raw = spec(files={"train": "train.csv", "test": "test.csv"}, labels=None)
+    (parsed,) = parse_specs([{k: v for k, v in raw.items() if v is not None}], str(tmp_path))
+    assert parsed.labels == ("1", "2", "10")  # integers sorted as numbers, every run alike
+    assert parsed.portable()["labels"] == ["1", "2", "10"]
+    splits = SpecTask(parsed).load_splits(SPLITS, data_dir=str(tmp_path), data_seed=7)
+    assert [r["label"] for r in splits["test"]] == [2.0, 1.0, 0.0, 1.0]  # 10, 2, 1, 2: a number names its label
+
+
+def test_a_label_only_the_test_file_holds_is_an_error_naming_it(tmp_path: Path) -> None:
+    write(tmp_path / "train.csv", [(label, f"t {i}", 0) for i, label in enumerate(["neg", "pos"] * 5)])
+    write(tmp_path / "test.csv", [("pos", "a", 0), ("neutral", "b", 0)])
+    raw = {"name": "mine", "files": {"train": "train.csv", "test": "test.csv"}, "inputs": ["text"]}
+    (parsed,) = parse_specs([{**raw, "columns": ["label", "text", "fold"]}], str(tmp_path))
+    assert parsed.labels == ("neg", "pos")
+    with pytest.raises(DataError, match=r"test\.csv, line 2: label 'neutral' is none of the labels \['neg', 'pos'\]"):
+        SpecTask(parsed).load_splits(SPLITS, data_dir=str(tmp_path), data_seed=7)
+
+
+def test_labels_of_a_split_column_file_come_from_its_train_rows(tmp_path: Path) -> None:
+    rows = [("a" if i % 2 else "b", f"t {i}", "train") for i in range(8)] + [("c", "x", "test")]
+    write(tmp_path / "r.csv", rows)
+    raw = {"name": "mine", "files": {"all": "r.csv"}, "inputs": ["text"], "columns": ["label", "text", "fold"]}
+    (parsed,) = parse_specs([{**raw, "split_column": {"name": "fold", "train": "train", "test": "test"}}], str(tmp_path))
+    assert parsed.labels == ("a", "b")
+
+
+def test_without_files_a_spec_needs_its_labels() -> None:
+    with pytest.raises(ConfigError, match=r"give labels .* or regression: \[low, high\]; without files none are read"):
+        parse_spec({"name": "mine", "inputs": ["text"]})

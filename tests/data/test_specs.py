@@ -330,7 +330,7 @@ def test_specs_from_a_yaml_file_equal_inline_specs(tmp_path: Path) -> None:
         ({"files": {"all": "x.csv"}}, r"a task spec needs a name"),
         ({"name": "mine", "labels": ["a", "b"]}, r"task spec 'mine': inputs \(one or two field names\) is missing"),
         (spec(inputs=["a", "b", "c"]), r"inputs must hold 1 to 2 entries, got 3"),
-        (spec(regression=[0, 1]), r"give labels \(the classes\) or regression: \[low, high\] \(a score\), exactly one"),
+        (spec(regression=[0, 1]), r"give labels \(the classes\) or regression: \[low, high\] \(a score\), not both"),
         (spec(labels=["only"]), r"labels must hold at least 2 entries"),
         (spec(labels=["a", "a"]), r"labels holds duplicates: \['a', 'a'\]"),
         (spec(label="text"), r"the label field 'text' is also an input"),
