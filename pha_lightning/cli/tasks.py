@@ -44,7 +44,8 @@ def source_of(task: Task, data: PHADataModule) -> str:
         if spec.hub is not None:
             return f"spec, hub {spec.hub.path}" + (f" ({spec.hub.name})" if spec.hub.name else "")
         files = ", ".join(f"{split}={spec.files[split]}" for split in FILE_SPLITS if split in (spec.files or {}))
-        return f"spec, files {files} under {task.base_dir(data.data_dir)}"
+        by_column = f", split by its field {spec.split_column.name!r}" if spec.split_column else ""
+        return f"spec, files {files} under {task.base_dir(data.data_dir)}{by_column}"
     if task.reads_external_data:
         source = data.source_options()
         return f"built-in, {source['source']}" + (f" {source['data_dir']}" if source["data_dir"] else "")

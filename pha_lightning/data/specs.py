@@ -317,7 +317,7 @@ def _split_column(name: str, raw: Any) -> SplitColumn | None:
     seen = [v for listed in values.values() for v in listed]
     twice = sorted({v for v in seen if seen.count(v) > 1})
     if twice:
-        raise _fail(name, f"split_column puts the values {twice} in more than one split: {values}")
+        raise _fail(name, f"split_column puts the values {twice} in more than one split: {_plain(values)}")
     return SplitColumn(raw["name"], values)
 
 
@@ -631,7 +631,7 @@ class SpecTask(Task):
             if split is None:
                 raise DataError(
                     f"task {self.name!r}, {where}: split_column {column.name!r} holds {value!r}, which names no "
-                    f"split; valid: {dict(column.values)} (give split_column: {{name, train, validation, test}})"
+                    f"split; valid: {_plain(column.values)} (give split_column: {{name, train, validation, test}})"
                 )
             out.setdefault(split, []).append(record)
         return out
