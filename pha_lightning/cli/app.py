@@ -454,7 +454,9 @@ class PHACLI(LightningCLI):
         arch = config.model.arch
         asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
         asked["tasks"] = list(config.data.tasks)
-        asked["task_specs"] = portable_specs(config.data.get("task_specs"), config.data.tasks, config.data.get("data_dir"))
+        asked["task_specs"] = portable_specs(
+            config.data.get("task_specs"), config.data.tasks, config.data.get("data_dir")
+        )
         # a transferred model is served as the plain model it holds unless the run's transfer settings are given
         saved_hp = saved["hyper_parameters"] if config.model.get("transfer") else saved["served"]
         transfer = bool(saved_hp.get("transfer") or config.model.get("transfer"))

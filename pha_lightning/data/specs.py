@@ -149,14 +149,11 @@ class TaskSpec:
             value = getattr(self, f.name)
             if value is None or (f.name == "encoding" and value == "utf-8"):
                 continue
-            if isinstance(value, (HubSource, Carve, SplitColumn)):
+            if isinstance(value, SplitColumn):
+                value = {"name": value.name, **value.values}
+            elif isinstance(value, (HubSource, Carve)):
                 value = {k.name: getattr(value, k.name) for k in fields(value) if getattr(value, k.name) is not None}
-                value = {k: _plain(v) for k, v in value.items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[f.name] = value
+            out[f.name] = _plain(value)
         return out
 
     @property
@@ -214,8 +211,11 @@ def parse_spec(raw: Any) -> TaskSpec:
     label_words = None
     if raw.get("label_words") is not None:
         if labels is None:
-            raise _fail(name, "label_words need labels (a regression task's targets are its rounded scores; one "
-                        "word per label needs the labels in order)")
+            raise _fail(
+                name,
+                "label_words need labels (a regression task's targets are its rounded scores; one "
+                "word per label needs the labels in order)",
+            )
         classes = labels if not isinstance(labels, Mapping) else tuple(dict.fromkeys(labels.values()))
         label_words = _strings(name, "label_words", raw["label_words"], (len(classes), len(classes)))
     metrics = None
@@ -326,7 +326,9 @@ def _check_file_layout(spec: TaskSpec) -> None:
     ``split_column`` splits one file."""
     if spec.columns is not None:
         if spec.files is None or any(spec.file_format(p) not in ("csv", "tsv") for p in spec.files.values()):
-            raise _fail(spec.name, "columns name the fields of header-less csv/tsv files; give them only with such files")
+            raise _fail(
+                spec.name, "columns name the fields of header-less csv/tsv files; give them only with such files"
+            )
         wanted = [*spec.inputs, spec.label, *([spec.split_column.name] if spec.split_column else [])]
         missing = [f for f in wanted if f not in spec.columns]
         if missing:
@@ -642,7 +644,9 @@ class SpecTask(Task):
             hub = self.spec.hub
             rows = load_hub_split(self.name, hub.path, hub.name, hub.splits["train"], hub.revision)
             if rows and self.spec.label not in rows[0]:
-                raise DataError(f"task {self.name!r}, hub {hub.path}: no field {self.spec.label!r}; its fields are {sorted(rows[0])}")
+                raise DataError(
+                    f"task {self.name!r}, hub {hub.path}: no field {self.spec.label!r}; its fields are {sorted(rows[0])}"
+                )
             return [row[self.spec.label] for row in rows]
         files = self.spec.files or {}
         rows, _ = self._read_rows(self.base_dir(data_dir) / files.get("train", files.get("all", "")))

@@ -28,7 +28,9 @@ def spec(**overrides: object) -> dict:
 
 def write(path: Path, rows: list[tuple] = ROWS, sep: str = ",") -> None:
     quote = sep == ","  # tsv fields are read unquoted (the default quoting: none)
-    path.write_text("".join(sep.join(f'"{v}"' if quote and "," in str(v) else str(v) for v in row) + "\n" for row in rows))
+    path.write_text(
+        "".join(sep.join(f'"{v}"' if quote and "," in str(v) else str(v) for v in row) + "\n" for row in rows)
+    )
 
 
 def every(splits: dict[str, list[dict]]) -> list[dict]:
@@ -72,6 +74,8 @@ def test_a_bad_file_layout_is_one_error_naming_the_value(overrides: dict, messag
 def test_a_split_column_puts_each_row_in_its_split(tmp_path: Path) -> None:
     write(tmp_path / "r.csv")
     column = {"name": "fold", "train": [0, 1, 2], "validation": 3, "test": 4}
+    parsed = parse_spec(spec(split_column=column))
+    assert parse_spec(parsed.to_dict()) == parsed  # a checkpoint's record of the spec reads back
     splits = load(spec(split_column=column), tmp_path)
     for split, folds in (("train", {0, 1, 2}), ("validation", {3}), ("test", {4})):
         assert [r["text"] for r in splits[split]] == [text for _, text, fold in ROWS if fold in folds]
@@ -115,7 +119,11 @@ def test_a_label_mapping_survives_the_portable_round_trip() -> None:
 @pytest.mark.parametrize("shape", ["list", "task_specs", "config"])
 def test_a_spec_file_in_any_shape_gives_the_same_specs(tmp_path: Path, shape: str) -> None:
     specs = [spec(), spec(name="other")]
-    body = {"list": specs, "task_specs": {"task_specs": specs}, "config": {"data": {"tasks": ["mine"], "task_specs": specs}}}
+    body = {
+        "list": specs,
+        "task_specs": {"task_specs": specs},
+        "config": {"data": {"tasks": ["mine"], "task_specs": specs}},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(body[shape]))
     assert parse_specs(str(tmp_path / "s.yaml")) == parse_specs(specs)
 
@@ -153,7 +161,9 @@ def test_labels_of_a_split_column_file_come_from_its_train_rows(tmp_path: Path) 
     rows = [("a" if i % 2 else "b", f"t {i}", "train") for i in range(8)] + [("c", "x", "test")]
     write(tmp_path / "r.csv", rows)
     raw = {"name": "mine", "files": {"all": "r.csv"}, "inputs": ["text"], "columns": ["label", "text", "fold"]}
-    (parsed,) = parse_specs([{**raw, "split_column": {"name": "fold", "train": "train", "test": "test"}}], str(tmp_path))
+    (parsed,) = parse_specs(
+        [{**raw, "split_column": {"name": "fold", "train": "train", "test": "test"}}], str(tmp_path)
+    )
     assert parsed.labels == ("a", "b")
 
 
