@@ -59,6 +59,7 @@ from pha_lightning.training.checkpoints import (
     served_hyper_parameters,
 )
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
+from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.sharding import STRATEGY_NAME
 from pha_lightning.training.system import PHAModule
@@ -341,6 +342,7 @@ class PHACLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()
+        write_run_record(self.trainer, self.command_line)
         if self.config[self.subcommand].get("test_after_fit"):
             self.datamodule.check_sources(
                 ("train", "validation", "test")
@@ -362,8 +364,11 @@ class PHACLI(LightningCLI):
         defaults of ``data.*`` and ``model.*`` it was trained with, so ``pha predict --ckpt_path X
         --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
         mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
+        #: the command line as run (``None``: given as a mapping), for the run's record
+        self.command_line: list[str] | None = None
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
+            self.command_line = ["pha", *argv]
             check_option_names(argv)
             for path in option_values(argv, "--config"):
                 check_config_file(path)
