@@ -14,13 +14,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -537,21 +538,22 @@ class TasksCLI(PHACLI):
         """Nothing is built here: the data module is built from ``config.data`` by ``pha tasks``."""
 
 
-def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
+def run_cli(args: list[str] | None, started_at: float | None = None, callbacks: Sequence[Callback] = ()) -> PHACLI:
     """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
-    when the command started) times ``pha predict``'s first prediction."""
+    when the command started) times ``pha predict``'s first prediction; ``callbacks`` join the
+    trainer's (``pha sweep``'s pruning). Returns the CLI, its trainer done."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     hide_library_noise()
     try:
-        _run_phacli(args, started_at)
+        return _run_phacli(args, started_at, callbacks)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
         raise SystemExit(SIGTERM_EXIT) from None
 
 
-def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
+def _run_phacli(args: list[str] | None, started_at: float | None, callbacks: Sequence[Callback]) -> PHACLI:
     """PHA's LightningCLI with its trainer defaults (every run's callbacks) and parser settings."""
-    PHACLI(
+    return PHACLI(
         PHAModule,
         PHADataModule,
         args=args,
@@ -572,6 +574,7 @@ def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
                 DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size
                 SignalStop(),  # SIGTERM: stop prediction too; say what was kept and how to resume
                 SlurmRequeue(),  # under SLURM: the pre-emption signal checkpoints at a step boundary, then requeues
+                *callbacks,
             ],
         },
         # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it
