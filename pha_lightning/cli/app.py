@@ -59,7 +59,7 @@ from pha_lightning.training.checkpoints import (
     resolve_last_checkpoint,
     served_hyper_parameters,
 )
-from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
+from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.sharding import STRATEGY_NAME
@@ -246,12 +246,27 @@ def served_specs(data_specs: list[dict] | None, model_specs: list[dict] | None) 
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
+    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming
+    the folder. Loggers that store files (MLflow, W&B) get it as an artifact."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
-        with reported_write(log_dir, "the run's config.yaml under"):
-            super().setup(trainer, pl_module, stage)
+        self.log_dir = run_folder(trainer)  # a collective under DDP: every rank asks
+        with reported_write(self.log_dir, "the run's config.yaml under"):
+            if trainer.log_dir is not None:
+                super().setup(trainer, pl_module, stage)
+            elif not self.already_saved:  # Lightning's writer asserts a logger folder; MLflow's has none
+                if trainer.is_global_zero:
+                    os.makedirs(self.log_dir, exist_ok=True)
+                    path = os.path.join(self.log_dir, self.config_filename)
+                    self.parser.save(
+                        self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+                    )
+                    self.save_config(trainer, pl_module, stage)
+                self.already_saved = trainer.strategy.broadcast(True)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Global rank 0, after ``config.yaml`` is written."""
+        log_artifacts(trainer, [Path(self.log_dir) / self.config_filename], self.log_dir)
 
 
 class PHACLI(LightningCLI):
@@ -355,7 +370,7 @@ class PHACLI(LightningCLI):
         self._prepare_checkpoint()
         self.startup_marks["model load"] = time.perf_counter()
         output = self.config[self.subcommand].get("predict_output") or os.path.join(
-            self.trainer.log_dir or self.trainer.default_root_dir, "predictions.jsonl"
+            run_folder(self.trainer), "predictions.jsonl"
         )
         self.trainer.callbacks.extend([JSONLPredictionWriter(output), FirstPredictionTime(self.startup_marks)])
 
@@ -519,7 +534,7 @@ class PHACLI(LightningCLI):
 
     def _report(self, stage: str) -> None:
         # every rank asks: under DDP the log folder is broadcast from rank 0, a collective
-        self._write_report(stage, self.trainer.log_dir or self.trainer.default_root_dir)
+        self._write_report(stage, run_folder(self.trainer))
 
     @rank_zero_only
     def _write_report(self, stage: str, log_dir: str) -> None:

@@ -14,6 +14,13 @@ docs/usage.md, "Sweeps".
 
 from __future__ import annotations
 
+from pha_lightning.errors import PHAError
+
+try:
+    import optuna
+except ModuleNotFoundError:  # an optional extra
+    raise PHAError("pha sweep needs Optuna: pip install 'pha-lightning[sweep]' (or pip install optuna)") from None
+
 import difflib
 import json
 import sys
@@ -23,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import yaml
 from jsonargparse import Namespace
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +48,7 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_replacement, atomic_write_text
 from pha_lightning.training.callbacks.non_finite import NonFiniteLossError
 from pha_lightning.training.callbacks.trial_pruning import TrialPruning
+from pha_lightning.training.outputs import run_folder
 
 #: trials run when neither the sweep nor a grid says how many
 DEFAULT_TRIALS = 10
@@ -206,7 +213,7 @@ def run_trial(trial: optuna.Trial, sweep: Sweep) -> float:
         raise
     finally:
         sys.argv = command_line
-    log_dir = Path(cli.trainer.log_dir or root)
+    log_dir = Path(run_folder(cli.trainer))
     trial.set_user_attr("run_dir", str(log_dir))
     trial.set_user_attr("steps", cli.trainer.global_step)
     trial.set_user_attr("health", health_warnings(log_dir))

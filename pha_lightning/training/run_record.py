@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from pha_lightning.files import atomic_write_text
+from pha_lightning.training.outputs import log_artifacts, run_folder
 
 RECORD_FILE = "run_record.json"
 #: the distributions whose versions change a run's numbers or its files (those installed are recorded)
@@ -101,8 +102,10 @@ def run_record(trainer: Trainer, command: list[str] | None) -> dict[str, Any]:
 def write_run_record(trainer: Trainer, command: list[str] | None) -> Path | None:
     """Write the record into the trainer's log folder (global rank 0; every rank must call: ``log_dir``
     is a collective under DDP)."""
-    log_dir = trainer.log_dir or trainer.default_root_dir
+    log_dir = run_folder(trainer)
     if not trainer.is_global_zero:
         return None
     text = json.dumps(run_record(trainer, command), indent=1) + "\n"
-    return atomic_write_text(Path(log_dir) / RECORD_FILE, text, "run record")
+    path = atomic_write_text(Path(log_dir) / RECORD_FILE, text, "run record")
+    log_artifacts(trainer, [path], log_dir)
+    return path
