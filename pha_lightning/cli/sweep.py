@@ -152,6 +152,8 @@ def check_parameters(parameters: list[Parameter], fit_args: list[str], base: Nam
 def prepare(argv: Sequence[str]) -> Sweep:
     """Parse and check everything before a study is opened or a trial starts."""
     sweep_args, fit_args = split_arguments(argv)
+    if {"-h", "--help"} & set(argv):  # the sweep's own options; pha fit --help lists the others
+        sweep_parser().parse_args(["--help"])
     parsed = sweep_parser().parse_args(sweep_args)
     settings = SweepConfig(**{k: v for k, v in parsed.sweep.as_dict().items() if not k.startswith("__")})
     parameters = parse_space(settings.space)

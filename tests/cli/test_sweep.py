@@ -107,6 +107,15 @@ def test_a_searched_setting_fixed_on_the_command_line_is_an_error(
     )
 
 
+def test_help_lists_the_sweep_settings(capsys: pytest.CaptureFixture) -> None:
+    from pha_lightning.cli.sweep import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--sweep.n_trials" in out and "--sweep.storage" in out and "pha fit" in out
+
+
 def test_a_journal_file_is_one_study_for_every_process_that_opens_it(tmp_path: Path) -> None:
     """Optuna's journal file (for shared file systems): a second storage object on the same file sees
     the first one's trials, as another process would."""
