@@ -20,7 +20,8 @@ class Trial(Protocol):
 
 class TrialPruning(Callback):
     """After each validation, report ``monitor`` to the trial at the global step and stop training
-    when the trial's pruner says so; :attr:`pruned_at` is then that step (``None``: not pruned).
+    when the trial's pruner says so (not at the run's last step: a finished run is complete);
+    :attr:`pruned_at` is then that step (``None``: not pruned).
 
     optuna-integration's ``PyTorchLightningPruningCallback`` reports at the *epoch*, so a run that
     validates every ``val_check_interval`` steps within one epoch (PHA's configs) would report one
@@ -54,6 +55,8 @@ class TrialPruning(Callback):
         if not math.isfinite(value):
             return
         self.trial.report(value, step=trainer.global_step)
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return  # the run's last validation: nothing left to save, its result stands as complete
         if self.trial.should_prune():
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
