@@ -23,8 +23,12 @@ with the encoder's shared label-word output layer. HyperFormer runs use one task
 the original (``--data.sampling task``); the other methods use mixed batches.
 
 With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
-``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``), among every rate that cell was ever
-run at in the output directory (an edge check adds a candidate, never hides one); PHA's
+``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``) by ``pha sweep``: one Optuna study per
+tuning cell (``tuning/study.db``), a grid over the listed rates it has not tried yet, each a trial
+that never sees test; the choice is the study's best trial, among every rate that cell was ever
+tuned at (an edge check adds a candidate, never hides one; rows of ``runs.jsonl`` from before the
+studies join them as finished trials). The chosen rate's grid cell is then trained and tested
+as every other cell; PHA's
 variants (:data:`PHA_VARIANTS`) and the ``+label_words`` variants take their base method's rate
 (``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
 checkpoint's step, its validation average and the run's training-health summary, and
@@ -46,8 +50,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import torch
+import yaml
 
+from pha_lightning.cli.sweep import counts
+from pha_lightning.cli.sweep_space import make_storage
 from pha_lightning.training.checkpoints import resolve_last_checkpoint
 
 METHOD_ARGS: dict[str, list[str]] = {
@@ -608,20 +616,119 @@ def run_cells(cells: list[tuple[str, int, int, float | None]], args: argparse.Na
         )
 
 
+#: the tuning studies (``pha sweep``'s storage), one per tuning cell, under the output folder
+TUNING = "tuning"
+LR = "model.optim.learning_rate"
+#: the rate's range in every tuning study: each invocation's grid lists values inside it, so an edge
+#: check's new rate joins the cell's study (Optuna fixes a parameter's distribution per study)
+LR_RANGE = {"low": 1e-6, "high": 1.0, "log": True}
+
+
 def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, float]:
-    """Each method's learning rate: the best validation average of its tuning runs (never test)."""
+    """Each method's learning rate: the best validation score of its tuning study (never test)."""
     n_train, seed = args.tune_n_train, args.tune_seed
-    run_cells([(m, n_train, seed, lr) for m in args.methods for lr in args.tune_lr], args, jsonl)
-    while args.bracket and (edges := edge_checks(list(finished_runs(jsonl).values()), args.methods, n_train, seed)):
+    rows = list(finished_runs(jsonl).values())
+    for method in args.methods:
+        tune_cell(method, n_train, seed, args, rows, args.tune_lr)
+    while args.bracket and (edges := edge_checks(tuned_rows(args, n_train, seed), args.methods, n_train, seed)):
         print(f"edge checks (a choice at the edge of the rates tried): {edges}", flush=True)
-        run_cells(edges, args, jsonl)
-    chosen = best_rates(list(finished_runs(jsonl).values()), args.methods, n_train, seed)
+        for method, _, _, rate in edges:
+            tune_cell(method, n_train, seed, args, rows, [rate])
+    chosen = best_rates(tuned_rows(args, n_train, seed), args.methods, n_train, seed)
     path = args.output_dir / CHOSEN_LR
     saved = read_chosen(path)
     saved.update(chosen)
     path.write_text(json.dumps(saved, indent=1) + "\n")
     print(f"learning rates chosen on the validation average (n_train {n_train}, seed {seed}): {chosen}", flush=True)
     return chosen
+
+
+def tuning_study(storage: Path, method: str, n_train: int, seed: int) -> optuna.Study:
+    """The tuning cell's study (created on first use): ``pha sweep`` runs its trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        storage=make_storage(str(storage)),
+        study_name=run_id(method, n_train, seed),
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def import_rows(study: optuna.Study, rows: list[dict], method: str, n_train: int, seed: int) -> None:
+    """Rows of the cell in ``runs.jsonl`` (tuned before the studies existed) join its study as
+    finished trials, valued by the same quantity a sweep's trial is: the best checkpoint's val/avg."""
+    tried = {trial.params.get(LR) for trial in study.get_trials(deepcopy=False)}
+    for row in rows:
+        cell = (row["method"], row["n_train"], row["seed"]) == (method, n_train, seed)
+        if cell and row.get("learning_rate") is not None and row["learning_rate"] not in tried:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={LR: row["learning_rate"]},
+                    distributions={LR: optuna.distributions.FloatDistribution(**LR_RANGE)},
+                    value=row["best_val_avg"],
+                    user_attrs={"run_id": row["run_id"], "from": "runs.jsonl"},
+                )
+            )
+            tried.add(row["learning_rate"])
+
+
+def tuned_rows(args: argparse.Namespace, n_train: int, seed: int) -> list[dict]:
+    """Every finished trial of the methods' tuning studies as a row (method, cell, rate, best_val_avg)."""
+    rows = []
+    for method in args.methods:
+        study = tuning_study(args.output_dir / TUNING / "study.db", method, n_train, seed)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            rows.append(
+                {
+                    "method": method,
+                    "n_train": n_train,
+                    "seed": seed,
+                    "learning_rate": trial.params[LR],
+                    "best_val_avg": trial.value,
+                }
+            )
+    return rows
+
+
+def tune_cell(
+    method: str, n_train: int, seed: int, args: argparse.Namespace, rows: list[dict], rates: list[float]
+) -> float:
+    """``pha sweep`` over the ``rates`` the cell's study lacks (a grid), then the rate of its best
+    trial, among every rate the cell was ever tuned at (an edge check adds a candidate, never hides one)."""
+    storage = args.output_dir / TUNING / "study.db"
+    study = tuning_study(storage, method, n_train, seed)
+    import_rows(study, rows, method, n_train, seed)
+    done = [trial for trial in study.get_trials(deepcopy=False) if counts(trial)]  # a diverged rate too
+    new = [lr for lr in rates if lr not in {trial.params[LR] for trial in done}]
+    if new:
+        name = run_id(method, n_train, seed)
+        settings = {
+            "space": {LR: LR_RANGE},
+            "sampler": {"name": "GridSampler", "search_space": {LR: new}},
+            "pruner": {"name": "NopPruner"},  # every rate trains to the end, as the grid's runs do
+            "study_name": name,
+            "storage": str(storage),
+            "output_dir": str(args.output_dir / TUNING / name),
+            "n_trials": len(done) + len(new),
+        }
+        sweep_file = args.output_dir / TUNING / f"{name}.yaml"
+        sweep_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+        cmd = [
+            *pha_command(),
+            "sweep",
+            f"--sweep={sweep_file}",
+            f"--config={args.config}",
+            *METHOD_ARGS[method],
+            f"--data.n_train={n_train}",
+            f"--seed_everything={seed}",
+            "--trainer.enable_progress_bar=false",
+            *args.extra,
+        ]
+        log = args.output_dir / TUNING / f"{name}.log"
+        print(f"tuning sweep {name}: rates {new} ({log})", flush=True)
+        run_logged(cmd, log, f"tuning sweep {name}")
+        study = tuning_study(storage, method, n_train, seed)
+    return study.best_trial.params[LR]
 
 
 def best_rates(rows: list[dict], methods: list[str], n_train: int, seed: int) -> dict[str, float]:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -98,9 +99,21 @@ def test_a_candidate_is_paired_with_every_method_and_rows_of_two_folders_are_rep
         report.reported_rows(ours, [tmp_path / "missing.jsonl"])
 
 
-def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell() -> None:
-    def tuned(lr: float, val: float, n_train: int = 100, seed: int = 0) -> dict:
-        return {"method": "task_adapter", "n_train": n_train, "seed": seed, "learning_rate": lr, "best_val_avg": val}
+def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell(tmp_path: Path) -> None:
+    """Rows of the cell join its study as finished trials (those of other cells do not); the study's
+    best trial is the choice, also after an edge check's new rate joins the same study."""
+    report = _benchmark("sample_efficiency")
+
+    def tuned(lr: float, val: float, n_train: int = 100, seed: int = 0, method: str = "task_adapter") -> dict:
+        rid = report.run_id(method, n_train, seed, lr)
+        return {
+            "run_id": rid,
+            "method": method,
+            "n_train": n_train,
+            "seed": seed,
+            "learning_rate": lr,
+            "best_val_avg": val,
+        }
 
     rows = [
         tuned(1e-4, 53.4),  # tried in an earlier invocation (an edge check)
@@ -108,10 +121,38 @@ def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell() -> None:
         tuned(1e-3, 51.5),
         tuned(3e-3, 60.0, n_train=500),  # another cell: not a tuning run
         tuned(3e-3, 61.0, seed=1),
-        {"method": "adapter", "n_train": 100, "seed": 0, "learning_rate": 1e-3, "best_val_avg": 51.1},
+        tuned(1e-3, 51.1, method="adapter"),
     ]
-    best = _benchmark("sample_efficiency").best_rates(rows, ["task_adapter", "adapter"], 100, 0)
-    assert best == {"task_adapter": 1e-4, "adapter": 1e-3}
+    storage = tmp_path / "tuning" / "study.db"
+    study = report.tuning_study(storage, "task_adapter", 100, 0)
+    report.import_rows(study, rows, "task_adapter", 100, 0)
+    report.import_rows(study, rows, "task_adapter", 100, 0)  # a rerun adds nothing twice
+    assert sorted(t.params[report.LR] for t in study.trials) == [1e-4, 3e-4, 1e-3]
+    assert study.best_trial.params[report.LR] == 1e-4
+    edge = optuna.trial.create_trial(
+        params={report.LR: 3e-5},
+        distributions={report.LR: optuna.distributions.FloatDistribution(**report.LR_RANGE)},
+        value=53.5,
+    )
+    report.tuning_study(storage, "task_adapter", 100, 0).add_trial(edge)  # what a sweep's new trial adds
+    assert report.tuning_study(storage, "task_adapter", 100, 0).best_trial.params[report.LR] == 3e-5
+
+
+@pytest.mark.parametrize("folder", ["converged", "many_tasks"])
+def test_the_tuning_studies_choose_the_recorded_rates(tmp_path: Path, folder: str) -> None:
+    """The recorded cells (every rate's best validation average in runs.jsonl) in tuning studies:
+    each study's best trial is the rate chosen_lr.json recorded for that method."""
+    report = _benchmark("sample_efficiency")
+    rows = list(report.finished_runs(ROOT / "results" / folder / "runs.jsonl").values())
+    recorded = json.loads((ROOT / "results" / folder / "chosen_lr.json").read_text())
+    storage = tmp_path / "study.db"
+    chosen = {}
+    for method in recorded:
+        study = report.tuning_study(storage, method, 100, 0)
+        report.import_rows(study, rows, method, 100, 0)
+        assert len(study.trials) >= 2, method  # a choice among rates, not one rate
+        chosen[method] = study.best_trial.params[report.LR]
+    assert chosen == recorded
 
 
 def test_edge_checks_step_beyond_a_choice_at_the_edge_until_it_is_bracketed() -> None:

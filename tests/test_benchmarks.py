@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
@@ -69,17 +70,19 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     ]
     _run(*grid)
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    # the tuning runs at n_train 24, seed 0 are the grid's runs for that cell: nothing runs twice
-    assert [r["run_id"] for r in rows] == [
-        "adapter-n24-s0-lr0.001",
-        "adapter-n24-s0-lr0.003",
-        "pha-n24-s0-lr0.001",
-        "pha-n24-s0-lr0.003",
-    ]
     chosen = json.loads((tmp_path / "chosen_lr.json").read_text())
-    for method in ("adapter", "pha"):
-        tried = [r for r in rows if r["method"] == method]
-        assert chosen[method] == max(tried, key=lambda r: r["best_val_avg"])["learning_rate"]  # chosen on validation
+    # tuning is a pha sweep per method (a grid over the rates, never tested); then the chosen cell runs
+    assert [r["run_id"] for r in rows] == [f"{m}-n24-s0-lr{chosen[m]:g}" for m in ("adapter", "pha")]
+    for method, row in zip(("adapter", "pha"), rows):
+        study = optuna.load_study(
+            storage=f"sqlite:///{tmp_path / 'tuning' / 'study.db'}", study_name=f"{method}-n24-s0"
+        )
+        trials = {t.params["model.optim.learning_rate"]: t for t in study.trials}
+        assert sorted(trials) == [1e-3, 3e-3] and all(t.state.name == "COMPLETE" for t in trials.values())
+        assert chosen[method] == max(trials, key=lambda lr: trials[lr].value)  # chosen on validation
+        assert not list((tmp_path / "tuning").rglob("test_metrics.json"))
+        # the sweep's objective is the quantity the rows record: the chosen cell, trained again, agrees
+        assert row["best_val_avg"] == pytest.approx(trials[chosen[method]].value, abs=1e-3)
     pha = next(r for r in rows if r["method"] == "pha" and r["learning_rate"] == chosen["pha"])
     adapter = next(r for r in rows if r["method"] == "adapter" and r["learning_rate"] == chosen["adapter"])
     assert {"test/avg", "test/synth_polarity/accuracy", "test/synth_score/pearson"} <= pha["test"].keys()
@@ -112,7 +115,7 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     for key in ("adapter_to_residual", "top_axis_share", "prototype_shift", "generated_between_task_spread"):
         assert measured[key] == pytest.approx(end[key], rel=1e-4), key
     again = _run(*grid).stdout  # finished runs are skipped
-    assert again.count("done already, skipped") == 6  # 4 tuning runs, then the 2 grid cells
+    assert again.count("done already, skipped") == 2 and "tuning sweep" not in again  # every rate tried: no sweep
     # retest: the same checkpoint, tested again by the current code, gives the same metrics
     base = grid[: grid.index("--tune-lr")]
     _run(*base, "--retest", pha["run_id"])

@@ -14,13 +14,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -58,7 +59,8 @@ from pha_lightning.training.checkpoints import (
     resolve_last_checkpoint,
     served_hyper_parameters,
 )
-from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger
+from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
+from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.sharding import STRATEGY_NAME
 from pha_lightning.training.system import PHAModule
@@ -245,12 +247,27 @@ def served_specs(data_specs: list[dict] | None, model_specs: list[dict] | None) 
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming the folder."""
+    """Lightning's writer of the run's ``config.yaml``; a full or read-only disk is one error naming
+    the folder. Loggers that store files (MLflow, W&B) get it as an artifact."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
-        with reported_write(log_dir, "the run's config.yaml under"):
-            super().setup(trainer, pl_module, stage)
+        self.log_dir = run_folder(trainer)  # a collective under DDP: every rank asks
+        with reported_write(self.log_dir, "the run's config.yaml under"):
+            if trainer.log_dir is not None:
+                super().setup(trainer, pl_module, stage)
+            elif not self.already_saved:  # Lightning's writer asserts a logger folder; MLflow's has none
+                if trainer.is_global_zero:
+                    os.makedirs(self.log_dir, exist_ok=True)
+                    path = os.path.join(self.log_dir, self.config_filename)
+                    self.parser.save(
+                        self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+                    )
+                    self.save_config(trainer, pl_module, stage)
+                self.already_saved = trainer.strategy.broadcast(True)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Global rank 0, after ``config.yaml`` is written."""
+        log_artifacts(trainer, [Path(self.log_dir) / self.config_filename], self.log_dir)
 
 
 class PHACLI(LightningCLI):
@@ -344,6 +361,7 @@ class PHACLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()
+        write_run_record(self.trainer, self.command_line)
         if self.config[self.subcommand].get("test_after_fit"):
             self.datamodule.check_sources(
                 ("train", "validation", "test")
@@ -355,7 +373,7 @@ class PHACLI(LightningCLI):
         self._prepare_checkpoint()
         self.startup_marks["model load"] = time.perf_counter()
         output = self.config[self.subcommand].get("predict_output") or os.path.join(
-            self.trainer.log_dir or self.trainer.default_root_dir, "predictions.jsonl"
+            run_folder(self.trainer), "predictions.jsonl"
         )
         self.trainer.callbacks.extend([JSONLPredictionWriter(output), FirstPredictionTime(self.startup_marks)])
 
@@ -365,8 +383,11 @@ class PHACLI(LightningCLI):
         defaults of ``data.*`` and ``model.*`` it was trained with, so ``pha predict --ckpt_path X
         --data.predict_file in.jsonl`` needs no config. Explicit options and configs still win, and a
         mismatch with the checkpoint is then reported (see ``_parse_ckpt_path``)."""
+        #: the command line as run (``None``: given as a mapping), for the run's record
+        self.command_line: list[str] | None = None
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
+            self.command_line = ["pha", *argv]
             check_option_names(argv)
             for path in option_values(argv, "--config"):
                 check_config_file(path)
@@ -518,7 +539,7 @@ class PHACLI(LightningCLI):
 
     def _report(self, stage: str) -> None:
         # every rank asks: under DDP the log folder is broadcast from rank 0, a collective
-        self._write_report(stage, self.trainer.log_dir or self.trainer.default_root_dir)
+        self._write_report(stage, run_folder(self.trainer))
 
     @rank_zero_only
     def _write_report(self, stage: str, log_dir: str) -> None:
@@ -537,21 +558,22 @@ class TasksCLI(PHACLI):
         """Nothing is built here: the data module is built from ``config.data`` by ``pha tasks``."""
 
 
-def run_cli(args: list[str] | None, started_at: float | None = None) -> None:
+def run_cli(args: list[str] | None, started_at: float | None = None, callbacks: Sequence[Callback] = ()) -> PHACLI:
     """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
-    when the command started) times ``pha predict``'s first prediction."""
+    when the command started) times ``pha predict``'s first prediction; ``callbacks`` join the
+    trainer's (``pha sweep``'s pruning). Returns the CLI, its trainer done."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     hide_library_noise()
     try:
-        _run_phacli(args, started_at)
+        return _run_phacli(args, started_at, callbacks)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
         raise SystemExit(SIGTERM_EXIT) from None
 
 
-def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
+def _run_phacli(args: list[str] | None, started_at: float | None, callbacks: Sequence[Callback]) -> PHACLI:
     """PHA's LightningCLI with its trainer defaults (every run's callbacks) and parser settings."""
-    PHACLI(
+    return PHACLI(
         PHAModule,
         PHADataModule,
         args=args,
@@ -572,6 +594,7 @@ def _run_phacli(args: list[str] | None, started_at: float | None) -> None:
                 DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size
                 SignalStop(),  # SIGTERM: stop prediction too; say what was kept and how to resume
                 SlurmRequeue(),  # under SLURM: the pre-emption signal checkpoints at a step boundary, then requeues
+                *callbacks,
             ],
         },
         # PHAModule.configure_optimizers is the optimiser: LightningCLI's --optimizer would silently replace it

@@ -45,6 +45,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 EXTRA_COMMANDS: dict[str, Command] = {
     "retrieve": Command("pha_lightning.cli.retrieve", "which trained tasks new tasks resemble, by the retriever"),
     "export": Command("pha_lightning.cli.export", "a checkpoint's portable bundle, or peft / AdapterHub adapters"),
+    "sweep": Command("pha_lightning.cli.sweep", "search pha fit settings with Optuna; best.yaml and a table of trials"),
     "tasks": Command("pha_lightning.cli.tasks", "the built-in tasks; with --config, a configuration's tasks checked"),
     "serve": Command(
         "pha_lightning.cli.serve", "an HTTP server (LitServe) of a bundle or checkpoint: mixed-task batches, routing"

@@ -14,19 +14,17 @@ separates tasks. ``--sources N`` adds N validation examples of each source task 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
-from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle
 from pha_lightning.model.pha import PHAModel
+from pha_lightning.training.retrieval_picture import save_retrieval
 from pha_lightning.training.system import load_system
 from pha_lightning.training.transfer import format_rankings, prototype_scores, read_checkpoint, retrieval_vectors
 from pha_lightning.validation import SEED, SIZE, Range, check_range, ensure_writable_dir
@@ -60,47 +58,6 @@ def embed_tasks(model: PHAModel, tasks: list[str], split: str, n: int | None, da
         keep = torch.cat([torch.nonzero(task_ids == t).squeeze(1)[:n] for t in task_ids.unique()])
         z, task_ids = z[keep], task_ids[keep]
     return z, task_ids
-
-
-def plot(z: Tensor, labels: list[str], prototypes: Tensor, prototype_names: list[str], path: Path) -> None:
-    """Project normalised vectors and prototypes on the first two principal axes of the examples.
-
-    Examples of tasks with a prototype are dots, those of new tasks triangles; prototypes are stars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    z_hat = torch.nn.functional.normalize(z, dim=-1)
-    k_hat = torch.nn.functional.normalize(prototypes, dim=-1)
-    mean = z_hat.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(z_hat - mean, full_matrices=False)
-    axes = v[:2].T
-    points, marks = (z_hat - mean) @ axes, (k_hat - mean) @ axes
-    fig, ax = plt.subplots(figsize=(7, 6))
-    names = sorted(set(labels), key=labels.index)
-    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
-    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
-    for name in names:
-        rows = [i for i, label in enumerate(labels) if label == name]
-        new = name not in prototype_names
-        ax.scatter(
-            points[rows, 0],
-            points[rows, 1],
-            s=14 if new else 10,
-            alpha=0.6,
-            color=colours[name],
-            marker="^" if new else "o",
-            label=f"{name} (new)" if new else name,
-        )
-    for (x, y), name in zip(marks.tolist(), prototype_names):
-        ax.scatter([x], [y], marker="*", s=250, edgecolor="black", color=colours.get(name, "white"), zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_title("Retrieval vectors and prototypes (stars), first two principal axes", fontsize=10)
-    ax.legend(fontsize=7, markerscale=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -162,16 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         z = torch.cat([z, source_z])
         labels += [sources[i] for i in source_ids.tolist()]
-    with reported_write(args.output_dir, "retrieval output"):
-        with atomic_replacement(args.output_dir / "retrieval.safetensors") as temporary:
-            save_file({"z": z.contiguous(), "prototypes": prototypes.contiguous()}, str(temporary))
-        atomic_write_text(
-            args.output_dir / "retrieval.json",
-            json.dumps({"labels": labels, "prototype_tasks": sources, "rankings": rankings}, indent=2),
-            "retrieval output",
-        )
-        with atomic_replacement(args.output_dir / "retrieval.png") as temporary:
-            plot(z, labels, prototypes, sources, temporary)
+    save_retrieval(args.output_dir / "retrieval", z, labels, prototypes, sources, {"rankings": rankings})
     print(f"wrote {args.output_dir}/retrieval.{{safetensors,json,png}}")
 
 

@@ -258,8 +258,18 @@ class HealthThresholds:
     adapter_ratio: float = 0.5
 
 
+def settings_to_check(report: dict[str, Any], *first: str) -> str:
+    """The settings a warning names, ``first`` ones first: the hypernetwork's calibration only for a
+    run that generates adapters (a shared-adapter run has no such setting to turn)."""
+    names = [*first]
+    if "generated_adapter_norm" in report:
+        names.append("model.arch.hypernet_calibration (use 'width')")
+    names.append("trainer.gradient_clip_val (1.0)")
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> list[str]:
-    """Plain-language flags for a report, each naming the settings to look at."""
+    """Plain-language flags for a report, each naming the settings of this run's method to look at."""
     warnings = []
     shares = report.get("top_axis_share", {})
     collapsed = {task: share for task, share in shares.items() if share >= thresholds.collapse_share}
@@ -268,16 +278,14 @@ def health_warnings(report: dict[str, Any], thresholds: HealthThresholds) -> lis
         warnings.append(
             f"representation collapse: the pooled features put at least {100 * thresholds.collapse_share:.0f} % of "
             f"their variance on one axis ({listed}), so the task heads barely see a difference between "
-            "examples; look at model.optim.learning_rate, model.optim.warmup_steps, model.arch.hypernet_calibration "
-            "(use 'width') and trainer.gradient_clip_val (1.0)"
+            "examples; look at " + settings_to_check(report, "model.optim.learning_rate", "model.optim.warmup_steps")
         )
     loud = [(b, r) for b, r in enumerate(report.get("adapter_to_residual", [])) if r >= thresholds.adapter_ratio]
     if loud:
         listed = ", ".join(f"block {b} {r:.2f}" for b, r in loud)
         warnings.append(
             f"adapters drown the residual stream: their output is at least {thresholds.adapter_ratio:.2f}× the "
-            f"residual's norm ({listed}); look at model.optim.learning_rate, model.arch.hypernet_calibration (use 'width') "
-            "and trainer.gradient_clip_val (1.0)"
+            f"residual's norm ({listed}); look at " + settings_to_check(report, "model.optim.learning_rate")
         )
     return warnings
 

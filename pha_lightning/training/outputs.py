@@ -7,6 +7,8 @@
 * :class:`RunLogger` — Lightning's TensorBoard logger, but the ``version_N`` folder is claimed with
   an atomic ``mkdir`` when the logger is built, so two runs started at once in one
   ``trainer.default_root_dir`` get two folders instead of sharing (and overwriting) one.
+* :func:`log_artifacts` — a run's files (config, health report, run record, retrieval pictures)
+  sent to the loggers that keep files: MLflow's artifact store and W&B's run files.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from pha_lightning.files import atomic_write, reported_write
@@ -102,3 +105,23 @@ class RunLogger(TensorBoardLogger):
     def finalize(self, status: str) -> None:
         with self._writing():
             super().finalize(status)
+
+
+def run_folder(trainer: Trainer) -> str:
+    """Where the run's own files go: the logger's folder, or ``trainer.default_root_dir`` for a logger
+    that keeps none locally (MLflow with a tracking server). A collective under DDP: every rank calls."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
+def log_artifacts(trainer: Trainer, paths: list[Path], run_dir: str | os.PathLike) -> None:
+    """Send files written under the run folder ``run_dir`` to each logger that stores files, at their
+    path relative to it (global rank 0 only). TensorBoard and CSV loggers keep the run folder itself."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        for path in paths:
+            relative = Path(path).absolute().relative_to(Path(run_dir).absolute()).parent
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), None if relative == Path() else str(relative))
+            elif isinstance(logger, WandbLogger):
+                logger.experiment.save(str(path), base_path=str(run_dir), policy="now")

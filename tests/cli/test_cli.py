@@ -85,6 +85,16 @@ def test_checkpoint_holds_only_trainable_weights_and_backbone_name(fitted: Path)
     assert set(ckpt["pha_val_metrics"]) >= {"val/avg", "val/synth_polarity/accuracy", "val/synth_score/pearson"}
 
 
+def test_fit_writes_the_run_record_beside_its_config(fitted: Path) -> None:
+    """Only ``fit`` writes it: its version folder holds the command line and the accelerator."""
+    (record_path,) = fitted.rglob("run_record.json")
+    record = json.loads(record_path.read_text())
+    assert (record_path.parent / "config.yaml").exists() and (record_path.parent / "health.json").exists()
+    assert record["command"][:2] == ["pha", "fit"] and "--trainer.max_steps=8" in record["command"]
+    assert record["machine"]["accelerator"] == "CPUAccelerator"
+    assert record["code"] is not None and len(record["code"]["commit"]) == 40
+
+
 def test_validate_reproduces_the_checkpoints_metrics_and_test_runs(fitted: Path) -> None:
     best = _checkpoint(fitted, "step")
     saved = torch.load(best, map_location="cpu", weights_only=False)["pha_val_metrics"]

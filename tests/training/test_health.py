@@ -137,9 +137,25 @@ def test_warnings_name_the_value_and_the_settings() -> None:
     report = {"top_axis_share": {"sst2": 0.97, "rte": 0.3}, "adapter_to_residual": [0.1, 1.38]}
     warnings = health_warnings(report, HealthThresholds())
     assert len(warnings) == 2
-    assert "sst2 97 %" in warnings[0] and "rte" not in warnings[0] and "hypernet_calibration" in warnings[0]
+    assert "sst2 97 %" in warnings[0] and "rte" not in warnings[0] and "learning_rate" in warnings[0]
     assert "block 1 1.38" in warnings[1] and "gradient_clip_val" in warnings[1]
     assert health_warnings({"top_axis_share": {"sst2": 0.5}, "adapter_to_residual": [0.1]}, HealthThresholds()) == []
+
+
+@pytest.mark.parametrize(("method", "generates"), [("adapter", False), ("pha", True), ("hyperformer", True)])
+def test_warnings_name_only_settings_the_method_has(tiny_bert: str, method: str, generates: bool) -> None:
+    """A shared-adapter run has no hypernetwork: its warnings must not send the user to
+    hypernet_calibration; a run that generates adapters is told about it (thresholds at 0: both warn)."""
+    seed_everything(0)
+    model = PHAModule(PHAConfig(tasks=TASKS, backbone=tiny_bert, backbone_init="random", method=method)).model
+    data = PHADataModule(tasks=TASKS, backbone=tiny_bert, batch_size=8, eval_batch_size=8, max_source_length=32)
+    data.setup("fit")
+    batches = [next(iter(loader)) for loader in data.val_dataloader()]
+    warnings = health_report(model, batches, thresholds=HealthThresholds(collapse_share=0.0, adapter_ratio=0.0))[
+        "warnings"
+    ]
+    assert len(warnings) == 2 and all("trainer.gradient_clip_val" in w for w in warnings)
+    assert all(("model.arch.hypernet_calibration" in w) == generates for w in warnings), warnings
 
 
 def test_fit_writes_health_json_and_logs_it(tmp_path, data: PHADataModule) -> None:

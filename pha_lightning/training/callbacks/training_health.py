@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pha_lightning.files import atomic_write_text
 from pha_lightning.training.health import HealthThresholds, format_health, health_report, probe_batches
+from pha_lightning.training.outputs import log_artifacts, run_folder
 
 
 class TrainingHealth(Callback):
@@ -53,13 +54,13 @@ class TrainingHealth(Callback):
         report = self.reports.get("end")
         if report is None or report["step"] != trainer.global_step:
             report = self.measure(trainer, pl_module, "end")
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        log_dir = run_folder(trainer)  # a collective under DDP: every rank must ask
         if trainer.is_global_zero:
             print(f"training health at step {report['step']} (docs/training_health.md):\n{format_health(report)}")
-            if log_dir:
-                atomic_write_text(
-                    Path(log_dir) / "health.json", json.dumps(self.reports, indent=1) + "\n", "health report"
-                )
+            path = atomic_write_text(
+                Path(log_dir) / "health.json", json.dumps(self.reports, indent=1) + "\n", "health report"
+            )
+            log_artifacts(trainer, [path], log_dir)
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial_prototypes": self.initial_prototypes, "reports": self.reports}

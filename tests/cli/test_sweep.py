@@ -1,0 +1,202 @@
+"""``pha sweep``: bad search spaces are one line naming the value; processes join one study; a rerun resumes it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from production_fixtures import PHA, pha_env, pha_error, run_pha
+
+from pha_lightning.cli.sweep_space import make_storage
+
+#: a trial in seconds: the tiny BERT at random init, 4 steps, validated at steps 2 and 4
+TINY_FIT = [
+    "--data.tasks=[synth_polarity,synth_score]",
+    "--data.n_train=32",
+    "--data.batch_size=8",
+    "--data.eval_batch_size=16",
+    "--data.max_source_length=32",
+    "--model.arch.backbone_init=random",
+    "--trainer.accelerator=cpu",
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.check_val_every_n_epoch=null",
+    "--trainer.limit_val_batches=1",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def sweep_file(tmp_path: Path, space: object, **settings: object) -> str:
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({"space": space, **settings}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("space", "settings", "message"),
+    [
+        (
+            {"model.optim.learning_rate": {"low": 0.01, "high": 0.001}},
+            {},
+            "sweep.space['model.optim.learning_rate']: low 0.01 must be below high 0.001",
+        ),
+        (
+            {"model.optim.learning_rate": {"low": 0, "high": 0.01, "log": True}},
+            {},
+            "sweep.space['model.optim.learning_rate']: a log range needs low > 0, got low 0",
+        ),
+        (
+            {"model.optim.learning_rate": {"low": 1e-4, "hi": 0.01}},
+            {},
+            "sweep.space['model.optim.learning_rate'] has unknown keys ['hi']; valid: type, low, high, log, step, choices",
+        ),
+        ({"model.optim.learning_rate": 0.001}, {}, "sweep.space['model.optim.learning_rate'] must be a mapping"),
+        ({"data.batch_size": {"choices": []}}, {}, "sweep.space['data.batch_size']: choices must be a non-empty list"),
+        (
+            {"data.temperature": {"choices": [2.0, 0]}},
+            {},
+            "sweep.space['data.temperature'] value 0: data.temperature must be",
+        ),
+        (
+            {"model.optim.learnin_rate": {"low": 1e-4, "high": 1e-2}},
+            {},
+            "sweep.space['model.optim.learnin_rate'] is not a setting of pha fit; did you mean 'model.optim.learning_rate'?",
+        ),
+        (
+            {"model.optim.learning_rate": {"low": 1e-4, "high": 1e-2}},
+            {"sampler": {"name": "TPE"}},
+            "sweep.sampler.name 'TPE' is not an Optuna sampler; valid: BruteForceSampler",
+        ),
+        (
+            {"model.optim.learning_rate": {"low": 1e-4, "high": 1e-2}},
+            {"sampler": {"name": "GridSampler"}},
+            "GridSampler searches a grid: give model.optim.learning_rate choices, or list its values in sweep.sampler.search_space",
+        ),
+        (
+            {"model.optim.learning_rate": {"low": 1e-4, "high": 1e-2}},
+            {"pruner": {"name": "MedianPruner", "n_warmup_step": 3}},
+            "sweep.pruner MedianPruner{'n_warmup_step': 3}:",
+        ),
+        ({}, {}, "sweep.space must map pha fit settings to ranges"),
+    ],
+)
+def test_a_bad_search_space_is_one_line_naming_the_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_bert: str, space: object, settings: dict, message: str
+) -> None:
+    err = pha_error(capsys, "sweep", "--sweep", sweep_file(tmp_path, space, **settings), *TINY_FIT,
+                    f"--model.arch.backbone={tiny_bert}")  # fmt: skip
+    assert err.startswith("pha: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "runs").exists()  # nothing opened or trained
+
+
+def test_a_searched_setting_fixed_on_the_command_line_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_bert: str
+) -> None:
+    space = {"model.optim.learning_rate": {"low": 1e-4, "high": 1e-2}}
+    err = pha_error(capsys, "sweep", "--sweep", sweep_file(tmp_path, space), *TINY_FIT,
+                    f"--model.arch.backbone={tiny_bert}", "--model.optim.learning_rate=0.1")  # fmt: skip
+    assert (
+        "sweep.space['model.optim.learning_rate'] is searched, but --model.optim.learning_rate=0.1 also sets it" in err
+    )
+
+
+def test_help_lists_the_sweep_settings(capsys: pytest.CaptureFixture) -> None:
+    from pha_lightning.cli.sweep import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--sweep.n_trials" in out and "--sweep.storage" in out and "pha fit" in out
+
+
+def test_a_journal_file_is_one_study_for_every_process_that_opens_it(tmp_path: Path) -> None:
+    """Optuna's journal file (for shared file systems): a second storage object on the same file sees
+    the first one's trials, as another process would."""
+    path = str(tmp_path / "study.journal")
+    first = optuna.create_study(storage=make_storage(path), study_name="s", direction="maximize")
+    first.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=3.0))  # fmt: skip
+    second = optuna.load_study(storage=make_storage(path), study_name="s")
+    assert [t.value for t in second.trials] == [3.0] and isinstance(make_storage(path), optuna.storages.JournalStorage)
+    assert isinstance(make_storage(str(tmp_path / "s.db")), optuna.storages.RDBStorage)
+
+
+def finished_lines(output: str) -> dict[int, str]:
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"\] trial (\d+) (finished|pruned)", output)}
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> dict:
+    """Two processes started together on one SQLite study of three trials."""
+    root = tmp_path_factory.mktemp("sweep")
+    space = {"model.optim.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}
+    args = [
+        "sweep",
+        "--sweep",
+        sweep_file(root, space, pruner={"name": "NopPruner"}),
+        "--sweep.n_trials=3",
+        f"--sweep.output_dir={root / 'out'}",
+        *TINY_FIT,
+        f"--model.arch.backbone={tiny_bert}",
+    ]
+    processes = [
+        subprocess.Popen(
+            [PHA, *args], cwd=root, env=pha_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    return {"root": root, "args": args, "outputs": outputs, "out": root / "out"}
+
+
+def study_of(out: Path) -> optuna.Study:
+    return optuna.load_study(storage=f"sqlite:///{out / 'study.db'}", study_name="search")
+
+
+@pytest.mark.slow
+def test_two_processes_join_one_study(joined: dict) -> None:
+    study = study_of(joined["out"])
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
+    ran = [finished_lines(output) for output in joined["outputs"]]
+    assert all(ran) and not set(ran[0]) & set(ran[1]), ran  # each process ran trials, none ran one twice
+    assert set(ran[0]) | set(ran[1]) == {0, 1, 2}
+    folders = {t.user_attrs["run_dir"] for t in trials}
+    assert len(folders) == 3 and all((Path(f) / "config.yaml").exists() for f in folders)
+    for trial in trials:  # the objective is the best validation score the run's checkpointing saw
+        assert trial.value == pytest.approx(max(trial.intermediate_values.values()))
+        assert sorted(trial.intermediate_values) == [2, 4]
+        config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
+        assert config["model"]["optim"]["learning_rate"] == trial.params["model.optim.learning_rate"]
+        assert config["test_after_fit"] is False
+        assert not list(Path(trial.user_attrs["run_dir"]).glob("test_metrics.json"))
+    best = study.best_trial
+    text = (joined["out"] / "best.yaml").read_text()
+    assert yaml.safe_load(text)["model"]["optim"]["learning_rate"] == best.params["model.optim.learning_rate"]
+    table = (joined["out"] / "trials.md").read_text()
+    assert all(f"| {n} | complete |" in table for n in range(3)) and "| ok |" in table or "WARNING" not in table
+    assert (joined["out"] / "optimization_history.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_the_study_and_pruning_stops_a_trial(joined: dict) -> None:
+    """Asking for four trials runs only the fourth; with a pruner that prunes everything it stops at
+    the first validation; asking again runs none."""
+    args = [a for a in joined["args"] if not a.startswith("--sweep.n_trials")]
+    pruner = ["--sweep.pruner={name: ThresholdPruner, lower: 1000.0}"]
+    result = run_pha(*args, "--sweep.n_trials=4", *pruner, cwd=joined["root"])
+    assert "3 of 4 trials done or running" in result.stdout
+    assert finished_lines(result.stdout) == {3: "pruned"}
+    fourth = study_of(joined["out"]).trials[3]
+    assert fourth.state.name == "PRUNED" and fourth.user_attrs["steps"] == 2 and list(fourth.intermediate_values) == [2]
+    again = run_pha(*args, "--sweep.n_trials=4", cwd=joined["root"])
+    assert "4 of 4 trials done or running" in again.stdout and not finished_lines(again.stdout)
+    assert len(study_of(joined["out"]).trials) == 4
+    assert "| 3 | pruned |" in (joined["out"] / "trials.md").read_text()
