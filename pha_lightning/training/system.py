@@ -24,6 +24,7 @@ from pha_lightning.data.specs import resolve_tasks
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.bundle import check_state_complete
+from pha_lightning.model.calibration import Calibration, RoutingConfig
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
@@ -64,6 +65,7 @@ class PHAModule(LightningModule):
         optim: The optimisation (model.optim).
         transfer: Few-shot transfer: adapt a trained PHA checkpoint to these tasks as new tasks
             (model.transfer); the architecture then comes from that checkpoint.
+        routing: How routing is calibrated on validation (model.routing; docs/routing.md).
     """
 
     def __init__(
@@ -72,10 +74,12 @@ class PHAModule(LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         transfer: TransferConfig | None = None,
+        routing: RoutingConfig = RoutingConfig(),
     ) -> None:
         super().__init__()
         self.loss_config: LossConfig = as_settings(LossConfig, loss)
         self.optim_config: OptimConfig = as_settings(OptimConfig, optim)
+        self.routing_config: RoutingConfig = as_settings(RoutingConfig, routing)
         self.transfer = TransferConfig(**transfer) if isinstance(transfer, dict) else transfer
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         arch, self._source = self._resolve_arch(arch if isinstance(arch, PHAConfig) else PHAConfig.from_dict(arch))
@@ -87,6 +91,7 @@ class PHAModule(LightningModule):
                 "loss": asdict(self.loss_config),
                 "optim": asdict(self.optim_config),
                 "transfer": asdict(self.transfer) if self.transfer else None,
+                "routing": asdict(self.routing_config),
             }
         )
         with torch.device("meta"):  # its errors (layout, split layer, backbone) now: a dry build, nothing allocated
@@ -386,8 +391,13 @@ class PHAModule(LightningModule):
             "init": config.backbone_init,
         }
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
+<<<<<<< HEAD
         if self.transfer:  # what serves it without the source checkpoint (as_served)
             checkpoint[SERVED_ARCH_KEY] = config.to_dict()
+=======
+        calibration = self.model.calibration
+        checkpoint["pha_routing"] = calibration.to_dict() if calibration is not None else None
+>>>>>>> 526a0d5 (routing: calibrated confidence, abstention threshold for a target precision, novelty floor and confusable groups, fitted on validation (model.routing), stored in checkpoints and bundles, reported after fit; PHAModel.predict and pha predict abstain (task null, reason); pha_lightning.routing.Router)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint)
@@ -397,6 +407,8 @@ class PHAModule(LightningModule):
         # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
         transfer = bool(saved.get("transfer") or self.transfer)
         check_compatible(saved["arch"], self.hparams.arch, "the checkpoint", transfer=transfer)
+        routing = checkpoint.get("pha_routing")
+        self.model.calibration = Calibration.from_dict(routing) if routing else None
         if "state_dict" not in checkpoint:  # ModelParallelStrategy loads the weights itself, before this hook
             return
         wanted = {f"model.{k}" for k in self.model.saved_state_keys()}
