@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,22 +46,31 @@ WEIGHTS_NAME = "router.safetensors"
 
 def routing_state(model: PHAModel) -> dict[str, Tensor]:
     """The weights that compute routing scores: shared adapters (or LoRA), retriever, prototypes."""
-    if model.retriever is None or model.prototypes is None:
-        raise ConfigError(
-            f"method {model.config.method!r} has no retriever and prototypes: it cannot route examples without a task"
-        )
     parts = [model.shared_adapters, model.retriever, model.prototypes]
     wanted = {id(p) for part in parts for p in part.parameters()}
     return {name: p.detach() for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def write_router_files(folder: Path, model: PHAModel, data: dict[str, Any] | None = None) -> None:
-    """Write ``router.safetensors`` and ``config.json`` into ``folder`` (which exists)."""
-    if model.calibration is None:
-        raise ConfigError(
-            "this model has no routing calibration (trained before routing was calibrated): a router without one "
-            "could not abstain; retrain it, or export without routing"
+def why_no_router(model: PHAModel) -> str | None:
+    """Why ``model`` cannot be exported as a router (``None``: it can)."""
+    if model.retriever is None or model.prototypes is None:
+        return (
+            f"method {model.config.method!r} has no retriever and prototypes: it cannot route examples without a task"
         )
+    if model.calibration is None:
+        return (
+            "this model has no routing calibration (trained before routing was calibrated): a router without one "
+            "could not abstain; retrain it to export its router"
+        )
+    return None
+
+
+def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | None = None) -> None:
+    """Create ``folder`` and write ``router.safetensors`` and ``config.json`` into it."""
+    reason = why_no_router(model)
+    if reason is not None:
+        raise ConfigError(reason)
+    folder.mkdir(parents=True, exist_ok=True)
     state = routing_state(model)
     if "prototypes.added" in state:  # a transfer's rows, in front: one table, as in a bundle
         state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
