@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
-from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.datamodule import PHADataModule, longest_first
 from pha_lightning.model.calibration import (
     Calibration,
     RoutingConfig,
@@ -54,9 +55,22 @@ Scorer = Callable[[dict[str, Tensor]], Tensor]
 
 
 # ---------------------------------------------------------------------------------------- embedding
+def capped(loader: DataLoader, most: int | None, seed: int = 0) -> DataLoader:
+    """``loader`` over a fixed random draw of at most ``most`` of its examples (longest first)."""
+    dataset = loader.dataset
+    if most is None or len(dataset) <= most:
+        return loader
+    draw = longest_first(dataset.shuffle(seed=seed).select(range(most)))
+    return DataLoader(draw, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn)
+
+
 @torch.no_grad()
-def embed(ckpt_path: str, data_dir: str | None) -> dict[str, Any]:
-    """``z``, pooled retrieval-point features and task ids of every split, the prototypes and task names."""
+def embed(ckpt_path: str, data_dir: str | None, test_max: int | None, cache: Path | None) -> dict[str, Any]:
+    """``z``, pooled retrieval-point features and task ids of every split, the prototypes and task
+    names; each split is added to ``cache`` as soon as it is embedded (a rerun starts after it)."""
+    out: dict[str, Any] = torch.load(cache, weights_only=True) if cache is not None and cache.exists() else {}
+    if all(split in out for split in SPLITS):
+        return out
     checkpoint = read_checkpoint(ckpt_path)
     model = load_system(checkpoint).eval().model
     settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
@@ -69,18 +83,20 @@ def embed(ckpt_path: str, data_dir: str | None) -> dict[str, Any]:
     hook = model.retriever.register_forward_hook(
         lambda _m, inputs, _out: features.append(masked_mean(inputs[0].float(), inputs[1]).cpu())
     )
-    out: dict[str, Any] = {"tasks": data.tasks, "prototypes": model.prototypes.table().detach().float().cpu()}
+    out |= {"tasks": data.tasks, "prototypes": model.prototypes.table().detach().float().cpu()}
     try:
-        for split in SPLITS:
+        for split in (split for split in SPLITS if split not in out):
             z, ids = [], []
             for loader in data.task_dataloaders(split):
-                for batch in loader:
+                for batch in capped(loader, test_max if split == "test" else None):
                     z.append(model.retrieval_forward(batch).float().cpu())
                     ids.append(batch["task_ids"])
             pooled = torch.cat(features)
             features.clear()
             out[split] = {"z": torch.cat(z), "features": pooled, "task_ids": torch.cat(ids)}
             print(f"embedded {split}: {len(out[split]['task_ids'])} examples", flush=True)
+            if cache is not None:
+                torch.save(out, cache)
     finally:
         hook.remove()
     return out
@@ -274,15 +290,13 @@ def main() -> None:
     parser.add_argument("--data-dir", help="the data directory, instead of the one the checkpoint recorded")
     parser.add_argument("--output-dir", type=Path, default=Path("results/routing"))
     parser.add_argument("--cache", type=Path, help="embeddings cache (.pt): read if present, else written")
+    parser.add_argument(
+        "--test-max-examples", type=int, default=300, help="test examples per task, a fixed random draw (None: all)"
+    )
     parser.add_argument("--target-precision", type=float, default=RoutingConfig().target_precision)
     parser.add_argument("--group-confusion", type=float, default=RoutingConfig().group_confusion)
     args = parser.parse_args()
-    if args.cache is not None and args.cache.exists():
-        emb = torch.load(args.cache, weights_only=True)
-    else:
-        emb = embed(args.ckpt_path, args.data_dir)
-        if args.cache is not None:
-            torch.save(emb, args.cache)
+    emb = embed(args.ckpt_path, args.data_dir, args.test_max_examples, args.cache)
     config = RoutingConfig(target_precision=args.target_precision, group_confusion=args.group_confusion)
     tasks = list(emb["tasks"])
     rows, curves = {}, {}
@@ -316,6 +330,7 @@ def main() -> None:
         | {"groups": rows["prototype"]["groups"], "threshold": rows["prototype"]["threshold"]},
         "checkpoint": "<run dir>/checkpoints/" + Path(args.ckpt_path).name,
         "examples": {split: len(emb[split]["task_ids"]) for split in SPLITS},
+        "test_max_examples_per_task": args.test_max_examples,
     }
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.output_dir / "rules.json").write_text(json.dumps(rows, indent=1) + "\n")

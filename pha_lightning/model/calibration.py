@@ -13,7 +13,7 @@ its bundle and :class:`pha_lightning.routing.Router` apply it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -64,6 +64,12 @@ class Calibration:
     validation: dict[str, float | None] = field(default_factory=dict)
     """Precision (``None`` when nothing was routed) and coverage of routing on the validation
     examples it was fitted on, and their number."""
+    added_tasks: list[str] = field(default_factory=list)
+    """Tasks added by few-shot transfer, in front of ``tasks`` as in the model. The trained tasks
+    route as before; an example unlike every one of them may go to the nearest added task."""
+    added_floor: float | None = None
+    """The least cosine to an added task's prototype routed to it (``novelty_quantile`` of the
+    added tasks' validation examples); ``None``: not yet calibrated, added tasks get no example."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +77,10 @@ class Calibration:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Calibration:
         return cls(**record)
+
+    def with_added_tasks(self, names: list[str]) -> Calibration:
+        """This calibration for the model with ``names`` added in front (few-shot transfer)."""
+        return replace(self, added_tasks=list(names), added_floor=None)
 
     def units(self) -> list[list[int]]:
         """Every task alone, or its confusable group, as lists of task indices (each task in one unit)."""
@@ -95,7 +105,11 @@ class Calibration:
             )
         head += floor
         groups = "; ".join("{" + ", ".join(g) + "}" for g in self.groups) or "none"
-        return f"routing: {head}\nconfusable task groups (name these tasks explicitly): {groups}"
+        text = f"routing: {head}\nconfusable task groups (name these tasks explicitly): {groups}"
+        if self.added_tasks:
+            floor = "not calibrated" if self.added_floor is None else f"similarity floor {self.added_floor:.3f}"
+            text += f"\nadded tasks {self.added_tasks} ({floor}) take only examples unlike every trained task"
+        return text
 
 
 @dataclass
@@ -105,6 +119,8 @@ class Decision:
     task: int | None
     confidence: float
     reason: str | None = None
+    #: abstained as unlike every trained task
+    novel: bool = False
 
 
 def probabilities(scores: Tensor, temperature: float) -> Tensor:
@@ -162,12 +178,30 @@ def choose_threshold(confidence: Tensor, correct: Tensor, target: float) -> floa
 
 
 def decide(scores: Tensor, calibration: Calibration) -> list[Decision]:
-    """Route (or abstain) every example of ``scores (B, tasks)`` as ``calibration`` says."""
-    if scores.shape[-1] != len(calibration.tasks):
+    """Route (or abstain) every example of ``scores (B, tasks)`` as ``calibration`` says: the trained
+    tasks first, exactly as before any task was added; an example unlike all of them goes to the
+    nearest added task when it is similar enough to it."""
+    added = len(calibration.added_tasks)
+    if scores.shape[-1] != added + len(calibration.tasks):
         raise ConfigError(
-            f"the routing calibration covers {len(calibration.tasks)} tasks {calibration.tasks}, the model scores "
-            f"{scores.shape[-1]}: recalibrate it on validation examples of every task"
+            f"the routing calibration covers {added + len(calibration.tasks)} tasks "
+            f"{calibration.added_tasks + calibration.tasks}, the model scores {scores.shape[-1]}: recalibrate it "
+            "on validation examples of every task"
         )
+    decisions = decide_trained(scores[:, added:], calibration)
+    for i, decision in enumerate(decisions):
+        if decision.task is not None:
+            decision.task += added
+        elif decision.novel and added and calibration.added_floor is not None:
+            best = scores[i, :added].max(-1)
+            if float(best.values) >= calibration.added_floor:
+                confidence = float(probabilities(scores[i, :added], calibration.temperature).max())
+                decisions[i] = Decision(int(best.indices), confidence)
+    return decisions
+
+
+def decide_trained(scores: Tensor, calibration: Calibration) -> list[Decision]:
+    """:func:`decide` over the trained tasks' scores alone (indices into ``calibration.tasks``)."""
     units = calibration.units()
     chosen, confidence = unit_choice(probabilities(scores, calibration.temperature), units)
     nearest = scores.max(-1)
@@ -194,7 +228,8 @@ def decide(scores: Tensor, calibration: Calibration) -> list[Decision]:
         else:
             decisions.append(Decision(unit[0], conf))
             continue
-        decisions.append(Decision(None, conf, f"{reason}; name the task to predict"))
+        novel = similarity < calibration.similarity_floor
+        decisions.append(Decision(None, conf, f"{reason}; name the task to predict", novel))
     return decisions
 
 
@@ -222,3 +257,9 @@ def calibrate(scores: Tensor, targets: Tensor, tasks: list[str], config: Routing
         "examples": len(targets),
     }
     return draft
+
+
+def calibrate_added(calibration: Calibration, scores: Tensor, config: RoutingConfig) -> Calibration:
+    """Fit the added tasks' floor on the scores ``(B, added + trained)`` of their validation examples."""
+    nearest = scores[:, : len(calibration.added_tasks)].double().max(-1).values
+    return replace(calibration, added_floor=float(torch.quantile(nearest.cpu(), config.novelty_quantile)))

@@ -162,19 +162,33 @@ class PHAModule(LightningModule):
                 f"its own head); {self.transfer.checkpoint!r} has {saved.output_layer!r}"
             )
         arch = replace(arch, **{key: getattr(saved, key) for key in ARCHITECTURE_KEYS})
-        return arch, (saved, model_state(source["state_dict"]))
+        return arch, (saved, model_state(source["state_dict"]), source.get("pha_routing"))
 
     def _build_model(self, arch: PHAConfig) -> PHAModel:
         """The model ``arch`` describes; for a transfer, the source model with the new tasks in front."""
         if self._source is None:
             return PHAModel(arch)
-        saved, state = self._source
+        saved, state, routing = self._source
         model = PHAModel(replace(arch, tasks=saved.tasks, task_specs=saved.task_specs, retriever=saved.retriever))
         check_state_fits(state, model.state_dict(), f"transfer checkpoint {self.transfer.checkpoint!r}")
         model.load_state_dict(state, strict=False)
         model.add_tasks(list(arch.tasks), arch.task_specs)
         set_trainable(model, self.transfer.tune)
+        model.calibration = self._kept_routing(routing, list(arch.tasks))
         return model
+
+    def _kept_routing(self, routing: dict[str, Any] | None, new_tasks: list[str]) -> Calibration | None:
+        """The source's routing calibration, kept for its tasks, with the new tasks added (docs/routing.md):
+        valid while the retriever, shared adapters and source prototypes stay frozen (``tune`` not ``all``)."""
+        if routing is None:
+            return None
+        if self.transfer.tune == "all":
+            rank_zero_info(
+                "transfer with model.transfer.tune all retrains the retriever: the source's routing calibration no "
+                "longer applies, and examples without a task go to the nearest prototype"
+            )
+            return None
+        return Calibration.from_dict(routing).with_added_tasks(new_tasks)
 
     def _retriever_wanted(self, arch: PHAConfig) -> bool:
         """PHA trains its retriever with L_IR/L_Pro; with a single task they contrast nothing, so

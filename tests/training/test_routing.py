@@ -16,7 +16,7 @@ from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.synthetic import build_synthetic_suite
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.prediction import UNCALIBRATED_NOTE
+from pha_lightning.model.prediction import UNCALIBRATED_NOTE, example_batches, task_scores
 from pha_lightning.routing import Router
 from pha_lightning.training.callbacks import RoutingCalibration
 from pha_lightning.training.checkpoints import read_checkpoint
@@ -137,3 +137,44 @@ def test_a_model_without_calibration_routes_to_the_nearest_prototype_with_a_note
     assert UNCALIBRATED_NOTE.startswith("this model has no routing calibration")
     with pytest.raises(Exception, match="no routing calibration"):
         Router(model)
+
+
+def test_transfer_keeps_the_source_tasks_routing(trained: dict) -> None:
+    """A task added by few-shot transfer (top-1 init: its prototype starts as a copy of a source's,
+    so the nearest prototype alone would send it some of that source's examples) takes none of the
+    source tasks' routed validation examples; it gets examples unlike every source task."""
+    from pha_lightning.training.scripting import quiet_trainer
+    from pha_lightning.training.transfer import TransferConfig
+
+    source = PHAModel.from_pretrained(trained["bundle"])
+    system = PHAModule(
+        PHAConfig(tasks=[HELD_OUT]),
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=0),
+        transfer=TransferConfig(str(trained["best"]), init="top1"),
+    )
+    data = PHADataModule(
+        tasks=[HELD_OUT], n_train=16, batch_size=8, eval_batch_size=64, max_source_length=MAX_SOURCE_LENGTH
+    )
+    trainer = quiet_trainer(
+        max_steps=4, val_check_interval=4, check_val_every_n_epoch=None, enable_checkpointing=False,
+        default_root_dir=trained["root"] / "transfer", callbacks=[RoutingCalibration()],
+    )  # fmt: skip
+    trainer.fit(system, datamodule=data)
+    model = system.model.eval()
+    assert model.calibration.added_tasks == [HELD_OUT] and model.calibration.added_floor is not None
+    stolen = 0
+    for task in TRAINED:
+        examples = split_examples(task, "validation")
+        before, after = source.predict(examples), model.predict(examples)
+        for old, new in zip(before, after):
+            if old["task"] is not None:  # routed before: to the same task now
+                assert new["task"] == old["task"], (task, old, new)
+            elif new["task"] is not None:  # abstained before: only one unlike every source task may go to the new one
+                assert new["task"] == HELD_OUT and old["abstained"].startswith("unlike every trained task"), (old, new)
+        assert sum(old["task"] is not None for old in before) >= 0.9 * len(before)
+        for batch in example_batches(model, examples, 64, None):  # the nearest prototype alone: the copy steals
+            stolen += int((task_scores(model, batch).argmax(-1) == 0).sum())
+    assert stolen > 0
+    held_out = model.predict(split_examples(HELD_OUT, "validation"))
+    assert sum(row["task"] == HELD_OUT for row in held_out) >= 0.9 * len(held_out)
+    assert all(row["task"] in (HELD_OUT, None) for row in held_out)

@@ -7,7 +7,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from pha_lightning.model.calibration import Calibration, calibrate
+from pha_lightning.model.calibration import Calibration, calibrate, calibrate_added
 from pha_lightning.training.callbacks.ranks import gather_rows
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
 from pha_lightning.training.checkpoints import read_checkpoint
@@ -19,8 +19,10 @@ class RoutingCalibration(ValidationRetrievalListener):
     ``model.routing``) on the validation examples' retrieval scores, so every checkpoint carries the
     calibration of its own weights. At the end of ``fit`` it prints the best checkpoint's.
 
-    A validation that misses some of the model's tasks (e.g. a transfer run's, which holds the new
-    tasks alone) cannot calibrate them: the model then keeps no calibration, and says so.
+    A transfer run validates its new tasks alone: the source tasks keep the source's calibration
+    and the new tasks get their similarity floor (:func:`~pha_lightning.model.calibration.calibrate_added`).
+    Any other validation that misses some of the model's tasks cannot calibrate them: the model then
+    keeps no calibration, and says so.
     """
 
     def reset(self) -> None:
@@ -38,7 +40,12 @@ class RoutingCalibration(ValidationRetrievalListener):
         scores, targets = gather_rows(trainer, torch.cat(self._scores)), gather_rows(trainer, torch.cat(self._targets))
         model = pl_module.model
         names = [task.name for task in model.task_objects]
-        missing = sorted(set(names) - {names[i] for i in targets.unique().tolist()})
+        seen = {names[i] for i in targets.unique().tolist()}
+        calibration = model.calibration
+        if calibration is not None and calibration.added_tasks and seen == set(calibration.added_tasks):
+            model.calibration = calibrate_added(calibration, scores, pl_module.routing_config)  # a transfer run
+            return
+        missing = sorted(set(names) - seen)
         if missing:
             model.calibration = None
             rank_zero_info(f"routing not calibrated: validation has no examples of tasks {missing}")
