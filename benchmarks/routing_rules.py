@@ -177,7 +177,7 @@ def candidate_rules(emb: dict[str, Any]) -> dict[str, Scorer]:
     rules = {"prototype": prototype_rule(emb)}
     for k in (1, 5, 10, 20):
         rules[f"knn k={k}"] = knn_rule(emb, k)
-    for c in (2, 4, 8):
+    for c in (1, 2, 4, 8):  # c=1: the mean of each task's training z
         rules[f"multi_prototype c={c}"] = multi_prototype_rule(emb, c)
     for decay in (1e-4, 1e-3, 1e-2):
         rules[f"probe wd={decay:g}"] = probe_rule(emb, "z", decay)
