@@ -318,7 +318,7 @@ def main() -> None:
     best = rows[chosen]
     summary = {
         "rule": chosen,
-        "released_rule": "prototype",
+        "released_rule": "prototype",  # the rule pha's router applies; the others are measured here only
         **{k: v for k, v in best["test"].items() if k != "per_task"},
         "groups": best["groups"],
         "threshold": best["threshold"],
