@@ -112,3 +112,10 @@ def test_calibrated_routing_is_as_precise_as_asked_on_its_validation() -> None:
     assert result.validation["precision"] == pytest.approx(precision)
     assert result.validation["coverage"] == pytest.approx(len(routed) / len(targets))
     assert Calibration.from_dict(result.to_dict()) == result
+
+
+def test_routing_settings_name_a_bad_value() -> None:
+    with pytest.raises(ConfigError, match=r"model.routing.target_precision must be in \(0, 1\], got 1.5"):
+        RoutingConfig(target_precision=1.5)
+    with pytest.raises(ConfigError, match="model.routing.max_group_size must be >= 2, got 1"):
+        RoutingConfig(max_group_size=1)
