@@ -34,6 +34,7 @@ from pha_lightning.model.bundle import (
 )
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.prediction import no_router_error, routes
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -53,10 +54,8 @@ def routing_state(model: PHAModel) -> dict[str, Tensor]:
 
 def why_no_router(model: PHAModel) -> str | None:
     """Why ``model`` cannot be exported as a router (``None``: it can)."""
-    if model.retriever is None or model.prototypes is None:
-        return (
-            f"method {model.config.method!r} has no retriever and prototypes: it cannot route examples without a task"
-        )
+    if not routes(model):
+        return str(no_router_error(model.config.method))
     if model.calibration is None:
         return (
             "this model has no routing calibration (trained before routing was calibrated): a router without one "

@@ -405,13 +405,10 @@ class PHAModule(LightningModule):
             "init": config.backbone_init,
         }
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
-<<<<<<< HEAD
         if self.transfer:  # what serves it without the source checkpoint (as_served)
             checkpoint[SERVED_ARCH_KEY] = config.to_dict()
-=======
         calibration = self.model.calibration
         checkpoint["pha_routing"] = calibration.to_dict() if calibration is not None else None
->>>>>>> 526a0d5 (routing: calibrated confidence, abstention threshold for a target precision, novelty floor and confusable groups, fitted on validation (model.routing), stored in checkpoints and bundles, reported after fit; PHAModel.predict and pha predict abstain (task null, reason); pha_lightning.routing.Router)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint)
