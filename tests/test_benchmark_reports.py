@@ -282,3 +282,34 @@ def test_peers_throughputs_count_real_tokens_and_ratios_pair_rounds(monkeypatch:
     ]
     assert peers.ratio(rows, "ours", "peer", "x") == "2.00 (1.00–3.00)"
     assert peers.ratio(rows, "ours", "absent", "x") == "–"
+
+
+def test_routing_measures_count_groups_abstentions_and_distinguishable_tasks_apart() -> None:
+    from pha_lightning.model.calibration import Calibration
+
+    rules = _benchmark("routing_rules")
+    calibration = Calibration(["a", "b", "c"], 0.05, 0.9, 0.95, 0.2, [["b", "c"]])
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.1],  # a, routed right
+            [0.9, 0.1, 0.1],  # true b, routed to a: wrong
+            [0.1, 0.5, 0.9],  # true b, goes to the group {b, c}: abstained, right at the level of groups
+            [0.1, 0.9, 0.5],  # true c, group: abstained, right for groups
+            [0.1, 0.15, 0.1],  # true a, unlike every task (below 0.2): abstained, not covered
+        ],
+        dtype=torch.float64,
+    )
+    targets = torch.tensor([0, 1, 1, 2, 0])
+    result = rules.measure(scores, targets, calibration)
+    assert (result["all_precision"], result["all_coverage"]) == (0.5, 2 / 5)
+    assert (result["distinguishable_precision"], result["distinguishable_coverage"]) == (1.0, 1 / 2)  # task a
+    assert (result["group_precision"], result["group_coverage"]) == (3 / 4, 4 / 5)
+    assert result["per_task"]["b"] == {"precision": 0.0, "coverage": 0.5}
+
+
+def test_knn_rule_scores_each_task_by_its_nearest_training_examples() -> None:
+    rules = _benchmark("routing_rules")
+    train = {"z": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), "task_ids": torch.tensor([0, 1, 1])}
+    score = rules.knn_rule({"train": train, "tasks": ["x", "y"]}, k=1)
+    got = score({"z": torch.tensor([[0.8, 0.6]])})
+    torch.testing.assert_close(got, torch.tensor([[0.8, 0.96]]))  # y's nearest example is [0.6, 0.8]

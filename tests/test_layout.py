@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "model": {"data"},
     "training": {"data", "model"},
-    "cli": {"data", "model", "training"},
+    "cli": {"data", "model", "training", "routing"},
+    "routing": {"data", "model"},  # pha_lightning.routing: the Router, without Lightning
 }
 
 
@@ -151,6 +152,7 @@ def test_model_package_does_not_import_lightning() -> None:
         "import sys\n"
         "import pha_lightning.model, pha_lightning.model.bundle, pha_lightning.data.tasks, pha_lightning.data.examples\n"
         "from pha_lightning import PHAModel, PHAConfig\n"
+        "from pha_lightning.routing import Router\n"
         "print([m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,6 +16,7 @@ from pha_lightning.cli.app import check_config_file, check_option_names
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.bundle import CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
+from pha_lightning.model.calibration import RoutingConfig
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import (
     CHECKPOINT_VERSION,
@@ -44,10 +45,10 @@ def version_1(hyper_parameters: dict) -> dict:
 
 
 def with_defaults(hyper_parameters: dict) -> dict:
-    """Grouped settings with every loss and optimiser setting a checkpoint lacks at its default, as
+    """Grouped settings with every loss, optimiser and routing setting a checkpoint lacks at its default, as
     :class:`PHAModule` builds them."""
-    groups = {"loss": asdict(LossConfig()), "optim": asdict(OptimConfig())}
-    return {**hyper_parameters, **{name: {**groups[name], **hyper_parameters[name]} for name in groups}}
+    groups = {"loss": asdict(LossConfig()), "optim": asdict(OptimConfig()), "routing": asdict(RoutingConfig())}
+    return {**hyper_parameters, **{name: {**groups[name], **hyper_parameters.get(name, {})} for name in groups}}
 
 
 def old_checkpoint(system: PHAModule, drop: tuple[str, ...] = ()) -> dict:

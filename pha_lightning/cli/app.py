@@ -36,6 +36,7 @@ from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config
+from pha_lightning.model.calibration import RoutingConfig
 from pha_lightning.model.config import PHAConfig, trains_retriever
 from pha_lightning.model.migration import check_model_section, renamed_model_setting
 from pha_lightning.training.callbacks import (
@@ -45,6 +46,7 @@ from pha_lightning.training.callbacks import (
     NonFiniteGuard,
     RetrievalProjector,
     RetrieverTaskAccuracy,
+    RoutingCalibration,
     SignalStop,
     SlurmRequeue,
     StepSeed,
@@ -118,7 +120,12 @@ BATCH_COUNT_SETTINGS: tuple[str, ...] = (
 DATA_NOT_FROM_RECORD: tuple[str, ...] = ("backbone", "_instantiator", "cache_dir")
 
 #: The model's setting groups and the dataclass declaring each one's settings.
-MODEL_GROUPS: dict[str, type] = {"arch": PHAConfig, "loss": LossConfig, "optim": OptimConfig}
+MODEL_GROUPS: dict[str, type] = {
+    "arch": PHAConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "routing": RoutingConfig,
+}
 
 
 def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = None) -> list[dict] | None:
@@ -589,6 +596,7 @@ def _run_phacli(args: list[str] | None, started_at: float | None, callbacks: Seq
                 Throughput(),  # throughput/examples_per_s, throughput/tokens_per_s
                 RetrieverTaskAccuracy(),  # retriever/val_task_accuracy
                 RetrievalProjector(),  # TensorBoard projector: validation z and prototypes, by task
+                RoutingCalibration(),  # routing confidence, abstention threshold, confusable groups; reported after fit
                 TrainingHealth(),  # health/*: adapter/residual ratios, collapse; <log_dir>/health.json
                 FinalValidation(),  # a run shorter than val_check_interval still ends validated
                 DataSizeAdvice(),  # once: the other generated adapter kind was measured ahead at this data size

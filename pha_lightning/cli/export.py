@@ -17,6 +17,7 @@ one AdapterHub parallel bottleneck adapter per task (bottleneck models on BERT,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.adapterhub_export import write_adapterhub_export
 from pha_lightning.model.bundle import is_bundle
-from pha_lightning.model.peft_export import write_peft_export
+from pha_lightning.model.peft_export import INDEX_NAME, write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
@@ -169,6 +170,10 @@ def describe_task_export(path: Path) -> str:
         for directory in sorted((path / kind).iterdir()) if (path / kind).is_dir() else ():
             size = sum(f.stat().st_size for f in directory.iterdir())
             parts.append(f"{kind}/{directory.name} ({size / 1e6:.2f} MB)")
+    if (path / "router").is_dir():
+        parts.append(f"router ({sum(f.stat().st_size for f in (path / 'router').iterdir()) / 1e6:.2f} MB)")
+    elif (path / INDEX_NAME).is_file() and "router" in (index := json.loads((path / INDEX_NAME).read_text())):
+        parts.append(f"no router: {index['router']}")
     return ", ".join(parts)
 
 

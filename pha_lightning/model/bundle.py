@@ -37,6 +37,7 @@ from pha_lightning.hub import (
     backbone_fingerprint,
     load_backbone_config,
 )
+from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.validation import ensure_writable_dir
@@ -241,7 +242,7 @@ def check_backbone(record: Mapping[str, Any], name: str, path: str | os.PathLike
         )
 
 
-def _read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
+def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
     if not path.is_file():
         raise BundleError(f"bundle file {path} is missing")
     if expected_sha256 is not None and sha256_of(path) != expected_sha256:
@@ -258,12 +259,12 @@ def read_bundle_weights(path: str | os.PathLike, record: Mapping[str, Any] | Non
     """The PHA weights of a bundle (checked against the SHA-256 its config records)."""
     record = read_bundle_config(path) if record is None else record
     name = record["weights_file"]
-    return _read_tensors(Path(path) / name, record["files"].get(name))
+    return read_tensors(Path(path) / name, record["files"].get(name))
 
 
 def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor]:
     """The bundle's precomputed generated adapters (``generated_adapters.safetensors``)."""
-    return _read_tensors(Path(path) / ADAPTERS_NAME, record["files"][ADAPTERS_NAME])
+    return read_tensors(Path(path) / ADAPTERS_NAME, record["files"][ADAPTERS_NAME])
 
 
 def is_bundle(path: str | os.PathLike | None) -> bool:
@@ -299,6 +300,8 @@ def save_model(
     if data is None:
         data = (model.bundle_config or {}).get("data", {})
     precomputed = model.precomputed_adapters() if precompute else None
+    if model.calibration is not None:
+        extra = {**(extra or {}), "routing": model.calibration.to_dict()}
     return write_bundle(
         output_dir,
         model.config.to_dict(),
@@ -339,3 +342,4 @@ def load_weights(model: PHAModel, path: str | os.PathLike, config: Mapping[str, 
     check_state_fits(state, model.state_dict(), source)
     check_state_complete(state, model.saved_state_keys(), source, BundleError)
     model.load_state_dict(state, strict=False)
+    model.calibration = Calibration.from_dict(config["routing"]) if config.get("routing") else None

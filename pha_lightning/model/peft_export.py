@@ -33,6 +33,7 @@ from pha_lightning.model.backbone import backbone_class
 from pha_lightning.model.bundle import check_output_dir
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.model.lora import GeneratedLoRA, LoRALinear, SharedLoRA
+from pha_lightning.model.router import why_no_router, write_router_files
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -248,6 +249,9 @@ def _write_export(
     if merge:
         for task, directory in _write_merged(model, folder / "merged", indices, factors, data):
             index["tasks"][model.task_objects[task].name]["merged"] = directory
+    index["router"] = why_no_router(model) or "router"
+    if index["router"] == "router":
+        write_router_files(folder / "router", model, data)
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, default=str) + "\n")
 
 
@@ -392,6 +396,7 @@ def _load_lines(model: PHAModel, base: str, kind: str) -> list[str]:
         f"base = {auto}.from_pretrained({base})",
         'model = PeftModel.from_pretrained(base, ".").eval()  # more tasks: model.load_adapter(dir, adapter_name=task)',
         "# a batch mixing tasks: model(**inputs, adapter_names=[task of each example])",
+        "# examples without a task: ../../router (pha_lightning.routing.Router) names it, or abstains",
     ]
 
 

@@ -50,6 +50,7 @@ from pha_lightning.model.backbone import (
     retrieval_site,
     site_hidden_states,
 )
+from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.chunking import plan_chunks, restrict_weights, run_chunked
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
@@ -92,6 +93,8 @@ class PHAModel(nn.Module):
         self.generated_kind: WeightSet | None = None
         #: the bundle's ``config.json`` when loaded with :meth:`from_pretrained`
         self.bundle_config: dict[str, Any] | None = None
+        #: how examples without a task are routed (fitted on validation by training; ``None``: nearest prototype)
+        self.calibration: Calibration | None = None
 
     def _build_parts(self) -> None:
         """Create the trainable parts the method's layout asks for and wire them into the backbone."""
@@ -234,6 +237,7 @@ class PHAModel(nn.Module):
         self.config.tasks = [*names, *self.config.tasks]
         self.config.task_specs = [*new_specs, *(self.config.task_specs or ())] or None
         self.num_added_tasks = len(new)
+        self.calibration = None  # fitted on the old tasks alone
 
     def copy_head(self, target: int, source: int) -> bool:
         """Start task ``target``'s head from task ``source``'s when their label spaces match."""

@@ -10,7 +10,8 @@ what ``pha predict`` on a test split writes) — so a new part is one more funct
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 from pha_lightning.data.examples import Collator, encode_examples, predict_loader
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
+from pha_lightning.model.calibration import Decision, decide
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -67,32 +69,95 @@ def no_router_error(method: str) -> ConfigError:
 @torch.no_grad()
 def identify_tasks(model: PHAModel, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Nearest prototype of every example: (task ids, cosine similarities)."""
-    if not routes(model):
-        raise no_router_error(model.config.method)
-    probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
-    best = model.retrieval_scores(model.retrieval_forward(probe)).max(-1)
+    best = task_scores(model, batch).max(-1)
     return best.indices, best.values
 
 
 @torch.no_grad()
+def task_scores(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+    """The cosine of every example's retrieval vector with every task's prototype, ``(B, tasks)``."""
+    if not routes(model):
+        raise no_router_error(model.config.method)
+    probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
+    return model.retrieval_scores(model.retrieval_forward(probe))
+
+
+#: what a row routed by a model without a routing calibration says (once per call)
+UNCALIBRATED_NOTE = (
+    "this model has no routing calibration (trained before routing was calibrated): examples without a task go "
+    "to the nearest prototype, with no confidence and no abstention; retrain, or name each example's task"
+)
+
+
+def route(model: PHAModel, scores: Tensor) -> list[Decision]:
+    """Each example's routing: calibrated with abstention when the model has a calibration, else the
+    nearest prototype (confidence ``nan``: there is none)."""
+    if model.calibration is not None:
+        return decide(scores, model.calibration)
+    return [Decision(int(task), math.nan) for task in scores.argmax(-1).tolist()]
+
+
+@torch.no_grad()
 def predict_rows(model: PHAModel, batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Output rows of a batch of raw examples; the retriever picks the task of an example that names none."""
+    """Output rows of a batch of raw examples; the router picks the task of an example that names
+    none, or abstains (``task`` and ``prediction`` ``null``, ``abstained`` the reason)."""
     task_ids = batch["task_ids"].clone()
     unknown = task_ids < 0
+    decisions: dict[int, Decision] = {}
     similarity = None
     if bool(unknown.any()):
-        chosen, similarity = identify_tasks(model, batch)
-        task_ids[unknown] = chosen[unknown]
+        scores = task_scores(model, batch)
+        similarity = scores.max(-1).values
+        decisions = dict(zip(torch.nonzero(unknown).flatten().tolist(), route(model, scores[unknown])))
+        # abstained rows run with their nearest task, and their prediction is dropped
+        task_ids[unknown] = torch.tensor(
+            [d.task if d.task is not None else int(scores[i].argmax()) for i, d in decisions.items()],
+            device=task_ids.device,
+        )
     values = model.predict_values({**batch, "task_ids": task_ids}).tolist()
     rows = []
     for i, meta in enumerate(batch["meta"]):
-        task = model.task_objects[int(task_ids[i])]
-        routed = float(similarity[i]) if bool(unknown[i]) else None
-        row = input_fields(meta) | task_fields(task, routed) | prediction_fields(task, values[i])
+        task, decision = model.task_objects[int(task_ids[i])], decisions.get(i)
+        routed = float(similarity[i]) if decision is not None else None
+        if decision is not None and decision.task is None:
+            row = input_fields(meta) | abstained_fields(decision, routed)
+        else:
+            row = input_fields(meta) | task_fields(task, routed) | confidence_fields(decision)
+            row |= prediction_fields(task, values[i])
         if "target" in meta:
             row["target"] = meta["target"]
         rows.append(row)
     return rows
+
+
+def confidence_fields(decision: Decision | None) -> dict[str, Any]:
+    """``confidence``, the router's calibrated probability, of a routed row (none without a calibration)."""
+    if decision is None or math.isnan(decision.confidence):
+        return {}
+    return {"confidence": round(decision.confidence, 6)}
+
+
+def abstained_fields(decision: Decision, similarity: float) -> dict[str, Any]:
+    """A row the router abstained on: no task and no prediction, and ``abstained``, the reason."""
+    fields = {"task": None, "routed": True, "task_similarity": round(similarity, 6)} | confidence_fields(decision)
+    return fields | {"prediction": None, "abstained": decision.reason}
+
+
+def example_batches(
+    model: PHAModel, examples: Iterable[Mapping[str, Any]], batch_size: int, max_source_length: int | None
+) -> Iterator[dict[str, Any]]:
+    """Raw examples encoded as ``pha predict`` encodes them, in batches on the model's device.
+
+    ``max_source_length`` defaults to the one the model was trained with (its bundle), else 128.
+    """
+    rows = [(number, dict(example)) for number, example in enumerate(examples, start=1)]
+    trained_length = (model.bundle_config or {}).get("data", {}).get("max_source_length")
+    length = int(max_source_length or trained_length or 128)
+    tokenizer = model.tokenizer
+    encoded = encode_examples(rows, model.task_objects, model.family, tokenizer, length, source="example")
+    collator = Collator(tokenizer.pad_token_id, tokenizer.pad_token_type_id, tokenizer.padding_side)
+    for batch in predict_loader(encoded, collator, batch_size) if encoded else ():
+        yield {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -103,21 +168,14 @@ def predict(
     max_source_length: int | None = None,
 ) -> list[dict[str, Any]]:
     """:meth:`PHAModel.predict`: rows in input order, the model left in the mode it was in."""
-    rows = [(number, dict(example)) for number, example in enumerate(examples, start=1)]
-    if not rows:
-        return []
-    trained_length = (model.bundle_config or {}).get("data", {}).get("max_source_length")
-    length = int(max_source_length or trained_length or 128)
-    tokenizer = model.tokenizer
-    encoded = encode_examples(rows, model.task_objects, model.family, tokenizer, length, source="example")
-    collator = Collator(tokenizer.pad_token_id, tokenizer.pad_token_type_id, tokenizer.padding_side)
     was_training = model.training
     model.eval()
     out: list[dict[str, Any]] = []
     try:
-        for batch in predict_loader(encoded, collator, batch_size):
-            batch = {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        for batch in example_batches(model, examples, batch_size, max_source_length):
             out.extend(predict_rows(model, batch))
     finally:
         model.train(was_training)
+    if model.calibration is None and any(row["routed"] for row in out):
+        warnings.warn(UNCALIBRATED_NOTE, stacklevel=3)
     return sorted(out, key=lambda row: row["index"])

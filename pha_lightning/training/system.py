@@ -24,6 +24,7 @@ from pha_lightning.data.specs import resolve_tasks
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.bundle import check_state_complete
+from pha_lightning.model.calibration import Calibration, RoutingConfig
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
 from pha_lightning.model.methods import method_layout
 from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
@@ -64,6 +65,7 @@ class PHAModule(LightningModule):
         optim: The optimisation (model.optim).
         transfer: Few-shot transfer: adapt a trained PHA checkpoint to these tasks as new tasks
             (model.transfer); the architecture then comes from that checkpoint.
+        routing: How routing is calibrated on validation (model.routing; docs/routing.md).
     """
 
     def __init__(
@@ -72,10 +74,12 @@ class PHAModule(LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         transfer: TransferConfig | None = None,
+        routing: RoutingConfig = RoutingConfig(),
     ) -> None:
         super().__init__()
         self.loss_config: LossConfig = as_settings(LossConfig, loss)
         self.optim_config: OptimConfig = as_settings(OptimConfig, optim)
+        self.routing_config: RoutingConfig = as_settings(RoutingConfig, routing)
         self.transfer = TransferConfig(**transfer) if isinstance(transfer, dict) else transfer
         self.strict_loading = False  # checkpoints hold no frozen backbone weight
         arch, self._source = self._resolve_arch(arch if isinstance(arch, PHAConfig) else PHAConfig.from_dict(arch))
@@ -87,6 +91,7 @@ class PHAModule(LightningModule):
                 "loss": asdict(self.loss_config),
                 "optim": asdict(self.optim_config),
                 "transfer": asdict(self.transfer) if self.transfer else None,
+                "routing": asdict(self.routing_config),
             }
         )
         with torch.device("meta"):  # its errors (layout, split layer, backbone) now: a dry build, nothing allocated
@@ -157,19 +162,33 @@ class PHAModule(LightningModule):
                 f"its own head); {self.transfer.checkpoint!r} has {saved.output_layer!r}"
             )
         arch = replace(arch, **{key: getattr(saved, key) for key in ARCHITECTURE_KEYS})
-        return arch, (saved, model_state(source["state_dict"]))
+        return arch, (saved, model_state(source["state_dict"]), source.get("pha_routing"))
 
     def _build_model(self, arch: PHAConfig) -> PHAModel:
         """The model ``arch`` describes; for a transfer, the source model with the new tasks in front."""
         if self._source is None:
             return PHAModel(arch)
-        saved, state = self._source
+        saved, state, routing = self._source
         model = PHAModel(replace(arch, tasks=saved.tasks, task_specs=saved.task_specs, retriever=saved.retriever))
         check_state_fits(state, model.state_dict(), f"transfer checkpoint {self.transfer.checkpoint!r}")
         model.load_state_dict(state, strict=False)
         model.add_tasks(list(arch.tasks), arch.task_specs)
         set_trainable(model, self.transfer.tune)
+        model.calibration = self._kept_routing(routing, list(arch.tasks))
         return model
+
+    def _kept_routing(self, routing: dict[str, Any] | None, new_tasks: list[str]) -> Calibration | None:
+        """The source's routing calibration, kept for its tasks, with the new tasks added (docs/routing.md):
+        valid while the retriever, shared adapters and source prototypes stay frozen (``tune`` not ``all``)."""
+        if routing is None:
+            return None
+        if self.transfer.tune == "all":
+            rank_zero_info(
+                "transfer with model.transfer.tune all retrains the retriever: the source's routing calibration no "
+                "longer applies, and examples without a task go to the nearest prototype"
+            )
+            return None
+        return Calibration.from_dict(routing).with_added_tasks(new_tasks)
 
     def _retriever_wanted(self, arch: PHAConfig) -> bool:
         """PHA trains its retriever with L_IR/L_Pro; with a single task they contrast nothing, so
@@ -388,6 +407,8 @@ class PHAModule(LightningModule):
         checkpoint["pha_val_metrics"] = dict(self.last_val_metrics)
         if self.transfer:  # what serves it without the source checkpoint (as_served)
             checkpoint[SERVED_ARCH_KEY] = config.to_dict()
+        calibration = self.model.calibration
+        checkpoint["pha_routing"] = calibration.to_dict() if calibration is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint)
@@ -397,6 +418,8 @@ class PHAModule(LightningModule):
         # trained on other tasks, another backbone or architecture: a clear error, not a silent misfit
         transfer = bool(saved.get("transfer") or self.transfer)
         check_compatible(saved["arch"], self.hparams.arch, "the checkpoint", transfer=transfer)
+        routing = checkpoint.get("pha_routing")
+        self.model.calibration = Calibration.from_dict(routing) if routing else None
         if "state_dict" not in checkpoint:  # ModelParallelStrategy loads the weights itself, before this hook
             return
         wanted = {f"model.{k}" for k in self.model.saved_state_keys()}

@@ -18,17 +18,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.synthetic import build_synthetic_suite
+from pha_lightning.data.tasks import get_task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
+from pha_lightning.model.calibration import RoutingConfig, calibrate
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.lora import LoRALinear
 from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME, PEFT_CONFIG_NAME, write_peft_export
 from pha_lightning.model.pha import PHAModel
+from pha_lightning.model.prediction import example_batches
 from pha_lightning.model.retriever import masked_mean
+from pha_lightning.routing import Router
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 ALL_TARGETS = ["query", "key", "value", "output", "ffn_in", "ffn_out"]
+TASKS_BY_NAME = {name: get_task(name) for name in TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +304,89 @@ def test_minilm_task_through_peft_and_merged_equals_pha(tmp_path: Path) -> None:
         merged = load_base(str(out / "merged" / TASKS[task]), torch.float32)
         got = served_outputs(merged, {k: v[rows] for k, v in inputs.items()})
         torch.testing.assert_close(got, expected[rows], rtol=1e-4, atol=1e-5)
+
+
+def raw_examples(per_task: int = 6) -> tuple[list[dict], list[int]]:
+    """Validation records of every task as a user sends them without a task, and their task ids."""
+    suite = {task.name: task for task in build_synthetic_suite()}
+    examples, ids = [], []
+    for index, name in enumerate(TASKS):
+        for record in suite[name].load_split("validation")[:per_task]:
+            examples.append({k: v for k, v in record.items() if k not in ("label", "idx")})
+            ids.append(index)
+    return examples, ids
+
+
+def calibrated(model: PHAModel, examples: list[dict], ids: list[int]) -> PHAModel:
+    """Prototypes at each task's mean retrieval vector, and a routing calibration fitted on ``examples``
+    (a loose target precision, so that the untrained model routes some and abstains on others)."""
+    scores, vectors = [], []
+    for batch in example_batches(model, examples, 64, 24):
+        vectors.append(model.retrieval_forward({**batch, "task_ids": torch.zeros_like(batch["task_ids"])}))
+    z = torch.nn.functional.normalize(torch.cat(vectors), dim=-1)
+    order = [i for batch in example_batches(model, examples, 64, 24) for i in (m["index"] for m in batch["meta"])]
+    targets = torch.tensor(ids)[order]
+    with torch.no_grad():
+        model.prototypes.weight.copy_(torch.stack([z[targets == t].mean(0) for t in range(len(TASKS))]))
+        scores = model.retrieval_scores(z)
+    config = RoutingConfig(target_precision=0.6, novelty_quantile=0.2, group_confusion=0.9)
+    model.calibration = calibrate(scores, targets, TASKS, config)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_router_and_peft_mixed_batch_give_the_bundles_predictions(kind: str, pretrained: dict, tmp_path: Path) -> None:
+    """Examples without a task: ``Router`` on the export's ``router/`` routes as the bundle does, and
+    peft's mixed batch with ``adapter_names=`` the routed tasks predicts what the bundle predicts."""
+    examples, ids = raw_examples()
+    model = calibrated(pha_model(pretrained[kind], "pha"), examples, ids)
+    out = write_peft_export(model, tmp_path / "export", data={"max_source_length": 24})
+    assert json.loads((out / INDEX_NAME).read_text())["router"] == "router"
+    bundle = PHAModel.from_pretrained(model.save_pretrained(tmp_path / "bundle", data={"max_source_length": 24}))
+    rows = bundle.double().predict(examples)
+    router = Router.from_pretrained(out)
+    router.model.double()
+    routes = router.route(examples)
+    assert [task for task, _ in routes] == [row["task"] for row in rows]
+    assert [round(c, 6) for _, c in routes] == [row["confidence"] for row in rows]
+    routed = [i for i, (task, _) in enumerate(routes) if task is not None]
+    assert 0 < len(routed) < len(examples) and len({routes[i][0] for i in routed}) > 1  # routes and abstains
+    peft = PeftModel.from_pretrained(load_base(pretrained[kind]), out / "peft" / TASKS[0], adapter_name=TASKS[0])
+    for task in TASKS[1:]:
+        peft.load_adapter(out / "peft" / task, adapter_name=task)
+    peft.eval()
+    (batch,) = example_batches(router.model, [examples[i] for i in routed], 64, 24)  # what the bundle tokenises
+    names = [routes[routed[m["index"]]][0] for m in batch["meta"]]
+    expected = [rows[routed[m["index"]]] for m in batch["meta"]]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        if kind == "t5":
+            tokens = peft.generate(**inputs, max_new_tokens=model.config.generation_max_length, adapter_names=names)
+            texts = bundle.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            values = [TASKS_BY_NAME[n].parse_generation(t.strip()) for n, t in zip(names, texts)]
+            read = [
+                row["prediction"] if TASKS_BY_NAME[n].is_regression else row["prediction_index"]
+                for n, row in zip(names, expected)
+            ]
+            assert read == [
+                None if v is None else (v if TASKS_BY_NAME[n].is_regression else int(v)) for n, v in zip(names, values)
+            ]
+            task_ids = torch.tensor([TASKS.index(n) for n in names])
+            ours, _ = model.run_backbone(
+                {**batch, "task_ids": task_ids},
+                lambda: model.backbone.generate(**inputs, max_new_tokens=model.config.generation_max_length),
+            )
+            assert torch.equal(tokens, ours)
+            return
+        hidden = peft(**inputs, adapter_names=names).last_hidden_state
+    mask = batch["attention_mask"].to(hidden)
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    for row, name, vector in zip(expected, names, pooled):
+        head = load_file(out / "peft" / name / HEAD_NAME)
+        outputs = vector @ head["weight"].T.to(vector) + head["bias"].to(vector)
+        if TASKS_BY_NAME[name].is_regression:
+            meta = head_metadata(out / "peft" / name / HEAD_NAME)
+            value = float(outputs[0]) * float(meta["regression_half_width"]) + float(meta["regression_center"])
+            assert row["prediction"] == pytest.approx(value, rel=1e-6)  # predict_values returns float32
+        else:
+            assert row["prediction_index"] == int(outputs.argmax())

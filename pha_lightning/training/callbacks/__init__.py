@@ -9,6 +9,9 @@
   normalised retrieval vector ``z`` with the normalised prototypes) is the example's own task.
 * :class:`RetrievalProjector` — validation retrieval vectors and prototypes in TensorBoard's
   embedding projector, coloured by task.
+* :class:`RoutingCalibration` — after each validation, the routing calibration (confidence
+  temperature, abstention threshold, confusable groups) of the weights being checkpointed; printed
+  at the end of ``fit`` for the best checkpoint.
 * :class:`TrainingHealth` — after each validation and at the end of ``fit``: adapter/residual
   ratios, adapter norms, prototype shift and feature collapse (:mod:`pha_lightning.training.health`), logged
   to TensorBoard, printed at the end and written to ``<log_dir>/health.json``, with warnings.
@@ -29,7 +32,7 @@
 * :class:`RecordTrainingExamples` — debugging: each rank writes which examples it trained on and
   its local loss, one JSON line per batch (the DDP test uses it).
 
-:class:`ValidationRetrievalListener` is the base of the two retrieval callbacks.
+:class:`ValidationRetrievalListener` is the base of the three retrieval callbacks.
 """
 
 from pha_lightning.training.callbacks.final_validation import FinalValidation
@@ -45,6 +48,7 @@ from pha_lightning.training.callbacks.record_examples import RecordTrainingExamp
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
 from pha_lightning.training.callbacks.retrieval_projector import RetrievalProjector
 from pha_lightning.training.callbacks.retriever_accuracy import RetrieverTaskAccuracy
+from pha_lightning.training.callbacks.routing_calibration import RoutingCalibration
 from pha_lightning.training.callbacks.signal_stop import SignalStop
 from pha_lightning.training.callbacks.size_advice import DataSizeAdvice
 from pha_lightning.training.callbacks.slurm_requeue import SlurmRequeue
@@ -64,6 +68,7 @@ __all__ = [
     "RecordTrainingExamples",
     "RetrievalProjector",
     "RetrieverTaskAccuracy",
+    "RoutingCalibration",
     "SignalStop",
     "SlurmRequeue",
     "StepSeed",

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pha_lightning.files import atomic_write_text
+from pha_lightning.model.prediction import UNCALIBRATED_NOTE
 
 #: appended to ``--predict_output`` for the rows a prediction stopped by SIGTERM had completed
 PARTIAL_SUFFIX = ".partial"
@@ -60,6 +61,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             path = write_jsonl_atomic(self.output_path, self.ordered_rows())
             print(f"wrote {len(self.rows)} predictions to {path}", flush=True)
+            routing_note(self.rows, pl_module.model.calibration is not None)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Stopped by SIGTERM: the complete rows go to ``<output>.partial``, never to the output itself,
@@ -80,6 +82,20 @@ class JSONLPredictionWriter(BasePredictionWriter):
         if rows and all("index" in row for row in rows):
             rows = sorted(rows, key=lambda row: row["index"])
         return rows
+
+
+def routing_note(rows: Sequence[dict[str, Any]], calibrated: bool) -> None:
+    """Say how many examples without a task were abstained, or that routing had no calibration."""
+    routed = [row for row in rows if row.get("routed")]
+    abstained = sum("abstained" in row for row in routed)
+    if routed and not calibrated:
+        print(f"note: {UNCALIBRATED_NOTE}", flush=True)
+    elif abstained:
+        print(
+            f"routing: {abstained} of {len(routed)} examples without a task abstained (task null, the reason in "
+            '"abstained"); name their tasks to predict them',
+            flush=True,
+        )
 
 
 def first_prediction_report(marks: dict[str, float], now: float) -> str:

@@ -19,3 +19,12 @@ def sum_over_ranks(trainer: Trainer, pl_module: LightningModule, values: Sequenc
     if trainer.world_size > 1:
         summed = trainer.strategy.reduce(summed, reduce_op="sum")
     return summed
+
+
+def gather_rows(trainer: Trainer, rows: Tensor) -> Tensor:
+    """Every rank's ``rows`` (any number each, on the CPU), concatenated in rank order; this rank's alone without DDP."""
+    if trainer.world_size == 1:
+        return rows
+    gathered: list[Tensor | None] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, rows.cpu())
+    return torch.cat(gathered)
