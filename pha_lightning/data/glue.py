@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -29,7 +29,9 @@ GLUE_HUB = "nyu-mll/glue"
 SUPERGLUE_HUB = "aps/super_glue"
 #: Environment variable naming the local data directory (``<dir>/glue``, ``<dir>/superglue``).
 DATA_DIR_ENV = "PHA_DATA_DIR"
-SOURCES: tuple[str, ...] = ("auto", "local", "hub")
+#: ``data.source``: ``auto`` resolves to a :data:`Source`.
+DataSource = Literal["auto", "local", "hub"]
+SOURCES: tuple[str, ...] = get_args(DataSource)
 PROTOCOLS: tuple[str, ...] = ("small", "large", "mnli")
 #: Large tasks (SST-2, QQP, QNLI) carve their validation split of this size out of train.
 LARGE_TASK_VALIDATION_SIZE = 1000

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -23,7 +23,7 @@ from torch.utils.data import Sampler
 from pha_lightning.errors import ConfigError
 
 SamplingMode = Literal["mixed", "task"]
-SAMPLING_MODES: tuple[str, ...] = ("mixed", "task")
+SAMPLING_MODES: tuple[str, ...] = get_args(SamplingMode)
 
 
 def task_probabilities(task_sizes: Sequence[int], temperature: float) -> list[float]:

@@ -180,12 +180,12 @@ def test_seq2seq_labels_are_padded_with_minus_100(tiny_t5: str) -> None:
         ({"tasks": ["synth_match", "synth_match"]}, r"tasks \['synth_match'\] are listed more than once"),
         ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
         ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
-        ({"sampling": "round_robin"}, r"unknown sampling mode 'round_robin'; valid modes: \['mixed', 'task'\]"),
+        ({"sampling": "round_robin"}, r"unknown data.sampling 'round_robin'; valid: \['mixed', 'task'\]"),
         ({"n_train": 0}, "n_train must be >= 1 or None, got 0"),
         ({"percent_train": 0.0}, r"percent_train must be in \(0, 100\] or None, got 0.0"),
         ({"percent_train": 101}, r"percent_train must be in \(0, 100\] or None, got 101"),
         ({"n_train": 10, "percent_train": 5.0}, "give n_train or percent_train, not both"),
-        ({"source": "ftp"}, r"unknown data source 'ftp'; valid: \['auto', 'local', 'hub'\]"),
+        ({"source": "ftp"}, r"unknown data.source 'ftp'; valid: \['auto', 'local', 'hub'\]"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
