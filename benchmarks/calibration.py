@@ -42,8 +42,8 @@ def main() -> None:
     print("| heads | generated: mean abs change | shared: mean abs change | ratio |\n|---|---|---|---|")
     for calibration in ("none", "width"):
         seed_everything(0)
-        model = PHAModule(PHAConfig(backbone=args.backbone, tasks=TASKS, hypernet_calibration=calibration))
-        generated, shared = one_step_change(model, batch, args.lr)
+        system = PHAModule(PHAConfig(backbone=args.backbone, tasks=TASKS, hypernet_calibration=calibration))
+        generated, shared = one_step_change(system.model, lambda b: system.loss_terms(b)["loss"], batch, args.lr)
         print(f"| {calibration} | {generated:.3g} | {shared:.3g} | {generated / shared:.2f} |")
 
 

@@ -3,11 +3,11 @@
 Packages, with dependencies pointing one way (checked by tests/test_layout.py):
 :mod:`pha_lightning.data` (tasks, datasets, batching) and :mod:`pha_lightning.model` (the plain
 PyTorch model) ← :mod:`pha_lightning.training` (the Lightning system, losses, metrics, callbacks,
-transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``validation`` and ``hub``
-(finding a backbone) are shared by all.
+transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``validation``, ``files``, ``hub``
+(finding a backbone) and ``version`` are shared by all.
 """
 
-__version__ = "0.2.0"
+from pha_lightning.version import __version__
 
 __all__ = ["PHAConfig", "PHAModel", "__version__"]
 

@@ -79,7 +79,7 @@ def run_pha(
 
 def pha_error(capsys: pytest.CaptureFixture, *args: str) -> str:
     """Run ``pha`` in-process (faster than a subprocess); it must exit with status 2. Returns stderr."""
-    from pha_lightning.cli.app import main
+    from pha_lightning.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))

@@ -6,6 +6,8 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Collection
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pha_lightning
 
 PACKAGE = Path(pha_lightning.__file__).parent
 #: Shared by every package: they import nothing of pha_lightning but each other.
-FOUNDATION = {"errors", "validation", "hub", "files"}
+FOUNDATION = {"errors", "validation", "hub", "files", "version"}
 #: What each layer may import (besides itself and the foundation).
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),
@@ -34,17 +36,23 @@ def layer_of(module: str) -> str:
     return "foundation" if parts[1] in FOUNDATION else parts[1]
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every ``pha_lightning`` module a file imports, at any depth (lazy imports too)."""
+def imported_modules(path: Path, modules: Collection[str] | None = None) -> set[str]:
+    """Every ``pha_lightning`` module a file imports, at any depth (lazy imports, ``TYPE_CHECKING``
+    ones and ``importlib.import_module("...")`` too); ``from package import module`` names the module
+    (of ``modules``, default: the package's)."""
+    known = set(source_modules() if modules is None else modules)
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("pha_lightning")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pha_lightning"):
-            if node.module == "pha_lightning.model" and all(alias.name == "bundle" for alias in node.names):
-                found.add("pha_lightning.model.bundle")
-            else:
+            names = {f"{node.module}.{alias.name}" for alias in node.names}
+            found |= names & known
+            if names - known:
                 found.add(node.module)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "importlib.import_module" and node.args:
+            if isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("pha_lightning"):
+                found.add(node.args[0].value)
     return found
 
 
@@ -81,6 +89,38 @@ def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from pha_lightning.training.system import PHAModule\n")
     assert imported_modules(bad) == {"pha_lightning.training.system"}
     assert layer_of("pha_lightning.training.system") not in {"data", "foundation", *ALLOWED["data"]}
+
+
+def import_circle(modules: dict[str, Path]) -> list[str]:
+    """A circle of imports among ``modules`` (``[a, b, a]``), or ``[]`` when there is none."""
+    graph = {name: imported_modules(path, modules) & set(modules) - {name} for name, path in modules.items()}
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as err:
+        return list(err.args[1])
+    return []
+
+
+def test_no_import_circles() -> None:
+    """No module imports one that imports it back, directly or through others, even lazily or for
+    type hints only: each dependency has a direction, and a circle hides which way it goes."""
+    assert import_circle(source_modules()) == []
+
+
+def test_circle_check_sees_a_circle(tmp_path: Path) -> None:
+    """Through a lazy import, a ``TYPE_CHECKING`` one and an ``importlib`` string, from a package."""
+    files = {
+        "pha_lightning.a": "def f():\n    from pha_lightning import b\n",
+        "pha_lightning.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pha_lightning.c import C\n",
+        "pha_lightning.c": "import importlib\nimportlib.import_module('pha_lightning.a')\n",
+    }
+    modules = {}
+    for name, text in files.items():
+        modules[name] = tmp_path / f"{name}.py"
+        modules[name].write_text(text)
+    assert sorted(set(import_circle(modules))) == sorted(files)
+    modules["pha_lightning.c"].write_text("import importlib\n")
+    assert import_circle(modules) == []
 
 
 MIGRATION = "pha_lightning.model.migration"

@@ -27,7 +27,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pha_lightning.cli.entry import EXTRA_COMMANDS, main  # noqa: F401 (main: `from pha_lightning.cli.app import main`)
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
@@ -564,20 +563,28 @@ class TasksCLI(PHACLI):
         """Nothing is built here: the data module is built from ``config.data`` by ``pha tasks``."""
 
 
-def run_cli(args: list[str] | None, started_at: float | None = None, callbacks: Sequence[Callback] = ()) -> PHACLI:
+def run_cli(
+    args: list[str] | None,
+    started_at: float | None = None,
+    callbacks: Sequence[Callback] = (),
+    other_commands: tuple[str, ...] = (),
+) -> PHACLI:
     """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
     when the command started) times ``pha predict``'s first prediction; ``callbacks`` join the
-    trainer's (``pha sweep``'s pruning). Returns the CLI, its trainer done."""
+    trainer's (``pha sweep``'s pruning); ``other_commands`` (the entry point's, which imports this
+    module) are named in the help. Returns the CLI, its trainer done."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     hide_library_noise()
     try:
-        return _run_phacli(args, started_at, callbacks)
+        return _run_phacli(args, started_at, callbacks, other_commands)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
         raise SystemExit(SIGTERM_EXIT) from None
 
 
-def _run_phacli(args: list[str] | None, started_at: float | None, callbacks: Sequence[Callback]) -> PHACLI:
+def _run_phacli(
+    args: list[str] | None, started_at: float | None, callbacks: Sequence[Callback], other_commands: tuple[str, ...]
+) -> PHACLI:
     """PHA's LightningCLI with its trainer defaults (every run's callbacks) and parser settings."""
     return PHACLI(
         PHAModule,
@@ -612,7 +619,7 @@ def _run_phacli(args: list[str] | None, started_at: float | None, callbacks: Seq
         parser_kwargs={
             "prog": "pha",  # also when run as python -m, or in-process
             "description": "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers. "
-            f"Other commands: {', '.join(f'pha {name} --help' for name in EXTRA_COMMANDS)}. "
+            f"Other commands: {', '.join(f'pha {name} --help' for name in other_commands)}. "
             f"Sharded training of big backbones: --trainer.strategy={STRATEGY_NAME} (docs/production.md).",
         },
     )
@@ -622,7 +629,3 @@ def _option_value(argv: list[str], option: str) -> str | None:
     """The value of ``--option`` in a command line (the last one wins), or ``None``."""
     values = option_values(argv, option)
     return values[-1] if values else None
-
-
-if __name__ == "__main__":
-    main()

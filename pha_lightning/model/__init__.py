@@ -6,7 +6,8 @@
 the output heads, length-aware chunked execution (``chunking.py``) and the method layouts of PHA
 and its baselines (``methods.py``); ``seq2seq.py`` decodes T5 (generation, rank classification),
 ``prediction.py`` predicts raw examples, and ``bundle.py`` is the format of ``save_pretrained`` /
-``from_pretrained``. It depends on :mod:`pha_lightning.data` only for task definitions and for
+``from_pretrained``; these four are called by ``pha.py`` and take the model as a plain
+``nn.Module``, importing nothing of it (no import circles: tests/test_layout.py). It depends on :mod:`pha_lightning.data` only for task definitions and for
 encoding raw examples.
 """
 

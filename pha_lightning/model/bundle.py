@@ -19,14 +19,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-import pha_lightning
 from pha_lightning.data.specs import portable_data_settings
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
@@ -41,9 +40,10 @@ from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.validation import ensure_writable_dir
+from pha_lightning.version import __version__
 
-if TYPE_CHECKING:
-    from pha_lightning.model.pha import PHAModel
+#: :class:`~pha_lightning.model.PHAModel` (which calls this module, so names no type of it here)
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
@@ -173,7 +173,7 @@ def _write_files(
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "library": "pha-lightning",
-        "library_version": pha_lightning.__version__,
+        "library_version": __version__,
         "torch_version": torch.__version__,
         "transformers_version": importlib.metadata.version("transformers"),
         "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
@@ -272,7 +272,7 @@ def is_bundle(path: str | os.PathLike | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- models
-def model_weights(model: PHAModel) -> dict[str, Tensor]:
+def model_weights(model: nn.Module) -> dict[str, Tensor]:
     """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
     return merge_added_rows({k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()})
 
@@ -288,7 +288,7 @@ def merge_added_rows(state: Mapping[str, Tensor], prefix: str = "") -> dict[str,
 
 
 def save_model(
-    model: PHAModel,
+    model: nn.Module,
     output_dir: str | os.PathLike,
     *,
     precompute: bool,
@@ -315,13 +315,13 @@ def save_model(
 
 
 def load_model(
-    cls: type[PHAModel],
+    cls: type[ModelT],
     path: str | os.PathLike,
     *,
     backbone: str | None,
     use_precomputed_adapters: bool,
     map_location: str | torch.device,
-) -> PHAModel:
+) -> ModelT:
     """:meth:`PHAModel.from_pretrained`."""
     config = read_bundle_config(path)
     name = backbone or config["config"]["backbone"]
@@ -334,7 +334,7 @@ def load_model(
     return model.eval().to(map_location)
 
 
-def load_weights(model: PHAModel, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
+def load_weights(model: nn.Module, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
     """:meth:`PHAModel.load_bundle`: the bundle's weights must fit the model and hold all it saves."""
     config = read_bundle_config(path) if config is None else config
     state = read_bundle_weights(path, config)

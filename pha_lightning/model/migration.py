@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
-import pha_lightning
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.model.config import PHAConfig, trains_retriever
+from pha_lightning.version import __version__
 
 CHECKPOINT_VERSION = 2
 CHECKPOINT_VERSION_KEY = "pha_checkpoint_version"
@@ -122,7 +122,7 @@ def upgrade_bundle_record(record: dict[str, Any], source: str, error: type[PHAEr
     version = record.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= BUNDLE_VERSION:
         raise error(
-            f"{source} has format_version {version!r}; this pha-lightning {pha_lightning.__version__} "
+            f"{source} has format_version {version!r}; this pha-lightning {__version__} "
             f"reads versions up to {BUNDLE_VERSION}"
         )
     needed = "hyperparameters" if version == 1 else "config"

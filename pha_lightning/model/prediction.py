@@ -12,18 +12,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pha_lightning.data.examples import Collator, encode_examples, predict_loader
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.calibration import Decision, decide
-
-if TYPE_CHECKING:
-    from pha_lightning.model.pha import PHAModel
 
 
 def prediction_fields(task: Task, value: float) -> dict[str, Any]:
@@ -53,7 +50,7 @@ def task_fields(task: Task, similarity: float | None) -> dict[str, Any]:
     return {"task": task.name, "routed": True, "task_similarity": round(similarity, 6)}
 
 
-def routes(model: PHAModel) -> bool:
+def routes(model: nn.Module) -> bool:
     """Whether the model can pick the task of an example that names none (a retriever and prototypes)."""
     return model.retriever is not None and model.prototypes is not None
 
@@ -67,14 +64,14 @@ def no_router_error(method: str) -> ConfigError:
 
 
 @torch.no_grad()
-def identify_tasks(model: PHAModel, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def identify_tasks(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Nearest prototype of every example: (task ids, cosine similarities)."""
     best = task_scores(model, batch).max(-1)
     return best.indices, best.values
 
 
 @torch.no_grad()
-def task_scores(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+def task_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The cosine of every example's retrieval vector with every task's prototype, ``(B, tasks)``."""
     if not routes(model):
         raise no_router_error(model.config.method)
@@ -89,7 +86,7 @@ UNCALIBRATED_NOTE = (
 )
 
 
-def route(model: PHAModel, scores: Tensor) -> list[Decision]:
+def route(model: nn.Module, scores: Tensor) -> list[Decision]:
     """Each example's routing: calibrated with abstention when the model has a calibration, else the
     nearest prototype (confidence ``nan``: there is none)."""
     if model.calibration is not None:
@@ -98,7 +95,7 @@ def route(model: PHAModel, scores: Tensor) -> list[Decision]:
 
 
 @torch.no_grad()
-def predict_rows(model: PHAModel, batch: dict[str, Any]) -> list[dict[str, Any]]:
+def predict_rows(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
     """Output rows of a batch of raw examples; the router picks the task of an example that names
     none, or abstains (``task`` and ``prediction`` ``null``, ``abstained`` the reason)."""
     task_ids = batch["task_ids"].clone()
@@ -144,7 +141,7 @@ def abstained_fields(decision: Decision, similarity: float) -> dict[str, Any]:
 
 
 def example_batches(
-    model: PHAModel, examples: Iterable[Mapping[str, Any]], batch_size: int, max_source_length: int | None
+    model: nn.Module, examples: Iterable[Mapping[str, Any]], batch_size: int, max_source_length: int | None
 ) -> Iterator[dict[str, Any]]:
     """Raw examples encoded as ``pha predict`` encodes them, in batches on the model's device.
 
@@ -162,7 +159,7 @@ def example_batches(
 
 @torch.no_grad()
 def predict(
-    model: PHAModel,
+    model: nn.Module,
     examples: Iterable[Mapping[str, Any]],
     batch_size: int = 32,
     max_source_length: int | None = None,

@@ -7,24 +7,19 @@ Both run the backbone through :meth:`PHAModel.run_backbone`, so each example get
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pha_lightning.data.tasks import INVALID
 from pha_lightning.model.sharding import is_sharded
 
-if TYPE_CHECKING:
-    from pha_lightning.model.pha import PHAModel
 
-
-def predicted_values(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+def predicted_values(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Per-example values (class index or regression value) the way ``model.config.seq2seq_eval`` says."""
     return rank_values(model, batch) if model.config.seq2seq_eval == "rank" else generated_values(model, batch)
 
 
-def generate_texts(model: PHAModel, batch: dict[str, Tensor]) -> list[str]:
+def generate_texts(model: nn.Module, batch: dict[str, Tensor]) -> list[str]:
     """Greedy generation with each example's task adapters."""
     tokens, _ = model.run_backbone(
         batch,
@@ -40,7 +35,7 @@ def generate_texts(model: PHAModel, batch: dict[str, Tensor]) -> list[str]:
     return [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
-def generated_values(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+def generated_values(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """:func:`generate_texts` parsed by each example's task; ``INVALID`` where a text does not parse."""
     texts = generate_texts(model, batch)
     tasks = model.task_objects
@@ -48,7 +43,7 @@ def generated_values(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
     return torch.tensor([INVALID if v is None else v for v in values], dtype=torch.float32, device=model.device)
 
 
-def rank_values(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+def rank_values(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Rank classification: score every candidate target of the example's task by its summed
     token log-likelihood and take the best; no generation, never invalid."""
     values = torch.empty(len(batch["task_ids"]), device=model.device)
@@ -65,7 +60,7 @@ def rank_values(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
     return values
 
 
-def _candidate_scores(model: PHAModel, batch: dict[str, Tensor], candidates: tuple[str, ...]) -> Tensor:
+def _candidate_scores(model: nn.Module, batch: dict[str, Tensor], candidates: tuple[str, ...]) -> Tensor:
     """``(B, C)`` summed log-likelihoods; the encoder runs once, the decoder once per candidate."""
     backbone, tokenizer = model.backbone, model.tokenizer
     encoded = backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

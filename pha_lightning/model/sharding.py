@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -22,16 +21,13 @@ from torch.distributed.tensor import DTensor
 
 from pha_lightning.model.backbone import backbone_blocks
 
-if TYPE_CHECKING:
-    from pha_lightning.model.pha import PHAModel
-
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether ``module`` is an FSDP2 unit (:func:`shard_model` made it the root)."""
     return isinstance(module, FSDPModule)
 
 
-def shard_model(model: PHAModel, mesh: DeviceMesh) -> None:
+def shard_model(model: nn.Module, mesh: DeviceMesh) -> None:
     """Shard ``model`` over every rank of ``mesh`` (idempotent): PHA has no tensor-parallel layers,
     so whatever data/tensor split the mesh has, parameters are sharded across all of its ranks."""
     if is_sharded(model):

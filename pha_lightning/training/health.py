@@ -18,7 +18,7 @@ What the thresholds mean and which settings to look at is in docs/training_healt
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,6 @@ from pha_lightning.model.lora import LoRALinear, reads_encoder_states
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
-    from pha_lightning.training.system import PHAModule
 
 
 def feature_spread(features: Tensor) -> tuple[float, float]:
@@ -239,14 +238,17 @@ def adapter_matrices(model: PHAModel, task_ids: Tensor) -> tuple[Tensor, Tensor]
         return torch.cat([m.flatten() for matrices in generated.matrix_sets() for m in matrices]), torch.cat(shared)
 
 
-def one_step_change(system: PHAModule, batch: dict[str, Tensor], lr: float) -> tuple[float, float]:
+def one_step_change(
+    model: PHAModel, loss: Callable[[dict[str, Tensor]], Tensor], batch: dict[str, Tensor], lr: float
+) -> tuple[float, float]:
     """Mean |change| per element of the generated and of the shared adapter matrices (or LoRA
-    factors) after one AdamW step of ``system``'s loss on ``batch`` (PHA; the change itself is what compares)."""
-    generated_before, shared_before = adapter_matrices(system.model, batch["task_ids"])
-    optimizer = torch.optim.AdamW([p for p in system.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    system.loss_terms(batch)["loss"].backward()
+    factors) of ``model`` after one AdamW step of ``loss`` on ``batch`` (PHA; the change itself is
+    what compares). ``loss``: e.g. the training system's, ``lambda b: system.loss_terms(b)["loss"]``."""
+    generated_before, shared_before = adapter_matrices(model, batch["task_ids"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    loss(batch).backward()
     optimizer.step()
-    generated_after, shared_after = adapter_matrices(system.model, batch["task_ids"])
+    generated_after, shared_after = adapter_matrices(model, batch["task_ids"])
     return float((generated_after - generated_before).abs().mean()), float((shared_after - shared_before).abs().mean())
 
 

@@ -11,7 +11,7 @@ import yaml
 from production_fixtures import pha_error
 
 from pha_lightning import PHAConfig, PHAModel
-from pha_lightning.cli.app import main
+from pha_lightning.cli import main
 from pha_lightning.model.bundle import read_bundle_config
 
 

@@ -103,7 +103,7 @@ def test_unreachable_hub_is_one_error_line_and_exit_status_2(tmp_path: Path) -> 
 def test_shipped_configs_parse_and_compose(
     configs: list[str], expected: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pha_lightning.cli.app import main  # in-process: parsing needs no subprocess start-up
+    from pha_lightning.cli import main  # in-process: parsing needs no subprocess start-up
 
     monkeypatch.setattr(sys, "argv", ["pha"])
     args = [f"--config={REPO / 'configs' / name}" for name in configs]

@@ -438,7 +438,7 @@ def test_corrupt_or_incomplete_bundles(capsys: pytest.CaptureFixture, tmp_path: 
 
 # ------------------------------------------------------------------ round two (issue 12)
 def _fit_in_process(*args: str) -> None:
-    from pha_lightning.cli.app import main
+    from pha_lightning.cli import main
 
     main(["fit", *args])
 
@@ -873,7 +873,7 @@ def test_predict_output_never_destroys_an_input(
         in _one_error_line(err)
     )
     assert existing.read_text() == "earlier predictions\n"
-    from pha_lightning.cli.app import main
+    from pha_lightning.cli import main
 
     main(["predict", *args, f"--predict_output={existing}", "--overwrite", "--trainer.enable_progress_bar=false"])
     assert json.loads(existing.read_text())["task"] == "synth_polarity"
@@ -913,7 +913,7 @@ def test_a_bundles_recorded_paths_are_not_this_machines(
 ) -> None:
     """The exporting machine's cache (data.cache_dir in an older bundle's config.json) is not written to:
     ``pha test --ckpt_path <bundle>`` caches in this machine's cache; new bundles do not record it."""
-    from pha_lightning.cli.app import main
+    from pha_lightning.cli import main
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

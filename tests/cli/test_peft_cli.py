@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from pha_lightning import PHAConfig, PHAModel
-from pha_lightning.cli.app import main
+from pha_lightning.cli import main
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME

@@ -157,7 +157,7 @@ def test_command_table_covers_lightning_clis_top_level_help(capsys: pytest.Captu
     assert set(LIGHTNING_COMMANDS) == set(LightningCLI.subcommands())
     assert not set(LIGHTNING_COMMANDS) & set(EXTRA_COMMANDS)
     with pytest.raises(SystemExit):
-        run_cli(["--help"])
+        run_cli(["--help"], other_commands=tuple(EXTRA_COMMANDS))
     lightning_help = capsys.readouterr().out
     options = {word.rstrip(",.") for word in lightning_help.split() if word.startswith("-")}
     table = run_python("-c", IMPORTS_AFTER, "--help").stdout

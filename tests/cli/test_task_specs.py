@@ -13,7 +13,7 @@ import pytest
 import yaml
 from production_fixtures import MAX_SOURCE_LENGTH, pha_env, pha_error, run_pha
 
-from pha_lightning.cli.app import main
+from pha_lightning.cli import main
 
 pytestmark = pytest.mark.slow  # trains and runs the pha command in subprocesses
 

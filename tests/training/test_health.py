@@ -37,8 +37,8 @@ def one_step_ratio(
     calibration: str, batch: dict[str, torch.Tensor], lr: float = 1e-3, adapter_kind: str = "bottleneck"
 ) -> float:
     seed_everything(0)
-    model = PHAModule(PHAConfig(tasks=TASKS, hypernet_calibration=calibration, adapter_kind=adapter_kind))
-    generated, shared = one_step_change(model, batch, lr)
+    system = PHAModule(PHAConfig(tasks=TASKS, hypernet_calibration=calibration, adapter_kind=adapter_kind))
+    generated, shared = one_step_change(system.model, lambda b: system.loss_terms(b)["loss"], batch, lr)
     return generated / shared
 
 

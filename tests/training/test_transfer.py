@@ -204,7 +204,7 @@ def test_transferred_model_serves_from_the_command_line_without_its_config_or_so
     import shutil
 
     from pha_lightning import PHAModel
-    from pha_lightning.cli.app import main
+    from pha_lightning.cli import main
     from pha_lightning.cli.export import export_checkpoint
 
     source = tmp_path / "source.ckpt"
