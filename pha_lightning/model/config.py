@@ -9,7 +9,7 @@ dataclass alone. docs/method.md gives every constant's meaning.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pha_lightning.data.specs import parse_spec
 from pha_lightning.errors import ConfigError
@@ -38,8 +38,13 @@ from pha_lightning.validation import (
 #: ``mhr``'s heads per skill LoRA when ``poly_splits`` is unset
 MHR_SPLITS = 4
 #: the dtypes a frozen backbone can be held in (``model.arch.backbone_dtype``)
-BACKBONE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 BackboneDtype = Literal["float32", "bfloat16", "float16"]
+BACKBONE_DTYPES: tuple[str, ...] = get_args(BackboneDtype)
+BackboneInit = Literal["pretrained", "random"]
+RegressionTarget = Literal["normalized", "raw"]
+HeadPooling = Literal["mean", "cls"]
+OutputLayer = Literal["task_heads", "label_words"]
+Seq2SeqEval = Literal["generate", "rank"]
 
 
 def trains_retriever(tasks: list[str], lambda_ir: float, lambda_pro: float) -> bool:
@@ -68,9 +73,7 @@ class PHAConfig:
     activation_checkpointing: bool = False
     """Recompute each backbone block's activations in the backward pass instead of keeping them:
     less memory for a longer step; generated adapters keep their weights for the recomputation."""
-    backbone_init: Literal["pretrained", "random"] = setting(
-        "pretrained", Choice(("pretrained", "random")), structural=True
-    )
+    backbone_init: BackboneInit = setting("pretrained", Choice.of(BackboneInit), structural=True)
     """``pretrained`` weights, or ``random`` init from the backbone's config (tests, cost studies)."""
     adapter_dim: int = setting(64, SIZE, structural=True)
     """Adapter bottleneck ``r``."""
@@ -105,22 +108,18 @@ class PHAConfig:
     """Xavier gain of the shared adapters (1e-4: they start near zero)."""
     prototype_init_std: float = setting(1.0, POSITIVE)
     """σ of the N(0, σ²) prototype initialisation."""
-    regression_target: Literal["normalized", "raw"] = setting(
-        "normalized", Choice(("normalized", "raw")), structural=True
-    )
+    regression_target: RegressionTarget = setting("normalized", Choice.of(RegressionTarget), structural=True)
     """Encoder regression heads predict the target mapped from the task's range to [-1, 1]
     (``normalized``) or on the ``raw`` scale (the released behaviour)."""
-    head_pooling: Literal["mean", "cls"] = setting("mean", Choice(("mean", "cls")), structural=True)
+    head_pooling: HeadPooling = setting("mean", Choice.of(HeadPooling), structural=True)
     """Encoder task heads read the ``mean`` of the final hidden states over real tokens, or ``cls``."""
-    output_layer: Literal["task_heads", "label_words"] = setting(
-        "task_heads", Choice(("task_heads", "label_words")), structural=True
-    )
+    output_layer: OutputLayer = setting("task_heads", Choice.of(OutputLayer), structural=True)
     """Encoder-only backbones: one head per task, or one layer over the union of the tasks' label words."""
     head_dropout: float = setting(0.1, FRACTION)
     """Dropout before the task heads."""
     generation_max_length: int = setting(16, SIZE)
     """T5: the most tokens generated at evaluation (linked from ``data.max_target_length``)."""
-    seq2seq_eval: Literal["generate", "rank"] = setting("generate", Choice(("generate", "rank")))
+    seq2seq_eval: Seq2SeqEval = setting("generate", Choice.of(Seq2SeqEval))
     """T5: greedy ``generate`` (the paper), or ``rank`` the task's candidate targets by likelihood."""
     chunk_cost_tokens: int | None = setting(64, Range(0, integer=True, optional=True))
     """Length-aware execution: a chunk boundary where it saves more padded tokens than this (the cost of

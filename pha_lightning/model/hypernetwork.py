@@ -20,7 +20,7 @@ exactly transparent and has to earn its loudness, as LoRA's ``B = 0``. See docs/
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +29,9 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.model.adapters import GeneratedWeights
 
 Calibration = Literal["width", "none"]
-CALIBRATIONS: tuple[str, ...] = ("width", "none")
+CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
 OutputScaleMode = Literal["none", "layer", "task_layer"]
-OUTPUT_SCALES: tuple[str, ...] = ("none", "layer", "task_layer")
+OUTPUT_SCALES: tuple[str, ...] = get_args(OutputScaleMode)
 
 
 def head_multiplier(calibration: str, out_dim: int) -> float:

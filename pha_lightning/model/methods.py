@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pha_lightning.errors import ConfigError
 
@@ -42,12 +42,9 @@ Method = Literal[
     "pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune",
     "task_lora", "poly", "mhr", "mtl_lora", "arrow",
 ]  # fmt: skip
-METHODS: tuple[str, ...] = (
-    "pha", "adapter", "lora", "task_adapter", "hyperformer", "hyperdecoder", "finetune",
-    "task_lora", "poly", "mhr", "mtl_lora", "arrow",
-)  # fmt: skip
+METHODS: tuple[str, ...] = get_args(Method)
 AdapterKind = Literal["bottleneck", "lora"]
-ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "lora")
+ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 #: methods that can use ``adapter_kind: lora`` (``lora`` always does)
 LORA_METHODS: tuple[str, ...] = (
     "pha", "adapter", "lora", "hyperformer", "hyperdecoder", "task_lora", "poly", "mhr", "mtl_lora", "arrow",

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from pha_lightning.model.adapters import WeightSet, site_vectors
 
 ProDenominator = Literal["exclude_positive", "include_positive"]
-PRO_DENOMINATORS: tuple[str, ...] = ("exclude_positive", "include_positive")
+PRO_DENOMINATORS: tuple[str, ...] = get_args(ProDenominator)
 
 
 def instance_contrastive_loss(z: Tensor, task_ids: Tensor, temperature: float = 0.1) -> Tensor:

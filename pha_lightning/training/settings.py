@@ -8,7 +8,7 @@ it) that ``pha fit --help`` shows. The architecture is :class:`~pha_lightning.mo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pha_lightning.model.config import trains_retriever
 from pha_lightning.training.losses import PRO_DENOMINATORS, ProDenominator
@@ -50,8 +50,8 @@ class LossConfig:
 
 
 #: torch's AdamW implementations (``torch.optim.AdamW``'s ``foreach`` and ``fused`` switches)
-ADAMW_KERNELS = ("default", "foreach", "fused")
 AdamWKernel = Literal["default", "foreach", "fused"]
+ADAMW_KERNELS: tuple[str, ...] = get_args(AdamWKernel)
 
 
 @dataclass(frozen=True)

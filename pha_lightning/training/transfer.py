@@ -14,7 +14,7 @@ module's ids); the source tasks' weights stay fixed unless ``tune`` includes the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 Init = Literal["top1", "mix", "mean", "random"]
 Tune = Literal["prototype", "hypernetwork", "all"]
-INITS: tuple[str, ...] = ("top1", "mix", "mean", "random")
+INITS: tuple[str, ...] = get_args(Init)
 #: ``prototype``: the new rows (and, for encoder backbones, the new task heads) only;
 #: ``hypernetwork``: plus the hypernetwork; ``all``: every PHA parameter, source rows and heads too.
-TUNE_MODES: tuple[str, ...] = ("prototype", "hypernetwork", "all")
+TUNE_MODES: tuple[str, ...] = get_args(Tune)
 #: Methods whose checkpoints can take new tasks: PHA, and HyperFormer (a fresh task embedding, the baseline).
 TRANSFER_METHODS: tuple[str, ...] = ("pha", "hyperformer")
 
