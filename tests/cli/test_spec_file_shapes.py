@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pha_lightning.cli.app import main
+from pha_lightning.cli import main
 
 pytestmark = pytest.mark.slow  # runs the pha command (tokenises with the backbone)
 
