@@ -17,7 +17,7 @@ import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -324,7 +324,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         super().__init__()
         check_task_names(self.tasks)
         self.specs = parse_specs(self.task_specs, self.data_dir)
-        self.save_hyperparameters({f.name: getattr(self, f.name) for f in fields(self)})
+        self.save_hyperparameters()  # Lightning reads a dataclass's fields (or the CLI's values)
         # checkpoints keep the specs themselves, not the path of the file that held them
         self.hparams["task_specs"] = [spec.to_dict() for spec in self.specs] or None
         check_settings("data", PHADataModule, self.hparams)
