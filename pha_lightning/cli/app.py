@@ -236,6 +236,49 @@ def check_predict_output(output: str, predict_file: str | None, ckpt_path: str |
     ensure_writable_dir(path.parent, "the directory of predict_output")
 
 
+def predict_start(config: Namespace) -> int:
+    """Where ``pha predict`` starts in ``data.predict_file``: after the rows of an interrupted prediction
+    with ``--resume`` (:func:`~pha_lightning.training.callbacks.resume_start`), else at the first example."""
+    from pha_lightning.training.callbacks import resume_start
+
+    output, predict_file = config.get("predict_output"), config.data.get("predict_file")
+    if config.get("resume") and (not output or not predict_file):
+        raise ConfigError(
+            "--resume continues the prediction of a data.predict_file into a given --predict_output "
+            "(the default output is a new folder per run, and the test split is predicted whole)"
+        )
+    if not output or not predict_file:
+        return 0
+    return resume_start(
+        output, predict_file, prediction_identity(config), config.get("resume"), config.get("overwrite")
+    )
+
+
+def prediction_identity(config: Namespace) -> dict[str, str]:
+    """What decides a prediction's rows besides the input's lines: the model (its file or folder, with
+    size and modification time) and the settings that change tokens or batches."""
+    data = config.data
+    return {
+        "ckpt_path": file_identity(config.get("ckpt_path")),
+        "data.predict_file": str(Path(data.predict_file).expanduser().absolute()) if data.get("predict_file") else "",
+        "data.tasks": ",".join(data.tasks),
+        "data.backbone": str(data.get("backbone")),
+        "data.max_source_length": str(data.max_source_length),
+        "data.eval_batch_size": str(data.eval_batch_size),
+    }
+
+
+def file_identity(path: str | None) -> str:
+    """A checkpoint file's or bundle folder's path, size and latest modification: a retrained or
+    re-exported model differs."""
+    if not path or not os.path.exists(path):
+        return str(path)
+    files = [Path(path)] if os.path.isfile(path) else sorted(p for p in Path(path).rglob("*") if p.is_file())
+    stats = [file.stat() for file in files]
+    size, modified = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    return f"{Path(path).resolve()} ({size} bytes, modified {modified} ns)"
+
+
 def same_file(path: Path, other: Path) -> bool:
     """Whether two paths name one file (also through links); paths that do not exist yet are compared resolved."""
     if path.exists() and other.exists():
@@ -332,7 +375,18 @@ class PHACLI(LightningCLI):
             nargs="?",
             const=True,  # `--overwrite` alone, as pha export takes it
             default=False,
-            help="predict: replace predict_output if it exists (without it, an existing file is refused).",
+            help="predict: replace predict_output if it exists (without it, an existing file is refused), "
+            "or start over from an interrupted prediction's <predict_output>.partial.",
+        )
+        parser.add_argument(
+            "--resume",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="predict: continue an interrupted prediction of data.predict_file after the rows its "
+            "<predict_output>.partial holds (refused, naming what changed, when the input's lines, the model "
+            "or the settings did); without one, predict every example.",
         )
 
     def after_fit(self) -> None:
@@ -373,14 +427,25 @@ class PHACLI(LightningCLI):
             )  # a missing test file: now, not after training
 
     def before_predict(self) -> None:
+        from pha_lightning.data.examples import CHUNK_BATCHES
         from pha_lightning.training.callbacks import FirstPredictionTime, JSONLPredictionWriter
 
         self._prepare_checkpoint()
         self.startup_marks["model load"] = time.perf_counter()
-        output = self.config[self.subcommand].get("predict_output") or os.path.join(
-            run_folder(self.trainer), "predictions.jsonl"
+        config = self.config[self.subcommand]
+        output = config.get("predict_output") or os.path.join(run_folder(self.trainer), "predictions.jsonl")
+        start = getattr(self, "predict_start", 0)
+        self.datamodule.predict_start = start
+        writer = JSONLPredictionWriter(
+            output,
+            input_path=config.data.get("predict_file"),
+            identity=prediction_identity(config),
+            chunk_rows=self.datamodule.eval_batch_size * CHUNK_BATCHES,
+            start=start,
         )
-        self.trainer.callbacks.extend([JSONLPredictionWriter(output), FirstPredictionTime(self.startup_marks)])
+        self.trainer.callbacks.extend([writer, FirstPredictionTime(self.startup_marks)])
+        # the writer keeps nothing; Lightning's own list of every prediction would grow with the file
+        self.config_init[self.subcommand]["return_predictions"] = False
 
     # ------------------------------------------------------------------ checkpoints and bundles as inputs
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:  # noqa: ANN001
@@ -511,6 +576,8 @@ class PHACLI(LightningCLI):
             check_predict_output(
                 config.predict_output, config.data.get("predict_file"), config.get("ckpt_path"), config.get("overwrite")
             )
+        if self.subcommand == "predict":
+            self.predict_start = predict_start(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with PHA's writers unless the configuration names its own: checkpoints written

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from pha_lightning import __version__
+from pha_lightning.cli.threads import choose_threads
 from pha_lightning.errors import PHAError
 
 
@@ -51,6 +52,9 @@ EXTRA_COMMANDS: dict[str, Command] = {
         "pha_lightning.cli.serve", "an HTTP server (LitServe) of a bundle or checkpoint: mixed-task batches, routing"
     ),
 }
+
+#: Commands that compute with torch, for which ``pha`` chooses the thread count (:mod:`pha_lightning.cli.threads`).
+COMPUTING_COMMANDS: tuple[str, ...] = (*LIGHTNING_COMMANDS, "retrieve", "serve")
 
 DESCRIPTION = "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."
 #: the sharded strategy's name is training.sharding.STRATEGY_NAME; LightningCLI's help shows it too, and
@@ -131,6 +135,8 @@ def run_command(args: list[str] | None, started_at: float) -> None:
 
         print_help(argv[0], run)
     else:
+        if argv[0] in COMPUTING_COMMANDS:
+            choose_threads()
         run()
 
 

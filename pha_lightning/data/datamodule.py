@@ -340,6 +340,8 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         self.task_objects: list[Task] = resolve_tasks(self.tasks, self.specs)
         self.data_seed = self.seed if self.data_seed is None else self.data_seed
         self.train_from_validation = list(self.train_from_validation or ())
+        #: examples of ``predict_file`` already predicted, not read again (``pha predict --resume``)
+        self.predict_start = 0
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, list[Dataset]] = {}

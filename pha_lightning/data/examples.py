@@ -7,17 +7,19 @@ input and output formats. :class:`Collator` pads every batch of training, evalua
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
 from pha_lightning.data.tasks import Task
@@ -33,6 +35,10 @@ RESERVED_FIELDS: tuple[str, ...] = ("task", "id", "label")
 #: Real text averages 3-6 characters per token, and a WordPiece word over 100 characters is one
 #: unknown token, so the cut changes no tokenised input that has this many characters per token or fewer.
 CHARS_PER_TOKEN = 128
+#: Batches per chunk of a streamed prediction file (:class:`PredictionChunks`): sorting by length within
+#: 16 batches saves nearly all the padding sorting the whole file would, and the first rows are written
+#: after 16 batches.
+CHUNK_BATCHES = 16
 
 
 def cap_chars(texts: Sequence[str | None], max_length: int) -> list[str | None]:
@@ -41,34 +47,47 @@ def cap_chars(texts: Sequence[str | None], max_length: int) -> list[str | None]:
     return [text if text is None or len(text) <= limit else text[:limit] for text in texts]
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for every non-blank line; a clear error for anything else. Lines end
-    at ``\n`` only (JSON Lines): a string may hold U+2028, U+2029 or U+0085, which ``str.splitlines``
-    would take for line ends; a ``\r`` before the ``\n`` is JSON whitespace."""
+def read_jsonl(path: str | os.PathLike, skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line after the first ``skip`` of them, read one
+    line at a time (nothing grows with the file); a clear error for anything else, when its line is
+    reached. Lines end at ``\n`` only (JSON Lines): a string may hold U+2028, U+2029 or U+0085, which
+    ``str.splitlines`` would take for line ends; a ``\r`` before the ``\n`` is JSON whitespace."""
     path = Path(path)
+    seen = 0
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not JSON
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = _decoded(path, raw, number)
+                if not line.strip():
+                    continue
+                seen += 1
+                if seen > skip:
+                    yield number, _parsed(path, line, number)
     except FileNotFoundError:
         raise DataError(f"prediction file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise DataError(f"prediction file {str(path)!r} cannot be read: {err}") from None
+    if not seen:
+        raise DataError(f"prediction file {str(path)!r} holds no examples (it is empty or blank)")
+
+
+def _decoded(path: Path, raw: bytes, number: int) -> str:
+    """A line's text; a byte-order mark (some editors write one) before the first line is not JSON."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError:
         line, problem = undecodable_bytes(path, "utf-8-sig")
         raise DataError(f"{path}:{line}: {problem}") from None
-    except OSError as err:
-        raise DataError(f"prediction file {str(path)!r} cannot be read: {err}") from None
-    rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        rows.append((number, record))
-    if not rows:
-        raise DataError(f"prediction file {str(path)!r} holds no examples (it is empty or blank)")
-    return rows
+
+
+def _parsed(path: Path, line: str, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _text_fields(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -142,6 +161,34 @@ def checked_example(
     raise DataError(f"{where}: {len(fields)} text fields {[k for k, _ in fields]}; an encoder takes one text or a pair")
 
 
+def encode_example(
+    index: int,
+    number: int,
+    record: dict[str, Any],
+    tasks: Sequence[Task],
+    family: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_source_length: int,
+    source: str = "input",
+) -> dict[str, Any]:
+    """The tokenised example of input line ``number`` (the ``index``-th non-blank one), with its task
+    id (-1: the retriever decides) and what the output echoes."""
+    task_id, echoed, texts = checked_example(record, tasks, family, f"{source}:{number}")
+    text, pair = cap_chars(texts, max_source_length)
+    features = dict(
+        tokenizer(
+            text,
+            pair,
+            truncation=True,
+            max_length=max_source_length,
+            return_token_type_ids=False if family == "seq2seq" else None,
+        )
+    )
+    features["task_ids"] = task_id
+    features["meta"] = {"index": index, "line": number, **echoed}
+    return features
+
+
 def encode_examples(
     rows: Sequence[tuple[int, dict[str, Any]]],
     tasks: Sequence[Task],
@@ -150,24 +197,11 @@ def encode_examples(
     max_source_length: int,
     source: str = "input",
 ) -> list[dict[str, Any]]:
-    """Tokenised examples with their task id (-1: the retriever decides) and what the output echoes."""
-    examples = []
-    for index, (number, record) in enumerate(rows):
-        task_id, echoed, texts = checked_example(record, tasks, family, f"{source}:{number}")
-        text, pair = cap_chars(texts, max_source_length)
-        features = dict(
-            tokenizer(
-                text,
-                pair,
-                truncation=True,
-                max_length=max_source_length,
-                return_token_type_ids=False if family == "seq2seq" else None,
-            )
-        )
-        features["task_ids"] = task_id
-        features["meta"] = {"index": index, "line": number, **echoed}
-        examples.append(features)
-    return examples
+    """:func:`encode_example` of every ``(line number, object)``."""
+    return [
+        encode_example(index, number, record, tasks, family, tokenizer, max_source_length, source)
+        for index, (number, record) in enumerate(rows)
+    ]
 
 
 class PredictCollator:
@@ -184,26 +218,58 @@ class PredictCollator:
         return batch
 
 
+def longest_first_batches(examples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """``examples`` in batches, longest first: less padding."""
+    ordered = sorted(examples, key=lambda ex: -len(ex["input_ids"]))
+    return (ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size))
+
+
 def predict_loader(examples: list[dict[str, Any]], collator: Any, batch_size: int, num_workers: int = 0) -> DataLoader:
     """Batches of ``examples``, longest first (less padding); outputs are put back in input order."""
-    ordered = sorted(examples, key=lambda ex: -len(ex["input_ids"]))
-    return DataLoader(
-        ordered, batch_size=batch_size, shuffle=False, collate_fn=PredictCollator(collator), num_workers=num_workers
-    )
+    batches = list(longest_first_batches(examples, batch_size))
+    return DataLoader(batches, batch_size=None, collate_fn=PredictCollator(collator), num_workers=num_workers)
+
+
+class PredictionChunks(IterableDataset):
+    """A prediction file's examples in batches, streamed: :data:`CHUNK_BATCHES` batches' worth of lines
+    at a time are read, encoded and batched longest first (less padding), so the writer can put each
+    chunk's rows in input order and write them while the next chunk is predicted; nothing is held
+    beyond a chunk. ``skip``: non-blank lines already predicted (a resumed run; a multiple of the
+    chunk size, so the batches are those of an uninterrupted run). With DataLoader workers, worker
+    ``w`` of ``n`` takes the chunks ``w, w + n, ...``."""
+
+    def __init__(self, path: str | os.PathLike, encode: Callable[..., dict[str, Any]], batch_size: int, skip: int = 0):
+        self.path = path
+        self.encode = encode
+        self.batch_size = batch_size
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        worker = get_worker_info()
+        shard, shards = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        rows = enumerate(read_jsonl(self.path, self.skip), start=self.skip)
+        chunk_rows = self.batch_size * CHUNK_BATCHES
+        for number, chunk in enumerate(iter(lambda: list(itertools.islice(rows, chunk_rows)), [])):
+            if number % shards == shard:
+                examples = [self.encode(index, line, record) for index, (line, record) in chunk]
+                yield from longest_first_batches(examples, self.batch_size)
 
 
 def file_dataloader(datamodule: Any) -> DataLoader:
-    """The prediction loader of a data module's ``predict_file`` (its tokenizer, tasks and lengths)."""
-    rows = read_jsonl(datamodule.predict_file)
-    examples = encode_examples(
-        rows,
-        datamodule.task_objects,
-        datamodule.family,
-        datamodule.tokenizer,
-        datamodule.max_source_length,
+    """The streamed prediction loader of a data module's ``predict_file`` (its tokenizer, tasks and
+    lengths), after its first ``predict_start`` examples."""
+    encode = functools.partial(
+        encode_example,
+        tasks=datamodule.task_objects,
+        family=datamodule.family,
+        tokenizer=datamodule.tokenizer,
+        max_source_length=datamodule.max_source_length,
         source=str(datamodule.predict_file),
     )
-    return predict_loader(examples, datamodule.collator(), datamodule.eval_batch_size, datamodule.num_workers)
+    chunks = PredictionChunks(datamodule.predict_file, encode, datamodule.eval_batch_size, datamodule.predict_start)
+    return DataLoader(
+        chunks, batch_size=None, collate_fn=PredictCollator(datamodule.collator()), num_workers=datamodule.num_workers
+    )
 
 
 @dataclass

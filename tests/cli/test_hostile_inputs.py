@@ -724,7 +724,7 @@ def test_hostile_prediction_inputs_and_outputs(capsys: pytest.CaptureFixture, tm
     assert not list(tmp_path.rglob("predictions.jsonl")) and not list((tmp_path / "out").iterdir())
     from pha_lightning.data.examples import read_jsonl
 
-    assert read_jsonl(examples) == [(1, {"task": "synth_polarity", "sentence": "fine"})]
+    assert list(read_jsonl(examples)) == [(1, {"task": "synth_polarity", "sentence": "fine"})]
 
 
 def test_byte_order_mark_in_a_benchmark_jsonl_file(tmp_path: Path) -> None:

@@ -105,10 +105,12 @@ def test_resuming_with_another_batch_size_warns_that_batches_change(stopped_fit:
     assert "not an exact continuation" in log and "resuming the training batches exactly" not in log
 
 
-def test_sigterm_stops_predict_keeping_the_complete_rows(stopped_fit: dict, tmp_path: Path) -> None:
+def test_sigterm_stops_predict_keeping_the_complete_rows_and_resume_continues(
+    stopped_fit: dict, tmp_path: Path
+) -> None:
     last = stopped_fit["root"] / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     examples = tmp_path / "in.jsonl"
-    total = 4000
+    total = 1200
     examples.write_text(
         "".join(
             json.dumps({"task": "synth_polarity", "sentence": f"the cat number {i} was good"}) + "\n"
@@ -116,31 +118,48 @@ def test_sigterm_stops_predict_keeping_the_complete_rows(stopped_fit: dict, tmp_
         )
     )
     output = tmp_path / "out.jsonl"
-    process = _start(
-        [
-            "predict",
-            f"--ckpt_path={last}",
-            f"--data.predict_file={examples}",
-            "--data.eval_batch_size=4",
-            f"--predict_output={output}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=cpu",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-        ],
-        tmp_path,
-    )
+    args = [
+        "predict",
+        f"--ckpt_path={last}",
+        f"--data.predict_file={examples}",
+        "--data.eval_batch_size=4",
+        f"--predict_output={output}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
+    process = _start(args, tmp_path)
     sent = _terminate_when(process, lambda: process.stdout.readline().startswith("first prediction after"))
     stderr = _finish(process, tmp_path)
     assert process.returncode == 143, stderr[-3000:]
     assert time.monotonic() - sent < 30
     partial = Path(f"{output}.partial")
     rows = [json.loads(line) for line in partial.read_text().splitlines()]
-    # predicted in length order, written in input order: each row whole, naming its input line
-    indices = [row["index"] for row in rows]
-    assert 0 < len(rows) < total and indices == sorted(set(indices)) and indices[-1] < total
+    # streamed in input order: the first rows of the input, each whole
+    assert 0 < len(rows) < total and [row["index"] for row in rows] == list(range(len(rows)))
     assert all(row["line"] == row["index"] + 1 and row["prediction"] in ("0", "1") for row in rows)
     assert not output.exists()  # the output is only ever the whole prediction
     assert (
-        f"pha: stopped by SIGTERM after {len(rows)} predictions: wrote them to {partial}; {output} was not written; "
-        "run the command again to predict every example"
+        f"pha: stopped by SIGTERM after {len(rows)} predictions: wrote them to {partial} (in input order); "
+        f"{output} was not written; run the same command with --resume to continue after them"
     ) in stderr
+    again = subprocess.run([PHA, *args], cwd=tmp_path, env=pha_env_with_tests(), capture_output=True, text=True)
+    assert (
+        again.returncode == 2
+        and f"pha: error: {str(partial)!r} holds the rows of an interrupted prediction; " in again.stderr
+    )
+    changed = subprocess.run(
+        [PHA, *args, "--resume", "--data.eval_batch_size=8"],
+        cwd=tmp_path,
+        env=pha_env_with_tests(),
+        capture_output=True,
+        text=True,
+    )
+    assert "changed since it was interrupted: data.eval_batch_size '4' -> '8'" in changed.stderr, changed.stderr[-2000:]
+    resumed = subprocess.run(
+        [PHA, *args, "--resume"], cwd=tmp_path, env=pha_env_with_tests(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["index"] for row in done] == list(range(total)) and not partial.exists()
+    assert done[: len(rows)] == rows  # the rows of an unfinished chunk are predicted again, alike

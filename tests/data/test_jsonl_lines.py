@@ -30,14 +30,14 @@ def _write(path: Path, rows: list[dict], ending: str = "\n") -> Path:
 @pytest.mark.parametrize("ending", ["\n", "\r\n"])
 def test_prediction_file_keeps_line_separators_inside_strings(tmp_path: Path, ending: str) -> None:
     path = _write(tmp_path / "in.jsonl", ROWS, ending)
-    assert read_prediction_file(path) == [(number, row) for number, row in enumerate(ROWS, start=1)]
+    assert list(read_prediction_file(path)) == [(number, row) for number, row in enumerate(ROWS, start=1)]
 
 
 def test_prediction_file_errors_count_lines_at_newlines_only(tmp_path: Path) -> None:
     path = _write(tmp_path / "in.jsonl", ROWS)
     path.write_bytes(path.read_bytes() + b'{"sentence": \n')
     with pytest.raises(DataError, match=rf"{path}:4: not valid JSON"):
-        read_prediction_file(path)
+        list(read_prediction_file(path))
 
 
 def test_benchmark_and_spec_files_keep_line_separators_inside_strings(tmp_path: Path) -> None:

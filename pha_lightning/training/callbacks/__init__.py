@@ -25,7 +25,8 @@
   at the end of the training step, not mid-step, then requeues the job: the requeued job resumes exactly.
 * :class:`LatestCheckpoint` — the ``checkpoint`` callback: ``last.ckpt`` rewritten after every
   validation and at SIGTERM, so an interrupted run resumes from its latest state, not from its best one.
-* :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, written once in input order;
+* :class:`JSONLPredictionWriter` — ``pha predict``: every prediction row, streamed in input order to a
+  ``.partial`` file renamed when done (:func:`resume_start`: where ``--resume`` goes on);
   :class:`FirstPredictionTime` prints once how long the command took to its first prediction.
 * :class:`TextProgress` — progress as plain lines (step, loss, examples/s, time left) where ``pha``'s
   output is no terminal (a log file), in place of a bar that a file shows only at the end.
@@ -42,7 +43,7 @@ from pha_lightning.training.callbacks.prediction_writer import (
     FirstPredictionTime,
     JSONLPredictionWriter,
     first_prediction_report,
-    write_jsonl_atomic,
+    resume_start,
 )
 from pha_lightning.training.callbacks.record_examples import RecordTrainingExamples, example_fingerprint
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
@@ -79,5 +80,5 @@ __all__ = [
     "batch_token_count",
     "example_fingerprint",
     "first_prediction_report",
-    "write_jsonl_atomic",
+    "resume_start",
 ]
