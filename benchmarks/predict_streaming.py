@@ -84,6 +84,7 @@ def measure(tree: Path, ckpt: Path, examples: Path, work: Path, limit: float) ->
         "rows": rows,
         "finished": output.exists(),
         "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "load": round(load_average(), 1),
     }
@@ -114,13 +115,15 @@ def main() -> None:
 def write_table(path: Path, results: list[dict], args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in results))
-    header = "| tree | lines | first output line (s) | rows written | finished | wall (s) | peak RSS (MB) | load |"
-    lines = [header, "|" + "---|" * 8]
+    header = (
+        "| tree | lines | first output line (s) | rows written | finished | wall (s) | CPU (s) | peak RSS (MB) | load |"
+    )
+    lines = [header, "|" + "---|" * 9]
     for row in sorted(results, key=lambda r: (r["lines"], r["tree"] != "old")):
         first = "—" if row["first_line_s"] is None else row["first_line_s"]
         lines.append(
             f"| {row['tree']} ({args.old_commit if row['tree'] == 'old' else 'this tree'}) | {row['lines']} | {first} | "
-            f"{row['rows']} | {row['finished']} | {row['wall_s']} | {row['peak_rss_mb']} | {row['load']} |"
+            f"{row['rows']} | {row['finished']} | {row['wall_s']} | {row['cpu_s']} | {row['peak_rss_mb']} | {row['load']} |"
         )
     command = f"python benchmarks/predict_streaming.py --ckpt CKPT --sizes {' '.join(map(str, args.sizes))} --limit {args.limit:g}"
     path.write_text(f"`{command}`\n\n" + "\n".join(lines) + "\n")

@@ -327,6 +327,8 @@ class PHACLI(LightningCLI):
         now = time.perf_counter()
         #: when each start-up phase ended: imports, parsing (set by instantiate_classes), model load
         self.startup_marks = {"start": now if started_at is None else started_at, "imports": now}
+        #: examples of data.predict_file an interrupted prediction completed (``pha predict --resume``)
+        self.predict_start = 0
         super().__init__(*args, **kwargs)
 
     def instantiate_classes(self) -> None:
@@ -434,14 +436,13 @@ class PHACLI(LightningCLI):
         self.startup_marks["model load"] = time.perf_counter()
         config = self.config[self.subcommand]
         output = config.get("predict_output") or os.path.join(run_folder(self.trainer), "predictions.jsonl")
-        start = getattr(self, "predict_start", 0)
-        self.datamodule.predict_start = start
+        self.datamodule.predict_start = self.predict_start
         writer = JSONLPredictionWriter(
             output,
             input_path=config.data.get("predict_file"),
             identity=prediction_identity(config),
             chunk_rows=self.datamodule.eval_batch_size * CHUNK_BATCHES,
-            start=start,
+            start=self.predict_start,
         )
         self.trainer.callbacks.extend([writer, FirstPredictionTime(self.startup_marks)])
         # the writer keeps nothing; Lightning's own list of every prediction would grow with the file

@@ -20,6 +20,9 @@ LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 ADVERTISEMENT = "💡 Tip:"
 #: Lightning's warning that an epoch has fewer batches than ``log_every_n_steps``
 LOG_INTERVAL_WARNING = r"The number of training batches \(\d+\) is smaller than the logging interval"
+#: Lightning's warning that a streamed prediction loader has no sampler to record batch indices from:
+#: ``pha predict``'s rows carry their own ``index``
+BATCH_INDICES_WARNING = r"Couldn't infer the batch indices fetched from your dataloader"
 
 
 class DropAdvertisements(logging.Filter):
@@ -39,3 +42,4 @@ def hide_library_noise() -> None:
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(?!pha_lightning\b)")
     warnings.filterwarnings("ignore", message=LOG_INTERVAL_WARNING)
+    warnings.filterwarnings("ignore", message=BATCH_INDICES_WARNING)

@@ -222,7 +222,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         if self.file is None:
             return
         self.close()
-        cause = "by SIGTERM" if isinstance(exception, SIGTERMException) else "by an error"
+        cause = {SIGTERMException: "by SIGTERM", KeyboardInterrupt: "by Ctrl-C"}.get(type(exception), "by an error")
         if not self.written:
             self.partial.unlink(missing_ok=True)
             self.state.unlink(missing_ok=True)
