@@ -50,8 +50,8 @@ def usable_cpus() -> tuple[int, float | None]:
 
 def choose_threads(environ: MutableMapping[str, str] = os.environ) -> int | None:
     """Set ``OMP_NUM_THREADS`` (torch reads it when imported; the processes this one starts inherit it)
-    to :func:`default_threads` and say so once on stderr; ``None`` when it was set already (the user's
-    choice, or a parent ``pha``'s)."""
+    to :func:`default_threads`, saying so on stderr only where that is fewer than torch's own default (the
+    machine's core count); ``None`` when it was set already (the user's choice, or a parent ``pha``'s)."""
     if environ.get("OMP_NUM_THREADS"):
         return None
     affinity, quota = usable_cpus()
@@ -59,6 +59,8 @@ def choose_threads(environ: MutableMapping[str, str] = os.environ) -> int | None
     environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:  # imported already (pha called in-process): its pool is set directly
         sys.modules["torch"].set_num_threads(threads)
+    if threads >= (os.cpu_count() or 1):
+        return threads  # what torch would take anyway: nothing to say
     limit = "no CPU quota" if quota is None else f"a CPU quota of {quota:g}"
     print(
         f"pha: computing with {threads} thread{'s' * (threads != 1)}: {affinity} schedulable CPU"

@@ -31,6 +31,7 @@ def test_a_quota_below_the_affinity_sets_omp_num_threads_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr(threads, "usable_cpus", lambda: (16, 3.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(threads.sys, "modules", {})  # as before torch is imported
     environ: dict[str, str] = {}
     assert choose_threads(environ) == 3 and environ == {"OMP_NUM_THREADS": "3"}
@@ -44,3 +45,14 @@ def test_the_users_omp_num_threads_is_kept(monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.setattr(threads, "usable_cpus", lambda: (16, 3.0))
     environ = {"OMP_NUM_THREADS": "7"}
     assert choose_threads(environ) is None and environ == {"OMP_NUM_THREADS": "7"} and capsys.readouterr().err == ""
+
+
+def test_the_choice_is_silent_where_it_is_torchs_own(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(threads, "usable_cpus", lambda: (4, None))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads.sys, "modules", {})
+    environ: dict[str, str] = {}
+    assert choose_threads(environ) == 4 and environ == {"OMP_NUM_THREADS": "4"}
+    assert capsys.readouterr().err == ""  # no line where pha takes what torch would take
