@@ -21,7 +21,7 @@ TASKS = ["synth_polarity", "synth_match", "synth_score"]
 ALL_SYNTH_TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 MAX_SOURCE_LENGTH = 48
 
-_CACHE: dict[str, Path] = {}
+_CACHE: dict[str, object] = {}
 
 
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -50,6 +50,56 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer.fit(model, datamodule=data)
     _CACHE["ckpt"] = root / "checkpoints" / "last.ckpt"
     return _CACHE["ckpt"]
+
+
+#: the tasks of :func:`calibrated_run`, and the task it never trains on (a two-sentence task of its own template)
+ROUTED_TASKS = ["synth_polarity", "synth_category", "synth_score"]
+HELD_OUT_TASK = "synth_match"
+
+
+def calibrated_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 60-step PHA run on :data:`ROUTED_TASKS` with routing calibrated (built once per session):
+    ``root``, the ``best`` checkpoint, its ``bundle`` (pha export), the ``trainer`` and the ``system``.
+    Examples of :data:`HELD_OUT_TASK` are abstained by it."""
+    if "calibrated" in _CACHE:
+        return _CACHE["calibrated"]
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from pha_lightning.data.datamodule import PHADataModule
+    from pha_lightning.training.callbacks import RoutingCalibration
+    from pha_lightning.training.scripting import quiet_trainer
+    from pha_lightning.training.system import PHAModule
+
+    root = tmp_path_factory.mktemp("routing")
+    seed_everything(0)
+    data = PHADataModule(
+        tasks=ROUTED_TASKS, n_train=64, batch_size=16, eval_batch_size=64, max_source_length=MAX_SOURCE_LENGTH
+    )
+    system = PHAModule(PHAConfig(tasks=ROUTED_TASKS), optim=OptimConfig(learning_rate=1e-3, warmup_steps=5))
+    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/avg", mode="max", save_last=True)
+    trainer = quiet_trainer(
+        max_steps=60,
+        val_check_interval=30,
+        check_val_every_n_epoch=None,
+        default_root_dir=root,
+        callbacks=[RoutingCalibration(), checkpoints],
+    )
+    trainer.fit(system, datamodule=data)
+    best = Path(checkpoints.best_model_path)
+    bundle = root / "bundle"
+    run_pha("export", f"--ckpt_path={best}", f"--output_dir={bundle}", cwd=root)
+    _CACHE["calibrated"] = {"root": root, "best": best, "bundle": bundle, "trainer": trainer, "system": system}
+    return _CACHE["calibrated"]
+
+
+def split_examples(task: str, split: str, with_task: bool = False) -> list[dict]:
+    """The raw records of a synthetic split, as a user sends them (no label; the task if asked)."""
+    from pha_lightning.data.synthetic import build_synthetic_suite
+
+    records = next(t for t in build_synthetic_suite() if t.name == task).load_split(split)
+    fields = ("sentence", "sentence1", "sentence2")
+    return [{**({"task": task} if with_task else {}), **{k: r[k] for k in fields if k in r}} for r in records]
 
 
 def pha_env() -> dict[str, str]:

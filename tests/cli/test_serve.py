@@ -13,7 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from production_fixtures import PHA, TASKS, pha_env, run_pha, trained_checkpoint
+from production_fixtures import (
+    HELD_OUT_TASK,
+    PHA,
+    TASKS,
+    calibrated_run,
+    pha_env,
+    run_pha,
+    split_examples,
+    trained_checkpoint,
+)
 
 from pha_lightning.model.serving import PHAServingAPI, Request, ServeConfig, served_row
 
@@ -151,6 +160,56 @@ def test_answers_equal_pha_predict(server: Server, trained: dict[str, Path]) -> 
     curl = server.post(EXAMPLES[1], headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert curl.status_code == 200, curl.text
     assert_rows_equal([curl.json()], [expected[1]])
+
+
+def pha_predict(bundle: Path, examples: list[dict], root: Path) -> list[dict]:
+    """The rows `pha predict` writes for ``examples``, as the server answers them."""
+    path, output = root / "in.jsonl", root / "predictions.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    run_pha(
+        "predict",
+        f"--ckpt_path={bundle}",
+        f"--data.predict_file={path}",
+        f"--predict_output={output}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={root / 'run'}",
+        cwd=root,
+    )
+    return [served_row(json.loads(line)) for line in output.read_text().splitlines()]
+
+
+def test_calibrated_model_answers_confidence_and_abstentions_as_pha_predict(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A model with a routing calibration: routed examples carry the router's confidence, examples of
+    a task it never trained on are abstained (no task, no prediction, the reason), as `pha predict` says."""
+    calibrated = calibrated_run(tmp_path_factory)
+    root = tmp_path_factory.mktemp("serve_calibrated")
+    named = split_examples("synth_category", "validation", with_task=True)[:2]
+    examples = split_examples(HELD_OUT_TASK, "validation")[:3] + split_examples("synth_polarity", "validation")[:3]
+    examples = [examples[0], named[0], *examples[1:], named[1]]
+    expected = pha_predict(calibrated["bundle"], examples, root)
+    running = Server(calibrated["bundle"], root / "server.log", "--accelerator=cpu", "--batch_timeout=0.02")
+    try:
+        response = running.post(examples)
+        single = running.post(examples[0])
+    finally:
+        running.stop()
+    assert response.status_code == 200 and single.status_code == 200, response.text
+    answers = response.json()
+    assert_rows_equal(answers, expected)
+    assert_rows_equal([single.json()], [expected[0]])
+    abstained = [a for e, a in zip(examples, answers) if "sentence1" in e]
+    assert len(abstained) == 3
+    for answer in abstained:
+        assert answer["task"] is None and answer["prediction"] is None and answer["routed"] is True
+        assert answer["abstained"].startswith("unlike every trained task")
+    routed = [a for e, a in zip(examples, answers) if "sentence" in e and "task" not in e]
+    assert [a["task"] for a in routed] == ["synth_polarity"] * 3
+    threshold = json.loads((calibrated["bundle"] / "config.json").read_text())["routing"]["threshold"]
+    assert all(isinstance(a["confidence"], float) and a["confidence"] >= threshold for a in routed)
+    assert [(a["routed"], a["confidence"]) for e, a in zip(examples, answers) if "task" in e] == [(False, None)] * 2
 
 
 def test_64_concurrent_clients_each_get_their_own_answer(server: Server) -> None:

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
-from production_fixtures import MAX_SOURCE_LENGTH, run_pha
+from production_fixtures import (
+    HELD_OUT_TASK,
+    MAX_SOURCE_LENGTH,
+    ROUTED_TASKS,
+    calibrated_run,
+    run_pha,
+    split_examples,
+)
 
 from pha_lightning import PHAModel
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.synthetic import build_synthetic_suite
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.prediction import UNCALIBRATED_NOTE, example_batches, task_scores
@@ -25,43 +30,13 @@ from pha_lightning.training.system import PHAModule, load_system
 
 pytestmark = pytest.mark.slow  # trains a model
 
-TRAINED = ["synth_polarity", "synth_category", "synth_score"]
-HELD_OUT = "synth_match"  # a two-sentence task of its own template, never trained on
-
-
-def split_examples(task: str, split: str, with_task: bool = False) -> list[dict]:
-    """The raw records of a synthetic split, as a user sends them (no label; the task if asked)."""
-    records = next(t for t in build_synthetic_suite() if t.name == task).load_split(split)
-    fields = ("sentence", "sentence1", "sentence2")
-    return [{**({"task": task} if with_task else {}), **{k: r[k] for k in fields if k in r}} for r in records]
+TRAINED = ROUTED_TASKS
+HELD_OUT = HELD_OUT_TASK
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from lightning.pytorch import seed_everything
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from pha_lightning.training.scripting import quiet_trainer
-
-    root = tmp_path_factory.mktemp("routing")
-    seed_everything(0)
-    data = PHADataModule(
-        tasks=TRAINED, n_train=64, batch_size=16, eval_batch_size=64, max_source_length=MAX_SOURCE_LENGTH
-    )
-    system = PHAModule(PHAConfig(tasks=TRAINED), optim=OptimConfig(learning_rate=1e-3, warmup_steps=5))
-    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/avg", mode="max", save_last=True)
-    trainer = quiet_trainer(
-        max_steps=60,
-        val_check_interval=30,
-        check_val_every_n_epoch=None,
-        default_root_dir=root,
-        callbacks=[RoutingCalibration(), checkpoints],
-    )
-    trainer.fit(system, datamodule=data)
-    best = Path(checkpoints.best_model_path)
-    bundle = root / "bundle"
-    run_pha("export", f"--ckpt_path={best}", f"--output_dir={bundle}", cwd=root)
-    return {"root": root, "best": best, "bundle": bundle, "trainer": trainer, "system": system}
+    return calibrated_run(tmp_path_factory)
 
 
 def test_checkpoint_and_bundle_carry_the_calibration(trained: dict) -> None:
