@@ -62,6 +62,9 @@ from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
 from pha_lightning.model.sharding import is_sharded
 
+#: ``choose(z, rows)``: the task ids of a batch's (or chunk's) rows, chosen from their retrieval vectors
+ChooseTasks = Callable[[Tensor, dict[str, Tensor]], Tensor]
+
 
 class PHAModel(nn.Module):
     """PHA (or one of its baselines) on a frozen backbone, built from a :class:`PHAConfig`."""
@@ -336,6 +339,8 @@ class PHAModel(nn.Module):
             raise _RetrievalDone
         if self.layout.source == "instance":
             self.adapter_context.weights = self.hypernetwork(state.z)
+        elif state.choose is not None:
+            self.adapter_context.weights = self.batch_adapter_weights(state.choose(state.z, state.batch))
 
     def _recomputation_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
         """Activation checkpointing's contexts for one block: nothing in the forward pass; in the
@@ -349,16 +354,18 @@ class PHAModel(nn.Module):
         call: Callable[[], Any],
         weights: WeightSet | None = None,
         stop_at_retrieval: bool = False,
+        choose: ChooseTasks | None = None,
     ) -> tuple[Any, Tensor | None]:
         """Run ``call`` (a backbone forward or ``generate``) with this batch's adapters in place.
 
         ``weights`` are the batch's generated weights when made beforehand (once for all chunks of
         a batch). Returns the output and the retrieval vectors ``z`` (``None`` without a retriever);
-        with ``stop_at_retrieval`` the pass ends at the retrieval point and the output is ``None``.
+        with ``stop_at_retrieval`` the pass ends at the retrieval point and the output is ``None``;
+        with ``choose`` the tasks are chosen there (:meth:`forward`).
         """
-        if weights is None:
+        if weights is None and choose is None:
             weights = self.batch_adapter_weights(batch["task_ids"])
-        self._retrieval = _Retrieval(batch, stop=stop_at_retrieval)
+        self._retrieval = _Retrieval(batch, stop=stop_at_retrieval, choose=choose)
         try:
             with self.adapter_context.use(weights):
                 try:
@@ -394,7 +401,15 @@ class PHAModel(nn.Module):
         """Cosine of every retrieval vector with every task's prototype: ``(B, tasks)``."""
         return F.normalize(z.float(), dim=-1) @ self.prototypes.normalized().float().T
 
-    def forward(self, batch: dict[str, Tensor], chunked: bool = True) -> dict[str, Tensor]:
+    @property
+    def chooses_tasks_in_pass(self) -> bool:
+        """Whether :meth:`forward` can choose the tasks at the retrieval point (``choose``): the blocks
+        below it carry shared adapters only (``pha``), the backbone is encoder-only and not sharded."""
+        return self.layout.source == "prototype" and self.family != "seq2seq" and not is_sharded(self)
+
+    def forward(
+        self, batch: dict[str, Tensor], chunked: bool = True, choose: ChooseTasks | None = None
+    ) -> dict[str, Tensor]:
         """Run the backbone with the method's adapters.
 
         Returns the retrieval vectors ``z`` (when the method has a retriever), the ``pooled``
@@ -403,16 +418,26 @@ class PHAModel(nn.Module):
         Generated weights are made once per batch; the backbone runs the batch in length-sorted
         chunks when that pays (``chunk_cost_tokens``), unless ``chunked`` is false (hooks that
         need the batch's own layout, e.g. the health probe) or the model is sharded.
+
+        ``choose`` (when :attr:`chooses_tasks_in_pass`): the tasks are chosen at the retrieval point,
+        ``choose(z, rows)`` giving the task ids of the rows a backbone call runs (the batch, or a chunk
+        of it), and the generated weights are made there: routing costs no second pass below it.
         """
-        weights = self.batch_adapter_weights(batch["task_ids"])
+        if choose is not None and not self.chooses_tasks_in_pass:
+            raise ConfigError(f"method {self.config.method!r} on this backbone cannot choose tasks mid-pass")
+        weights = None if choose is not None else self.batch_adapter_weights(batch["task_ids"])
         # sharded: every rank must make the same backbone calls (each gathers weights collectively)
         chunked = chunked and not is_sharded(self)
         chunks = plan_chunks(batch["attention_mask"], self.config.chunk_cost_tokens) if chunked else None
         if chunks is None:
-            return self._forward_rows(batch, weights)
-        return run_chunked(batch, chunks, lambda sub, rows: self._forward_rows(sub, restrict_weights(weights, rows)))
+            return self._forward_rows(batch, weights, choose)
+        return run_chunked(
+            batch, chunks, lambda sub, rows: self._forward_rows(sub, restrict_weights(weights, rows), choose)
+        )
 
-    def _forward_rows(self, batch: dict[str, Tensor], weights: WeightSet | None) -> dict[str, Tensor | None]:
+    def _forward_rows(
+        self, batch: dict[str, Tensor], weights: WeightSet | None, choose: ChooseTasks | None = None
+    ) -> dict[str, Tensor | None]:
         """:meth:`forward` of one padded batch (or chunk) with its generated weights."""
         if self.family == "seq2seq":
             out, z = self.run_backbone(
@@ -426,7 +451,7 @@ class PHAModel(nn.Module):
             )
             pooled = masked_mean(full_precision(out.encoder_last_hidden_state), batch["attention_mask"])
             return {"z": z, "lm_logits": out.logits, "pooled": pooled}
-        out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights)
+        out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights, choose=choose)
         final = full_precision(out.last_hidden_state)  # the heads stay float32 under a half-precision backbone
         pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
         return {"z": z, "pooled": pooled}
@@ -495,6 +520,8 @@ class _Retrieval:
     batch: dict[str, Tensor]
     #: whether only ``z`` is wanted: the hook then stops the pass (:class:`_RetrievalDone`)
     stop: bool = False
+    #: chooses the rows' task ids from ``z`` at the retrieval point (:meth:`PHAModel.forward`)
+    choose: ChooseTasks | None = None
     z: Tensor | None = None
 
     @property

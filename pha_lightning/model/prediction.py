@@ -21,6 +21,7 @@ from pha_lightning.data.examples import Collator, encode_examples, predict_loade
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.calibration import Decision, decide
+from pha_lightning.model.chunking import Chunk, chunk_batch
 
 
 def prediction_fields(task: Task, value: float) -> dict[str, Any]:
@@ -73,10 +74,16 @@ def identify_tasks(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
 @torch.no_grad()
 def task_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The cosine of every example's retrieval vector with every task's prototype, ``(B, tasks)``."""
+    return model.retrieval_scores(retrieval_vectors(model, batch))
+
+
+@torch.no_grad()
+def retrieval_vectors(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+    """Every example's retrieval vector ``z``, from the blocks up to the retrieval point."""
     if not routes(model):
         raise no_router_error(model.config.method)
     probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
-    return model.retrieval_scores(model.retrieval_forward(probe))
+    return model.retrieval_forward(probe)
 
 
 #: what a row routed by a model without a routing calibration says (once per call)
@@ -94,28 +101,65 @@ def route(model: nn.Module, scores: Tensor) -> list[Decision]:
     return [Decision(int(task), math.nan) for task in scores.argmax(-1).tolist()]
 
 
+class Routing:
+    """The routing of a batch's rows that name no task, kept by row (``batch["row"]``) as the
+    retrieval vectors of the rows come in (all at once, or chunk by chunk)."""
+
+    def __init__(self, model: PHAModel) -> None:
+        self.model = model
+        self.decisions: dict[int, Decision] = {}
+        self.similarity: dict[int, float] = {}
+        #: the task each routed row runs with: the chosen one, or an abstained row's nearest (its prediction is dropped)
+        self.task_of: dict[int, int] = {}
+
+    def choose(self, z: Tensor, rows: dict[str, Tensor]) -> Tensor:
+        """The task ids ``rows`` run with: their own, or for one naming none the router's."""
+        task_ids = rows["task_ids"].clone()
+        unknown = torch.nonzero(task_ids < 0).flatten()
+        if len(unknown):
+            scores = self.model.retrieval_scores(z.index_select(0, unknown))
+            best = scores.max(-1)
+            numbers = rows["row"].index_select(0, unknown).tolist()
+            decisions = route(self.model, scores)
+            self.decisions.update(zip(numbers, decisions))
+            self.similarity.update(zip(numbers, best.values.tolist()))
+            chosen = [d.task if d.task is not None else n for d, n in zip(decisions, best.indices.tolist())]
+            self.task_of.update(zip(numbers, chosen))
+            task_ids[unknown] = torch.tensor(chosen, device=task_ids.device)
+        return task_ids
+
+
+@torch.no_grad()
+def routed_values(model: PHAModel, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Routing]:
+    """Predicted values of a batch and the task ids they were predicted with; the rows that name
+    no task are routed at the retrieval point of the same pass when the model can
+    (:attr:`PHAModel.chooses_tasks_in_pass`), else by a retrieval pass over those rows first."""
+    rows = {**batch, "row": torch.arange(len(batch["task_ids"]), device=batch["task_ids"].device)}
+    routing = Routing(model)
+    unknown = torch.nonzero(rows["task_ids"] < 0).flatten()
+    if not len(unknown):
+        return model.predict_values(rows), rows["task_ids"], routing
+    if model.chooses_tasks_in_pass and routes(model):
+        pooled = model(rows, choose=routing.choose)["pooled"]
+        task_ids = rows["task_ids"].clone()
+        task_ids[unknown] = torch.tensor([routing.task_of[r] for r in unknown.tolist()], device=task_ids.device)
+        return model.heads.predictions(pooled, task_ids), task_ids, routing
+    unnamed = chunk_batch(rows, Chunk(unknown, rows["attention_mask"].shape[1]))
+    task_ids = rows["task_ids"].clone()
+    task_ids[unknown] = routing.choose(retrieval_vectors(model, unnamed), unnamed)
+    return model.predict_values({**rows, "task_ids": task_ids}), task_ids, routing
+
+
 @torch.no_grad()
 def predict_rows(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
     """Output rows of a batch of raw examples; the router picks the task of an example that names
     none, or abstains (``task`` and ``prediction`` ``null``, ``abstained`` the reason)."""
-    task_ids = batch["task_ids"].clone()
-    unknown = task_ids < 0
-    decisions: dict[int, Decision] = {}
-    similarity = None
-    if bool(unknown.any()):
-        scores = task_scores(model, batch)
-        similarity = scores.max(-1).values
-        decisions = dict(zip(torch.nonzero(unknown).flatten().tolist(), route(model, scores[unknown])))
-        # abstained rows run with their nearest task, and their prediction is dropped
-        task_ids[unknown] = torch.tensor(
-            [d.task if d.task is not None else int(scores[i].argmax()) for i, d in decisions.items()],
-            device=task_ids.device,
-        )
-    values = model.predict_values({**batch, "task_ids": task_ids}).tolist()
+    values, task_ids, routing = routed_values(model, batch)
+    values = values.tolist()
     rows = []
     for i, meta in enumerate(batch["meta"]):
-        task, decision = model.task_objects[int(task_ids[i])], decisions.get(i)
-        routed = float(similarity[i]) if decision is not None else None
+        task, decision = model.task_objects[int(task_ids[i])], routing.decisions.get(i)
+        routed = routing.similarity.get(i)
         if decision is not None and decision.task is None:
             row = input_fields(meta) | abstained_fields(decision, routed)
         else:
