@@ -78,7 +78,7 @@ def task_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def retrieval_vectors(model: PHAModel, batch: dict[str, Tensor]) -> Tensor:
+def retrieval_vectors(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Every example's retrieval vector ``z``, from the blocks up to the retrieval point."""
     if not routes(model):
         raise no_router_error(model.config.method)
@@ -105,7 +105,7 @@ class Routing:
     """The routing of a batch's rows that name no task, kept by row (``batch["row"]``) as the
     retrieval vectors of the rows come in (all at once, or chunk by chunk)."""
 
-    def __init__(self, model: PHAModel) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.decisions: dict[int, Decision] = {}
         self.similarity: dict[int, float] = {}
@@ -130,7 +130,7 @@ class Routing:
 
 
 @torch.no_grad()
-def routed_values(model: PHAModel, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Routing]:
+def routed_values(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Routing]:
     """Predicted values of a batch and the task ids they were predicted with; the rows that name
     no task are routed at the retrieval point of the same pass when the model can
     (:attr:`PHAModel.chooses_tasks_in_pass`), else by a retrieval pass over those rows first."""
