@@ -404,8 +404,10 @@ class PHAModel(nn.Module):
     @property
     def chooses_tasks_in_pass(self) -> bool:
         """Whether :meth:`forward` can choose the tasks at the retrieval point (``choose``): the blocks
-        below it carry shared adapters only (``pha``), the backbone is encoder-only and not sharded."""
-        return self.layout.source == "prototype" and self.family != "seq2seq" and not is_sharded(self)
+        below it carry shared adapters only and those above prototype-generated ones (``pha``), the
+        backbone is encoder-only and not sharded."""
+        below_shared = self.layout.shared >= self.split_layer
+        return self.layout.source == "prototype" and below_shared and self.family != "seq2seq" and not is_sharded(self)
 
     def forward(
         self, batch: dict[str, Tensor], chunked: bool = True, choose: ChooseTasks | None = None
@@ -424,7 +426,10 @@ class PHAModel(nn.Module):
         of it), and the generated weights are made there: routing costs no second pass below it.
         """
         if choose is not None and not self.chooses_tasks_in_pass:
-            raise ConfigError(f"method {self.config.method!r} on this backbone cannot choose tasks mid-pass")
+            raise ConfigError(
+                f"method {self.config.method!r} on a {self.family} backbone cannot choose tasks at the retrieval point "
+                "(only pha, encoder-only, unsharded: the blocks below it must not depend on the task); name the tasks"
+            )
         weights = None if choose is not None else self.batch_adapter_weights(batch["task_ids"])
         # sharded: every rank must make the same backbone calls (each gathers weights collectively)
         chunked = chunked and not is_sharded(self)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pha_lightning import PHAConfig, PHAModel
+from pha_lightning.errors import ConfigError
 from pha_lightning.model.prediction import example_batches, predict_rows
 
 TASKS = ["synth_polarity", "synth_match"]
@@ -81,3 +82,11 @@ def test_t5_runs_the_retrieval_pass_on_the_rows_that_name_no_task_only(tiny_t5: 
     rows_seen: list[int] = []
     model.backbone.encoder.block[0].register_forward_pre_hook(lambda _, args: rows_seen.append(len(args[0])))
     assert predicted_alike(model, rows_seen) == [2, 4]
+
+
+def test_choosing_tasks_mid_pass_is_refused_where_the_lower_blocks_depend_on_the_task(tiny_bert: str) -> None:
+    model = PHAModel(PHAConfig(backbone=tiny_bert, backbone_init="random", tasks=TASKS, method="hyperformer")).eval()
+    assert not model.chooses_tasks_in_pass
+    tokens = model.tokenizer(["two dogs"], return_tensors="pt")
+    with pytest.raises(ConfigError, match="method 'hyperformer' on a encoder backbone cannot choose tasks"):
+        model({**tokens, "task_ids": torch.tensor([-1])}, choose=lambda z, rows: rows["task_ids"])
