@@ -83,30 +83,34 @@ class Server:
                 self.process.wait()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ckpt = trained_checkpoint(tmp_path_factory)
-    root = tmp_path_factory.mktemp("serve")
-    bundle = root / "bundle"
-    run_pha("export", f"--ckpt_path={ckpt}", f"--output_dir={bundle}", cwd=root)
-    examples = root / "in.jsonl"
-    examples.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    output = root / "predictions.jsonl"
+def pha_predict(bundle: Path, examples: list[dict], root: Path) -> list[dict]:
+    """The rows `pha predict` writes for ``examples``, as the server answers them."""
+    path, output = root / "in.jsonl", root / "predictions.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
     run_pha(
         "predict",
         f"--ckpt_path={bundle}",
-        f"--data.predict_file={examples}",
+        f"--data.predict_file={path}",
         f"--predict_output={output}",
         "--trainer.enable_progress_bar=false",
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={root / 'run'}",
         cwd=root,
     )
-    return {"ckpt": ckpt, "bundle": bundle, "root": root, "predictions": output}
+    return [served_row(json.loads(line)) for line in output.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def server(trained: dict[str, Path]) -> Server:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    ckpt = trained_checkpoint(tmp_path_factory)
+    root = tmp_path_factory.mktemp("serve")
+    bundle = root / "bundle"
+    run_pha("export", f"--ckpt_path={ckpt}", f"--output_dir={bundle}", cwd=root)
+    return {"ckpt": ckpt, "bundle": bundle, "root": root, "expected": pha_predict(bundle, EXAMPLES, root)}
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict) -> Server:
     running = Server(
         trained["bundle"],
         trained["root"] / "server.log",
@@ -141,10 +145,10 @@ def test_health_and_tasks_list_inputs_and_label_spaces(server: Server) -> None:
     assert "labels" not in tasks["synth_score"] and len(tasks["synth_score"]["score_range"]) == 2
 
 
-def test_answers_equal_pha_predict(server: Server, trained: dict[str, Path]) -> None:
+def test_answers_equal_pha_predict(server: Server, trained: dict) -> None:
     """A list answers every example in order with the row `pha predict` wrote for it; one example
     alone gets its row as an object."""
-    expected = [served_row(json.loads(line)) for line in trained["predictions"].read_text().splitlines()]
+    expected = trained["expected"]
     response = server.post(EXAMPLES)
     assert response.status_code == 200, response.text
     answers = response.json()
@@ -160,23 +164,6 @@ def test_answers_equal_pha_predict(server: Server, trained: dict[str, Path]) -> 
     curl = server.post(EXAMPLES[1], headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert curl.status_code == 200, curl.text
     assert_rows_equal([curl.json()], [expected[1]])
-
-
-def pha_predict(bundle: Path, examples: list[dict], root: Path) -> list[dict]:
-    """The rows `pha predict` writes for ``examples``, as the server answers them."""
-    path, output = root / "in.jsonl", root / "predictions.jsonl"
-    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    run_pha(
-        "predict",
-        f"--ckpt_path={bundle}",
-        f"--data.predict_file={path}",
-        f"--predict_output={output}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.accelerator=cpu",
-        f"--trainer.default_root_dir={root / 'run'}",
-        cwd=root,
-    )
-    return [served_row(json.loads(line)) for line in output.read_text().splitlines()]
 
 
 def test_calibrated_model_answers_confidence_and_abstentions_as_pha_predict(
@@ -222,7 +209,7 @@ def test_64_concurrent_clients_each_get_their_own_answer(server: Server) -> None
         assert_rows_equal([response.json()], [reference[i]])
 
 
-def test_requests_batched_together_get_the_answers_they_get_alone(trained: dict[str, Path]) -> None:
+def test_requests_batched_together_get_the_answers_they_get_alone(trained: dict) -> None:
     """Requests of different tasks (and lists) in one batch: each gets what it gets alone."""
     api = PHAServingAPI(str(trained["bundle"]), ServeConfig(max_batch_size=8))
     api.setup("cpu")
@@ -289,7 +276,7 @@ def test_bad_requests_mixed_with_good_ones_fail_alone(server: Server) -> None:
     assert statuses == [200 if i % 4 else 422 for i in range(32)]
 
 
-def test_sigterm_finishes_requests_in_flight_and_exits(trained: dict[str, Path]) -> None:
+def test_sigterm_finishes_requests_in_flight_and_exits(trained: dict) -> None:
     """Served from the checkpoint: SIGTERM while a long request is predicted; the request still gets
     its answer, the process exits 143 within the bound, and the port is closed."""
     running = Server(trained["ckpt"], trained["root"] / "sigterm.log", "--accelerator=cpu", "--shutdown_timeout=60")
