@@ -636,7 +636,8 @@ def test_no_setting_is_left_unchecked(cls: type) -> None:
     checked = {
         f.name
         for f in dataclasses.fields(cls)
-        if re.fullmatch(r"(int|float|Literal\[.*\]|[A-Z][A-Za-z0-9]+)( \| None)?", str(f.type)) and f.name != "checkpoint"
+        if re.fullmatch(r"(int|float|Literal\[.*\]|[A-Z][A-Za-z0-9]+)( \| None)?", str(f.type))
+        and f.name != "checkpoint"
     }
     assert checked == set(valid_values(cls))
 
