@@ -313,7 +313,8 @@ def test_predictions_onto_a_full_disk(
         "--trainer.logger=false",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
     )
-    assert _error(err) == f"pha: error: cannot write predictions file '{output}': {FULL}"
+    # streaming writes its resume state beside the rows first (docs/production.md, "Predict on raw examples")
+    assert _error(err) == f"pha: error: cannot write prediction state file '{output}.partial.json': {FULL}"
     assert not [p for p in folder.iterdir() if p.name != "filler"]
 
 
