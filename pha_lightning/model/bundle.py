@@ -190,24 +190,30 @@ def _write_files(
 
 
 # ---------------------------------------------------------------------------------------- reading
+def read_format_config(folder: Path, expected_format: str, kind: str, expected: str = "") -> dict[str, Any]:
+    """A folder's ``config.json`` that must name ``expected_format`` (bundles and routers share the
+    layout); every failure is one :class:`BundleError` line naming the file."""
+    config_path = folder / CONFIG_NAME
+    try:
+        record = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{str(folder)!r} has no {CONFIG_NAME}: not a {kind}, or not completely copied") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{config_path} cannot be read: {err}") from None
+    if not isinstance(record, dict) or record.get("format") != expected_format:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise BundleError(f"{config_path} is not a {kind} config (format {found!r}{expected})")
+    return record
+
+
 def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     """The bundle's ``config.json``, checked for format and completeness and upgraded to the current
     format (:mod:`~pha_lightning.model.migration`); ``config`` holds the architecture."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle {str(path)!r} does not exist or is not a directory")
+    record = read_format_config(path, BUNDLE_FORMAT, "pha bundle")
     config_path = path / CONFIG_NAME
-    try:
-        record = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(
-            f"bundle {str(path)!r} has no {CONFIG_NAME}: not a pha bundle, or not completely copied"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{config_path} cannot be read: {err}") from None
-    if not isinstance(record, dict) or record.get("format") != BUNDLE_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise BundleError(f"{config_path} is not a pha adapter bundle config (format {found!r})")
     record = upgrade_bundle_record(record, str(config_path), BundleError)
     check_file_names(record, config_path)
     return record

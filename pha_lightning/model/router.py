@@ -29,6 +29,7 @@ from pha_lightning.model.bundle import (
     check_backbone,
     check_state_complete,
     check_state_fits,
+    read_format_config,
     read_tensors,
     task_spec,
 )
@@ -95,19 +96,7 @@ def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | 
 
 def read_router_config(path: str | os.PathLike) -> dict[str, Any]:
     """A router directory's ``config.json``, checked for format."""
-    config_path = Path(path) / CONFIG_NAME
-    try:
-        record = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(
-            f"{str(path)!r} has no {CONFIG_NAME}: not a router directory, or not completely copied"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{config_path} cannot be read: {err}") from None
-    if not isinstance(record, dict) or record.get("format") != ROUTER_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise BundleError(f"{config_path} is not a pha router config (format {found!r}, expected {ROUTER_FORMAT!r})")
-    return record
+    return read_format_config(Path(path), ROUTER_FORMAT, "pha router", f", expected {ROUTER_FORMAT!r}")
 
 
 def load_router_model(
