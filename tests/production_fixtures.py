@@ -173,3 +173,21 @@ def logged_scalars(version_dir: Path) -> dict[str, dict[int, float]]:
         for tag in events.Tags()["scalars"]:
             scalars.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
     return scalars
+
+
+#: a `pha fit` in seconds: the tiny BERT at random init on two synthetic tasks, 4 steps, validated at
+#: steps 2 and 4 on one batch (the sweep and logger tests' trial)
+TINY_RUN = [
+    "--data.tasks=[synth_polarity,synth_score]",
+    "--data.n_train=32",
+    "--data.batch_size=8",
+    "--data.eval_batch_size=16",
+    "--data.max_source_length=32",
+    "--model.arch.backbone_init=random",
+    "--trainer.accelerator=cpu",
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.check_val_every_n_epoch=null",
+    "--trainer.limit_val_batches=1",
+    "--trainer.num_sanity_val_steps=0",
+]

@@ -9,27 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from production_fixtures import PHA, pha_env, pha_error, run_pha
+from production_fixtures import PHA, TINY_RUN, pha_env, pha_error, run_pha
 
 from pha_lightning.cli.sweep_space import make_storage
 
-#: a trial in seconds: the tiny BERT at random init, 4 steps, validated at steps 2 and 4
-TINY_FIT = [
-    "--data.tasks=[synth_polarity,synth_score]",
-    "--data.n_train=32",
-    "--data.batch_size=8",
-    "--data.eval_batch_size=16",
-    "--data.max_source_length=32",
-    "--model.arch.backbone_init=random",
-    "--trainer.accelerator=cpu",
-    "--trainer.max_steps=4",
-    "--trainer.val_check_interval=2",
-    "--trainer.check_val_every_n_epoch=null",
-    "--trainer.limit_val_batches=1",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+#: a trial in seconds (production_fixtures.TINY_RUN)
+TINY_FIT = [*TINY_RUN, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def sweep_file(tmp_path: Path, space: object, **settings: object) -> str:

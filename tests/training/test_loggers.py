@@ -17,28 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from production_fixtures import pha_env, run_pha
+from production_fixtures import TINY_RUN, pha_env, run_pha
 
 pytestmark = pytest.mark.slow  # starts a server and trains
 
 MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-FIT = [
-    "fit",
-    "--data.tasks=[synth_polarity,synth_score]",
-    "--data.n_train=32",
-    "--data.batch_size=8",
-    "--data.eval_batch_size=16",
-    "--data.max_source_length=32",
-    "--model.arch.backbone_init=random",
-    "--trainer.accelerator=cpu",
-    "--trainer.max_steps=4",
-    "--trainer.val_check_interval=2",
-    "--trainer.check_val_every_n_epoch=null",
-    "--trainer.limit_val_batches=1",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-]
+FIT = ["fit", *TINY_RUN, "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
 #: the run folder's files every logger that stores files receives
 RUN_FILES = {"config.yaml", "health.json", "run_record.json"}
 #: the projector's replacement at the last validation (step 4)
