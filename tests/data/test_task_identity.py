@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from glue_fixtures import write_files
 from task_fingerprints import (
     SHARED_DATA,
     hub_fingerprints,
@@ -17,7 +18,6 @@ from task_fingerprints import (
     synthetic_fingerprints,
     task_properties,
 )
-from glue_fixtures import write_files
 
 RECORDED = json.loads((Path(__file__).parent / "task_fingerprints.json").read_text(encoding="utf-8"))
 
