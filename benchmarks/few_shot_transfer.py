@@ -43,9 +43,8 @@ import torch
 import yaml
 from lightning.pytorch import seed_everything
 
+from pha_lightning.data.catalog import get_task, parse_specs, portable_specs
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.specs import parse_specs, portable_specs
-from pha_lightning.data.tasks import get_task
 from pha_lightning.hub import backbone_family
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import feature_spread

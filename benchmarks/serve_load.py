@@ -98,7 +98,7 @@ class PeftAPI(ls.LitAPI):
         from peft import PeftModel
         from safetensors.torch import load_file
 
-        from pha_lightning.data.tasks import get_task
+        from pha_lightning.data.catalog import get_task
         from pha_lightning.hub import load_tokenizer, resolve_backbone_path
         from pha_lightning.model.backbone import backbone_class
         from pha_lightning.model.peft_export import HEAD_NAME
@@ -308,7 +308,7 @@ def measure(url: str, pid: int, bodies: list[bytes], concurrency: int, args: arg
 # ---------------------------------------------------------------------------------------- the run
 def request_stream(tasks: list[str], n: int) -> list[dict[str, Any]]:
     """``n`` validation examples, tasks interleaved, as ``{"task", <fields>}`` objects."""
-    from pha_lightning.data.tasks import get_task
+    from pha_lightning.data.catalog import get_task
 
     per_task = {name: get_task(name).load_split("validation") for name in tasks}
     stream = []

@@ -84,8 +84,8 @@ def worker(method: str, specs_file: Path, args: argparse.Namespace) -> dict:
     import torch
     from lightning.pytorch import Callback
 
+    from pha_lightning.data.catalog import portable_specs
     from pha_lightning.data.datamodule import PHADataModule
-    from pha_lightning.data.specs import portable_specs
     from pha_lightning.model.config import PHAConfig
     from pha_lightning.training.scripting import quiet_trainer
     from pha_lightning.training.settings import LossConfig, OptimConfig

@@ -84,7 +84,7 @@ def _protocol(task: Any, **options: Any) -> dict[str, Any]:
 
 
 def local_fingerprints(data_dir: Path) -> dict[str, Any]:
-    from pha_lightning.data.tasks import get_task
+    from pha_lightning.data.catalog import get_task
 
     out = {}
     for name in BENCHMARK_TASKS:
@@ -97,7 +97,7 @@ def local_fingerprints(data_dir: Path) -> dict[str, Any]:
 
 def hub_fingerprints() -> dict[str, Any]:
     """Records of the hub stand-ins the tests use (tests/glue_fixtures.py: hub-shaped datasets of EXPECTED)."""
-    from pha_lightning.data.tasks import get_task
+    from pha_lightning.data.catalog import get_task
 
     out: dict[str, Any] = {}
     for (name, official), records in sorted(EXPECTED.items()):
@@ -108,7 +108,7 @@ def hub_fingerprints() -> dict[str, Any]:
 
 
 def synthetic_fingerprints() -> dict[str, Any]:
-    from pha_lightning.data.tasks import available_tasks, get_task
+    from pha_lightning.data.catalog import available_tasks, get_task
 
     out = {}
     for name in available_tasks():
@@ -131,7 +131,7 @@ def listing() -> str:
 
 def task_properties() -> dict[str, Any]:
     """What every built-in task declares: label space, metrics, inputs, candidates, protocol."""
-    from pha_lightning.data.tasks import available_tasks, get_task
+    from pha_lightning.data.catalog import available_tasks, get_task
 
     out = {}
     for name in available_tasks():

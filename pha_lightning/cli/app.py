@@ -29,8 +29,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
 from pha_lightning.cli.quiet import hide_library_noise
+from pha_lightning.data.catalog import parse_specs, portable_specs
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
-from pha_lightning.data.specs import parse_specs, portable_specs
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.bundle import is_bundle, read_bundle_config

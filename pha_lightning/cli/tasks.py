@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import TYPE_CHECKING
 
-from pha_lightning.data.specs import FILE_SPLITS, SpecTask
-from pha_lightning.data.tasks import SPLITS, Task, available_tasks, get_task
+from pha_lightning.data.catalog import available_tasks, get_task
+from pha_lightning.data.schema import FILE_SPLITS
+from pha_lightning.data.spec_task import SpecTask
+from pha_lightning.data.tasks import SPLITS, Task
 
 if TYPE_CHECKING:
     from pha_lightning.data.datamodule import PHADataModule

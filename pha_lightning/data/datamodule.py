@@ -27,12 +27,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from pha_lightning.data.catalog import available_tasks, parse_specs, resolve_tasks
 from pha_lightning.data.examples import Collator, cap_chars
-from pha_lightning.data.glue import DataSource, resolve_source
+from pha_lightning.data.readers import DataSource, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
 from pha_lightning.data.sampling import SamplingMode, TemperatureBatchSampler
-from pha_lightning.data.specs import parse_specs, resolve_tasks
-from pha_lightning.data.tasks import Task, available_tasks
+from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write, sha256_of
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer

@@ -1,15 +1,14 @@
-"""Task abstraction and the registry that maps the names users write to task objects.
+"""The task abstraction (the catalogue of every task by name is :mod:`pha_lightning.data.catalog`).
 
 A task knows how to load its raw records and how to turn one record into model inputs for
 either backbone family: a text (pair) for encoder-only models, a ``"<task> field: …"`` source and
 a label string for the text-to-text (T5) path. Everything downstream — data module, metrics,
-model heads — only talks to this interface, so new benchmarks (GLUE, SuperGLUE, files or hub)
-plug in by registering more :class:`Task` objects.
+model heads — only talks to this interface: built-in benchmarks and users' tasks are spec files
+(:mod:`pha_lightning.data.schema`), and Python-defined tasks are registered with the catalogue.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,10 +17,6 @@ from typing import Any
 from pha_lightning.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-
-#: Modules whose ``builtin_tasks()`` give the built-in tasks. They are imported on the first
-#: lookup, because they import this module themselves (a top-level import would be circular).
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("pha_lightning.data.synthetic", "pha_lightning.data.glue")
 
 #: Regression targets of the text-to-text path are rounded to this step (data.md: STS-B uses 0.2;
 #: earlier codebases rounded to 0.1 by mistake).
@@ -206,46 +201,3 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
-
-
-_REGISTRY: dict[str, Task] = {}
-_BUILTIN: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> None:
-    """Make a Python-defined ``task`` available under ``task.name`` (tasks without code are
-    declared in configuration instead: :mod:`pha_lightning.data.specs`); a name is taken once."""
-    _load_builtin_tasks()
-    if task.name in _REGISTRY and _REGISTRY[task.name] is not task:
-        raise ConfigError(f"a task named {task.name!r} is already registered: {_REGISTRY[task.name]!r}")
-    _REGISTRY[task.name] = task
-
-
-def _load_builtin_tasks() -> None:
-    """Fill the catalogue with the built-in tasks, once; importing a module registers nothing."""
-    if _BUILTIN:
-        return
-    for module in BUILTIN_TASK_MODULES:
-        for task in importlib.import_module(module).builtin_tasks():
-            _BUILTIN[task.name] = task
-    _REGISTRY.update(_BUILTIN)
-
-
-def builtin_task_names() -> list[str]:
-    """Sorted names of the tasks that ship with the package."""
-    _load_builtin_tasks()
-    return sorted(_BUILTIN)
-
-
-def available_tasks() -> list[str]:
-    """Sorted names of every registered task."""
-    _load_builtin_tasks()
-    return sorted(_REGISTRY)
-
-
-def get_task(name: str) -> Task:
-    """Look a task up by name; an unknown name is an error that lists the valid ones."""
-    _load_builtin_tasks()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown task {name!r}; available tasks: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]

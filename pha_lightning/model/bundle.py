@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pha_lightning.data.specs import portable_data_settings
+from pha_lightning.data.schema import portable_data_settings
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_directory, sha256_of
@@ -139,7 +139,7 @@ def write_bundle(
 ) -> Path:
     """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
     and its weights, atomically. ``data`` keeps the input settings, not where the data or the cache
-    was (:func:`~pha_lightning.data.specs.portable_data_settings`; spec tasks travel in
+    was (:func:`~pha_lightning.data.schema.portable_data_settings`; spec tasks travel in
     ``config.task_specs``, without their files)."""
     if config.get("backbone_init") == "random":
         raise ConfigError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from pha_lightning.data.specs import parse_spec
+from pha_lightning.data.schema import parse_spec
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.hypernetwork import CALIBRATIONS, OUTPUT_SCALES, Calibration, OutputScaleMode
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets

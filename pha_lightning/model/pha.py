@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.data.specs import resolve_tasks
+from pha_lightning.data.catalog import resolve_tasks
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import backbone_family, load_tokenizer

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pha_lightning.data.specs import resolve_tasks
+from pha_lightning.data.catalog import resolve_tasks
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.bundle import check_state_complete

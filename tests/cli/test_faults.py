@@ -23,9 +23,9 @@ from production_fixtures import PHA, pha_env_with_tests, pha_error, tiny_fit_arg
 from safetensors import SafetensorError
 
 from pha_lightning.data import datamodule as datamodule_module
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule, checksum_path, tokenize_columns
 from pha_lightning.data.examples import CHARS_PER_TOKEN, encode_examples
-from pha_lightning.data.tasks import get_task
 from pha_lightning.files import atomic_write_text
 from pha_lightning.hub import load_tokenizer
 from pha_lightning.model import bundle as bundle_module

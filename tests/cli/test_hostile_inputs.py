@@ -20,9 +20,10 @@ from transformers import GPT2Config
 
 from pha_lightning import PHAModel
 from pha_lightning.cli.export import export_checkpoint
+from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
+from pha_lightning.data.catalog import available_tasks, get_task, register_task
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.glue import LARGE_TASK_VALIDATION_SIZE
-from pha_lightning.data.tasks import Task, available_tasks, get_task, register_task
+from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, DataError, PHAError
 from pha_lightning.model.bundle import WEIGHTS_NAME
 from pha_lightning.model.config import PHAConfig

@@ -62,7 +62,7 @@ def test_no_command_is_one_line_naming_the_commands() -> None:
 
 def test_tasks_listing_names_every_builtin_task() -> None:
     # the built-in tasks as a fresh process sees them: tests in this process register tasks of their own
-    builtin = run_python("-c", "from pha_lightning.data.tasks import available_tasks; print(*available_tasks())")
+    builtin = run_python("-c", "from pha_lightning.data.catalog import available_tasks; print(*available_tasks())")
     listed = [line.split()[0] for line in run_python("-c", IMPORTS_AFTER, "tasks").stdout.splitlines()[1:] if line]
     assert builtin.stdout.split() and listed[: len(builtin.stdout.split())] == builtin.stdout.split()
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule, subsample_groups
 from pha_lightning.data.examples import LABEL_PAD_ID
-from pha_lightning.data.tasks import get_task
 
 TASKS = ["synth_polarity", "synth_match", "synth_score"]
 MINILM = "pypi:all-MiniLM-L6-v2"

@@ -10,15 +10,13 @@ import datasets
 import pytest
 from glue_fixtures import EXPECTED, FILES, hub_dataset, write_files
 
-from pha_lightning.data.glue import (
-    GLUE_TASKS,
-    LARGE_TASK_VALIDATION_SIZE,
-    SUPERGLUE_TASKS,
-    mark_wsc_spans,
-    resolve_source,
-)
-from pha_lightning.data.tasks import available_tasks, get_task
+from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
+from pha_lightning.data.catalog import available_tasks, benchmark_tasks, get_task
+from pha_lightning.data.kinds import mark_wsc_spans
+from pha_lightning.data.readers import resolve_source
 from pha_lightning.errors import ConfigError, DataError
+
+GLUE_TASKS, SUPERGLUE_TASKS = benchmark_tasks("glue"), benchmark_tasks("superglue")
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
+from pha_lightning.data.catalog import benchmark_tasks, get_task
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.glue import GLUE_TASKS, LARGE_TASK_VALIDATION_SIZE, SUPERGLUE_TASKS
-from pha_lightning.data.tasks import get_task
 from pha_lightning.errors import ConfigError, DataError
+
+GLUE_TASKS, SUPERGLUE_TASKS = benchmark_tasks("glue"), benchmark_tasks("superglue")
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = [

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pha_lightning.data.examples import read_jsonl as read_prediction_file
-from pha_lightning.data.glue import read_jsonl as read_benchmark_file
-from pha_lightning.data.specs import read_table
+from pha_lightning.data.readers import read_jsonl as read_benchmark_file
+from pha_lightning.data.readers import read_table
 from pha_lightning.errors import DataError
 
 #: texts holding every character ``str.splitlines`` splits at that JSON allows raw inside a string

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pha_lightning.data.specs import SpecTask, parse_spec, parse_specs
+from pha_lightning.data.catalog import parse_specs
+from pha_lightning.data.schema import parse_spec
+from pha_lightning.data.spec_task import SpecTask
 from pha_lightning.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")

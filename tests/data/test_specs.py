@@ -10,8 +10,10 @@ import datasets
 import pytest
 
 from pha_lightning import PHAConfig, PHAModel
+from pha_lightning.data.catalog import parse_specs, resolve_tasks
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.specs import SpecTask, parse_spec, parse_specs, resolve_tasks
+from pha_lightning.data.schema import parse_spec
+from pha_lightning.data.spec_task import SpecTask
 from pha_lightning.errors import ConfigError, DataError
 
 MINILM = "pypi:all-MiniLM-L6-v2"

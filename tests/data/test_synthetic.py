@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from pha_lightning.data.catalog import available_tasks, get_task
 from pha_lightning.data.synthetic import (
     ANIMALS,
     DEFAULT_SIZES,
@@ -15,7 +16,7 @@ from pha_lightning.data.synthetic import (
     SyntheticTask,
     build_synthetic_suite,
 )
-from pha_lightning.data.tasks import SPLITS, available_tasks, format_regression_target, get_task
+from pha_lightning.data.tasks import SPLITS, format_regression_target
 
 NAMES = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 

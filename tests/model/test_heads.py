@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch import seed_everything
 from torch.nn import functional as F
 
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.tasks import get_task
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.heads import LabelWordHead, TaskHeads
 from pha_lightning.training.system import PHAModule

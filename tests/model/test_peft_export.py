@@ -17,9 +17,9 @@ from peft import LoraConfig, PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.synthetic import build_synthetic_suite
-from pha_lightning.data.tasks import get_task
 from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 
-from pha_lightning.data.tasks import get_task
+from pha_lightning.data.catalog import get_task
 from pha_lightning.model.prediction import input_fields, prediction_fields, task_fields
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pha_lightning.data.tasks import get_task
+from pha_lightning.data.catalog import get_task
 from pha_lightning.model.serving import RequestError, ServedTasks, served_row
 
 TASKS = ("synth_polarity", "synth_match", "synth_score")

@@ -11,9 +11,11 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from pha_lightning.data.glue import GLUE_TASKS, SUPERGLUE_TASKS
-from pha_lightning.data.tasks import INVALID, get_task
+from pha_lightning.data.catalog import benchmark_tasks, get_task
+from pha_lightning.data.tasks import INVALID
 from pha_lightning.training.metrics import build_task_metrics
+
+GLUE_TASKS, SUPERGLUE_TASKS = benchmark_tasks("glue"), benchmark_tasks("superglue")
 
 CLASSIFICATION = [name for name in (*GLUE_TASKS, *SUPERGLUE_TASKS) if name not in ("stsb", "multirc")]
 

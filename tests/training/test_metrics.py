@@ -6,8 +6,9 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.synthetic import SyntheticTask, draw_polarity
-from pha_lightning.data.tasks import INVALID, get_task
+from pha_lightning.data.tasks import INVALID
 from pha_lightning.training.metrics import build_task_metrics
 
 SIZES = {"train": 1, "validation": 1, "test": 1}
