@@ -91,6 +91,55 @@ def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
     assert layer_of("pha_lightning.training.system") not in {"data", "foundation", *ALLOWED["data"]}
 
 
+#: The data package's modules by level: each imports data modules of lower levels only, so the task
+#: abstraction and the schema know nothing of the files, the catalogue sits above every kind of
+#: task, and the data module above the catalogue.
+DATA_LEVELS: dict[str, int] = {
+    **{"tasks": 0, "sampling": 0},
+    **{"schema": 1, "examples": 1, "resume": 1, "synthetic": 1},
+    "readers": 2,
+    **{"benchmark": 3, "spec_task": 3},
+    "kinds": 4,
+    "catalog": 5,
+    "datamodule": 6,
+}
+
+
+def data_level_breaches(modules: dict[str, Path], levels: dict[str, int]) -> list[str]:
+    """Imports of a data module from one of its own level or above, and modules without a level."""
+    wrong = []
+    for name, path in sorted(modules.items()):
+        short = name.removeprefix("pha_lightning.data.")
+        if name == "pha_lightning.data" or not name.startswith("pha_lightning.data."):
+            continue
+        if short not in levels:
+            wrong.append(f"{name} has no level in DATA_LEVELS")
+            continue
+        for target in imported_modules(path, modules):
+            other = target.removeprefix("pha_lightning.data.")
+            if target.startswith("pha_lightning.data.") and levels.get(other, levels[short]) >= levels[short]:
+                wrong.append(f"{name} (level {levels[short]}) imports {target} (level {levels.get(other)})")
+    return wrong
+
+
+def test_the_data_package_is_layered() -> None:
+    assert data_level_breaches(source_modules(), DATA_LEVELS) == []
+
+
+def test_data_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    tasks, schema = tmp_path / "tasks.py", tmp_path / "schema.py"
+    tasks.write_text("def f():\n    from pha_lightning.data.catalog import get_task\n")
+    schema.write_text("from pha_lightning.data.tasks import Task\n")
+    modules = {
+        "pha_lightning.data.tasks": tasks,
+        "pha_lightning.data.schema": schema,
+        "pha_lightning.data.catalog": schema,
+    }
+    assert data_level_breaches(modules, {"tasks": 0, "schema": 1, "catalog": 5}) == [
+        "pha_lightning.data.tasks (level 0) imports pha_lightning.data.catalog (level 5)"
+    ]
+
+
 def import_circle(modules: dict[str, Path]) -> list[str]:
     """A circle of imports among ``modules`` (``[a, b, a]``), or ``[]`` when there is none."""
     graph = {name: imported_modules(path, modules) & set(modules) - {name} for name, path in modules.items()}

@@ -83,7 +83,9 @@ class BenchmarkTask(Task):
         fields = (*self.source_fields, *(self.spec.keep or ()), "label")
         if self.spec.columns is not None:  # a file without a header line: columns by position
             names = self.spec.columns
-            return TsvFormat({f: names.index(columns.get(f, f)) for f in fields}, header=False, encoding=self.spec.encoding)
+            return TsvFormat(
+                {f: names.index(columns.get(f, f)) for f in fields}, header=False, encoding=self.spec.encoding
+            )
         return TsvFormat({f: columns.get(f, f) for f in fields}, encoding=self.spec.encoding)
 
     # ------------------------------------------------------------------ official splits
@@ -335,5 +337,3 @@ def halve(records: list[dict], data_seed: int, task: str) -> tuple[list[dict], l
         [record for index, record in enumerate(records) if index in first],
         [record for index, record in enumerate(records) if index not in first],
     )
-
-

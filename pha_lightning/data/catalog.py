@@ -178,8 +178,6 @@ def portable_specs(
     return specs or None
 
 
-
-
 def resolve_tasks(names: Sequence[str], specs: Iterable[Any] = ()) -> list[Task]:
     """The task objects of ``names``: a spec (a :class:`TaskSpec` or its mapping) or a built-in task."""
     by_name = {s.name: s for s in (s if isinstance(s, TaskSpec) else parsed(s) for s in specs)}
@@ -191,4 +189,3 @@ def resolve_tasks(names: Sequence[str], specs: Iterable[Any] = ()) -> list[Task]
             + (f", and from data.task_specs: {sorted(by_name)}" if by_name else "")
         )
     return [task_of(by_name[n]) if n in by_name else get_task(n) for n in names]
-

@@ -82,8 +82,6 @@ def mark_wsc_spans(text: str, span1_index: int, span1_text: str, span2_index: in
     return " ".join(marked)
 
 
-
-
 COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
 
 
@@ -153,9 +151,7 @@ class WSCTask(BenchmarkTask):
     def _hub_rows_from_json(self, raw: dict, fmt: JsonlFormat, where: Where) -> list[dict]:
         target = raw.get("target")
         if not isinstance(target, dict) or "text" not in raw or "label" not in raw:
-            raise fail(
-                where, "expected {text, target: {span1_text, span1_index, span2_text, span2_index}, idx, label}"
-            )
+            raise fail(where, "expected {text, target: {span1_text, span1_index, span2_text, span2_index}, idx, label}")
         spans = self.spec.keep or ()
         missing = [key for key in spans if key not in target]
         if missing:

@@ -136,8 +136,6 @@ def _jsonl_rows(path: Path, task: str) -> Iterator[tuple[Where, dict[str, Any]]]
             yield where, row
 
 
-
-
 # --------------------------------------------------------------------------- source selection
 def resolve_source(source: str, data_dir: str | os.PathLike | None) -> tuple[Source, str | None]:
     """``(source, data_dir)`` to load from: ``auto`` means local files when a data directory is
@@ -198,8 +196,6 @@ def load_hub_split(task: str, path: str, config: str | None, split: str, revisio
             message = f"task {task!r}: could not load {what} from the hub: {type(err).__name__}: {err}"
         raise DataError(message) from None
     return dataset.to_list()
-
-
 
 
 class ColumnCount(Exception):

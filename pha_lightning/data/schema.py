@@ -482,7 +482,7 @@ def _benchmark_keys(name: str, raw: Mapping[str, Any], protocol: str | None, inp
     """The keys a benchmark with an official protocol gives (the built-in GLUE/SuperGLUE specs):
     how its files write labels and what each class means, the fields it keeps besides the inputs,
     and which file columns hold which fields, by format."""
-    given = [key for key in ("benchmark", "label_encoding", "meanings", "keep", "column_map") if key in raw]
+    given = [key for key in ("kind", "benchmark", "label_encoding", "meanings", "keep", "column_map") if key in raw]
     if protocol is None:
         if given:
             raise _fail(name, f"{given} describe a benchmark's official files: give them with a protocol")

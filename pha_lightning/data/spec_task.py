@@ -229,5 +229,3 @@ class SpecTask(Task):
                     f"task {self.name!r}: its {split} split is empty{how}; give more rows or smaller split sizes"
                 )
         return out
-
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from pha_lightning.data.schema import parse_spec
+from pha_lightning.data.catalog import parsed
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.hypernetwork import CALIBRATIONS, OUTPUT_SCALES, Calibration, OutputScaleMode
 from pha_lightning.model.lora import DEFAULT_LORA_TARGETS, check_lora_targets
@@ -153,7 +153,7 @@ class PHAConfig:
         if not self.tasks:
             raise ConfigError("a PHA model needs at least one task (model.arch.tasks, linked from data.tasks)")
         self.tasks = list(self.tasks)
-        self.task_specs = [parse_spec(spec).portable() for spec in self.task_specs or ()] or None
+        self.task_specs = [parsed(spec).portable() for spec in self.task_specs or ()] or None
         check_settings("model.arch", PHAConfig, self.to_dict())
         check_lora_targets(list(self.lora_targets or DEFAULT_LORA_TARGETS))
         if self.generated_output_scale != "none" and not generates_bottleneck_adapters(self.method, self.adapter_kind):

@@ -66,7 +66,7 @@ def test_every_fixture_file_loads(data_dir: Path) -> None:
     counts = {}
     for name in (*GLUE_TASKS, *SUPERGLUE_TASKS):
         task = get_task(name)
-        for official in task.spec.splits:
+        for official in task.official_names:
             counts[(name, official)] = len(task.load_official(official, "local", data_dir))
     assert counts[("cola", "dev")] == 2  # no final newline: the last row still counts
     assert counts[("multirc", "dev")] == 2 and counts[("wsc", "dev")] == 1
@@ -89,14 +89,14 @@ def test_hub_rows_give_the_same_records_as_local_files(
     from_hub = get_task(task).load_official(official, "hub")
     assert from_hub == get_task(task).load_official(official, "local", data_dir) == expected
     hub_path = "nyu-mll/glue" if spec.benchmark == "glue" else "aps/super_glue"
-    assert calls == [(hub_path, spec.hub_config, spec.splits[official].hub_split)]
+    assert calls == [(hub_path, spec.hub.name, spec.hub.splits[official])]
 
 
 def test_hub_split_names_and_configs() -> None:
-    assert get_task("mnli").spec.splits["dev"].hub_split == "validation_matched"
-    assert get_task("mnli").spec.splits["dev_mismatched"].hub_split == "validation_mismatched"
-    assert get_task("wsc").spec.hub_config == "wsc.fixed"
-    assert get_task("superglue_rte").spec.hub_config == "rte" and get_task("superglue_rte").hub_path == "aps/super_glue"
+    assert get_task("mnli").spec.hub.splits["dev"] == "validation_matched"
+    assert get_task("mnli").spec.hub.splits["dev_mismatched"] == "validation_mismatched"
+    assert get_task("wsc").hub_config == "wsc.fixed"
+    assert get_task("superglue_rte").hub_config == "rte" and get_task("superglue_rte").hub_path == "aps/super_glue"
     assert get_task("sst2").hub_path == "nyu-mll/glue"
 
 
@@ -496,4 +496,5 @@ def test_mnli_validation_is_mismatched_and_test_is_matched(data_dir: Path) -> No
 
 def test_fixture_files_cover_every_task() -> None:
     directories = {relative.split("/")[0] + "/" + relative.split("/")[1] for relative in FILES}
-    assert {get_task(name).spec.local_dir for name in (*GLUE_TASKS, *SUPERGLUE_TASKS)} <= directories
+    named = {str(Path(path).parent) for name in (*GLUE_TASKS, *SUPERGLUE_TASKS) for path in get_task(name).spec.paths}
+    assert named <= directories

@@ -47,7 +47,7 @@ def official() -> dict[tuple[str, str], list[dict]]:
     loaded = {}
     for name in (*GLUE_TASKS, *SUPERGLUE_TASKS):
         task = get_task(name)
-        for split in task.spec.splits:
+        for split in task.official_names:
             if task.has_local(split, SHARED_DATA):
                 loaded[(name, split)] = task.load_official(split, "local", SHARED_DATA)
     return loaded
