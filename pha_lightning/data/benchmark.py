@@ -47,8 +47,8 @@ class BenchmarkTask(Task):
     reads_external_data = True
 
     def __init__(self, spec: TaskSpec) -> None:
-        if spec.protocol is None or spec.hub is None or spec.files is None:
-            raise ConfigError(f"task {spec.name!r}: a benchmark task needs a protocol, its files and its hub dataset")
+        if spec.protocol is None:
+            raise ConfigError(f"task {spec.name!r}: a benchmark task needs an official protocol")
         self.spec = spec
         self.name = spec.name
         self.benchmark = spec.benchmark
@@ -62,17 +62,18 @@ class BenchmarkTask(Task):
         self.target_range = spec.regression
 
     @property
-    def hub_path(self) -> str:
-        return self.spec.hub.path  # type: ignore[union-attr]
+    def hub_path(self) -> str | None:
+        return None if self.spec.hub is None else self.spec.hub.path
 
     @property
     def hub_config(self) -> str | None:
-        return self.spec.hub.name  # type: ignore[union-attr]
+        return None if self.spec.hub is None else self.spec.hub.name
 
     @property
     def official_names(self) -> tuple[str, ...]:
         """The official splits of the benchmark (``train``, ``dev``, MNLI also ``dev_mismatched``)."""
-        return tuple(self.spec.files or ())
+        hub = self.spec.hub.splits if self.spec.hub is not None else {}
+        return tuple(dict.fromkeys((*(self.spec.files or ()), *hub)))
 
     def file_format(self, path: str) -> FileFormat:
         """How to read one of the benchmark's files: its columns (by format) and encoding."""
@@ -91,8 +92,10 @@ class BenchmarkTask(Task):
     # ------------------------------------------------------------------ official splits
     def local_path(self, official: str, data_dir: str | os.PathLike) -> tuple[Path, FileFormat]:
         """The file holding an official split under ``data_dir``: the first candidate that exists."""
-        listed = (self.spec.files or {})[official]
+        listed = (self.spec.files or {}).get(official, ())
         candidates = (listed,) if isinstance(listed, str) else listed
+        if not candidates:
+            raise DataError(f"task {self.name!r}: its spec names no file for its {official} split")
         base = Path(data_dir)
         for relative in candidates:
             if (base / relative).is_file():
@@ -138,7 +141,9 @@ class BenchmarkTask(Task):
                     yield where, row
 
     def _hub_rows(self, official: str) -> Iterator[tuple[Where, dict]]:
-        split = self.spec.hub.splits[official]  # type: ignore[union-attr]
+        if self.spec.hub is None or official not in self.spec.hub.splits:
+            raise DataError(f"task {self.name!r}: its spec names no hub dataset split for its {official} split")
+        split = self.spec.hub.splits[official]
         dataset = load_hub_split(self.name, self.hub_path, self.hub_config, split)
         origin = f"hub {self.hub_path} (config {self.hub_config}, split {split})"
         for position, row in enumerate(dataset):

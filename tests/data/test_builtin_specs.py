@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from pha_lightning.data.benchmark import BenchmarkTask
-from pha_lightning.data.catalog import benchmark_tasks, builtin_specs, get_task
+from pha_lightning.data.catalog import benchmark_tasks, builtin_specs, get_task, resolve_tasks
 from pha_lightning.data.kinds import KINDS
 from pha_lightning.data.schema import parse_spec
-from pha_lightning.errors import ConfigError
+from pha_lightning.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_TASKS = {
@@ -88,3 +88,27 @@ def test_an_installed_wheel_has_the_builtin_tasks(tmp_path: Path) -> None:
     )
     where, split = out.stdout.split()
     assert Path(where).is_relative_to(tmp_path / "site") and split == "validation_matched"
+
+
+def test_a_users_task_can_follow_an_official_protocol(tmp_path: Path) -> None:
+    """The schema is one: a user's spec with a protocol reads its official files like a built-in task."""
+    header = "id\ttext\tverdict\n"
+    (tmp_path / "train.tsv").write_text(header + "".join(f"{i}\tgood {i}\tyes\n" for i in range(4)), "utf-8")
+    (tmp_path / "dev.tsv").write_text(header + "".join(f"{i}\tbad {i}\tno\n" for i in range(6)), "utf-8")
+    spec = {
+        "name": "verdicts",
+        "inputs": ["text"],
+        "meanings": ["no", "yes"],
+        "label_encoding": "word",
+        "protocol": "small",
+        "benchmark": "glue",
+        "files": {"train": "train.tsv", "dev": "dev.tsv"},
+        "column_map": {"tsv": {"label": "verdict"}},
+    }
+    (task,) = resolve_tasks(["verdicts"], [spec])
+    splits = task.load_splits(["train", "validation", "test"], source="local", data_dir=str(tmp_path), data_seed=3)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [4, 3, 3]
+    assert splits["train"][1] == {"text": "good 1", "label": 1, "idx": 1}
+    assert sorted(r["text"] for r in splits["validation"] + splits["test"]) == [f"bad {i}" for i in range(6)]
+    with pytest.raises(DataError, match=r"task 'verdicts': its spec names no hub dataset split for its train split"):
+        task.load_official("train", "hub")
