@@ -389,3 +389,19 @@ def test_a_spec_without_files_serves_a_model_but_cannot_be_trained_on(tmp_path: 
     assert "files" not in portable and portable["labels"] == ["neg", "pos"]
     with pytest.raises(DataError, match=r"task 'mine' has no data source: .* give data.task_specs with its files"):
         SpecTask(parse_spec(portable)).load_splits(["train"])
+
+
+def test_each_spec_is_parsed_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The catalogue parses a spec once however many places ask (data module, config link, model)."""
+    from pha_lightning.data import catalog
+
+    parsed_names = []
+    real = catalog.parse_spec
+    monkeypatch.setattr(catalog, "parse_spec", lambda raw: parsed_names.append(raw["name"]) or real(raw))
+    raw = spec(name="parsed_once")
+    write_csv(tmp_path / "mine.csv")
+    for _ in range(3):
+        parse_specs([raw], str(tmp_path))
+    resolve_tasks(["parsed_once"], [raw])
+    PHAConfig(tasks=["parsed_once"], task_specs=[raw])
+    assert parsed_names.count("parsed_once") == 1  # (the built-in specs are parsed on the first lookup)
