@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import TYPE_CHECKING
 
-from pha_lightning.data.catalog import available_tasks, get_task
+from pha_lightning.data.catalog import available_tasks, builtin_task_names, get_task
 from pha_lightning.data.schema import FILE_SPLITS
 from pha_lightning.data.spec_task import SpecTask
 from pha_lightning.data.tasks import SPLITS, Task
@@ -50,7 +50,8 @@ def source_of(task: Task, data: PHADataModule) -> str:
         return f"spec, files {files} under {task.base_dir(data.data_dir)}{by_column}"
     if task.reads_external_data:
         source = data.source_options()
-        return f"built-in, {source['source']}" + (f" {source['data_dir']}" if source["data_dir"] else "")
+        origin = "built-in" if task.name in builtin_task_names() else "spec, official protocol"
+        return f"{origin}, {source['source']}" + (f" {source['data_dir']}" if source["data_dir"] else "")
     return "built-in, generated"
 
 

@@ -9,10 +9,12 @@ import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from pha_lightning.cli.tasks import source_of
 from pha_lightning.data.benchmark import BenchmarkTask
 from pha_lightning.data.catalog import benchmark_tasks, builtin_specs, get_task, resolve_tasks
 from pha_lightning.data.kinds import KINDS
@@ -112,3 +114,6 @@ def test_a_users_task_can_follow_an_official_protocol(tmp_path: Path) -> None:
     assert sorted(r["text"] for r in splits["validation"] + splits["test"]) == [f"bad {i}" for i in range(6)]
     with pytest.raises(DataError, match=r"task 'verdicts': its spec names no hub dataset split for its train split"):
         task.load_official("train", "hub")
+    data = SimpleNamespace(source_options=lambda: {"source": "local", "data_dir": "/d"})
+    assert source_of(task, data) == "spec, official protocol, local /d"  # what pha tasks --config says
+    assert source_of(get_task("rte"), data) == "built-in, local /d"
