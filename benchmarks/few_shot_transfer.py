@@ -29,7 +29,6 @@ tasks ranked by retrieval for each target, from the k support examples).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -42,6 +41,9 @@ from pathlib import Path
 import torch
 import yaml
 from lightning.pytorch import seed_everything
+from studylib.records import finished, run_missing
+from studylib.runs import pha_command
+from studylib.study import method_configs
 
 from pha_lightning.data.catalog import get_task, parse_specs, portable_specs
 from pha_lightning.data.datamodule import PHADataModule
@@ -77,14 +79,11 @@ def train_source(method: str, args: argparse.Namespace) -> str:
     root = done.parent
     if done.exists():
         return str(done)
-    pha = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
-    extra = ["--data.sampling=task"] if method == "hyperformer" else []
     cmd = [
-        pha,
+        *pha_command(),
         "fit",
         f"--config={args.source_config}",
-        f"--model.arch.method={method}",
-        *extra,
+        *(f"--config={path}" for path in method_configs(method)),  # hyperformer: one task per batch
         f"--trainer.default_root_dir={root}",
         "--trainer.enable_progress_bar=false",
         *args.source_args,
@@ -218,12 +217,6 @@ def write_rankings(args: argparse.Namespace) -> None:
     print(text)
 
 
-def finished(jsonl: Path) -> dict[str, dict]:
-    if not jsonl.exists():
-        return {}
-    return {row["run_id"]: row for row in map(json.loads, jsonl.read_text().splitlines()) if row}
-
-
 def write_table(rows: list[dict], path: Path) -> None:
     cells: dict[tuple[str, int, str], list[float]] = {}
     for row in rows:
@@ -334,16 +327,11 @@ def run_grid(args: argparse.Namespace, jsonl: Path) -> None:
     """Every (target, k, seed, variant) not yet in ``jsonl``, appending each finished row."""
     # seed outermost: an interrupted grid still covers every target and k for the first seeds
     grid = [(t, k, s, v) for s in args.seeds for t in args.targets for k in args.k for v in args.variants]
-    for index, (target, k, seed, variant) in enumerate(grid, 1):
-        if f"{variant}-{target}-k{k}-s{seed}" in finished(jsonl):
-            continue
-        row = run_one(variant, target, k, seed, args)
-        with jsonl.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(
-            f"[{index}/{len(grid)}] {row['run_id']}: {row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)",
-            flush=True,
-        )
+    run_missing(
+        [(f"{v}-{t}-k{k}-s{s}", lambda cell=(v, t, k, s): run_one(*cell, args)) for t, k, s, v in grid],
+        jsonl,
+        lambda row: f"{row['test']['test/avg']:.1f} ({row['wall_time_s']:.0f} s)",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,9 @@ import time
 from pathlib import Path
 
 import torch
-from throughput import BACKBONE, SUITES, build, load_average, time_evaluation  # benchmarks/ is on the path
+from studylib.reports import command_line, write_report
+from studylib.timing import load_average
+from studylib.workloads import BACKBONE, SUITES, build, time_evaluation
 
 WORKER = Path(__file__).with_name("peers_worker.py")
 #: variant → (tool, project method, length grouping, the project's settings: ``arch`` and ``optim`` keyword arguments)
@@ -320,7 +321,7 @@ def main() -> None:
             row |= derived(row) if spec["variant"] != "gemm" else {}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "steps"}), flush=True)
-    write_report(args, rows)
+    report(args, rows)
 
 
 # ---------------------------------------------------------------------- the report
@@ -402,12 +403,12 @@ def ratio_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
+def report(args: argparse.Namespace, rows: list[dict]) -> None:
     """The markdown tables and every measurement as JSON lines beside them."""
     shapes, peak = gemm_peak(rows)
     loads = [x for r in rows for x in r["load_average"]]
     versions = {k: v for r in rows for k, v in r.get("versions", {}).items() if k != "torch"}
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line()
     lines = [
         f"# pha-lightning against peft and AdapterHub ({BACKBONE}, local GLUE mix, n_train {args.n_train})",
         "",
@@ -432,12 +433,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
         *(f"| {shape} | {cpu:.1f} | {wall:.1f} |" for shape, (cpu, wall) in shapes.items()),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    with args.output.with_suffix(".jsonl").open("w") as f:
-        for row in rows:
-            f.write(json.dumps({**row, "command": command}) + "\n")
-    print("\n".join(lines))
+    write_report(args.output, lines, rows, command)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import OldTree, load_average
+from studylib.runs import OldTree
+from studylib.timing import load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = "import sys; from pha_lightning.cli import main; sys.argv[0] = 'pha'; sys.exit(main())"

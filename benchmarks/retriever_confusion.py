@@ -19,11 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from studylib.checkpoints import model_and_data
 
-from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.model.prediction import identify_tasks
-from pha_lightning.training.checkpoints import read_checkpoint
-from pha_lightning.training.system import load_system
 
 STAGES = {"validation": "validate", "test": "test"}
 
@@ -32,13 +30,7 @@ def confusion(
     ckpt_path: str, split: str = "validation", data_dir: str | None = None
 ) -> tuple[list[str], dict[int, Counter]]:
     """The task names and, per true task id, how often each task id was retrieved."""
-    checkpoint = read_checkpoint(ckpt_path)
-    model = load_system(checkpoint).eval().model
-    settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    if data_dir is not None:
-        settings["data_dir"] = data_dir
-    data = PHADataModule(**settings)
-    data.setup(STAGES[split])
+    model, data = model_and_data(ckpt_path, data_dir, (STAGES[split],))
     loaders = data.val_dataloader() if split == "validation" else data.test_dataloader()
     picked: dict[int, Counter] = {}
     with torch.no_grad():

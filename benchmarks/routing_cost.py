@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
-import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +25,11 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from studylib.reports import command_line, load_line, machine_line, write_report
+from studylib.serving_model import TASKS, lora_model, request_stream
+from studylib.timing import load_average, timed
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 STREAMS = ("named", "routed", "half")
 
 
@@ -67,8 +63,7 @@ def prediction_module(rev: str, folder: Path) -> ModuleType:
 
 
 def streams(tasks: list[str], n: int) -> dict[str, list[dict[str, Any]]]:
-    from serve_load import request_stream  # the validation stream serve_load.py sends
-
+    """The validation stream serve_load.py sends: every example named, none, and half."""
     named = request_stream(tasks, n)
     unnamed = [{k: v for k, v in example.items() if k != "task"} for example in named]
     return {
@@ -79,9 +74,8 @@ def streams(tasks: list[str], n: int) -> dict[str, list[dict[str, Any]]]:
 
 
 def cpu_ms_per_example(run: Callable[[], list[dict]], n: int) -> tuple[float, list[dict]]:
-    started = time.process_time()
-    rows = run()
-    return 1000 * (time.process_time() - started) / n, rows
+    rows, _, cpu = timed(run)
+    return 1000 * cpu / n, rows
 
 
 def same_rows(rows: list[dict], reference: list[dict]) -> bool:
@@ -99,15 +93,13 @@ def same_rows(rows: list[dict], reference: list[dict]) -> bool:
 
 def main() -> None:
     args = parse_args()
-    from serving import build  # benchmarks/serving.py: the PHA-LoRA model of the serving benchmarks
-
     from pha_lightning.model import prediction
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="this model has no routing calibration")  # random: no calibration
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="routing-cost-") as tmp:
-        model, _ = build(args, Path(tmp))  # from its bundle, precomputed adapters
+        model, _ = lora_model(args.backbone, args.tasks, args.lora_targets, Path(tmp))  # precomputed adapters
         variants = {"this tree": prediction}
         if args.baseline_rev:
             variants = {args.baseline_rev: prediction_module(args.baseline_rev, Path(tmp)), **variants}
@@ -123,13 +115,13 @@ def main() -> None:
                     )
                     times[name, stream].append(ms)
                 equal[stream] &= same_rows(rows["this tree"], next(iter(rows.values())))
-    write_report(args, variants, times, equal, (load_start, os.getloadavg()[0]))
+    report(args, variants, times, equal, (load_start, load_average()))
 
 
-def write_report(
+def report(
     args: argparse.Namespace, variants: dict, times: dict, equal: dict[str, bool], load: tuple[float, float]
 ) -> None:
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = command_line()
     lines = [
         f"# Routing cost in prediction ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
         "",
@@ -138,8 +130,7 @@ def write_report(
         *([f"**{args.note}**", ""] if args.note else []),
         f"CPU ms per example of `PHAModel.predict` ({args.examples} validation examples per stream, batches of "
         f"{args.batch_size}, one torch thread), median over {args.repeats} interleaved repetitions [range]; "
-        f"{platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}; 1-minute load average "
-        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end.",
+        f"{machine_line()}; {load_line(load)}.",
         "",
         "| code | " + " | ".join(STREAMS) + " | half / named |",
         "|---|" + "---|" * (len(STREAMS) + 1),
@@ -156,14 +147,8 @@ def write_report(
             "",
             "Rows equal to the baseline's: " + ", ".join(f"{s} {'yes' if equal[s] else 'NO'}" for s in STREAMS),
         ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    with args.output.with_suffix(".jsonl").open("w") as f:
-        for (name, stream), values in times.items():
-            f.write(
-                json.dumps({"code": name, "stream": stream, "cpu_ms_per_example": values, "command": command}) + "\n"
-            )
-    print("\n".join(lines))
+    rows = [{"code": name, "stream": stream, "cpu_ms_per_example": values} for (name, stream), values in times.items()]
+    write_report(args.output, lines, rows, command)
 
 
 if __name__ == "__main__":

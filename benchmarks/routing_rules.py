@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from studylib.checkpoints import model_and_data
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from pha_lightning.data.datamodule import PHADataModule, longest_first
+from pha_lightning.data.datamodule import longest_first
 from pha_lightning.model.calibration import (
     Calibration,
     RoutingConfig,
@@ -47,8 +48,6 @@ from pha_lightning.model.calibration import (
     unit_choice,
 )
 from pha_lightning.model.retriever import masked_mean
-from pha_lightning.training.checkpoints import read_checkpoint
-from pha_lightning.training.system import load_system
 
 SPLITS = ("train", "validation", "test")
 Scorer = Callable[[dict[str, Tensor]], Tensor]
@@ -71,14 +70,7 @@ def embed(ckpt_path: str, data_dir: str | None, test_max: int | None, cache: Pat
     out: dict[str, Any] = torch.load(cache, weights_only=True) if cache is not None and cache.exists() else {}
     if all(split in out for split in SPLITS):
         return out
-    checkpoint = read_checkpoint(ckpt_path)
-    model = load_system(checkpoint).eval().model
-    settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    if data_dir is not None:
-        settings["data_dir"] = data_dir
-    data = PHADataModule(**settings)
-    data.setup("fit")
-    data.setup("test")
+    model, data = model_and_data(ckpt_path, data_dir, ("fit", "test"))
     features: list[Tensor] = []
     hook = model.retriever.register_forward_hook(
         lambda _m, inputs, _out: features.append(masked_mean(inputs[0].float(), inputs[1]).cpu())

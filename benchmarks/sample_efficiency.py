@@ -1,8 +1,13 @@
 """The paper's sample-efficiency study: methods × n_train × seeds, each run through the ``pha`` CLI.
 
-    python benchmarks/sample_efficiency.py --config configs/glue_local_minilm.yaml \\
-        --methods adapter hyperformer hyperdecoder pha --n-train 100 500 --seeds 0 1 2 \\
-        --output-dir results/sample_efficiency -- --data.data_dir <data dir>
+    python benchmarks/sample_efficiency.py --study configs/studies/converged.yaml \\
+        --methods pha task_adapter -- --data.data_dir=<data dir>
+
+A study config (configs/studies/, :mod:`studylib.study`) names the base config, the protocol
+(configs/protocols/), the methods (each configs/methods/<name>.yaml; ``<method>+label_words``
+composes label_words.yaml after it), sizes, seeds and candidate rates; ``--methods`` picks the
+methods of one lane, and the flags below override the study's values. Without ``--study``,
+``--config`` and the flags make the study.
 
 Every run is its own ``pha fit … --test_after_fit true`` process; its per-task test metrics, the
 resolved config, the git commit, trainable parameters and wall time are appended to
@@ -12,39 +17,27 @@ stopped. Then ``table.md`` (mean ± std over seeds, per task and average) and ``
 (average test score against n_train per method, as the paper's Figure 2) are written from all
 the runs in the file. Arguments after ``--`` go to every ``pha fit`` unchanged.
 
-Method names are the module's methods (``pha``, ``adapter``, ``task_adapter``, ``hyperformer``,
-``hyperdecoder``, ``finetune``) plus PHA's ablations ``pha_no_ir``, ``pha_no_pro`` and
-``pha_no_contrastive`` (λ_IR = 0, λ_Pro = 0, both 0), ``pha_pro_infonce`` (L_Pro with the
-positive prototype in its denominator, standard InfoNCE, instead of the released code's
-exclusion: bounded below by 0), ``lora`` (shared LoRA) and ``pha_lora``
-(PHA generating LoRA, ``adapter_kind: lora``), PHA with a generator mechanism (:data:`MECHANISMS`,
-each the override file ``configs/methods/<name>.yaml``), and each of them as ``<method>+label_words``
-with the encoder's shared label-word output layer. HyperFormer runs use one task per batch, as
-the original (``--data.sampling task``); the other methods use mixed batches.
-
-With ``--tune-lr``, each method's learning rate is first chosen on the validation average at
-``--tune-n-train`` / ``--tune-seed`` (``chosen_lr.json``) by ``pha sweep``: one Optuna study per
-tuning cell (``tuning/study.db``), a grid over the listed rates it has not tried yet, each a trial
-that never sees test; the choice is the study's best trial, among every rate that cell was ever
-tuned at (an edge check adds a candidate, never hides one; rows of ``runs.jsonl`` from before the
-studies join them as finished trials). The chosen rate's grid cell is then trained and tested
-as every other cell; PHA's
-variants (:data:`PHA_VARIANTS`) and the ``+label_words`` variants take their base method's rate
-(``pha_lora`` is a method of its own: it is tuned). Every row records the tested (best validation)
-checkpoint's step, its validation average and the run's training-health summary, and
-``table.md`` adds paired differences (PHA − each baseline, same seeds; ``--pair-with`` pairs a
-chosen variant with every method, ``--with-runs`` reports another folder's rows too) and a per-run
-table that marks collapsed runs.
+With candidate rates, each tuned method's learning rate is first chosen on the validation average
+at the tuning cell (``chosen_lr.json``) by ``pha sweep``: one Optuna study per tuning cell
+(``tuning/study.db``), a grid over the listed rates it has not tried yet, each a trial that never
+sees test; the choice is the study's best trial, among every rate that cell was ever tuned at (an
+edge check adds a candidate, never hides one; rows of ``runs.jsonl`` from before the studies join
+them as finished trials). The chosen rate's grid cell is then trained and tested as every other
+cell. A method with ``rate_of`` in the study takes that method's rate, ``<method>+label_words``
+its base method's; a method with ``evaluates`` trains nothing (Arrow: each row evaluates the
+task_lora run of its cell). Every row records the tested (best validation) checkpoint's step, its
+validation average and the run's training-health summary, and ``table.md`` adds paired
+differences (PHA − each baseline, same seeds; ``--pair-with`` pairs a chosen variant with every
+method, ``--with-runs`` reports another folder's rows too) and a per-run table that marks
+collapsed runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -53,45 +46,19 @@ from pathlib import Path
 import optuna
 import torch
 import yaml
+from studylib.records import append_row, finished, run_missing, write_rows
+from studylib.reports import mean_std, number
+from studylib.runs import best_checkpoint, git_commit, pha_command, run_logged
+from studylib.study import Study, StudyMethod, load_study, method_configs
 
 from pha_lightning.cli.sweep import counts
 from pha_lightning.cli.sweep_space import make_storage
 from pha_lightning.training.checkpoints import resolve_last_checkpoint
 
-METHOD_ARGS: dict[str, list[str]] = {
-    "pha": ["--model.arch.method=pha"],
-    "pha_no_ir": ["--model.arch.method=pha", "--model.loss.lambda_ir=0"],
-    "pha_no_pro": ["--model.arch.method=pha", "--model.loss.lambda_pro=0"],
-    "pha_no_contrastive": ["--model.arch.method=pha", "--model.loss.lambda_ir=0", "--model.loss.lambda_pro=0"],
-    "pha_pro_infonce": ["--model.arch.method=pha", "--model.loss.pro_denominator=include_positive"],
-    "adapter": ["--model.arch.method=adapter"],
-    "lora": ["--model.arch.method=lora"],
-    "pha_lora": ["--model.arch.method=pha", "--model.arch.adapter_kind=lora"],
-    "task_adapter": ["--model.arch.method=task_adapter"],
-    "hyperformer": ["--model.arch.method=hyperformer", "--data.sampling=task"],
-    "hyperdecoder": ["--model.arch.method=hyperdecoder"],
-    "finetune": ["--model.arch.method=finetune"],
-    # the multi-task LoRA methods users pick today (issue 51; docs/method.md, "Multi-task LoRA baselines")
-    **{m: [f"--model.arch.method={m}"] for m in ("task_lora", "poly", "mhr", "mtl_lora", "arrow")},
-}
-#: methods with no training of their own: a row evaluates the run of the same cell (size, seed,
-#: rate) of another method, trained first if missing (``arrow``: Arrow's routing over the
-#: ``task_lora`` run's per-task LoRAs, without task labels); tuned on their own validation average
-EVALUATED_ON: dict[str, str] = {"arrow": "task_lora"}
-#: PHA with the generator mechanisms of issue 35, each an override file of configs/methods/
-#: (docs/method.md, "Beyond the paper: the generator's mechanisms"); screened at PHA's rate
-MECHANISMS: tuple[str, ...] = (
-    "pha_zero_scale", "pha_zero_scale_task", "pha_bounded", "pha_quiet", "pha_apart", "pha_mechanisms",
-)  # fmt: skip
-METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
-METHOD_ARGS.update({name: [f"--config={METHOD_CONFIGS / f'{name}.yaml'}"] for name in MECHANISMS})
-#: every method with the encoder's shared label-word output layer instead of one head per task
-#: (``<method>+label_words``; the encoder analogue of T5's shared vocabulary, docs/method.md)
-METHOD_ARGS.update(
-    {f"{m}+label_words": [*args, "--model.arch.output_layer=label_words"] for m, args in list(METHOD_ARGS.items())}
-)
-#: PHA with other loss settings: the same model, so they take PHA's learning rate (not tuned)
-PHA_VARIANTS: tuple[str, ...] = ("pha_no_ir", "pha_no_pro", "pha_no_contrastive", "pha_pro_infonce")
+
+def method_args(method: str) -> list[str]:
+    """A method's ``pha fit`` arguments: its override files of configs/methods/, nothing else."""
+    return [f"--config={path}" for path in method_configs(method)]
 
 
 def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str:
@@ -99,22 +66,7 @@ def run_id(method: str, n_train: int, seed: int, lr: float | None = None) -> str
 
 
 def finished_runs(jsonl: Path) -> dict[str, dict]:
-    if not jsonl.exists():
-        return {}
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    return {row["run_id"]: row for row in rows}
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    return out.stdout.strip() or "unknown"
-
-
-def pha_command() -> list[str]:
-    script = shutil.which("pha", path=str(Path(sys.executable).parent)) or shutil.which("pha")
-    if script is None:
-        raise SystemExit("the pha command is not installed: pip install -e . (or make install)")
-    return [script]
+    return finished(jsonl)
 
 
 def trainable_parameters(checkpoint: Path) -> int:
@@ -128,8 +80,9 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
 
     ``lr`` (when given) is the run's ``model.optim.learning_rate`` and part of its id.
     """
-    if method in EVALUATED_ON:
-        return evaluate_on(method, n_train, seed, args, lr)
+    entry = args.study.methods.get(method)
+    if entry is not None and entry.evaluates is not None:
+        return evaluate_on(method, entry.evaluates, n_train, seed, args, lr)
     rid = run_id(method, n_train, seed, lr)
     root = args.output_dir / "runs" / rid
     resume = resolve_last_checkpoint(root) if root.exists() else None
@@ -138,8 +91,8 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
     cmd = [
         *pha_command(),
         "fit",
-        f"--config={args.config}",
-        *METHOD_ARGS[method],
+        *args.study.fit_configs(),
+        *method_args(method),
         f"--data.n_train={n_train}",
         f"--seed_everything={seed}",
         "--test_after_fit=true",
@@ -172,14 +125,15 @@ def run_one(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: 
     }
 
 
-def evaluate_on(method: str, n_train: int, seed: int, args: argparse.Namespace, lr: float | None) -> dict:
-    """The row of a method without training of its own (:data:`EVALUATED_ON`): ``pha validate`` and
-    ``pha test`` of the source method's best checkpoint of the same cell, run as ``method``."""
+def evaluate_on(
+    method: str, trained_as: str, n_train: int, seed: int, args: argparse.Namespace, lr: float | None
+) -> dict:
+    """The row of a method without training of its own (the study's ``evaluates``): ``pha validate``
+    and ``pha test`` of the ``trained_as`` run's best checkpoint of the same cell, run as ``method``."""
     jsonl = args.output_dir / "runs.jsonl"
-    source = run_id(EVALUATED_ON[method], n_train, seed, lr)
+    source = run_id(trained_as, n_train, seed, lr)
     if source not in finished_runs(jsonl):
-        with jsonl.open("a") as handle:
-            handle.write(json.dumps(run_one(EVALUATED_ON[method], n_train, seed, args, lr)) + "\n")
+        append_row(jsonl, run_one(trained_as, n_train, seed, args, lr))
     trained = finished_runs(jsonl)[source]
     root = args.output_dir / "runs" / source
     best = best_checkpoint(root)
@@ -190,7 +144,7 @@ def evaluate_on(method: str, n_train: int, seed: int, args: argparse.Namespace, 
     start, metrics, commands = time.time(), {}, []
     for stage, name in (("validate", "val"), ("test", "test")):
         cmd = [
-            *pha_command(), stage, f"--config={configs[0]}", *METHOD_ARGS[method], f"--ckpt_path={best}",
+            *pha_command(), stage, f"--config={configs[0]}", *method_args(method), f"--ckpt_path={best}",
             f"--trainer.default_root_dir={out / stage}", "--trainer.enable_progress_bar=false",
         ]  # fmt: skip
         run_logged(cmd, out.parent / f"{rid}.log", f"{stage} of {rid}")
@@ -265,24 +219,6 @@ def retest(row: dict, args: argparse.Namespace) -> dict:
     return {**row, "test": metrics, "retested_commit": git_commit()}
 
 
-def run_logged(cmd: list[str], log: Path, what: str) -> None:
-    """Run a ``pha`` command offline with its output in ``log``; a failure names ``what`` and the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as handle:  # a resumed run appends to its log
-        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log}")
-
-
-def best_checkpoint(root: Path) -> Path:
-    """The run's best checkpoint: the one monitored checkpoint it keeps (``last*.ckpt`` are the
-    latest states, not the best). Two would mean two best-checkpoint records in one run folder."""
-    kept = [p for p in sorted(root.rglob("*.ckpt")) if not p.name.startswith("last")]
-    if len(kept) != 1:
-        raise SystemExit(f"expected one best checkpoint under {root}, found {[str(p) for p in kept] or 'none'}")
-    return kept[0]
-
-
 def task_scores(row: dict) -> dict[str, float]:
     """Each task's mean test metric (the quantity ``test/avg`` averages), plus ``avg``."""
     per_task: dict[str, list[float]] = {}
@@ -293,11 +229,6 @@ def task_scores(row: dict) -> dict[str, float]:
     scores = {task: statistics.mean(values) for task, values in per_task.items()}
     scores["avg"] = row["test"]["test/avg"]
     return scores
-
-
-def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
 
 
 def summarise(rows: list[dict]) -> dict[tuple[str, int], dict[str, list[float]]]:
@@ -318,7 +249,7 @@ def write_table(rows: list[dict], path: Path, candidates: tuple[str, ...] = ()) 
     header = ["method", "n_train", "seeds", "trainable params", *tasks, "avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (method, n_train), cell in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        values = [_mean_std(cell[t]) if t in cell else "—" for t in [*tasks, "avg"]]
+        values = [mean_std(cell[t]) if t in cell else "—" for t in [*tasks, "avg"]]
         lines.append(f"| {method} | {n_train} | {len(cell['avg'])} | {params[method]:,} | " + " | ".join(values) + " |")
     text = "Test metrics ×100, mean ± std over seeds (each task's mean metric; avg = mean over tasks).\n\n" + "\n".join(
         lines
@@ -424,9 +355,9 @@ def runs_table(rows: list[dict]) -> str:
             row.get("learning_rate") or "—",
             f"{row['test']['test/avg']:.1f}",
             f"{row.get('best_step', '—')} / {row.get('last_step', '—')}",
-            _number(row.get("best_val_avg"), ".1f"),
-            _number(health.get("max_top_axis_share"), ".2f"),
-            _number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
+            number(row.get("best_val_avg"), ".1f"),
+            number(health.get("max_top_axis_share"), ".2f"),
+            number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
             "yes" if collapsed(row) else "",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -457,11 +388,11 @@ def screening_table(rows: list[dict], references: list[dict], seed: int = 0) -> 
             row["n_train"],
             row["method"],
             row.get("learning_rate") or "—",
-            _number(val, ".1f"),
+            number(val, ".1f"),
             "—" if val is None or reference is None else f"{val - reference:+.1f}",
             f"{row.get('best_step', '—')} / {row.get('last_step', '—')}",
-            _number(health.get("max_top_axis_share"), ".2f"),
-            _number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
+            number(health.get("max_top_axis_share"), ".2f"),
+            number(_first_present(health.get("max_adapter_to_residual"), health.get("max_lora_to_base")), ".2f"),
             " ".join(f"{v:.2f}" for v in spread) if spread else "—",
             row.get("git_commit", "")[:8],
         ]
@@ -471,10 +402,6 @@ def screening_table(rows: list[dict], references: list[dict], seed: int = 0) -> 
 
 def _first_present(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def method_styles(methods: list[str]) -> dict[str, dict[str, str]]:
@@ -533,18 +460,22 @@ def write_plot(rows: list[dict], path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base pha config (task set, backbone, steps)")
+    parser.add_argument("--study", type=Path, help="a study config (configs/studies/); the flags below override it")
+    parser.add_argument("--config", type=Path, help="without --study: the base pha config (task set, backbone, steps)")
     parser.add_argument(
-        "--methods", nargs="+", default=["adapter", "hyperformer", "hyperdecoder", "pha"], choices=list(METHOD_ARGS)
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="the study's methods to run (one lane); without --study, names of configs/methods/ "
+        "(default: adapter hyperformer hyperdecoder pha)",
     )
-    parser.add_argument("--n-train", nargs="+", type=int, default=[100, 500, 1000])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--output-dir", type=Path, default=Path("results/sample_efficiency"))
+    parser.add_argument("--n-train", nargs="+", type=int, help="sizes (default: the study's, or 100 500 1000)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the study's, or 0 1 2)")
+    parser.add_argument("--output-dir", type=Path, help="default: the study's, or results/sample_efficiency")
     parser.add_argument(
         "--tune-lr",
         nargs="+",
         type=float,
-        default=[],
         metavar="LR",
         help="first run each method at these learning rates at --tune-n-train and --tune-seed, then "
         "choose the rate with the best validation average among every rate that cell has run at "
@@ -553,11 +484,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bracket",
         action="store_true",
+        default=None,
         help="after --tune-lr, while a method's best rate is the lowest or highest it was tried at, try the "
         "next rate of RATE_GRID beyond it (edge checks until the choice is bracketed, or the grid ends)",
     )
-    parser.add_argument("--tune-n-train", type=int, default=100)
-    parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument("--tune-n-train", type=int, help="the tuning cell's size (default: the study's, or 100)")
+    parser.add_argument("--tune-seed", type=int, help="the tuning cell's seed (default: the study's, or 0)")
     parser.add_argument(
         "--screen-against",
         type=Path,
@@ -570,7 +502,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pair-with",
         nargs="+",
         default=[],
-        choices=list(METHOD_ARGS),
         metavar="METHOD",
         help="in table.md, also pair these methods (e.g. a screening's winner) with every other method",
     )
@@ -594,7 +525,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.extra = extra
+    if (args.study is None) == (args.config is None):
+        parser.error("give a study config (--study) or a base config (--config), not both")
+    return resolve(args)
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the study: from its file, or made from the flags; a flag overrides the study's value."""
+    if args.study is not None:
+        study = load_study(args.study)
+    else:
+        methods = args.methods or ["adapter", "hyperformer", "hyperdecoder", "pha"]
+        study = Study(
+            config=args.config,
+            methods={name: StudyMethod(name) for name in methods},
+            output_dir=args.output_dir or Path("results/sample_efficiency"),
+            n_train=tuple(args.n_train or (100, 500, 1000)),
+            seeds=tuple(args.seeds or (0, 1, 2)),
+            rates=tuple(args.tune_lr or ()),
+        )
+        for name in methods:
+            method_configs(name)
+    unknown = [m for m in args.methods or [] if m not in study.methods]
+    if unknown:
+        raise SystemExit(f"--methods: {unknown[0]!r} is not a method of the study {args.study}: {', '.join(study.methods)}")
+    args.study = study
+    args.methods = args.methods or list(study.methods)
+    args.output_dir = args.output_dir or study.output_dir
+    args.seeds = args.seeds or list(study.seeds)
+    args.tune_lr = args.tune_lr or list(study.rates)
+    args.tune_n_train = study.tune["n_train"] if args.tune_n_train is None else args.tune_n_train
+    args.tune_seed = study.tune["seed"] if args.tune_seed is None else args.tune_seed
+    args.bracket = study.tune["bracket"] if args.bracket is None else args.bracket
+    args.screen_against = args.screen_against or study.screen_against
     return args
+
+
+def sizes(method: str, args: argparse.Namespace) -> list[int]:
+    """A method's sizes: ``--n-train``, else its own in the study, else the study's."""
+    entry = args.study.methods.get(method)
+    return args.n_train or list((entry and entry.n_train) or args.study.n_train)
+
+
+def tuned_methods(args: argparse.Namespace) -> list[str]:
+    """The methods that choose their own rate: not ``+``-composed, not taking another's (``rate_of``)."""
+    return [m for m in args.methods if "+" not in m and args.study.methods[m].rate_of is None]
 
 
 CHOSEN_LR = "chosen_lr.json"
@@ -602,18 +577,11 @@ CHOSEN_LR = "chosen_lr.json"
 
 def run_cells(cells: list[tuple[str, int, int, float | None]], args: argparse.Namespace, jsonl: Path) -> None:
     """Run every (method, n_train, seed, lr) not yet in ``jsonl``, appending each finished row."""
-    for index, (method, n_train, seed, lr) in enumerate(cells, 1):
-        rid = run_id(method, n_train, seed, lr)
-        if rid in finished_runs(jsonl):
-            print(f"[{index}/{len(cells)}] {rid}: done already, skipped", flush=True)
-            continue
-        row = run_one(method, n_train, seed, args, lr)
-        with jsonl.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(
-            f"[{index}/{len(cells)}] {rid}: test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s",
-            flush=True,
-        )
+    run_missing(
+        [(run_id(*cell), lambda cell=cell: run_one(*cell[:3], args, cell[3])) for cell in cells],
+        jsonl,
+        lambda row: f"test/avg {row['test']['test/avg']:.2f} in {row['wall_time_s']:.0f} s",
+    )
 
 
 #: the tuning studies (``pha sweep``'s storage), one per tuning cell, under the output folder
@@ -628,13 +596,15 @@ def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, fl
     """Each method's learning rate: the best validation score of its tuning study (never test)."""
     n_train, seed = args.tune_n_train, args.tune_seed
     rows = list(finished_runs(jsonl).values())
-    for method in args.methods:
-        tune_cell(method, n_train, seed, args, rows, args.tune_lr)
-    while args.bracket and (edges := edge_checks(tuned_rows(args, n_train, seed), args.methods, n_train, seed)):
+    methods = tuned_methods(args)
+    for method in methods:
+        entry = args.study.methods[method]
+        tune_cell(method, n_train, seed, args, rows, list(entry.rates) if entry.rates else args.tune_lr)
+    while args.bracket and (edges := edge_checks(tuned_rows(args, n_train, seed), methods, n_train, seed)):
         print(f"edge checks (a choice at the edge of the rates tried): {edges}", flush=True)
         for method, _, _, rate in edges:
             tune_cell(method, n_train, seed, args, rows, [rate])
-    chosen = best_rates(tuned_rows(args, n_train, seed), args.methods, n_train, seed)
+    chosen = best_rates(tuned_rows(args, n_train, seed), methods, n_train, seed)
     path = args.output_dir / CHOSEN_LR
     saved = read_chosen(path)
     saved.update(chosen)
@@ -675,7 +645,7 @@ def import_rows(study: optuna.Study, rows: list[dict], method: str, n_train: int
 def tuned_rows(args: argparse.Namespace, n_train: int, seed: int) -> list[dict]:
     """Every finished trial of the methods' tuning studies as a row (method, cell, rate, best_val_avg)."""
     rows = []
-    for method in args.methods:
+    for method in tuned_methods(args):
         study = tuning_study(args.output_dir / TUNING / "study.db", method, n_train, seed)
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             rows.append(
@@ -717,8 +687,8 @@ def tune_cell(
             *pha_command(),
             "sweep",
             f"--sweep={sweep_file}",
-            f"--config={args.config}",
-            *METHOD_ARGS[method],
+            *args.study.fit_configs(),
+            *method_args(method),
             f"--data.n_train={n_train}",
             f"--seed_everything={seed}",
             "--trainer.enable_progress_bar=false",
@@ -770,13 +740,21 @@ def read_chosen(path: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def lr_for(method: str, chosen: dict[str, float]) -> float | None:
-    """A method's chosen learning rate. Variants without their own take their base method's:
-    ``<method>+label_words`` that of ``<method>``, PHA's variants (loss settings) and mechanisms PHA's."""
+def lr_for(method: str, chosen: dict[str, float], study: Study) -> float | None:
+    """A method's chosen learning rate: its own, else that of the method whose rate it takes in the
+    study (``rate_of``), else, for ``<method>+<extra>``, that of ``<method>``."""
     if method in chosen:
         return chosen[method]
-    base = method.split("+")[0]
-    return chosen.get(base, chosen.get("pha") if base in (*PHA_VARIANTS, *MECHANISMS) else None)
+    entry = study.methods.get(method)
+    if entry is not None and entry.rate_of is not None:
+        return lr_for(entry.rate_of, chosen, study)
+    return lr_for(method.split("+")[0], chosen, study) if "+" in method else None
+
+
+def chosen_rates(output_dir: Path, study: Study) -> dict[str, float]:
+    """The rates chosen in ``output_dir``, over those of the study's ``reference_rates`` (never tuned here)."""
+    reference = read_chosen(study.reference_rates) if study.reference_rates else {}
+    return {**reference, **read_chosen(output_dir / CHOSEN_LR)}
 
 
 def reported_rows(jsonl: Path, others: list[Path]) -> list[dict]:
@@ -792,13 +770,14 @@ def reported_rows(jsonl: Path, others: list[Path]) -> list[dict]:
     return list(rows.values())
 
 
-def grid_rows(rows: list[dict], chosen_path: Path) -> list[dict]:
+def grid_rows(rows: list[dict], chosen: dict[str, float], study: Study) -> list[dict]:
     """The rows the report is about: without tuning, all; with it, each method's chosen rate only."""
-    chosen = read_chosen(chosen_path)
     if not chosen:
         return rows
     return [
-        row for row in rows if row.get("learning_rate") is None or lr_for(row["method"], chosen) == row["learning_rate"]
+        row
+        for row in rows
+        if row.get("learning_rate") is None or lr_for(row["method"], chosen, study) == row["learning_rate"]
     ]
 
 
@@ -814,22 +793,29 @@ def main(argv: list[str] | None = None) -> None:
         for rid in args.retest:
             rows[rid] = retest(rows[rid], args)
             print(f"{rid}: retested, test/avg {rows[rid]['test']['test/avg']:.2f}", flush=True)
-        jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
+        write_rows(jsonl, rows.values())
     elif not args.report_only:
-        if args.tune_lr:
+        if args.tune_lr and tuned_methods(args):
             choose_learning_rates(args, jsonl)
-        chosen = read_chosen(args.output_dir / CHOSEN_LR)
+        chosen = chosen_rates(args.output_dir, args.study)
         # seed outermost: an interrupted grid still has every method and size for the first seeds
-        cells = [(m, n, s, lr_for(m, chosen)) for s in args.seeds for n in args.n_train for m in args.methods]
+        every_size = sorted({n for m in args.methods for n in sizes(m, args)})
+        cells = [
+            (m, n, s, lr_for(m, chosen, args.study))
+            for s in args.seeds
+            for n in every_size
+            for m in args.methods
+            if n in sizes(m, args)
+        ]
         run_cells(cells, args, jsonl)
-    rows = grid_rows(reported_rows(jsonl, args.with_runs), args.output_dir / CHOSEN_LR)
+    rows = grid_rows(reported_rows(jsonl, args.with_runs), chosen_rates(args.output_dir, args.study), args.study)
     if not rows:
         raise SystemExit(f"no finished runs in {jsonl}")
     print(write_table(rows, args.output_dir / "table.md", candidates=tuple(args.pair_with)))
     write_plot(rows, args.output_dir / "plot.png")
     if args.screen_against:
         references = grid_rows(list(finished_runs(args.screen_against / "runs.jsonl").values()),
-                               args.screen_against / CHOSEN_LR)  # fmt: skip
+                               read_chosen(args.screen_against / CHOSEN_LR), args.study)  # fmt: skip
         screening = screening_table(rows, references)
         (args.output_dir / "screening.md").write_text(screening + "\n")
         print(screening)

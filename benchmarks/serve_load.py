@@ -29,10 +29,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import resource
-import shlex
 import signal
 import socket
 import statistics
@@ -49,10 +47,12 @@ import httpx
 import litserve as ls
 import psutil
 import torch
+from studylib.reports import command_line, load_line, machine_line, write_report
+from studylib.serving_model import TASKS, lora_model, request_stream
+from studylib.timing import load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 PHA = str(Path(sys.executable).with_name("pha"))
-TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 #: the malformed requests of the soak: not JSON, an unknown task, a missing field, a wrong type, an empty list
 MALFORMED: tuple[bytes, ...] = (
     b'{"task": "synth_polarity", "sentence": ',
@@ -306,19 +306,6 @@ def measure(url: str, pid: int, bodies: list[bytes], concurrency: int, args: arg
 
 
 # ---------------------------------------------------------------------------------------- the run
-def request_stream(tasks: list[str], n: int) -> list[dict[str, Any]]:
-    """``n`` validation examples, tasks interleaved, as ``{"task", <fields>}`` objects."""
-    from pha_lightning.data.catalog import get_task
-
-    per_task = {name: get_task(name).load_split("validation") for name in tasks}
-    stream = []
-    for i in range(n):
-        task = get_task(tasks[i % len(tasks)])
-        record = per_task[task.name][(i // len(tasks)) % len(per_task[task.name])]
-        stream.append({"task": task.name, **{field: record[field] for field in task.source_fields}})
-    return stream
-
-
 def offline_reference(bundle: Path, pha_bodies: list[dict], folder: Path) -> tuple[dict[str, Any], list[dict]]:
     """``pha predict`` on the examples: wall and CPU seconds, peak RSS, and its rows."""
     examples, output = folder / "stream.jsonl", folder / "predict.jsonl"
@@ -396,14 +383,12 @@ def main() -> None:
     if args.peft_server is not None:
         run_peft_server(args)
         return
-    from serving import build  # benchmarks/serving.py: the same PHA-LoRA model, bundle and peft export
-
     torch.set_num_threads(1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         folder = Path(tmp)
-        model, export = build(args, folder)
+        model, export = lora_model(args.backbone, args.tasks, args.lora_targets, folder)
         # with the data settings pha predict reads from a bundle (the tasks, the source length)
         bundle = model.save_pretrained(
             folder / "bundle", precompute=True, overwrite=True, data={"tasks": args.tasks, "max_source_length": 128}
@@ -449,10 +434,10 @@ def main() -> None:
         finally:
             for process, _ in servers.values():
                 stop(process)
-    write_report(args, points, offline, same, soaked, (load_start, os.getloadavg()[0]))
+    report(args, points, offline, same, soaked, (load_start, load_average()))
 
 
-def write_report(
+def report(
     args: argparse.Namespace,
     points: list[dict],
     offline: dict,
@@ -460,7 +445,7 @@ def write_report(
     soaked: dict | None,
     load: tuple[float, float],
 ) -> None:
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = command_line()
     lines = [
         f"# pha serve under load against a peft server ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
         "",
@@ -469,8 +454,7 @@ def write_report(
         *([f"**{args.note}**", ""] if args.note else []),
         f"{args.seconds:g} s per point after {args.warmup:g} s of warm-up; LitServe max_batch_size {args.max_batch_size}, "
         f"batch_timeout {args.batch_timeout:g} s, one inference worker, one torch thread, accelerator {args.accelerator}; "
-        f"{platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, litserve {ls.__version__}; "
-        f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (the client shares the cores).",
+        f"{machine_line()}, litserve {ls.__version__}; {load_line(load)} (the client shares the cores).",
         "",
         "| concurrency | server | requests/s | pha / peft | p50 ms | p99 ms | p99 / p50 | server CPU ms / request | peak PSS MB | failed |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -503,11 +487,8 @@ def write_report(
             f"{soaked['memory_first_mb']:.0f} MB over the first {soaked['memory_window_s']:.0f} s, "
             f"{soaked['memory_last_mb']:.0f} MB over the last.",
         ]
-    args.output.write_text("\n".join(lines) + "\n")
-    with args.output.with_suffix(".jsonl").open("w") as f:
-        for row in [*points, {"offline": offline, "agreement": same}, *([{"soak": soaked}] if soaked else [])]:
-            f.write(json.dumps({**row, "command": command}) + "\n")
-    print("\n".join(lines))
+    rows = [*points, {"offline": offline, "agreement": same}, *([{"soak": soaked}] if soaked else [])]
+    write_report(args.output, lines, rows, command)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,7 @@ the raw rows as JSON lines beside it.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,15 +33,17 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from studylib.reports import command_line, load_line, machine_line, write_report
+from studylib.serving_model import TASKS, lora_model
+from studylib.timing import load_average
 
-from pha_lightning import PHAConfig, PHAModel
+from pha_lightning import PHAModel
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
-from pha_lightning.model.peft_export import HEAD_NAME, write_peft_export
+from pha_lightning.model.peft_export import HEAD_NAME
 from pha_lightning.model.retriever import masked_mean
 
-TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]
 VARIANTS = ("pha", "peft_mixed", "peft_grouped", "merged", "base")
 Batch = dict[str, torch.Tensor]
 
@@ -65,28 +62,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=Path("results/serving/serving.md"))
     return parser.parse_args()
-
-
-def build(args: argparse.Namespace, folder: Path) -> tuple[PHAModel, Path]:
-    """A PHA-LoRA model with non-zero factors, its bundle (precomputed adapters) and its peft export."""
-    torch.manual_seed(0)
-    model = PHAModel(
-        PHAConfig(
-            backbone=args.backbone,
-            tasks=args.tasks,
-            adapter_kind="lora",
-            lora_targets=args.lora_targets,
-            chunk_cost_tokens=None,  # every variant runs the same padded batches
-        )
-    )
-    with torch.no_grad():
-        for shared in model.shared_adapters:
-            shared.b.weight.normal_(0.0, 0.05)
-        for head in model.hypernetwork.b_heads:
-            head.init_uniform(0.05)
-    model.save_pretrained(folder / "bundle", precompute=True)
-    write_peft_export(model, folder / "export", merge=True)
-    return PHAModel.from_pretrained(folder / "bundle").eval(), folder / "export"
 
 
 def batches(args: argparse.Namespace, sampling: str) -> list[Batch]:
@@ -211,9 +186,9 @@ def measure(serve: dict[str, Callable[[Batch], torch.Tensor]], data: list[Batch]
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as folder:
-        model, export = build(args, Path(folder))
+        model, export = lora_model(args.backbone, args.tasks, args.lora_targets, Path(folder))
         serve = servers(model, export, args.tasks)
         results = {sampling: measure(serve, batches(args, sampling), args) for sampling in args.sampling}
         sizes = {
@@ -221,21 +196,20 @@ def main() -> None:
             "peft_per_task": directory_mb(export / "peft" / args.tasks[0]),
             "merged_per_task": directory_mb(export / "merged" / args.tasks[0]),
         }
-    write_report(args, results, sizes, (load_before, os.getloadavg()[0]))
+    report(args, results, sizes, (load_before, load_average()))
 
 
-def write_report(args: argparse.Namespace, results: dict[str, dict], sizes: dict, load: tuple[float, float]) -> None:
+def report(args: argparse.Namespace, results: dict[str, dict], sizes: dict, load: tuple[float, float]) -> None:
     """The markdown table (median examples/s per variant and batch kind) and the raw rows as JSON lines."""
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line()
     lines = [
         f"# Serving throughput ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
         "",
         f"`{command}`",
         "",
         f"{args.batches} batches of {args.batch_size} per repetition, {args.repeats} interleaved repetitions, "
-        f"{args.threads} torch thread(s), {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other processes share the cores: "
+        f"{machine_line(args.threads)}; {load_line(load)} (other processes share the cores: "
         "wall-clock rates are noisy, CPU time per example less so).",
         "",
         "| batches | variant | examples/s (median) | range | CPU ms / example | max abs diff to pha |",
@@ -259,12 +233,8 @@ def write_report(args: argparse.Namespace, results: dict[str, dict], sizes: dict
         f"per task, merged checkpoint {sizes['merged_per_task']:.1f} MB per task.",
         "",
     ]
-    args.output.write_text("\n".join(lines))
-    with args.output.with_suffix(".jsonl").open("w") as f:
-        for sampling, result in results.items():
-            for row in result["rows"]:
-                f.write(json.dumps({**row, "batches": sampling, "command": command}) + "\n")
-    print("\n".join(lines))
+    rows = [{**row, "batches": sampling} for sampling, result in results.items() for row in result["rows"]]
+    write_report(args.output, lines, rows, command)
 
 
 if __name__ == "__main__":

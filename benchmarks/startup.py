@@ -17,7 +17,6 @@ uncached ``pha fit --help`` says where its import time goes, summed by top-level
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -28,7 +27,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from throughput import OldTree, load_average
+from studylib.reports import command_line, write_report
+from studylib.runs import OldTree
+from studylib.timing import load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what the ``pha`` console script runs
@@ -162,10 +163,7 @@ def main() -> None:
         *(f"| {name} | {seconds:.2f} |" for name, seconds in packages[: options.top]),
         "",
     ]
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text("\n".join(lines))
-    options.output.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    print("\n".join(lines))
+    write_report(options.output, lines, rows, command_line())
 
 
 if __name__ == "__main__":

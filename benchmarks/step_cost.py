@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from studylib.workloads import optimizer_step
 from transformers import T5Config
 
 METHODS = (
@@ -88,15 +89,6 @@ def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> di
         labels[:, -1] = 1  # eos
         batch["labels"] = labels
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast) -> None:
-    """One training step as the Trainer makes it: the loss under ``autocast``, backward, update."""
-    with autocast:
-        loss = model.loss_terms(batch)["loss"]
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def module_args(method: str) -> dict[str, str]:

@@ -29,29 +29,15 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from studylib.records import write_rows
+from studylib.runs import OldTree
+from studylib.timing import load_average
+from studylib.workloads import BACKBONE, SUITES, build, classes, optimizer_step, time_evaluation
+
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONE = "pypi:all-MiniLM-L6-v2"
-SUITES: dict[str, dict] = {
-    "glue": {
-        "tasks": ["cola", "sst2", "mrpc", "stsb", "rte"],
-        "max_source_length": 128,
-        "temperature": 10.0,
-        "source": "local",
-        "split_validation_test": True,
-        "data_seed": 42,
-        "eval_batch_size": 128,
-    },
-    "synthetic": {
-        "tasks": ["synth_polarity", "synth_category", "synth_match", "synth_score"],
-        "max_source_length": 48,
-        "temperature": 2.0,
-        "eval_batch_size": 100,
-    },
-}
 #: variant → (tree: "old" or "new", model keyword arguments, bf16 autocast)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "old": ("old", {}, False),
@@ -61,56 +47,9 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
 }
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def classes() -> tuple[type, type]:
-    """``(PHADataModule, PHAModule)`` of the tree on the path, in its layout: the package split
-    (issue 13) moved them, and older commits are measured too."""
-    import pha_lightning
-
-    if (Path(pha_lightning.__file__).parent / "training").is_dir():
-        from pha_lightning.data.datamodule import PHADataModule
-        from pha_lightning.training.system import PHAModule
-    else:
-        from pha_lightning.datamodule import PHADataModule
-        from pha_lightning.module import PHAModule
-    return PHADataModule, PHAModule
-
-
-def build(spec: dict):
-    """Data module (set up for fit) and model for one measurement, from ``pha_lightning`` on the path."""
-    import torch
-
-    PHADataModule, PHAModule = classes()
-
-    suite = dict(SUITES[spec["suite"]])
-    if suite.get("source") == "local":
-        suite["data_dir"] = spec["data_dir"]
-    if spec["suite"] == "glue":
-        suite["n_train"] = spec["n_train"]
-    data = PHADataModule(backbone=BACKBONE, batch_size=spec["batch_size"], seed=0, **suite)
-    data.setup("fit")
-    # the same evenly spaced validation examples in every tree (at most eval_examples per task)
-    data.datasets["validation"] = [
-        d.select(range(0, len(d), -(-len(d) // spec["eval_examples"]))) for d in data.datasets["validation"]
-    ]
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    arch = {"backbone": BACKBONE, "tasks": suite["tasks"], "method": spec["method"], **spec["model_kwargs"]}
-    if "arch" in inspect.signature(PHAModule).parameters:  # settings grouped by concern (issue 29)
-        from pha_lightning.model.config import PHAConfig
-
-        return data, PHAModule(PHAConfig(**arch))
-    return data, PHAModule(**arch)
-
-
 def time_training(model, data, spec: dict) -> dict:
     """Seconds and real tokens of ``steps`` optimizer steps after ``warmup`` unmeasured ones."""
     import torch
-    from step_cost import optimizer_step  # benchmarks/ is on the path: it is this script's folder
 
     model.configure_model()  # the system builds its model there (a no-op hook on older commits)
     model.train()
@@ -140,23 +79,6 @@ def time_training(model, data, spec: dict) -> dict:
         "train_median_step_cpu_s": statistics.median(step_cpu_times),
         "train_real_fraction": tokens / padded,
     }
-
-
-def time_evaluation(model, loaders, bf16: bool) -> tuple[float, float, float]:
-    """(seconds, CPU seconds, real tokens) of predicting every batch of ``loaders``."""
-    import torch
-
-    model.eval()
-    seconds = cpu_seconds = tokens = 0.0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for loader in loaders:
-            for batch in loader:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                getattr(model, "model", model).predict_values(batch)  # the network; the system itself before the split
-                seconds += time.perf_counter() - start
-                cpu_seconds += time.process_time() - cpu_start
-                tokens += float(batch["attention_mask"].sum())
-    return seconds, cpu_seconds, tokens
 
 
 def default_validation_seconds(model, spec: dict, bf16: bool) -> tuple[float, float] | None:
@@ -274,26 +196,6 @@ def step_ratio_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-class OldTree:
-    """``git worktree add`` of ``commit`` into a temporary directory, removed on exit."""
-
-    def __init__(self, commit: str) -> None:
-        self.commit = commit
-        self.path = Path(tempfile.mkdtemp(prefix="pha-old-")) / "tree"
-
-    def __enter__(self) -> Path:
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(self.path), self.commit],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["git", "worktree", "remove", "--force", str(self.path)], cwd=ROOT, check=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old-commit", default="9f80f1a", help="the commit to compare against")
@@ -355,7 +257,7 @@ def main() -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
-        args.output.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_rows(args.output.with_suffix(".jsonl"), rows)
 
 
 if __name__ == "__main__":

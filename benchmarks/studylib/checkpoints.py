@@ -1,0 +1,23 @@
+"""A trained checkpoint with the data it was trained on: what the analyses of a finished run
+(routing rules, retrieval confusion) start from."""
+
+from __future__ import annotations
+
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.model.pha import PHAModel
+from pha_lightning.training.checkpoints import read_checkpoint
+from pha_lightning.training.system import load_system
+
+
+def model_and_data(ckpt_path: str, data_dir: str | None, stages: tuple[str, ...]) -> tuple[PHAModel, PHADataModule]:
+    """The checkpoint's model (eval mode) and its data module, rebuilt from the data settings the
+    checkpoint recorded (``data_dir`` replacing the recorded folder when given) and set up for ``stages``."""
+    checkpoint = read_checkpoint(ckpt_path)
+    model = load_system(checkpoint).eval().model
+    settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
+    if data_dir is not None:
+        settings["data_dir"] = data_dir
+    data = PHADataModule(**settings)
+    for stage in stages:
+        data.setup(stage)
+    return model, data
