@@ -548,7 +548,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             method_configs(name)
     unknown = [m for m in args.methods or [] if m not in study.methods]
     if unknown:
-        raise SystemExit(f"--methods: {unknown[0]!r} is not a method of the study {args.study}: {', '.join(study.methods)}")
+        raise SystemExit(
+            f"--methods: {unknown[0]!r} is not a method of the study {args.study}: {', '.join(study.methods)}"
+        )
     args.study = study
     args.methods = args.methods or list(study.methods)
     args.output_dir = args.output_dir or study.output_dir

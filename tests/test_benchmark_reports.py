@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from studylib.portable import machine_paths, portable_text
+from studylib.records import append_row, read_rows
+from studylib.study import known_methods, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,11 +178,13 @@ def test_edge_checks_step_beyond_a_choice_at_the_edge_until_it_is_bracketed() ->
     assert checks == [("poly", 100, 0, 3e-3), ("mhr", 100, 0, 1e-4)]
 
 
-def test_arrow_takes_its_rate_from_its_own_tuning_on_task_lora_runs() -> None:
+@pytest.mark.parametrize("setting", ["glue100", "glue500", "many100"])
+def test_arrow_takes_its_rate_from_its_own_tuning_on_task_lora_runs(setting: str) -> None:
     module = _benchmark("sample_efficiency")
-    assert module.EVALUATED_ON == {"arrow": "task_lora"}
-    assert module.lr_for("arrow", {"arrow": 3e-3, "task_lora": 1e-3}) == 3e-3
-    assert module.METHOD_ARGS["arrow"] == ["--model.arch.method=arrow"]
+    study = load_study(ROOT / "configs" / "studies" / f"modern_{setting}.yaml")
+    assert study.methods["arrow"].evaluates == "task_lora" and study.methods["arrow"].rate_of is None
+    assert module.lr_for("arrow", {"arrow": 3e-3, "task_lora": 1e-3}, study) == 3e-3
+    assert module.method_args("arrow") == [f"--config={ROOT / 'configs' / 'methods' / 'arrow.yaml'}"]
 
 
 def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
@@ -211,21 +217,26 @@ def test_best_checkpoint_is_the_one_monitored_file_and_two_are_an_error(tmp_path
         best_checkpoint(tmp_path / "run")
 
 
-def test_phas_loss_variants_take_phas_rate_and_the_grid_script_does_not_tune_them() -> None:
+def test_phas_loss_variants_take_phas_rate_and_the_study_does_not_tune_them() -> None:
     report = _benchmark("sample_efficiency")
+    args = report.parse_args(["--study", str(ROOT / "configs" / "studies" / "converged.yaml")])
+    variants = ["pha_no_ir", "pha_no_pro", "pha_no_contrastive", "pha_pro_infonce"]
     chosen = {"pha": 1e-3, "adapter": 3e-4}
-    assert [report.lr_for(m, chosen) for m in report.PHA_VARIANTS] == [1e-3] * len(report.PHA_VARIANTS)
-    assert report.lr_for("adapter+label_words", chosen) == 3e-4
-    assert report.lr_for("pha_lora", chosen) is None  # a method of its own: tuned, never PHA's rate
-    script = (ROOT / "benchmarks" / "run_converged_minilm.sh").read_text()
-    (case,) = [line for line in script.splitlines() if line.strip().endswith('plain+=("$method") ;;')]
-    untuned = {name.strip() for name in case.split(")")[0].split("|")} - {"*+*"}
-    assert untuned == set(report.PHA_VARIANTS)
+    assert [report.lr_for(m, chosen, args.study) for m in variants] == [1e-3] * len(variants)
+    assert report.lr_for("adapter+label_words", chosen, args.study) == 3e-4
+    assert report.lr_for("pha_lora", chosen, args.study) is None  # a method of its own: tuned, never PHA's rate
+    untuned = set(args.methods) - set(report.tuned_methods(args))
+    assert untuned == {*variants, "pha+label_words", "adapter+label_words"}
+    assert {report.sizes(m, args)[0] for m in untuned} == {100} and report.sizes("pha", args) == [100, 500]
+    # a method is its override file(s) of configs/methods/ and nothing else
+    assert report.method_args("pha_no_ir+label_words") == [
+        f"--config={ROOT / 'configs' / 'methods' / name}.yaml" for name in ("pha_no_ir", "label_words")
+    ]
 
 
 def test_every_method_in_the_plot_gets_its_own_colour_and_phas_family_its_own_line() -> None:
     module = _benchmark("sample_efficiency")
-    methods = sorted(module.METHOD_ARGS)[:20]  # the palette has 20 colours
+    methods = sorted(known_methods())[:20]  # the palette has 20 colours
     styles = module.method_styles(methods)
     assert len({style["color"] for style in styles.values()}) == len(methods)
     assert {styles[m]["linestyle"] for m in methods if m.startswith("pha")} == {"-"}
@@ -236,9 +247,11 @@ def test_mechanism_screening_reads_validation_beside_phas_converged_rows() -> No
     """The screening table shows each row's validation average, its difference to PHA's converged
     row at the same size and seed, and its health; test scores never appear in it."""
     module = _benchmark("sample_efficiency")
-    assert {module.lr_for(m, {"pha": 1e-3}) for m in module.MECHANISMS} == {1e-3}  # PHA's rate, never tuned
-    for name in module.MECHANISMS:  # each is an override file of configs/methods/
-        assert module.METHOD_ARGS[name] == [f"--config={ROOT / 'configs' / 'methods' / f'{name}.yaml'}"]
+    args = module.parse_args(["--study", str(ROOT / "configs" / "studies" / "mechanisms.yaml")])
+    assert args.study.reference_rates == ROOT / "results" / "converged" / "chosen_lr.json"
+    assert args.screen_against == ROOT / "results" / "converged" and module.tuned_methods(args) == []
+    converged = module.chosen_rates(ROOT / "results" / "mechanisms", args.study)["pha"]
+    assert {module.lr_for(m, {"pha": converged}, args.study) for m in args.methods} == {converged}  # never tuned
 
     def row(method: str, n_train: int, val: float, seed: int = 0, **health) -> dict:
         test = {"test/avg": 12.345}
@@ -266,8 +279,7 @@ def test_health_summary_keeps_the_between_task_spread(tmp_path: Path) -> None:
     assert _benchmark("sample_efficiency").health_summary(path)["between_task_spread"] is None
 
 
-def test_peers_throughputs_count_real_tokens_and_ratios_pair_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # peers.py imports its sibling throughput.py
+def test_peers_throughputs_count_real_tokens_and_ratios_pair_rounds() -> None:
     peers = _benchmark("peers")
     steps = [{"wall_s": 2.0, "cpu_s": 1.0, "real_tokens": 300, "padded_tokens": 1000}] * 2
     row = peers.derived({"steps": steps, "eval_examples": 50, "eval_s": 5.0, "eval_cpu_s": 2.0})
@@ -313,3 +325,48 @@ def test_knn_rule_scores_each_task_by_its_nearest_training_examples() -> None:
     score = rules.knn_rule({"train": train, "tasks": ["x", "y"]}, k=1)
     got = score({"z": torch.tensor([[0.8, 0.6]])})
     torch.testing.assert_close(got, torch.tensor([[0.8, 0.96]]))  # y's nearest example is [0.6, 0.8]
+
+
+def test_committed_results_hold_no_machine_path_and_no_lane_log() -> None:
+    """Results are committed portable (``<data dir>``, ``<checkout>/…``), without lane logs or scripts."""
+    listed = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = [ROOT / name for name in listed.stdout.splitlines()]
+    assert len(files) > 100  # the index and every folder's records
+    lane = [f.name for f in files if f.suffix in (".out", ".log", ".sh")]
+    assert lane == [], f"lane logs or scripts committed: {lane}"
+    text = [f for f in files if f.suffix in (".md", ".json", ".jsonl", ".yaml", ".txt", ".csv")]
+    held = {str(f.relative_to(ROOT)): machine_paths(f.read_text())[:2] for f in text if machine_paths(f.read_text())}
+    assert held == {}, f"machine paths in committed results (python benchmarks/portable_results.py): {held}"
+
+
+def test_machine_paths_become_placeholders_and_rows_are_written_portable(tmp_path: Path) -> None:
+    line = (
+        '["/work/grid/.venv/bin/pha", "fit", "--config=/work/grid35/configs/methods/pha.yaml", '
+        '"--data.data_dir=/srv/glue_data", "--trainer.default_root_dir=/tmp/tmpab12/runs/x", '
+        '"/home/me/venv-adapters/bin/python", "data_dir: /work/shared/data\\nseed: 0", "/work/shared/data/glue/rte"]'
+    )
+    assert json.loads(portable_text(line)) == [
+        "<checkout>/.venv/bin/pha", "fit", "--config=<checkout>/configs/methods/pha.yaml",
+        "--data.data_dir=<data dir>", "--trainer.default_root_dir=<tmp>/tmpab12/runs/x",
+        "<venv>/bin/python", "data_dir: <data dir>\nseed: 0", "<data dir>/glue/rte",
+    ]  # fmt: skip
+    assert portable_text("ran from `/work/wt-conv10` (e9d41ef)") == "ran from `<checkout>` (e9d41ef)"
+    assert portable_text("a/b <checkout>/configs x.yaml") == "a/b <checkout>/configs x.yaml"  # already portable
+    append_row(tmp_path / "runs.jsonl", {"run_id": "r", "command": ["pha", f"--ckpt_path={ROOT}/results/x.ckpt"]})
+    assert read_rows(tmp_path / "runs.jsonl") == [
+        {"run_id": "r", "command": ["pha", "--ckpt_path=<checkout>/results/x.ckpt"]}
+    ]
+
+
+def test_a_study_names_its_bad_keys_and_methods(tmp_path: Path) -> None:
+    base = {"config": "configs/demo.yaml", "output_dir": str(tmp_path), "methods": ["pha"]}
+    for change, message in (
+        ({"seed": [0]}, "unknown key 'seed'; valid: config, methods"),
+        ({"methods": ["pha", "pha_nope"]}, "method 'pha_nope': no configs/methods/pha_nope.yaml; methods: adapter"),
+        ({"methods": {"pha_no_ir": {"rate_of": "pha"}}}, "takes the rate of 'pha', which is neither in the study"),
+        ({"methods": {"pha": {"rate": 1}}}, "method 'pha': unknown key 'rate'"),
+    ):
+        path = tmp_path / "study.yaml"
+        path.write_text(json.dumps({**base, **change}))
+        with pytest.raises(SystemExit, match=message):
+            load_study(path)

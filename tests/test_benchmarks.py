@@ -148,7 +148,7 @@ def test_arrow_rows_evaluate_the_task_lora_run_of_their_cell(tmp_path: Path) -> 
     assert arrow["trainable_params"] == trained["trainable_params"] and arrow["learning_rate"] == 1e-3
     assert {"test/avg", "test/synth_category/accuracy"} <= arrow["test"].keys()
     assert arrow["test"] != trained["test"]  # routed without task labels: not the task_lora model
-    assert all("--model.arch.method=arrow" in cmd for cmd in arrow["command"])
+    assert all("--config=<checkout>/configs/methods/arrow.yaml" in cmd for cmd in arrow["command"])  # portable
     assert json.loads((tmp_path / "chosen_lr.json").read_text())["arrow"] == 1e-3
     again = _run(*grid).stdout  # the tuning study has the rate and the arrow row exists: nothing runs
     assert again.count("done already, skipped") == 1 and "tuning sweep" not in again

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 #: an absolute path under a folder that only exists on one machine (up to a quote, space, bracket,
 #: comma, backslash or backtick); ``<checkout>/x`` and relative paths do not match
-MACHINE_PATH = re.compile(r"(?<![\w<>.~-])/(?:work|tmp|root|home|Users|scratch)/[^\s\"'`()\[\],;\\]*")
+MACHINE_PATH = re.compile(r"(?<![\w<>.~-])/(?:work|tmp|root|home|Users|scratch|srv|mnt)/[^\s\"'`()\[\],;\\]*")
 #: a data folder named by a setting or a flag: ``data_dir=X``, ``data_dir: X``, ``--data-dir X``
 DATA_DIR_SETTING = re.compile(r"(data_dir[=:]\s*|--data-dir[= ])(/[^\s\"'`()\[\],;\\]+)")
 #: entries of a checkout's top folder: a path through one of them is a checkout's file
@@ -41,6 +41,7 @@ def portable_text(text: str, data_dirs: Iterable[str] = ()) -> str:
     """``text`` with every machine path replaced (:func:`portable_path`); data folders named by a
     ``data_dir`` setting or a ``--data-dir`` flag count as data folders wherever they appear."""
     dirs = {*data_dirs, *(m.group(2).rstrip("/") for m in DATA_DIR_SETTING.finditer(text))}
+    text = DATA_DIR_SETTING.sub(lambda m: m.group(1) + "<data dir>", text)
     return MACHINE_PATH.sub(lambda m: portable_path(m.group(0), dirs), text)
 
 

@@ -55,7 +55,10 @@ class OldTree:
 
     def __enter__(self) -> Path:
         subprocess.run(
-            ["git", "worktree", "add", "--detach", str(self.path), self.commit], cwd=ROOT, check=True, capture_output=True
+            ["git", "worktree", "add", "--detach", str(self.path), self.commit],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
         )
         return self.path
 

@@ -25,7 +25,9 @@ def method_configs(name: str) -> list[Path]:
     files = [METHODS_DIR / f"{part}.yaml" for part in name.split("+")]
     missing = [f.stem for f in files if not f.is_file()]
     if missing:
-        raise SystemExit(f"method {name!r}: no configs/methods/{missing[0]}.yaml; methods: {', '.join(known_methods())}")
+        raise SystemExit(
+            f"method {name!r}: no configs/methods/{missing[0]}.yaml; methods: {', '.join(known_methods())}"
+        )
     return files
 
 
@@ -80,7 +82,9 @@ def _method(name: str, entry: dict | None) -> StudyMethod:
     entry = entry or {}
     unknown = set(entry) - {f.name for f in fields(StudyMethod)}
     if unknown:
-        raise SystemExit(f"method {name!r}: unknown key {sorted(unknown)[0]!r}; valid: rate_of, evaluates, n_train, rates")
+        raise SystemExit(
+            f"method {name!r}: unknown key {sorted(unknown)[0]!r}; valid: rate_of, evaluates, n_train, rates"
+        )
     method_configs(name)
     for key in ("n_train", "rates"):
         if key in entry:

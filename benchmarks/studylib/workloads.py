@@ -26,6 +26,8 @@ SUITES: dict[str, dict] = {
         "eval_batch_size": 100,
     },
 }
+
+
 def classes() -> tuple[type, type]:
     """``(PHADataModule, PHAModule)`` of the tree on the path, in its layout: the package split
     (issue 13) moved them, and older commits are measured too."""
@@ -92,5 +94,3 @@ def optimizer_step(model, optimizer, batch: dict, autocast) -> None:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
