@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from studylib.reports import write_portable
+
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.callbacks import TrainingHealth
 from pha_lightning.training.checkpoints import read_checkpoint
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         reports[str(path)] = measure(path, args)
         print(f"{path} (step {reports[str(path)]['step']}):\n{format_health(reports[str(path)])}\n", flush=True)
     if args.output:
-        args.output.write_text(json.dumps(reports, indent=1) + "\n", encoding="utf-8")
+        write_portable(args.output, json.dumps(reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from studylib.reports import write_portable
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -108,7 +109,7 @@ def main() -> None:
     curves = {run_id: read_run(args.output_dir / "runs" / run_id) for run_id in run_ids}
     text = "Validation curves (val/avg, the fixed validation subset) and training health at each validation.\n\n"
     text += "\n\n".join(run_table(run_id, data) for run_id, data in curves.items())
-    (args.output_dir / "curves.md").write_text(text + "\n")
+    write_portable(args.output_dir / "curves.md", text + "\n")
     write_plot(curves, args.output_dir / "curves.png")
     print(text)
 

@@ -42,6 +42,7 @@ import torch
 import yaml
 from lightning.pytorch import seed_everything
 from studylib.records import finished, run_missing
+from studylib.reports import write_portable
 from studylib.runs import pha_command
 from studylib.study import method_configs
 
@@ -213,7 +214,7 @@ def write_rankings(args: argparse.Namespace) -> None:
             if features:
                 spread.append(f"| {target} | {features} |")
     text = "\n".join(lines + (spread if encoder else [])) + "\n"
-    (args.output_dir / "rankings.md").write_text(text)
+    write_portable(args.output_dir / "rankings.md", text)
     print(text)
 
 
@@ -236,7 +237,7 @@ def write_table(rows: list[dict], path: Path) -> None:
             values.append(f"{statistics.mean(scores):.1f} ± {std:.1f}" if scores else "—")
         lines.append(f"| {target} | {k} | " + " | ".join(values) + " |")
     lines += paired_differences(rows)
-    path.write_text("\n".join(lines) + "\n")
+    write_portable(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from studylib.records import write_rows
+from studylib.reports import write_portable
 from studylib.runs import OldTree
 from studylib.timing import load_average
 
@@ -115,7 +117,7 @@ def main() -> None:
 
 def write_table(path: Path, results: list[dict], args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in results))
+    write_rows(path.with_suffix(".jsonl"), results)
     header = (
         "| tree | lines | first output line (s) | rows written | finished | wall (s) | CPU (s) | peak RSS (MB) | load |"
     )
@@ -127,7 +129,7 @@ def write_table(path: Path, results: list[dict], args: argparse.Namespace) -> No
             f"{row['rows']} | {row['finished']} | {row['wall_s']} | {row['cpu_s']} | {row['peak_rss_mb']} | {row['load']} |"
         )
     command = f"python benchmarks/predict_streaming.py --ckpt CKPT --sizes {' '.join(map(str, args.sizes))} --limit {args.limit:g}"
-    path.write_text(f"`{command}`\n\n" + "\n".join(lines) + "\n")
+    write_portable(path, f"`{command}`\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from studylib.checkpoints import model_and_data
+from studylib.reports import write_portable
 
 from pha_lightning.model.prediction import identify_tasks
 
@@ -67,9 +68,9 @@ def main() -> None:
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(f"`{args.ckpt_path}`, {args.split} split\n\n{text}\n")
+        write_portable(args.output, f"`{args.ckpt_path}`, {args.split} split\n\n{text}\n")
         counts = {names[t]: {names[c]: n for c, n in counter.items()} for t, counter in picked.items()}
-        args.output.with_suffix(".json").write_text(json.dumps(counts, indent=1) + "\n")
+        write_portable(args.output.with_suffix(".json"), json.dumps(counts, indent=1) + "\n")
 
 
 if __name__ == "__main__":

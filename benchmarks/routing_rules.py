@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from studylib.checkpoints import model_and_data
+from studylib.reports import write_portable
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -324,9 +325,9 @@ def main() -> None:
         "examples": {split: len(emb[split]["task_ids"]) for split in SPLITS},
         "test_max_examples_per_task": args.test_max_examples,
     }
-    (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.output_dir / "rules.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.output_dir / "rules.md").write_text(rules_table(rows) + "\n")
+    write_portable(args.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_portable(args.output_dir / "rules.json", json.dumps(rows, indent=1) + "\n")
+    write_portable(args.output_dir / "rules.md", rules_table(rows) + "\n")
     (args.output_dir / "per_task.md").write_text(
         per_task_table(tasks, rows["prototype"]["test"], best["test"], chosen) + "\n"
     )

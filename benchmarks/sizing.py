@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from studylib.reports import write_portable
 from transformers import T5Config
 
 from pha_lightning.model.backbone import backbone_blocks
@@ -104,7 +105,7 @@ def main() -> None:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         command = f"python benchmarks/sizing.py --gpus {args.gpus} --output {args.output}"
-        args.output.write_text(f"# Sizing\n\n`{command}`\n\n{table}")
+        write_portable(args.output, f"# Sizing\n\n`{command}`\n\n{table}")
 
 
 if __name__ == "__main__":

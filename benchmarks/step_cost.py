@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 import torch
+from studylib.records import write_rows
+from studylib.reports import write_portable
+from studylib.study import method_settings
 from studylib.workloads import optimizer_step
 from transformers import T5Config
 
@@ -92,11 +95,9 @@ def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> di
 
 
 def module_args(method: str) -> dict[str, str]:
-    """The architecture settings of a variant: ``pha_per_example`` is PHA (timed on another path),
-    ``pha_lora`` PHA generating LoRA."""
-    if method == "pha_lora":
-        return {"method": "pha", "adapter_kind": "lora"}
-    return {"method": method.replace("_per_example", "")}
+    """The architecture settings of a method's override file (configs/methods/); ``pha_per_example``
+    is PHA, timed on another path."""
+    return method_settings(method.removesuffix("_per_example"))["model"]["arch"]
 
 
 def backbone_options(setting: str) -> dict[str, object]:
@@ -251,9 +252,9 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        write_portable(args.output, text + "\n")
     if args.jsonl:
-        args.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_rows(args.jsonl, rows)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from studylib.records import write_rows
+from studylib.reports import command_line, write_portable
+from studylib.study import method_settings
+
 from pha_lightning.data import synthetic
 
 MINILM = "pypi:all-MiniLM-L6-v2"
@@ -66,13 +70,13 @@ def write_tasks(directory: Path, count: int, rows: int, val_rows: int) -> list[d
 
 
 def arch_settings(method: str) -> dict[str, str]:
-    return {"method": "pha", "adapter_kind": "lora"} if method == "pha_lora" else {"method": method}
+    """The architecture settings of the method's override file, configs/methods/<method>.yaml."""
+    return method_settings(method)["model"]["arch"]
 
 
 def sampling(method: str) -> str:
-    """HyperFormer trains on one task per batch, as the original (and the grids here) do; the
-    others on mixed batches."""
-    return "task" if method == "hyperformer" else "mixed"
+    """The method's batch sampling (HyperFormer's file says one task per batch, as the original)."""
+    return method_settings(method).get("data", {}).get("sampling", "mixed")
 
 
 def directory_size(path: Path) -> int:
@@ -250,9 +254,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     text = table(rows)
-    command = "python benchmarks/task_scaling.py " + " ".join(sys.argv[1:])
-    (args.output_dir / "table.md").write_text(f"Last command: `{command.strip()}`\n\n{text}\n")
-    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = command_line()
+    write_portable(args.output_dir / "table.md", f"Last command: `{command}`\n\n{text}\n")
+    write_rows(jsonl, rows)
     print(text)
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from studylib.records import write_rows
+from studylib.reports import write_portable
 from studylib.runs import OldTree
 from studylib.timing import load_average
 from studylib.workloads import BACKBONE, SUITES, build, classes, optimizer_step, time_evaluation
@@ -255,8 +256,7 @@ def main() -> None:
     text = "\n".join([table(rows), "", *step_ratio_lines(rows)])
     print(text)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+        write_portable(args.output, text + "\n")
         write_rows(args.output.with_suffix(".jsonl"), rows)
 
 

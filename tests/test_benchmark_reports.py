@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from studylib import grid_report
 from studylib.portable import machine_paths, portable_text
 from studylib.records import append_row, read_rows
+from studylib.runs import best_checkpoint
 from studylib.study import known_methods, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +42,13 @@ def test_per_task_paired_differences_average_each_tasks_metrics_over_shared_seed
         _row("adapter", 1, 52.0, (60.0, 64.0)),
         _row("adapter", 2, 99.0, (99.0, 99.0)),  # no PHA run with seed 2: not paired, left out
     ]
-    table = _benchmark("sample_efficiency").paired_task_differences(rows)
+    table = grid_report.paired_task_differences(rows)
     # rte: ((50 - 56) + (54 - 52)) / 2 = -2; stsb: ((61 - 51) + (70 - 62)) / 2 = +9; avg: (+2 + +5) / 2
     assert "| n_train | PHA variant | baseline | seeds | rte | stsb | avg |" in table
     assert "| 100 | pha | adapter | 2 | -2.0 | +9.0 | +3.5 |" in table
 
 
 def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() -> None:
-    report = _benchmark("sample_efficiency")
     rows = [
         _row("pha", 0, 60.0, (60.0, 60.0)),
         _row("adapter", 0, 50.0, (50.0, 50.0)),
@@ -56,7 +58,7 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
         _row("pha_lora", 0, 55.0, (55.0, 55.0)),
         _row("lora", 0, 52.0, (52.0, 52.0)),
     ]
-    pairs = [(ref, base) for _, ref, base, _ in report.paired_cells({(r["method"], 100, 0) for r in rows})]
+    pairs = [(ref, base) for _, ref, base, _ in grid_report.paired_cells({(r["method"], 100, 0) for r in rows})]
     assert sorted(pairs) == [
         ("pha", "adapter"),
         ("pha", "lora"),
@@ -66,7 +68,7 @@ def test_each_baseline_is_paired_with_the_pha_variant_of_its_output_structure() 
         ("pha_lora", "adapter"),
         ("pha_lora", "lora"),
     ]
-    table = report.paired_differences(rows)
+    table = grid_report.paired_differences(rows)
     assert "| 100 | pha+label_words | adapter+label_words | 1 | +4.0 | +4.0 | 1 / 0 / 0 |" in table
     assert "| 100 | pha_lora | lora | 1 | +3.0 | +3.0 | 1 / 0 / 0 |" in table
     assert "| 100 | pha | lora | 1 | +8.0 | +8.0 | 1 / 0 / 0 |" in table
@@ -82,14 +84,14 @@ def test_a_candidate_is_paired_with_every_method_and_rows_of_two_folders_are_rep
         _row("adapter", 0, 50.0, (50.0, 50.0)),
     ]
     keys = {(r["method"], 100, 0) for r in rows}
-    pairs = sorted((ref, base) for _, ref, base, _ in report.paired_cells(keys, ("pha_quiet",)))
+    pairs = sorted((ref, base) for _, ref, base, _ in grid_report.paired_cells(keys, ("pha_quiet",)))
     assert [pair for pair in pairs if pair[0] == "pha_quiet"] == [
         ("pha_quiet", "adapter"),
         ("pha_quiet", "pha"),
         ("pha_quiet", "pha_lora"),
     ]
     assert ("pha", "pha_quiet") in pairs  # the usual pairs stay
-    table = report.paired_differences(rows, candidates=("pha_quiet",))
+    table = grid_report.paired_differences(rows, candidates=("pha_quiet",))
     assert "| 100 | pha_quiet | adapter | 1 | +11.0 | +11.0 | 1 / 0 / 0 |" in table
     assert "| 100 | pha_quiet | pha_lora | 1 | +6.0 | +6.0 | 1 / 0 / 0 |" in table
 
@@ -206,7 +208,6 @@ def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
 
 
 def test_best_checkpoint_is_the_one_monitored_file_and_two_are_an_error(tmp_path: Path) -> None:
-    best_checkpoint = _benchmark("sample_efficiency").best_checkpoint
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     for name in ("last.ckpt", "last-v1.ckpt", "step000400.ckpt"):
@@ -235,9 +236,8 @@ def test_phas_loss_variants_take_phas_rate_and_the_study_does_not_tune_them() ->
 
 
 def test_every_method_in_the_plot_gets_its_own_colour_and_phas_family_its_own_line() -> None:
-    module = _benchmark("sample_efficiency")
     methods = sorted(known_methods())[:20]  # the palette has 20 colours
-    styles = module.method_styles(methods)
+    styles = grid_report.method_styles(methods)
     assert len({style["color"] for style in styles.values()}) == len(methods)
     assert {styles[m]["linestyle"] for m in methods if m.startswith("pha")} == {"-"}
     assert {styles[m]["linestyle"] for m in methods if not m.startswith("pha")} == {"--"}
@@ -261,7 +261,7 @@ def test_mechanism_screening_reads_validation_beside_phas_converged_rows() -> No
     references = [row("pha", 100, 50.8, max_top_axis_share=0.55, max_adapter_to_residual=0.96),
                   row("pha_lora", 100, 51.5), row("adapter", 100, 51.1), row("pha", 100, 49.0, seed=1)]  # fmt: skip
     rows = [row("pha_zero_scale", 100, 52.3, between_task_spread=[0.41, 0.52, 0.6])]
-    table = module.screening_table(rows, references)
+    table = grid_report.screening_table(rows, references)
     assert "| 100 | pha_zero_scale | 0.001 | 52.3 | +1.5 | 600 / 1000 | — | — | 0.41 0.52 0.60 | abcdef12 |" in table
     assert "| 100 | pha | 0.001 | 50.8 | +0.0 | 600 / 1000 | 0.55 | 0.96 | — | abcdef12 |" in table
     assert "| 100 | pha_lora |" in table and "adapter |" not in table  # PHA's and PHA-LoRA's rows only
@@ -370,3 +370,28 @@ def test_a_study_names_its_bad_keys_and_methods(tmp_path: Path) -> None:
         path.write_text(json.dumps({**base, **change}))
         with pytest.raises(SystemExit, match=message):
             load_study(path)
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level names of the modules ``path`` imports (at any depth of the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_benchmark_imports_another_and_the_library_needs_no_pha_lightning() -> None:
+    """Scripts share code through studylib only; its core (runs, records, reports, …) stands alone."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    stems = {path.stem for path in scripts}
+    crossing = {path.name: sorted(_imports(path) & stems) for path in scripts if _imports(path) & stems}
+    assert crossing == {}
+    assert [p.name for p in scripts if "sys.path" in p.read_text()] == []
+    library = sorted((ROOT / "benchmarks" / "studylib").glob("*.py"))
+    bound = {"checkpoints.py", "serving_model.py", "workloads.py"}  # checkpoints, and the models timed
+    assert bound <= {p.name for p in library}
+    assert [p.name for p in library if p.name not in bound and "pha_lightning" in _imports(p)] == []
+    assert {p.name for p in library if _imports(p) & stems} == set()

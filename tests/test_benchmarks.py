@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from studylib.portable import portable_text
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
@@ -110,7 +111,7 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
     end = json.loads(next(run_dir.rglob("health.json")).read_text())["end"]
     last = run_dir / "checkpoints" / "last.ckpt"
     _run(str(ROOT / "benchmarks/checkpoint_health.py"), str(last), "--output", str(tmp_path / "health.json"))
-    measured = json.loads((tmp_path / "health.json").read_text())[str(last)]
+    measured = json.loads((tmp_path / "health.json").read_text())[portable_text(str(last))]  # no machine path
     assert measured["step"] == end["step"] == 4
     for key in ("adapter_to_residual", "top_axis_share", "prototype_shift", "generated_between_task_spread"):
         assert measured[key] == pytest.approx(end[key], rel=1e-4), key
@@ -134,9 +135,13 @@ def test_tiny_sample_efficiency_grid_tunes_lr_writes_table_and_plot_and_resumes(
 def test_arrow_rows_evaluate_the_task_lora_run_of_their_cell(tmp_path: Path) -> None:
     """An arrow row trains nothing: the task_lora run of its cell is trained first, then validated and
     tested as arrow; the row keeps that run's step and size, its own metrics, and is skipped on rerun."""
+    study = {  # as configs/studies/modern_*.yaml declare arrow
+        "config": "configs/demo.yaml", "output_dir": str(tmp_path), "n_train": [24], "seeds": [0], "rates": [1e-3],
+        "tune": {"n_train": 24, "seed": 0}, "methods": {"arrow": {"evaluates": "task_lora"}},
+    }  # fmt: skip
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
     grid = [
-        str(ROOT / "benchmarks/sample_efficiency.py"), "--config", "configs/demo.yaml", "--methods", "arrow",
-        "--n-train", "24", "--seeds", "0", "--output-dir", str(tmp_path), "--tune-lr", "1e-3", "--tune-n-train", "24",
+        str(ROOT / "benchmarks/sample_efficiency.py"), "--study", str(tmp_path / "study.yaml"),
         "--", "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--data.eval_batch_size=50",
         "--data.tasks=[synth_polarity,synth_category,synth_score]",
     ]  # fmt: skip

@@ -3,7 +3,6 @@ report files (the table as markdown, every measurement as JSON lines beside it).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -13,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from studylib.portable import portable_text
+from studylib.records import write_rows
 from studylib.runs import ROOT
 
 
@@ -53,13 +53,16 @@ def load_line(load: tuple[float, float]) -> str:
     return f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
 
 
+def write_portable(path: Path, text: str) -> None:
+    """Write a result file (a table, a summary) without machine paths, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(portable_text(text))
+
+
 def write_report(output: Path, lines: Sequence[str], rows: Iterable[dict], command: str) -> None:
     """``output`` (markdown), its measurements as JSON lines beside it (``.jsonl``, each with the
     command), both without machine paths; the markdown is also printed."""
-    output.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
-    output.write_text(portable_text(text) + "\n")
-    output.with_suffix(".jsonl").write_text(
-        "".join(portable_text(json.dumps({**row, "command": command})) + "\n" for row in rows)
-    )
+    write_portable(output, text + "\n")
+    write_rows(output.with_suffix(".jsonl"), ({**row, "command": command} for row in rows))
     print(text)

@@ -31,6 +31,23 @@ def method_configs(name: str) -> list[Path]:
     return files
 
 
+def method_settings(name: str) -> dict:
+    """The settings of a method's override files, merged in order (``{"model": {"arch": …}, "data": …}``):
+    for scripts that build the model in process rather than through ``pha fit``."""
+    merged: dict = {}
+    for path in method_configs(name):
+        _merge(merged, yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def known_methods() -> list[str]:
     return sorted(path.stem for path in METHODS_DIR.glob("*.yaml"))
 

@@ -120,7 +120,13 @@ def test_print_config_links_tasks_and_backbone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "override", sorted((Path(__file__).parents[2] / "configs/methods").glob("*.yaml")), ids=lambda p: p.stem
+    "override",
+    [
+        path
+        for kind in ("methods", "protocols")
+        for path in sorted(Path(__file__).parents[2].glob(f"configs/{kind}/*.yaml"))
+    ],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_method_override_configs_compose_with_a_base_config(
     override: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
