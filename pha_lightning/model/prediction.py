@@ -208,15 +208,19 @@ def predict(
     batch_size: int = 32,
     max_source_length: int | None = None,
 ) -> list[dict[str, Any]]:
-    """:meth:`PHAModel.predict`: rows in input order, the model left in the mode it was in."""
+    """:meth:`PHAModel.predict`: rows in input order, the model left in the mode it was in. A model
+    in eval mode is not switched at all: switching walks every submodule, which costs a served
+    request about as much as its routing (``pha serve`` calls this per batch)."""
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     out: list[dict[str, Any]] = []
     try:
         for batch in example_batches(model, examples, batch_size, max_source_length):
             out.extend(predict_rows(model, batch))
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     if model.calibration is None and any(row["routed"] for row in out):
         warnings.warn(UNCALIBRATED_NOTE, stacklevel=3)
     return sorted(out, key=lambda row: row["index"])

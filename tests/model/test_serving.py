@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.data.catalog import get_task
 from pha_lightning.model.serving import RequestError, ServedTasks, served_row
 
@@ -62,3 +64,28 @@ def test_an_example_without_a_task_needs_a_model_that_routes() -> None:
     assert served().examples(b'{"sentence": "a red cat"}') == [{"sentence": "a red cat"}]
     with pytest.raises(RequestError, match="example 1: examples without a task need a model with a retriever"):
         served(can_route=False).examples(b'{"sentence": "a red cat"}')
+
+
+EXAMPLES = [
+    {"task": "synth_polarity", "sentence": "a red cat near the park"},
+    {"sentence": "two dogs"},
+    {"task": "synth_match", "sentence1": "a green bus at the beach", "sentence2": "a poor truck"},
+]
+
+
+def test_predicting_switches_no_modes_of_a_model_in_eval_mode(tiny_bert: str) -> None:
+    """A served model stays in eval mode, so predicting it must not walk every submodule twice per
+    batch (eval, then back); a model in training mode is predicted in eval mode, with the same rows,
+    and is left training."""
+    torch.manual_seed(0)
+    model = PHAModel(PHAConfig(backbone=tiny_bert, backbone_init="random", tasks=list(TASKS[:2]))).eval()
+    switched = []
+    switch = model.train
+    model.train = lambda mode=True: switched.append(mode) or switch(mode)
+    rows = model.predict(EXAMPLES)
+    assert switched == []  # before: [False, False]
+    model.train()
+    switched.clear()
+    assert model.predict(EXAMPLES) == rows
+    assert switched == [False, True]  # eval for the prediction, then training again
+    assert all(module.training for module in model.modules())
