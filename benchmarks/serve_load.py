@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py                                     # 60 s per point, CPU
     python benchmarks/serve_load.py --seconds 20 --soak-seconds 60 --output results/serving_load/short.md
     python benchmarks/serve_load.py --soak-seconds 600                  # the 10-minute soak too
+    python benchmarks/serve_load.py --in-process --output results/serving_load/in_process.md
 
 Builds one PHA-LoRA model on the offline suite (random non-zero factors, as benchmarks/serving.py:
 the cost does not depend on what they learned), its bundle (precomputed adapters) and its
@@ -21,6 +22,15 @@ memory (PSS, summed over LitServe's processes). ``pha predict`` on the same exam
 is the offline reference, and the answers of ``pha serve`` are checked against its rows. The soak
 (``--soak-seconds``) runs ``pha serve`` at concurrency 32 with 5 % malformed requests and reports
 failed valid requests, answers to the malformed ones, and memory over time.
+
+``--in-process`` measures the servers' per-request work without HTTP, in this process, on one
+thread: the CPU time per request (``time.process_time``: steadier than wall time on a loaded
+machine) of each server's request path, exactly as LitServe's batched loop runs it (``decode_request``,
+``batch``, ``predict``, ``unbatch``, ``encode_response``) plus the body's JSON parse and the answer's
+JSON, and for ``pha serve`` the request check its HTTP process makes first. Batches of
+``--batch-sizes`` requests (what LitServe's dynamic batching forms at low and high concurrency),
+``pha`` (half routed), ``pha_named`` (every request names its task) and ``peft`` interleaved within
+each of ``--repeats`` repetitions; the table gives the median and range, and the CPU per stage.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import signal
 import socket
 import statistics
@@ -40,6 +49,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +57,9 @@ import httpx
 import litserve as ls
 import psutil
 import torch
-from studylib.reports import command_line, load_line, machine_line, write_report
+from studylib.reports import command_line, load_line, machine_line, markdown_table, write_report
 from studylib.serving_model import TASKS, lora_model, request_stream
-from studylib.timing import load_average
+from studylib.timing import children_cpu_seconds, load_average, peak_rss_mib, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 PHA = str(Path(sys.executable).with_name("pha"))
@@ -79,7 +89,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-concurrency", type=int, default=32)
     parser.add_argument("--malformed", type=float, default=0.05, help="share of malformed requests in the soak")
     parser.add_argument("--note", default="", help="a line for the report (e.g. that this is a short run)")
-    parser.add_argument("--output", type=Path, default=Path("results/serving_load/serve_load.md"))
+    parser.add_argument("--in-process", action="store_true", help="the per-request CPU of both servers, without HTTP")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32], help="--in-process: requests a batch")
+    parser.add_argument("--repeats", type=int, default=5, help="--in-process: interleaved repetitions")
+    parser.add_argument(
+        "--output", type=Path, help="the report (default: results/serving_load/serve_load.md, or in_process.md)"
+    )
     parser.add_argument("--peft-server", type=Path, help=argparse.SUPPRESS)  # internal: run the peft server
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -88,7 +103,8 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------- peft server
 class PeftAPI(ls.LitAPI):
     """What a peft user would serve: one PeftModel with every task's adapter, ``adapter_names=`` per
-    batch, each example's pooled states through its task's head; the client names the task."""
+    batch, each example's pooled states through its task's head (a score mapped back to its range,
+    as the head file says); the client names the task."""
 
     def __init__(self, export: str, backbone: str, tasks: list[str], **batching: Any) -> None:
         super().__init__(**batching)
@@ -112,6 +128,7 @@ class PeftAPI(ls.LitAPI):
         self.heads = {
             name: load_file(self.export / "peft" / name / HEAD_NAME, device=device) for name in self.task_names
         }
+        self.scales = {name: regression_scale(self.export / "peft" / name / HEAD_NAME) for name in self.task_names}
         self.tasks = {name: get_task(name) for name in self.task_names}
         self.tokenizer = load_tokenizer(self.backbone)
         self.device = device
@@ -136,7 +153,8 @@ class PeftAPI(ls.LitAPI):
             head, task = self.heads[name], self.tasks[name]
             out = row @ head["weight"].T + head["bias"]
             if task.is_regression:
-                answers.append({"task": name, "prediction": float(out[0])})
+                center, half = self.scales[name]
+                answers.append({"task": name, "prediction": float(out[0]) * half + center})
             else:
                 answers.append({"task": name, "prediction": task.class_names[int(out.argmax())]})
         return answers
@@ -146,6 +164,15 @@ class PeftAPI(ls.LitAPI):
 
     def encode_response(self, output):  # noqa: ANN001, ANN201
         return output
+
+
+def regression_scale(head_file: Path) -> tuple[float, float]:
+    """``(center, half-width)`` a regression head's output is mapped back by (its file's metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(head_file, "pt") as head:
+        metadata = head.metadata()
+    return float(metadata["regression_center"]), float(metadata["regression_half_width"])
 
 
 def run_peft_server(args: argparse.Namespace) -> None:
@@ -305,12 +332,127 @@ def measure(url: str, pid: int, bodies: list[bytes], concurrency: int, args: arg
     }
 
 
+# ---------------------------------------------------------------------------------------- in-process
+#: the stages of a request's path timed apart: the body to the batch, the batch's prediction, the answers
+STAGES = ("decode", "predict", "encode")
+#: the request streams of the in-process comparison (:func:`request_bodies`)
+STREAMS = ("pha", "pha_named", "peft")
+RequestPath = Callable[[list[bytes], Counter], list[Any]]
+
+
+def request_path(api: ls.LitAPI, check: Callable[[bytes], object] | None = None) -> RequestPath:
+    """A batch of request bodies through a server's work, without HTTP: ``check`` (pha serve's
+    request check, in its HTTP process), the JSON parse (LitServe's, in its HTTP process), then
+    LitServe's batched loop and the answers' JSON; each stage's CPU seconds added to ``spent``."""
+
+    def run(bodies: list[bytes], spent: Counter) -> list[Any]:
+        def decode() -> Any:
+            for body in bodies if check is not None else ():
+                check(body)
+            return api.batch([api.decode_request(json.loads(body)) for body in bodies])
+
+        def encode(outputs: list[Any]) -> list[Any]:
+            answers = [api.encode_response(output) for output in outputs]
+            for answer in answers:
+                json.dumps(answer)
+            return answers
+
+        batch, _, decoding = timed(decode)
+        outputs, _, predicting = timed(lambda: api.unbatch(api.predict(batch)))
+        answers, _, encoding = timed(lambda: encode(outputs))
+        spent.update({"decode": decoding, "predict": predicting, "encode": encoding})
+        return answers
+
+    return run
+
+
+def in_process(args: argparse.Namespace) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """CPU per request of each server's path (:func:`request_path`) in batches of each size, the
+    servers interleaved within every repetition; and how many of pha's answers to the named stream
+    equal the peft server's."""
+    from pha_lightning.model.serving import PHAServingAPI, ServeConfig, ServedTasks
+
+    batching = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout}
+    bodies = {name: [json.dumps(b).encode() for b in stream] for name, stream in request_bodies(args).items()}
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        bundle, export = served_model(args, Path(tmp))
+        pha = PHAServingAPI(str(bundle), ServeConfig(**batching))
+        pha.setup(args.accelerator)
+        peft = PeftAPI(str(export), args.backbone, args.tasks, **batching)
+        peft.setup(args.accelerator)
+        check = ServedTasks.of(pha.model).examples
+        paths = {"pha": request_path(pha, check), "pha_named": request_path(pha, check), "peft": request_path(peft)}
+        named = zip(paths["pha_named"](bodies["pha_named"], Counter()), paths["peft"](bodies["peft"], Counter()))
+        same = sum(same_answer(mine, theirs) for mine, theirs in named), len(bodies["peft"])
+        rows = []
+        for repeat in range(args.repeats):
+            for size in args.batch_sizes:
+                for name in paths if repeat % 2 == 0 else reversed(paths):
+                    spent: Counter = Counter()
+                    mine = bodies[name]
+                    for start in range(0, len(mine), size):
+                        paths[name](mine[start : start + size], spent)
+                    rows.append({"server": name, "batch_size": size, "repeat": repeat, "requests": len(mine), **spent})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows, same
+
+
+def same_answer(answer: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """The same task and label, or a score within 1e-4."""
+    value, expected = answer["prediction"], reference["prediction"]
+    close = abs(value - expected) < 1e-4 if isinstance(expected, float) else value == expected
+    return answer["task"] == reference["task"] and close
+
+
+def cpu_ms(row: dict[str, Any], stages: tuple[str, ...] = STAGES) -> float:
+    """CPU ms per request of an in-process row, over ``stages``."""
+    return 1000 * sum(row[stage] for stage in stages) / row["requests"]
+
+
+def write_in_process_report(
+    args: argparse.Namespace, rows: list[dict[str, Any]], same: tuple[int, int], load: tuple[float, float]
+) -> None:
+    command = command_line()
+    lines = [
+        f"# Per-request CPU of pha serve and the peft server, in one process ({args.backbone}, {len(args.tasks)} tasks)",
+        "",
+        f"`{command}`",
+        "",
+        *([f"**{args.note}**", ""] if args.note else []),
+        f"{args.examples} requests (one example each) per server, batch size and repetition, {args.repeats} "
+        f"repetitions, the servers interleaved within each; one torch thread, accelerator {args.accelerator}; "
+        f"{machine_line()}, litserve {ls.__version__}; {load_line(load)}. CPU ms per request "
+        "(process time): the median over repetitions [range], and each stage's median: decode (pha: the "
+        "request check; the JSON parse, decode_request, batch), predict, encode (unbatch, encode_response, "
+        "the answer's JSON).",
+        "",
+    ]
+    table = []
+    for size in args.batch_sizes:
+        runs = {name: [r for r in rows if r["server"] == name and r["batch_size"] == size] for name in STREAMS}
+        peft = statistics.median(map(cpu_ms, runs["peft"]))
+        for name, mine in runs.items():
+            total = [cpu_ms(r) for r in mine]
+            stages = [statistics.median(cpu_ms(r, (stage,)) for r in mine) for stage in STAGES]
+            spread = f"{statistics.median(total):.2f} [{min(total):.2f}–{max(total):.2f}]"
+            table.append([size, name, spread, f"{statistics.median(total) / peft:.2f}", *(f"{v:.2f}" for v in stages)])
+    header = ["requests per batch", "server", "CPU ms / request", "÷ peft", *STAGES]
+    lines += [
+        *markdown_table(header, table),
+        "",
+        "pha: half the requests name their task, half are routed; pha_named and peft: every request names its "
+        f"task. pha's answers to the named stream equal the peft server's on {same[0]} of {same[1]} requests "
+        "(task and label; scores within 1e-4).",
+    ]
+    write_report(args.output, lines, [*rows, {"agreement": same}], command)
+
+
 # ---------------------------------------------------------------------------------------- the run
 def offline_reference(bundle: Path, pha_bodies: list[dict], folder: Path) -> tuple[dict[str, Any], list[dict]]:
     """``pha predict`` on the examples: wall and CPU seconds, peak RSS, and its rows."""
     examples, output = folder / "stream.jsonl", folder / "predict.jsonl"
     examples.write_text("".join(json.dumps(body) + "\n" for body in pha_bodies))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -331,10 +473,9 @@ def offline_reference(bundle: Path, pha_bodies: list[dict], folder: Path) -> tup
     if done.returncode != 0:
         raise SystemExit(f"pha predict failed: {done.stderr[-2000:]}")
     wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    cpu = children_cpu_seconds() - before
     rows = [json.loads(line) for line in output.read_text().splitlines()]
-    return {"examples": len(rows), "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": after.ru_maxrss / 1024}, rows
+    return {"examples": len(rows), "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mib(children=True)}, rows
 
 
 def agreement(url: str, pha_bodies: list[dict], rows: list[dict]) -> tuple[int, int]:
@@ -342,12 +483,7 @@ def agreement(url: str, pha_bodies: list[dict], rows: list[dict]) -> tuple[int, 
     from pha_lightning.model.serving import served_row
 
     answers = httpx.post(f"{url}/predict", json=pha_bodies, timeout=600).json()
-    same = 0
-    for answer, row in zip(answers, map(served_row, rows)):
-        value, reference = answer["prediction"], row["prediction"]
-        close = abs(value - reference) < 1e-4 if isinstance(reference, float) else value == reference
-        same += int(answer["task"] == row["task"] and close)
-    return same, len(rows)
+    return sum(same_answer(answer, row) for answer, row in zip(answers, map(served_row, rows))), len(rows)
 
 
 def soak(url: str, pid: int, bodies: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
@@ -378,30 +514,43 @@ def soak(url: str, pid: int, bodies: list[bytes], args: argparse.Namespace) -> d
     }
 
 
+def served_model(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
+    """The bundle ``pha serve`` serves and the peft export the peft server loads, of one model."""
+    model, export = lora_model(args.backbone, args.tasks, args.lora_targets, folder)
+    # with the data settings pha predict reads from a bundle (the tasks, the source length)
+    bundle = model.save_pretrained(
+        folder / "bundle", precompute=True, overwrite=True, data={"tasks": args.tasks, "max_source_length": 128}
+    )
+    return bundle, export
+
+
+def request_bodies(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The request stream of each server: pha's with every other request's task left to the router."""
+    stream = request_stream(args.tasks, args.examples)
+    half = [body if i % 2 == 0 else {k: v for k, v in body.items() if k != "task"} for i, body in enumerate(stream)]
+    return {"pha": half, "pha_named": stream, "peft": stream}
+
+
 def main() -> None:
     args = parse_args()
     if args.peft_server is not None:
         run_peft_server(args)
         return
     torch.set_num_threads(1)
+    default = "in_process.md" if args.in_process else "serve_load.md"
+    args.output = args.output or Path("results/serving_load") / default
     args.output.parent.mkdir(parents=True, exist_ok=True)
     load_start = load_average()
+    if args.in_process:
+        measured = in_process(args)
+        write_in_process_report(args, *measured, (load_start, load_average()))
+        return
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         folder = Path(tmp)
-        model, export = lora_model(args.backbone, args.tasks, args.lora_targets, folder)
-        # with the data settings pha predict reads from a bundle (the tasks, the source length)
-        bundle = model.save_pretrained(
-            folder / "bundle", precompute=True, overwrite=True, data={"tasks": args.tasks, "max_source_length": 128}
-        )
-        del model
-        stream = request_stream(args.tasks, args.examples)
-        pha_bodies = [
-            body if i % 2 == 0 else {k: v for k, v in body.items() if k != "task"} for i, body in enumerate(stream)
-        ]
-        encoded = {
-            "pha": [json.dumps(b).encode() for b in pha_bodies],
-            "peft": [json.dumps(b).encode() for b in stream],
-        }
+        bundle, export = served_model(args, folder)
+        bodies = request_bodies(args)
+        pha_bodies = bodies["pha"]
+        encoded = {name: [json.dumps(b).encode() for b in bodies[name]] for name in ("pha", "peft")}
         offline, rows = offline_reference(bundle, pha_bodies, folder)
         common = [f"--max_batch_size={args.max_batch_size}", f"--batch_timeout={args.batch_timeout}"]
         commands = {
