@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -294,6 +295,29 @@ def test_peers_throughputs_count_real_tokens_and_ratios_pair_rounds() -> None:
     ]
     assert peers.ratio(rows, "ours", "peer", "x") == "2.00 (1.00–3.00)"
     assert peers.ratio(rows, "ours", "absent", "x") == "–"
+
+
+def test_the_in_process_serving_report_gives_cpu_per_request_by_stage_and_the_ratio_to_peft(tmp_path: Path) -> None:
+    report = _benchmark("serve_load")
+
+    def row(server: str, predict: float) -> dict:  # 100 requests: 0.1 ms decoding each, ``predict`` s in all
+        return {"server": server, "batch_size": 1, "requests": 100, "decode": 0.01, "predict": predict, "encode": 0.0}
+
+    rows = [row("pha", 1.99), row("pha", 2.19), row("pha", 0.99), row("pha_named", 0.99), row("peft", 3.99)]
+    rows += [row("peft", 3.99), row("peft", 5.99)]
+    args = argparse.Namespace(
+        batch_sizes=[1], backbone="b", tasks=["t"], note="", examples=100, repeats=3, accelerator="cpu"
+    )
+    args.output = tmp_path / "in_process.md"
+    report.write_in_process_report(args, rows, (99, 100), (1.0, 2.0))
+    table = args.output.read_text()
+    assert "| 1 | pha | 20.00 [10.00–22.00] | 0.50 | 0.10 | 19.90 | 0.00 |" in table
+    assert "| 1 | pha_named | 10.00 [10.00–10.00] | 0.25 | 0.10 | 9.90 | 0.00 |" in table
+    assert "| 1 | peft | 40.00 [40.00–60.00] | 1.00 | 0.10 | 39.90 | 0.00 |" in table
+    assert "equal the peft server's on 99 of 100 requests" in table
+    records = args.output.with_suffix(".jsonl").read_text()
+    assert len(records.splitlines()) == len(rows) + 1
+    assert machine_paths(table + records) == []  # written portable (studylib.reports)
 
 
 def test_routing_measures_count_groups_abstentions_and_distinguishable_tasks_apart() -> None:
