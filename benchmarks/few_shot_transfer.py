@@ -11,7 +11,7 @@
    * ``pha_top1`` / ``pha_mix`` / ``pha_mean`` / ``pha_random`` — PHA transfer with the new
      prototype initialised by retrieval (top-1 row, softmax mix of the top-m rows), by the mean
      of all rows, or at random; ``--tune`` says what trains besides the new prototype and head
-     (default ``hypernetwork``: a prototype-only transfer cannot move the source model's features);
+     (default: the product's, ``model.transfer.tune``);
    * ``adapter`` / ``lora`` / ``task_adapter`` — a fresh shared-adapter, shared-LoRA or per-task
      adapter model trained on the k examples alone (with one task, the per-task adapter is a
      shared adapter with the per-task bank's initialisation);
@@ -54,7 +54,7 @@ from pha_lightning.training.health import feature_spread
 from pha_lightning.training.scripting import quiet_trainer
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
-from pha_lightning.training.transfer import TransferConfig, initialize_new_tasks
+from pha_lightning.training.transfer import TUNE_MODES, TransferConfig, initialize_new_tasks
 
 PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
 #: fresh models trained on the k examples alone, by method
@@ -295,9 +295,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument(
         "--tune",
-        default="hypernetwork",
-        choices=["prototype", "hypernetwork", "all"],
-        help="what PHA/HyperFormer transfer trains besides the new prototype and head (see README)",
+        default=TransferConfig.tune,
+        choices=TUNE_MODES,
+        help="what PHA/HyperFormer transfer trains besides the new prototype and head (default: model.transfer.tune's)",
     )
     parser.add_argument("--steps", type=int, default=30, help="tuning steps per run")
     parser.add_argument("--lr", type=float, default=1e-3)

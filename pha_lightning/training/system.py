@@ -49,6 +49,7 @@ from pha_lightning.training.metrics import build_task_metrics
 from pha_lightning.training.settings import LossConfig, OptimConfig, as_settings
 from pha_lightning.training.transfer import (
     TransferConfig,
+    distant_source_advice,
     format_rankings,
     initialize_new_tasks,
     read_source,
@@ -236,6 +237,9 @@ class PHAModule(LightningModule):
                 rank_zero_info(
                     f"transfer ({self.transfer.init}) — source tasks ranked by retrieval:\n{format_rankings(rankings)}"
                 )
+                advice = distant_source_advice(rankings, self.transfer.init)
+                if advice:
+                    rank_zero_info(advice)
             else:
                 rank_zero_info(f"transfer ({self.transfer.init}): new tasks' prototypes drawn at random, no retrieval")
         trainable, total = self.model.trainable_parameter_counts()

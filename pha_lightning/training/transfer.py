@@ -50,8 +50,10 @@ class TransferConfig:
     """``mix``: how many of the best-scoring source rows are mixed."""
     mix_temperature: float = setting(0.1, POSITIVE)
     """``mix``: softmax temperature over their cosine scores."""
-    tune: Tune = setting("prototype", Choice(TUNE_MODES))
-    """Which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see ``TUNE_MODES``)."""
+    tune: Tune = setting("hypernetwork", Choice(TUNE_MODES))
+    """Which parameters train: ``prototype``, ``hypernetwork`` or ``all`` (see ``TUNE_MODES``). The
+    default won every measured new task (results/transfer_defaults); ``prototype`` is the paper's
+    procedure and the one that leaves the source tasks' outputs exactly as they were."""
 
     def __post_init__(self) -> None:
         check_settings("model.transfer", TransferConfig, asdict(self))
@@ -182,6 +184,29 @@ def initialize_new_tasks(
         if config.init == "top1":
             model.copy_head(new_id, num_new + order[0])
     return rankings
+
+
+#: Retrieval initialisation paid off only where the nearest source task scored at least this
+#: (TREC fine from TREC coarse, 0.98: +10 test points over a random start); below it (0.57-0.86 for
+#: tasks of a source's kind, 0.67-0.82 for tasks unlike every source) it tied or lost by 2-7
+#: (results/transfer_defaults, docs/usage.md "When retrieval initialisation helps").
+CLOSE_SOURCE_SCORE = 0.9
+
+
+def distant_source_advice(rankings: dict[str, list[tuple[str, float]]], init: Init) -> str | None:
+    """One line naming the new tasks whose nearest source is not close enough for a retrieved start to
+    help (``init`` top1 or mix copy from it), and what to use instead; ``None`` when there are none."""
+    if init not in ("top1", "mix"):
+        return None
+    distant = {task: ranked[0] for task, ranked in rankings.items() if ranked and ranked[0][1] < CLOSE_SOURCE_SCORE}
+    if not distant:
+        return None
+    named = ", ".join(f"{task} (nearest {source} {score:+.3f})" for task, (source, score) in distant.items())
+    return (
+        f"transfer ({init}): {named} resemble no source task closely (score < {CLOSE_SOURCE_SCORE}); a retrieved "
+        "start did not help such tasks in the measurements (docs/usage.md, 'When retrieval initialisation helps'): "
+        "consider --model.transfer.init random"
+    )
 
 
 def format_rankings(rankings: dict[str, list[tuple[str, float]]]) -> str:
