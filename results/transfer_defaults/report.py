@@ -75,7 +75,9 @@ def paired(scores: dict) -> list[str]:
     ]
     for a, b in COMPARISONS:
         for target, k in cells:
-            seeds = sorted(s for (x, t, kk, s) in scores if (x, t, kk) == (a, target, k) and (b, target, k, s) in scores)
+            seeds = sorted(
+                s for (x, t, kk, s) in scores if (x, t, kk) == (a, target, k) and (b, target, k, s) in scores
+            )
             if seeds:
                 diffs = [scores[(a, target, k, s)] - scores[(b, target, k, s)] for s in seeds]
                 each = " ".join(f"{d:+.1f}" for d in diffs)
@@ -93,7 +95,9 @@ def pooled(scores: dict, targets: set[str]) -> list[str]:
         ]
         if diffs:
             won, tied = sum(d >= TIE for d in diffs), sum(abs(d) < TIE for d in diffs)
-            lines.append(f"| {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |")
+            lines.append(
+                f"| {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |"
+            )
     return lines
 
 

