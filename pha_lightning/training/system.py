@@ -242,6 +242,12 @@ class PHAModule(LightningModule):
                     rank_zero_info(advice)
             else:
                 rank_zero_info(f"transfer ({self.transfer.init}): new tasks' prototypes drawn at random, no retrieval")
+            if self.transfer.tune != "prototype":  # docs/usage.md, "Few-shot transfer to new tasks"
+                rank_zero_info(
+                    f"transfer (tune {self.transfer.tune}): weights the source tasks use train too, so their outputs "
+                    f"change{' (their routing does not)' if self.transfer.tune == 'hypernetwork' else ', routing too'}; "
+                    "--model.transfer.tune prototype keeps them exactly"
+                )
         trainable, total = self.model.trainable_parameter_counts()
         rank_zero_info(
             f"{self.model.config.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f} %)"

@@ -174,6 +174,20 @@ def test_random_init_says_so_instead_of_an_empty_ranking(source_ckpt: str, caplo
     assert "ranked by retrieval" not in caplog.text
 
 
+def test_a_default_transfer_tunes_the_hypernetwork_and_says_the_sources_change(
+    source_ckpt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    said = "weights the source tasks use train too, so their outputs change (their routing does not)"
+    for tune, expected in ((None, True), ("prototype", False)):
+        settings = {"tune": tune} if tune else {}  # None: the default
+        model = PHAModule(PHAConfig(tasks=[TARGET]), transfer=TransferConfig(source_ckpt, **settings))
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            _trainer(1, enable_checkpointing=False).fit(model, datamodule=_support(8))
+        tuned = {n.split(".")[0] for n, p in model.model.named_parameters() if p.requires_grad}
+        assert ("hypernetwork" in tuned, said in caplog.text) == (expected, expected), (tune, tuned, caplog.text)
+
+
 def test_transfer_through_pha_fit(source_ckpt: str, tmp_path: Path) -> None:
     out = _pha(
         "fit",
