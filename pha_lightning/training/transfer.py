@@ -188,8 +188,8 @@ def initialize_new_tasks(
 
 #: Retrieval initialisation paid off only where the nearest source task scored at least this
 #: (TREC fine from TREC coarse, 0.98: +10 test points over a random start); below it (0.57-0.86 for
-#: tasks of a source's kind, 0.67-0.82 for tasks unlike every source) it tied or lost by 2-7
-#: (results/transfer_defaults, docs/usage.md "When retrieval initialisation helps").
+#: tasks of a source's kind, 0.67-0.87 for tasks unlike every source) it tied or lost up to 3 on
+#: average (results/transfer_defaults, docs/usage.md "When retrieval initialisation helps").
 CLOSE_SOURCE_SCORE = 0.9
 
 
