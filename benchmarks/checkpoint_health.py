@@ -21,8 +21,8 @@ from typing import Any
 from studylib.reports import write_portable
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.training.callbacks import TrainingHealth
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.health import format_health, health_report, probe_batches
 from pha_lightning.training.system import load_system
 

@@ -16,7 +16,7 @@ same validation examples in the same batches of 128 (the project's order: per ta
   chunking); ``ours_lora_padded`` is ours with chunking off (the peers' padded batches),
   ``ours_pha_fused_adamw`` PHA with ``model.optim.adamw_kernel: fused``; ``*_grouped``: the same with the Trainer's length grouping (``group_by_length``);
 * ``adapterhub``: AdapterHub's parallel bottleneck adapter (``par_bn``, the reduction factor of our
-  ``adapter_dim``, scaling 1.0: our ``adapter`` exactly, see ``model/adapterhub_export.py``) + the
+  ``adapter_dim``, scaling 1.0: our ``adapter`` exactly, see ``formats/adapterhub.py``) + the
   same heads, trained by ``AdapterTrainer`` in ``--adapters-python`` (``adapters`` pins
   transformers 4.57; the worker, ``peers_worker.py``, runs there and exchanges files and JSON).
 
@@ -122,8 +122,8 @@ def build_system(method: str, our_args: dict):
 
 def prepare(args: argparse.Namespace, folder: Path) -> None:
     """Write what every worker reads: the training and evaluation batches, the tasks, each method's initial heads."""
+    from pha_lightning.formats.adapterhub import reduction_factor
     from pha_lightning.hub import resolve_backbone_path
-    from pha_lightning.model.adapterhub_export import reduction_factor
 
     spec = {"suite": "glue", "data_dir": args.data_dir, "n_train": args.n_train, "batch_size": args.batch_size}
     spec |= {"eval_examples": args.eval_examples, "threads": args.threads, "method": "lora", "model_kwargs": {}}
@@ -148,7 +148,7 @@ def prepare(args: argparse.Namespace, folder: Path) -> None:
         "loss": {k: getattr(systems["adapter"].loss_config, k) for k in ("label_smoothing", "regression_loss_weight")},
         "lora": {"r": lora.lora_rank, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout},
         "lora_targets": list(lora.lora_targets or ("query", "value")),
-        "reduction_factor": reduction_factor(model),
+        "reduction_factor": reduction_factor(model.d_model, model.config.adapter_dim),
     }
     (folder / "tasks.json").write_text(json.dumps(meta, indent=2))
 

@@ -115,9 +115,9 @@ class PeftAPI(ls.LitAPI):
         from safetensors.torch import load_file
 
         from pha_lightning.data.catalog import get_task
+        from pha_lightning.formats.task_export import HEAD_NAME
         from pha_lightning.hub import load_tokenizer, resolve_backbone_path
         from pha_lightning.model.backbone import backbone_class
-        from pha_lightning.model.peft_export import HEAD_NAME
 
         base = backbone_class(self.backbone).from_pretrained(resolve_backbone_path(self.backbone))
         first, *rest = self.task_names

@@ -39,9 +39,9 @@ from studylib.timing import load_average
 
 from pha_lightning import PHAModel
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.task_export import HEAD_NAME
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
-from pha_lightning.model.peft_export import HEAD_NAME
 from pha_lightning.model.retriever import masked_mean
 
 VARIANTS = ("pha", "peft_mixed", "peft_grouped", "merged", "base")

@@ -21,7 +21,7 @@ import torch
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_directory
-from pha_lightning.model.bundle import check_output_dir, is_bundle
+from pha_lightning.formats.bundle import check_output_dir, is_bundle
 from pha_lightning.model.calibration import Decision
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import example_batches, route, task_scores

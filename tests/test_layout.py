@@ -21,10 +21,11 @@ FOUNDATION = {"errors", "validation", "hub", "files", "version"}
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),
     "data": set(),
-    "model": {"data"},
-    "training": {"data", "model"},
-    "cli": {"data", "model", "training", "routing"},
-    "routing": {"data", "model"},  # pha_lightning.routing: the Router, without Lightning
+    "formats": {"data"},  # files and plain state dicts: no model code, no Lightning
+    "model": {"data", "formats"},
+    "training": {"data", "formats", "model"},
+    "cli": {"data", "formats", "model", "training", "routing"},
+    "routing": {"data", "formats", "model"},  # pha_lightning.routing: the Router, without Lightning
 }
 
 
@@ -172,7 +173,7 @@ def test_circle_check_sees_a_circle(tmp_path: Path) -> None:
     assert import_circle(modules) == []
 
 
-MIGRATION = "pha_lightning.model.migration"
+MIGRATION = "pha_lightning.formats.migration"
 #: Words only an old format has: legacy values, format 1 bundles' ``hyperparameters``, version 1
 #: checkpoints' ``portable_task_specs``; and the version fields, which only the migration reads.
 OLD_FORMAT_KEYS = ("hyperparameters", "portable_task_specs")
@@ -239,7 +240,7 @@ def test_old_format_check_sees_a_reader(tmp_path: Path) -> None:
 def test_model_package_does_not_import_lightning() -> None:
     code = (
         "import sys\n"
-        "import pha_lightning.model, pha_lightning.model.bundle, pha_lightning.data.tasks, pha_lightning.data.examples\n"
+        "import pha_lightning.model, pha_lightning.formats.bundle, pha_lightning.data.tasks, pha_lightning.data.examples\n"
         "from pha_lightning import PHAModel, PHAConfig\n"
         "from pha_lightning.routing import Router\n"
         "print([m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))])\n"

@@ -15,18 +15,18 @@ from production_fixtures import pha_error, trained_checkpoint
 from pha_lightning.cli.app import check_config_file, check_option_names
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.model.bundle import CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
-from pha_lightning.model.calibration import RoutingConfig
-from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.migration import (
+from pha_lightning.formats.bundle import CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
+from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.formats.migration import (
     CHECKPOINT_VERSION,
     CHECKPOINT_VERSION_KEY,
     FLAT_TRAINING_SETTINGS,
     OLD_BUNDLE_WEIGHTS_NAME,
     upgrade_checkpoint,
 )
+from pha_lightning.model.calibration import RoutingConfig
+from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.system import PHAModule, load_system
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
 
 

@@ -11,7 +11,7 @@ import torch
 
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.data.catalog import get_task
-from pha_lightning.model.peft_export import write_peft_export
+from pha_lightning.model.exports import write_peft_export
 
 #: the offline suite's tasks
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]

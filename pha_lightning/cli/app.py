@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ from pha_lightning.data.catalog import parse_specs, portable_specs
 from pha_lightning.data.datamodule import PHADataModule, check_source_length
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
-from pha_lightning.model.bundle import is_bundle, read_bundle_config
+from pha_lightning.formats.bundle import is_bundle, read_bundle_config
+from pha_lightning.formats.checkpoint import read_checkpoint, served_hyper_parameters
+from pha_lightning.formats.migration import check_model_section, renamed_model_setting
 from pha_lightning.model.calibration import RoutingConfig
 from pha_lightning.model.config import PHAConfig, trains_retriever
-from pha_lightning.model.migration import check_model_section, renamed_model_setting
 from pha_lightning.training.callbacks import (
     DataSizeAdvice,
     FinalValidation,
@@ -53,12 +55,7 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
-from pha_lightning.training.checkpoints import (
-    check_compatible,
-    read_checkpoint,
-    resolve_last_checkpoint,
-    served_hyper_parameters,
-)
+from pha_lightning.training.checkpoints import check_compatible, resolve_last_checkpoint
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.settings import LossConfig, OptimConfig
@@ -124,6 +121,8 @@ MODEL_GROUPS: dict[str, type] = {
     "optim": OptimConfig,
     "routing": RoutingConfig,
 }
+#: The architecture settings, which a flat ``model.<key>`` of pha-lightning 0.1 may name (``formats.migration``).
+ARCHITECTURE_SETTINGS = frozenset(f.name for f in fields(PHAConfig))
 
 
 def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = None) -> list[dict] | None:
@@ -179,7 +178,7 @@ def check_config_file(path: str) -> None:
         return
     for section in (loaded, *(loaded.get(name) or {} for name in ("fit", "validate", "test", "predict"))):
         if isinstance(section, dict):
-            check_model_section(section.get("model"), f"config file {path!r}")
+            check_model_section(section.get("model"), f"config file {path!r}", ARCHITECTURE_SETTINGS)
             for key in OPTIMIZER_OPTIONS:
                 if key[2:] in section:
                     raise ConfigError(f"config file {path!r}: {optimizer_option_error(key[2:])}")
@@ -205,7 +204,9 @@ def check_option_names(argv: list[str]) -> None:
         if name in OPTIMIZER_OPTIONS:
             raise optimizer_option_error(name)
         key = token[2:].split("=", 1)[0] if token.startswith("--model.") else ""
-        renamed = renamed_model_setting(key.removeprefix("model.")) if key.count(".") == 1 else None
+        renamed = (
+            renamed_model_setting(key.removeprefix("model."), ARCHITECTURE_SETTINGS) if key.count(".") == 1 else None
+        )
         if renamed is not None:
             raise ConfigError(f"--{key} is {renamed} (settings are grouped by concern: see docs/migration.md)")
 

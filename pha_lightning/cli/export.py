@@ -4,14 +4,15 @@
     pha export --ckpt_path <checkpoint or bundle> --output_dir served/ --format peft [--tasks a b] [--merge]
     pha export --ckpt_path <checkpoint or bundle> --output_dir served/ --format adapterhub [--tasks a b]
 
-The bundle (:mod:`pha_lightning.model.bundle`) holds the model's architecture and weights, not
+The bundle (:mod:`pha_lightning.formats.bundle`) holds the model's architecture and weights, not
 the training system: :meth:`PHAModel.from_pretrained` serves it without this package's training
 code or the checkpoint. A model trained by few-shot transfer is exported as one plain model over
 its new and source tasks, so its bundle does not need the source checkpoint. ``--format peft``
 writes one peft LoRA adapter per task (LoRA models only), and with ``--merge`` a plain
-transformers checkpoint per task (:mod:`pha_lightning.model.peft_export`); ``--format adapterhub``
+transformers checkpoint per task (:mod:`pha_lightning.formats.peft`); ``--format adapterhub``
 one AdapterHub parallel bottleneck adapter per task (bottleneck models on BERT,
-:mod:`pha_lightning.model.adapterhub_export`).
+:mod:`pha_lightning.formats.adapterhub`); the model hands their weights over
+(:mod:`pha_lightning.model.exports`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from pathlib import Path
 
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.errors import ConfigError
-from pha_lightning.model.adapterhub_export import write_adapterhub_export
-from pha_lightning.model.bundle import is_bundle
-from pha_lightning.model.peft_export import INDEX_NAME, write_peft_export
+from pha_lightning.formats.bundle import is_bundle
+from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.formats.task_export import INDEX_NAME
+from pha_lightning.model.exports import write_adapterhub_export, write_peft_export
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
 
 FORMATS = ("bundle", "peft", "adapterhub")

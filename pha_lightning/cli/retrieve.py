@@ -22,11 +22,12 @@ from torch import Tensor
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
-from pha_lightning.model.bundle import is_bundle
+from pha_lightning.formats.bundle import is_bundle
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.retrieval_picture import save_retrieval
 from pha_lightning.training.system import load_system
-from pha_lightning.training.transfer import format_rankings, prototype_scores, read_checkpoint, retrieval_vectors
+from pha_lightning.training.transfer import format_rankings, prototype_scores, retrieval_vectors
 from pha_lightning.validation import SEED, SIZE, Range, check_range, ensure_writable_dir
 
 

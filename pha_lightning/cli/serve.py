@@ -28,7 +28,7 @@ from jsonargparse import ActionConfigFile, Namespace
 from pha_lightning.cli.export import load_trained
 from pha_lightning.cli.parsing import PHAArgumentParser
 from pha_lightning.errors import ConfigError
-from pha_lightning.model.bundle import is_bundle
+from pha_lightning.formats.bundle import is_bundle
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.validation import check_range, valid_values
 

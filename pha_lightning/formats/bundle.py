@@ -7,9 +7,10 @@ every weights file), ``pha_model.safetensors`` (the PHA weights, no backbone; no
 ``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
-when read (:mod:`~pha_lightning.model.migration`). :meth:`PHAModel.save_pretrained`,
-:meth:`~PHAModel.from_pretrained` and :meth:`~PHAModel.load_bundle` are :func:`save_model`,
-:func:`load_model` and :func:`load_weights`.
+when read (:mod:`~pha_lightning.formats.migration`). This module works on plain state dicts and
+files: :meth:`PHAModel.save_pretrained`, :meth:`~PHAModel.from_pretrained` and
+:meth:`~PHAModel.load_bundle` turn the model into them and back (:func:`write_bundle`,
+:func:`read_bundle_config`, :func:`read_bundle_weights`).
 """
 
 from __future__ import annotations
@@ -17,33 +18,28 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from pha_lightning.data.schema import portable_data_settings
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_directory, sha256_of
+from pha_lightning.formats.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.hub import (
     PACKAGED_BACKBONES,
     backbone_family,
     backbone_fingerprint,
     load_backbone_config,
 )
-from pha_lightning.model.calibration import Calibration
-from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.migration import BUNDLE_VERSION, upgrade_bundle_record
 from pha_lightning.validation import ensure_writable_dir
 from pha_lightning.version import __version__
-
-#: :class:`~pha_lightning.model.PHAModel` (which calls this module, so names no type of it here)
-ModelT = TypeVar("ModelT", bound=nn.Module)
 
 BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
@@ -53,31 +49,6 @@ ADAPTERS_NAME = "generated_adapters.safetensors"
 
 class BundleError(PHAError):
     """A bundle directory is missing, incomplete, corrupt, or of an unknown format."""
-
-
-def check_state_fits(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor], source: str) -> None:
-    """Every saved weight must exist in the model with the same shape (another backbone would not fit)."""
-    unexpected = sorted(set(state) - set(model_state))
-    if unexpected:
-        raise ConfigError(f"{source} holds {len(unexpected)} weights this model does not have, e.g. {unexpected[:3]}")
-    wrong = [
-        (k, tuple(v.shape), tuple(model_state[k].shape)) for k, v in state.items() if v.shape != model_state[k].shape
-    ]
-    if wrong:
-        key, have, want = wrong[0]
-        raise ConfigError(
-            f"{source} does not fit this model: {len(wrong)} weights have other shapes, e.g. {key} is {have} "
-            f"there and {want} here (trained on another backbone or architecture?)"
-        )
-
-
-def check_state_complete(
-    state: Mapping[str, Tensor], wanted: Iterable[str], source: str, error: type[PHAError] = ConfigError
-) -> None:
-    """Every weight the model saves must be there: one left out would silently keep its initial value."""
-    missing = sorted(set(wanted) - set(state))
-    if missing:
-        raise error(f"{source} lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -208,7 +179,7 @@ def read_format_config(folder: Path, expected_format: str, kind: str, expected: 
 
 def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     """The bundle's ``config.json``, checked for format and completeness and upgraded to the current
-    format (:mod:`~pha_lightning.model.migration`); ``config`` holds the architecture."""
+    format (:mod:`~pha_lightning.formats.migration`); ``config`` holds the architecture."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle {str(path)!r} does not exist or is not a directory")
@@ -275,77 +246,3 @@ def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict
 
 def is_bundle(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_NAME).exists()
-
-
-# ---------------------------------------------------------------------------------------- models
-def model_weights(model: nn.Module) -> dict[str, Tensor]:
-    """The weights a bundle holds, with added tasks' prototype rows merged into one table."""
-    return merge_added_rows({k: v for k, v in model.state_dict().items() if k in model.saved_state_keys()})
-
-
-def merge_added_rows(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """``state`` with the prototype rows of tasks added by few-shot transfer (``prototypes.added``, in
-    front) merged into ``prototypes.weight``: the weights of the plain model over every task."""
-    state = dict(state)
-    added, table = f"{prefix}prototypes.added", f"{prefix}prototypes.weight"
-    if added in state:
-        state[table] = torch.cat([state.pop(added), state[table]])
-    return state
-
-
-def save_model(
-    model: nn.Module,
-    output_dir: str | os.PathLike,
-    *,
-    precompute: bool,
-    overwrite: bool,
-    data: Mapping[str, Any] | None,
-    extra: Mapping[str, Any] | None,
-) -> Path:
-    """:meth:`PHAModel.save_pretrained`."""
-    if data is None:
-        data = (model.bundle_config or {}).get("data", {})
-    precomputed = model.precomputed_adapters() if precompute else None
-    if model.calibration is not None:
-        extra = {**(extra or {}), "routing": model.calibration.to_dict()}
-    return write_bundle(
-        output_dir,
-        model.config.to_dict(),
-        model.task_objects,
-        model_weights(model),
-        data=data,
-        precomputed=precomputed,
-        extra=extra,
-        overwrite=overwrite,
-    )
-
-
-def load_model(
-    cls: type[ModelT],
-    path: str | os.PathLike,
-    *,
-    backbone: str | None,
-    use_precomputed_adapters: bool,
-    map_location: str | torch.device,
-) -> ModelT:
-    """:meth:`PHAModel.from_pretrained`."""
-    config = read_bundle_config(path)
-    name = backbone or config["config"]["backbone"]
-    check_backbone(config, name, path, given=backbone is not None)
-    model = cls(PHAConfig.from_dict({**config["config"], "backbone": name}))
-    load_weights(model, path, config)
-    model.bundle_config = config
-    if use_precomputed_adapters and ADAPTERS_NAME in config["files"]:
-        model.use_generated_table(read_precomputed(path, config))
-    return model.eval().to(map_location)
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
-    """:meth:`PHAModel.load_bundle`: the bundle's weights must fit the model and hold all it saves."""
-    config = read_bundle_config(path) if config is None else config
-    state = read_bundle_weights(path, config)
-    source = f"bundle {str(path)!r}"
-    check_state_fits(state, model.state_dict(), source)
-    check_state_complete(state, model.saved_state_keys(), source, BundleError)
-    model.load_state_dict(state, strict=False)
-    model.calibration = Calibration.from_dict(config["routing"]) if config.get("routing") else None

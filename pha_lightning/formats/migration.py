@@ -15,16 +15,19 @@ the formats.
   name ``adapter_model.safetensors`` for keys peft cannot read).
 * configuration 1: flat ``model.*`` keys. Configuration 2 groups them (``model.arch.*``,
   ``model.loss.*``, ``model.optim.*``); a flat key is an error naming its new name, not guessed.
+
+This module works on plain dicts and imports nothing of the model: a version-1 setting is an
+architecture setting unless it is one of the version-1 training or linked settings listed here
+(the version-1 system took exactly these, :data:`FLAT_TRAINING_SETTINGS`, :data:`FLAT_LINKED_SETTINGS`
+and ``transfer``), and the caller that checks a configuration names the current architecture settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import fields
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.model.config import PHAConfig, trains_retriever
 from pha_lightning.version import __version__
 
 CHECKPOINT_VERSION = 2
@@ -60,18 +63,26 @@ FLAT_LINKED_SETTINGS: dict[str, str] = {"tasks": "data.tasks", "portable_task_sp
 FLAT_LAMBDA_DEFAULT = 0.1
 
 
-def architecture_names() -> set[str]:
-    return {f.name for f in fields(PHAConfig)}
+#: Version-1 settings that are neither architecture nor training: the linked task specs and the transfer.
+FLAT_OTHER_SETTINGS = ("portable_task_specs", "transfer")
 
 
 def legacy_architecture(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """The :class:`PHAConfig` dict of version-1 flat settings (keys they predate take their legacy values)."""
+    """The ``PHAConfig`` dict of version-1 flat settings: every one but the training and other settings
+    (keys they predate take their legacy values; an unknown one is refused when the config is built)."""
     settings = {**LEGACY_SETTINGS, **flat}
-    arch = {key: settings[key] for key in architecture_names() - {"task_specs", "retriever"} if key in settings}
+    skipped = {*FLAT_TRAINING_SETTINGS, *FLAT_OTHER_SETTINGS}
+    arch = {key: value for key, value in settings.items() if key not in skipped and not key.startswith("_")}
     arch["task_specs"] = settings.get("portable_task_specs")
-    lambdas = (settings.get("lambda_ir", FLAT_LAMBDA_DEFAULT), settings.get("lambda_pro", FLAT_LAMBDA_DEFAULT))
-    arch["retriever"] = trains_retriever(settings["tasks"], *lambdas)
+    arch["retriever"] = built_retriever(settings)
     return arch
+
+
+def built_retriever(settings: Mapping[str, Any]) -> bool:
+    """Whether a version-1 model built its retriever: a retrieval loss had a weight, and there was more
+    than one task to contrast (the rule of that version, kept here as it was)."""
+    lambdas = (settings.get("lambda_ir", FLAT_LAMBDA_DEFAULT), settings.get("lambda_pro", FLAT_LAMBDA_DEFAULT))
+    return bool(any(lambdas)) and len(settings["tasks"]) > 1
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -137,24 +148,25 @@ def upgrade_bundle_record(record: dict[str, Any], source: str, error: type[PHAEr
 
 
 # ---------------------------------------------------------------------------------------- configurations
-def renamed_model_setting(key: str) -> str | None:
-    """What a version-1 ``model.<key>`` setting is called now (``None``: not a version-1 flat key)."""
+def renamed_model_setting(key: str, architecture: Collection[str]) -> str | None:
+    """What a version-1 ``model.<key>`` setting is called now (``None``: not a version-1 flat key);
+    ``architecture`` names the current architecture settings (``PHAConfig``'s fields)."""
     if key in FLAT_LINKED_SETTINGS:
         return f"linked from {FLAT_LINKED_SETTINGS[key]}: drop it"
     if key in FLAT_TRAINING_SETTINGS:
         return f"now model.{FLAT_TRAINING_SETTINGS[key]}.{key}"
-    if key in architecture_names() - {"task_specs", "retriever"}:
+    if key in set(architecture) - {"task_specs", "retriever"}:
         return f"now model.arch.{key}"
     return None
 
 
-def check_model_section(section: object, where: str) -> None:
+def check_model_section(section: object, where: str, architecture: Collection[str]) -> None:
     """A configuration's ``model`` mapping must use the grouped keys: a flat one is one error naming
     its new name (a configuration written for pha-lightning 0.1)."""
     if not isinstance(section, Mapping):
         return
     for key in section:
-        renamed = renamed_model_setting(str(key))
+        renamed = renamed_model_setting(str(key), architecture)
         if renamed is not None:
             raise ConfigError(
                 f"{where}: model.{key} is {renamed} (settings are grouped by concern since pha-lightning 0.2: "

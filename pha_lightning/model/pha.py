@@ -5,7 +5,8 @@ at that point; a prototype table; a hypernetwork that turns each task's prototyp
 embedding) into the adapters of the blocks after it; task heads on encoder-only backbones. The
 same parts build PHA's baselines (:mod:`pha_lightning.model.methods`). What runs on top of the
 network lives beside it: T5 decoding (:mod:`~pha_lightning.model.seq2seq`), raw-example prediction
-(:mod:`~pha_lightning.model.prediction`), the bundle format (:mod:`~pha_lightning.model.bundle`).
+(:mod:`~pha_lightning.model.prediction`); saving and loading a bundle (the format is
+:mod:`~pha_lightning.formats.bundle`, which sees plain state dicts and files).
 Training (losses, optimiser, checkpoints) is :mod:`pha_lightning.training`; docs/method.md
 explains the method.
 
@@ -31,8 +32,10 @@ from transformers import PreTrainedTokenizerBase
 from pha_lightning.data.catalog import resolve_tasks
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError
+from pha_lightning.formats import bundle
+from pha_lightning.formats.state import check_state_complete, check_state_fits, merge_added_rows
 from pha_lightning.hub import backbone_family, load_tokenizer
-from pha_lightning.model import bundle, prediction, seq2seq
+from pha_lightning.model import prediction, seq2seq
 from pha_lightning.model.adapters import (
     AdapterContext,
     GeneratedAdapter,
@@ -478,7 +481,7 @@ class PHAModel(nn.Module):
         """
         return prediction.predict(self, examples, batch_size, max_source_length)
 
-    # ------------------------------------------------------------------ saving and loading (model/bundle.py)
+    # ------------------------------------------------------------------ saving and loading (formats/bundle.py)
     def save_pretrained(
         self,
         output_dir: str | os.PathLike,
@@ -491,7 +494,21 @@ class PHAModel(nn.Module):
         """Write a bundle: ``config.json`` (this :class:`PHAConfig`, versions, checksums) and the
         weights in safetensors (docs/production.md, "Export a portable adapter bundle"). ``data`` records the input settings
         (``max_source_length`` …), by default those of the bundle this model was loaded from."""
-        return bundle.save_model(self, output_dir, precompute=precompute, overwrite=overwrite, data=data, extra=extra)
+        if data is None:
+            data = (self.bundle_config or {}).get("data", {})
+        if self.calibration is not None:
+            extra = {**(extra or {}), "routing": self.calibration.to_dict()}
+        saved = {k: v for k, v in self.state_dict().items() if k in self.saved_state_keys()}
+        return bundle.write_bundle(
+            output_dir,
+            self.config.to_dict(),
+            self.task_objects,
+            merge_added_rows(saved),  # added tasks' prototype rows in the one table of the plain model
+            data=data,
+            precomputed=self.precomputed_adapters() if precompute else None,
+            extra=extra,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def from_pretrained(
@@ -509,13 +526,26 @@ class PHAModel(nn.Module):
         bundle has them, replace the hypernetwork at inference unless ``use_precomputed_adapters``
         is false.
         """
-        return bundle.load_model(
-            cls, path, backbone=backbone, use_precomputed_adapters=use_precomputed_adapters, map_location=map_location
-        )
+        record = bundle.read_bundle_config(path)
+        name = backbone or record["config"]["backbone"]
+        bundle.check_backbone(record, name, path, given=backbone is not None)
+        model = cls(PHAConfig.from_dict({**record["config"], "backbone": name}))
+        model.load_bundle(path, record)
+        model.bundle_config = record
+        if use_precomputed_adapters and bundle.ADAPTERS_NAME in record["files"]:
+            model.use_generated_table(bundle.read_precomputed(path, record))
+        return model.eval().to(map_location)
 
     def load_bundle(self, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
-        """Load a bundle's weights into this (already built) model (``pha test --ckpt_path <bundle>``)."""
-        bundle.load_weights(self, path, config)
+        """Load a bundle's weights into this (already built) model (``pha test --ckpt_path <bundle>``):
+        they must fit it and hold every weight it saves."""
+        config = bundle.read_bundle_config(path) if config is None else config
+        state = bundle.read_bundle_weights(path, config)
+        source = f"bundle {str(path)!r}"
+        check_state_fits(state, self.state_dict(), source)
+        check_state_complete(state, self.saved_state_keys(), source, bundle.BundleError)
+        self.load_state_dict(state, strict=False)
+        self.calibration = Calibration.from_dict(config["routing"]) if config.get("routing") else None
 
 
 @dataclass

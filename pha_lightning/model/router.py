@@ -23,16 +23,15 @@ from torch import Tensor
 import pha_lightning
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import sha256_of
-from pha_lightning.model.bundle import (
+from pha_lightning.formats.bundle import (
     BundleError,
     backbone_record,
     check_backbone,
-    check_state_complete,
-    check_state_fits,
     read_format_config,
     read_tensors,
     task_spec,
 )
+from pha_lightning.formats.state import check_state_complete, check_state_fits
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.prediction import no_router_error, routes

@@ -1,17 +1,15 @@
-"""Checkpoints and bundles as inputs: reading them safely, resolving ``last``, checking they fit.
+"""Checkpoints and bundles as inputs to a run: do they fit the configuration, which one is ``last``.
 
-Everything here turns a bad input into a :class:`~pha_lightning.errors.PHAError` that names the
-file and what is wrong with it, before anything is half-done:
+Reading a checkpoint or bundle and checking its format is :mod:`pha_lightning.formats`; here:
 
-* :func:`read_checkpoint` (from :mod:`pha_lightning.training.transfer`) loads with ``weights_only=True``
-  (no arbitrary unpickling) and reports a missing, truncated or corrupt file;
 * :func:`check_compatible` compares the architecture a checkpoint or bundle was trained with (tasks,
   backbone, method, the settings that decide the weights' shapes) with what the configuration asks
-  for, and :func:`check_state_fits` compares the saved weights' shapes with a built model;
+  for (the saved weights' shapes are checked against a built model by
+  :func:`~pha_lightning.formats.state.check_state_fits`);
 * :func:`resolve_last_checkpoint` finds the checkpoint furthest along (highest global step; any
   ``*.ckpt``: step, ``last``, SLURM ``hpc_ckpt_*``) under a run directory, across the TensorBoard
   logger's ``version_*`` folders, which Lightning's own ``ckpt_path="last"`` does not search (each
-  new run gets a new version folder);
+  new run gets a new version folder).
 """
 
 from __future__ import annotations
@@ -23,32 +21,15 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
 
 from pha_lightning.errors import ConfigError
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.hub import backbone_fingerprint
-from pha_lightning.model.bundle import check_state_fits, merge_added_rows
 from pha_lightning.model.config import ARCHITECTURE_KEYS
 from pha_lightning.model.methods import weights_of
-from pha_lightning.training.transfer import read_checkpoint
-
-__all__ = [
-    "SERVED_ARCH_KEY",
-    "STRUCTURE_KEYS",
-    "as_served",
-    "check_compatible",
-    "check_state_fits",
-    "model_state",
-    "read_checkpoint",
-    "resolve_last_checkpoint",
-    "served_hyper_parameters",
-]
 
 #: Architecture settings besides tasks and backbone that decide which weights a model has and their shapes.
 STRUCTURE_KEYS: tuple[str, ...] = ("method", *ARCHITECTURE_KEYS)
-#: A few-shot transfer checkpoint's record of its model's architecture as built: the new tasks in front
-#: of the source's (:meth:`~pha_lightning.model.PHAModel.add_tasks`), which the hyperparameters lack.
-SERVED_ARCH_KEY = "pha_served_arch"
 
 
 def _same_backbone(saved: str, asked: str, source: str) -> None:
@@ -115,35 +96,9 @@ def check_compatible(saved: Mapping[str, Any], asked: Mapping[str, Any], source:
             )
 
 
-def served_hyper_parameters(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The hyperparameters of the plain model a few-shot transfer checkpoint holds: the architecture
-    it recorded as built (its new tasks in front of its source's, :data:`SERVED_ARCH_KEY`) and no
-    transfer, so that it serves without its source checkpoint. Other checkpoints: their own."""
-    hyper_parameters = checkpoint["hyper_parameters"]
-    if not hyper_parameters.get("transfer") or SERVED_ARCH_KEY not in checkpoint:
-        return hyper_parameters
-    return {**hyper_parameters, "arch": checkpoint[SERVED_ARCH_KEY], "transfer": None}
-
-
-def as_served(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A few-shot transfer checkpoint, in place, as the plain model it holds (:func:`served_hyper_parameters`,
-    the new tasks' prototype rows merged into the table); other checkpoints are left as they are."""
-    served = served_hyper_parameters(checkpoint)
-    if served is not checkpoint["hyper_parameters"]:
-        checkpoint["hyper_parameters"] = served
-        if "state_dict" in checkpoint:  # a sharded checkpoint's weights are loaded by its strategy
-            checkpoint["state_dict"] = merge_added_rows(checkpoint["state_dict"], "model.")
-    return checkpoint
-
-
 def _same_setting(key: str, asked: Any, saved: Any) -> bool:
     """Whether a saved architecture setting serves the asked one (a method: one with its weights)."""
     return weights_of(asked) == weights_of(saved) if key == "method" else asked == saved
-
-
-def model_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A checkpoint's weights under the model's own names (the system keeps its model under ``model.``)."""
-    return {key.removeprefix("model."): value for key, value in state_dict.items()}
 
 
 def checkpoint_files(root: str | os.PathLike) -> list[Path]:

@@ -22,22 +22,17 @@ from torch.nn import functional as F
 
 from pha_lightning.data.catalog import resolve_tasks
 from pha_lightning.errors import ConfigError
+from pha_lightning.formats.checkpoint import SERVED_ARCH_KEY, as_served
+from pha_lightning.formats.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
+from pha_lightning.formats.state import check_state_complete, check_state_fits, model_state
 from pha_lightning.hub import resolve_backbone_path
-from pha_lightning.model.bundle import check_state_complete
 from pha_lightning.model.calibration import Calibration, RoutingConfig
 from pha_lightning.model.config import ARCHITECTURE_KEYS, PHAConfig
 from pha_lightning.model.methods import method_layout
-from pha_lightning.model.migration import CHECKPOINT_VERSION, CHECKPOINT_VERSION_KEY, upgrade_checkpoint
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import predict_rows, prediction_fields
 from pha_lightning.model.sharding import gathered, is_sharded, shard_model
-from pha_lightning.training.checkpoints import (
-    SERVED_ARCH_KEY,
-    as_served,
-    check_compatible,
-    check_state_fits,
-    model_state,
-)
+from pha_lightning.training.checkpoints import check_compatible
 from pha_lightning.training.health import probe_adapters
 from pha_lightning.training.losses import (
     between_task_similarity,
@@ -438,9 +433,9 @@ class PHAModule(LightningModule):
 
 
 def load_system(checkpoint: dict[str, Any]) -> PHAModule:
-    """The system a checkpoint (read by :func:`~pha_lightning.training.checkpoints.read_checkpoint`)
+    """The system a checkpoint (read by :func:`~pha_lightning.formats.checkpoint.read_checkpoint`)
     holds, with its weights: its class path is not imported, so checkpoints of older layouts load;
-    a transferred model as the plain model it holds (:func:`~pha_lightning.training.checkpoints.as_served`)."""
+    a transferred model as the plain model it holds (:func:`~pha_lightning.formats.checkpoint.as_served`)."""
     system = PHAModule(**as_served(upgrade_checkpoint(checkpoint))["hyper_parameters"])
     system.configure_model()
     system.on_load_checkpoint(checkpoint)

@@ -21,9 +21,9 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from pha_lightning.errors import ConfigError, PHAError
-from pha_lightning.model.migration import upgrade_checkpoint
-from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting, weights_only_failure
+from pha_lightning.errors import ConfigError
+from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -57,25 +57,6 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         check_settings("model.transfer", TransferConfig, asdict(self))
-
-
-def read_checkpoint(path: str) -> dict:
-    """Load a PHA checkpoint without unpickling arbitrary objects; a bad file is a clear error."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PHAError(f"checkpoint {path!r} does not exist") from None
-    except Exception as err:  # truncated, corrupt, or not a checkpoint at all
-        failure = weights_only_failure(err)
-        if failure is not None:
-            raise PHAError(
-                f"checkpoint {path!r} {failure}; pha loads checkpoints as tensors and plain values only: "
-                "use a checkpoint written by pha fit, or a bundle (pha export, safetensors)"
-            ) from None
-        raise PHAError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
-    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise PHAError(f"{path!r} is not a pha checkpoint (no state_dict / hyper_parameters)")
-    return upgrade_checkpoint(checkpoint, f"checkpoint {path!r}")
 
 
 def read_source(config: TransferConfig, backbone: str, new_tasks: list[str]) -> dict:

@@ -12,7 +12,7 @@ from production_fixtures import pha_error
 
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli import main
-from pha_lightning.model.bundle import read_bundle_config
+from pha_lightning.formats.bundle import read_bundle_config
 
 
 def printed_config(capsys: pytest.CaptureFixture, *args: str) -> dict:

@@ -16,8 +16,8 @@ from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli.export import export_checkpoint
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import OutputError
-from pha_lightning.model.bundle import ADAPTERS_NAME, CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
-from pha_lightning.training.checkpoints import model_state
+from pha_lightning.formats.bundle import ADAPTERS_NAME, CONFIG_NAME, WEIGHTS_NAME, read_bundle_config
+from pha_lightning.formats.state import model_state
 from pha_lightning.training.system import PHAModule
 
 pytestmark = pytest.mark.slow  # trains a model and exports it
@@ -115,7 +115,7 @@ def test_save_pretrained_round_trip(bundle: Path, tmp_path: Path, batches: list[
 def test_export_is_atomic_and_never_overwrites_silently(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pha_lightning.model.bundle as bundle_format
+    import pha_lightning.formats.bundle as bundle_format
 
     out = tmp_path / "bundle"
     real_save = bundle_format.save_file

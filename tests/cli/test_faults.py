@@ -27,8 +27,8 @@ from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule, checksum_path, tokenize_columns
 from pha_lightning.data.examples import CHARS_PER_TOKEN, encode_examples
 from pha_lightning.files import atomic_write_text
+from pha_lightning.formats import bundle as bundle_module
 from pha_lightning.hub import load_tokenizer
-from pha_lightning.model import bundle as bundle_module
 from pha_lightning.training.checkpoints import resolve_last_checkpoint
 from pha_lightning.training.outputs import claim_version
 

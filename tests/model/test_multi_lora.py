@@ -22,9 +22,9 @@ from pha_lightning.errors import ConfigError
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.chunking import plan_chunks
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.exports import write_peft_export
 from pha_lightning.model.lora import LoRALinear
 from pha_lightning.model.multi_lora import ArrowLoRA, top_right_singular_vectors
-from pha_lightning.model.peft_export import write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.retriever import masked_mean
 from pha_lightning.training.checkpoints import check_compatible

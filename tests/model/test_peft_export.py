@@ -21,12 +21,14 @@ from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.synthetic import build_synthetic_suite
 from pha_lightning.errors import ConfigError
+from pha_lightning.formats.peft import PEFT_CONFIG_NAME
+from pha_lightning.formats.task_export import HEAD_NAME, INDEX_NAME
 from pha_lightning.hub import resolve_backbone_path
 from pha_lightning.model.backbone import backbone_class
 from pha_lightning.model.calibration import RoutingConfig, calibrate
 from pha_lightning.model.config import PHAConfig
+from pha_lightning.model.exports import write_peft_export
 from pha_lightning.model.lora import LoRALinear
-from pha_lightning.model.peft_export import HEAD_NAME, INDEX_NAME, PEFT_CONFIG_NAME, write_peft_export
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.prediction import example_batches
 from pha_lightning.model.retriever import masked_mean

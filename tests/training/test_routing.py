@@ -19,12 +19,12 @@ from production_fixtures import (
 
 from pha_lightning import PHAModel
 from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.prediction import UNCALIBRATED_NOTE, example_batches, task_scores
 from pha_lightning.routing import Router
 from pha_lightning.training.callbacks import RoutingCalibration
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule, load_system
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from production_fixtures import pha_env, run_pha
 
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.training.checkpoints import read_checkpoint
 from pha_lightning.training.system import load_system
 
 pytestmark = pytest.mark.slow  # two torchrun processes per backbone (~25 s each)

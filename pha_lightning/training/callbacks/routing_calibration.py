@@ -7,10 +7,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration, calibrate, calibrate_added
 from pha_lightning.training.callbacks.ranks import gather_rows
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
-from pha_lightning.training.checkpoints import read_checkpoint
 
 
 class RoutingCalibration(ValidationRetrievalListener):
