@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import seed_everything
 from production_fixtures import pha_error, trained_checkpoint
 
-from pha_lightning.cli.app import check_config_file, check_option_names
+from pha_lightning.cli.checks import check_config_file, check_option_names
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.formats.bundle import CONFIG_NAME, WEIGHTS_NAME, read_bundle_config

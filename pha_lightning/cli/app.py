@@ -15,12 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
-from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -28,17 +26,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pha_lightning.cli.parsing import PHAArgumentParser, option_values, read_config_mapping
+from pha_lightning.cli.checks import (
+    check_config_file,
+    check_option_names,
+    check_predict_output,
+    check_run_settings,
+    predict_start,
+    prediction_identity,
+)
+from pha_lightning.cli.parsing import PHAArgumentParser, option_values
 from pha_lightning.cli.quiet import hide_library_noise
-from pha_lightning.data.catalog import parse_specs, portable_specs
-from pha_lightning.data.datamodule import PHADataModule, check_source_length
+from pha_lightning.cli.saved import LIGHTNING_CKPT_NAMES, check_saved, read_saved, resolve_ckpt_path, saved_defaults
+from pha_lightning.data.catalog import portable_specs
+from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
-from pha_lightning.formats.bundle import is_bundle, read_bundle_config
-from pha_lightning.formats.checkpoint import read_checkpoint, served_hyper_parameters
-from pha_lightning.formats.migration import check_model_section, renamed_model_setting
-from pha_lightning.model.calibration import RoutingConfig
-from pha_lightning.model.config import PHAConfig, trains_retriever
+from pha_lightning.model.config import trains_retriever
 from pha_lightning.training.callbacks import (
     DataSizeAdvice,
     FinalValidation,
@@ -55,21 +58,11 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
-from pha_lightning.training.checkpoints import check_compatible, resolve_last_checkpoint
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
-from pha_lightning.training.settings import LossConfig, OptimConfig
 from pha_lightning.training.sharding import STRATEGY_NAME
 from pha_lightning.training.system import PHAModule
-from pha_lightning.validation import (
-    SEED,
-    SIZE,
-    Range,
-    check_range,
-    check_ranges,
-    check_settings,
-    ensure_writable_dir,
-)
+from pha_lightning.validation import ensure_writable_dir
 
 
 def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
@@ -88,43 +81,6 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
     return "\n".join(lines)
 
 
-#: Trainer settings Lightning checks late, with a traceback, or not at all (``val_check_interval 0``
-#: divides by zero mid-run; a seed out of range is replaced by 0 with a warning).
-TRAINER_RANGES: dict[str, Range] = {
-    "max_steps": Range(-1, integer=True),  # -1: no limit
-    "max_epochs": Range(-1, integer=True, optional=True),
-    "min_steps": Range(0, integer=True, optional=True),
-    "min_epochs": Range(0, integer=True, optional=True),
-    "check_val_every_n_epoch": Range(1, integer=True, optional=True),
-    "accumulate_grad_batches": SIZE,
-    "log_every_n_steps": Range(1, integer=True, optional=True),
-    "num_sanity_val_steps": Range(-1, integer=True, optional=True),  # -1: all
-    "gradient_clip_val": Range(0, optional=True),
-}
-#: Trainer settings that count batches (an integer) or a share of them (a float in [0, 1]).
-BATCH_COUNT_SETTINGS: tuple[str, ...] = (
-    "limit_train_batches",
-    "limit_val_batches",
-    "limit_test_batches",
-    "limit_predict_batches",
-)
-
-
-#: Data settings a checkpoint's or bundle's record never supplies: the backbone (linked from the model),
-#: the record's own keys, and where to write: a recorded cache is the exporting machine's, not this one's.
-DATA_NOT_FROM_RECORD: tuple[str, ...] = ("backbone", "_instantiator", "cache_dir")
-
-#: The model's setting groups and the dataclass declaring each one's settings.
-MODEL_GROUPS: dict[str, type] = {
-    "arch": PHAConfig,
-    "loss": LossConfig,
-    "optim": OptimConfig,
-    "routing": RoutingConfig,
-}
-#: The architecture settings, which a flat ``model.<key>`` of pha-lightning 0.1 may name (``formats.migration``).
-ARCHITECTURE_SETTINGS = frozenset(f.name for f in fields(PHAConfig))
-
-
 def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = None) -> list[dict] | None:
     """``model.arch.task_specs`` from ``data.task_specs`` (labels a spec leaves out read under ``data_dir``);
     a bad spec is left to :func:`check_run_settings`, which reports it in one line (jsonargparse would
@@ -133,166 +89,6 @@ def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = 
         return portable_specs(specs, tasks, data_dir)
     except PHAError:
         return None
-
-
-def check_run_settings(config: Namespace) -> None:
-    """Range checks of every numeric setting (model, data, trainer, seed) and the task specs as
-    soon as the configuration is parsed, before a model or a trainer is built."""
-    if config.get("data"):
-        parse_specs(config.data.get("task_specs"), config.data.get("data_dir"))
-        check_settings("data", PHADataModule, config.data)
-    model = config.get("model") or {}
-    for group, settings in MODEL_GROUPS.items():
-        check_settings(f"model.{group}", settings, model.get(group) or {})
-    if model and config.get("data"):
-        check_source_length(model.arch.backbone, config.data.max_source_length)
-    seed = config.get("seed_everything")
-    if not isinstance(seed, bool) and seed is not None:
-        check_range("seed_everything", seed, SEED)
-    trainer = config.get("trainer") or {}
-    check_ranges("trainer", {key: TRAINER_RANGES[key] for key in TRAINER_RANGES if key in trainer}, trainer)
-    for key in BATCH_COUNT_SETTINGS:
-        _check_count_or_share(f"trainer.{key}", trainer.get(key), Range(0, integer=True), Range(0, 1))
-    _check_count_or_share(
-        "trainer.val_check_interval", trainer.get("val_check_interval"), SIZE, Range(0, 1, low_open=True)
-    )
-
-
-def _check_count_or_share(name: str, value: object, count: Range, share: Range) -> None:
-    """Lightning's convention: an integer counts batches, a float is a share of them."""
-    if value is None or (count.contains(value) if isinstance(value, int) else share.contains(value)):
-        return
-    raise ConfigError(
-        f"{name} must be an integer {count.describe()} (batches) or a float {share.describe()} (a share of them), got {value!r}"
-    )
-
-
-def check_config_file(path: str) -> None:
-    """A config file must be UTF-8 YAML mapping section names to settings; jsonargparse's own
-    messages for one that is not do not name the file. A ``--config`` that is no file (an inline
-    YAML string) or cannot be read is left to jsonargparse."""
-    loaded = read_config_mapping(
-        path, "sections to settings, e.g. 'trainer: {max_steps: 100}' and 'data: {tasks: [rte]}'"
-    )
-    if loaded is None:
-        return
-    for section in (loaded, *(loaded.get(name) or {} for name in ("fit", "validate", "test", "predict"))):
-        if isinstance(section, dict):
-            check_model_section(section.get("model"), f"config file {path!r}", ARCHITECTURE_SETTINGS)
-            for key in OPTIMIZER_OPTIONS:
-                if key[2:] in section:
-                    raise ConfigError(f"config file {path!r}: {optimizer_option_error(key[2:])}")
-
-
-#: LightningCLI's optimiser options, which PHA does not take: its AdamW and schedule are ``model.optim``
-OPTIMIZER_OPTIONS: tuple[str, ...] = ("--optimizer", "--lr_scheduler")
-
-
-def optimizer_option_error(name: str) -> ConfigError:
-    """LightningCLI's optimiser options are off (``auto_configure_optimizers=False``): what configures PHA's."""
-    return ConfigError(
-        f"{name} is not an option of pha: PHA trains with AdamW and a linear warm-up and decay, set by "
-        "model.optim.learning_rate, model.optim.weight_decay, model.optim.warmup_steps and model.optim.adam_epsilon"
-    )
-
-
-def check_option_names(argv: list[str]) -> None:
-    """A ``--model.<key>`` option of pha-lightning 0.1 (before settings were grouped) names its new key;
-    ``--optimizer`` / ``--lr_scheduler`` name the settings that configure PHA's optimiser instead."""
-    for token in argv:
-        name = token.split("=", 1)[0].split(".", 1)[0]
-        if name in OPTIMIZER_OPTIONS:
-            raise optimizer_option_error(name)
-        key = token[2:].split("=", 1)[0] if token.startswith("--model.") else ""
-        renamed = (
-            renamed_model_setting(key.removeprefix("model."), ARCHITECTURE_SETTINGS) if key.count(".") == 1 else None
-        )
-        if renamed is not None:
-            raise ConfigError(f"--{key} is {renamed} (settings are grouped by concern: see docs/migration.md)")
-
-
-def check_predict_output(output: str, predict_file: str | None, ckpt_path: str | None, overwrite: bool) -> None:
-    """``--predict_output`` must be a file that writing cannot destroy something else with: not the
-    input file, not the checkpoint or inside the bundle being served, and, unless ``overwrite``, no
-    existing file (predictions of an earlier run)."""
-    path = Path(output).expanduser().absolute()
-    if path.is_dir():
-        raise ConfigError(
-            f"predict_output {str(path)!r} is a directory; give the JSONL file to write, e.g. {str(path / 'predictions.jsonl')!r}"
-        )
-    if predict_file and same_file(path, Path(predict_file)):
-        raise ConfigError(
-            f"predict_output {str(path)!r} is the input file data.predict_file: writing it would destroy the "
-            "examples; give another file"
-        )
-    if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
-        served = Path(ckpt_path).expanduser().resolve()
-        if same_file(path, served) or (served.is_dir() and path.resolve().is_relative_to(served)):
-            raise ConfigError(
-                f"predict_output {str(path)!r} is inside {str(served)!r}, the model being served (ckpt_path); "
-                "write the predictions outside it"
-            )
-    if path.exists() and not overwrite:
-        raise ConfigError(f"predict_output {str(path)!r} exists; pass --overwrite to replace it, or give another file")
-    ensure_writable_dir(path.parent, "the directory of predict_output")
-
-
-def predict_start(config: Namespace) -> int:
-    """Where ``pha predict`` starts in ``data.predict_file``: after the rows of an interrupted prediction
-    with ``--resume`` (:func:`~pha_lightning.training.callbacks.resume_start`), else at the first example."""
-    from pha_lightning.training.callbacks import resume_start
-
-    output, predict_file = config.get("predict_output"), config.data.get("predict_file")
-    if config.get("resume") and (not output or not predict_file):
-        raise ConfigError(
-            "--resume continues the prediction of a data.predict_file into a given --predict_output "
-            "(the default output is a new folder per run, and the test split is predicted whole)"
-        )
-    if not output or not predict_file:
-        return 0
-    return resume_start(
-        output, predict_file, prediction_identity(config), config.get("resume"), config.get("overwrite")
-    )
-
-
-def prediction_identity(config: Namespace) -> dict[str, str]:
-    """What decides a prediction's rows besides the input's lines: the model (its file or folder, with
-    size and modification time) and the settings that change tokens or batches."""
-    data = config.data
-    return {
-        "ckpt_path": file_identity(config.get("ckpt_path")),
-        "data.predict_file": str(Path(data.predict_file).expanduser().absolute()) if data.get("predict_file") else "",
-        "data.tasks": ",".join(data.tasks),
-        "data.backbone": str(data.get("backbone")),
-        "data.max_source_length": str(data.max_source_length),
-        "data.eval_batch_size": str(data.eval_batch_size),
-    }
-
-
-def file_identity(path: str | None) -> str:
-    """A checkpoint file's or bundle folder's path, size and latest modification: a retrained or
-    re-exported model differs."""
-    if not path or not os.path.exists(path):
-        return str(path)
-    files = [Path(path)] if os.path.isfile(path) else sorted(p for p in Path(path).rglob("*") if p.is_file())
-    stats = [file.stat() for file in files]
-    size, modified = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-    return f"{Path(path).resolve()} ({size} bytes, modified {modified} ns)"
-
-
-def same_file(path: Path, other: Path) -> bool:
-    """Whether two paths name one file (also through links); paths that do not exist yet are compared resolved."""
-    if path.exists() and other.exists():
-        return os.path.samefile(path, other)
-    return path.resolve() == other.expanduser().resolve()
-
-
-def served_specs(data_specs: list[dict] | None, model_specs: list[dict] | None) -> list[dict] | None:
-    """``data.task_specs`` for a saved model: the run's specs (with their files), and the model's portable
-    specs of the spec tasks the run did not list (a bundle's, or a transferred model's source tasks)."""
-    listed = {spec["name"] for spec in data_specs or ()}
-    specs = [*(data_specs or ()), *(spec for spec in model_specs or () if spec["name"] not in listed)]
-    return specs or None
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -472,45 +268,19 @@ class PHACLI(LightningCLI):
         if not argv or argv[0] not in self.subcommands():
             return
         path = _option_value(argv, "--ckpt_path")
-        if path is None or path in ("last", "best", "hpc") or not os.path.exists(path):
+        if path is None or path in ("last", *LIGHTNING_CKPT_NAMES) or not os.path.exists(path):
             return
-        saved = self._read_saved(path)
-        served = saved["served"]
-        linked = {"tasks", "task_specs", "retriever", "generation_max_length"}  # link targets take no defaults
-        defaults = {
-            f"model.{group}.{key}": value
-            for group in MODEL_GROUPS
-            for key, value in (served.get(group) or {}).items()
-            if not (group == "arch" and key in linked)
-        }
-        defaults.update({f"data.{k}": v for k, v in saved["data"].items() if k not in DATA_NOT_FROM_RECORD})
-        # the model's tasks, which a transferred model's run did not list (its source's, behind the new ones)
-        defaults["data.tasks"] = served["arch"]["tasks"]
-        specs = served_specs(saved["data"].get("task_specs"), served["arch"].get("task_specs"))
-        if specs:
-            defaults["data.task_specs"] = specs
-        for key, value in defaults.items():
+        for key, value in saved_defaults(self._read_saved(path)).items():
             try:
                 parser.set_defaults({f"{argv[0]}.{key}": value})
             except KeyError:  # not a command-line setting
                 continue
 
     def _read_saved(self, path: str) -> dict:
-        """What a checkpoint or bundle was trained with; a clear error for a corrupt one (read once)."""
+        """What a checkpoint or bundle was trained with (:func:`read_saved`), read once."""
         cached = getattr(self, "_saved", None)
-        if cached is not None and cached["path"] == path:
-            return cached
-        if is_bundle(path) or os.path.isdir(path):
-            config = read_bundle_config(path)
-            hyper_parameters = {"arch": config["config"]}
-            saved = {"kind": "bundle", "hyper_parameters": hyper_parameters, "served": hyper_parameters}
-            saved |= {"data": config.get("data", {}), "config": config}
-        else:
-            checkpoint = read_checkpoint(path)
-            data = checkpoint.get("datamodule_hyper_parameters") or {}
-            saved = {"kind": "checkpoint", "hyper_parameters": checkpoint["hyper_parameters"], "data": data}
-            saved["served"] = served_hyper_parameters(checkpoint)  # a transferred model as the plain one
-        self._saved = {**saved, "path": path}
+        if cached is None or cached["path"] != path:
+            self._saved = read_saved(path)
         return self._saved
 
     def _parse_ckpt_path(self) -> None:  # LightningCLI calls this private hook after parsing; no public one exists
@@ -522,38 +292,14 @@ class PHACLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            root = config.trainer.get("default_root_dir") or os.getcwd()
-            ckpt_path = resolve_last_checkpoint(root, config.get("checkpoint", {}).get("dirpath"))
-            if ckpt_path is None:
-                rank_zero_info(f"ckpt_path=last: no checkpoint under {root} yet; starting from scratch")
+        ckpt_path = resolve_ckpt_path(config)
+        if config.get("ckpt_path") == "last":
             config.ckpt_path = ckpt_path
-        if not ckpt_path or ckpt_path in ("best", "hpc"):
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
             return
         if not os.path.exists(ckpt_path):
             raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist")
-        saved = self._read_saved(ckpt_path)
-        if saved["kind"] == "bundle" and subcommand == "fit":
-            raise ConfigError(
-                f"{ckpt_path!r} is an adapter bundle: it holds no optimizer or loop state to resume training "
-                "from; resume from a checkpoint (.ckpt)"
-            )
-        if subcommand == "fit" and saved["hyper_parameters"].get("transfer") and not config.model.get("transfer"):
-            raise ConfigError(
-                f"{ckpt_path!r} is a few-shot transfer checkpoint: its training resumes with the run's transfer "
-                "settings (model.transfer); give the run's config.yaml (--config), which holds them"
-            )
-        arch = config.model.arch
-        asked = arch.as_dict() if hasattr(arch, "as_dict") else dict(arch)
-        asked["tasks"] = list(config.data.tasks)
-        asked["task_specs"] = portable_specs(
-            config.data.get("task_specs"), config.data.tasks, config.data.get("data_dir")
-        )
-        # a transferred model is served as the plain model it holds unless the run's transfer settings are given
-        saved_hp = saved["hyper_parameters"] if config.model.get("transfer") else saved["served"]
-        transfer = bool(saved_hp.get("transfer") or config.model.get("transfer"))
-        check_compatible(saved_hp["arch"], asked, f"{saved['kind']} {ckpt_path!r}", transfer=transfer)
+        check_saved(self._read_saved(ckpt_path), config, subcommand, ckpt_path)
 
     def _prepare_checkpoint(self) -> None:
         """Load checkpoints with ``weights_only`` (no arbitrary unpickling); put a bundle's weights in place."""

@@ -110,7 +110,8 @@ def option(name: str, value: Any) -> str:
 
 def parse_fit(fit_args: list[str]) -> tuple[Namespace, Any]:
     """The fit configuration of ``fit_args``, checked as ``pha fit`` checks it, and its parser."""
-    from pha_lightning.cli.app import TasksCLI, check_run_settings
+    from pha_lightning.cli.app import TasksCLI
+    from pha_lightning.cli.checks import check_run_settings
     from pha_lightning.data.datamodule import PHADataModule
     from pha_lightning.training.system import PHAModule
 
@@ -130,7 +131,7 @@ def parse_fit(fit_args: list[str]) -> tuple[Namespace, Any]:
 def check_parameters(parameters: list[Parameter], fit_args: list[str], base: Namespace, parser: Any) -> None:
     """Every searched setting is a ``pha fit`` setting, not also fixed on the command line, and the
     ends of its range (or each choice) are valid values of it."""
-    from pha_lightning.cli.app import check_run_settings
+    from pha_lightning.cli.checks import check_run_settings
 
     for parameter in parameters:
         if parameter.name not in base:

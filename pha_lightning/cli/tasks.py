@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def configured_data(argv: list[str]) -> PHADataModule:
     """The data module of a configuration, parsed and checked as ``pha fit`` would."""
-    from pha_lightning.cli.app import TasksCLI, check_run_settings
+    from pha_lightning.cli.app import TasksCLI
+    from pha_lightning.cli.checks import check_run_settings
     from pha_lightning.data.datamodule import PHADataModule
     from pha_lightning.training.system import PHAModule
 
