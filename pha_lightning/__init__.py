@@ -1,9 +1,10 @@
 """pha-lightning: Prototype-based HyperAdapter (PHA) multi-task tuning of frozen transformers.
 
 Packages, with dependencies pointing one way (checked by tests/test_layout.py):
-:mod:`pha_lightning.data` (tasks, datasets, batching) and :mod:`pha_lightning.model` (the plain
-PyTorch model) ← :mod:`pha_lightning.training` (the Lightning system, losses, metrics, callbacks,
-transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``validation``, ``files``, ``hub``
+:mod:`pha_lightning.data` (tasks, datasets, batching) ← :mod:`pha_lightning.formats` (checkpoints,
+bundles, migration, peft and AdapterHub files, on plain state) ← :mod:`pha_lightning.model` (the
+plain PyTorch model) ← :mod:`pha_lightning.training` (the Lightning system, losses, metrics,
+callbacks, transfer) ← :mod:`pha_lightning.cli` (the ``pha`` command). ``errors``, ``validation``, ``files``, ``hub``
 (finding a backbone) and ``version`` are shared by all.
 """
 

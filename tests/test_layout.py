@@ -238,9 +238,12 @@ def test_old_format_check_sees_a_reader(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_model_package_does_not_import_lightning() -> None:
+    """Nor do the formats the model calls, nor the exports' view of the model."""
     code = (
         "import sys\n"
-        "import pha_lightning.model, pha_lightning.formats.bundle, pha_lightning.data.tasks, pha_lightning.data.examples\n"
+        "import pha_lightning.model, pha_lightning.model.exports, pha_lightning.data.tasks, pha_lightning.data.examples\n"
+        "import pha_lightning.formats.checkpoint, pha_lightning.formats.bundle, pha_lightning.formats.peft\n"
+        "import pha_lightning.formats.adapterhub, pha_lightning.formats.migration\n"
         "from pha_lightning import PHAModel, PHAConfig\n"
         "from pha_lightning.routing import Router\n"
         "print([m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))])\n"

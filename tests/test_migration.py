@@ -86,6 +86,16 @@ def test_the_retriever_of_a_version_1_checkpoint_follows_its_loss_weights() -> N
     assert load_system(upgraded).model.retriever is None
 
 
+def test_a_version_1_setting_no_version_had_is_named_not_dropped() -> None:
+    """Version-1 settings are architecture settings unless the migration lists them as training or
+    linked ones: a key that is neither is refused by name when the model is built, never dropped."""
+    checkpoint = old_checkpoint(PHAModule(PHAConfig(tasks=TASKS[:2])))
+    checkpoint["hyper_parameters"]["adapter_width"] = 32
+    upgraded = upgrade_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match=r"unknown architecture settings \['adapter_width'\]"):
+        load_system(upgraded)
+
+
 @pytest.mark.slow
 def test_weights_saved_before_the_calibration_settings_load_with_their_old_meaning(data: PHADataModule) -> None:
     """A version-1 checkpoint without ``hypernet_calibration`` / ``regression_target`` (written

@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-import pha_lightning
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import sha256_of
 from pha_lightning.formats.bundle import (
@@ -35,6 +34,7 @@ from pha_lightning.formats.state import check_state_complete, check_state_fits
 from pha_lightning.model.calibration import Calibration
 from pha_lightning.model.config import PHAConfig
 from pha_lightning.model.prediction import no_router_error, routes
+from pha_lightning.version import __version__
 
 if TYPE_CHECKING:
     from pha_lightning.model.pha import PHAModel
@@ -80,7 +80,7 @@ def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | 
         "format": ROUTER_FORMAT,
         "format_version": ROUTER_VERSION,
         "library": "pha-lightning",
-        "library_version": pha_lightning.__version__,
+        "library_version": __version__,
         "torch_version": torch.__version__,
         "transformers_version": importlib.metadata.version("transformers"),
         "backbone": backbone_record(config["backbone"], config.get("backbone_init", "pretrained")),
