@@ -5,7 +5,9 @@
 once (``data.tasks``) and linked into the model; the backbone is configured once
 (``model.arch.backbone``) and linked into the data module, which needs its tokenizer. Checkpointing selects on ``val/avg``.
 After ``validate`` and ``test`` the per-task metrics are printed as a table and written to
-``<log_dir>/<stage>_metrics.json``.
+``<log_dir>/<stage>_metrics.json``. What the command line must satisfy before anything is built is
+:mod:`~pha_lightning.cli.checks`; a checkpoint or bundle given as ``--ckpt_path`` (its defaults,
+``last``, whether it serves the configuration) is :mod:`~pha_lightning.cli.saved`.
 """
 
 from __future__ import annotations
