@@ -398,7 +398,7 @@ def test_no_benchmark_imports_another_and_the_library_needs_no_pha_lightning() -
 
 
 def test_label_free_predictions_of_misrouted_examples_count_as_wrong() -> None:
-    from pha_lightning.data.tasks import get_task
+    from pha_lightning.data.catalog import get_task
 
     bench = _benchmark("routing_vs_arrow")
     values = torch.tensor([1.0, 0.0, 1.0, 1.0])
@@ -455,7 +455,7 @@ def test_arrow_weights_are_each_examples_token_weights_averaged_in_length_chunks
 def test_routing_vs_arrow_scores_routing_and_predictions_per_task() -> None:
     """Arrow's example is routed to the task with the largest mean weight over sites; a misrouted
     example's label-free prediction is wrong although its labelled one is right."""
-    from pha_lightning.data.tasks import get_task
+    from pha_lightning.data.catalog import get_task
     from pha_lightning.model.calibration import RoutingConfig
 
     bench = _benchmark("routing_vs_arrow")
