@@ -415,7 +415,87 @@ def test_no_benchmark_imports_another_and_the_library_needs_no_pha_lightning() -
     assert crossing == {}
     assert [p.name for p in scripts if "sys.path" in p.read_text()] == []
     library = sorted((ROOT / "benchmarks" / "studylib").glob("*.py"))
-    bound = {"checkpoints.py", "serving_model.py", "workloads.py"}  # checkpoints, and the models timed
+    bound = {"checkpoints.py", "routing.py", "serving_model.py", "workloads.py"}  # checkpoints, routing, models timed
     assert bound <= {p.name for p in library}
     assert [p.name for p in library if p.name not in bound and "pha_lightning" in _imports(p)] == []
     assert {p.name for p in library if _imports(p) & stems} == set()
+
+
+def test_label_free_predictions_of_misrouted_examples_count_as_wrong() -> None:
+    from pha_lightning.data.catalog import get_task
+
+    bench = _benchmark("routing_vs_arrow")
+    values = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    got = bench.label_free(values, routed=torch.tensor([2, 2, 0, 1]), own=torch.tensor([2, 2, 2, 2]))
+    assert got[:2].tolist() == [1.0, 0.0] and got[2:].isnan().all()
+    task = get_task("sst2")  # binary, accuracy
+    targets = torch.tensor([1.0, 0.0, 1.0, 1.0] * 5)
+    # every prediction right, but half the examples routed elsewhere: 50 % accuracy
+    assert bench.task_score(task, got.repeat(5), targets, torch.full((20,), -1)) == pytest.approx(50.0)
+    assert bench.task_score(task, got[:2], targets[:2], torch.full((2,), -1)) is None  # too few to score
+
+
+@pytest.mark.slow
+def test_arrow_weights_are_each_examples_token_weights_averaged_in_length_chunks(
+    pretrained_tiny: dict[str, str],
+) -> None:
+    """The weights the benchmark records per example and site are Arrow's coefficients of the
+    example's own (unpadded) tokens, averaged, whichever length chunk the example ran in."""
+    from lightning.pytorch import seed_everything
+
+    from pha_lightning.model.config import PHAConfig
+    from pha_lightning.model.pha import PHAModel
+    from tests.model.test_peft_export import TASKS, mixed_batch
+
+    bench = _benchmark("routing_vs_arrow")
+    seed_everything(0)
+    config = PHAConfig(backbone=pretrained_tiny["bert"], tasks=TASKS, method="arrow", lora_rank=4, chunk_cost_tokens=1)
+    model = PHAModel(config).double().eval()
+    with torch.no_grad():
+        for p in model.lora_bank.b:
+            p.normal_(0.0, 0.3)
+    batch = mixed_batch(pretrained_tiny["bert"])
+    weights = bench.ArrowWeights(model)
+    seen: list[torch.Tensor] = []  # the first site's whole-batch input, unchunked
+    site = bench.arrow_sites(model)[0]
+    assert (site.shape_set, site.index) == (0, 0) and len(weights.sites) == 2 * model.backbone.config.num_hidden_layers
+    with torch.no_grad():
+        weights.start(len(batch["task_ids"]))
+        model({**batch, "row": torch.arange(len(batch["task_ids"]))})  # chunked
+        chunked = weights.mean.clone()
+        hook = site.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+        model({**batch, "row": torch.arange(len(batch["task_ids"]))}, chunked=False)
+        hook.remove()
+    weights.remove()
+    torch.testing.assert_close(chunked, weights.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked.sum(-1), torch.ones(chunked.shape[:2], dtype=chunked.dtype))
+    x, mask = seen[0], batch["attention_mask"]
+    coeff = model.lora_bank.arrow(config.arrow_top_k, 1.0, len(x)).coefficients(x, 0, 0).reshape(*x.shape[:2], -1)
+    for i in range(len(x)):
+        expected = coeff[i, mask[i].bool()].mean(0).float()
+        torch.testing.assert_close(chunked[i, weights.sites.index(site)], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_vs_arrow_scores_routing_and_predictions_per_task() -> None:
+    """Arrow's example is routed to the task with the largest mean weight over sites; a misrouted
+    example's label-free prediction is wrong although its labelled one is right."""
+    from pha_lightning.data.catalog import get_task
+    from pha_lightning.model.calibration import RoutingConfig
+
+    bench = _benchmark("routing_vs_arrow")
+    tasks = [get_task("sst2"), get_task("rte")]
+    own = torch.tensor([0] * 40 + [1] * 40)
+    targets = torch.arange(80).remainder(2).float()
+    weights = torch.nn.functional.one_hot(own, 2).float()[:, None].repeat(1, 3, 1) * 0.8 + 0.1  # (80, 3 sites, 2)
+    weights[:10] = torch.tensor([0.3, 0.7])  # the first 10 sst2 examples lean to rte at every site
+    split = {"task_ids": own, "weights": weights, "top1": weights.round()}
+    test = split | {"targets": targets, "groups": torch.full((80,), -1), "labelled": targets}
+    test |= {"routed_adapters": targets, "label_free": bench.label_free(targets, weights.mean(1).argmax(-1), own)}
+    result = bench.evaluate(tasks, "arrow", {"validation": split, "test": test}, RoutingConfig())
+    sst2, rte = result["per_task"]["sst2"], result["per_task"]["rte"]
+    assert (sst2["routed_right"], rte["routed_right"]) == (0.75, 1.0)
+    assert sst2["own_weight"] == pytest.approx((30 * 0.9 + 10 * 0.3) / 40)
+    assert (sst2["labelled"], sst2["label_free"], rte["label_free"]) == (100.0, 75.0, 100.0)
+    assert result["overall"]["label_free"] == pytest.approx(87.5)
+    # calibrated on the same examples: the misrouted ones are the least sure, so abstained; the rest right
+    assert sst2["calibrated"]["precision"] == 1.0 and sst2["calibrated"]["label_free"] == 100.0

@@ -8,6 +8,8 @@
 * :mod:`studylib.timing` — CPU time, peak memory, load average;
 * :mod:`studylib.study` — study configs (base config, methods, sizes, seeds, rates, protocol);
 * :mod:`studylib.grid_report` — a grid's report: per-task means, paired differences, screening, plot;
+* :mod:`studylib.routing` — the routing studies' test draw and calibrated precision and coverage
+  (imports ``pha_lightning``);
 * :mod:`studylib.checkpoints` and :mod:`studylib.workloads` — a trained checkpoint with its data,
   and the models and batches the timing benchmarks measure (these two import ``pha_lightning``).
 

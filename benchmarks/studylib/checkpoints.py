@@ -9,10 +9,16 @@ from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.system import load_system
 
 
-def model_and_data(ckpt_path: str, data_dir: str | None, stages: tuple[str, ...]) -> tuple[PHAModel, PHADataModule]:
+def model_and_data(
+    ckpt_path: str, data_dir: str | None, stages: tuple[str, ...], method: str | None = None
+) -> tuple[PHAModel, PHADataModule]:
     """The checkpoint's model (eval mode) and its data module, rebuilt from the data settings the
-    checkpoint recorded (``data_dir`` replacing the recorded folder when given) and set up for ``stages``."""
+    checkpoint recorded (``data_dir`` replacing the recorded folder when given) and set up for ``stages``.
+    ``method``: the model run as another method with the same weights (``arrow`` over ``task_lora``)."""
     checkpoint = read_checkpoint(ckpt_path)
+    if method is not None:
+        arch = {**checkpoint["hyper_parameters"]["arch"], "method": method}
+        checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "arch": arch}
     model = load_system(checkpoint).eval().model
     settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     if data_dir is not None:

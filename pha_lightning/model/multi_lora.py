@@ -132,14 +132,20 @@ class ArrowLoRA:
     def matrix_sets(self) -> list[tuple[Tensor, ...]]:
         return list(zip(self.a, self.b))
 
-    def apply(self, x: Tensor, shape_set: int, index: int) -> Tensor:
-        """The routed update of site ``index`` of set ``shape_set`` for every token of ``x (..., d_in)``."""
-        a, b = self.a[shape_set][:, index], self.b[shape_set][:, index]  # (T, r, d_in), (T, d_out, r)
+    def coefficients(self, x: Tensor, shape_set: int, index: int) -> Tensor:
+        """Every token's weights over the task LoRAs at site ``index`` of set ``shape_set``: ``(tokens, T)``,
+        zero off the ``top_k``, each row summing to 1 (what routing analyses read, and :meth:`apply` uses)."""
         tokens = x.reshape(-1, x.shape[-1])
         scores = (tokens @ self.protos[shape_set][:, index].T).abs()  # (t, T)
         top, chosen = scores.topk(self.top_k, dim=1)
         kept = torch.full_like(scores, float("-inf")).scatter(1, chosen, top)
-        coeff = torch.softmax(kept / self.temperature, dim=1)  # (t, T), zero off the top k
+        return torch.softmax(kept / self.temperature, dim=1)
+
+    def apply(self, x: Tensor, shape_set: int, index: int) -> Tensor:
+        """The routed update of site ``index`` of set ``shape_set`` for every token of ``x (..., d_in)``."""
+        a, b = self.a[shape_set][:, index], self.b[shape_set][:, index]  # (T, r, d_in), (T, d_out, r)
+        tokens = x.reshape(-1, x.shape[-1])
+        coeff = self.coefficients(x, shape_set, index)  # (t, T)
         low = torch.einsum("tf,erf->ter", tokens, a) * coeff[..., None]  # (t, T, r)
         update = low.flatten(1) @ b.permute(0, 2, 1).reshape(-1, b.shape[1])  # Σ_t coeff·B_t·A_t·x
         return update.reshape(*x.shape[:-1], b.shape[1])

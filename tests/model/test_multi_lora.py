@@ -202,6 +202,27 @@ def test_arrow_routes_each_token_to_its_top_k() -> None:
     torch.testing.assert_close(routed.apply(x, 0, 0)[0, 0], b[top, 0] @ a[top, 0] @ x[0, 0])
 
 
+def test_arrow_coefficients_are_the_weights_its_update_mixes() -> None:
+    """Each token's routing weights (what the routing benchmark reads) are the softmax of its ``top_k``
+    largest ``|x·v_t|`` over the temperature, zero elsewhere, and the update is exactly the tasks'
+    updates mixed by them."""
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 2, 3, 7, dtype=torch.float64), torch.randn(4, 2, 5, 3, dtype=torch.float64)
+    protos = top_right_singular_vectors(a, b)
+    routed = ArrowLoRA((a,), (b,), (protos,), 2, 0.7, torch.zeros(2, dtype=torch.long))
+    x = torch.randn(2, 3, 7, dtype=torch.float64)  # 2 examples of 3 tokens
+    coeff = routed.coefficients(x, 0, 1)
+    tokens = x.reshape(6, 7)
+    scores = (tokens @ protos[:, 1].T).abs()
+    for t in range(6):
+        top = scores[t].topk(2)
+        expected = torch.zeros(4, dtype=torch.float64)
+        expected[top.indices] = torch.softmax(top.values / 0.7, dim=0)
+        torch.testing.assert_close(coeff[t], expected, **CLOSE)
+    mixed = torch.stack([sum(coeff[t, e] * b[e, 1] @ a[e, 1] @ tokens[t] for e in range(4)) for t in range(6)])
+    torch.testing.assert_close(routed.apply(x, 0, 1), mixed.reshape(2, 3, 5), **CLOSE)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
