@@ -365,7 +365,7 @@ def main() -> None:
         variants = [("pha", [])] + [(f"pha num_proc {n}", [f"--data.num_proc={n}"]) for n in args.num_proc]
         for state in ("cold", "warm"):
             for impl in impls:
-                for name, extra in variants if impl == "pha" else [("peer", [])]:
+                for name, extra in (variants if state == "cold" else variants[:1]) if impl == "pha" else [("peer", [])]:
                     caches = work / f"caches_{size}_{name.replace(' ', '_')}"
                     row = {"label": args.label, "rows": size, "measure": f"setup {state}", "impl": name}
                     if key(row) in done:
