@@ -156,13 +156,13 @@ def write_rows(path: Path, rows: int, seed: int = 0, predict: bool = False) -> P
     if path.exists():
         return path
     draw = random.Random(f"{seed}/{rows}")
-    partial = path.with_name(path.name + ".tmp")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may share a folder
     with open(partial, "w") as handle:
         for _ in range(rows):
             text = " ".join(draw.choices(WORDS, k=draw.randint(5, 40)))
             row = {"task": "scale", "text": text} if predict else {"text": text, "label": draw.choice(["neg", "pos"])}
             handle.write(json.dumps(row) + "\n")
-    partial.rename(path)
+    os.replace(partial, path)
     return path
 
 
