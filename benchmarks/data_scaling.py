@@ -150,6 +150,26 @@ def peer_predict(data_file: str, backbone_path: str, output: str) -> None:
             predict(batch, out)
 
 
+def pha_data_path(rows_file: str, cache_dir: str) -> None:
+    """pha's data path alone, in this process (no imports, no model): ``setup("fit")``, the training
+    loader and its first batch, cold (empty ``cache_dir``) then warm; prints the CPU seconds of each.
+
+        PYTHONPATH=<tree>:benchmarks python -c "import data_scaling as d; d.pha_data_path('rows.jsonl', 'cache')"
+    """
+    from pha_lightning.data.datamodule import PHADataModule
+
+    spec = [{"name": "scale", "inputs": ["text"], "labels": ["neg", "pos"], "files": {"all": str(rows_file)}}]
+    out = {}
+    for state in ("cold", "warm"):
+        start = time.process_time()
+        data = PHADataModule(["scale"], task_specs=spec, cache_dir=cache_dir, max_source_length=MAX_LENGTH)
+        data.setup("fit")
+        next(iter(data.train_dataloader()))
+        out[state] = round(time.process_time() - start, 2)
+    out["maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out))
+
+
 # ----------------------------------------------------------------------------------------- the parent
 def write_rows(path: Path, rows: int, seed: int = 0, predict: bool = False) -> Path:
     """``rows`` JSON lines of 5 to 40 random words and a label (or a task name, for prediction)."""
