@@ -423,7 +423,7 @@ def write_table(path: Path, records: list[dict], args: argparse.Namespace) -> No
     ]
     predict = [
         "| label | lines | impl | first line CPU (s) | first line wall (s) | rows written | finished | CPU (s) | "
-        "CPU ms/row | peak RSS (MB) | load |",
+        "CPU ms/row (start-up included) | peak RSS (MB) | load |",
         "|" + "---|" * 11,
     ]
     for row in records:
@@ -441,8 +441,10 @@ def write_table(path: Path, records: list[dict], args: argparse.Namespace) -> No
             )
     command = " ".join(
         ["python benchmarks/data_scaling.py", f"--label {args.label}", "--sizes", *map(str, args.sizes)]
+        + ([] if args.tree.resolve() == ROOT else ["--tree <checkout measured>"])
         + (["--num-proc", *map(str, args.num_proc)] if args.num_proc else [])
-        + [f"--predict-cpu-limit {args.predict_cpu_limit:g}", f"--output {path}"]
+        + (["--skip-predict"] if args.skip_predict else [f"--predict-cpu-limit {args.predict_cpu_limit:g}"])
+        + [f"--output {path}"]
     )
     path.write_text(f"`{command}`\n\n## Setup to the first training step\n\n" + "\n".join(setup)
                     + "\n\n## Prediction\n\n" + "\n".join(predict) + "\n")  # fmt: skip
