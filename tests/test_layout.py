@@ -16,7 +16,7 @@ import pha_lightning
 
 PACKAGE = Path(pha_lightning.__file__).parent
 #: Shared by every package: they import nothing of pha_lightning but each other.
-FOUNDATION = {"errors", "validation", "hub", "files", "version"}
+FOUNDATION = {"errors", "validation", "hub", "files", "version", "cpus"}
 #: What each layer may import (besides itself and the foundation).
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),

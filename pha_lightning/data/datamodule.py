@@ -3,9 +3,11 @@
 Training draws mixed-task batches with a :class:`~pha_lightning.data.sampling.TemperatureBatchSampler`
 (which shards by rank itself, so the Trainer runs with ``use_distributed_sampler=False``);
 evaluation gives one length-sorted DataLoader per task, in ``tasks`` order. Tokenised splits are
-cached on disk (Arrow files under ``<cache_dir>/tokenized/``, named by a fingerprint of the
-tokenizer, the length limits and the exact texts), so a second run memory-maps them. docs/data.md
-("Batches", "Splits") gives the batch layout, the data sources and the low-data draw.
+cached on disk (Arrow files under ``<cache_dir>/tokenized/``), named by a digest of the settings that
+decide their tokens and of the task's sources: the files' paths, sizes and modification times where
+the task names them (:meth:`~pha_lightning.data.tasks.Task.source_identity`), so that a second run
+finds and memory-maps them before reading a row; else the exact texts. docs/data.md ("Batches",
+"Splits", "The tokenised-data cache") gives the batch layout, the data sources and the low-data draw.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from pha_lightning.cpus import available_cpus
 from pha_lightning.data.catalog import available_tasks, parse_specs, resolve_tasks
 from pha_lightning.data.examples import Collator, cap_chars
 from pha_lightning.data.readers import DataSource, resolve_source
@@ -44,7 +47,10 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "PHA_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
 #: Bump when the tokenised layout changes, so older cache files are not reused.
-CACHE_FORMAT_VERSION = 2  # 2: checksum sidecars
+CACHE_FORMAT_VERSION = 3  # 2: checksum sidecars; 3: keyed on the sources' identity
+#: A split is tokenised by at most one process per this many rows: starting a process and sending it
+#: its share costs more than it saves on fewer.
+ROWS_PER_PROCESS = 10_000
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "validation"),
     "validate": ("validation",),
@@ -176,10 +182,11 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return digest.hexdigest()
 
 
-def columns_fingerprint(columns: dict[str, list], settings: dict) -> str:
-    """A digest of the columns to tokenise (texts, targets, ids, groups) and the settings."""
+def cache_key(settings: dict, columns: dict[str, list] | None = None) -> str:
+    """A digest of the settings (and sources) that decide a split's tokens, and of its ``columns`` (texts,
+    targets, ids, groups) where its task cannot name its sources."""
     digest = hashlib.sha256(json.dumps({"version": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
-    for name in sorted(columns):
+    for name in sorted(columns or {}):
         digest.update(f"\x00column:{name}\x00".encode())
         for value in columns[name]:
             digest.update(repr(value).encode())
@@ -216,12 +223,25 @@ def tokenize_columns(
 
 
 def checksum_path(path: Path) -> Path:
-    """The sidecar of a cache file: its size and SHA-256, written after the file is in place."""
+    """The sidecar of a cache file: its size and SHA-256, and the file's inode and modification time
+    when they were taken; written after the file is in place."""
     return path.with_name(path.name + ".sha256.json")
 
 
 def file_checksum(path: Path) -> dict[str, object]:
-    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    stat = path.stat()
+    return {"size": stat.st_size, "sha256": sha256_of(path), "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns}
+
+
+def verifies(path: Path, recorded: dict) -> bool:
+    """Whether a cache file is the one its sidecar describes: untouched since (same inode, size and
+    modification time: no need to read it), else the same size and SHA-256."""
+    if not isinstance(recorded, dict):
+        return False
+    stat = path.stat()
+    if [recorded.get(k) for k in ("inode", "size", "mtime_ns")] == [stat.st_ino, stat.st_size, stat.st_mtime_ns]:
+        return True
+    return recorded.get("size") == stat.st_size and recorded.get("sha256") == sha256_of(path)
 
 
 def load_verified(path: Path) -> Dataset | None:
@@ -230,7 +250,7 @@ def load_verified(path: Path) -> Dataset | None:
     if not path.is_file():
         return None
     try:
-        if json.loads(checksum_path(path).read_text()) == file_checksum(path):
+        if verifies(path, json.loads(checksum_path(path).read_text())):
             return Dataset.from_file(str(path))
         problem = "its size or SHA-256 differs from the recorded one"
     except FileNotFoundError:
@@ -239,6 +259,17 @@ def load_verified(path: Path) -> Dataset | None:
         problem = f"it cannot be read ({type(err).__name__})"
     log.warning("tokenised-data cache %s is damaged (%s); rebuilding it", path, problem)
     return None
+
+
+def join_arrow_files(parts: Sequence[str], path: Path) -> None:
+    """The Arrow stream files ``parts`` (``datasets.map``'s shards, same schema), in order, as one file ``path``."""
+    with pa.memory_map(parts[0]) as first:
+        schema = pa.ipc.open_stream(first).schema
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for part in parts:
+            with pa.memory_map(part) as source:
+                for batch in pa.ipc.open_stream(source):
+                    writer.write_batch(batch)
 
 
 def longest_first(dataset: Dataset) -> Dataset:
@@ -305,6 +336,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     """where tokenised splits are cached; default ``$PHA_CACHE_DIR`` or ``~/.cache/pha_lightning``."""
     cache_tokenized: bool = True
     """cache tokenised splits on disk (off: tokenise in memory every run)."""
+    num_proc: int | None = setting(None, Range(1, integer=True, optional=True))
+    """processes that tokenise a split; default: the CPUs this process may use (its CPU affinity and
+    cgroup quota). A split gets at most one process per 10 000 rows; the tokens are the same for any
+    number."""
     num_workers: int = setting(0, Range(0, integer=True))
     """DataLoader worker processes."""
     predict_file: str | None = None
@@ -390,21 +425,44 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         missing = [split for split in splits if split not in self.datasets]
         if not missing:
             return
-        options = self.check_sources(missing)
-        built: dict[str, list[Dataset]] = {split: [] for split in missing}
-        for task_id, task in enumerate(self.task_objects):
-            records = self.load_task_records(task, missing, options)
-            for split in missing:
-                built[split].append(self._build_dataset(task_id, split, records[split]))
-        self.datasets.update(built)
+        options = self.task_options()
+        keys = {pair: self.source_key(*pair, options) for pair in self.pairs(missing)}  # before any row is read
+        built = {pair: self.cached_split(*pair, key) for pair, key in keys.items()}
+        todo = sorted({task_id for (task_id, split), dataset in built.items() if dataset is None})
+        for task_id in todo:  # every file is checked before the first task is read
+            task = self.task_objects[task_id]
+            task.check_sources(self._read_splits(task, self.uncached(task_id, missing, built)), **options)
+        for task_id in todo:
+            splits = self.uncached(task_id, missing, built)
+            records = self.load_task_records(self.task_objects[task_id], splits, options)
+            for split in splits:
+                built[task_id, split] = self._build_dataset(task_id, split, records[split], keys[task_id, split])
+        for split in missing:
+            self.datasets[split] = [built[task_id, split] for task_id in range(len(self.task_objects))]
+
+    def pairs(self, splits: Sequence[str]) -> list[tuple[int, str]]:
+        """Every ``(task id, split)`` of ``splits``."""
+        return [(task_id, split) for task_id in range(len(self.task_objects)) for split in splits]
+
+    @staticmethod
+    def uncached(task_id: int, splits: Sequence[str], built: dict[tuple[int, str], Dataset | None]) -> list[str]:
+        return [split for split in splits if built[task_id, split] is None]
+
+    def task_options(self) -> dict[str, object]:
+        """The source options the tasks load with (none where no task reads external data)."""
+        return self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
 
     def check_sources(self, splits: Sequence[str]) -> dict[str, object]:
         """Check that every task's files for ``splits`` exist, before any is loaded: a missing file
         of the last task (or a test file of a ``fit`` that tests) is reported before training starts.
+        A split found in the tokenised-data cache was checked when it was built: it is not read again.
         Returns the source options the tasks load with."""
-        options = self.source_options() if any(task.reads_external_data for task in self.task_objects) else {}
-        for task in self.task_objects:
-            task.check_sources(self._read_splits(task, splits), **options)
+        options = self.task_options()
+        found = {pair: self.cached_split(*pair, self.source_key(*pair, options)) for pair in self.pairs(splits)}
+        for task_id, task in enumerate(self.task_objects):
+            unchecked = self.uncached(task_id, splits, found)
+            if unchecked:
+                task.check_sources(self._read_splits(task, unchecked), **options)
         return options
 
     def _read_splits(self, task: Task, splits: Sequence[str]) -> list[str]:
@@ -447,7 +505,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             return subsample_groups(records, self.val_max_examples, self.data_seed, name, groups)
         return subsample(records, self.val_max_examples, self.data_seed, name)
 
-    def _build_dataset(self, task_id: int, split: str, records: list[dict]) -> Dataset:
+    def _build_dataset(self, task_id: int, split: str, records: list[dict], key: str | None) -> Dataset:
         task = self.task_objects[task_id]
         records = self.split_records(task_id, split, records)
         columns = self._text_columns(task, records)
@@ -459,52 +517,106 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             if any(group is None for group in groups):
                 raise ConfigError(f"task {task.name!r}: some {split} records have a metric group and some do not")
             columns["groups"] = groups
-        return self._tokenize(task, split, columns, text_columns)
+        return self._tokenize(task_id, split, columns, text_columns, key)
 
-    def _tokenize(self, task: Task, split: str, columns: dict[str, list], text_columns: list[str]) -> Dataset:
-        """Tokenise ``columns`` (``datasets.map``), through the on-disk cache when enabled."""
-        fn_kwargs = {
-            "tokenizer": self.tokenizer,
-            "max_source_length": self.max_source_length,
-            "max_target_length": self.max_target_length,
-        }
-        dataset = Dataset.from_dict(columns)
-        if not self.cache_tokenized:
-            return dataset.map(tokenize_columns, batched=True, remove_columns=text_columns, fn_kwargs=fn_kwargs)
+    def split_settings(self, task_id: int, split: str) -> dict[str, object]:
+        """Everything besides the task's records that decides a split's rows and tokens."""
         if self._tokenizer_fingerprint is None:
             self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
-        key = columns_fingerprint(
-            columns,
-            {
-                "tokenizer": self._tokenizer_fingerprint,
-                "family": self.family,
+        task = self.task_objects[task_id]
+        return {
+            "tokenizer": self._tokenizer_fingerprint,
+            "family": self.family,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+            "task": task.name,
+            "task_id": task_id,
+            "split": split,
+            "draw": [self.data_seed, self.n_train, self.percent_train, self.val_max_examples],
+            "train_from_validation": task.name in self.train_from_validation,
+        }
+
+    def source_key(self, task_id: int, split: str, options: dict[str, object]) -> str | None:
+        """A split's cache key from its task's sources' identity, known before any row is read; ``None``
+        where the task cannot name its sources (the key then digests the records) or nothing is cached."""
+        identity = self.task_objects[task_id].source_identity(**options) if self.cache_tokenized else None
+        if identity is None:
+            return None
+        options = {name: str(value) for name, value in options.items()}
+        return cache_key({**self.split_settings(task_id, split), "options": options, "source": identity})
+
+    def cache_path(self, task_id: int, split: str, key: str) -> Path:
+        return self.tokenized_cache_dir / f"{self.task_objects[task_id].name}-{split}-{key[:24]}.arrow"
+
+    def cached_split(self, task_id: int, split: str, key: str | None) -> Dataset | None:
+        """The split from the tokenised-data cache, ``None`` when it is not there (or ``key`` is ``None``)."""
+        if key is None:
+            return None
+        path = self.cache_path(task_id, split, key)
+        cached = load_verified(path)
+        if cached is not None:
+            log.info(
+                "task %s, %s split: tokenised data from the cache %s", self.task_objects[task_id].name, split, path
+            )
+        return cached
+
+    def _tokenize(
+        self, task_id: int, split: str, columns: dict[str, list], text_columns: list[str], key: str | None
+    ) -> Dataset:
+        """Tokenise ``columns``, through the on-disk cache when enabled: under ``key`` (the sources'
+        identity) or, where there is none, a digest of the columns themselves."""
+        dataset = Dataset.from_dict(columns)
+        if not self.cache_tokenized:
+            return self.tokenize_dataset(dataset, text_columns)
+        key = key or cache_key(self.split_settings(task_id, split), columns)
+        cached = self.cached_split(task_id, split, key)
+        if cached is not None:
+            return cached
+        path = self.cache_path(task_id, split, key)
+        # atomic: concurrent runs never see half a file; datasets' temporaries go to the same private folder
+        with (
+            reported_write(path.parent, "the tokenised-data cache (data.cache_dir)"),
+            atomic_replacement(path) as temporary,
+        ):
+            desc = f"Tokenising {self.task_objects[task_id].name} ({split})"
+            self.tokenize_dataset(dataset, text_columns, temporary, key[:32], desc)
+        atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
+        return Dataset.from_file(str(path))
+
+    def processes(self, rows: int) -> int:
+        """Processes that tokenise ``rows`` rows: ``num_proc`` (default: the CPUs this process may
+        use), at most one per :data:`ROWS_PER_PROCESS` rows."""
+        return max(1, min(self.num_proc or available_cpus(), rows // ROWS_PER_PROCESS))
+
+    def tokenize_dataset(
+        self,
+        dataset: Dataset,
+        text_columns: list[str],
+        path: Path | None = None,
+        fingerprint: str | None = None,
+        desc: str | None = None,
+    ) -> Dataset:
+        """:func:`tokenize_columns` over ``dataset`` in :meth:`processes` processes (contiguous shards,
+        in order); written to the one Arrow file ``path`` when given (in memory otherwise)."""
+        processes = self.processes(len(dataset))
+        mapped = dataset.map(
+            tokenize_columns,
+            batched=True,
+            remove_columns=text_columns,
+            fn_kwargs={
+                "tokenizer": self.tokenizer,
                 "max_source_length": self.max_source_length,
                 "max_target_length": self.max_target_length,
             },
+            num_proc=processes if processes > 1 else None,
+            cache_file_name=None if path is None else str(path),
+            load_from_cache_file=False,
+            new_fingerprint=fingerprint,
+            desc=desc,
         )
-        directory = self.tokenized_cache_dir
-        path = directory / f"{task.name}-{split}-{key[:24]}.arrow"
-        cached = load_verified(path)
-        if cached is not None:
-            log.info("task %s, %s split: tokenised data from the cache %s", task.name, split, path)
-            return cached
-        # atomic: concurrent runs never see half a file; datasets' temporaries go to the same private folder
-        with (
-            reported_write(directory, "the tokenised-data cache (data.cache_dir)"),
-            atomic_replacement(path) as temporary,
-        ):
-            dataset.map(
-                tokenize_columns,
-                batched=True,
-                remove_columns=text_columns,
-                fn_kwargs=fn_kwargs,
-                cache_file_name=str(temporary),
-                load_from_cache_file=False,
-                new_fingerprint=key[:32],
-                desc=f"Tokenising {task.name} ({split})",
-            )
-        atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
-        return Dataset.from_file(str(path))
+        if path is not None and processes > 1:  # one file per process: joined into one
+            join_arrow_files([entry["filename"] for entry in mapped.cache_files], path)
+        return mapped
 
     def token_lengths(self, task: Task, records: list[dict]) -> list[int]:
         """Input tokens of each record with this backbone's tokenizer (truncated at ``max_source_length``)."""

@@ -87,6 +87,21 @@ class SpecTask(Task):
         base = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or "."
         return Path(os.path.expanduser(str(base)))
 
+    def source_identity(self, data_dir: str | None = None, **_: object) -> dict | None:
+        """The spec and each file's resolved path, size and modification time; ``None`` for a hub
+        dataset, or a file that cannot be read (loading then reports it)."""
+        if self.spec.files is None:
+            return None
+        files = {}
+        for split, path in self.spec.files.items():
+            resolved = (self.base_dir(data_dir) / str(path)).resolve()
+            try:
+                stat = resolved.stat()
+            except OSError:
+                return None
+            files[split] = [str(resolved), stat.st_size, stat.st_mtime_ns]
+        return {"spec": self.spec.to_dict(), "files": files}
+
     def _read_sources(self, base: Path) -> dict[str, list[dict]]:
         if self.spec.hub is not None:
             hub = self.spec.hub

@@ -137,6 +137,12 @@ class Task(ABC):
         so a run notices before its first step, not at its test. Tasks that generate their records
         have nothing to check."""
 
+    def source_identity(self, **source_options: object) -> dict | None:
+        """What decides this task's records without reading them (its definition, and each file's path,
+        size and modification time), for the tokenised-data cache to be found before any row is read;
+        ``None`` when the task cannot say (the cache key then digests the records themselves)."""
+        return None
+
     def group_of(self, record: dict) -> int | None:
         """Id of the record's metric group (e.g. MultiRC's question, for exact match), or ``None``.
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pha_lightning.cli import threads
-from pha_lightning.cli.threads import choose_threads, cpu_quota, default_threads
+from pha_lightning.cli.threads import choose_threads
+from pha_lightning.cpus import cpu_quota, default_threads
 
 
 @pytest.mark.parametrize(
