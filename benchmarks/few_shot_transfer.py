@@ -21,6 +21,11 @@ Targets may be tasks a user declared: ``--task-specs`` reads the ``data.task_spe
 config (e.g. configs/many_tasks_minilm.yaml, whose CR, SUBJ and TREC fine are spec tasks), so
 the same file declares the source and the held-out tasks.
 
+``--arms-report FOLDER`` trains nothing: it reports the runs folders of one study together
+(``FOLDER/<target>/<run folder>/runs.jsonl``, e.g. one ``--output-dir`` per ``--tune`` and one for the
+fresh models, and ``--held-out-runs``), by init/tune arm, into ``FOLDER/table.md``
+(results/transfer_defaults).
+
 Results: ``runs.jsonl`` (one line per run; finished runs are skipped, so the grid resumes),
 ``table.md`` (mean ± std over seeds per target, k and variant) and ``rankings.md`` (the source
 tasks ranked by retrieval for each target, from the k support examples).
@@ -39,34 +44,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import yaml
 from lightning.pytorch import seed_everything
-from studylib.records import finished, run_missing
+from studylib.records import finished, read_rows, run_missing
 from studylib.reports import write_portable
 from studylib.runs import pha_command
 from studylib.study import method_configs
+from studylib.transfer import PHA_INITS, build_model, read_config_specs, target_arch, target_data
 
-from pha_lightning.data.catalog import get_task, parse_specs, portable_specs
-from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.hub import backbone_family
-from pha_lightning.model.config import PHAConfig
 from pha_lightning.training.health import feature_spread
 from pha_lightning.training.scripting import quiet_trainer
-from pha_lightning.training.settings import OptimConfig
 from pha_lightning.training.system import PHAModule
 from pha_lightning.training.transfer import TUNE_MODES, TransferConfig, initialize_new_tasks
 
-PHA_INITS = {"pha_top1": "top1", "pha_mix": "mix", "pha_mean": "mean", "pha_random": "random"}
 #: fresh models trained on the k examples alone, by method
 FRESH = ("adapter", "lora", "task_adapter")
 VARIANTS = (*PHA_INITS, *FRESH, "hyperformer")
-
-
-def read_config_specs(path: Path) -> list[dict]:
-    """The ``data.task_specs`` of a pha config file, checked as ``pha fit`` checks them."""
-    specs = (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("task_specs") or []
-    parse_specs(specs)
-    return specs
 
 
 def source_checkpoint(method: str, args: argparse.Namespace) -> Path:
@@ -98,48 +91,6 @@ def train_source(method: str, args: argparse.Namespace) -> str:
     best = next(p for p in sorted(root.rglob("*.ckpt")) if p.name != "last.ckpt")
     shutil.copy(best, done)
     return str(done)
-
-
-def target_arch(target: str, args: argparse.Namespace, **settings: object) -> PHAConfig:
-    """The architecture of a model for ``target`` (its portable spec when it is a spec task)."""
-    return PHAConfig(tasks=[target], task_specs=portable_specs(args.task_specs, [target]), **settings)
-
-
-def build_model(variant: str, target: str, args: argparse.Namespace) -> PHAModule:
-    optim = OptimConfig(learning_rate=args.lr, warmup_steps=0)
-    if variant in PHA_INITS:
-        transfer = TransferConfig(args.pha_ckpt, init=PHA_INITS[variant], tune=args.tune)
-        return PHAModule(target_arch(target, args), optim=optim, transfer=transfer)
-    if variant == "hyperformer":
-        transfer = TransferConfig(args.hyperformer_ckpt, init="random", tune=args.tune)
-        return PHAModule(target_arch(target, args, method="hyperformer"), optim=optim, transfer=transfer)
-    return PHAModule(target_arch(target, args, backbone=args.backbone, method=variant), optim=optim)
-
-
-def target_data(target: str, k: int, seed: int, args: argparse.Namespace, **options: object) -> PHADataModule:
-    """The target's data module: its k support examples (drawn by ``seed``) and its test split."""
-    return PHADataModule(
-        tasks=[target],
-        task_specs=[spec for spec in args.task_specs if spec["name"] == target] or None,
-        backbone=args.backbone,
-        n_train=k,
-        seed=seed,
-        max_source_length=args.max_source_length,
-        **data_options(target, args),
-        **options,
-    )
-
-
-def data_options(target: str, args: argparse.Namespace) -> dict:
-    """Where the target's data comes from; a target without a local train file (BoolQ) draws its
-    k support examples from its validation half, which is disjoint from its test half."""
-    if not args.data_dir:
-        return {}
-    if any(spec["name"] == target for spec in args.task_specs):
-        return {"data_dir": args.data_dir}  # a spec says itself where its splits come from
-    task = get_task(target)
-    no_train = getattr(task, "reads_external_data", False) and not task.has_local("train", args.data_dir)
-    return {"data_dir": args.data_dir, **({"train_from_validation": [target]} if no_train else {})}
 
 
 def run_one(variant: str, target: str, k: int, seed: int, args: argparse.Namespace) -> dict:
@@ -281,6 +232,136 @@ def paired_differences(rows: list[dict]) -> list[str]:
     return lines
 
 
+#: init/tune arms of an arms report (``--arms-report``): PHA transfers by init and tune, fresh models
+ARMS = (
+    *(f"{init}/{tune}" for tune in TUNE_MODES for init in PHA_INITS.values()),
+    *FRESH,
+    "hyperformer",
+)
+#: (a, b) of an arms report: the questions of the transfer-defaults study (results/transfer_defaults)
+ARM_COMPARISONS = (
+    ("top1/hypernetwork", "top1/prototype"),
+    ("random/hypernetwork", "random/prototype"),
+    ("top1/all", "top1/hypernetwork"),
+    ("top1/prototype", "random/prototype"),
+    ("top1/hypernetwork", "random/hypernetwork"),
+    ("top1/all", "random/all"),
+    ("mix/hypernetwork", "top1/hypernetwork"),
+    ("mean/hypernetwork", "top1/hypernetwork"),
+    ("top1/hypernetwork", "adapter"),
+    ("random/hypernetwork", "adapter"),
+    ("top1/prototype", "adapter"),
+    ("top1/hypernetwork", "lora"),
+)
+TIE = 0.5  # test points: a difference below this is a tie in an arms report
+
+Scores = dict[tuple[str, str, int, int], float]
+
+
+def arm(row: dict) -> str:
+    """A row's arm: ``<init>/<tune>`` of a PHA transfer, the method of a fresh model."""
+    variant = row["variant"]
+    return f"{PHA_INITS[variant]}/{row['tune']}" if variant in PHA_INITS else variant
+
+
+def arm_scores(rows: list[dict]) -> Scores:
+    """Test score (×100, the target's mean metric) by (arm, target, k, seed); a later row wins."""
+    return {(arm(row), row["target"], row["k"], row["seed"]): row["test"]["test/avg"] for row in rows}
+
+
+def arm_means(scores: Scores) -> list[str]:
+    """Mean ± std over seeds per target, k and arm (a single seed: its value alone)."""
+    cells = sorted({(t, k) for _, t, k, _ in scores})
+    arms = [a for a in ARMS if any(key[0] == a for key in scores)]
+    lines = ["| target | k | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for target, k in cells:
+        values = []
+        for name in arms:
+            got = [v for (a, t, kk, _), v in scores.items() if (a, t, kk) == (name, target, k)]
+            spread = f" ± {statistics.stdev(got):.1f}" if len(got) > 1 else ""
+            values.append(f"{statistics.mean(got):.1f}{spread}" if got else "—")
+        lines.append(f"| {target} | {k} | " + " | ".join(values) + " |")
+    return lines
+
+
+def arm_pairs(scores: Scores, a: str, b: str, target: str | None = None, k: int | None = None) -> list[float]:
+    """``a − b`` on every (target, k, seed) both ran (the same support set and test split), or on
+    those of one ``target`` and ``k``, in seed order."""
+    keys = sorted(
+        (t, kk, s)
+        for (x, t, kk, s) in scores
+        if x == a and (b, t, kk, s) in scores and target in (None, t) and k in (None, kk)
+    )
+    return [scores[(a, *key)] - scores[(b, *key)] for key in keys]
+
+
+def arm_pooled(scores: Scores, targets: set[str]) -> list[str]:
+    """Each comparison pooled over ``targets`` × k × seeds: mean, wins / ties / losses of a."""
+    lines = ["| a − b | mean | wins / ties / losses | pairs |", "|---|---|---|---|"]
+    kept = {key: value for key, value in scores.items() if key[1] in targets}
+    for a, b in ARM_COMPARISONS:
+        diffs = arm_pairs(kept, a, b)
+        if diffs:
+            won, tied = sum(d >= TIE for d in diffs), sum(abs(d) < TIE for d in diffs)
+            lines.append(
+                f"| {a} − {b} | {statistics.mean(diffs):+.1f} | {won} / {tied} / {len(diffs) - won - tied} | {len(diffs)} |"
+            )
+    return lines
+
+
+def arm_paired(scores: Scores) -> list[str]:
+    """Each comparison per target and k, with each seed's difference."""
+    lines = ["| a − b | target | k | mean | per seed |", "|---|---|---|---|---|"]
+    for a, b in ARM_COMPARISONS:
+        for target, k in sorted({(t, k) for _, t, k, _ in scores}):
+            if diffs := arm_pairs(scores, a, b, target, k):
+                each = " ".join(f"{d:+.1f}" for d in diffs)
+                lines.append(f"| {a} − {b} | {target} | {k} | {statistics.mean(diffs):+.1f} | {each} |")
+    return lines
+
+
+def write_arms_report(folder: Path, held_out_runs: list[Path]) -> None:
+    """``folder/table.md``: every ``folder/<target>/<run folder>/runs.jsonl`` (one ``--output-dir``
+    per ``--tune``, the fresh models in another) by init/tune arm, pooled paired differences over
+    those targets and over the held-out tasks of ``held_out_runs``, and every pair per target and k."""
+    missing = [str(path) for path in held_out_runs if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--held-out-runs: no file {', '.join(missing)}")
+    rows = [row for path in sorted(folder.glob("*/*/runs.jsonl")) for row in read_rows(path)]
+    if not rows:
+        raise SystemExit(f"--arms-report: no {folder}/<target>/<run folder>/runs.jsonl")
+    held = [row for path in held_out_runs for row in read_rows(path)]
+    scores = arm_scores(rows + held)
+    new, held_out = {r["target"] for r in rows}, {r["target"] for r in held}
+    budgets = {(r["steps"], r["lr"]) for r in rows}
+    if len(budgets) > 1:
+        raise SystemExit(f"--arms-report: the runs of {folder} mix (steps, lr) {sorted(budgets)}; report one budget")
+    ((steps, lr),) = budgets
+    tunes = sorted({r["tune"] for r in held if r["variant"] in PHA_INITS})
+    rate = f"{lr:.0e}".replace("e-0", "e-")  # 1e-3
+    text = [
+        "Test score ×100 (each target's mean metric), mean ± std over seeds; arms are init/tune of PHA",
+        f"transfer ({steps} steps, lr {rate}) and fresh models trained on the k examples alone ({steps} steps).",
+        "",
+        *arm_means(scores),
+        "",
+        f"Paired differences pooled over the new tasks ({', '.join(sorted(new))}) × k × seeds (a tie: |a − b| < {TIE}):",
+        "",
+        *arm_pooled(scores, new),
+    ]
+    if held_out:
+        text += [
+            "",
+            f"The same pooled over the held-out tasks of the many-task grid ({', '.join(sorted(held_out))}; "
+            f"{', '.join(tunes)} tuning only):",
+            "",
+            *arm_pooled(scores, held_out),
+        ]
+    text += ["", "Paired differences per target and k, with each seed's value:", "", *arm_paired(scores)]
+    write_portable(folder / "table.md", "\n".join(text) + "\n")
+    print("\n".join(text))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -314,6 +395,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="rewrite table.md (and rankings.md, from an existing source checkpoint); train nothing",
     )
+    parser.add_argument(
+        "--arms-report",
+        type=Path,
+        metavar="FOLDER",
+        help="write FOLDER/table.md from every FOLDER/<target>/<run folder>/runs.jsonl by init/tune arm "
+        "(results/transfer_defaults); train nothing",
+    )
+    parser.add_argument(
+        "--held-out-runs",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="with --arms-report: runs.jsonl of transfers to tasks held out of a many-task source, pooled apart",
+    )
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -337,6 +432,9 @@ def run_grid(args: argparse.Namespace, jsonl: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.arms_report:
+        write_arms_report(args.arms_report, args.held_out_runs)
+        return
     args.output_dir.mkdir(parents=True, exist_ok=True)
     jsonl = args.output_dir / "runs.jsonl"
     if args.report_only:  # a report never trains: rankings only from a source that exists

@@ -208,6 +208,43 @@ def test_pooled_spread_tells_collapsed_features_from_varied_ones() -> None:
     assert share < 0.25 and ratio < 0.2
 
 
+def test_the_arms_report_rewrites_the_transfer_defaults_table_from_its_committed_rows(tmp_path: Path) -> None:
+    study = ROOT / "results" / "transfer_defaults"
+    for rows in study.glob("*/*/runs.jsonl"):
+        copy = tmp_path / rows.relative_to(study)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(rows.read_text())
+    module = _benchmark("few_shot_transfer")
+    module.write_arms_report(tmp_path, [ROOT / "results" / "many_tasks" / "transfer" / "runs.jsonl"])
+    assert (tmp_path / "table.md").read_text() == (study / "table.md").read_text()
+    with pytest.raises(SystemExit, match="--held-out-runs: no file .*absent.jsonl"):
+        module.write_arms_report(tmp_path, [tmp_path / "absent.jsonl"])
+    with pytest.raises(SystemExit, match="--arms-report: no .*empty/<target>/<run folder>/runs.jsonl"):
+        module.write_arms_report(tmp_path / "empty", [])
+    longer = {**read_rows(rows)[0], "steps": 150}  # another budget in the same study: not comparable
+    append_row(tmp_path / "stsb_genre" / "fresh" / "runs.jsonl", longer)
+    with pytest.raises(SystemExit, match=r"mix \(steps, lr\) \[\(30, 0.001\), \(150, 0.001\)\]"):
+        module.write_arms_report(tmp_path, [])
+
+
+def test_debian_sections_drop_ambiguous_synopses_and_keep_each_once() -> None:
+    module = _benchmark("debian_sections")
+    dump = (
+        "Package: a\nSection: games\nDescription: a puzzle game\n  long text: ignored\n\n"
+        "Package: b\nSection: contrib/games\nDescription: a puzzle game\n\n"  # the same synopsis again
+        "Package: c\nSection: games\nDescription: mail and games\n\n"
+        "Package: d\nSection: mail\nDescription: mail and games\n\n"  # two sections: ambiguous, dropped
+        "Package: e\nSection: libs\nDescription: a library\n\n"  # not one of the six sections
+        "Package: f\nSection: sound\nDescription: an audio player\n"
+    )
+    records = module.records(dump)
+    assert records[1] == {"section": "games", "synopsis": "a puzzle game"}  # the component is cut
+    assert sorted(map(tuple, (r.values() for r in module.build(records)))) == [
+        ("a puzzle game", "games"),
+        ("an audio player", "sound"),
+    ]
+
+
 def test_best_checkpoint_is_the_one_monitored_file_and_two_are_an_error(tmp_path: Path) -> None:
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -415,7 +452,7 @@ def test_no_benchmark_imports_another_and_the_library_needs_no_pha_lightning() -
     assert crossing == {}
     assert [p.name for p in scripts if "sys.path" in p.read_text()] == []
     library = sorted((ROOT / "benchmarks" / "studylib").glob("*.py"))
-    bound = {"checkpoints.py", "routing.py", "serving_model.py", "workloads.py"}  # checkpoints, routing, models timed
+    bound = {"checkpoints.py", "routing.py", "serving_model.py", "transfer.py", "workloads.py"}  # + transfer runs
     assert bound <= {p.name for p in library}
     assert [p.name for p in library if p.name not in bound and "pha_lightning" in _imports(p)] == []
     assert {p.name for p in library if _imports(p) & stems} == set()

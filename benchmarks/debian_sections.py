@@ -5,7 +5,10 @@ descriptions, a domain none of the sources has) labelled with its archive sectio
 whose names say what the software is for: games, graphics, mail, net, science, sound.
 
     apt-get update   # the index this reads; the study used bookworm main amd64
-    python results/transfer_defaults/debian_sections.py <data dir>/debian/sections.jsonl
+    python benchmarks/debian_sections.py <data dir>/debian/sections.jsonl
+
+The file goes to the data folder, never into the repository: the task spec of
+``results/transfer_defaults/targets.yaml`` reads it as ``debian/sections.jsonl`` under ``--data.data_dir``.
 
 Synopses that occur in more than one section are dropped (their label is ambiguous), each synopsis
 is kept once, and each section is capped at 600 rows drawn with seed 0.
@@ -13,10 +16,10 @@ is kept once, and each section is capped at 600 rows drawn with seed 0.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,6 +38,7 @@ def records(text: str) -> list[dict[str, str]]:
 
 
 def build(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The task's rows: synopses of one section only, each once, at most ``PER_SECTION`` a section."""
     labels: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         labels[row["synopsis"]].add(row["section"])
@@ -53,14 +57,17 @@ def build(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return out
 
 
-def main(path: str) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="the JSON Lines file to write: <data dir>/debian/sections.jsonl")
+    path = parser.parse_args().output
     dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
     rows = build(records(dump))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     counts = {s: sum(r["section"] == s for r in rows) for s in SECTIONS}
     print(f"{path}: {len(rows)} rows {counts}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
