@@ -60,6 +60,7 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
+from pha_lightning.training.distributed import end_process_group
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.sharding import STRATEGY_NAME
@@ -389,14 +390,19 @@ def run_cli(
     """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
     when the command started) times ``pha predict``'s first prediction; ``callbacks`` join the
     trainer's (``pha sweep``'s pruning); ``other_commands`` (the entry point's, which imports this
-    module) are named in the help. Returns the CLI, its trainer done."""
+    module) are named in the help. Returns the CLI, its trainer done and its process group, if it
+    ran on several processes, destroyed (:func:`end_process_group`). After an error the group is left
+    alone: destroying it waits for collectives in flight, which a lost peer would hold up."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     hide_library_noise()
     try:
-        return _run_phacli(args, started_at, callbacks, other_commands)
+        cli = _run_phacli(args, started_at, callbacks, other_commands)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
+        end_process_group()
         raise SystemExit(SIGTERM_EXIT) from None
+    end_process_group()  # under DDP: its threads joined now, not at interpreter shutdown
+    return cli
 
 
 def _run_phacli(
