@@ -8,7 +8,9 @@ scripts/slurm/pha_fit.sbatch` on the demo config, shortened, on CPUs.
   weights and test metrics as the uninterrupted one-node run (same world size, same ranks' data);
 * the same with the ``pha_fsdp`` strategy (equal within float tolerance: sharded reductions);
 * a node's process killed mid-run: the other's collective fails naming the lost peer, SLURM ends
-  the step and the job fails within a bounded time.
+  the step and the job fails within a bounded time;
+* every finished run's ranks destroyed their process group before their interpreter shut down
+  (a gloo group alive then aborted a finished job at exit now and then: the job read FAILED).
 
 Each job sets MASTER_ADDR: Lightning otherwise takes the first node's name (n1), which is not a
 host name here. docs/production.md, "SLURM", says what these tests showed.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from exit_probe import distributed_threads
 from production_fixtures import pha_env_with_tests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -81,6 +84,7 @@ def submit(base: Path, *pha_args: str, nodes: int, tasks_per_node: int, strategy
             str(CONFIG),
             *TINY,
             _callback("cluster_probe.RecordEnvironment", dirpath=str(base / "probe")),
+            _callback("exit_probe.RecordExit", dirpath=str(base / "exit")),
             *pha_args,
         ],
         cwd=base,
@@ -127,6 +131,15 @@ def probes(base: Path, restart: int = 0) -> list[dict]:
     return sorted(rows, key=lambda row: row["global_rank"])
 
 
+def assert_ended_cleanly(base: Path, restart: int, ranks: int) -> None:
+    """Every rank of the run's last start destroyed its process group before its interpreter shut
+    down: with gloo's threads still running then, a finished job aborted at exit now and then."""
+    rows = [json.loads(p.read_text()) for p in sorted((base / "exit").glob(f"exit-rank*-restart{restart}.json"))]
+    assert len(rows) == ranks, rows
+    for row in rows:
+        assert not row["process_group"] and distributed_threads(row) == [], row
+
+
 def final_state(run: Path) -> tuple[dict, dict[str, float]]:
     """The run's ``last.ckpt`` and the test metrics of its last ``pha fit``."""
     (last,) = run.rglob("last.ckpt")
@@ -166,6 +179,7 @@ def test_sbatch_runs_the_demo_on_two_tasks(one_node: tuple[Path, str]) -> None:
     checkpoint, metrics = final_state(run)
     assert checkpoint["global_step"] == MAX_STEPS
     assert "test/avg" in metrics
+    assert_ended_cleanly(base, restart=0, ranks=2)
 
 
 def _preempted(tmp_path_factory: pytest.TempPathFactory, name: str, strategy: str) -> tuple[Path, str]:
@@ -221,6 +235,7 @@ def _check_two_nodes_and_requeue(base: Path, job: str) -> None:
         assert seen[0] and seen[1] and not seen[0] & seen[1], epoch
     steps = [[row["step"] for row in rows] for rows in ranks]
     assert steps[0] == steps[1] and steps[0][-1] == MAX_STEPS
+    assert_ended_cleanly(base, restart=1, ranks=2)
 
 
 def test_two_nodes_preempted_requeue_and_resume_exactly(

@@ -6,6 +6,7 @@ of a run is logged, and each process ends its process group before its interpret
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,13 @@ def test_test_after_fit_writes_its_report_under_ddp(ddp_run: Path) -> None:
 def test_each_process_ends_its_process_group_before_exit(ddp_run: Path) -> None:
     # a gloo group alive into interpreter shutdown aborted a finished job at exit, now and then
     # ("terminate called without an active exception"): run_pha asserted exit status 0 already
-    rows = [json.loads((ddp_run / "exit" / f"exit-rank{rank}-restart0.json").read_text()) for rank in (0, 1)]
+    files = [ddp_run / "exit" / f"exit-rank{rank}-restart0.json" for rank in (0, 1)]
+    deadline = time.monotonic() + 60  # rank 1 is rank 0's child, and may end after it
+    while not all(file.exists() for file in files) and time.monotonic() < deadline:
+        time.sleep(1)
+    missing = [file.name for file in files if not file.exists()]
+    assert not missing, f"{missing}: these ranks never reached their exit handlers"
+    rows = [json.loads(file.read_text()) for file in files]
     assert rows[0]["pid"] != rows[1]["pid"]
     for row in rows:
         assert not row["process_group"], row
