@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ class RecordExit(Callback):
         row = {
             "process_group": torch.distributed.is_initialized(),
             "threads": native_threads(),
+            "python_threads": sorted(f"{t.name}{' (daemon)' * t.daemon}" for t in threading.enumerate()),
             "pid": os.getpid(),
         }
         self.dirpath.mkdir(parents=True, exist_ok=True)
