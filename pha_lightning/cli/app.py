@@ -390,19 +390,29 @@ def run_cli(
     """``pha fit|validate|test|predict``: PHA's LightningCLI; ``started_at`` (``time.perf_counter()``
     when the command started) times ``pha predict``'s first prediction; ``callbacks`` join the
     trainer's (``pha sweep``'s pruning); ``other_commands`` (the entry point's, which imports this
-    module) are named in the help. Returns the CLI, its trainer done and its process group, if it
-    ran on several processes, destroyed (:func:`end_process_group`). After an error the group is left
-    alone: destroying it waits for collectives in flight, which a lost peer would hold up."""
+    module) are named in the help. Returns the CLI, its trainer done."""
     # each setting's help text is the docstring under its dataclass field
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     hide_library_noise()
     try:
-        cli = _run_phacli(args, started_at, callbacks, other_commands)
+        return _run_phacli(args, started_at, callbacks, other_commands)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
-        end_process_group()
         raise SystemExit(SIGTERM_EXIT) from None
-    end_process_group()  # under DDP: its threads joined now, not at interpreter shutdown
-    return cli
+
+
+def main(args: list[str] | None, started_at: float, other_commands: tuple[str, ...]) -> None:
+    """``pha fit|validate|test|predict`` as a process: :func:`run_cli`, then, once the CLI and its model
+    (whose sharded parameters hold process groups too) are let go, the end of the process group
+    (:func:`end_process_group`), also after the SIGTERM stop. After an error the group is left alone:
+    destroying it waits for collectives in flight, which a lost peer would hold up."""
+    status = None
+    try:
+        run_cli(args, started_at, other_commands=other_commands)
+    except SystemExit as stop:  # the SIGTERM stop, --help, a refused command line
+        status = stop.code
+    end_process_group()
+    if status is not None:
+        raise SystemExit(status)
 
 
 def _run_phacli(

@@ -16,10 +16,11 @@ import torch
 
 
 def end_process_group() -> None:
-    """Destroy this process's default process group, if it has one, and collect the objects that still
-    referred to it (Lightning's unwrapped ``DistributedDataParallel`` and its reducer), so that the group's
-    threads finish and are joined now rather than during interpreter shutdown. The ranks need not agree:
-    destroying a group is local to the process."""
+    """Destroy this process's process groups, if it has any, and collect the objects that still referred
+    to them (Lightning's unwrapped ``DistributedDataParallel`` and its reducer; a sharded model's
+    parameter groups, once the caller let the model go), so that the groups' threads finish and are
+    joined now rather than during interpreter shutdown. The ranks need not agree: destroying a group
+    is local to the process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
         gc.collect()

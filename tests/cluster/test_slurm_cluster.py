@@ -277,10 +277,11 @@ def test_a_killed_node_process_ends_the_job(tmp_path: Path) -> None:
     info = wait_until_ended(job, timeout=600)
     log = output(tmp_path, job)
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", (info, log[-4000:])
-    # SLURM says which task died; rank 0's collective fails on the lost peer, and srun
-    # (--kill-on-bad-exit) cancels the step in any case
+    # SLURM says which task died; then either rank 0's collective fails on the lost peer, or srun
+    # (--kill-on-bad-exit) cancels the step first (on a loaded machine, before rank 0 noticed)
     assert "srun: error: n2: task 1: Killed" in log, log[-4000:]
-    assert re.search(r"Connection (reset|closed) by peer", log), log[-4000:]
-    assert re.search(rf"STEP {job}\.0 ON n1 CANCELLED|srun: error: n1: task 0: Exited", log), log[-4000:]
+    cancelled = re.search(rf"STEP {job}\.0 ON n1 CANCELLED", log)
+    assert cancelled or re.search(r"Connection (reset|closed) by peer", log), log[-4000:]
+    assert cancelled or "srun: error: n1: task 0: Exited" in log, log[-4000:]
     assert time.monotonic() - started < 120
     assert not list((tmp_path / "runs").rglob("step000008.ckpt"))  # it did not train on alone
