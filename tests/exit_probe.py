@@ -19,9 +19,15 @@ DISTRIBUTED_THREADS = ("pt_gloo", "gloo_", "pt_tcpstore")
 
 
 def native_threads() -> list[str]:
-    """The names of this process's threads, as the kernel has them."""
-    tasks = Path("/proc/self/task")
-    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
+    """The names of this process's threads, as the kernel has them (a thread that ends while they
+    are read is left out)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            continue
+    return sorted(names)
 
 
 class RecordExit(Callback):
