@@ -60,6 +60,7 @@ from pha_lightning.training.callbacks import (
     TrainingHealth,
 )
 from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
+from pha_lightning.training.distributed import end_process_group
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
 from pha_lightning.training.sharding import STRATEGY_NAME
@@ -397,6 +398,21 @@ def run_cli(
         return _run_phacli(args, started_at, callbacks, other_commands)
     except SIGTERMException:  # Lightning's loops stopped at SIGTERM; SignalStop said what was kept
         raise SystemExit(SIGTERM_EXIT) from None
+
+
+def main(args: list[str] | None, started_at: float, other_commands: tuple[str, ...]) -> None:
+    """``pha fit|validate|test|predict`` as a process: :func:`run_cli`, then, once the CLI and its model
+    (whose sharded parameters hold process groups too) are let go, the end of the process group
+    (:func:`end_process_group`), also after the SIGTERM stop. After an error the group is left alone:
+    destroying it waits for collectives in flight, which a lost peer would hold up."""
+    status = None
+    try:
+        run_cli(args, started_at, other_commands=other_commands)
+    except SystemExit as stop:  # the SIGTERM stop, --help, a refused command line
+        status = stop.code
+    end_process_group()
+    if status is not None:
+        raise SystemExit(status)
 
 
 def _run_phacli(

@@ -173,7 +173,7 @@ def command_runner(argv: list[str], args: list[str] | None, started_at: float) -
     (LightningCLI warns when given the arguments it would read from ``sys.argv``)."""
     if argv[0] in EXTRA_COMMANDS:
         return lambda: importlib.import_module(EXTRA_COMMANDS[argv[0]].module).main(argv[1:])
-    return lambda: importlib.import_module("pha_lightning.cli.app").run_cli(
+    return lambda: importlib.import_module("pha_lightning.cli.app").main(
         args, started_at, other_commands=tuple(EXTRA_COMMANDS)
     )
 

@@ -1,16 +1,18 @@
 """`pha fit` under DDP (2 CPU processes, gloo) on the offline suite: it finishes (testing after fit),
 the ranks train on disjoint examples, the logged training losses are the means over ranks, the
-logged validation metrics equal a single-process evaluation of the same weights, and every signal
-of a run is logged."""
+logged validation metrics equal a single-process evaluation of the same weights, every signal
+of a run is logged, and each process ends its process group before its interpreter shuts down."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from exit_probe import distributed_threads
 from production_fixtures import ALL_SYNTH_TASKS as TASKS
-from production_fixtures import logged_scalars, pha_env, run_pha, tiny_fit_args
+from production_fixtures import logged_scalars, pha_env_with_tests, run_pha, tiny_fit_args
 
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.training.scripting import quiet_trainer
@@ -28,6 +30,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "class_path": "pha_lightning.training.callbacks.RecordTrainingExamples",
         "init_args": {"dirpath": str(root / "examples")},
     }
+    exit_record = {"class_path": "exit_probe.RecordExit", "init_args": {"dirpath": str(root / "exit")}}
     run_pha(
         "fit",
         *tiny_fit_args(n_train=8, eval_batch_size=16, max_steps=STEPS, val_check_interval=2),
@@ -38,8 +41,9 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--trainer.limit_test_batches=1",
         f"--trainer.default_root_dir={root}",
         f"--trainer.callbacks+={json.dumps(record)}",
+        f"--trainer.callbacks+={json.dumps(exit_record)}",
         cwd=root,
-        env={**pha_env(), "OMP_NUM_THREADS": "1"},  # two processes on a small machine
+        env={**pha_env_with_tests(), "OMP_NUM_THREADS": "1"},  # two processes on a small machine
     )
     return root
 
@@ -89,6 +93,22 @@ def test_test_after_fit_writes_its_report_under_ddp(ddp_run: Path) -> None:
     # rank 0 alone, it waited for a rank that had already left (found under SLURM, issue 56)
     metrics = json.loads((ddp_run / "lightning_logs" / "version_0" / "test_metrics.json").read_text())
     assert "test/avg" in metrics and "test/synth_score/pearson" in metrics
+
+
+def test_each_process_ends_its_process_group_before_exit(ddp_run: Path) -> None:
+    # a gloo group alive into interpreter shutdown aborted a finished job at exit, now and then
+    # ("terminate called without an active exception"): run_pha asserted exit status 0 already
+    files = [ddp_run / "exit" / f"exit-rank{rank}-restart0.json" for rank in (0, 1)]
+    deadline = time.monotonic() + 60  # rank 1 is rank 0's child, and may end after it
+    while not all(file.exists() for file in files) and time.monotonic() < deadline:
+        time.sleep(1)
+    missing = [file.name for file in files if not file.exists()]
+    assert not missing, f"{missing}: these ranks never reached their exit handlers"
+    rows = [json.loads(file.read_text()) for file in files]
+    assert rows[0]["pid"] != rows[1]["pid"]
+    for row in rows:
+        assert not row["process_group"], row
+        assert distributed_threads(row) == [], row
 
 
 def test_every_signal_is_logged_and_the_config_saved(ddp_run: Path) -> None:
