@@ -7,7 +7,8 @@ other option is ``pha fit``'s, shared by all trials. Each trial is a normal ``ph
 own folder (``<output_dir>/trial_NNN``), never tested; its objective is the best validation score
 its checkpointing selected on (``checkpoint.monitor``, ``val/avg``), and the pruner reads that
 metric at every validation. Processes given the same storage join one study, and a rerun
-resumes it. At the end: ``best.yaml`` (the best trial's resolved config, for ``pha fit``),
+resumes it; a trial whose process was killed is retried with its settings from its ``last.ckpt``
+(:class:`RetryKilledTrial`). At the end: ``best.yaml`` (the best trial's resolved config, for ``pha fit``),
 ``trials.md`` (every trial with its training-health summary) and Optuna's plots.
 docs/usage.md, "Sweeps".
 """
@@ -47,7 +48,9 @@ from pha_lightning.cli.sweep_space import (
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_replacement, atomic_write_text
 from pha_lightning.training.callbacks.non_finite import NonFiniteLossError
+from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.training.callbacks.trial_pruning import TrialPruning
+from pha_lightning.training.checkpoints import checkpoint_step, resolve_last_checkpoint
 from pha_lightning.training.outputs import run_folder
 
 #: trials run when neither the sweep nor a grid says how many
@@ -193,6 +196,49 @@ def health_warnings(log_dir: Path) -> list[str]:
     return json.loads(path.read_text())["end"]["warnings"] if path.exists() else []
 
 
+class RetryKilledTrial:
+    """The storage's callback for a trial whose process was killed (its heartbeats stopped) or
+    stopped: a waiting trial with the same settings and validation reports, ``resumes`` naming it,
+    which :func:`resume_options` starts from the killed trial's latest checkpoint. A retry killed
+    again before its next validation (no progress) is not retried again."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reported = max(trial.intermediate_values, default=-1)
+        if "resumes" in trial.user_attrs and reported <= trial.user_attrs.get("start_step", 0):
+            print(
+                f"pha sweep: trial {trial.number} was killed again before its next validation: "
+                "its settings are not tried again",
+                flush=True,
+            )
+            return
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={"resumes": trial.number},
+                intermediate_values=trial.intermediate_values,  # the pruner reads the whole curve
+            )
+        )
+
+
+def resume_options(trial: optuna.Trial, sweep: Sweep) -> list[str]:
+    """``--ckpt_path`` of the latest checkpoint of the killed trial this trial retries (none when it
+    retries none, or the killed one saved none), said in one line."""
+    number = trial.user_attrs.get("resumes")
+    if number is None:
+        return []
+    killed = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
+    run_dir, checkpoint_dir = killed.user_attrs.get("run_dir"), killed.user_attrs.get("checkpoint_dir")
+    latest = resolve_last_checkpoint(run_dir, checkpoint_dir) if run_dir else None
+    if latest is None:
+        print(f"pha sweep: trial {trial.number} retries trial {number} (killed before its first checkpoint) from the start", flush=True)  # fmt: skip
+        return []
+    step = checkpoint_step(Path(latest))
+    print(f"pha sweep: trial {trial.number} resumes trial {number} (killed at step {step}) from {_relative(latest, sweep.output_dir)}", flush=True)  # fmt: skip
+    return [f"--ckpt_path={latest}"]
+
+
 def run_trial(trial: optuna.Trial, sweep: Sweep) -> float:
     """One ``pha fit`` of the trial's settings in its own folder; its best validation score."""
     from pha_lightning.cli.app import run_cli
@@ -206,6 +252,7 @@ def run_trial(trial: optuna.Trial, sweep: Sweep) -> float:
         "--test_after_fit=false",  # a sweep never sees test
         f"--trainer.default_root_dir={root}",
         "--checkpoint.dirpath=null",  # each trial's checkpoints in its own run folder
+        *resume_options(trial, sweep),
     ]
     pruning = TrialPruning(trial, sweep.monitor)
     command_line, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given args beside sys.argv's
@@ -217,7 +264,6 @@ def run_trial(trial: optuna.Trial, sweep: Sweep) -> float:
     finally:
         sys.argv = command_line
     log_dir = Path(run_folder(cli.trainer))
-    trial.set_user_attr("run_dir", str(log_dir))
     trial.set_user_attr("steps", cli.trainer.global_step)
     trial.set_user_attr("health", health_warnings(log_dir))
     if pruning.pruned_at is not None:
@@ -285,7 +331,8 @@ def counted(study: optuna.Study) -> int:
 def run_sweep(sweep: Sweep) -> optuna.Study:
     """Join (or create) the study and run trials until it holds ``n_trials``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(sweep.storage)
+    retry = RetryKilledTrial()
+    storage = make_storage(sweep.storage, sweep.settings.heartbeat_s, retry)
     study = optuna.create_study(
         storage=storage,
         study_name=sweep.study_name,
@@ -306,13 +353,25 @@ def run_sweep(sweep: Sweep) -> optuna.Study:
             optuna.storages.fail_stale_trials(study)  # a killed process's trial: failed, its settings retried
         if counted(study) >= sweep.n_trials:
             break
-        study.optimize(
-            lambda trial: run_trial(trial, sweep),
-            n_trials=1,
-            catch=(NonFiniteLossError,),
-            callbacks=[progress(sweep)],
-            gc_after_trial=True,
-        )
+        running: list[optuna.Trial] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            running.append(trial)
+            return run_trial(trial, sweep)
+
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(NonFiniteLossError,),
+                callbacks=[progress(sweep)],
+                gc_after_trial=True,
+            )
+        except SystemExit as stop:  # pha fit's SIGTERM exit (last.ckpt written): failed and retried now
+            if stop.code == SIGTERM_EXIT and running:  # not a heartbeat grace period later
+                study.tell(running[0], state=TrialState.FAIL)
+                retry(study, next(t for t in study.get_trials() if t.number == running[0].number))
+            raise
     return study
 
 
@@ -323,11 +382,13 @@ def trials_table(study: optuna.Study, sweep: Sweep) -> str:
         f"| trial | state | {' | '.join(names)} | best {sweep.monitor} | at step | steps | health | run folder |",
         "|" + "---|" * (len(names) + 7),
     ]
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    resumed_by = {t.user_attrs["resumes"]: t.number for t in trials if "resumes" in t.user_attrs}
+    for trial in trials:
         score, step = trial_scores(trial, sweep)
         cells = [
             str(trial.number),
-            trial.state.name.lower(),
+            trial_state(trial, resumed_by.get(trial.number)),
             *(_value(trial.params.get(name)) for name in names),
             "" if score is None else f"{score:.2f}",
             "" if step is None else str(step),
@@ -337,6 +398,14 @@ def trials_table(study: optuna.Study, sweep: Sweep) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def trial_state(trial: FrozenTrial, resumed_by: int | None) -> str:
+    """A trial's state, a killed one's (failed without an error) and a resuming one's said so."""
+    state = trial.state.name.lower()
+    if trial.state == TrialState.FAIL and "error" not in trial.user_attrs:
+        state += " (killed" + (f"; resumed by trial {resumed_by})" if resumed_by is not None else ")")
+    return state + (f" (resumes trial {trial.user_attrs['resumes']})" if "resumes" in trial.user_attrs else "")
 
 
 def _value(value: Any) -> str:
@@ -357,6 +426,7 @@ def best_config(study: optuna.Study, sweep: Sweep) -> str | None:
     config = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "config.yaml").read_text())
     config["trainer"]["default_root_dir"] = str(sweep.output_dir / "best")
     config["test_after_fit"] = bool(sweep.base.get("test_after_fit"))
+    config.pop("ckpt_path", None)  # a trial that resumed a killed one: best.yaml trains from the start
     header = (
         f"# pha sweep {sweep.study_name}: trial {best.number} of {len(study.trials)}, best {sweep.monitor} "
         f"{best.value:.4f}\n# settings searched: {json.dumps(best.params)}\n"

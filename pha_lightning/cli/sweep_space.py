@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,10 @@ class SweepConfig:
     )
     """An Optuna pruner (``name``, a class of ``optuna.pruners``, and its arguments); it reads the
     validation metric at each validation's global step. ``{name: NopPruner}``: no pruning."""
+    heartbeat_s: int = 30
+    """Seconds between a running trial's heartbeats in a database storage: a trial silent for twice
+    as long (its process was killed) is failed, and a retry with its settings resumes from its
+    ``last.ckpt``."""
 
 
 @dataclass(frozen=True)
@@ -223,9 +227,6 @@ def make_pruner(settings: dict[str, Any]) -> optuna.pruners.BasePruner:
 
 #: file names that mean a SQLite database
 SQLITE_SUFFIXES: tuple[str, ...] = (".db", ".sqlite", ".sqlite3")
-#: seconds between a running trial's heartbeats in a database; a trial silent for twice as long
-#: (its process was killed) is failed and its parameters are tried again
-HEARTBEAT_S = 30
 
 
 @contextmanager
@@ -244,8 +245,15 @@ def creation_lock(database: Path | None) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def make_storage(storage: str) -> optuna.storages.BaseStorage:
-    """A database (SQLite file or URL, with heartbeats) or a journal file."""
+def make_storage(
+    storage: str,
+    heartbeat_s: int = SweepConfig.heartbeat_s,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """A database (SQLite file or URL, with heartbeats; ``stale_trial_callback`` gets each trial a
+    killed process left running) or a journal file."""
+    if heartbeat_s < 1:
+        raise ConfigError(f"sweep.heartbeat_s must be a whole number of seconds >= 1, got {heartbeat_s}")
     if "://" in storage or storage.endswith(SQLITE_SUFFIXES):
         url = storage if "://" in storage else f"sqlite:///{Path(storage).expanduser().absolute()}"
         database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
@@ -253,8 +261,8 @@ def make_storage(storage: str) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs={"connect_args": {"timeout": 120}} if database else None,
-                heartbeat_interval=HEARTBEAT_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                heartbeat_interval=heartbeat_s,
+                heartbeat_stale_trial_callback=stale_trial_callback,
             )
     path = Path(storage).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from production_fixtures import PHA, TINY_RUN, pha_env, pha_error, run_pha
+from production_fixtures import PHA, TINY_RUN, pha_env, pha_env_with_tests, pha_error, run_pha
 
 from pha_lightning.cli.sweep_space import make_storage
 
@@ -185,3 +187,78 @@ def test_a_rerun_resumes_the_study_and_pruning_stops_a_trial(joined: dict) -> No
     assert "4 of 4 trials done or running" in again.stdout and not finished_lines(again.stdout)
     assert len(study_of(joined["out"]).trials) == 4
     assert "| 3 | pruned |" in (joined["out"] / "trials.md").read_text()
+
+
+def test_a_killed_trial_is_retried_once_per_progress_and_a_diverged_one_never(tmp_path: Path) -> None:
+    """The storage's callback for stale trials: a trial whose process died (heartbeats stopped) gets a
+    waiting retry with its settings and reports; a diverged trial (failed with an error) gets none;
+    a retry that died again before its next validation gets none."""
+    from pha_lightning.cli.sweep import RetryKilledTrial
+
+    study = optuna.create_study(storage=make_storage(str(tmp_path / "s.db"), 1, RetryKilledTrial()), study_name="s")
+
+    def dies(attrs: dict, reports: dict[int, float]) -> object:
+        def objective(trial: optuna.Trial) -> float:
+            trial.suggest_float("x", 0, 1)
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            for step, value in reports.items():
+                trial.report(value, step)
+            raise SystemExit(9)  # no tell: the trial stays running, as under SIGKILL
+
+        return objective
+
+    with pytest.raises(SystemExit):
+        study.optimize(dies({"start_step": 0}, {2: 0.5, 4: 0.6}), n_trials=1)
+    study.enqueue_trial({"x": 0.5})  # a diverged trial: failed by its run, not by its heartbeats
+
+    def diverges(trial: optuna.Trial) -> float:
+        trial.set_user_attr("error", "the loss is NaN")  # as run_trial records a NonFiniteLossError
+        raise FloatingPointError("the loss is NaN")
+
+    study.optimize(diverges, n_trials=1, catch=(FloatingPointError,))
+    time.sleep(2.5)  # two heartbeat intervals
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING"]
+    retry = trials[2]
+    assert retry.user_attrs == {"resumes": 0} and retry.params == trials[0].params
+    assert retry.intermediate_values == {2: 0.5, 4: 0.6}
+    with pytest.raises(SystemExit):  # the retry dies again before its next validation
+        study.optimize(dies({"start_step": 4}, {}), n_trials=1)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL", "FAIL"]
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path: Path, tiny_bert: str) -> None:
+    """A sweep process SIGKILLed mid-trial (step 5 of 8, its last.ckpt at step 4): the rerun's trial
+    resumes that checkpoint and ends with the best score of an uninterrupted sweep."""
+    space = {"model.optim.learning_rate": {"choices": [3e-3]}}
+    search = sweep_file(tmp_path, space, sampler={"name": "GridSampler"}, pruner={"name": "NopPruner"})
+    fit = [*TINY_FIT, "--trainer.max_steps=8", f"--model.arch.backbone={tiny_bert}"]
+
+    def sweep(out: str, *extra: str) -> list[str]:
+        return [PHA, "sweep", "--sweep", search, f"--sweep.output_dir={tmp_path / out}", "--sweep.heartbeat_s=1", *fit, *extra]  # fmt: skip
+
+    kill = '--trainer.callbacks+={"class_path": "kill_callback.KillAtStep", "init_args": {"step": 5}}'
+    env = pha_env_with_tests()
+    started = [subprocess.Popen(sweep(out, *extra), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for out, extra in (("whole", ()), ("killed", (kill,)))]  # fmt: skip
+    outputs = [process.communicate(timeout=900)[0] for process in started]
+    assert [p.returncode for p in started] == [0, -signal.SIGKILL], "\n".join(o[-3000:] for o in outputs)
+    time.sleep(2.5)  # two heartbeat intervals: the killed trial is stale
+    rerun = run_pha(*sweep("killed")[1:], cwd=tmp_path)
+    last = "trial_000/lightning_logs/version_0/checkpoints/last.ckpt"
+    assert f"pha sweep: trial 1 resumes trial 0 (killed at step 4) from {last}" in rerun.stdout, rerun.stdout
+    killed, resumed = study_of(tmp_path / "killed").get_trials()
+    assert killed.state.name == "FAIL" and resumed.state.name == "COMPLETE"
+    assert resumed.user_attrs["start_step"] == 4 and resumed.user_attrs["steps"] == 8
+    assert resumed.params == killed.params and sorted(resumed.intermediate_values) == [2, 4, 6, 8]
+    (whole,) = study_of(tmp_path / "whole").get_trials()
+    assert resumed.value == pytest.approx(whole.value, abs=1e-4)
+    assert resumed.intermediate_values == pytest.approx(whole.intermediate_values, abs=1e-4)
+    table = (tmp_path / "killed" / "trials.md").read_text()
+    assert "| 0 | fail (killed; resumed by trial 1) |" in table and "| 1 | complete (resumes trial 0) |" in table
+    assert "ckpt_path" not in yaml.safe_load((tmp_path / "killed" / "best.yaml").read_text())

@@ -8,10 +8,14 @@ from typing import Protocol
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from pha_lightning.errors import ConfigError
+from pha_lightning.training.outputs import run_folder
 
 
 class Trial(Protocol):
-    """What the callback needs of a trial (an ``optuna.Trial`` is one): report a value, ask whether to stop."""
+    """What the callback needs of a trial (an ``optuna.Trial`` is one): record an attribute, report a
+    value, ask whether to stop."""
+
+    def set_user_attr(self, key: str, value: object) -> None: ...
 
     def report(self, value: float, step: int) -> None: ...
 
@@ -21,7 +25,9 @@ class Trial(Protocol):
 class TrialPruning(Callback):
     """After each validation, report ``monitor`` to the trial at the global step and stop training
     when the trial's pruner says so (not at the run's last step: a finished run is complete);
-    :attr:`pruned_at` is then that step (``None``: not pruned).
+    :attr:`pruned_at` is then that step (``None``: not pruned). At the start it records in the trial
+    where the run writes (``run_dir``, ``checkpoint_dir``) and the step it starts from
+    (``start_step``), so that a trial whose process is killed can be resumed from its checkpoint.
 
     optuna-integration's ``PyTorchLightningPruningCallback`` reports at the *epoch*, so a run that
     validates every ``val_check_interval`` steps within one epoch (PHA's configs) would report one
@@ -41,6 +47,10 @@ class TrialPruning(Callback):
                 f"pha sweep trains each trial in its own process on one device, not {trainer.world_size}; "
                 "run one pha sweep per device with the same --sweep.storage (they join one study)"
             )
+        checkpointing = trainer.checkpoint_callback
+        self.trial.set_user_attr("run_dir", str(run_folder(trainer)))
+        self.trial.set_user_attr("checkpoint_dir", checkpointing.dirpath if checkpointing else None)
+        self.trial.set_user_attr("start_step", trainer.global_step)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.pruned_at is not None:
