@@ -369,8 +369,12 @@ def run_sweep(sweep: Sweep) -> optuna.Study:
             )
         except SystemExit as stop:  # pha fit's SIGTERM exit (last.ckpt written): failed and retried now
             if stop.code == SIGTERM_EXIT and running:  # not a heartbeat grace period later
-                study.tell(running[0], state=TrialState.FAIL)
+                # told through a study without its sampler: a GridSampler would stop the study here
+                bare = optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())  # fmt: skip
+                bare.tell(running[0].number, state=TrialState.FAIL)
                 retry(study, next(t for t in study.get_trials() if t.number == running[0].number))
+                print(f"pha sweep: trial {running[0].number} stopped; run the same pha sweep command again "
+                      "to resume it from its last.ckpt", file=sys.stderr, flush=True)  # fmt: skip
             raise
     return study
 

@@ -262,3 +262,30 @@ def test_a_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path: Path, ti
     table = (tmp_path / "killed" / "trials.md").read_text()
     assert "| 0 | fail (killed; resumed by trial 1) |" in table and "| 1 | complete (resumes trial 0) |" in table
     assert "ckpt_path" not in yaml.safe_load((tmp_path / "killed" / "best.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_sweep_as_it_ends_pha_fit_and_the_rerun_resumes_at_once(tmp_path: Path, tiny_bert: str) -> None:
+    """SIGTERM mid-trial: last.ckpt written, exit status 143, and the trial's retry queued then, so a
+    rerun resumes it without waiting for its heartbeats to go stale (30 s)."""
+    from pha_lightning.training.checkpoints import checkpoint_step
+
+    space = {"model.optim.learning_rate": {"choices": [3e-3]}}
+    search = sweep_file(tmp_path, space, sampler={"name": "GridSampler"}, pruner={"name": "NopPruner"})
+    args = ["sweep", "--sweep", search, f"--sweep.output_dir={tmp_path / 'out'}", *TINY_FIT, "--trainer.max_steps=8",
+            f"--model.arch.backbone={tiny_bert}"]  # fmt: skip
+    mark = tmp_path / "at_step_5"
+    marker = '--trainer.callbacks+={"class_path": "kill_callback.MarkAtStep", "init_args": {"step": 5, "path": "%s"}}'
+    process = subprocess.Popen([PHA, *args, marker % mark], cwd=tmp_path, env=pha_env_with_tests(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    while not mark.exists() and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 143, output[-3000:]
+    last = "trial_000/lightning_logs/version_0/checkpoints/last.ckpt"
+    step = checkpoint_step(tmp_path / "out" / last)
+    assert step is not None and step >= 5, step
+    rerun = run_pha(*args, cwd=tmp_path)
+    assert f"pha sweep: trial 1 resumes trial 0 (killed at step {step}) from {last}" in rerun.stdout, rerun.stdout
+    assert [t.state.name for t in study_of(tmp_path / "out").get_trials()] == ["FAIL", "COMPLETE"]

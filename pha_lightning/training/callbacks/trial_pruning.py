@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -40,6 +40,10 @@ class TrialPruning(Callback):
         self.trial = trial
         self.monitor = monitor
         self.pruned_at: int | None = None
+        self.start_step = 0
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.start_step = int(checkpoint["global_step"])  # the trainer's global step is restored only later
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.world_size > 1:
@@ -50,7 +54,7 @@ class TrialPruning(Callback):
         checkpointing = trainer.checkpoint_callback
         self.trial.set_user_attr("run_dir", str(run_folder(trainer)))
         self.trial.set_user_attr("checkpoint_dir", checkpointing.dirpath if checkpointing else None)
-        self.trial.set_user_attr("start_step", trainer.global_step)
+        self.trial.set_user_attr("start_step", self.start_step)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.pruned_at is not None:
