@@ -69,6 +69,27 @@ def test_every_module_lives_in_a_known_layer() -> None:
     assert layers == {"root", *ALLOWED}, layers
 
 
+#: The most lines a module may have: a longer one holds more than one concern, and gets split along its seam.
+MAX_MODULE_LINES = 600
+
+
+def long_modules(modules: dict[str, Path], limit: int = MAX_MODULE_LINES) -> list[str]:
+    """``"<module>: <lines> lines"`` for each of ``modules`` over ``limit`` lines."""
+    counts = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in sorted(modules.items())}
+    return [f"{name}: {count} lines" for name, count in counts.items() if count > limit]
+
+
+def test_no_module_is_over_600_lines() -> None:
+    assert long_modules(source_modules()) == [], f"over {MAX_MODULE_LINES} lines"
+
+
+def test_long_module_check_names_the_file_and_its_count(tmp_path: Path) -> None:
+    short, long = tmp_path / "short.py", tmp_path / "long.py"
+    short.write_text("x = 1\n" * 600)
+    long.write_text("x = 1\n" * 601)
+    assert long_modules({"pha_lightning.short": short, "pha_lightning.long": long}) == ["pha_lightning.long: 601 lines"]
+
+
 def test_dependencies_point_one_way() -> None:
     """data and the model never import training or the CLI; training never imports the CLI;
     the foundation imports no package; the data never imports the model."""
@@ -98,7 +119,7 @@ def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
 DATA_LEVELS: dict[str, int] = {
     **{"tasks": 0, "sampling": 0},
     **{"schema": 1, "examples": 1, "resume": 1, "synthetic": 1},
-    "readers": 2,
+    **{"readers": 2, "token_cache": 2},
     **{"benchmark": 3, "spec_task": 3},
     "kinds": 4,
     "catalog": 5,

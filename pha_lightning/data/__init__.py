@@ -7,6 +7,7 @@ readers of files and the hub (``readers.py``); the benchmarks' official split pr
 (``benchmark.py``) and the tasks that need code (``kinds.py``); users' tasks with carved splits
 (``spec_task.py``); the offline synthetic suite (``synthetic.py``); raw prediction examples and
 the batch collator (``examples.py``); the temperature-sampled multi-task batch sampler
-(``sampling.py``) with its exact-resume state (``resume.py``); and the ``LightningDataModule``
-that serves them (``datamodule.py``). docs/data.md describes the datasets, splits and metrics.
+(``sampling.py``) with its exact-resume state (``resume.py``); the tokenised-data cache: its key,
+verified Arrow files and tokenising in processes (``token_cache.py``); and the
+``LightningDataModule`` that serves them (``datamodule.py``). docs/data.md describes the datasets, splits and metrics.
 """

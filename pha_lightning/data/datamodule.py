@@ -3,7 +3,7 @@
 Training draws mixed-task batches with a :class:`~pha_lightning.data.sampling.TemperatureBatchSampler`
 (which shards by rank itself, so the Trainer runs with ``use_distributed_sampler=False``);
 evaluation gives one length-sorted DataLoader per task, in ``tasks`` order. Tokenised splits are
-cached on disk (Arrow files under ``<cache_dir>/tokenized/``), named by a digest of the settings that
+cached on disk (:mod:`pha_lightning.data.token_cache`), named by a digest of the settings that
 decide their tokens and of the task's sources: the files' paths, sizes and modification times where
 the task names them (:meth:`~pha_lightning.data.tasks.Task.source_identity`), so that a second run
 finds and memory-maps them before reading a row; else the exact texts. docs/data.md ("Batches",
@@ -12,45 +12,32 @@ finds and memory-maps them before reading a row; else the exact texts. docs/data
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from pha_lightning.cpus import available_cpus
 from pha_lightning.data.catalog import available_tasks, parse_specs, resolve_tasks
-from pha_lightning.data.examples import Collator, cap_chars
+from pha_lightning.data.examples import Collator
 from pha_lightning.data.readers import DataSource, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
 from pha_lightning.data.sampling import SamplingMode, TemperatureBatchSampler
 from pha_lightning.data.tasks import Task
+from pha_lightning.data.token_cache import Tokenising, cache_directory, cache_key, load_verified, tokenizer_fingerprint
 from pha_lightning.errors import ConfigError, DataError
-from pha_lightning.files import atomic_replacement, atomic_write_text, reported_write, sha256_of
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
 from pha_lightning.validation import POSITIVE, SEED, SIZE, Choice, Range, check_settings, setting
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming the tokenisation cache directory.
-CACHE_DIR_ENV = "PHA_CACHE_DIR"
-DEFAULT_CACHE_DIR = "~/.cache/pha_lightning"
-#: Bump when the tokenised layout changes, so older cache files are not reused.
-CACHE_FORMAT_VERSION = 3  # 2: checksum sidecars; 3: keyed on the sources' identity
-#: A split is tokenised by at most one process per this many rows: starting a process and sending it
-#: its share costs more than it saves on fewer.
-ROWS_PER_PROCESS = 10_000
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "validation"),
     "validate": ("validation",),
@@ -158,118 +145,6 @@ def subsample_groups(records: list[dict], n: int, seed: int, task_name: str, gro
             continue
         chosen.extend(members[key])
     return [records[index] for index in sorted(chosen)]
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A stable digest of what decides a tokenizer's output: its full serialisation when it has a
-    fast backend, else ``datasets``' hash of the object; plus class, special tokens and sides."""
-    digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
-    else:
-        from datasets.fingerprint import Hasher
-
-        digest.update(Hasher.hash(tokenizer).encode())
-    settings = {
-        "class": type(tokenizer).__name__,
-        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "padding_side": tokenizer.padding_side,
-        "truncation_side": getattr(tokenizer, "truncation_side", "right"),
-        "vocab_size": len(tokenizer),
-    }
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def cache_key(settings: dict, columns: dict[str, list] | None = None) -> str:
-    """A digest of the settings (and sources) that decide a split's tokens, and of its ``columns`` (texts,
-    targets, ids, groups) where its task cannot name its sources."""
-    digest = hashlib.sha256(json.dumps({"version": CACHE_FORMAT_VERSION, **settings}, sort_keys=True).encode())
-    for name in sorted(columns or {}):
-        digest.update(f"\x00column:{name}\x00".encode())
-        for value in columns[name]:
-            digest.update(repr(value).encode())
-            digest.update(b"\x1f")
-    return digest.hexdigest()
-
-
-def tokenize_columns(
-    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_source_length: int, max_target_length: int
-) -> dict[str, list]:
-    """Tokenise ``source`` (+ ``pair``) and, for seq2seq, ``target`` into ``labels``; add ``length``.
-
-    A module-level function (not a method) so ``datasets`` can fingerprint it without pickling
-    the data module. Seq2seq sources get no token type ids: T5 does not take them. Texts are cut to
-    :data:`~pha_lightning.data.examples.CHARS_PER_TOKEN` characters per token first (bounded memory).
-    """
-    seq2seq = "target" in batch
-    pair = batch.get("pair")
-    features = dict(
-        tokenizer(
-            cap_chars(batch["source"], max_source_length),
-            None if pair is None else cap_chars(pair, max_source_length),
-            truncation=True,
-            max_length=max_source_length,
-            return_token_type_ids=False if seq2seq else None,
-        )
-    )
-    if seq2seq:
-        features["labels"] = tokenizer(
-            text_target=cap_chars(batch["target"], max_target_length), truncation=True, max_length=max_target_length
-        )["input_ids"]
-    features["length"] = [len(ids) for ids in features["input_ids"]]
-    return features
-
-
-def checksum_path(path: Path) -> Path:
-    """The sidecar of a cache file: its size and SHA-256, and the file's inode and modification time
-    when they were taken; written after the file is in place."""
-    return path.with_name(path.name + ".sha256.json")
-
-
-def file_checksum(path: Path) -> dict[str, object]:
-    stat = path.stat()
-    return {"size": stat.st_size, "sha256": sha256_of(path), "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns}
-
-
-def verifies(path: Path, recorded: dict) -> bool:
-    """Whether a cache file is the one its sidecar describes: untouched since (same inode, size and
-    modification time: no need to read it), else the same size and SHA-256."""
-    if not isinstance(recorded, dict):
-        return False
-    stat = path.stat()
-    if [recorded.get(k) for k in ("inode", "size", "mtime_ns")] == [stat.st_ino, stat.st_size, stat.st_mtime_ns]:
-        return True
-    return recorded.get("size") == stat.st_size and recorded.get("sha256") == sha256_of(path)
-
-
-def load_verified(path: Path) -> Dataset | None:
-    """A cached tokenised split, or ``None`` when there is none or it does not verify against its
-    checksum (a full disk, a partial copy): then one line says so and the caller rebuilds it."""
-    if not path.is_file():
-        return None
-    try:
-        if verifies(path, json.loads(checksum_path(path).read_text())):
-            return Dataset.from_file(str(path))
-        problem = "its size or SHA-256 differs from the recorded one"
-    except FileNotFoundError:
-        problem = "it has no checksum (its write did not finish)"
-    except (OSError, ValueError, pa.ArrowException) as err:  # an unreadable sidecar or Arrow file
-        problem = f"it cannot be read ({type(err).__name__})"
-    log.warning("tokenised-data cache %s is damaged (%s); rebuilding it", path, problem)
-    return None
-
-
-def join_arrow_files(parts: Sequence[str], path: Path) -> None:
-    """The Arrow stream files ``parts`` (``datasets.map``'s shards, same schema), in order, as one file ``path``."""
-    with pa.memory_map(parts[0]) as first:
-        schema = pa.ipc.open_stream(first).schema
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for part in parts:
-            with pa.memory_map(part) as source:
-                for batch in pa.ipc.open_stream(source):
-                    writer.write_batch(batch)
 
 
 def longest_first(dataset: Dataset) -> Dataset:
@@ -396,13 +271,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     @property
     def tokenized_cache_dir(self) -> Path:
         """Directory of the tokenised split files."""
-        base = Path(os.path.expanduser(self.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR))
-        if base.exists() and not base.is_dir():
-            raise ConfigError(
-                f"data.cache_dir {str(base)!r} is a file, not a directory; give a directory for the tokenised-data "
-                f"cache (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})"
-            )
-        return base / "tokenized"
+        return cache_directory(self.cache_dir)
 
     def source_options(self) -> dict[str, object]:
         """What every task's ``load_splits`` receives: the resolved source and the split protocol."""
@@ -567,61 +436,21 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         identity) or, where there is none, a digest of the columns themselves."""
         dataset = Dataset.from_dict(columns)
         if not self.cache_tokenized:
-            return self.tokenize_dataset(dataset, text_columns)
+            return self.tokenising().dataset(dataset, text_columns)
         key = key or cache_key(self.split_settings(task_id, split), columns)
         cached = self.cached_split(task_id, split, key)
         if cached is not None:
             return cached
-        path = self.cache_path(task_id, split, key)
-        # atomic: concurrent runs never see half a file; datasets' temporaries go to the same private folder
-        with (
-            reported_write(path.parent, "the tokenised-data cache (data.cache_dir)"),
-            atomic_replacement(path) as temporary,
-        ):
-            desc = f"Tokenising {self.task_objects[task_id].name} ({split})"
-            self.tokenize_dataset(dataset, text_columns, temporary, key[:32], desc)
-        atomic_write_text(checksum_path(path), json.dumps(file_checksum(path)), "the tokenised-data cache")
-        return Dataset.from_file(str(path))
+        desc = f"Tokenising {self.task_objects[task_id].name} ({split})"
+        return self.tokenising().cached(dataset, text_columns, self.cache_path(task_id, split, key), key, desc)
 
-    def processes(self, rows: int) -> int:
-        """Processes that tokenise ``rows`` rows: ``num_proc`` (default: the CPUs this process may
-        use), at most one per :data:`ROWS_PER_PROCESS` rows."""
-        return max(1, min(self.num_proc or available_cpus(), rows // ROWS_PER_PROCESS))
-
-    def tokenize_dataset(
-        self,
-        dataset: Dataset,
-        text_columns: list[str],
-        path: Path | None = None,
-        fingerprint: str | None = None,
-        desc: str | None = None,
-    ) -> Dataset:
-        """:func:`tokenize_columns` over ``dataset`` in :meth:`processes` processes (contiguous shards,
-        in order); written to the one Arrow file ``path`` when given (in memory otherwise)."""
-        processes = self.processes(len(dataset))
-        mapped = dataset.map(
-            tokenize_columns,
-            batched=True,
-            remove_columns=text_columns,
-            fn_kwargs={
-                "tokenizer": self.tokenizer,
-                "max_source_length": self.max_source_length,
-                "max_target_length": self.max_target_length,
-            },
-            num_proc=processes if processes > 1 else None,
-            cache_file_name=None if path is None else str(path),
-            load_from_cache_file=False,
-            new_fingerprint=fingerprint,
-            desc=desc,
-        )
-        if path is not None and processes > 1:  # one file per process: joined into one
-            join_arrow_files([entry["filename"] for entry in mapped.cache_files], path)
-        return mapped
+    def tokenising(self) -> Tokenising:
+        """How this module's splits are tokenised: tokenizer, lengths and processes."""
+        return Tokenising(self.tokenizer, self.max_source_length, self.max_target_length, self.num_proc)
 
     def token_lengths(self, task: Task, records: list[dict]) -> list[int]:
         """Input tokens of each record with this backbone's tokenizer (truncated at ``max_source_length``)."""
-        columns = self._text_columns(task, records)
-        return tokenize_columns(columns, self.tokenizer, self.max_source_length, self.max_target_length)["length"]
+        return self.tokenising().columns(self._text_columns(task, records))["length"]
 
     def _text_columns(self, task: Task, records: list[dict]) -> dict[str, list]:
         """The strings to tokenise: (pair of) texts for encoders, source and target for seq2seq."""

@@ -22,10 +22,11 @@ import torch
 from production_fixtures import PHA, pha_env_with_tests, pha_error, tiny_fit_args, trained_checkpoint
 from safetensors import SafetensorError
 
-from pha_lightning.data import datamodule as datamodule_module
+from pha_lightning.data import token_cache
 from pha_lightning.data.catalog import get_task
-from pha_lightning.data.datamodule import PHADataModule, checksum_path, tokenize_columns
+from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.examples import CHARS_PER_TOKEN, encode_examples
+from pha_lightning.data.token_cache import checksum_path, tokenize_columns
 from pha_lightning.files import atomic_write_text
 from pha_lightning.formats import bundle as bundle_module
 from pha_lightning.hub import load_tokenizer
@@ -214,7 +215,7 @@ def test_damaged_cache_entries_are_rebuilt_with_one_line(
     (arrow,) = (tmp_path / "tokenized").glob("synth_polarity-train-*.arrow")
     damage_fn, problem = DAMAGES[damage]
     damage_fn(arrow)
-    with caplog.at_level(logging.WARNING, logger=datamodule_module.__name__):
+    with caplog.at_level(logging.WARNING, logger=token_cache.__name__):
         assert train_rows() == rows
         assert train_rows() == rows  # rebuilt and verified: no second rebuild
     assert [r.getMessage() for r in caplog.records] == [
@@ -324,7 +325,7 @@ def test_tokenised_cache_onto_a_full_disk(
     folder = small_fs("1m")
     if folder is None:
         folder = tmp_path / "cache"
-        monkeypatch.setattr(datamodule_module.Dataset, "map", _no_space)
+        monkeypatch.setattr(token_cache.Dataset, "map", _no_space)
     else:
         _fill(folder)
     err = pha_error(

@@ -239,12 +239,12 @@ def test_tokenised_splits_are_cached_on_disk_and_reused(fixture_dir, tmp_path, m
     arrows = [name for name in files if name.endswith(".arrow")]
     assert len(arrows) == 6 and files == sorted([*arrows, *(f"{name}.sha256.json" for name in arrows)])
 
-    from pha_lightning.data import datamodule
+    from pha_lightning.data import token_cache
 
     def no_tokenising(*args, **kwargs):
         raise AssertionError("tokenised again although the cache holds this split")
 
-    monkeypatch.setattr(datamodule, "tokenize_columns", no_tokenising)
+    monkeypatch.setattr(token_cache, "tokenize_columns", no_tokenising)
     second = build()
     for split in ("train", "validation"):
         for a, b in zip(first.datasets[split], second.datasets[split]):

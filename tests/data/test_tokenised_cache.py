@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pha_lightning.data import datamodule, spec_task
+from pha_lightning.data import spec_task, token_cache
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
 
@@ -21,7 +21,7 @@ ROWS = 60
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """How often files are read into rows and how many rows are tokenised."""
     counts: Counter = Counter()
-    read_table, tokenize_columns = spec_task.read_table, datamodule.tokenize_columns
+    read_table, tokenize_columns = spec_task.read_table, token_cache.tokenize_columns
 
     def counting_read(*args, **kwargs):
         counts["reads"] += 1
@@ -32,7 +32,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
         return tokenize_columns(batch, *args, **kwargs)
 
     monkeypatch.setattr(spec_task, "read_table", counting_read)
-    monkeypatch.setattr(datamodule, "tokenize_columns", counting_tokenize)
+    monkeypatch.setattr(token_cache, "tokenize_columns", counting_tokenize)
     return counts
 
 
@@ -113,11 +113,11 @@ def test_a_changed_setting_that_decides_the_tokens_rebuilds(rows_file: Path, cou
 def test_num_proc_tokenises_in_processes_to_the_same_tokens(
     rows_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datamodule, "ROWS_PER_PROCESS", 10)  # 48 train rows: 2 processes
+    monkeypatch.setattr(token_cache, "ROWS_PER_PROCESS", 10)  # 48 train rows: 2 processes
     one = built(rows_file.parent, num_proc=1)
-    assert one.processes(48) == 1
+    assert one.tokenising().processes(48) == 1
     two = PHADataModule(**{**one.hparams, "num_proc": 2, "cache_dir": str(tmp_path / "cache2")})
-    assert two.processes(48) == 2
+    assert two.tokenising().processes(48) == 2
     two.setup("fit")
     assert rows_of(two) == rows_of(one)
     train_files = sorted(p.name for p in (tmp_path / "cache2" / "tokenized").glob("reviews-train-*"))
@@ -130,11 +130,11 @@ def test_num_proc_tokenises_in_processes_to_the_same_tokens(
 def test_num_proc_defaults_to_the_usable_cpus_one_per_rows_per_process(
     rows_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datamodule, "available_cpus", lambda: 4)
+    monkeypatch.setattr(token_cache, "available_cpus", lambda: 4)
     data = PHADataModule(["synth_polarity"])
-    per = datamodule.ROWS_PER_PROCESS
-    assert [data.processes(n) for n in (5, per, 2 * per + 1, 100 * per)] == [1, 1, 2, 4]
-    assert PHADataModule(["synth_polarity"], num_proc=1).processes(100 * per) == 1
+    per = token_cache.ROWS_PER_PROCESS
+    assert [data.tokenising().processes(n) for n in (5, per, 2 * per + 1, 100 * per)] == [1, 1, 2, 4]
+    assert PHADataModule(["synth_polarity"], num_proc=1).tokenising().processes(100 * per) == 1
 
 
 def test_num_proc_must_be_a_positive_integer() -> None:
