@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
+#: the folder that holds this checkout (and its sibling worktrees and data, wherever a machine put them)
+CHECKOUTS = str(Path(__file__).resolve().parents[3])
 #: an absolute path under a folder that only exists on one machine (up to a quote, space, bracket,
 #: comma, backslash or backtick); ``<checkout>/x`` and relative paths do not match
-MACHINE_PATH = re.compile(r"(?<![\w<>.~-])/(?:work|tmp|root|home|Users|scratch|srv|mnt)/[^\s\"'`()\[\],;\\]*")
+MACHINE_PATH = re.compile(
+    r"(?<![\w<>.~-])(?:/(?:work|tmp|root|home|Users|scratch|srv|mnt)|" + re.escape(CHECKOUTS) + r")/[^\s\"'`()\[\],;\\]*"
+)
 #: a data folder named by a setting or a flag: ``data_dir=X``, ``data_dir: X``, ``--data-dir X``
 DATA_DIR_SETTING = re.compile(r"(data_dir[=:]\s*|--data-dir[= ])(/[^\s\"'`()\[\],;\\]+)")
 #: entries of a checkout's top folder: a path through one of them is a checkout's file
@@ -34,7 +39,9 @@ def portable_path(path: str, data_dirs: Iterable[str] = ()) -> str:
         return "/".join(["<venv>", *parts[parts.index("bin", 1) :]])
     if parts[0] == "tmp":
         return "/".join(["<tmp>", *parts[1:]])
-    return "/".join(["<checkout>", *parts[2:]])  # /work/<worktree>/…: a checkout of the project
+    if path.startswith(CHECKOUTS + "/"):  # <checkouts>/<worktree>/…: a checkout of the project
+        return "/".join(["<checkout>", *path[len(CHECKOUTS) + 1 :].split("/")[1:]])
+    return "/".join(["<checkout>", *parts[2:]])  # /work/<worktree>/…
 
 
 def portable_text(text: str, data_dirs: Iterable[str] = ()) -> str:

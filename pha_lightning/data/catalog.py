@@ -75,6 +75,17 @@ def register_task(task: Task) -> None:
     _REGISTRY[task.name] = task
 
 
+def unregister_task(name: str) -> None:
+    """Forget a task :func:`register_task` added (a notebook that redefines one); built-in tasks stay."""
+    _load_builtin_tasks()
+    if name in _BUILTIN or name not in _REGISTRY:
+        raise ConfigError(
+            f"cannot unregister {name!r}: only registered tasks can be, and these are "
+            f"{sorted(set(_REGISTRY) - set(_BUILTIN))}"
+        )
+    del _REGISTRY[name]
+
+
 def builtin_task_names() -> list[str]:
     """Sorted names of the tasks that ship with the package."""
     _load_builtin_tasks()

@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from transformers import GPT2Config
 from pha_lightning import PHAModel
 from pha_lightning.cli.export import export_checkpoint
 from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
-from pha_lightning.data.catalog import available_tasks, get_task, register_task
+from pha_lightning.data.catalog import available_tasks, get_task, register_task, unregister_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.tasks import Task
 from pha_lightning.errors import ConfigError, DataError, PHAError
@@ -69,13 +70,31 @@ class ListTask(Task):
         return [{"sentence": f"a {split} sentence", "label": 0.0 if self.label_names else 1.5}]
 
 
+@pytest.fixture(autouse=True)
+def _forget_registered_tasks() -> Iterator[None]:
+    """Tasks a test registers leave with it: later tests in the same process see only built-ins."""
+    before = set(available_tasks())
+    yield
+    for name in set(available_tasks()) - before:
+        unregister_task(name)
+
+
 def _task(name: str, train: list, label_names: tuple[str, ...] = ("0", "1")) -> str:
-    if name not in available_tasks():
-        register_task(ListTask(name, train, label_names))
+    register_task(ListTask(name, train, label_names))
     return name
 
 
 # ------------------------------------------------------------------ names
+def test_a_registered_task_can_be_unregistered_and_a_builtin_cannot() -> None:
+    name = _task("hostile_once", [{"sentence": "x", "label": 0.0}])
+    with pytest.raises(ConfigError, match="a task named 'hostile_once' is already registered"):
+        register_task(ListTask(name, []))
+    unregister_task(name)
+    assert name not in available_tasks()
+    with pytest.raises(ConfigError, match=r"cannot unregister 'rte': only registered tasks can be, and these are \[\]"):
+        unregister_task("rte")
+
+
 def test_unknown_task_lists_the_valid_ones(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     err = pha_error(
         capsys, "fit", "--data.tasks=[synth_polarity,synth_nope]", *TINY, f"--trainer.default_root_dir={tmp_path}"

@@ -17,6 +17,9 @@ from pha_lightning.cli.sweep_space import make_storage
 
 #: a trial in seconds (production_fixtures.TINY_RUN)
 TINY_FIT = [*TINY_RUN, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+#: a trial is stale when its last heartbeat is more than two intervals (1 s) old; SQLite stores
+#: heartbeats to the second, so waiting 2.5 s is not always enough
+STALE_S = 3.5
 
 
 def sweep_file(tmp_path: Path, space: object, **settings: object) -> str:
@@ -217,7 +220,7 @@ def test_a_killed_trial_is_retried_once_per_progress_and_a_diverged_one_never(tm
         raise FloatingPointError("the loss is NaN")
 
     study.optimize(diverges, n_trials=1, catch=(FloatingPointError,))
-    time.sleep(2.5)  # two heartbeat intervals
+    time.sleep(STALE_S)
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING"]
@@ -226,7 +229,7 @@ def test_a_killed_trial_is_retried_once_per_progress_and_a_diverged_one_never(tm
     assert retry.intermediate_values == {2: 0.5, 4: 0.6}
     with pytest.raises(SystemExit):  # the retry dies again before its next validation
         study.optimize(dies({"start_step": 4}, {}), n_trials=1)
-    time.sleep(2.5)
+    time.sleep(STALE_S)
     optuna.storages.fail_stale_trials(study)
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL", "FAIL"]
 
@@ -248,7 +251,7 @@ def test_a_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path: Path, ti
                                 stderr=subprocess.STDOUT, text=True) for out, extra in (("whole", ()), ("killed", (kill,)))]  # fmt: skip
     outputs = [process.communicate(timeout=900)[0] for process in started]
     assert [p.returncode for p in started] == [0, -signal.SIGKILL], "\n".join(o[-3000:] for o in outputs)
-    time.sleep(2.5)  # two heartbeat intervals: the killed trial is stale
+    time.sleep(STALE_S)  # the killed trial is stale
     rerun = run_pha(*sweep("killed")[1:], cwd=tmp_path)
     last = "trial_000/lightning_logs/version_0/checkpoints/last.ckpt"
     assert f"pha sweep: trial 1 resumes trial 0 (killed at step 4) from {last}" in rerun.stdout, rerun.stdout
