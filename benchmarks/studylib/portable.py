@@ -14,7 +14,9 @@ CHECKOUTS = str(Path(__file__).resolve().parents[3])
 #: an absolute path under a folder that only exists on one machine (up to a quote, space, bracket,
 #: comma, backslash or backtick); ``<checkout>/x`` and relative paths do not match
 MACHINE_PATH = re.compile(
-    r"(?<![\w<>.~-])(?:/(?:work|tmp|root|home|Users|scratch|srv|mnt)|" + re.escape(CHECKOUTS) + r")/[^\s\"'`()\[\],;\\]*"
+    r"(?<![\w<>.~-])(?:/(?:work|tmp|root|home|Users|scratch|srv|mnt)|"
+    + re.escape(CHECKOUTS)
+    + r")/[^\s\"'`()\[\],;\\]*"
 )
 #: a data folder named by a setting or a flag: ``data_dir=X``, ``data_dir: X``, ``--data-dir X``
 DATA_DIR_SETTING = re.compile(r"(data_dir[=:]\s*|--data-dir[= ])(/[^\s\"'`()\[\],;\\]+)")
