@@ -4,6 +4,7 @@
     python benchmarks/serve_load.py --seconds 20 --soak-seconds 60 --output results/serving_load/short.md
     python benchmarks/serve_load.py --soak-seconds 600                  # the 10-minute soak too
     python benchmarks/serve_load.py --in-process --output results/serving_load/in_process.md
+    python benchmarks/serve_load.py --processes --concurrency 8 --seconds 20 --profile-http 25
 
 Builds one PHA-LoRA model on the offline suite (random non-zero factors, as benchmarks/serving.py:
 the cost does not depend on what they learned), its bundle (precomputed adapters) and its
@@ -31,6 +32,14 @@ JSON, and for ``pha serve`` the request check its HTTP process makes first. Batc
 ``--batch-sizes`` requests (what LitServe's dynamic batching forms at low and high concurrency),
 ``pha`` (half routed), ``pha_named`` (every request names its task) and ``peft`` interleaved within
 each of ``--repeats`` repetitions; the table gives the median and range, and the CPU per stage.
+
+``--processes`` says where each server's memory and CPU go: first ``pha serve``'s main process in a
+fresh interpreter, its memory and heavy imports after each start-up step up to where LitServe forks
+its HTTP process (:data:`STARTUP_PROBE`); then each server alone under load at each
+``--concurrency``, each process role's (main, queue manager, inference worker, HTTP) RSS, PSS and
+USS after the load and its CPU per request; with ``--profile-http N`` the HTTP processes run under
+cProfile (CPU time) during the measured load and the report lists the N functions with the most
+CPU of their own in either server.
 """
 
 from __future__ import annotations
@@ -73,7 +82,7 @@ MALFORMED: tuple[bytes, ...] = (
 )
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="pypi:all-MiniLM-L6-v2", help="an encoder-only backbone")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
@@ -93,11 +102,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32], help="--in-process: requests a batch")
     parser.add_argument("--repeats", type=int, default=5, help="--in-process: interleaved repetitions")
     parser.add_argument(
-        "--output", type=Path, help="the report (default: results/serving_load/serve_load.md, or in_process.md)"
+        "--processes",
+        action="store_true",
+        help="pha serve's start-up memory by step, then each server alone: memory and CPU by process role",
+    )
+    parser.add_argument(
+        "--profile-http", type=int, default=0, help="--processes: the top N functions of the HTTP processes (cProfile)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="the report (default: results/serving_load/serve_load.md, in_process.md or processes.md)",
     )
     parser.add_argument("--peft-server", type=Path, help=argparse.SUPPRESS)  # internal: run the peft server
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------- peft server
@@ -447,6 +466,262 @@ def write_in_process_report(
     write_report(args.output, lines, [*rows, {"agreement": same}], command)
 
 
+# ---------------------------------------------------------------------------------------- per process
+#: the packages the start-up probe reports as imported
+HEAVY = ("torch", "transformers", "lightning", "torchmetrics", "datasets", "tensorboard", "jsonargparse")
+#: ``pha serve``'s main process in a fresh interpreter (``--ckpt_path`` etc. as arguments): its memory
+#: and heavy imports after each step, up to where LitServe would start its processes (not started)
+STARTUP_PROBE = """
+import json, sys
+import psutil
+
+def mark(step):
+    memory = psutil.Process().memory_full_info()
+    imported = [name for name in HEAVY if name in sys.modules]
+    row = {"step": step, "rss_mb": memory.rss / 2**20, "uss_mb": memory.uss / 2**20, "imported": imported}
+    print(json.dumps(row), flush=True)
+
+mark("python, psutil")
+import pha_lightning.cli.entry
+mark("import pha_lightning.cli.entry")
+import pha_lightning.cli.serve as serve
+mark("import pha_lightning.cli.serve")
+import litserve
+
+def run(self, **options):
+    mark("LitServer.run: LitServe would fork its HTTP process now")
+
+litserve.LitServer.run = run
+serve.main(sys.argv[1:])
+"""
+
+
+def startup_steps(bundle: Path) -> list[dict[str, Any]]:
+    """:data:`STARTUP_PROBE` on ``bundle``: one row per step."""
+    code = f"HEAVY = {HEAVY!r}\n{STARTUP_PROBE}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"--ckpt_path={bundle}", "--accelerator=cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the start-up probe failed: {done.stderr[-2000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def process_roles(pid: int) -> dict[int, str]:
+    """Each process of a LitServe server by role: ``main``; ``manager`` (its queues' manager, forked
+    before the workers start); ``worker`` (the inference workers, spawned); ``http`` (the HTTP
+    servers, forked after the workers are ready); ``other``."""
+    root = psutil.Process(pid)
+    children = sorted(root.children(recursive=True), key=lambda child: child.pid)
+    commands = {child.pid: " ".join(child.cmdline()) for child in children}
+    workers = [child for child, command in commands.items() if "spawn_main" in command]
+    roles = {pid: "main"}
+    for child, command in commands.items():
+        if child in workers:
+            roles[child] = "worker"
+        elif "resource_tracker" in command or not workers:
+            roles[child] = "other"
+        else:
+            roles[child] = "manager" if child < workers[0] else "http"
+    return roles
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process."""
+    seconds = {}
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def per_process(
+    args: argparse.Namespace, name: str, command: list[str], bodies: list[bytes], concurrency: int, folder: Path
+) -> list[dict[str, Any]]:
+    """One server alone under closed-loop load: each role's memory (RSS, PSS, USS after the load)
+    and CPU ms per answered request; with ``--profile-http``, its HTTP processes' cProfile stats
+    over the measured load (``folder/<name>.prof.<pid>``)."""
+    process, url = start(command, folder / f"{name}.log")
+    try:
+        asyncio.run(closed_loop(url, bodies, concurrency, args.warmup))
+        roles = process_roles(process.pid)
+        http = [pid for pid, role in roles.items() if role == "http"]
+        for pid in http if args.profile_http else ():
+            os.kill(pid, signal.SIGUSR1)
+        before = process_cpu(list(roles))
+        records = asyncio.run(closed_loop(url, bodies, concurrency, args.seconds))
+        spent = {pid: seconds - before[pid] for pid, seconds in process_cpu(list(roles)).items()}
+        for pid in http if args.profile_http else ():
+            os.kill(pid, signal.SIGUSR2)
+        memory = {pid: psutil.Process(pid).memory_full_info() for pid in roles}
+        time.sleep(2 if args.profile_http else 0)  # the stats are written by a signal handler
+    finally:
+        stop(process)
+    answered = max(sum(r["status"] == 200 for r in records), 1)
+    rows = []
+    for role in ("main", "manager", "worker", "http", "other"):
+        pids = [pid for pid, mine in roles.items() if mine == role]
+        if pids:
+            rows.append(
+                {
+                    "server": name,
+                    "concurrency": concurrency,
+                    "role": role,
+                    "processes": len(pids),
+                    "requests": answered,
+                    **{
+                        f"{kind}_mb": sum(getattr(memory[pid], kind) for pid in pids) / 2**20
+                        for kind in ("rss", "pss", "uss")
+                    },
+                    "cpu_ms_per_request": 1000 * sum(spent[pid] for pid in pids) / answered,
+                }
+            )
+    return rows
+
+
+def run_profiled(prefix: str, command: list[str]) -> None:
+    """Run a server command in this process with every uvicorn server (LitServe's HTTP processes)
+    under cProfile in CPU time: SIGUSR1 starts it, SIGUSR2 stops it and writes ``<prefix>.<pid>``."""
+    import cProfile
+
+    import uvicorn
+
+    serve = uvicorn.Server.run
+
+    def profiled(self: uvicorn.Server, *positional: Any, **options: Any) -> None:
+        profile = cProfile.Profile(time.process_time)
+
+        def stop_and_write(*_: object) -> None:
+            profile.disable()
+            profile.dump_stats(f"{prefix}.{os.getpid()}")
+
+        signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+        signal.signal(signal.SIGUSR2, stop_and_write)
+        return serve(self, *positional, **options)
+
+    uvicorn.Server.run = profiled
+    if Path(command[0]).name == "pha":
+        from pha_lightning.cli.entry import main as pha
+
+        pha(command[1:])
+    else:
+        run_peft_server(parse_args(command[2:]))
+
+
+def profile_table(folder: Path, requests: dict[str, int], top: int) -> list[list[object]]:
+    """The functions with the most CPU of their own in either server's HTTP processes (cProfile
+    ``tottime``, ms per answered request), each with both servers' figure."""
+    import pstats
+
+    own: dict[str, dict[str, float]] = {}
+    for name, answered in requests.items():
+        files = sorted(folder.glob(f"{name}.prof.*"))
+        if not files:
+            continue
+        stats = pstats.Stats(*map(str, files)).stats  # {(file, line, function): (cc, nc, tt, ct, callers)}
+        for (file, line, function), (_, _, tottime, _, _) in stats.items():
+            where = f"{Path(file).name}:{line}({function})" if line else function
+            own.setdefault(where, {})[name] = own.get(where, {}).get(name, 0.0) + 1000 * tottime / answered
+    totals = {name: sum(row.get(name, 0.0) for row in own.values()) for name in requests}
+    ranked = sorted(own.items(), key=lambda item: -max(item[1].values()))[:top]
+    return [["all functions", *(f"{totals[name]:.3f}" for name in requests)]] + [
+        [where, *(f"{row.get(name, 0.0):.3f}" for name in requests)] for where, row in ranked
+    ]
+
+
+def processes(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[list[object]]]:
+    """pha serve's start-up steps, then each server alone at each concurrency, by process role."""
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        folder = Path(tmp)
+        bundle, export = served_model(args, folder)
+        steps = startup_steps(bundle)
+        bodies = {name: [json.dumps(b).encode() for b in stream] for name, stream in request_bodies(args).items()}
+        commands = server_commands(args, bundle, export)
+        if args.profile_http:
+            here = [sys.executable, str(Path(__file__).resolve())]
+            commands = {
+                name: [*here, f"--profiled={folder / name}.prof", *command] for name, command in commands.items()
+            }
+        rows = []
+        for concurrency in args.concurrency:
+            for name, command in commands.items():
+                rows += per_process(args, name, command, bodies[name], concurrency, folder)
+                print(json.dumps(rows[-1]), flush=True)
+        requests = {
+            name: sum(r["requests"] for r in rows if r["server"] == name and r["role"] == "main") for name in commands
+        }
+        profile = profile_table(folder, requests, args.profile_http) if args.profile_http else []
+    return steps, rows, profile
+
+
+def write_processes_report(
+    args: argparse.Namespace,
+    steps: list[dict],
+    rows: list[dict],
+    profile: list[list[object]],
+    load: tuple[float, float],
+) -> None:
+    command = command_line()
+    lines = [
+        f"# pha serve and the peft server, process by process ({args.backbone}, {len(args.tasks)} tasks)",
+        "",
+        f"`{command}`",
+        "",
+        *([f"**{args.note}**", ""] if args.note else []),
+        f"{machine_line()}, litserve {ls.__version__}; {load_line(load)}.",
+        "",
+        "`pha serve`'s main process, step by step (a fresh interpreter; MB):",
+        "",
+        *markdown_table(
+            ["step", "RSS", "USS", "imported"],
+            [[s["step"], f"{s['rss_mb']:.0f}", f"{s['uss_mb']:.0f}", ", ".join(s["imported"]) or "–"] for s in steps],
+        ),
+        "",
+        f"Each server alone, {args.seconds:g} s of closed-loop load after {args.warmup:g} s of warm-up (pha: half "
+        "the requests routed); memory after the load (MB, summed over the role's processes; PSS shares a page "
+        "among the processes mapping it, USS counts the pages only this process maps); CPU ms per answered request:",
+        "",
+        *markdown_table(
+            ["concurrency", "server", "role", "processes", "RSS", "PSS", "USS", "CPU ms / request"],
+            [
+                [
+                    r["concurrency"],
+                    r["server"],
+                    r["role"],
+                    r["processes"],
+                    f"{r['rss_mb']:.0f}",
+                    f"{r['pss_mb']:.0f}",
+                    f"{r['uss_mb']:.0f}",
+                    f"{r['cpu_ms_per_request']:.2f}",
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+    for concurrency in args.concurrency:
+        total = {
+            name: sum(r["pss_mb"] for r in rows if r["server"] == name and r["concurrency"] == concurrency)
+            for name in ("pha", "peft")
+        }
+        lines += [
+            "",
+            f"Concurrency {concurrency}: PSS over all processes, pha {total['pha']:.0f} MB, peft {total['peft']:.0f} MB.",
+        ]
+    if profile:
+        lines += [
+            "",
+            "The HTTP processes under cProfile (CPU time, which cProfile inflates per Python call) over the "
+            "measured load, own time (tottime) in ms per answered request:",
+            "",
+            *markdown_table(["function", "pha", "peft"], profile),
+        ]
+    write_report(args.output, lines, [*({"step": s} for s in steps), *rows], command)
+
+
 # ---------------------------------------------------------------------------------------- the run
 def offline_reference(bundle: Path, pha_bodies: list[dict], folder: Path) -> tuple[dict[str, Any], list[dict]]:
     """``pha predict`` on the examples: wall and CPU seconds, peak RSS, and its rows."""
@@ -524,6 +799,29 @@ def served_model(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
     return bundle, export
 
 
+def server_commands(args: argparse.Namespace, bundle: Path, export: Path) -> dict[str, list[str]]:
+    """The command lines of ``pha serve`` and of the peft server (without ``--port``), same batching."""
+    return {
+        "pha": [
+            PHA,
+            "serve",
+            f"--ckpt_path={bundle}",
+            f"--max_batch_size={args.max_batch_size}",
+            f"--batch_timeout={args.batch_timeout}",
+            f"--accelerator={args.accelerator}",
+        ],
+        "peft": [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            f"--peft-server={export}",
+            f"--backbone={args.backbone}",
+            f"--max-batch-size={args.max_batch_size}",
+            f"--batch-timeout={args.batch_timeout}",
+            f"--accelerator={args.accelerator}",
+        ],
+    }
+
+
 def request_bodies(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     """The request stream of each server: pha's with every other request's task left to the router."""
     stream = request_stream(args.tasks, args.examples)
@@ -532,18 +830,25 @@ def request_bodies(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("--profiled="):  # internal: --profile-http's server
+        run_profiled(sys.argv[1].split("=", 1)[1], sys.argv[2:])
+        return
     args = parse_args()
     if args.peft_server is not None:
         run_peft_server(args)
         return
     torch.set_num_threads(1)
-    default = "in_process.md" if args.in_process else "serve_load.md"
+    default = "in_process.md" if args.in_process else "processes.md" if args.processes else "serve_load.md"
     args.output = args.output or Path("results/serving_load") / default
     args.output.parent.mkdir(parents=True, exist_ok=True)
     load_start = load_average()
     if args.in_process:
         measured = in_process(args)
         write_in_process_report(args, *measured, (load_start, load_average()))
+        return
+    if args.processes:
+        measured = processes(args)
+        write_processes_report(args, *measured, (load_start, load_average()))
         return
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         folder = Path(tmp)
@@ -552,19 +857,7 @@ def main() -> None:
         pha_bodies = bodies["pha"]
         encoded = {name: [json.dumps(b).encode() for b in bodies[name]] for name in ("pha", "peft")}
         offline, rows = offline_reference(bundle, pha_bodies, folder)
-        common = [f"--max_batch_size={args.max_batch_size}", f"--batch_timeout={args.batch_timeout}"]
-        commands = {
-            "pha": [PHA, "serve", f"--ckpt_path={bundle}", *common, f"--accelerator={args.accelerator}"],
-            "peft": [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                f"--peft-server={export}",
-                f"--backbone={args.backbone}",
-                f"--max-batch-size={args.max_batch_size}",
-                f"--batch-timeout={args.batch_timeout}",
-                f"--accelerator={args.accelerator}",
-            ],
-        }
+        commands = server_commands(args, bundle, export)
         servers = {name: start(command, folder / f"{name}.log") for name, command in commands.items()}
         try:
             same = agreement(servers["pha"][1], pha_bodies, rows)
