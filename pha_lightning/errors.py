@@ -6,6 +6,10 @@ The ``pha`` command prints these as one clear message and exits with status 2; e
 
 from __future__ import annotations
 
+#: ``pha``'s exit status after SIGTERM (every command, docs/production.md, "Signals"): 128 + 15, what a
+#: shell reports for a process SIGTERM ended
+SIGTERM_EXIT = 143
+
 
 class PHAError(Exception):
     """Base class of the errors the ``pha`` command reports as a plain message."""

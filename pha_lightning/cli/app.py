@@ -36,12 +36,12 @@ from pha_lightning.cli.checks import (
     predict_start,
     prediction_identity,
 )
-from pha_lightning.cli.parsing import PHAArgumentParser, option_values
+from pha_lightning.cli.parsing import OneLineArgumentParser, option_values
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.cli.saved import LIGHTNING_CKPT_NAMES, check_saved, read_saved, resolve_ckpt_path, saved_defaults
 from pha_lightning.data.catalog import portable_specs
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.errors import ConfigError, PHAError
+from pha_lightning.errors import SIGTERM_EXIT, ConfigError, PHAError
 from pha_lightning.files import atomic_write_text, reported_write
 from pha_lightning.model.config import trains_retriever
 from pha_lightning.training.callbacks import (
@@ -59,7 +59,6 @@ from pha_lightning.training.callbacks import (
     Throughput,
     TrainingHealth,
 )
-from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.training.distributed import end_process_group
 from pha_lightning.training.outputs import AtomicCheckpointIO, RunLogger, log_artifacts, run_folder
 from pha_lightning.training.run_record import write_run_record
@@ -92,6 +91,10 @@ def linked_specs(specs: object, tasks: list[str] | None, data_dir: str | None = 
         return portable_specs(specs, tasks, data_dir)
     except PHAError:
         return None
+
+
+class PHAArgumentParser(OneLineArgumentParser, LightningArgumentParser):
+    """The parser of ``pha fit|validate|test|predict`` (and of each subcommand) and ``pha sweep``."""
 
 
 class RunConfigSaver(SaveConfigCallback):

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import jsonargparse
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.validation import check_text_file
@@ -135,8 +135,11 @@ def _tokens(path: str, action: argparse.Action, value: Any) -> list[str]:
     return [f"{flag}={value}"]
 
 
-class PHAArgumentParser(LightningArgumentParser):
-    """The parser of ``pha fit|validate|test|predict`` (and of each subcommand)."""
+class OneLineArgumentParser(jsonargparse.ArgumentParser):
+    """A jsonargparse parser with one-line errors: ``pha serve``'s, and the base of LightningCLI's
+    (``pha fit|validate|test|predict``, :class:`pha_lightning.cli.app.PHAArgumentParser`). This
+    module imports no Lightning, so ``pha serve``'s main process, which LitServe forks its HTTP
+    processes from, does not hold it."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse parsing tentatively: it handles the error itself

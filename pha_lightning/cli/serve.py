@@ -12,12 +12,13 @@ flight finish (``--shutdown_timeout``) and exits. docs/production.md, "Serving",
 
 from __future__ import annotations
 
-import gc
 import importlib.util
+import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,22 +26,19 @@ from typing import TYPE_CHECKING
 import jsonargparse
 from jsonargparse import ActionConfigFile, Namespace
 
-from pha_lightning.cli.export import load_trained
-from pha_lightning.cli.parsing import PHAArgumentParser
-from pha_lightning.errors import ConfigError
-from pha_lightning.formats.bundle import is_bundle
-from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
+from pha_lightning.cli.parsing import OneLineArgumentParser
+from pha_lightning.errors import SIGTERM_EXIT, ConfigError
 from pha_lightning.validation import check_range, valid_values
 
 if TYPE_CHECKING:  # imported by the functions: pha_lightning.model.serving imports LitServe, checked first
     from pha_lightning.model.serving import ServeConfig, ServedTasks
 
 
-def build_parser() -> PHAArgumentParser:
+def build_parser() -> OneLineArgumentParser:
     from pha_lightning.model.serving import ServeConfig
 
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = PHAArgumentParser(prog="pha serve", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="pha serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--ckpt_path", type=str, required=True, help="a bundle (pha export) or a checkpoint (pha fit)")
     parser.add_class_arguments(ServeConfig, as_group=False)
@@ -58,20 +56,27 @@ def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
 
 
 def served_bundle(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
-    """The bundle the inference workers load (a checkpoint is exported into ``folder`` first, so the
-    workers never import the training code) and the tasks requests are checked against."""
-    from pha_lightning.model.serving import ServedTasks
-
+    """The bundle the inference workers load and the tasks requests are checked against, from a
+    child process (:func:`load_served`): this process, which LitServe forks its HTTP processes
+    from, then holds neither the training code nor a copy of the weights (docs/production.md,
+    "Serving", says what that saves)."""
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist; give a bundle (pha export) or a checkpoint")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(load_served, ckpt_path, folder).result()
+
+
+def load_served(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
+    """The model of ``ckpt_path`` loaded (checked) and its served tasks; a checkpoint is exported
+    into ``folder`` as a bundle first, so the inference workers never import the training code."""
+    from pha_lightning.cli.export import load_trained
+    from pha_lightning.formats.bundle import is_bundle
+    from pha_lightning.model.serving import ServedTasks
+
     model, data, extra = load_trained(ckpt_path)
-    served = ServedTasks.of(model)
-    bundle = ckpt_path
-    if not is_bundle(ckpt_path):
-        bundle = str(model.save_pretrained(folder / "bundle", data=data, extra=extra))
-    del model
-    gc.collect()
-    return bundle, served
+    if is_bundle(ckpt_path):
+        return ckpt_path, ServedTasks.of(model)
+    return str(model.save_pretrained(folder / "bundle", data=data, extra=extra)), ServedTasks.of(model)
 
 
 def build_server(bundle: str, served: ServedTasks, config: ServeConfig):  # noqa: ANN201 (litserve.LitServer)

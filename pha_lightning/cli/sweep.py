@@ -15,7 +15,7 @@ docs/usage.md, "Sweeps".
 
 from __future__ import annotations
 
-from pha_lightning.errors import PHAError
+from pha_lightning.errors import SIGTERM_EXIT, PHAError
 
 try:
     import optuna
@@ -35,7 +35,7 @@ import yaml
 from jsonargparse import Namespace
 from optuna.trial import FrozenTrial, TrialState
 
-from pha_lightning.cli.parsing import PHAArgumentParser
+from pha_lightning.cli.app import PHAArgumentParser
 from pha_lightning.cli.sweep_space import (
     Parameter,
     SweepConfig,
@@ -48,7 +48,6 @@ from pha_lightning.cli.sweep_space import (
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_replacement, atomic_write_text
 from pha_lightning.training.callbacks.non_finite import NonFiniteLossError
-from pha_lightning.training.callbacks.signal_stop import SIGTERM_EXIT
 from pha_lightning.training.callbacks.trial_pruning import TrialPruning
 from pha_lightning.training.checkpoints import checkpoint_step, resolve_last_checkpoint
 from pha_lightning.training.outputs import run_folder

@@ -1,5 +1,5 @@
 """A run stopped by SIGTERM (``kill``, SLURM before preemption or the time limit) says what it kept and
-how to go on; ``pha`` then exits with :data:`SIGTERM_EXIT`, never 0 (docs/production.md, "Signals").
+how to go on; ``pha`` then exits with :data:`pha_lightning.errors.SIGTERM_EXIT`, never 0 (docs/production.md, "Signals").
 
 Lightning's signal connector catches SIGTERM and sets ``trainer.received_sigterm``; its training and
 evaluation loops then stop after the current batch by raising ``SIGTERMException``. Its prediction
@@ -14,9 +14,6 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-#: ``pha``'s exit status after SIGTERM: 128 + 15, what a shell reports for a process SIGTERM ended
-SIGTERM_EXIT = 143
 
 
 class SignalStop(Callback):
