@@ -28,7 +28,7 @@ failed valid requests, answers to the malformed ones, and memory over time.
 thread: the CPU time per request (``time.process_time``: steadier than wall time on a loaded
 machine) of each server's request path, exactly as LitServe's batched loop runs it (``decode_request``,
 ``batch``, ``predict``, ``unbatch``, ``encode_response``) plus the body's JSON parse and the answer's
-JSON, and for ``pha serve`` the request check its HTTP process makes first. Batches of
+JSON as FastAPI sends it, and for ``pha serve`` the request check its HTTP process makes first. Batches of
 ``--batch-sizes`` requests (what LitServe's dynamic batching forms at low and high concurrency),
 ``pha`` (half routed), ``pha_named`` (every request names its task) and ``peft`` interleaved within
 each of ``--repeats`` repetitions; the table gives the median and range, and the CPU per stage.
@@ -66,6 +66,8 @@ import httpx
 import litserve as ls
 import psutil
 import torch
+from fastapi.encoders import jsonable_encoder
+from starlette.responses import JSONResponse, Response
 from studylib.reports import command_line, load_line, machine_line, markdown_table, write_report
 from studylib.serving_model import TASKS, lora_model, request_stream
 from studylib.timing import children_cpu_seconds, load_average, peak_rss_mib, timed
@@ -362,7 +364,8 @@ RequestPath = Callable[[list[bytes], Counter], list[Any]]
 def request_path(api: ls.LitAPI, check: Callable[[bytes], object] | None = None) -> RequestPath:
     """A batch of request bodies through a server's work, without HTTP: ``check`` (pha serve's
     request check, in its HTTP process), the JSON parse (LitServe's, in its HTTP process), then
-    LitServe's batched loop and the answers' JSON; each stage's CPU seconds added to ``spent``."""
+    LitServe's batched loop and the answers' JSON as FastAPI sends it (:func:`sent`); each stage's
+    CPU seconds added to ``spent``. Returns the answers as parsed JSON."""
 
     def run(bodies: list[bytes], spent: Counter) -> list[Any]:
         def decode() -> Any:
@@ -370,19 +373,19 @@ def request_path(api: ls.LitAPI, check: Callable[[bytes], object] | None = None)
                 check(body)
             return api.batch([api.decode_request(json.loads(body)) for body in bodies])
 
-        def encode(outputs: list[Any]) -> list[Any]:
-            answers = [api.encode_response(output) for output in outputs]
-            for answer in answers:
-                json.dumps(answer)
-            return answers
-
         batch, _, decoding = timed(decode)
         outputs, _, predicting = timed(lambda: api.unbatch(api.predict(batch)))
-        answers, _, encoding = timed(lambda: encode(outputs))
+        responses, _, encoding = timed(lambda: [sent(api.encode_response(output)) for output in outputs])
         spent.update({"decode": decoding, "predict": predicting, "encode": encoding})
-        return answers
+        return [json.loads(response.body) for response in responses]
 
     return run
+
+
+def sent(answer: Any) -> Response:
+    """What FastAPI sends for the value LitServe's endpoint returns (the encoded answer): a response
+    as it is, anything else walked by ``jsonable_encoder`` into a JSON response."""
+    return answer if isinstance(answer, Response) else JSONResponse(jsonable_encoder(answer))
 
 
 def in_process(args: argparse.Namespace) -> tuple[list[dict[str, Any]], tuple[int, int]]:
@@ -505,6 +508,7 @@ def startup_steps(bundle: Path) -> list[dict[str, Any]]:
         capture_output=True,
         text=True,
         env=env,
+        cwd=bundle.parent,  # not this checkout: ``-c`` puts the working folder first on the import path
     )
     if done.returncode != 0:
         raise SystemExit(f"the start-up probe failed: {done.stderr[-2000:]}")

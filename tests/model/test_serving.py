@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import pickle
 
 import pytest
 import torch
+from fastapi.encoders import jsonable_encoder
+from starlette.responses import JSONResponse, Response
 
 from pha_lightning import PHAConfig, PHAModel
 from pha_lightning.data.catalog import get_task
-from pha_lightning.model.serving import RequestError, ServedTasks, served_row
+from pha_lightning.model.serving import PHAServingAPI, RequestError, ServeConfig, ServedTasks, served_row
 
 TASKS = ("synth_polarity", "synth_match", "synth_score")
 
@@ -89,3 +93,25 @@ def test_predicting_switches_no_modes_of_a_model_in_eval_mode(tiny_bert: str) ->
     assert model.predict(EXAMPLES) == rows
     assert switched == [False, True]  # eval for the prediction, then training again
     assert all(module.training for module in model.modules())
+
+
+ROW = {"task": "synth_polarity", "routed": True, "confidence": 0.93, "task_similarity": 0.81, "prediction": "1"}
+
+
+@pytest.mark.parametrize("answer", [ROW, [ROW, {**ROW, "id": 7, "prediction": 2.5}]], ids=["one", "list"])
+def test_an_answer_is_rendered_in_the_worker_as_fastapi_would_render_it(answer: object) -> None:
+    """The inference worker sends the HTTP process a rendered response (pickled across processes),
+    with the bytes FastAPI would have sent for the object, so that process does not walk it again."""
+    rendered = pickle.loads(pickle.dumps(PHAServingAPI("unused", ServeConfig()).encode_response(answer)))
+    assert isinstance(rendered, Response)  # before: the object itself, walked by jsonable_encoder per request
+    assert rendered.body == JSONResponse(jsonable_encoder(answer)).body
+    assert json.loads(rendered.body) == answer
+
+
+def test_an_answer_that_is_not_json_is_left_to_fail_alone() -> None:
+    """A NaN score (broken weights) is no valid JSON: the row goes to the HTTP process as it is, which
+    refuses that request alone, where raising here would fail every request batched with it."""
+    answer = {**ROW, "prediction": math.nan}
+    assert PHAServingAPI("unused", ServeConfig()).encode_response(answer) is answer
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        JSONResponse(jsonable_encoder(answer))
