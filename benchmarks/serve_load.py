@@ -446,7 +446,7 @@ def write_in_process_report(
         f"{machine_line()}, litserve {ls.__version__}; {load_line(load)}. CPU ms per request "
         "(process time): the median over repetitions [range], and each stage's median: decode (pha: the "
         "request check; the JSON parse, decode_request, batch), predict, encode (unbatch, encode_response, "
-        "the answer's JSON).",
+        "the JSON FastAPI sends).",
         "",
     ]
     table = []

@@ -357,6 +357,49 @@ def test_the_in_process_serving_report_gives_cpu_per_request_by_stage_and_the_ra
     assert machine_paths(table + records) == []  # written portable (studylib.reports)
 
 
+def test_the_process_report_sums_each_servers_memory_and_ranks_the_http_processes_own_cpu(tmp_path: Path) -> None:
+    import cProfile
+
+    report = _benchmark("serve_load")
+
+    def check_body() -> int:  # what only pha's HTTP process runs
+        return sum(range(20_000))
+
+    for name, pid, work in (("pha", 1, check_body), ("peft", 2, lambda: None)):
+        profile = cProfile.Profile()
+        profile.runcall(work)
+        profile.dump_stats(tmp_path / f"{name}.prof.{pid}")
+    profile = report.profile_table(tmp_path, {"pha": 10, "peft": 10}, top=50)
+    own = {row[0]: row[1:] for row in profile}
+    assert [key for key in own if "check_body" in key] and float(own["all functions"][0]) > 0
+    body = next(value for key, value in own.items() if "check_body" in key)
+    assert float(body[0]) > 0 and body[1] == "0.000"  # ms per request; peft never ran it
+
+    def role(server: str, role: str, pss: float) -> dict:
+        return {
+            "server": server,
+            "concurrency": 8,
+            "role": role,
+            "processes": 1,
+            "requests": 10,
+            "rss_mb": 2 * pss,
+            "pss_mb": pss,
+            "uss_mb": pss / 2,
+            "cpu_ms_per_request": 1.0,
+        }
+
+    rows = [role("pha", "main", 100), role("pha", "worker", 300), role("peft", "main", 90), role("peft", "worker", 350)]
+    steps = [{"step": "import pha_lightning.cli.serve", "rss_mb": 24, "uss_mb": 17, "imported": ["jsonargparse"]}]
+    args = argparse.Namespace(backbone="b", tasks=["t"], note="", seconds=20, warmup=3, concurrency=[8])
+    args.output = tmp_path / "processes.md"
+    report.write_processes_report(args, steps, rows, profile, (1.0, 2.0))
+    table = args.output.read_text()
+    assert "| import pha_lightning.cli.serve | 24 | 17 | jsonargparse |" in table
+    assert "| 8 | pha | worker | 1 | 600 | 300 | 150 | 1.00 |" in table
+    assert "Concurrency 8: PSS over all processes, pha 400 MB, peft 440 MB." in table
+    assert machine_paths(table + args.output.with_suffix(".jsonl").read_text()) == []
+
+
 def test_routing_measures_count_groups_abstentions_and_distinguishable_tasks_apart() -> None:
     from pha_lightning.model.calibration import Calibration
 

@@ -12,6 +12,7 @@ flight finish (``--shutdown_timeout``) and exits. docs/production.md, "Serving",
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import multiprocessing
 import os
@@ -58,8 +59,8 @@ def parse_args(argv: list[str] | None) -> tuple[str, ServeConfig]:
 def served_bundle(ckpt_path: str, folder: Path) -> tuple[str, ServedTasks]:
     """The bundle the inference workers load and the tasks requests are checked against, from a
     child process (:func:`load_served`): this process, which LitServe forks its HTTP processes
-    from, then holds neither the training code nor a copy of the weights (docs/production.md,
-    "Serving", says what that saves)."""
+    from, then holds neither the training code nor a copy of the weights (docs/production.md, "Serve
+    over HTTP", says what that saves)."""
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path {ckpt_path!r} does not exist; give a bundle (pha export) or a checkpoint")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             "(POST /predict, GET /tasks, GET /health)",
             flush=True,
         )
+        # LitServe forks its queue manager and HTTP processes from this one: with every object of the
+        # imports frozen, their garbage collections never write to (and so copy) the pages they share
+        gc.freeze()
         server.run(
             host=config.host,
             port=config.port,

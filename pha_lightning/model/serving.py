@@ -252,8 +252,8 @@ class PHAServingAPI(ls.LitAPI):
 
     def encode_response(self, output: Answer):  # noqa: ANN201 (unannotated: LitServe would make it FastAPI's response model)
         """The answer rendered as JSON here, as FastAPI would render it: the HTTP process then sends it
-        as it is, where for an object it would walk every field first (``jsonable_encoder``, about a
-        tenth of that process's CPU per request). An answer that is not valid JSON (a NaN score from
+        as it is, where for an object it would walk every field first (``jsonable_encoder``, a few
+        per cent of that process's CPU per request). An answer that is not valid JSON (a NaN score from
         broken weights) is left to the HTTP process, which refuses that request alone (500) instead
         of failing every request batched with it."""
         try:

@@ -1,6 +1,7 @@
 """What ``pha serve``'s main process holds when LitServe forks its HTTP process from it: no Lightning,
-no training code and no weights; the model is loaded and checked in a child process
-(docs/production.md, "Serve over HTTP"; the memory this saves: results/serving_load/NOTES.md)."""
+no training code and no weights (the model is loaded and checked in a child process), and its
+objects frozen for the garbage collector (docs/production.md, "Serve over HTTP"; the memory this
+saves: results/serving_load/NOTES.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ TRAINING = ("lightning", "pytorch_lightning", "torchmetrics", "tensorboard", "da
 def held(self, **options):
     modules = [m for m in sys.modules if m.split(".")[0] in TRAINING or m.startswith("pha_lightning.training")]
     tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-    print(json.dumps({"modules": sorted(modules), "tensor_elements": sum(t.numel() for t in tensors)}))
+    frozen = gc.get_freeze_count() > len(gc.get_objects())  # what the forked processes' collections skip
+    print(json.dumps({"modules": sorted(modules), "tensor_elements": sum(t.numel() for t in tensors), "frozen": frozen}))
     raise SystemExit(0)
 
 litserve.LitServer.run = held
@@ -51,3 +53,4 @@ def test_the_process_litserve_forks_holds_no_training_code_and_no_weights(
     held = json.loads(done.stdout.splitlines()[-1])
     assert held["modules"] == []  # before: lightning, torchmetrics, pha_lightning.training.* (the checkpoint loader)
     assert held["tensor_elements"] < sum(p.numel() for p in model.parameters()) / 100
+    assert held["frozen"]  # the garbage collections of the forked processes do not copy the pages they share
