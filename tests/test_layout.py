@@ -119,7 +119,7 @@ def test_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
 DATA_LEVELS: dict[str, int] = {
     **{"tasks": 0, "sampling": 0},
     **{"schema": 1, "examples": 1, "resume": 1, "synthetic": 1},
-    **{"readers": 2, "token_cache": 2},
+    **{"readers": 2, "token_cache": 2, "tables": 2},
     **{"benchmark": 3, "spec_task": 3},
     "kinds": 4,
     "catalog": 5,

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from pha_lightning.data.catalog import available_tasks, builtin_task_names, get_task
 from pha_lightning.data.schema import FILE_SPLITS
 from pha_lightning.data.spec_task import SpecTask
-from pha_lightning.data.tasks import SPLITS, Task
+from pha_lightning.data.tables import arrow_column
+from pha_lightning.data.tasks import SPLITS, Records, Task
 
 if TYPE_CHECKING:
     from pha_lightning.data.datamodule import PHADataModule
@@ -55,7 +56,7 @@ def source_of(task: Task, data: PHADataModule) -> str:
     return "built-in, generated"
 
 
-def describe_task(task_id: int, data: PHADataModule, records: dict[str, list[dict]]) -> list[str]:
+def describe_task(task_id: int, data: PHADataModule, records: dict[str, Records]) -> list[str]:
     """The report of one task: source, rows per split and kept, labels, inputs, metrics, token length."""
     task = data.task_objects[task_id]
     kept = {split: data.split_records(task_id, split, rows) for split, rows in records.items()}
@@ -65,19 +66,19 @@ def describe_task(task_id: int, data: PHADataModule, records: dict[str, list[dic
         for split in SPLITS
     )
     lines = [f"{task.name}  [{source_of(task, data)}]", f"  rows: {rows}"]
-    train = kept["train"]
+    train = data.formatted(task_id, "train", kept["train"])
+    values = arrow_column(train, "targets").to_pylist()
     if task.is_regression:
-        values = [task.target_value(record) for record in train]
         lines.append(f"  score: mean {mean(values):.3f} over [{task.target_range[0]:g}, {task.target_range[1]:g}]")
     else:
-        counts = Counter(int(task.target_value(record)) for record in train)
+        counts = Counter(int(value) for value in values)
         labels = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(task.class_names))
         lines.append(f"  labels (kept train rows): {labels}")
-    lengths = data.token_lengths(task, train)
+    lengths = data.token_lengths(train)
     truncated = sum(length >= data.max_source_length for length in lengths) / len(lengths)
     lines.append(f"  inputs: {', '.join(task.source_fields)};  metrics: {', '.join(task.metric_names)}")
     lines.append(
-        f"  tokens ({data.backbone}, kept train rows): mean {mean(lengths):.1f}, "
+        f"  tokens ({data.backbone}, kept train rows): mean {mean(lengths.tolist()):.1f}, "
         f"{100 * truncated:.1f} % at max_source_length {data.max_source_length}"
     )
     return lines

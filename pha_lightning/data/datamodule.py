@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
@@ -30,7 +31,16 @@ from pha_lightning.data.examples import Collator
 from pha_lightning.data.readers import DataSource, resolve_source
 from pha_lightning.data.resume import ResumableTrainBatches
 from pha_lightning.data.sampling import SamplingMode, TemperatureBatchSampler
-from pha_lightning.data.tasks import Task
+from pha_lightning.data.tables import (
+    arrow_column,
+    batches,
+    column_values,
+    formatted_table,
+    model_columns,
+    take,
+    texts_to_tokenise,
+)
+from pha_lightning.data.tasks import Records, Task
 from pha_lightning.data.token_cache import Tokenising, cache_directory, cache_key, load_verified, tokenizer_fingerprint
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.hub import Family, backbone_family, load_backbone_config, load_tokenizer
@@ -105,7 +115,7 @@ def check_source_length(backbone: str, max_source_length: int) -> None:
         )
 
 
-def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[dict]:
+def subsample(records: Records, n: int, seed: int, task_name: str) -> Records:
     """Draw ``n`` records with a generator seeded by (seed, task), keeping their original order.
 
     A task with fewer than ``n`` records keeps all of them, with a warning (as the paper's code
@@ -116,9 +126,9 @@ def subsample(records: list[dict], n: int, seed: int, task_name: str) -> list[di
             rank_zero_warn(
                 f"n_train={n} but task {task_name!r} has only {len(records)} train examples; using all of them"
             )
-        return list(records)
+        return list(records) if isinstance(records, list) else records
     chosen = random.Random(f"{seed}/{task_name}").sample(range(len(records)), n)
-    return [records[index] for index in sorted(chosen)]
+    return take(records, sorted(chosen))
 
 
 def low_data_size(total: int, n_train: int | None, percent_train: float | None) -> int | None:
@@ -130,7 +140,7 @@ def low_data_size(total: int, n_train: int | None, percent_train: float | None) 
     return None
 
 
-def subsample_groups(records: list[dict], n: int, seed: int, task_name: str, groups: list) -> list[dict]:
+def subsample_groups(records: Records, n: int, seed: int, task_name: str, groups: list) -> Records:
     """At most ``n`` records made of whole groups (MultiRC: every answer of a question, so that exact
     match stays defined), groups drawn with a generator seeded by (seed, task), original order kept.
     At least one group is kept, even when it alone holds more than ``n`` records."""
@@ -144,14 +154,13 @@ def subsample_groups(records: list[dict], n: int, seed: int, task_name: str, gro
         if chosen and len(chosen) + len(members[key]) > n:
             continue
         chosen.extend(members[key])
-    return [records[index] for index in sorted(chosen)]
+    return take(records, sorted(chosen))
 
 
 def longest_first(dataset: Dataset) -> Dataset:
     """The dataset reordered by decreasing input length (stable), to limit evaluation padding."""
-    lengths = list(dataset["length"])
-    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
-    return dataset.select(order)
+    lengths = arrow_column(dataset, "length").to_numpy()
+    return dataset.select(np.argsort(-lengths, kind="stable"))
 
 
 @dataclass(eq=False)
@@ -340,7 +349,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             return list(splits)
         return sorted({"validation", *splits} - {"train"})
 
-    def load_task_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, list[dict]]:
+    def load_task_records(self, task: Task, splits: list[str], options: dict[str, object]) -> dict[str, Records]:
         """``task.load_splits``, with train read from validation for ``train_from_validation`` tasks."""
         read = self._read_splits(task, splits)
         if read == list(splits):
@@ -351,7 +360,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         loaded = task.load_splits(read, **options)
         return {split: loaded["validation" if split == "train" else split] for split in splits}
 
-    def split_records(self, task_id: int, split: str, records: list[dict]) -> list[dict]:
+    def split_records(self, task_id: int, split: str, records: Records) -> Records:
         """The records a split uses: train gets the low-data draw (``n_train``/``percent_train``),
         validation the fixed subset of at most ``val_max_examples``."""
         task = self.task_objects[task_id]
@@ -361,32 +370,48 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
                 records = subsample(records, size, self.data_seed, task.name)
         if split == "validation" and self.val_max_examples is not None and len(records) > self.val_max_examples:
             records = self.validation_subset(task, records)
-        if not records:
+        if not len(records):
             raise ConfigError(f"task {task.name!r} has no {split} examples")
         return records
 
-    def validation_subset(self, task: Task, records: list[dict]) -> list[dict]:
+    def validation_subset(self, task: Task, records: Records) -> Records:
         """The fixed validation draw of at most ``val_max_examples``: whole groups where the task's
         metric is computed per group (MultiRC's questions), single records otherwise."""
         name = f"{task.name}/validation"
-        groups = [task.group_of(record) for record in records]
+        groups = [task.group_of(record) for batch in batches(records) for record in batch]
         if any(group is not None for group in groups):
             return subsample_groups(records, self.val_max_examples, self.data_seed, name, groups)
         return subsample(records, self.val_max_examples, self.data_seed, name)
 
-    def _build_dataset(self, task_id: int, split: str, records: list[dict], key: str | None) -> Dataset:
-        task = self.task_objects[task_id]
-        records = self.split_records(task_id, split, records)
-        columns = self._text_columns(task, records)
-        text_columns = list(columns)
-        columns["task_ids"] = [task_id] * len(records)
-        columns["targets"] = check_targets(task, [task.target_value(record) for record in records], split)
-        groups = [task.group_of(record) for record in records]
-        if split != "train" and any(group is not None for group in groups):
-            if any(group is None for group in groups):
-                raise ConfigError(f"task {task.name!r}: some {split} records have a metric group and some do not")
-            columns["groups"] = groups
-        return self._tokenize(task_id, split, columns, text_columns, key)
+    def _build_dataset(self, task_id: int, split: str, records: Records, key: str | None) -> Dataset:
+        return self._tokenize(
+            task_id, split, self.formatted(task_id, split, self.split_records(task_id, split, records)), key
+        )
+
+    def formatted(self, task_id: int, split: str, records: Records) -> Dataset:
+        """What the model reads of ``records``, as a table: the texts to tokenise (``source`` and ``pair``,
+        or ``source`` and ``target``), ``task_ids``, ``targets`` (checked: :func:`check_targets`) and,
+        where an evaluation split's records have metric groups, ``groups``. A table's records are
+        formatted batch by batch (:func:`~pha_lightning.data.tables.formatted_table`)."""
+        task, seq2seq = self.task_objects[task_id], self.family == "seq2seq"
+        if isinstance(records, list):
+            columns = model_columns(records, task, task_id, seq2seq)
+            check_targets(task, columns["targets"], split)
+            table = Dataset.from_dict(columns)
+        else:
+            table = formatted_table(records, task, task_id, seq2seq, f"{task.name}/{split}")
+            targets = arrow_column(table, "targets").to_numpy()
+            fits = np.isfinite(targets)
+            if not task.is_regression:
+                fits &= (targets == np.floor(targets)) & (targets >= 0) & (targets < task.num_labels)
+            if not fits.all():
+                check_targets(task, targets.tolist(), split)
+        missing = arrow_column(table, "groups").null_count
+        if split == "train" or missing == len(table):
+            return table.remove_columns("groups")
+        if missing:
+            raise ConfigError(f"task {task.name!r}: some {split} records have a metric group and some do not")
+        return table
 
     def split_settings(self, task_id: int, split: str) -> dict[str, object]:
         """Everything besides the task's records that decides a split's rows and tokens."""
@@ -429,14 +454,13 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             )
         return cached
 
-    def _tokenize(
-        self, task_id: int, split: str, columns: dict[str, list], text_columns: list[str], key: str | None
-    ) -> Dataset:
-        """Tokenise ``columns``, through the on-disk cache when enabled: under ``key`` (the sources'
-        identity) or, where there is none, a digest of the columns themselves."""
-        dataset = Dataset.from_dict(columns)
+    def _tokenize(self, task_id: int, split: str, dataset: Dataset, key: str | None) -> Dataset:
+        """Tokenise a :meth:`formatted` table, through the on-disk cache when enabled: under ``key`` (the
+        sources' identity) or, where there is none, a digest of the table's columns themselves."""
+        text_columns = texts_to_tokenise(dataset)
         if not self.cache_tokenized:
             return self.tokenising().dataset(dataset, text_columns)
+        columns = {name: column_values(dataset, name) for name in dataset.column_names}
         key = key or cache_key(self.split_settings(task_id, split), columns)
         cached = self.cached_split(task_id, split, key)
         if cached is not None:
@@ -448,21 +472,10 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
         """How this module's splits are tokenised: tokenizer, lengths and processes."""
         return Tokenising(self.tokenizer, self.max_source_length, self.max_target_length, self.num_proc)
 
-    def token_lengths(self, task: Task, records: list[dict]) -> list[int]:
-        """Input tokens of each record with this backbone's tokenizer (truncated at ``max_source_length``)."""
-        return self.tokenising().columns(self._text_columns(task, records))["length"]
-
-    def _text_columns(self, task: Task, records: list[dict]) -> dict[str, list]:
-        """The strings to tokenise: (pair of) texts for encoders, source and target for seq2seq."""
-        if self.family == "seq2seq":
-            return {
-                "source": [task.seq2seq_source(record) for record in records],
-                "target": [task.seq2seq_target(record) for record in records],
-            }
-        texts, pairs = zip(*(task.encoder_text(record) for record in records))
-        if any(pair is None for pair in pairs) and any(pair is not None for pair in pairs):
-            raise ConfigError(f"task {task.name!r} mixes single texts and text pairs in its records")
-        return {"source": list(texts)} if pairs[0] is None else {"source": list(texts), "pair": list(pairs)}
+    def token_lengths(self, formatted: Dataset) -> np.ndarray:
+        """Input tokens of each row of a :meth:`formatted` table with this backbone's tokenizer (truncated
+        at ``max_source_length``), tokenised in memory."""
+        return arrow_column(self.tokenising().dataset(formatted, texts_to_tokenise(formatted)), "length").to_numpy()
 
     def collator(self) -> Collator:
         return Collator(

@@ -14,11 +14,14 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pha_lightning.data.schema import QUOTING
 from pha_lightning.errors import ConfigError, DataError
 from pha_lightning.validation import undecodable_bytes
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Environment variable naming the local data directory (``<dir>/glue``, ``<dir>/superglue``).
 DATA_DIR_ENV = "PHA_DATA_DIR"
@@ -165,8 +168,8 @@ def resolve_source(source: str, data_dir: str | os.PathLike | None) -> tuple[Sou
 
 
 # --------------------------------------------------------------------------- hub access
-def load_hub_split(task: str, path: str, config: str | None, split: str, revision: str | None = None) -> list[dict]:
-    """Rows of a hub dataset split, or a :class:`DataError` that says what to do instead."""
+def load_hub_split(task: str, path: str, config: str | None, split: str, revision: str | None = None) -> Dataset:
+    """The rows of a hub dataset split as its ``datasets`` table, or a :class:`DataError` that says what to do instead."""
     import datasets
 
     try:
@@ -195,7 +198,7 @@ def load_hub_split(task: str, path: str, config: str | None, split: str, revisio
         else:
             message = f"task {task!r}: could not load {what} from the hub: {type(err).__name__}: {err}"
         raise DataError(message) from None
-    return dataset.to_list()
+    return dataset
 
 
 class ColumnCount(Exception):
@@ -216,8 +219,9 @@ class MissingFields(Exception):
 
 def read_table(
     path: Path, fmt: str, encoding: str, quoting: str | None, columns: list[str], names: Sequence[str] | None = None
-) -> list[dict]:
-    """The ``columns`` of a csv/tsv/json(l)/parquet file as rows, read with ``datasets`` (and cached by it).
+) -> Dataset:
+    """The ``columns`` of a csv/tsv/json(l)/parquet file as a ``datasets`` table (read and cached by ``datasets``,
+    memory-mapped: no row becomes a Python object).
 
     csv/tsv fields are read as text (no type guessing, no "NA" → missing); json and parquet keep
     their types (labels may be integers or booleans there). ``names`` are the fields of a csv/tsv
@@ -252,7 +256,7 @@ def read_table(
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise MissingFields(missing, list(dataset.column_names))
-    return dataset.select_columns(list(dict.fromkeys(columns))).to_list()
+    return dataset.select_columns(list(dict.fromkeys(columns)))
 
 
 def _csv_header(path: Path, delimiter: str, encoding: str, quoting: int) -> list[str]:

@@ -1,6 +1,11 @@
 """A user's task: a :class:`~pha_lightning.data.schema.TaskSpec` without an official protocol, read
 from files or the hub, its labels mapped as the spec says and its missing splits carved with a
-seeded, disjoint draw (docs/data.md, "Your own tasks")."""
+seeded, disjoint draw (docs/data.md, "Your own tasks").
+
+Its rows stay ``datasets`` tables from the file to the batch (docs/data.md, "Rows stay in Arrow"): a
+file is read and cached by ``datasets`` and memory-mapped, labels are checked and mapped once per
+distinct value, and splits are index selections, so the task keeps no row as a Python object.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,20 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
 
 from pha_lightning.data.readers import DATA_DIR_ENV, ColumnCount, MissingFields, load_hub_split, read_table
 from pha_lightning.data.schema import Carve, SplitColumn, TaskSpec, label_text, plain, spec_carves
+from pha_lightning.data.tables import arrow_column, distinct_values, first_row
 from pha_lightning.data.tasks import SPLITS, Task, check_split
 from pha_lightning.errors import DataError
 from pha_lightning.validation import undecodable_bytes
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 class SpecTask(Task):
@@ -31,7 +43,7 @@ class SpecTask(Task):
         self.target_range = spec.regression
         default = ("pearson", "spearman") if spec.regression else ("accuracy",)
         self.metric_names = spec.metrics or default
-        self._loaded: dict[tuple, dict[str, list[dict]]] = {}
+        self._loaded: dict[tuple, dict[str, Dataset]] = {}
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -63,12 +75,12 @@ class SpecTask(Task):
         a bad label or an empty carved split is reported before anything is tokenised."""
         self.load_splits(splits, data_dir=data_dir, data_seed=data_seed)
 
-    def load_split(self, split: str, **source_options: Any) -> list[dict]:
+    def load_split(self, split: str, **source_options: Any) -> Dataset:
         return self.load_splits([split], **source_options)[split]
 
     def load_splits(
         self, splits: Sequence[str], data_dir: str | None = None, data_seed: int = 42, **_: object
-    ) -> dict[str, list[dict]]:
+    ) -> dict[str, Dataset]:
         for split in splits:
             check_split(split)
         if not self.spec.has_source:
@@ -102,7 +114,7 @@ class SpecTask(Task):
             files[split] = [str(resolved), stat.st_size, stat.st_mtime_ns]
         return {"spec": self.spec.to_dict(), "files": files}
 
-    def _read_sources(self, base: Path) -> dict[str, list[dict]]:
+    def _read_sources(self, base: Path) -> dict[str, Dataset]:
         if self.spec.hub is not None:
             hub = self.spec.hub
             return {
@@ -113,48 +125,59 @@ class SpecTask(Task):
                 )
                 for split, name in hub.splits.items()
             }
-        sources = {split: self._read_file(base / str(path)) for split, path in (self.spec.files or {}).items()}
+        sources = {}
+        for split, name in (self.spec.files or {}).items():  # each file read and checked before the next
+            path = base / str(name)
+            rows, first_line = self._read_rows(path)
+            sources[split] = self._records(rows, str(path), first_line)
         column = self.spec.split_column
-        return sources if column is None else self._split_by_column(column, sources["all"])
+        if column is None:
+            return sources
+        return self._split_by_column(column, rows, sources["all"], str(path), first_line)  # one file, "all"
 
-    def _split_by_column(self, column: SplitColumn, rows: list[tuple[dict, Any, str]]) -> dict[str, list[dict]]:
-        """The rows of one file in the splits its split column names; a value naming none is an error."""
-        out: dict[str, list[dict]] = {}
-        for record, value, where in rows:
-            split = column.split_of(value)
-            if split is None:
-                raise DataError(
-                    f"task {self.name!r}, {where}: split_column {column.name!r} holds {value!r}, which names no "
-                    f"split; valid: {plain(column.values)} (give split_column: {{name, train, validation, test}})"
-                )
-            out.setdefault(split, []).append(record)
-        return out
+    def _split_by_column(
+        self, column: SplitColumn, rows: Dataset, records: Dataset, origin: str, first_line: int
+    ) -> dict[str, Dataset]:
+        """The records of one file in the splits its split column names (decided once per distinct value);
+        a value naming none is an error with the line of its first row."""
+        values, positions = distinct_values(arrow_column(rows, column.name))
+        splits = [column.split_of(value) for value in values]
+        if None in splits:
+            index = first_row(positions, [i for i, split in enumerate(splits) if split is None])
+            value = values[positions[index]]
+            raise DataError(
+                f"task {self.name!r}, {origin}, line {index + first_line}: split_column {column.name!r} holds "
+                f"{value!r}, which names no split; valid: {plain(column.values)} "
+                "(give split_column: {name, train, validation, test})"
+            )
+        return {
+            split: records.select(np.flatnonzero(np.isin(positions, [i for i, s in enumerate(splits) if s == split])))
+            for split in dict.fromkeys(splits)
+        }
 
     def train_label_values(self, data_dir: str | None) -> list[Any]:
-        """The label values of the training rows as the file holds them (of ``all`` for a file to carve)."""
+        """The distinct label values of the training rows as the file holds them (of ``all`` for a file to carve)."""
         if self.spec.hub is not None:
             hub = self.spec.hub
             rows = load_hub_split(self.name, hub.path, hub.name, hub.splits["train"], hub.revision)
-            if rows and self.spec.label not in rows[0]:
+            if len(rows) and self.spec.label not in rows.column_names:
                 raise DataError(
-                    f"task {self.name!r}, hub {hub.path}: no field {self.spec.label!r}; its fields are {sorted(rows[0])}"
+                    f"task {self.name!r}, hub {hub.path}: no field {self.spec.label!r}; its fields are "
+                    f"{sorted(rows.column_names)}"
                 )
-            return [row[self.spec.label] for row in rows]
+            return distinct_values(arrow_column(rows, self.spec.label))[0]
         files = self.spec.files or {}
         rows, _ = self._read_rows(self.base_dir(data_dir) / str(files.get("train", files.get("all", ""))))
+        labels, label_positions = distinct_values(arrow_column(rows, self.spec.label))
         column = self.spec.split_column
-        return [row[self.spec.label] for row in rows if column is None or column.split_of(row[column.name]) == "train"]
+        if column is None:
+            return labels
+        values, positions = distinct_values(arrow_column(rows, column.name))
+        train = np.isin(positions, [i for i, value in enumerate(values) if column.split_of(value) == "train"])
+        return [labels[i] for i in np.unique(label_positions[train])]
 
-    def _read_file(self, path: Path) -> Any:
-        rows, first_line = self._read_rows(path)
-        records = self._records(rows, str(path), first_line)
-        if self.spec.split_column is None:
-            return records
-        name = self.spec.split_column.name
-        return [(r, row[name], f"{path}, line {i + first_line}") for i, (r, row) in enumerate(zip(records, rows))]
-
-    def _read_rows(self, path: Path) -> tuple[list[dict], int]:
-        """The rows of one file with the fields the spec reads, and the file line of the first row."""
+    def _read_rows(self, path: Path) -> tuple[Dataset, int]:
+        """The rows of one file with the fields the spec reads (a ``datasets`` table), and the file line of the first row."""
         if not path.is_file():
             raise DataError(f"task {self.name!r}: the file {str(path)!r} does not exist")
         fmt = self.spec.file_format(str(path))
@@ -180,48 +203,64 @@ class SpecTask(Task):
             raise DataError(f"task {self.name!r}: cannot read {path} as {fmt}: {type(err).__name__}: {err}") from None
         return rows, 1 if fmt not in ("csv", "tsv") or self.spec.columns else 2
 
-    def _records(self, rows: list[dict], origin: str, first_line: int) -> list[dict]:
-        """Checked records ``{input: text, label: class index or score, idx}``; ``first_line`` is the
-        file line of the first row (0: rows are counted, as for the hub)."""
-        missing = [f for f in (*self.spec.inputs, self.spec.label) if rows and f not in rows[0]]
+    def _records(self, rows: Dataset, origin: str, first_line: int) -> Dataset:
+        """Checked records ``{input: text, label: class index or score, idx}`` as a ``datasets`` table;
+        ``first_line`` is the file line of the first row (0: rows are counted, as for the hub).
+
+        Each distinct label is mapped once; a bad row is reported as a read row by row would report
+        it: the first one, its input fields before its label."""
+        present = rows.column_names
+        missing = [f for f in (*self.spec.inputs, self.spec.label) if len(rows) and f not in present]
         if missing:
-            raise DataError(f"task {self.name!r}, {origin}: no field(s) {missing}; its fields are {sorted(rows[0])}")
-        records = []
-        for index, row in enumerate(rows):
-            where = f"{origin}, {'row' if first_line == 0 else 'line'} {index + first_line}"
-            record: dict[str, Any] = {}
-            for name in self.spec.inputs:
-                value = row[name]
-                if value is None or isinstance(value, (bool, list, dict)):
-                    raise DataError(f"task {self.name!r}, {where}: field {name!r} is {value!r}, not text")
-                record[name] = str(value)
-            record["label"] = self._target(row[self.spec.label], where)
-            record["idx"] = index
-            records.append(record)
-        if not records:
+            raise DataError(f"task {self.name!r}, {origin}: no field(s) {missing}; its fields are {sorted(present)}")
+        if not len(rows):
             raise DataError(f"task {self.name!r}, {origin}: holds no rows")
-        return records
+        labels, positions = distinct_values(arrow_column(rows, self.spec.label))
+        targets = [self._target(value) for value in labels]
+        unfit = [first_row(positions, [i for i, target in enumerate(targets) if target is None])]
+        unfit += [first_untextual(arrow_column(rows, name)) for name in self.spec.inputs]
+        if any(index is not None for index in unfit):
+            index = min(index for index in unfit if index is not None)
+            where = f"{origin}, {'row' if first_line == 0 else 'line'} {index + first_line}"
+            raise DataError(f"task {self.name!r}, {where}: {self._row_problem(rows[index])}")
+        records = rows.select_columns(list(self.spec.inputs))
+        numbers = [name for name in self.spec.inputs if not is_text(arrow_column(records, name).type)]
+        if numbers:  # as Python writes them (str), as every row was before
+            from datasets import Value
 
-    def _target(self, value: Any, where: str) -> float:
+            features = records.features.copy()
+            features.update({name: Value("string") for name in numbers})
+            records = records.map(as_text, batched=True, fn_kwargs={"names": numbers}, features=features)
+        records = records.add_column("label", np.asarray(targets, dtype=np.float64)[positions])
+        return records.add_column("idx", np.arange(len(rows), dtype=np.int64))
+
+    def _row_problem(self, row: dict) -> str:
+        """What is wrong with a row (found bad by :meth:`_records`): an input that is no text, else its label."""
+        for name in self.spec.inputs:
+            value = row[name]
+            if value is None or isinstance(value, (bool, list, dict)):
+                return f"field {name!r} is {value!r}, not text"
+        value = row[self.spec.label]
         if self.spec.regression is not None:
-            return self._score(value, where)
-        index = self.class_index(value)
-        if index is None:
-            raise DataError(f"task {self.name!r}, {where}: label {value!r} is none of the labels {self.label_space()}")
-        return float(index)
+            low, high = self.spec.regression
+            return f"score {value!r} is not a number in [{low:g}, {high:g}]"
+        return f"label {value!r} is none of the labels {self.label_space()}"
 
-    def _score(self, value: Any, where: str) -> float:
-        low, high = self.spec.regression  # type: ignore[misc]
+    def _target(self, value: Any) -> float | None:
+        """A file's label value as a class index or a score in range, ``None`` when it is neither."""
+        if self.spec.regression is None:
+            index = self.class_index(value)
+            return None if index is None else float(index)
+        low, high = self.spec.regression
         try:
             score = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             score = math.nan
-        if not math.isfinite(score) or not low <= score <= high:
-            raise DataError(f"task {self.name!r}, {where}: score {value!r} is not a number in [{low:g}, {high:g}]")
-        return score
+        return score if math.isfinite(score) and low <= score <= high else None
 
-    def _carved(self, sources: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
-        """train/validation/test: the given ones, and the missing ones carved from ``all`` or train."""
+    def _carved(self, sources: dict[str, Dataset], seed: int) -> dict[str, Dataset]:
+        """train/validation/test: the given ones, and the missing ones carved from ``all`` or train (by index
+        selection: the rows of the seeded draw, in the file's order)."""
         carve = spec_carves(self.spec)
         pool_name = "all" if "all" in sources else "train"
         out = {split: rows for split, rows in sources.items() if split != "all"}
@@ -230,17 +269,37 @@ class SpecTask(Task):
             sizes = {split: (self.spec.split or Carve()).size(split, len(pool)) for split in carve}
             order = list(range(len(pool)))
             random.Random(f"pha/{seed}/{self.name}/carve").shuffle(order)
-            taken, start = set(), 0
+            taken, start = np.zeros(len(pool), dtype=bool), 0
             for split in carve:
-                chosen = set(order[start : start + sizes[split]])
+                chosen = np.sort(np.asarray(order[start : start + sizes[split]], dtype=np.int64))
                 start += sizes[split]
-                taken |= chosen
-                out[split] = [row for i, row in enumerate(pool) if i in chosen]
-            out["train"] = [row for i, row in enumerate(pool) if i not in taken]
+                taken[chosen] = True
+                out[split] = pool.select(chosen)
+            out["train"] = pool.select(np.flatnonzero(~taken))
         for split in SPLITS:
-            if not out.get(split):
+            if split not in out or not len(out[split]):
                 how = f" after carving {list(carve)} from {pool_name} ({len(sources[pool_name])} rows)" if carve else ""
                 raise DataError(
                     f"task {self.name!r}: its {split} split is empty{how}; give more rows or smaller split sizes"
                 )
         return out
+
+
+def is_text(kind: pa.DataType) -> bool:
+    """Whether an Arrow column type is a string (as csv/tsv columns always are)."""
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def first_untextual(column: pa.ChunkedArray) -> int | None:
+    """The first row whose value is no text (missing, a boolean, a list or an object), ``None`` when every row has one."""
+    kind = column.type
+    if pa.types.is_boolean(kind) or pa.types.is_null(kind) or pa.types.is_nested(kind):
+        return 0  # every value is such a value, or missing
+    if not column.null_count:
+        return None
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def as_text(batch: dict[str, list], names: list[str]) -> dict[str, list]:
+    """The ``names`` columns of a batch as strings (``Dataset.map``)."""
+    return {name: [str(value) for value in batch[name]] for name in names}

@@ -12,11 +12,17 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pha_lightning.errors import ConfigError
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+#: A split's records: dicts in a list, or the rows of a ``datasets`` table (a user's task keeps its rows
+#: there: :mod:`pha_lightning.data.tables`); each row a dict as :meth:`Task.encoder_text` and the others read.
+Records: TypeAlias = "list[dict] | Dataset"
 
 #: Regression targets of the text-to-text path are rounded to this step (data.md: STS-B uses 0.2;
 #: earlier codebases rounded to 0.1 by mistake).
@@ -120,14 +126,14 @@ class Task(ABC):
         return 1 if self.is_regression else len(self.label_names)
 
     @abstractmethod
-    def load_split(self, split: str, **source_options: object) -> list[dict]:
-        """Return the raw records of ``split`` (one of :data:`SPLITS`).
+    def load_split(self, split: str, **source_options: object) -> Records:
+        """Return the raw records of ``split`` (one of :data:`SPLITS`), as a list or a ``datasets`` table.
 
         ``source_options`` carries where the data comes from (a data directory, a hub name, …);
         each task reads the options it understands.
         """
 
-    def load_splits(self, splits: Sequence[str], **source_options: object) -> dict[str, list[dict]]:
+    def load_splits(self, splits: Sequence[str], **source_options: object) -> dict[str, Records]:
         """Records of several splits at once; tasks whose splits share files override this to read
         each file only once. The data module always calls this."""
         return {split: self.load_split(split, **source_options) for split in splits}

@@ -176,10 +176,6 @@ class Tokenising:
         use), at most one per :data:`ROWS_PER_PROCESS` rows."""
         return max(1, min(self.num_proc or available_cpus(), rows // ROWS_PER_PROCESS))
 
-    def columns(self, columns: dict[str, list]) -> dict[str, list]:
-        """:func:`tokenize_columns` of ``columns`` in this process."""
-        return tokenize_columns(columns, self.tokenizer, self.max_source_length, self.max_target_length)
-
     def dataset(
         self,
         dataset: Dataset,

@@ -43,4 +43,4 @@ def test_prediction_file_errors_count_lines_at_newlines_only(tmp_path: Path) -> 
 def test_benchmark_and_spec_files_keep_line_separators_inside_strings(tmp_path: Path) -> None:
     path = _write(tmp_path / "train.jsonl", ROWS)
     assert [row for _, row in read_benchmark_file(path, "task")] == ROWS
-    assert read_table(path, "jsonl", "utf-8", None, ["sentence", "label"]) == ROWS
+    assert read_table(path, "jsonl", "utf-8", None, ["sentence", "label"]).to_list() == ROWS

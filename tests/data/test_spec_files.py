@@ -20,7 +20,8 @@ ROWS = [(1 + i % 2, f"review {i} , was {'good' if i % 2 else 'bad'}", i % 5) for
 
 
 def load(raw: dict, data_dir: Path) -> dict[str, list[dict]]:
-    return SpecTask(parse_spec(raw)).load_splits(SPLITS, data_dir=str(data_dir), data_seed=7)
+    splits = SpecTask(parse_spec(raw)).load_splits(SPLITS, data_dir=str(data_dir), data_seed=7)
+    return {split: rows.to_list() for split, rows in splits.items()}
 
 
 def spec(**overrides: object) -> dict:

@@ -14,6 +14,7 @@ from pha_lightning.data.catalog import parse_specs, resolve_tasks
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.schema import parse_spec
 from pha_lightning.data.spec_task import SpecTask
+from pha_lightning.data.tables import text_columns
 from pha_lightning.errors import ConfigError, DataError
 
 MINILM = "pypi:all-MiniLM-L6-v2"
@@ -27,7 +28,8 @@ def spec(**overrides: object) -> dict:
 
 
 def load(raw: dict, data_dir: Path, seed: int = 42) -> dict[str, list[dict]]:
-    return SpecTask(parse_spec(raw)).load_splits(SPLITS, data_dir=str(data_dir), data_seed=seed)
+    splits = SpecTask(parse_spec(raw)).load_splits(SPLITS, data_dir=str(data_dir), data_seed=seed)
+    return {split: rows.to_list() for split, rows in splits.items()}
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]] = ROWS) -> None:
@@ -290,7 +292,7 @@ def test_template_and_label_words_on_the_text_to_text_path(tmp_path: Path, tiny_
     data = PHADataModule(["mine"], task_specs=[raw], data_dir=str(tmp_path), backbone=tiny_t5)
     task = data.task_objects[0]
     records = task.load_split("test", data_dir=str(tmp_path), data_seed=42)
-    columns = data._text_columns(task, records)
+    columns = text_columns(task, records, seq2seq=True)
     assert columns["source"] == [f"review of a film: {r['text']}" for r in records]
     assert columns["target"] == [("bad", "good")[int(r["label"])] for r in records]
     assert task.parse_generation("good") == 1.0 and task.parse_generation("pos") is None
