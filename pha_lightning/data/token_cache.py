@@ -152,12 +152,13 @@ def load_verified(path: Path) -> Dataset | None:
 
 
 def join_arrow_files(parts: Sequence[str], path: Path) -> None:
-    """The Arrow stream files ``parts`` (``datasets.map``'s shards, same schema), in order, as one file ``path``."""
-    with pa.memory_map(parts[0]) as first:
+    """The Arrow stream files ``parts`` (``datasets.map``'s shards, same schema), in order, as one file ``path``;
+    read as files, a batch at a time (memory-mapped, every page read would count in the process's memory)."""
+    with pa.OSFile(parts[0]) as first:
         schema = pa.ipc.open_stream(first).schema
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for part in parts:
-            with pa.memory_map(part) as source:
+            with pa.OSFile(part) as source:
                 for batch in pa.ipc.open_stream(source):
                     writer.write_batch(batch)
 
