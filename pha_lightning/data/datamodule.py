@@ -391,8 +391,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
     def formatted(self, task_id: int, split: str, records: Records) -> Dataset:
         """What the model reads of ``records``, as a table: the texts to tokenise (``source`` and ``pair``,
         or ``source`` and ``target``), ``task_ids``, ``targets`` (checked: :func:`check_targets`) and,
-        where an evaluation split's records have metric groups, ``groups``. A table of records gives
-        its own columns where its task can (:meth:`~pha_lightning.data.tasks.Task.model_table`), else is
+        where an evaluation split's records have metric groups, ``groups``. A table of records is
         formatted batch by batch (:func:`~pha_lightning.data.tables.formatted_table`)."""
         task, seq2seq = self.task_objects[task_id], self.family == "seq2seq"
         if isinstance(records, list):
@@ -400,17 +399,13 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
             check_targets(task, columns["targets"], split)
             table = Dataset.from_dict(columns)
         else:
-            table = task.model_table(records, task_id, seq2seq)
-            if table is None:
-                table = formatted_table(records, task, task_id, seq2seq, f"{task.name}/{split}")
+            table = formatted_table(records, task, task_id, seq2seq, f"{task.name}/{split}")
             targets = arrow_column(table, "targets").to_numpy()
             fits = np.isfinite(targets)
             if not task.is_regression:
                 fits &= (targets == np.floor(targets)) & (targets >= 0) & (targets < task.num_labels)
             if not fits.all():
                 check_targets(task, targets.tolist(), split)
-        if "groups" not in table.column_names:
-            return table
         missing = arrow_column(table, "groups").null_count
         if split == "train" or missing == len(table):
             return table.remove_columns("groups")

@@ -67,16 +67,6 @@ class SpecTask(Task):
             return super().seq2seq_source(record)
         return self.spec.template.format_map({field: record[field] for field in self.source_fields})
 
-    def model_table(self, records: Dataset, task_id: int, seq2seq: bool) -> Dataset | None:
-        """For an encoder, the records' own columns: the inputs are the texts (as :meth:`Task.encoder_text`
-        gives them: they are text already) and the label is the target; ``None`` for text-to-text (the
-        template and label words need each record) or an input that has a column name the model reads."""
-        texts = dict(zip(self.source_fields, ("source", "pair")))
-        if seq2seq or {*texts} & {"source", "pair", "targets", "task_ids"}:
-            return None
-        table = records.select_columns([*texts, "label"]).rename_columns({**texts, "label": "targets"})
-        return table.add_column("task_ids", np.full(len(table), task_id, dtype=np.int64))
-
     # ------------------------------------------------------------------ loading
     def check_sources(
         self, splits: Sequence[str], data_dir: str | None = None, data_seed: int = 42, **_: object

@@ -149,13 +149,6 @@ class Task(ABC):
         ``None`` when the task cannot say (the cache key then digests the records themselves)."""
         return None
 
-    def model_table(self, records: Dataset, task_id: int, seq2seq: bool) -> Dataset | None:
-        """What the model reads of a table of records (the texts to tokenise, ``task_ids``, ``targets``),
-        made of its columns without reading a row, for a task whose formatting takes fields as they
-        are; ``None`` (the default) where formatting needs each record (the data module then formats
-        them a batch at a time: :func:`~pha_lightning.data.tables.formatted_table`)."""
-        return None
-
     def group_of(self, record: dict) -> int | None:
         """Id of the record's metric group (e.g. MultiRC's question, for exact match), or ``None``.
 

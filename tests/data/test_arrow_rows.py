@@ -15,7 +15,6 @@ import pytest
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.schema import parse_spec
 from pha_lightning.data.spec_task import SpecTask
-from pha_lightning.data.tables import formatted_table
 from pha_lightning.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -87,18 +86,6 @@ def test_the_data_module_keeps_no_row_as_a_python_object(tmp_path: Path) -> None
     retained_bytes(tmp_path / "warm", 200)  # imports, tokenizer and caches of the first run
     small, large = (retained_bytes(tmp_path / f"n{count}", count) for count in (1_000, 6_000))
     assert (large - small) / 5_000 < 100, f"{(large - small) / 5_000:.0f} bytes per row ({small} at 1 000 rows)"
-
-
-@pytest.mark.parametrize("inputs", [["text"], ["text", "other"]])
-def test_an_encoder_reads_a_tables_columns_as_formatting_each_record_gives_them(tmp_path: Path, inputs: list) -> None:
-    write_jsonl(tmp_path / "rows.jsonl", [{**row, "other": f"note {i}"} for i, row in enumerate(reviews(40))])
-    data = PHADataModule(["reviews"], task_specs=[spec(inputs=inputs)], data_dir=str(tmp_path))
-    task = data.task_objects[0]
-    records = task.load_split("train", data_dir=str(tmp_path), data_seed=3)
-    assert task.model_table(records, 0, seq2seq=False) is not None  # no row is formatted
-    by_row = formatted_table(records, task, 0, False, "reviews/train").remove_columns("groups")
-    assert data.formatted(0, "train", records).to_dict() == by_row.to_dict()
-    assert set(by_row.column_names) == {"source", *(["pair"] if len(inputs) == 2 else []), "task_ids", "targets"}
 
 
 # ------------------------------------------------------------------ bad rows name their file and line
