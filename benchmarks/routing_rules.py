@@ -1,18 +1,26 @@
 """Routing rules compared on a trained checkpoint: precision and coverage of calibrated routing with abstention.
 
     python benchmarks/routing_rules.py --ckpt_path <run dir>/checkpoints/<best>.ckpt --data-dir <data dir> \
-        --output-dir results/routing/
+        --output-dir results/routing/ --unlabelled 300 1000
 
 Embeds the checkpoint's training examples (the ``n_train`` per task it trained on), validation and
-test examples once (the retrieval vectors ``z`` and the mean hidden state at the retrieval point,
-cached in ``--cache``), then scores every example against every task with each rule:
+test examples once (the retrieval vectors ``z`` and pooled hidden states: the mean at the retrieval
+point, its first token, the mean after the embeddings and after each block below it; cached in
+``--cache``), then scores every example against every task with each rule:
 
 * ``prototype`` — the released rule: cosine of ``z`` with each task's prototype;
 * ``knn`` — the mean cosine of ``z`` with its ``k`` nearest training examples of each task;
 * ``multi_prototype`` — the largest cosine with ``c`` k-means centres of each task's training ``z``;
-* ``probe`` / ``probe_features`` — a multinomial logistic regression fitted after training on the
-  training examples' normalised ``z`` / mean hidden states at the retrieval point (weight decay
-  chosen on validation).
+* ``probe`` / ``probe_features`` / ``probe_<feature>`` — a multinomial logistic regression fitted
+  after training on the training examples' normalised ``z`` / mean hidden states at the retrieval
+  point / another pooled hidden state (``cls``, ``layer0`` … ``layer<split - 1>``).
+
+``--unlabelled N ...`` fits the same rules (named ``... N=<N>``) on ``N`` unlabelled training texts
+per task instead: routing needs only which task a text came from, and each task's training split
+holds far more texts than the labelled ones a run trains on. The draw: the task's whole training
+split as the checkpoint's data settings carve it (so no validation or test row), shuffled with seed
+0, its first ``N`` rows (a larger ``N`` extends a smaller one), less any text that appears verbatim
+in a validation or test split; the labelled examples may be among them.
 
 Each rule is calibrated on validation exactly as ``pha fit`` calibrates the model
 (:func:`pha_lightning.model.calibration.calibrate`: temperature, confusable groups, novelty
@@ -28,75 +36,173 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from studylib.checkpoints import model_and_data
+from studylib.checkpoints import model_and_data, recorded_data
 from studylib.reports import write_portable
 from studylib.routing import capped, measure, percent
 from torch import Tensor
+from torch.nn import Module
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torch.utils.hooks import RemovableHandle
 
+from pha_lightning.data.datamodule import PHADataModule, longest_first
+from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.model.backbone import retrieval_site, site_hidden_states
 from pha_lightning.model.calibration import (
     RoutingConfig,
     calibrate,
     probabilities,
 )
+from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.retriever import masked_mean
 
 SPLITS = ("train", "validation", "test")
+UNLABELLED = "unlabelled"
+#: per example and split, besides the pooled features: the retrieval vector, the task, the draw bound
+NOT_FEATURES = ("z", "task_ids", "bound")
 Scorer = Callable[[dict[str, Tensor]], Tensor]
+Bank = dict[str, Tensor]
 
 
 # ---------------------------------------------------------------------------------------- embedding
+def pooling_hooks(model: PHAModel, sink: dict[str, list[Tensor]]) -> list[RemovableHandle]:
+    """Hooks that add each batch's pooled hidden states to ``sink``: the mean over tokens at the
+    retrieval point (``features``, what the retriever pools), its first token (``cls``) and the mean
+    after the embeddings (``layer0``) and after every block below the retrieval point (``layer<i>``)."""
+
+    def keep(name: str, hidden: Tensor) -> None:
+        mask = model.running_batch["attention_mask"]
+        sink.setdefault(name, []).append(masked_mean(hidden.float(), mask).cpu())
+
+    def at_retriever(_module: Module, inputs: tuple[Tensor, Tensor], _output: Tensor) -> None:
+        sink.setdefault("features", []).append(masked_mean(inputs[0].float(), inputs[1]).cpu())
+        sink.setdefault("cls", []).append(inputs[0][:, 0].float().cpu())
+
+    sites = {"layer0": model.backbone.embeddings}
+    sites |= {f"layer{i}": retrieval_site(model.backbone, model.family, i) for i in range(1, model.split_layer)}
+    handles = [model.retriever.register_forward_hook(at_retriever)]
+    for name, site in sites.items():
+        handles.append(site.register_forward_hook(lambda _m, _i, out, name=name: keep(name, site_hidden_states(out))))
+    return handles
+
+
 @torch.no_grad()
-def embed(ckpt_path: str, data_dir: str | None, test_max: int | None, cache: Path | None) -> dict[str, Any]:
-    """``z``, pooled retrieval-point features and task ids of every split, the prototypes and task
-    names; each split is added to ``cache`` as soon as it is embedded (a rerun starts after it)."""
+def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader]) -> dict[str, Tensor]:
+    """``z``, every pooled feature of :func:`pooling_hooks` and the task ids of the loaders' examples."""
+    sink: dict[str, list[Tensor]] = {}
+    handles = pooling_hooks(model, sink)
+    z, ids = [], []
+    try:
+        for loader in loaders:
+            for batch in loader:
+                z.append(model.retrieval_forward(batch).float().cpu())
+                ids.append(batch["task_ids"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"z": torch.cat(z), **{name: torch.cat(parts) for name, parts in sink.items()}, "task_ids": torch.cat(ids)}
+
+
+def verbatim(data: PHADataModule) -> set[tuple[int, ...]]:
+    """The token ids of every validation and test input (all test rows, not only the measured draw)."""
+    return {
+        tuple(ids) for split in ("validation", "test") for loader in data.task_dataloaders(split)
+        for ids in loader.dataset["input_ids"]
+    }  # fmt: skip
+
+
+def unlabelled_draw(
+    full: PHADataModule, seen: set[tuple[int, ...]], start: int, stop: int, seed: int
+) -> tuple[list[DataLoader], dict[str, list[int]]]:
+    """Per task, rows ``start:stop`` of its whole training split shuffled with ``seed`` (so a longer
+    draw extends a shorter one), less those whose input appears verbatim in validation or test;
+    and, per task, how many rows were drawn and how many of them were dropped so."""
+    loaders, counts = [], {"drawn": [], "dropped": []}
+    for loader in full.task_dataloaders("train"):
+        rows = loader.dataset.shuffle(seed=seed)
+        rows = rows.select(list(range(start, min(stop, len(rows)))))
+        keep = [i for i, ids in enumerate(rows["input_ids"]) if tuple(ids) not in seen]
+        counts["drawn"].append(len(rows))
+        counts["dropped"].append(len(rows) - len(keep))
+        kept = longest_first(rows.select(keep))
+        loaders.append(DataLoader(kept, batch_size=loader.batch_size, shuffle=False, collate_fn=full.collator()))
+    return loaders, counts
+
+
+def add_unlabelled(out: dict[str, Any], model: PHAModel, full: PHADataModule, seen: set, bounds: list[int]) -> None:
+    """Embed the unlabelled draws up to each of ``bounds`` not yet in ``out`` (rows tagged with their bound)."""
+    done = max((c["stop"] for c in out.get("unlabelled_draws", [])), default=0)
+    for stop in (b for b in bounds if b > done):
+        loaders, counts = unlabelled_draw(full, seen, done, stop, seed=0)
+        part = embed_loaders(model, [loader for loader in loaders if len(loader.dataset)])
+        part["bound"] = torch.full((len(part["task_ids"]),), stop)
+        old = out.get(UNLABELLED)
+        out[UNLABELLED] = part if old is None else {k: torch.cat([old[k], part[k]]) for k in part}
+        out.setdefault("unlabelled_draws", []).append({"start": done, "stop": stop, "seed": 0, **counts})
+        print(f"embedded unlabelled rows {done}:{stop} per task: {len(part['task_ids'])} examples", flush=True)
+        done = stop
+
+
+def embed(
+    ckpt_path: str, data_dir: str | None, test_max: int | None, cache: Path | None, unlabelled: list[int]
+) -> dict[str, Any]:
+    """Every split's embeddings (:func:`embed_loaders`), the prototypes and task names, and the
+    unlabelled draws of ``unlabelled`` rows per task; each part is added to ``cache`` as soon as it
+    is embedded (a rerun starts after it)."""
     out: dict[str, Any] = torch.load(cache, weights_only=True) if cache is not None and cache.exists() else {}
-    if all(split in out for split in SPLITS):
+    drawn = {c["stop"] for c in out.get("unlabelled_draws", [])}
+    beyond = max(drawn, default=0)
+    if any(n < beyond and n not in drawn for n in unlabelled):
+        raise SystemExit(f"--unlabelled {unlabelled}: the cache holds the draws up to {sorted(drawn)}; use a new cache")
+    if all(split in out for split in SPLITS) and all(n in drawn for n in unlabelled):
         return out
     model, data = model_and_data(ckpt_path, data_dir, ("fit", "test"))
-    features: list[Tensor] = []
-    hook = model.retriever.register_forward_hook(
-        lambda _m, inputs, _out: features.append(masked_mean(inputs[0].float(), inputs[1]).cpu())
-    )
     out |= {"tasks": data.tasks, "prototypes": model.prototypes.table().detach().float().cpu()}
-    try:
-        for split in (split for split in SPLITS if split not in out):
-            z, ids = [], []
-            for loader in data.task_dataloaders(split):
-                for batch in capped(loader, test_max if split == "test" else None):
-                    z.append(model.retrieval_forward(batch).float().cpu())
-                    ids.append(batch["task_ids"])
-            pooled = torch.cat(features)
-            features.clear()
-            out[split] = {"z": torch.cat(z), "features": pooled, "task_ids": torch.cat(ids)}
-            print(f"embedded {split}: {len(out[split]['task_ids'])} examples", flush=True)
-            if cache is not None:
-                torch.save(out, cache)
-    finally:
-        hook.remove()
+    for split in (split for split in SPLITS if split not in out):
+        loaders = data.task_dataloaders(split)
+        out[split] = embed_loaders(model, [capped(loader, test_max if split == "test" else None) for loader in loaders])
+        print(f"embedded {split}: {len(out[split]['task_ids'])} examples", flush=True)
+        if cache is not None:
+            torch.save(out, cache)
+    if unlabelled:
+        full = recorded_data(read_checkpoint(ckpt_path), data_dir, ("fit",), n_train=None, percent_train=None)
+        add_unlabelled(out, model, full, verbatim(data), sorted(set(unlabelled)))
+        if cache is not None:
+            torch.save(out, cache)
     return out
 
 
+def bank_of(emb: dict[str, Any], bound: int | None) -> Bank:
+    """The examples a rule is fitted on: the checkpoint's labelled training examples (``None``), or
+    the unlabelled draw of ``bound`` rows per task."""
+    if bound is None:
+        return emb["train"]
+    rows = emb[UNLABELLED]["bound"] <= bound
+    return {key: value[rows] for key, value in emb[UNLABELLED].items()}
+
+
 # ---------------------------------------------------------------------------------------- rules
-def prototype_rule(emb: dict[str, Any]) -> Scorer:
-    keys = F.normalize(emb["prototypes"], dim=-1)
+def prototype_rule(prototypes: Tensor) -> Scorer:
+    keys = F.normalize(prototypes, dim=-1)
     return lambda split: F.normalize(split["z"], dim=-1) @ keys.T
 
 
-def knn_rule(emb: dict[str, Any], k: int) -> Scorer:
-    train = emb["train"]
-    bank, ids, num = F.normalize(train["z"], dim=-1), train["task_ids"], len(emb["tasks"])
+def knn_rule(bank: Bank, num_tasks: int, k: int, chunk: int = 1024) -> Scorer:
+    """Each task's score: the mean cosine of ``z`` with its ``k`` nearest examples of that task in ``bank``."""
+    points, ids = F.normalize(bank["z"], dim=-1), bank["task_ids"]
+    per_task = [points[ids == t] for t in range(num_tasks)]
 
     def score(split: dict[str, Tensor]) -> Tensor:
-        sims = F.normalize(split["z"], dim=-1) @ bank.T
-        return torch.stack(
-            [sims[:, ids == t].topk(min(k, int((ids == t).sum())), dim=-1).values.mean(-1) for t in range(num)], -1
-        )
+        z = F.normalize(split["z"], dim=-1)
+        parts = []
+        for rows in z.split(chunk):  # (chunk, bank) similarities at a time
+            parts.append(torch.stack([(rows @ p.T).topk(min(k, len(p)), dim=-1).values.mean(-1) for p in per_task], -1))
+        return torch.cat(parts)
 
     return score
 
@@ -113,10 +219,9 @@ def kmeans(points: Tensor, centres: int, steps: int = 50, seed: int = 0) -> Tens
     return means
 
 
-def multi_prototype_rule(emb: dict[str, Any], centres: int) -> Scorer:
-    train = emb["train"]
-    points, ids = F.normalize(train["z"], dim=-1), train["task_ids"]
-    keys = [kmeans(points[ids == t], centres) for t in range(len(emb["tasks"]))]
+def multi_prototype_rule(bank: Bank, num_tasks: int, centres: int) -> Scorer:
+    points, ids = F.normalize(bank["z"], dim=-1), bank["task_ids"]
+    keys = [kmeans(points[ids == t], centres) for t in range(num_tasks)]
 
     def score(split: dict[str, Tensor]) -> Tensor:
         z = F.normalize(split["z"], dim=-1)
@@ -126,15 +231,18 @@ def multi_prototype_rule(emb: dict[str, Any], centres: int) -> Scorer:
 
 
 def fit_probe(x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: int = 300) -> torch.nn.Linear:
-    """Multinomial logistic regression (full-batch L-BFGS, L2 ``weight_decay``)."""
+    """Multinomial logistic regression (full-batch L-BFGS, L2 ``weight_decay``), every class weighted
+    by the inverse of its count (equal counts: the plain loss)."""
     torch.manual_seed(0)
     probe = torch.nn.Linear(x.shape[1], classes).double()
     x, y = x.double(), y.long()
+    counts = torch.bincount(y, minlength=classes).double()
+    balance = counts.sum() / (classes * counts.clamp_min(1))
     optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(probe(x), y) + weight_decay * probe.weight.pow(2).sum()
+        loss = F.cross_entropy(probe(x), y, weight=balance) + weight_decay * probe.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -142,26 +250,36 @@ def fit_probe(x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: in
     return probe.eval()
 
 
-def probe_rule(emb: dict[str, Any], key: str, weight_decay: float) -> Scorer:
-    train = emb["train"]
-    mean = train[key].mean(0) if key == "features" else 0.0
+def probe_rule(bank: Bank, num_tasks: int, key: str, weight_decay: float) -> Scorer:
+    """A probe on the normalised ``z`` or on a pooled feature (centred on the bank's mean, then normalised)."""
+    mean = bank[key].mean(0) if key != "z" else 0.0
 
     def inputs(split: dict[str, Tensor]) -> Tensor:
         return F.normalize(split[key] - mean, dim=-1)
 
-    probe = fit_probe(inputs(train), train["task_ids"], len(emb["tasks"]), weight_decay)
+    probe = fit_probe(inputs(bank), bank["task_ids"], num_tasks, weight_decay)
     return lambda split: probe(inputs(split).double()).detach()
 
 
-def candidate_rules(emb: dict[str, Any]) -> dict[str, Scorer]:
-    rules = {"prototype": prototype_rule(emb)}
-    for k in (1, 5, 10, 20):
-        rules[f"knn k={k}"] = knn_rule(emb, k)
-    for c in (1, 2, 4, 8):  # c=1: the mean of each task's training z
-        rules[f"multi_prototype c={c}"] = multi_prototype_rule(emb, c)
-    for decay in (1e-4, 1e-3, 1e-2):
-        rules[f"probe wd={decay:g}"] = probe_rule(emb, "z", decay)
-        rules[f"probe_features wd={decay:g}"] = probe_rule(emb, "features", decay)
+def probe_name(key: str) -> str:
+    return {"z": "probe", "features": "probe_features"}.get(key, f"probe_{key}")
+
+
+def candidate_rules(emb: dict[str, Any], unlabelled: list[int]) -> dict[str, Scorer]:
+    """Every rule measured: the released prototype, and each fitted rule on the labelled training
+    examples and on every unlabelled draw (named ``... N=<rows per task>``)."""
+    num = len(emb["tasks"])
+    rules = {"prototype": prototype_rule(emb["prototypes"])}
+    for bound in [None, *sorted(set(unlabelled))]:
+        bank, suffix = bank_of(emb, bound), "" if bound is None else f" N={bound}"
+        keys = [k for k in bank if k not in NOT_FEATURES and all(k in emb[s] for s in SPLITS[1:])]
+        for k in (1, 5, 10, 20):
+            rules[f"knn k={k}{suffix}"] = knn_rule(bank, num, k)
+        for c in (1, 2, 4, 8):  # c=1: the mean of each task's training z
+            rules[f"multi_prototype c={c}{suffix}"] = multi_prototype_rule(bank, num, c)
+        for decay in (1e-4, 1e-3, 1e-2):
+            for key in ["z", *keys]:
+                rules[f"{probe_name(key)} wd={decay:g}{suffix}"] = probe_rule(bank, num, key, decay)
     return rules
 
 
@@ -232,14 +350,21 @@ def main() -> None:
     parser.add_argument(
         "--test-max-examples", type=int, default=300, help="test examples per task, a fixed random draw (None: all)"
     )
+    parser.add_argument(
+        "--unlabelled",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also fit the rules on this many unlabelled training texts per task (several: one draw, nested)",
+    )
     parser.add_argument("--target-precision", type=float, default=RoutingConfig().target_precision)
     parser.add_argument("--group-confusion", type=float, default=RoutingConfig().group_confusion)
     args = parser.parse_args()
-    emb = embed(args.ckpt_path, args.data_dir, args.test_max_examples, args.cache)
+    emb = embed(args.ckpt_path, args.data_dir, args.test_max_examples, args.cache, args.unlabelled)
     config = RoutingConfig(target_precision=args.target_precision, group_confusion=args.group_confusion)
     tasks = list(emb["tasks"])
     rows, curves = {}, {}
-    for name, scorer in candidate_rules(emb).items():
+    for name, scorer in candidate_rules(emb, args.unlabelled).items():
         val, test = scorer(emb["validation"]), scorer(emb["test"])
         calibration = calibrate(val, emb["validation"]["task_ids"], tasks, config)
         rows[name] = {
@@ -270,6 +395,11 @@ def main() -> None:
         "checkpoint": "<run dir>/checkpoints/" + Path(args.ckpt_path).name,
         "examples": {split: len(emb[split]["task_ids"]) for split in SPLITS},
         "test_max_examples_per_task": args.test_max_examples,
+        "unlabelled_draws": [
+            {k: dict(zip(tasks, v)) if isinstance(v, list) else v for k, v in draw.items()}
+            for draw in emb.get("unlabelled_draws", [])
+            if draw["stop"] <= max(args.unlabelled, default=0)
+        ],
     }
     write_portable(args.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_portable(args.output_dir / "rules.json", json.dumps(rows, indent=1) + "\n")
@@ -277,11 +407,10 @@ def main() -> None:
     (args.output_dir / "per_task.md").write_text(
         per_task_table(tasks, rows["prototype"]["test"], best["test"], chosen) + "\n"
     )
-    shown = {
-        "prototype",
-        chosen,
-        max((n for n in rows if n.startswith("knn")), key=lambda n: rows[n]["validation"]["coverage"]),
-    }
+    shown = {"prototype", chosen}  # and the best fitted on each bank (labelled, every unlabelled draw)
+    for suffix in ["", *(f" N={n}" for n in sorted(set(args.unlabelled)))]:
+        fitted = [n for n in rows if n != "prototype" and (n.endswith(suffix) if suffix else "N=" not in n)]
+        shown.add(max(fitted, key=lambda n: rows[n]["validation"]["coverage"]))
     plot({name: curves[name] for name in rows if name in shown}, args.target_precision, args.output_dir / "curve.png")
     print(rules_table(rows))
     print(json.dumps({k: v for k, v in summary.items() if k != "released"}, indent=1))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.pha import PHAModel
@@ -20,10 +22,18 @@ def model_and_data(
         arch = {**checkpoint["hyper_parameters"]["arch"], "method": method}
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "arch": arch}
     model = load_system(checkpoint).eval().model
+    return model, recorded_data(checkpoint, data_dir, stages)
+
+
+def recorded_data(
+    checkpoint: dict[str, Any], data_dir: str | None, stages: tuple[str, ...], **overrides: object
+) -> PHADataModule:
+    """The data module of a read checkpoint's recorded settings, ``overrides`` replacing some of them
+    (``n_train=None``: every training row, the validation and test rows carved as in training)."""
     settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     if data_dir is not None:
         settings["data_dir"] = data_dir
-    data = PHADataModule(**settings)
+    data = PHADataModule(**(settings | overrides))
     for stage in stages:
         data.setup(stage)
-    return model, data
+    return data
