@@ -134,8 +134,11 @@ def unlabelled_draw(
     return loaders, counts
 
 
-def add_unlabelled(out: dict[str, Any], model: PHAModel, full: PHADataModule, seen: set, bounds: list[int]) -> None:
-    """Embed the unlabelled draws up to each of ``bounds`` not yet in ``out`` (rows tagged with their bound)."""
+def add_unlabelled(
+    out: dict[str, Any], model: PHAModel, full: PHADataModule, seen: set, bounds: list[int], cache: Path | None
+) -> None:
+    """Embed the unlabelled draws up to each of ``bounds`` not yet in ``out`` (rows tagged with their
+    bound), saving ``out`` to ``cache`` after each."""
     done = max((c["stop"] for c in out.get("unlabelled_draws", [])), default=0)
     for stop in (b for b in bounds if b > done):
         loaders, counts = unlabelled_draw(full, seen, done, stop, seed=0)
@@ -145,6 +148,8 @@ def add_unlabelled(out: dict[str, Any], model: PHAModel, full: PHADataModule, se
         out[UNLABELLED] = part if old is None else {k: torch.cat([old[k], part[k]]) for k in part}
         out.setdefault("unlabelled_draws", []).append({"start": done, "stop": stop, "seed": 0, **counts})
         print(f"embedded unlabelled rows {done}:{stop} per task: {len(part['task_ids'])} examples", flush=True)
+        if cache is not None:
+            torch.save(out, cache)
         done = stop
 
 
@@ -171,9 +176,7 @@ def embed(
             torch.save(out, cache)
     if unlabelled:
         full = recorded_data(read_checkpoint(ckpt_path), data_dir, ("fit",), n_train=None, percent_train=None)
-        add_unlabelled(out, model, full, verbatim(data), sorted(set(unlabelled)))
-        if cache is not None:
-            torch.save(out, cache)
+        add_unlabelled(out, model, full, verbatim(data), sorted(set(unlabelled)), cache)
     return out
 
 
