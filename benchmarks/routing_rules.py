@@ -280,7 +280,7 @@ def candidate_rules(emb: dict[str, Any], unlabelled: list[int]) -> dict[str, Sco
             rules[f"knn k={k}{suffix}"] = knn_rule(bank, num, k)
         for c in (1, 2, 4, 8):  # c=1: the mean of each task's training z
             rules[f"multi_prototype c={c}{suffix}"] = multi_prototype_rule(bank, num, c)
-        for decay in (1e-4, 1e-3, 1e-2):
+        for decay in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2):
             for key in ["z", *keys]:
                 rules[f"{probe_name(key)} wd={decay:g}{suffix}"] = probe_rule(bank, num, key, decay)
     return rules
