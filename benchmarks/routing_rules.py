@@ -52,7 +52,7 @@ from torch.utils.hooks import RemovableHandle
 
 from pha_lightning.data.datamodule import PHADataModule, longest_first
 from pha_lightning.formats.checkpoint import read_checkpoint
-from pha_lightning.model.backbone import retrieval_site, site_hidden_states
+from pha_lightning.model.backbone import load_backbone, retrieval_site, site_hidden_states
 from pha_lightning.model.calibration import (
     RoutingConfig,
     calibrate,
@@ -92,8 +92,10 @@ def pooling_hooks(model: PHAModel, sink: dict[str, list[Tensor]]) -> list[Remova
 
 
 @torch.no_grad()
-def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader]) -> dict[str, Tensor]:
-    """``z``, every pooled feature of :func:`pooling_hooks` and the task ids of the loaders' examples."""
+def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader], frozen: Module | None = None) -> dict[str, Tensor]:
+    """``z``, every pooled feature of :func:`pooling_hooks` and the task ids of the loaders' examples;
+    with ``frozen`` (the pretrained backbone, no adapter) also its last hidden states' mean
+    (``frozen``, the sentence embedding of a sentence-transformers backbone) and first token (``frozen_cls``)."""
     sink: dict[str, list[Tensor]] = {}
     handles = pooling_hooks(model, sink)
     z, ids = [], []
@@ -102,6 +104,11 @@ def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader]) -> dict[str, T
             for batch in loader:
                 z.append(model.retrieval_forward(batch).float().cpu())
                 ids.append(batch["task_ids"])
+                if frozen is not None:
+                    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+                    hidden = frozen(**inputs).last_hidden_state.float()
+                    sink.setdefault("frozen", []).append(masked_mean(hidden, batch["attention_mask"]).cpu())
+                    sink.setdefault("frozen_cls", []).append(hidden[:, 0].cpu())
     finally:
         for handle in handles:
             handle.remove()
@@ -135,14 +142,20 @@ def unlabelled_draw(
 
 
 def add_unlabelled(
-    out: dict[str, Any], model: PHAModel, full: PHADataModule, seen: set, bounds: list[int], cache: Path | None
+    out: dict[str, Any],
+    model: PHAModel,
+    full: PHADataModule,
+    seen: set,
+    bounds: list[int],
+    cache: Path | None,
+    frozen: Module | None,
 ) -> None:
     """Embed the unlabelled draws up to each of ``bounds`` not yet in ``out`` (rows tagged with their
     bound), saving ``out`` to ``cache`` after each."""
     done = max((c["stop"] for c in out.get("unlabelled_draws", [])), default=0)
     for stop in (b for b in bounds if b > done):
         loaders, counts = unlabelled_draw(full, seen, done, stop, seed=0)
-        part = embed_loaders(model, [loader for loader in loaders if len(loader.dataset)])
+        part = embed_loaders(model, [loader for loader in loaders if len(loader.dataset)], frozen)
         part["bound"] = torch.full((len(part["task_ids"]),), stop)
         old = out.get(UNLABELLED)
         out[UNLABELLED] = part if old is None else {k: torch.cat([old[k], part[k]]) for k in part}
@@ -154,11 +167,16 @@ def add_unlabelled(
 
 
 def embed(
-    ckpt_path: str, data_dir: str | None, test_max: int | None, cache: Path | None, unlabelled: list[int]
+    ckpt_path: str,
+    data_dir: str | None,
+    test_max: int | None,
+    cache: Path | None,
+    unlabelled: list[int],
+    frozen: bool = False,
 ) -> dict[str, Any]:
-    """Every split's embeddings (:func:`embed_loaders`), the prototypes and task names, and the
-    unlabelled draws of ``unlabelled`` rows per task; each part is added to ``cache`` as soon as it
-    is embedded (a rerun starts after it)."""
+    """Every split's embeddings (:func:`embed_loaders`; ``frozen``: with the pretrained backbone's
+    too), the prototypes and task names, and the unlabelled draws of ``unlabelled`` rows per task;
+    each part is added to ``cache`` as soon as it is embedded (a rerun starts after it)."""
     out: dict[str, Any] = torch.load(cache, weights_only=True) if cache is not None and cache.exists() else {}
     drawn = {c["stop"] for c in out.get("unlabelled_draws", [])}
     beyond = max(drawn, default=0)
@@ -168,15 +186,16 @@ def embed(
         return out
     model, data = model_and_data(ckpt_path, data_dir, ("fit", "test"))
     out |= {"tasks": data.tasks, "prototypes": model.prototypes.table().detach().float().cpu()}
+    backbone = load_backbone(model.config.backbone).eval() if frozen else None
     for split in (split for split in SPLITS if split not in out):
-        loaders = data.task_dataloaders(split)
-        out[split] = embed_loaders(model, [capped(loader, test_max if split == "test" else None) for loader in loaders])
+        loaders = [capped(loader, test_max if split == "test" else None) for loader in data.task_dataloaders(split)]
+        out[split] = embed_loaders(model, loaders, backbone)
         print(f"embedded {split}: {len(out[split]['task_ids'])} examples", flush=True)
         if cache is not None:
             torch.save(out, cache)
     if unlabelled:
         full = recorded_data(read_checkpoint(ckpt_path), data_dir, ("fit",), n_train=None, percent_train=None)
-        add_unlabelled(out, model, full, verbatim(data), sorted(set(unlabelled)), cache)
+        add_unlabelled(out, model, full, verbatim(data), sorted(set(unlabelled)), cache, backbone)
     return out
 
 
@@ -360,10 +379,15 @@ def main() -> None:
         default=[],
         help="also fit the rules on this many unlabelled training texts per task (several: one draw, nested)",
     )
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="also pool the pretrained backbone's last hidden states (a new cache: every split is embedded so)",
+    )
     parser.add_argument("--target-precision", type=float, default=RoutingConfig().target_precision)
     parser.add_argument("--group-confusion", type=float, default=RoutingConfig().group_confusion)
     args = parser.parse_args()
-    emb = embed(args.ckpt_path, args.data_dir, args.test_max_examples, args.cache, args.unlabelled)
+    emb = embed(args.ckpt_path, args.data_dir, args.test_max_examples, args.cache, args.unlabelled, args.frozen)
     config = RoutingConfig(target_precision=args.target_precision, group_confusion=args.group_confusion)
     tasks = list(emb["tasks"])
     rows, curves = {}, {}
