@@ -9,7 +9,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+import lightning.pytorch  # noqa: E402,F401  (see below)
 import pytest  # noqa: E402
+
+# Lightning gives its loggers a stream handler on sys.stderr when it is first imported. Imported here,
+# that is pytest's session stream; first imported inside a test that captures output (capsys), it
+# would be the test's stream, closed after it, and every later log line a "Logging error" traceback.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
