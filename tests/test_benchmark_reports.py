@@ -182,11 +182,15 @@ def test_edge_checks_step_beyond_a_choice_at_the_edge_until_it_is_bracketed() ->
 
 
 @pytest.mark.parametrize("setting", ["glue100", "glue500", "many100"])
-def test_arrow_takes_its_rate_from_its_own_tuning_on_task_lora_runs(setting: str) -> None:
+def test_arrow_routes_over_the_library_task_lora_tuned_and_is_never_tuned_itself(setting: str) -> None:
+    """Arrow's library is task_lora's runs at the rate task_lora chose (as a peft user builds one):
+    tuning Arrow apart would repeat task_lora's tuning trainings at the same rates and seed."""
     module = _benchmark("sample_efficiency")
     study = load_study(ROOT / "configs" / "studies" / f"modern_{setting}.yaml")
-    assert study.methods["arrow"].evaluates == "task_lora" and study.methods["arrow"].rate_of is None
-    assert module.lr_for("arrow", {"arrow": 3e-3, "task_lora": 1e-3}, study) == 3e-3
+    assert study.methods["arrow"].evaluates == "task_lora" and study.methods["arrow"].rate_of == "task_lora"
+    assert module.lr_for("arrow", {"task_lora": 1e-3, "poly": 3e-3}, study) == 1e-3
+    args = argparse.Namespace(study=study, methods=["task_lora", "arrow", "poly"])
+    assert module.tuned_methods(args) == ["task_lora", "poly"]
     assert module.method_args("arrow") == [f"--config={ROOT / 'configs' / 'methods' / 'arrow.yaml'}"]
 
 
