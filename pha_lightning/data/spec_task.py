@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pha_lightning.data.readers import DATA_DIR_ENV, ColumnCount, MissingFields, load_hub_split, read_table
 from pha_lightning.data.schema import Carve, SplitColumn, TaskSpec, label_text, plain, spec_carves
-from pha_lightning.data.tables import arrow_column, distinct_values, first_row
+from pha_lightning.data.tables import arrow_column, distinct_values, first_row, rows_with
 from pha_lightning.data.tasks import SPLITS, Task, check_split
 from pha_lightning.errors import DataError
 from pha_lightning.validation import undecodable_bytes
@@ -151,7 +151,7 @@ class SpecTask(Task):
                 "(give split_column: {name, train, validation, test})"
             )
         return {
-            split: records.select(np.flatnonzero(np.isin(positions, [i for i, s in enumerate(splits) if s == split])))
+            split: records.select(rows_with(positions, [i for i, s in enumerate(splits) if s == split]))
             for split in dict.fromkeys(splits)
         }
 
@@ -173,7 +173,7 @@ class SpecTask(Task):
         if column is None:
             return labels
         values, positions = distinct_values(arrow_column(rows, column.name))
-        train = np.isin(positions, [i for i, value in enumerate(values) if column.split_of(value) == "train"])
+        train = rows_with(positions, [i for i, value in enumerate(values) if column.split_of(value) == "train"])
         return [labels[i] for i in np.unique(label_positions[train])]
 
     def _read_rows(self, path: Path) -> tuple[Dataset, int]:

@@ -47,9 +47,14 @@ def distinct_values(column: pa.ChunkedArray) -> tuple[list[Any], np.ndarray]:
     return distinct.to_pylist(), np.asarray(positions.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def rows_with(positions: np.ndarray, chosen: Sequence[int]) -> np.ndarray:
+    """The rows (in order) whose distinct value (:func:`distinct_values`) is one of ``chosen``."""
+    return np.flatnonzero(np.isin(positions, list(chosen)))
+
+
 def first_row(positions: np.ndarray, chosen: Sequence[int]) -> int | None:
-    """The first row whose distinct value (:func:`distinct_values`) is one of ``chosen``, ``None`` when none is."""
-    rows = np.flatnonzero(np.isin(positions, list(chosen)))
+    """The first of :func:`rows_with`, ``None`` when there is none."""
+    rows = rows_with(positions, chosen)
     return int(rows[0]) if len(rows) else None
 
 
