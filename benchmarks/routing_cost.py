@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from studylib.reports import command_line, load_line, machine_line, write_report
+from studylib.reports import command_line, load_line, machine_line, report_head, write_report
 from studylib.serving_model import TASKS, lora_model, request_stream
 from studylib.timing import load_average, timed
 
@@ -123,11 +123,11 @@ def report(
 ) -> None:
     command = command_line()
     lines = [
-        f"# Routing cost in prediction ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
-        "",
-        f"`{command}`",
-        "",
-        *([f"**{args.note}**", ""] if args.note else []),
+        *report_head(
+            f"Routing cost in prediction ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
+            command,
+            args.note,
+        ),
         f"CPU ms per example of `PHAModel.predict` ({args.examples} validation examples per stream, batches of "
         f"{args.batch_size}, one torch thread), median over {args.repeats} interleaved repetitions [range]; "
         f"{machine_line()}; {load_line(load)}.",

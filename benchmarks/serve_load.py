@@ -68,7 +68,7 @@ import psutil
 import torch
 from fastapi.encoders import jsonable_encoder
 from starlette.responses import JSONResponse, Response
-from studylib.reports import command_line, load_line, machine_line, markdown_table, write_report
+from studylib.reports import command_line, load_line, machine_line, markdown_table, report_head, write_report
 from studylib.serving_model import TASKS, lora_model, request_stream
 from studylib.timing import children_cpu_seconds, load_average, peak_rss_mib, timed
 
@@ -436,11 +436,11 @@ def write_in_process_report(
 ) -> None:
     command = command_line()
     lines = [
-        f"# Per-request CPU of pha serve and the peft server, in one process ({args.backbone}, {len(args.tasks)} tasks)",
-        "",
-        f"`{command}`",
-        "",
-        *([f"**{args.note}**", ""] if args.note else []),
+        *report_head(
+            f"Per-request CPU of pha serve and the peft server, in one process ({args.backbone}, {len(args.tasks)} tasks)",
+            command,
+            args.note,
+        ),
         f"{args.examples} requests (one example each) per server, batch size and repetition, {args.repeats} "
         f"repetitions, the servers interleaved within each; one torch thread, accelerator {args.accelerator}; "
         f"{machine_line()}, litserve {ls.__version__}; {load_line(load)}. CPU ms per request "
@@ -671,11 +671,11 @@ def write_processes_report(
 ) -> None:
     command = command_line()
     lines = [
-        f"# pha serve and the peft server, process by process ({args.backbone}, {len(args.tasks)} tasks)",
-        "",
-        f"`{command}`",
-        "",
-        *([f"**{args.note}**", ""] if args.note else []),
+        *report_head(
+            f"pha serve and the peft server, process by process ({args.backbone}, {len(args.tasks)} tasks)",
+            command,
+            args.note,
+        ),
         f"{machine_line()}, litserve {ls.__version__}; {load_line(load)}.",
         "",
         "`pha serve`'s main process, step by step (a fresh interpreter; MB):",
@@ -893,11 +893,11 @@ def report(
 ) -> None:
     command = command_line()
     lines = [
-        f"# pha serve under load against a peft server ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
-        "",
-        f"`{command}`",
-        "",
-        *([f"**{args.note}**", ""] if args.note else []),
+        *report_head(
+            f"pha serve under load against a peft server ({args.backbone}, {len(args.tasks)} tasks, LoRA on {args.lora_targets})",
+            command,
+            args.note,
+        ),
         f"{args.seconds:g} s per point after {args.warmup:g} s of warm-up; LitServe max_batch_size {args.max_batch_size}, "
         f"batch_timeout {args.batch_timeout:g} s, one inference worker, one torch thread, accelerator {args.accelerator}; "
         f"{machine_line()}, litserve {ls.__version__}; {load_line(load)} (the client shares the cores).",

@@ -41,6 +41,11 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return portable_text("python " + " ".join(shlex.quote(a) for a in [script, *rest]))
 
 
+def report_head(title: str, command: str, note: str | None) -> list[str]:
+    """A report's first lines: its title, the command that wrote it and the run's note, if any."""
+    return [f"# {title}", "", f"`{command}`", "", *([f"**{note}**", ""] if note else [])]
+
+
 def machine_line(threads: int | None = None) -> str:
     """Where a measurement ran: architecture, cores, torch and the torch threads."""
     import torch
