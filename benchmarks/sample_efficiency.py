@@ -22,7 +22,9 @@ at the tuning cell (``chosen_lr.json``) by ``pha sweep``: one Optuna study per t
 (``tuning/study.db``), a grid over the listed rates it has not tried yet, each a trial that never
 sees test; the choice is the study's best trial, among every rate that cell was ever tuned at (an
 edge check adds a candidate, never hides one; rows of ``runs.jsonl`` from before the studies join
-them as finished trials). The chosen rate's grid cell is then trained and tested as every other
+them as finished trials). Every finished trial is also kept as a row of ``tuning/trials.jsonl``,
+which holds no machine path and is committed with the results: a fresh checkout (another machine,
+the study database gone) imports those rows and does not train those trials again. The chosen rate's grid cell is then trained and tested as every other
 cell. A method with ``rate_of`` in the study takes that method's rate, ``<method>+label_words``
 its base method's; a method with ``evaluates`` trains nothing (Arrow: each row evaluates the
 task_lora run of its cell). Every row records the tested (best validation) checkpoint's step, its
@@ -45,7 +47,7 @@ import optuna
 import torch
 import yaml
 from studylib.grid_report import screening_table, write_plot, write_table
-from studylib.records import append_row, finished, run_missing, write_rows
+from studylib.records import append_row, finished, read_rows, run_missing, write_rows
 from studylib.runs import best_checkpoint, git_commit, pha_command, run_logged
 from studylib.study import Study, StudyMethod, load_study, method_configs
 
@@ -353,10 +355,28 @@ LR = "model.optim.learning_rate"
 LR_RANGE = {"low": 1e-6, "high": 1.0, "log": True}
 
 
+#: the finished tuning trials as portable rows (method, cell, rate, best_val_avg), one per trial
+TRIALS = "trials.jsonl"
+
+
+def save_trials(args: argparse.Namespace, n_train: int, seed: int) -> None:
+    """Merge the finished trials of this lane's studies into ``tuning/trials.jsonl`` (the other lane's
+    rows stay), written whole and renamed into place so a reader never sees half a file."""
+    path = args.output_dir / TUNING / TRIALS
+    rows = {trial_key(row): row for row in read_rows(path) + tuned_rows(args, n_train, seed)}
+    partial = path.with_suffix(".partial")
+    write_rows(partial, sorted(rows.values(), key=trial_key))
+    partial.replace(path)
+
+
+def trial_key(row: dict) -> tuple[str, int, int, float]:
+    return row["method"], row["n_train"], row["seed"], row["learning_rate"]
+
+
 def choose_learning_rates(args: argparse.Namespace, jsonl: Path) -> dict[str, float]:
     """Each method's learning rate: the best validation score of its tuning study (never test)."""
     n_train, seed = args.tune_n_train, args.tune_seed
-    rows = list(finished_runs(jsonl).values())
+    rows = list(finished_runs(jsonl).values()) + read_rows(args.output_dir / TUNING / TRIALS)
     methods = tuned_methods(args)
     for method in methods:
         entry = args.study.methods[method]
@@ -397,7 +417,7 @@ def import_rows(study: optuna.Study, rows: list[dict], method: str, n_train: int
                     params={LR: row["learning_rate"]},
                     distributions={LR: optuna.distributions.FloatDistribution(**LR_RANGE)},
                     value=row["best_val_avg"],
-                    user_attrs={"run_id": row["run_id"], "from": "runs.jsonl"},
+                    user_attrs={"run_id": row["run_id"], "from": "runs.jsonl or tuning/trials.jsonl"},
                 )
             )
             tried.add(row["learning_rate"])
@@ -411,6 +431,7 @@ def tuned_rows(args: argparse.Namespace, n_train: int, seed: int) -> list[dict]:
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             rows.append(
                 {
+                    "run_id": run_id(method, n_train, seed, trial.params[LR]),
                     "method": method,
                     "n_train": n_train,
                     "seed": seed,
@@ -459,6 +480,7 @@ def tune_cell(
         print(f"tuning sweep {name}: rates {new} ({log})", flush=True)
         run_logged(cmd, log, f"tuning sweep {name}")
         study = tuning_study(storage, method, n_train, seed)
+        save_trials(args, n_train, seed)
     return study.best_trial.params[LR]
 
 

@@ -145,6 +145,37 @@ def test_a_rate_is_chosen_among_every_rate_tried_on_the_tuning_cell(tmp_path: Pa
     assert report.tuning_study(storage, "task_adapter", 100, 0).best_trial.params[report.LR] == 3e-5
 
 
+def test_finished_tuning_trials_outlive_the_study_database(tmp_path: Path) -> None:
+    """A fresh checkout has no tuning/study.db, only the committed tuning/trials.jsonl: its rows join
+    the new study as finished trials (no machine path in them), so the same rates are not trained again
+    and the choice is the same; a second lane's save keeps the first lane's rows."""
+    module = _benchmark("sample_efficiency")
+    storage = tmp_path / "tuning" / "study.db"
+    for method, results in {"poly": {3e-4: 50.0, 1e-3: 52.5}, "mhr": {3e-4: 53.0}}.items():
+        study = module.tuning_study(storage, method, 100, 0)
+        for lr, value in results.items():
+            dist = optuna.distributions.FloatDistribution(**module.LR_RANGE)
+            study.add_trial(
+                optuna.trial.create_trial(params={module.LR: lr}, distributions={module.LR: dist}, value=value)
+            )
+    study_config = load_study(ROOT / "configs" / "studies" / "modern_glue100.yaml")
+
+    def lane(*methods: str) -> argparse.Namespace:
+        return argparse.Namespace(output_dir=tmp_path, study=study_config, methods=list(methods))
+
+    module.save_trials(lane("poly"), 100, 0)
+    module.save_trials(lane("mhr"), 100, 0)
+    saved = module.read_rows(tmp_path / "tuning" / module.TRIALS)
+    assert [(r["method"], r["learning_rate"], r["best_val_avg"]) for r in saved] == [
+        ("mhr", 3e-4, 53.0), ("poly", 3e-4, 50.0), ("poly", 1e-3, 52.5)
+    ]  # fmt: skip
+    assert str(tmp_path) not in (tmp_path / "tuning" / module.TRIALS).read_text()
+    fresh = module.tuning_study(tmp_path / "elsewhere" / "study.db", "poly", 100, 0)
+    module.import_rows(fresh, saved, "poly", 100, 0)
+    assert sorted(t.params[module.LR] for t in fresh.trials) == [3e-4, 1e-3]
+    assert fresh.best_trial.params[module.LR] == 1e-3
+
+
 @pytest.mark.parametrize("folder", ["converged", "many_tasks"])
 def test_the_tuning_studies_choose_the_recorded_rates(tmp_path: Path, folder: str) -> None:
     """The recorded cells (every rate's best validation average in runs.jsonl) in tuning studies:
