@@ -50,16 +50,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
 
-from pha_lightning.data.datamodule import PHADataModule, longest_first
+from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.backbone import load_backbone, retrieval_site, site_hidden_states
-from pha_lightning.model.calibration import (
-    RoutingConfig,
-    calibrate,
-    probabilities,
-)
+from pha_lightning.model.calibration import RoutingConfig, RoutingProbe, calibrate, probabilities
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.model.retriever import masked_mean
+from pha_lightning.training.routing_probe import unlabelled_draw, verbatim
 
 SPLITS = ("train", "validation", "test")
 UNLABELLED = "unlabelled"
@@ -71,16 +68,16 @@ Bank = dict[str, Tensor]
 
 # ---------------------------------------------------------------------------------------- embedding
 def pooling_hooks(model: PHAModel, sink: dict[str, list[Tensor]]) -> list[RemovableHandle]:
-    """Hooks that add each batch's pooled hidden states to ``sink``: the mean over tokens at the
-    retrieval point (``features``, what the retriever pools), its first token (``cls``) and the mean
-    after the embeddings (``layer0``) and after every block below the retrieval point (``layer<i>``)."""
+    """Hooks that add each batch's pooled hidden states to ``sink``: the first token at the
+    retrieval point (``cls``) and the mean after the embeddings (``layer0``) and after every block
+    below the retrieval point (``layer<i>``). The mean at the retrieval point (``features``, what the
+    retriever pools and a routing probe scores) is the model's own (:meth:`PHAModel.retrieval_features`)."""
 
     def keep(name: str, hidden: Tensor) -> None:
         mask = model.running_batch["attention_mask"]
         sink.setdefault(name, []).append(masked_mean(hidden.float(), mask).cpu())
 
     def at_retriever(_module: Module, inputs: tuple[Tensor, Tensor], _output: Tensor) -> None:
-        sink.setdefault("features", []).append(masked_mean(inputs[0].float(), inputs[1]).cpu())
         sink.setdefault("cls", []).append(inputs[0][:, 0].float().cpu())
 
     sites = {"layer0": model.backbone.embeddings}
@@ -98,11 +95,13 @@ def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader], frozen: Module
     (``frozen``, the sentence embedding of a sentence-transformers backbone) and first token (``frozen_cls``)."""
     sink: dict[str, list[Tensor]] = {}
     handles = pooling_hooks(model, sink)
-    z, ids = [], []
+    z, features, ids = [], [], []
     try:
         for loader in loaders:
             for batch in loader:
-                z.append(model.retrieval_forward(batch).float().cpu())
+                vectors, pooled = model.retrieval_features(batch)
+                z.append(vectors.float().cpu())
+                features.append(pooled.cpu())
                 ids.append(batch["task_ids"])
                 if frozen is not None:
                     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
@@ -112,33 +111,8 @@ def embed_loaders(model: PHAModel, loaders: Iterable[DataLoader], frozen: Module
     finally:
         for handle in handles:
             handle.remove()
-    return {"z": torch.cat(z), **{name: torch.cat(parts) for name, parts in sink.items()}, "task_ids": torch.cat(ids)}
-
-
-def verbatim(data: PHADataModule) -> set[tuple[int, ...]]:
-    """The token ids of every validation and test input (all test rows, not only the measured draw)."""
-    return {
-        tuple(ids) for split in ("validation", "test") for loader in data.task_dataloaders(split)
-        for ids in loader.dataset["input_ids"]
-    }  # fmt: skip
-
-
-def unlabelled_draw(
-    full: PHADataModule, seen: set[tuple[int, ...]], start: int, stop: int, seed: int
-) -> tuple[list[DataLoader], dict[str, list[int]]]:
-    """Per task, rows ``start:stop`` of its whole training split shuffled with ``seed`` (so a longer
-    draw extends a shorter one), less those whose input appears verbatim in validation or test;
-    and, per task, how many rows were drawn and how many of them were dropped so."""
-    loaders, counts = [], {"drawn": [], "dropped": []}
-    for loader in full.task_dataloaders("train"):
-        rows = loader.dataset.shuffle(seed=seed)
-        rows = rows.select(list(range(start, min(stop, len(rows)))))
-        keep = [i for i, ids in enumerate(rows["input_ids"]) if tuple(ids) not in seen]
-        counts["drawn"].append(len(rows))
-        counts["dropped"].append(len(rows) - len(keep))
-        kept = longest_first(rows.select(keep))
-        loaders.append(DataLoader(kept, batch_size=loader.batch_size, shuffle=False, collate_fn=full.collator()))
-    return loaders, counts
+    pooled = {"features": torch.cat(features), **{name: torch.cat(parts) for name, parts in sink.items()}}
+    return {"z": torch.cat(z), **pooled, "task_ids": torch.cat(ids)}
 
 
 def add_unlabelled(
@@ -153,13 +127,14 @@ def add_unlabelled(
     """Embed the unlabelled draws up to each of ``bounds`` not yet in ``out`` (rows tagged with their
     bound), saving ``out`` to ``cache`` after each."""
     done = max((c["stop"] for c in out.get("unlabelled_draws", [])), default=0)
+    seed = RoutingConfig().probe_seed  # the draw pha fit's routing probe makes
     for stop in (b for b in bounds if b > done):
-        loaders, counts = unlabelled_draw(full, seen, done, stop, seed=0)
+        loaders, counts = unlabelled_draw(full, seen, done, stop, seed=seed)
         part = embed_loaders(model, [loader for loader in loaders if len(loader.dataset)], frozen)
         part["bound"] = torch.full((len(part["task_ids"]),), stop)
         old = out.get(UNLABELLED)
         out[UNLABELLED] = part if old is None else {k: torch.cat([old[k], part[k]]) for k in part}
-        out.setdefault("unlabelled_draws", []).append({"start": done, "stop": stop, "seed": 0, **counts})
+        out.setdefault("unlabelled_draws", []).append({"start": done, "stop": stop, "seed": seed, **counts})
         print(f"embedded unlabelled rows {done}:{stop} per task: {len(part['task_ids'])} examples", flush=True)
         if cache is not None:
             torch.save(out, cache)
@@ -252,35 +227,11 @@ def multi_prototype_rule(bank: Bank, num_tasks: int, centres: int) -> Scorer:
     return score
 
 
-def fit_probe(x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: int = 300) -> torch.nn.Linear:
-    """Multinomial logistic regression (full-batch L-BFGS, L2 ``weight_decay``), every class weighted
-    by the inverse of its count (equal counts: the plain loss)."""
-    torch.manual_seed(0)
-    probe = torch.nn.Linear(x.shape[1], classes).double()
-    x, y = x.double(), y.long()
-    counts = torch.bincount(y, minlength=classes).double()
-    balance = counts.sum() / (classes * counts.clamp_min(1))
-    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(probe(x), y, weight=balance) + weight_decay * probe.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return probe.eval()
-
-
 def probe_rule(bank: Bank, num_tasks: int, key: str, weight_decay: float) -> Scorer:
-    """A probe on the normalised ``z`` or on a pooled feature (centred on the bank's mean, then normalised)."""
-    mean = bank[key].mean(0) if key != "z" else 0.0
-
-    def inputs(split: dict[str, Tensor]) -> Tensor:
-        return F.normalize(split[key] - mean, dim=-1)
-
-    probe = fit_probe(inputs(bank), bank["task_ids"], num_tasks, weight_decay)
-    return lambda split: probe(inputs(split).double()).detach()
+    """A probe (:class:`~pha_lightning.model.calibration.RoutingProbe`, what ``model.routing.unlabelled_per_task``
+    ships for ``features``) on the normalised ``z`` or on a pooled feature, centred on the bank's mean."""
+    probe = RoutingProbe.fit(bank[key], bank["task_ids"], num_tasks, weight_decay, centre=key != "z")
+    return lambda split: probe.scores(split[key])
 
 
 def probe_name(key: str) -> str:

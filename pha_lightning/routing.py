@@ -24,7 +24,7 @@ from pha_lightning.files import atomic_directory
 from pha_lightning.formats.bundle import check_output_dir, is_bundle
 from pha_lightning.model.calibration import Decision
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.model.prediction import example_batches, route, task_scores
+from pha_lightning.model.prediction import example_batches, route_batch
 from pha_lightning.model.router import CONFIG_NAME, load_router_model, write_router_files
 
 
@@ -59,7 +59,7 @@ class Router:
         with torch.no_grad():
             for batch in example_batches(self.model, examples, batch_size, max_source_length):
                 indices = [meta["index"] for meta in batch["meta"]]
-                found.update(zip(indices, route(self.model, task_scores(self.model, batch))))
+                found.update(zip(indices, route_batch(self.model, batch)))
         return [found[i] for i in range(len(examples))]
 
     def route(

@@ -478,53 +478,6 @@ def test_an_unlabelled_bank_holds_the_draws_up_to_its_size() -> None:
     assert rules.bank_of(emb | {"train": {"z": "labelled"}}, None) == {"z": "labelled"}
 
 
-def test_the_probe_weighs_classes_by_their_inverse_count() -> None:
-    """An unlabelled draw holds fewer texts of small tasks (CB has 250 training rows): the probe's
-    loss weighs every task equally, the same as the plain loss when the counts are equal."""
-    rules = _benchmark("routing_rules")
-    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.2, 1.0]], dtype=torch.float64)
-    y = torch.tensor([0, 0, 0, 1])
-    probe = rules.fit_probe(x, y, 2, weight_decay=0.01)
-    logits = probe(x)
-    decay = 0.01 * probe.weight.pow(2).sum()
-    weighted = torch.nn.functional.cross_entropy(logits, y, weight=torch.tensor([4 / 6, 4 / 2], dtype=torch.float64))
-    per_example = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    by_hand = (per_example[:3].mean() + per_example[3]) / 2  # each class's mean loss, classes averaged
-    torch.testing.assert_close(weighted, by_hand)
-    grad = torch.autograd.grad(weighted + decay, [probe.weight, probe.bias])
-    assert max(float(g.abs().max()) for g in grad) < 1e-4  # the optimum of the weighted loss
-    plain = torch.nn.functional.cross_entropy(probe(x), y) + 0.01 * probe.weight.pow(2).sum()
-    grad_plain = torch.autograd.grad(plain, [probe.weight, probe.bias])
-    assert max(float(g.abs().max()) for g in grad_plain) > 1e-3  # not that of the plain one
-
-
-def test_the_unlabelled_draw_is_nested_seeded_and_leaves_out_validation_and_test_texts() -> None:
-    from datasets import Dataset
-    from torch.utils.data import DataLoader
-
-    rules = _benchmark("routing_rules")
-    rows = Dataset.from_dict({"input_ids": [[i, i] for i in range(10)], "length": [2] * 10, "task_ids": [0] * 10})
-    small = Dataset.from_dict({"input_ids": [[100], [101]], "length": [1, 1], "task_ids": [1, 1]})
-
-    class Full:  # the two methods of PHADataModule the draw uses
-        def task_dataloaders(self, split: str) -> list[DataLoader]:
-            assert split == "train"
-            return [DataLoader(rows, batch_size=4), DataLoader(small, batch_size=4)]
-
-        def collator(self) -> None:
-            return None
-
-    order = [ids for ids in rows.shuffle(seed=0)["input_ids"]]
-    seen = {tuple(order[1])}  # the second drawn text is also a validation text
-    first, counts = rules.unlabelled_draw(Full(), seen, 0, 3, seed=0)
-    assert sorted(first[0].dataset["input_ids"]) == sorted([order[0], order[2]])
-    assert list(first[1].dataset["input_ids"]) == [[100], [101]]  # a task with fewer rows: all of them
-    assert counts == {"drawn": [3, 2], "dropped": [1, 0]}
-    more, counts = rules.unlabelled_draw(Full(), seen, 3, 6, seed=0)
-    assert sorted(more[0].dataset["input_ids"]) == sorted(order[3:6])  # continues the same shuffle
-    assert counts == {"drawn": [3, 0], "dropped": [0, 0]}
-
-
 def test_committed_results_hold_no_machine_path_and_no_lane_log() -> None:
     """Results are committed portable (``<data dir>``, ``<checkout>/…``), without lane logs or scripts."""
     listed = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pha_lightning.data.datamodule import PHADataModule
+from pha_lightning.data.datamodule import PHADataModule, recorded_data_module
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.pha import PHAModel
 from pha_lightning.training.system import load_system
@@ -30,10 +30,5 @@ def recorded_data(
 ) -> PHADataModule:
     """The data module of a read checkpoint's recorded settings, ``overrides`` replacing some of them
     (``n_train=None``: every training row, the validation and test rows carved as in training)."""
-    settings = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    if data_dir is not None:
-        settings["data_dir"] = data_dir
-    data = PHADataModule(**(settings | overrides))
-    for stage in stages:
-        data.setup(stage)
-    return data
+    place = {} if data_dir is None else {"data_dir": data_dir}
+    return recorded_data_module(checkpoint["datamodule_hyper_parameters"], stages, **place, **overrides)

@@ -46,6 +46,10 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 EXTRA_COMMANDS: dict[str, Command] = {
     "retrieve": Command("pha_lightning.cli.retrieve", "which trained tasks new tasks resemble, by the retriever"),
     "export": Command("pha_lightning.cli.export", "a checkpoint's portable bundle, or peft / AdapterHub adapters"),
+    "calibrate": Command(
+        "pha_lightning.cli.calibrate",
+        "refit a checkpoint's routing (abstention threshold; a probe on unlabelled texts with --unlabelled_per_task)",
+    ),
     "sweep": Command("pha_lightning.cli.sweep", "search pha fit settings with Optuna; best.yaml and a table of trials"),
     "tasks": Command("pha_lightning.cli.tasks", "the built-in tasks; with --config, a configuration's tasks checked"),
     "serve": Command(
@@ -54,7 +58,7 @@ EXTRA_COMMANDS: dict[str, Command] = {
 }
 
 #: Commands that compute with torch, for which ``pha`` chooses the thread count (:mod:`pha_lightning.cli.threads`).
-COMPUTING_COMMANDS: tuple[str, ...] = (*LIGHTNING_COMMANDS, "retrieve", "serve")
+COMPUTING_COMMANDS: tuple[str, ...] = (*LIGHTNING_COMMANDS, "retrieve", "calibrate", "serve")
 
 DESCRIPTION = "PHA: Prototype-based HyperAdapter multi-task tuning of frozen transformers."
 #: the sharded strategy's name is training.sharding.STRATEGY_NAME; LightningCLI's help shows it too, and

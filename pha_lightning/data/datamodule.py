@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -539,3 +540,13 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
 
             return file_dataloader(self)
         return self.task_dataloaders("test")
+
+
+def recorded_data_module(settings: Mapping[str, Any], stages: Sequence[str], **overrides: object) -> PHADataModule:
+    """The data module of recorded settings (a checkpoint's ``datamodule_hyper_parameters``, a
+    module's ``hparams``), ``overrides`` replacing some of them (``n_train=None``: every training
+    row, the validation and test rows carved as in training), set up for ``stages``."""
+    data = PHADataModule(**({k: v for k, v in settings.items() if not k.startswith("_")} | overrides))
+    for stage in stages:
+        data.setup(stage)
+    return data

@@ -4,7 +4,8 @@ A bundle is a directory: ``config.json`` (format and library versions, the :clas
 the backbone record, the tasks' label spaces, the data settings that shape inputs, the SHA-256 of
 every weights file), ``pha_model.safetensors`` (the PHA weights, no backbone; not peft's
 ``adapter_model.safetensors``, which peft would try to read) and optionally
-``generated_adapters.safetensors`` (every task's generated adapters). Nothing is unpickled;
+``generated_adapters.safetensors`` (every task's generated adapters) and ``routing_probe.safetensors``
+(the routing probe of ``model.routing.unlabelled_per_task``, docs/routing.md). Nothing is unpickled;
 a bundle is written into a temporary sibling directory and renamed into place. docs/production.md
 ("Export a portable adapter bundle") describes the fields; bundles of earlier formats are upgraded
 when read (:mod:`~pha_lightning.formats.migration`). This module works on plain state dicts and
@@ -45,6 +46,8 @@ BUNDLE_FORMAT = "pha-adapter-bundle"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "pha_model.safetensors"
 ADAPTERS_NAME = "generated_adapters.safetensors"
+#: the routing probe's tensors (a bundle's and a router's), when routing scores by one
+ROUTING_PROBE_NAME = "routing_probe.safetensors"
 
 
 class BundleError(PHAError):
@@ -106,10 +109,11 @@ def write_bundle(
     data: Mapping[str, Any] | None = None,
     precomputed: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, Any] | None = None,
+    routing_probe: Mapping[str, Tensor] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle of the architecture ``config`` (a :class:`PHAConfig` as a dict), its ``tasks``
-    and its weights, atomically. ``data`` keeps the input settings, not where the data or the cache
+    and its weights, atomically; ``routing_probe``: the routing probe's tensors, if routing has one. ``data`` keeps the input settings, not where the data or the cache
     was (:func:`~pha_lightning.data.schema.portable_data_settings`; spec tasks travel in
     ``config.task_specs``, without their files)."""
     if config.get("backbone_init") == "random":
@@ -119,7 +123,9 @@ def write_bundle(
         )
     output_dir = check_output_dir(output_dir, overwrite)
     return atomic_directory(
-        output_dir, lambda folder: _write_files(folder, config, tasks, state, data, precomputed, extra), "bundle"
+        output_dir,
+        lambda folder: _write_files(folder, config, tasks, state, data, precomputed, extra, routing_probe),
+        "bundle",
     )
 
 
@@ -131,6 +137,7 @@ def _write_files(
     data: Mapping[str, Any] | None,
     precomputed: Mapping[str, Tensor] | None,
     extra: Mapping[str, Any] | None,
+    routing_probe: Mapping[str, Tensor] | None = None,
 ) -> None:
     """The bundle's weights files and ``config.json`` (written last, with their SHA-256) in ``tmp``."""
     weights = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -140,6 +147,7 @@ def _write_files(
     if precomputed:
         save_file(dict(precomputed), str(tmp / ADAPTERS_NAME), metadata=metadata)
         files[ADAPTERS_NAME] = sha256_of(tmp / ADAPTERS_NAME)
+    files |= write_routing_probe(tmp, routing_probe)
     record = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -158,6 +166,14 @@ def _write_files(
         **(extra or {}),
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_routing_probe(folder: Path, tensors: Mapping[str, Tensor] | None) -> dict[str, str]:
+    """Write the routing probe's ``tensors`` (none: nothing) into ``folder``; the ``files`` entry naming it."""
+    if not tensors:
+        return {}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / ROUTING_PROBE_NAME))
+    return {ROUTING_PROBE_NAME: sha256_of(folder / ROUTING_PROBE_NAME)}
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -242,6 +258,13 @@ def read_bundle_weights(path: str | os.PathLike, record: Mapping[str, Any] | Non
 def read_precomputed(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor]:
     """The bundle's precomputed generated adapters (``generated_adapters.safetensors``)."""
     return read_tensors(Path(path) / ADAPTERS_NAME, record["files"][ADAPTERS_NAME])
+
+
+def read_routing_probe(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Tensor] | None:
+    """The routing probe's tensors of a bundle or router folder (``None``: its config names none)."""
+    if ROUTING_PROBE_NAME not in record["files"]:
+        return None
+    return read_tensors(Path(path) / ROUTING_PROBE_NAME, record["files"][ROUTING_PROBE_NAME])
 
 
 def is_bundle(path: str | os.PathLike | None) -> bool:

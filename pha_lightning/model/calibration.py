@@ -9,18 +9,25 @@ the group's summed) probability. It is routed only when that is a single task an
 reaches the threshold chosen on validation for ``target_precision``; otherwise it is abstained,
 with the reason. Plain PyTorch: the training callback fits a :class:`Calibration`, the model,
 its bundle and :class:`pha_lightning.routing.Router` apply it.
+
+With ``unlabelled_per_task`` > 0 the scores are a linear probe's instead (:class:`RoutingProbe`,
+fitted after training on unlabelled training texts over the pooled hidden states at the retrieval
+point), calibrated the same way; the novelty floor stays on the prototype cosine, since a probe's
+logits do not say "unlike every task".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from pha_lightning.errors import ConfigError
-from pha_lightning.validation import FRACTION, Range, check_settings, setting
+from pha_lightning.validation import FRACTION, NON_NEGATIVE, SEED, SIZE, Range, check_settings, setting
 
 #: the temperatures tried when fitting (log-spaced): cosine scores live in [-1, 1]
 TEMPERATURES = torch.logspace(-2, 1, 301, dtype=torch.float64)
@@ -41,9 +48,97 @@ class RoutingConfig:
     novelty_quantile: float = setting(0.01, FRACTION)
     """Examples less similar to their nearest prototype than this share of validation examples are
     unlike every trained task and abstained (0: only those below the least similar one)."""
+    unlabelled_per_task: int = setting(0, Range(0, integer=True))
+    """0: route by the nearest prototype (the released rule). N > 0: at the end of ``pha fit`` (or
+    by ``pha calibrate``) fit a linear probe over the pooled hidden state at the retrieval point on
+    up to N unlabelled training texts per task, and route by it (docs/routing.md)."""
+    probe_weight_decay: float = setting(1e-6, NON_NEGATIVE)
+    """The probe's L2 penalty (on its weights, not its bias)."""
+    probe_seed: int = setting(0, SEED)
+    """Seeds the shuffle each task's training split is drawn from and the probe's initial weights."""
+    probe_steps: int = setting(300, SIZE)
+    """The most L-BFGS iterations of the probe fit (full batch)."""
 
     def __post_init__(self) -> None:
         check_settings("model.routing", RoutingConfig, asdict(self))
+
+
+def fit_probe(
+    x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: int = 300, seed: int = 0
+) -> torch.nn.Linear:
+    """Multinomial logistic regression in float64 (full-batch L-BFGS, L2 ``weight_decay`` on the
+    weights), every class weighted by the inverse of its count, so tasks with fewer texts weigh as
+    much (equal counts: the plain loss). ``seed`` draws the initial weights (the global random
+    state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(x.shape[1], classes).double()
+    x, y = x.double(), y.long()
+    counts = torch.bincount(y, minlength=classes).double()
+    balance = counts.sum() / (classes * counts.clamp_min(1))
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(probe(x), y, weight=balance) + weight_decay * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return probe.eval()
+
+
+@dataclass
+class RoutingProbe:
+    """A linear probe that scores pooled features against every trained task: the features, less
+    ``mean`` (the training texts' mean), normalised, times ``weight`` plus ``bias``, in float64."""
+
+    weight: Tensor
+    """``(tasks, features)``."""
+    bias: Tensor
+    """``(tasks,)``."""
+    mean: Tensor
+    """``(features,)``: centring the features first spreads them around the origin before normalising."""
+
+    #: the names its tensors travel under (a checkpoint's ``pha_routing``, ``routing_probe.safetensors``)
+    TENSORS = ("weight", "bias", "mean")
+
+    @classmethod
+    def fit(
+        cls,
+        features: Tensor,
+        task_ids: Tensor,
+        num_tasks: int,
+        weight_decay: float,
+        steps: int = 300,
+        seed: int = 0,
+        centre: bool = True,
+    ) -> RoutingProbe:
+        """Fit on ``features (N, d)`` of texts of known ``task_ids``; ``centre`` false: no centring."""
+        mean = features.mean(0) if centre else torch.zeros(features.shape[1], dtype=features.dtype)
+        probe = fit_probe(F.normalize(features - mean, dim=-1), task_ids, num_tasks, weight_decay, steps, seed)
+        return cls(probe.weight.detach().clone(), probe.bias.detach().clone(), mean.detach().clone())
+
+    def scores(self, features: Tensor) -> Tensor:
+        """The probe's logits ``(B, tasks)`` in float64."""
+        x = F.normalize(features - self.mean.to(features), dim=-1).double()
+        return F.linear(x, self.weight.to(x.device), self.bias.to(x.device))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"probe.{name}": getattr(self, name).detach().cpu().contiguous() for name in self.TENSORS}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> RoutingProbe:
+        missing = [f"probe.{name}" for name in cls.TENSORS if f"probe.{name}" not in tensors]
+        if missing:
+            raise ConfigError(f"the routing calibration names a probe, but its tensors {missing} are missing")
+        return cls(*(tensors[f"probe.{name}"] for name in cls.TENSORS))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoutingProbe) and all(
+            torch.equal(getattr(self, name), getattr(other, name)) for name in self.TENSORS
+        )
 
 
 @dataclass
@@ -70,13 +165,28 @@ class Calibration:
     added_floor: float | None = None
     """The least cosine to an added task's prototype routed to it (``novelty_quantile`` of the
     added tasks' validation examples); ``None``: not yet calibrated, added tasks get no example."""
+    probe: RoutingProbe | None = None
+    """The linear probe that scores the trained tasks (``None``: the prototype cosines score them)."""
+    probe_fit: dict[str, Any] | None = None
+    """How the probe was fitted: texts per task asked for and found, weight decay, seed, steps."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
+        """The calibration as plain data: JSON (a bundle's or router's ``config.json``; the probe's
+        tensors travel in ``routing_probe.safetensors``), or ``with_tensors`` (a checkpoint's
+        ``pha_routing``) holding them too, under ``probe_tensors``."""
+        record = {k: v for k, v in asdict(replace(self, probe=None)).items() if k != "probe"}
+        if with_tensors and self.probe is not None:
+            record["probe_tensors"] = self.probe.tensors()
+        return record
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> Calibration:
-        return cls(**record)
+    def from_dict(cls, record: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> Calibration:
+        """The calibration of :meth:`to_dict`; a probe's ``tensors`` when they travel apart from it."""
+        record = dict(record)
+        tensors = record.pop("probe_tensors", None) if tensors is None else tensors
+        record.pop("probe_tensors", None)
+        probe = RoutingProbe.from_tensors(tensors or {}) if record.get("probe_fit") is not None else None
+        return cls(**record, probe=probe)
 
     def with_added_tasks(self, names: list[str]) -> Calibration:
         """This calibration for the model with ``names`` added in front (few-shot transfer)."""
@@ -105,6 +215,12 @@ class Calibration:
             )
         head += floor
         groups = "; ".join("{" + ", ".join(g) + "}" for g in self.groups) or "none"
+        if self.probe_fit is not None:
+            fit = self.probe_fit
+            head += (
+                f"; scored by a linear probe over the pooled hidden state at the retrieval point, fitted on "
+                f"{fit['texts']} unlabelled training texts (up to {fit['unlabelled_per_task']} per task)"
+            )
         text = f"routing: {head}\nconfusable task groups (name these tasks explicitly): {groups}"
         if self.added_tasks:
             floor = "not calibrated" if self.added_floor is None else f"similarity floor {self.added_floor:.3f}"
@@ -177,43 +293,52 @@ def choose_threshold(confidence: Tensor, correct: Tensor, target: float) -> floa
     return None if len(good) == 0 else float(conf[int(good.max())])
 
 
-def decide(scores: Tensor, calibration: Calibration) -> list[Decision]:
-    """Route (or abstain) every example of ``scores (B, tasks)`` as ``calibration`` says: the trained
-    tasks first, exactly as before any task was added; an example unlike all of them goes to the
-    nearest added task when it is similar enough to it."""
+def decide(similarity: Tensor, calibration: Calibration, features: Tensor | None = None) -> list[Decision]:
+    """Route (or abstain) every example of ``similarity (B, tasks)``, the cosines with every
+    prototype, as ``calibration`` says: the trained tasks first, exactly as before any task was
+    added, scored by the calibration's probe over ``features`` (the pooled hidden states at the
+    retrieval point) when it has one; an example unlike all of them goes to the nearest added task
+    when it is similar enough to it."""
     added = len(calibration.added_tasks)
-    if scores.shape[-1] != added + len(calibration.tasks):
+    if similarity.shape[-1] != added + len(calibration.tasks):
         raise ConfigError(
             f"the routing calibration covers {added + len(calibration.tasks)} tasks "
-            f"{calibration.added_tasks + calibration.tasks}, the model scores {scores.shape[-1]}: recalibrate it "
+            f"{calibration.added_tasks + calibration.tasks}, the model scores {similarity.shape[-1]}: recalibrate it "
             "on validation examples of every task"
         )
-    decisions = decide_trained(scores[:, added:], calibration)
+    trained = similarity[:, added:]
+    if calibration.probe is not None:
+        if features is None:
+            raise ConfigError("this routing calibration scores by a probe over pooled features; none were given")
+        decisions = decide_trained(calibration.probe.scores(features), calibration, trained)
+    else:
+        decisions = decide_trained(trained, calibration)
     for i, decision in enumerate(decisions):
         if decision.task is not None:
             decision.task += added
         elif decision.novel and added and calibration.added_floor is not None:
-            best = scores[i, :added].max(-1)
+            best = similarity[i, :added].max(-1)
             if float(best.values) >= calibration.added_floor:
-                confidence = float(probabilities(scores[i, :added], calibration.temperature).max())
+                confidence = float(probabilities(similarity[i, :added], calibration.temperature).max())
                 decisions[i] = Decision(int(best.indices), confidence)
     return decisions
 
 
-def decide_trained(scores: Tensor, calibration: Calibration) -> list[Decision]:
-    """:func:`decide` over the trained tasks' scores alone (indices into ``calibration.tasks``)."""
+def decide_trained(scores: Tensor, calibration: Calibration, similarity: Tensor | None = None) -> list[Decision]:
+    """:func:`decide` over the trained tasks' ``scores`` alone (indices into ``calibration.tasks``);
+    ``similarity``: the prototype cosines the novelty floor reads, when the scores are not them."""
     units = calibration.units()
     chosen, confidence = unit_choice(probabilities(scores, calibration.temperature), units)
-    nearest = scores.max(-1)
+    nearest = (scores if similarity is None else similarity).max(-1)
     decisions = []
-    for unit_index, conf, similarity, task in zip(
+    for unit_index, conf, closest, task in zip(
         chosen.tolist(), confidence.tolist(), nearest.values.tolist(), nearest.indices.tolist()
     ):
         unit = units[unit_index]
         names = [calibration.tasks[i] for i in unit]
-        if similarity < calibration.similarity_floor:
+        if closest < calibration.similarity_floor:
             reason = (
-                f"unlike every trained task: similarity {similarity:.3f} to the nearest, {calibration.tasks[task]}, "
+                f"unlike every trained task: similarity {closest:.3f} to the nearest, {calibration.tasks[task]}, "
                 f"is below {calibration.similarity_floor:.3f} (the least similar validation examples)"
             )
         elif calibration.threshold is None:
@@ -228,23 +353,27 @@ def decide_trained(scores: Tensor, calibration: Calibration) -> list[Decision]:
         else:
             decisions.append(Decision(unit[0], conf))
             continue
-        novel = similarity < calibration.similarity_floor
+        novel = closest < calibration.similarity_floor
         decisions.append(Decision(None, conf, f"{reason}; name the task to predict", novel))
     return decisions
 
 
-def calibrate(scores: Tensor, targets: Tensor, tasks: list[str], config: RoutingConfig) -> Calibration:
+def calibrate(
+    scores: Tensor, targets: Tensor, tasks: list[str], config: RoutingConfig, similarity: Tensor | None = None
+) -> Calibration:
     """Fit the temperature, the confusable groups and the threshold on validation ``scores`` of
-    examples of known task ``targets``."""
+    examples of known task ``targets``; the novelty floor on ``similarity`` (the prototype cosines,
+    when the scores are a probe's; by default the scores themselves)."""
     scores, targets = scores.double().cpu(), targets.long().cpu()
+    nearest = (scores if similarity is None else similarity.double().cpu()).max(-1).values
     temperature = fit_temperature(scores, targets)
-    floor = float(torch.quantile(scores.max(-1).values, config.novelty_quantile))
+    floor = float(torch.quantile(nearest, config.novelty_quantile))
     groups = confusable_groups(scores.argmax(-1), targets, len(tasks), config)
     named = [[tasks[i] for i in g] for g in groups]
     draft = Calibration(tasks, temperature, 0.0, config.target_precision, floor, named)
     units = draft.units()
     chosen, confidence = unit_choice(probabilities(scores, temperature), units)
-    single = torch.tensor([len(units[u]) == 1 for u in chosen.tolist()]) & (scores.max(-1).values >= floor)
+    single = torch.tensor([len(units[u]) == 1 for u in chosen.tolist()]) & (nearest >= floor)
     routed_task = torch.tensor([units[u][0] for u in chosen.tolist()])
     correct = routed_task == targets
     # novel and group-routed examples abstain whatever the threshold: it is chosen on the others

@@ -65,8 +65,10 @@ from pha_lightning.model.prototypes import PrototypeTable
 from pha_lightning.model.retriever import Retriever, masked_mean
 from pha_lightning.model.sharding import is_sharded
 
-#: ``choose(z, rows)``: the task ids of a batch's (or chunk's) rows, chosen from their retrieval vectors
-ChooseTasks = Callable[[Tensor, dict[str, Tensor]], Tensor]
+#: ``choose(z, rows, features)``: the task ids of a batch's (or chunk's) rows, chosen from their retrieval
+#: vectors and, when routing scores by a probe (:attr:`PHAModel.routes_by_probe`), their pooled hidden
+#: states at the retrieval point (else ``None``)
+ChooseTasks = Callable[[Tensor, dict[str, Tensor], Tensor | None], Tensor]
 
 
 class PHAModel(nn.Module):
@@ -337,13 +339,17 @@ class PHAModel(nn.Module):
         state = self._retrieval
         if state is None:  # the backbone was called directly, outside this model's forward
             return
-        state.z = self.retriever(full_precision(site_hidden_states(output)), state.attention_mask)
+        hidden = full_precision(site_hidden_states(output))
+        state.z = self.retriever(hidden, state.attention_mask)
+        if state.pool:
+            state.features = masked_mean(hidden, state.attention_mask)
         if state.stop:
             raise _RetrievalDone
         if self.layout.source == "instance":
             self.adapter_context.weights = self.hypernetwork(state.z)
         elif state.choose is not None:
-            self.adapter_context.weights = self.batch_adapter_weights(state.choose(state.z, state.batch))
+            task_ids = state.choose(state.z, state.batch, state.features)
+            self.adapter_context.weights = self.batch_adapter_weights(task_ids)
 
     def _recomputation_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
         """Activation checkpointing's contexts for one block: nothing in the forward pass; in the
@@ -366,16 +372,31 @@ class PHAModel(nn.Module):
         with ``stop_at_retrieval`` the pass ends at the retrieval point and the output is ``None``;
         with ``choose`` the tasks are chosen there (:meth:`forward`).
         """
+        output, state = self._run_backbone(batch, call, weights, stop_at_retrieval, choose)
+        return output, state.z
+
+    def _run_backbone(
+        self,
+        batch: dict[str, Tensor],
+        call: Callable[[], Any],
+        weights: WeightSet | None = None,
+        stop_at_retrieval: bool = False,
+        choose: ChooseTasks | None = None,
+        pool: bool = False,
+    ) -> tuple[Any, _Retrieval]:
+        """:meth:`run_backbone`, returning what the retrieval point saw; ``pool``: its pooled hidden
+        states too (also when ``choose`` routes by a probe)."""
         if weights is None and choose is None:
             weights = self.batch_adapter_weights(batch["task_ids"])
-        self._retrieval = _Retrieval(batch, stop=stop_at_retrieval, choose=choose)
+        pool = pool or (choose is not None and self.routes_by_probe)
+        self._retrieval = state = _Retrieval(batch, stop=stop_at_retrieval, choose=choose, pool=pool)
         try:
             with self.adapter_context.use(weights):
                 try:
                     output = call()
                 except _RetrievalDone:
                     output = None
-            return output, self._retrieval.z
+            return output, state
         finally:
             self._retrieval = None
 
@@ -392,13 +413,25 @@ class PHAModel(nn.Module):
         retrieval-point hook stops the pass there), or the whole stack when sharded (every rank
         must make the same collective calls, which a pass stopped mid-stack would not).
         """
+        return self.retrieval_features(batch, pool=False)[0]
+
+    def retrieval_features(self, batch: dict[str, Tensor], pool: bool = True) -> tuple[Tensor, Tensor | None]:
+        """:meth:`retrieval_forward`'s ``z`` and (``pool``) the pooled hidden states at the retrieval
+        point, the mean over tokens the retriever reads: what a routing probe scores."""
         if self.retriever is None:
             raise ConfigError(f"method {self.config.method!r} (with these loss weights) has no retriever")
         if self.family == "seq2seq":
             call = lambda: self.backbone.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # noqa: E731
         else:
             call = lambda: self.backbone(**_encoder_inputs(batch))  # noqa: E731
-        return self.run_backbone(batch, call, stop_at_retrieval=self.family != "seq2seq" and not is_sharded(self))[1]
+        stop = self.family != "seq2seq" and not is_sharded(self)
+        state = self._run_backbone(batch, call, stop_at_retrieval=stop, pool=pool)[1]
+        return state.z, state.features
+
+    @property
+    def routes_by_probe(self) -> bool:
+        """Whether routing scores the trained tasks by a linear probe (``model.routing.unlabelled_per_task``)."""
+        return self.calibration is not None and self.calibration.probe is not None
 
     def retrieval_scores(self, z: Tensor) -> Tensor:
         """Cosine of every retrieval vector with every task's prototype: ``(B, tasks)``."""
@@ -496,8 +529,10 @@ class PHAModel(nn.Module):
         (``max_source_length`` …), by default those of the bundle this model was loaded from."""
         if data is None:
             data = (self.bundle_config or {}).get("data", {})
+        probe = None
         if self.calibration is not None:
             extra = {**(extra or {}), "routing": self.calibration.to_dict()}
+            probe = self.calibration.probe.tensors() if self.calibration.probe is not None else None
         saved = {k: v for k, v in self.state_dict().items() if k in self.saved_state_keys()}
         return bundle.write_bundle(
             output_dir,
@@ -507,6 +542,7 @@ class PHAModel(nn.Module):
             data=data,
             precomputed=self.precomputed_adapters() if precompute else None,
             extra=extra,
+            routing_probe=probe,
             overwrite=overwrite,
         )
 
@@ -545,7 +581,8 @@ class PHAModel(nn.Module):
         check_state_fits(state, self.state_dict(), source)
         check_state_complete(state, self.saved_state_keys(), source, bundle.BundleError)
         self.load_state_dict(state, strict=False)
-        self.calibration = Calibration.from_dict(config["routing"]) if config.get("routing") else None
+        routing = config.get("routing")
+        self.calibration = Calibration.from_dict(routing, bundle.read_routing_probe(path, config)) if routing else None
 
 
 @dataclass
@@ -557,7 +594,10 @@ class _Retrieval:
     stop: bool = False
     #: chooses the rows' task ids from ``z`` at the retrieval point (:meth:`PHAModel.forward`)
     choose: ChooseTasks | None = None
+    #: whether to keep the pooled hidden states at the retrieval point (``features``)
+    pool: bool = False
     z: Tensor | None = None
+    features: Tensor | None = None
 
     @property
     def attention_mask(self) -> Tensor:

@@ -74,16 +74,24 @@ def identify_tasks(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
 @torch.no_grad()
 def task_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The cosine of every example's retrieval vector with every task's prototype, ``(B, tasks)``."""
-    return model.retrieval_scores(retrieval_vectors(model, batch))
+    return model.retrieval_scores(retrieval_vectors(model, batch)[0])
 
 
 @torch.no_grad()
-def retrieval_vectors(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Every example's retrieval vector ``z``, from the blocks up to the retrieval point."""
+def retrieval_vectors(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """Every example's retrieval vector ``z``, from the blocks up to the retrieval point, and, when
+    routing scores by a probe, the pooled hidden states there (else ``None``)."""
     if not routes(model):
         raise no_router_error(model.config.method)
     probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
-    return model.retrieval_forward(probe)
+    return model.retrieval_features(probe, pool=model.routes_by_probe)
+
+
+@torch.no_grad()
+def route_batch(model: nn.Module, batch: dict[str, Tensor]) -> list[Decision]:
+    """The routing of every example of ``batch`` (:func:`route`), by a retrieval pass."""
+    z, features = retrieval_vectors(model, batch)
+    return route(model, model.retrieval_scores(z), features)
 
 
 #: what a row routed by a model without a routing calibration says (once per call)
@@ -93,11 +101,12 @@ UNCALIBRATED_NOTE = (
 )
 
 
-def route(model: nn.Module, scores: Tensor) -> list[Decision]:
-    """Each example's routing: calibrated with abstention when the model has a calibration, else the
+def route(model: nn.Module, scores: Tensor, features: Tensor | None = None) -> list[Decision]:
+    """Each example's routing from its prototype cosines ``scores`` (and pooled ``features``, which a
+    routing probe scores): calibrated with abstention when the model has a calibration, else the
     nearest prototype (confidence ``nan``: there is none)."""
     if model.calibration is not None:
-        return decide(scores, model.calibration)
+        return decide(scores, model.calibration, features)
     return [Decision(int(task), math.nan) for task in scores.argmax(-1).tolist()]
 
 
@@ -112,15 +121,17 @@ class Routing:
         #: the task each routed row runs with: the chosen one, or an abstained row's nearest (its prediction is dropped)
         self.task_of: dict[int, int] = {}
 
-    def choose(self, z: Tensor, rows: dict[str, Tensor]) -> Tensor:
-        """The task ids ``rows`` run with: their own, or for one naming none the router's."""
+    def choose(self, z: Tensor, rows: dict[str, Tensor], features: Tensor | None = None) -> Tensor:
+        """The task ids ``rows`` run with: their own, or for one naming none the router's (from
+        ``z`` and, for a routing probe, the pooled ``features``)."""
         task_ids = rows["task_ids"].clone()
         unknown = torch.nonzero(task_ids < 0).flatten()
         if len(unknown):
             scores = self.model.retrieval_scores(z.index_select(0, unknown))
             best = scores.max(-1)
             numbers = rows["row"].index_select(0, unknown).tolist()
-            decisions = route(self.model, scores)
+            picked = None if features is None else features.index_select(0, unknown)
+            decisions = route(self.model, scores, picked)
             self.decisions.update(zip(numbers, decisions))
             self.similarity.update(zip(numbers, best.values.tolist()))
             chosen = [d.task if d.task is not None else n for d, n in zip(decisions, best.indices.tolist())]
@@ -146,7 +157,8 @@ def routed_values(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tens
         return model.heads.predictions(pooled, task_ids), task_ids, routing
     unnamed = chunk_batch(rows, Chunk(unknown, rows["attention_mask"].shape[1]))
     task_ids = rows["task_ids"].clone()
-    task_ids[unknown] = routing.choose(retrieval_vectors(model, unnamed), unnamed)
+    z, features = retrieval_vectors(model, unnamed)
+    task_ids[unknown] = routing.choose(z, unnamed, features)
     return model.predict_values({**rows, "task_ids": task_ids}), task_ids, routing
 
 

@@ -2,8 +2,9 @@
 
 Everything routing needs and nothing else: ``config.json`` (the architecture as a
 :class:`PHAConfig`, the backbone record, the tasks, the input settings, the routing calibration
-and the SHA-256 of the weights) and ``router.safetensors`` (the shared adapters or LoRA factors of
-the blocks before the retrieval point, the retriever, the prototypes). The blocks after the
+and the SHA-256 of the weights), ``router.safetensors`` (the shared adapters or LoRA factors of
+the blocks before the retrieval point, the retriever, the prototypes) and, when routing scores by
+a probe (``model.routing.unlabelled_per_task``), ``routing_probe.safetensors``. The blocks after the
 retrieval point never run while routing, so their generated adapters are not needed.
 """
 
@@ -27,8 +28,10 @@ from pha_lightning.formats.bundle import (
     backbone_record,
     check_backbone,
     read_format_config,
+    read_routing_probe,
     read_tensors,
     task_spec,
+    write_routing_probe,
 )
 from pha_lightning.formats.state import check_state_complete, check_state_fits
 from pha_lightning.model.calibration import Calibration
@@ -75,6 +78,9 @@ def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | 
         state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
     weights = {k: v.to("cpu").contiguous() for k, v in state.items()}
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "pha_router": str(ROUTER_VERSION)})
+    files = {WEIGHTS_NAME: sha256_of(folder / WEIGHTS_NAME)}
+    if model.calibration.probe is not None:
+        files |= write_routing_probe(folder, model.calibration.probe.tensors())
     config = model.config.to_dict()
     record = {
         "format": ROUTER_FORMAT,
@@ -88,7 +94,7 @@ def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | 
         "config": config,
         "data": {"max_source_length": (data or {}).get("max_source_length")},
         "routing": model.calibration.to_dict(),
-        "files": {WEIGHTS_NAME: sha256_of(folder / WEIGHTS_NAME)},
+        "files": files,
     }
     (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
@@ -111,6 +117,6 @@ def load_router_model(
     check_state_fits(state, model.state_dict(), source)
     check_state_complete(state, routing_state(model), source, BundleError)
     model.load_state_dict(state, strict=False)
-    model.calibration = Calibration.from_dict(record["routing"])
+    model.calibration = Calibration.from_dict(record["routing"], read_routing_probe(path, record))
     model.bundle_config = {"data": record["data"]}
     return model.eval(), record

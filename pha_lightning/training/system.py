@@ -413,7 +413,7 @@ class PHAModule(LightningModule):
         if self.transfer:  # what serves it without the source checkpoint (as_served)
             checkpoint[SERVED_ARCH_KEY] = config.to_dict()
         calibration = self.model.calibration
-        checkpoint["pha_routing"] = calibration.to_dict() if calibration is not None else None
+        checkpoint["pha_routing"] = calibration.to_dict(with_tensors=True) if calibration is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint)

@@ -89,4 +89,4 @@ def test_choosing_tasks_mid_pass_is_refused_where_the_lower_blocks_depend_on_the
     assert not model.chooses_tasks_in_pass
     tokens = model.tokenizer(["two dogs"], return_tensors="pt")
     with pytest.raises(ConfigError, match="method 'hyperformer' on a encoder backbone cannot choose tasks"):
-        model({**tokens, "task_ids": torch.tensor([-1])}, choose=lambda z, rows: rows["task_ids"])
+        model({**tokens, "task_ids": torch.tensor([-1])}, choose=lambda z, rows, features: rows["task_ids"])

@@ -11,6 +11,7 @@ from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration, calibrate, calibrate_added
 from pha_lightning.training.callbacks.ranks import gather_rows
 from pha_lightning.training.callbacks.retrieval_listener import ValidationRetrievalListener
+from pha_lightning.training.routing_probe import calibrate_checkpoint, calibrate_model
 
 
 class RoutingCalibration(ValidationRetrievalListener):
@@ -23,6 +24,11 @@ class RoutingCalibration(ValidationRetrievalListener):
     and the new tasks get their similarity floor (:func:`~pha_lightning.model.calibration.calibrate_added`).
     Any other validation that misses some of the model's tasks cannot calibrate them: the model then
     keeps no calibration, and says so.
+
+    With ``model.routing.unlabelled_per_task`` > 0, at the end of ``fit`` the best checkpoint's
+    routing is refitted by a probe on unlabelled training texts
+    (:func:`~pha_lightning.training.routing_probe.calibrate_checkpoint`; the model in memory when no
+    checkpoint was written): once, since embedding them costs minutes on a CPU.
     """
 
     def reset(self) -> None:
@@ -54,9 +60,20 @@ class RoutingCalibration(ValidationRetrievalListener):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else None
+        config = pl_module.routing_config
         calibration = pl_module.model.calibration
-        if callback is not None and callback.best_model_path:
-            saved = read_checkpoint(callback.best_model_path).get("pha_routing")
+        own_tasks = calibration is not None and not calibration.added_tasks  # a transfer routes on the source's
+        if config.unlabelled_per_task and own_tasks and trainer.is_global_zero:
+            rank_zero_info(f"routing: fitting the probe on up to {config.unlabelled_per_task} training texts per task")
+            if best:
+                calibrate_checkpoint(best)  # with the routing settings it recorded: this run's
+            else:
+                pl_module.model.calibration = calibrate_model(pl_module.model, trainer.datamodule, config)
+        trainer.strategy.barrier("routing probe")
+        calibration = pl_module.model.calibration
+        if best:
+            saved = read_checkpoint(best).get("pha_routing")
             calibration = Calibration.from_dict(saved) if saved else None
         if calibration is not None:
             rank_zero_info(calibration.describe())
