@@ -3,6 +3,7 @@ per test session, the ``pha`` console script, and helpers to run it in a subproc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,6 +101,22 @@ def split_examples(task: str, split: str, with_task: bool = False) -> list[dict]
     records = next(t for t in build_synthetic_suite() if t.name == task).load_split(split)
     fields = ("sentence", "sentence1", "sentence2")
     return [{**({"task": task} if with_task else {}), **{k: r[k] for k in fields if k in r}} for r in records]
+
+
+def pha_predict(checkpoint: Path, examples: list[dict], root: Path) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """``pha predict`` of raw ``examples`` (a JSONL file in ``root``) with ``checkpoint``: the rows it wrote, and the run."""
+    path, output = root / "in.jsonl", root / "out.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    result = run_pha(
+        "predict",
+        f"--ckpt_path={checkpoint}",
+        f"--data.predict_file={path}",
+        f"--predict_output={output}",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root / 'predict'}",
+        cwd=root,
+    )
+    return [json.loads(line) for line in output.read_text().splitlines()], result
 
 
 def pha_env() -> dict[str, str]:

@@ -173,11 +173,18 @@ class Calibration:
     def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
         """The calibration as plain data: JSON (a bundle's or router's ``config.json``; the probe's
         tensors travel in ``routing_probe.safetensors``), or ``with_tensors`` (a checkpoint's
-        ``pha_routing``) holding them too, under ``probe_tensors``."""
+        ``pha_routing``) holding them too, under ``probe_tensors``. Without a probe it is the record
+        of the nearest-prototype rule as it always was."""
         record = {k: v for k, v in asdict(replace(self, probe=None)).items() if k != "probe"}
+        if self.probe_fit is None:
+            del record["probe_fit"]
         if with_tensors and self.probe is not None:
-            record["probe_tensors"] = self.probe.tensors()
+            record["probe_tensors"] = self.probe_tensors()
         return record
+
+    def probe_tensors(self) -> dict[str, Tensor]:
+        """The routing probe's tensors (none without a probe)."""
+        return self.probe.tensors() if self.probe is not None else {}
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> Calibration:

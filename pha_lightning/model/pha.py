@@ -66,8 +66,7 @@ from pha_lightning.model.retriever import Retriever, masked_mean
 from pha_lightning.model.sharding import is_sharded
 
 #: ``choose(z, rows, features)``: the task ids of a batch's (or chunk's) rows, chosen from their retrieval
-#: vectors and, when routing scores by a probe (:attr:`PHAModel.routes_by_probe`), their pooled hidden
-#: states at the retrieval point (else ``None``)
+#: vectors and pooled hidden states at the retrieval point (what a routing probe scores)
 ChooseTasks = Callable[[Tensor, dict[str, Tensor], Tensor | None], Tensor]
 
 
@@ -95,7 +94,7 @@ class PHAModel(nn.Module):
             )
         self._eval_cache: dict[int, WeightSet] = {}
         self._eval_cache_stamp: tuple | None = None
-        self._retrieval: _Retrieval | None = None
+        self._retrieval: RetrievalPoint | None = None
         #: precomputed generated adapters ``generated.<part>`` of shape (tasks, layers, …), if served
         self.generated_table: dict[str, Tensor] | None = None
         self.generated_kind: WeightSet | None = None
@@ -341,8 +340,7 @@ class PHAModel(nn.Module):
             return
         hidden = full_precision(site_hidden_states(output))
         state.z = self.retriever(hidden, state.attention_mask)
-        if state.pool:
-            state.features = masked_mean(hidden, state.attention_mask)
+        state.features = masked_mean(hidden, state.attention_mask) if state.pool else None
         if state.stop:
             raise _RetrievalDone
         if self.layout.source == "instance":
@@ -364,32 +362,19 @@ class PHAModel(nn.Module):
         weights: WeightSet | None = None,
         stop_at_retrieval: bool = False,
         choose: ChooseTasks | None = None,
-    ) -> tuple[Any, Tensor | None]:
+        pool: bool = False,
+    ) -> tuple[Any, RetrievalPoint]:
         """Run ``call`` (a backbone forward or ``generate``) with this batch's adapters in place.
 
         ``weights`` are the batch's generated weights when made beforehand (once for all chunks of
-        a batch). Returns the output and the retrieval vectors ``z`` (``None`` without a retriever);
+        a batch). Returns the output and what the retrieval point saw: the retrieval vectors ``z``
+        (``None`` without a retriever) and, with ``pool`` or ``choose``, the pooled hidden states;
         with ``stop_at_retrieval`` the pass ends at the retrieval point and the output is ``None``;
         with ``choose`` the tasks are chosen there (:meth:`forward`).
         """
-        output, state = self._run_backbone(batch, call, weights, stop_at_retrieval, choose)
-        return output, state.z
-
-    def _run_backbone(
-        self,
-        batch: dict[str, Tensor],
-        call: Callable[[], Any],
-        weights: WeightSet | None = None,
-        stop_at_retrieval: bool = False,
-        choose: ChooseTasks | None = None,
-        pool: bool = False,
-    ) -> tuple[Any, _Retrieval]:
-        """:meth:`run_backbone`, returning what the retrieval point saw; ``pool``: its pooled hidden
-        states too (also when ``choose`` routes by a probe)."""
         if weights is None and choose is None:
             weights = self.batch_adapter_weights(batch["task_ids"])
-        pool = pool or (choose is not None and self.routes_by_probe)
-        self._retrieval = state = _Retrieval(batch, stop=stop_at_retrieval, choose=choose, pool=pool)
+        self._retrieval = state = RetrievalPoint(batch, stop_at_retrieval, choose, pool or choose is not None)
         try:
             with self.adapter_context.use(weights):
                 try:
@@ -416,8 +401,7 @@ class PHAModel(nn.Module):
         return self.retrieval_features(batch, pool=False)[0]
 
     def retrieval_features(self, batch: dict[str, Tensor], pool: bool = True) -> tuple[Tensor, Tensor | None]:
-        """:meth:`retrieval_forward`'s ``z`` and (``pool``) the pooled hidden states at the retrieval
-        point, the mean over tokens the retriever reads: what a routing probe scores."""
+        """:meth:`retrieval_forward`'s ``z`` and (``pool``) the retriever's mean hidden state: what a routing probe scores."""
         if self.retriever is None:
             raise ConfigError(f"method {self.config.method!r} (with these loss weights) has no retriever")
         if self.family == "seq2seq":
@@ -425,13 +409,8 @@ class PHAModel(nn.Module):
         else:
             call = lambda: self.backbone(**_encoder_inputs(batch))  # noqa: E731
         stop = self.family != "seq2seq" and not is_sharded(self)
-        state = self._run_backbone(batch, call, stop_at_retrieval=stop, pool=pool)[1]
+        state = self.run_backbone(batch, call, stop_at_retrieval=stop, pool=pool)[1]
         return state.z, state.features
-
-    @property
-    def routes_by_probe(self) -> bool:
-        """Whether routing scores the trained tasks by a linear probe (``model.routing.unlabelled_per_task``)."""
-        return self.calibration is not None and self.calibration.probe is not None
 
     def retrieval_scores(self, z: Tensor) -> Tensor:
         """Cosine of every retrieval vector with every task's prototype: ``(B, tasks)``."""
@@ -458,8 +437,8 @@ class PHAModel(nn.Module):
         need the batch's own layout, e.g. the health probe) or the model is sharded.
 
         ``choose`` (when :attr:`chooses_tasks_in_pass`): the tasks are chosen at the retrieval point,
-        ``choose(z, rows)`` giving the task ids of the rows a backbone call runs (the batch, or a chunk
-        of it), and the generated weights are made there: routing costs no second pass below it.
+        ``choose(z, rows, features)`` giving the task ids of the rows a backbone call runs (the batch, or
+        a chunk of it), and the generated weights are made there: routing costs no second pass below it.
         """
         if choose is not None and not self.chooses_tasks_in_pass:
             raise ConfigError(
@@ -481,7 +460,7 @@ class PHAModel(nn.Module):
     ) -> dict[str, Tensor | None]:
         """:meth:`forward` of one padded batch (or chunk) with its generated weights."""
         if self.family == "seq2seq":
-            out, z = self.run_backbone(
+            out, seen = self.run_backbone(
                 batch,
                 lambda: self.backbone(
                     input_ids=batch["input_ids"],
@@ -491,11 +470,11 @@ class PHAModel(nn.Module):
                 weights,
             )
             pooled = masked_mean(full_precision(out.encoder_last_hidden_state), batch["attention_mask"])
-            return {"z": z, "lm_logits": out.logits, "pooled": pooled}
-        out, z = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights, choose=choose)
+            return {"z": seen.z, "lm_logits": out.logits, "pooled": pooled}
+        out, seen = self.run_backbone(batch, lambda: self.backbone(**_encoder_inputs(batch)), weights, choose=choose)
         final = full_precision(out.last_hidden_state)  # the heads stay float32 under a half-precision backbone
         pooled = masked_mean(final, batch["attention_mask"]) if self.config.head_pooling == "mean" else final[:, 0]
-        return {"z": z, "pooled": pooled}
+        return {"z": seen.z, "pooled": pooled}
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
@@ -529,10 +508,8 @@ class PHAModel(nn.Module):
         (``max_source_length`` …), by default those of the bundle this model was loaded from."""
         if data is None:
             data = (self.bundle_config or {}).get("data", {})
-        probe = None
         if self.calibration is not None:
             extra = {**(extra or {}), "routing": self.calibration.to_dict()}
-            probe = self.calibration.probe.tensors() if self.calibration.probe is not None else None
         saved = {k: v for k, v in self.state_dict().items() if k in self.saved_state_keys()}
         return bundle.write_bundle(
             output_dir,
@@ -542,7 +519,7 @@ class PHAModel(nn.Module):
             data=data,
             precomputed=self.precomputed_adapters() if precompute else None,
             extra=extra,
-            routing_probe=probe,
+            routing_probe=self.calibration.probe_tensors() if self.calibration is not None else None,
             overwrite=overwrite,
         )
 
@@ -586,7 +563,7 @@ class PHAModel(nn.Module):
 
 
 @dataclass
-class _Retrieval:
+class RetrievalPoint:
     """What the retrieval-point hook needs from, and gives back to, one forward pass."""
 
     batch: dict[str, Tensor]
@@ -594,8 +571,7 @@ class _Retrieval:
     stop: bool = False
     #: chooses the rows' task ids from ``z`` at the retrieval point (:meth:`PHAModel.forward`)
     choose: ChooseTasks | None = None
-    #: whether to keep the pooled hidden states at the retrieval point (``features``)
-    pool: bool = False
+    pool: bool = False  # keep ``features``, the pooled hidden states at the retrieval point
     z: Tensor | None = None
     features: Tensor | None = None
 

@@ -56,6 +56,11 @@ def routes(model: nn.Module) -> bool:
     return model.retriever is not None and model.prototypes is not None
 
 
+def routes_by_probe(model: nn.Module) -> bool:
+    """Whether the model's routing scores its trained tasks by a linear probe (``model.routing.unlabelled_per_task``)."""
+    return model.calibration is not None and model.calibration.probe is not None
+
+
 def no_router_error(method: str) -> ConfigError:
     """What an example without a task gets from a model that cannot pick one."""
     return ConfigError(
@@ -84,7 +89,7 @@ def retrieval_vectors(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
     if not routes(model):
         raise no_router_error(model.config.method)
     probe = {**batch, "task_ids": torch.zeros_like(batch["task_ids"])}  # z does not depend on the task
-    return model.retrieval_features(probe, pool=model.routes_by_probe)
+    return model.retrieval_features(probe, pool=routes_by_probe(model))
 
 
 @torch.no_grad()

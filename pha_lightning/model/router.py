@@ -78,9 +78,9 @@ def write_router_files(folder: Path, model: PHAModel, data: Mapping[str, Any] | 
         state["prototypes.weight"] = torch.cat([state.pop("prototypes.added"), state["prototypes.weight"]])
     weights = {k: v.to("cpu").contiguous() for k, v in state.items()}
     save_file(weights, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "pha_router": str(ROUTER_VERSION)})
-    files = {WEIGHTS_NAME: sha256_of(folder / WEIGHTS_NAME)}
-    if model.calibration.probe is not None:
-        files |= write_routing_probe(folder, model.calibration.probe.tensors())
+    files = {WEIGHTS_NAME: sha256_of(folder / WEIGHTS_NAME)} | write_routing_probe(
+        folder, model.calibration.probe_tensors()
+    )
     config = model.config.to_dict()
     record = {
         "format": ROUTER_FORMAT,

@@ -55,7 +55,7 @@ def test_no_command_is_one_line_naming_the_commands() -> None:
     result = run_python("-c", IMPORTS_AFTER)
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == (
-        "pha: error: a command is required, one of fit, validate, test, predict, retrieve, export, sweep, tasks, serve "
+        "pha: error: a command is required, one of fit, validate, test, predict, retrieve, export, calibrate, sweep, tasks, serve "
         "(`pha --help` describes them)"
     )
 

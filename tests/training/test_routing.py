@@ -13,7 +13,7 @@ from production_fixtures import (
     MAX_SOURCE_LENGTH,
     ROUTED_TASKS,
     calibrated_run,
-    run_pha,
+    pha_predict,
     split_examples,
 )
 
@@ -79,21 +79,8 @@ def test_fit_reports_the_best_checkpoints_routing(trained: dict, caplog: pytest.
 
 
 def test_pha_predict_writes_abstentions(trained: dict) -> None:
-    root = trained["root"]
     examples = split_examples(HELD_OUT, "validation")[:3] + split_examples("synth_polarity", "validation")[:3]
-    path = root / "in.jsonl"
-    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    output = root / "out.jsonl"
-    result = run_pha(
-        "predict",
-        f"--ckpt_path={trained['best']}",
-        f"--data.predict_file={path}",
-        f"--predict_output={output}",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={root / 'predict'}",
-        cwd=root,
-    )
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    rows, result = pha_predict(trained["best"], examples, trained["root"])
     assert [row["task"] for row in rows[:3]] == [None] * 3 and all(row["prediction"] is None for row in rows[:3])
     assert all(row["abstained"].startswith("unlike every trained task") for row in rows[:3])
     assert [row["task"] for row in rows[3:]] == ["synth_polarity"] * 3 and all("abstained" not in r for r in rows[3:])

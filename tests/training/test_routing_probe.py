@@ -14,7 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 from lightning.pytorch import seed_everything
-from production_fixtures import HELD_OUT_TASK, ROUTED_TASKS, calibrated_run, run_pha, split_examples
+from production_fixtures import HELD_OUT_TASK, ROUTED_TASKS, calibrated_run, pha_predict, run_pha, split_examples
 from torch.utils.data import DataLoader
 
 from pha_lightning import PHAModel
@@ -24,7 +24,8 @@ from pha_lightning.formats.bundle import ROUTING_PROBE_NAME
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration, RoutingConfig, calibrate, decide, fit_probe
 from pha_lightning.model.config import PHAConfig
-from pha_lightning.model.prediction import example_batches, task_scores
+from pha_lightning.model.exports import write_peft_export
+from pha_lightning.model.prediction import example_batches, routes_by_probe, task_scores
 from pha_lightning.routing import Router
 from pha_lightning.training.routing_probe import (
     calibrate_checkpoint,
@@ -89,18 +90,30 @@ def test_the_unlabelled_draw_is_nested_seeded_and_leaves_out_validation_and_test
     assert counts == {"drawn": [3, 0], "dropped": [0, 0]}
 
 
-def test_probe_routing_is_the_studys_probe_features_rule(pretrained_tiny: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def probed_tiny(pretrained_tiny: dict[str, str]) -> tuple[PHAModel, PHADataModule, RoutingConfig]:
+    """An untrained float64 LoRA model on tiny BERT, its data (16 labelled examples per task), and
+    routing settings under which a probe on 60 texts per task routes some validation examples and
+    abstains on others."""
+    seed_everything(0)
+    config = PHAConfig(
+        backbone=pretrained_tiny["bert"], tasks=TASKS, chunk_cost_tokens=None, adapter_kind="lora", lora_rank=4
+    )
+    model = PHAModel(config).double().eval()
+    data = PHADataModule(tasks=TASKS, backbone=pretrained_tiny["bert"], n_train=16, max_source_length=24)
+    data.setup("fit")
+    routing = RoutingConfig(
+        unlabelled_per_task=60, probe_weight_decay=0.05, target_precision=1.0, novelty_quantile=0.0, group_confusion=0.9
+    )
+    return model, data, routing
+
+
+def test_probe_routing_is_the_studys_probe_features_rule(probed_tiny: tuple) -> None:
     """On the same model and texts (float64), the shipped probe is the study's ``probe_features N=<n>``
     rule (benchmarks/routing_rules.py): the same unlabelled draw, pooled states, probe, calibration
     and decisions. (The study's floor reads the rule's own scores, the product's the prototype
     cosine; with ``novelty_quantile`` 0 neither abstains a validation example as novel.)"""
-    seed_everything(0)
-    model = PHAModel(PHAConfig(backbone=pretrained_tiny["bert"], tasks=TASKS, chunk_cost_tokens=None)).double().eval()
-    data = PHADataModule(tasks=TASKS, backbone=pretrained_tiny["bert"], n_train=16, max_source_length=24)
-    data.setup("fit")
-    config = RoutingConfig(
-        unlabelled_per_task=60, probe_weight_decay=0.05, target_precision=1.0, novelty_quantile=0.0, group_confusion=0.9
-    )
+    model, data, config = probed_tiny
     shipped = calibrate_model(model, data, config)
     assert shipped.probe_fit["unlabelled_per_task"] == 60 and shipped.probe.weight.dtype == torch.float64
 
@@ -137,6 +150,29 @@ def test_probe_routing_is_the_studys_probe_features_rule(pretrained_tiny: dict[s
         for meta, d in zip(batch["meta"], decide(model.retrieval_scores(z), shipped, pooled)):
             expected[meta["index"]] = None if d.task is None else TASKS[d.task]
     assert [row["task"] for row in rows] == [expected[i] for i in range(len(examples))]
+
+
+def test_the_probe_travels_in_the_bundle_and_the_peft_exports_router(probed_tiny: tuple, tmp_path: Path) -> None:
+    """``pha export --format peft``'s ``router/`` and the bundle carry the probe: ``Router`` and the
+    bundle route every example as the model does (float64)."""
+    model, data, config = probed_tiny
+    model.calibration = calibrate_model(model, data, config)
+    examples = [e for task in TASKS for e in split_examples(task, "test")[:8]]
+    rows = model.predict(examples)
+    out = write_peft_export(model, tmp_path / "export", data={"max_source_length": 24})
+    assert (out / "router" / ROUTING_PROBE_NAME).is_file()
+    router = Router.from_pretrained(out)
+    router.model.double()
+    assert router.model.calibration == model.calibration
+    routes = router.route(examples)
+    assert [task for task, _ in routes] == [row["task"] for row in rows]
+    assert [round(c, 6) for _, c in routes] == [row["confidence"] for row in rows]
+    assert len({task for task, _ in routes} - {None}) > 1
+    bundle = PHAModel.from_pretrained(model.save_pretrained(tmp_path / "bundle", data={"max_source_length": 24}))
+    assert bundle.calibration == model.calibration and (tmp_path / "bundle" / ROUTING_PROBE_NAME).is_file()
+    assert [(r["task"], r.get("confidence")) for r in bundle.double().predict(examples)] == [
+        (r["task"], r.get("confidence")) for r in rows
+    ]
 
 
 def test_bad_probe_settings_name_the_value() -> None:
@@ -195,7 +231,7 @@ def test_the_probe_travels_from_checkpoint_to_bundle_to_router(probed: dict) -> 
     assert [round(c, 6) for _, c in routes] == [row["confidence"] for row in rows]
     routed = [row for row in rows[: 25 * len(ROUTED_TASKS)] if row["task"] is not None]
     assert len(routed) >= 0.5 * 25 * len(ROUTED_TASKS)
-    assert model.routes_by_probe and router.model.routes_by_probe
+    assert routes_by_probe(model) and routes_by_probe(router.model)
 
 
 @pytest.mark.slow
@@ -209,21 +245,8 @@ def test_a_task_never_trained_on_is_abstained_by_the_prototype_floor(probed: dic
 
 @pytest.mark.slow
 def test_pha_predict_routes_by_the_probe(probed: dict) -> None:
-    root = probed["root"]
     examples = split_examples("synth_category", "validation")[:4] + split_examples(HELD_OUT_TASK, "validation")[:2]
-    path = root / "in.jsonl"
-    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    output = root / "out.jsonl"
-    run_pha(
-        "predict",
-        f"--ckpt_path={probed['checkpoint']}",
-        f"--data.predict_file={path}",
-        f"--predict_output={output}",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={root / 'predict'}",
-        cwd=root,
-    )
-    written = [json.loads(line) for line in output.read_text().splitlines()]
+    written, _ = pha_predict(probed["checkpoint"], examples, probed["root"])
     expected = PHAModel.from_pretrained(probed["bundle"]).predict(examples)
     assert [(r["task"], r.get("confidence")) for r in written] == [(r["task"], r.get("confidence")) for r in expected]
 
@@ -240,7 +263,7 @@ def test_zero_texts_per_task_is_the_released_rule(probed: dict, tmp_path: Path) 
     assert calibration.temperature == fitted.temperature and calibration.groups == fitted.groups
     assert calibration.threshold == pytest.approx(fitted.threshold, rel=1e-5)
     model = load_system(read_checkpoint(str(released))).model.eval()
-    assert model.calibration == calibration and not model.routes_by_probe
+    assert model.calibration == calibration and not routes_by_probe(model)
     examples = [e for task in [*ROUTED_TASKS, HELD_OUT_TASK] for e in split_examples(task, "test")[:20]]
     rows = model.predict(examples)
     expected = {}
@@ -250,4 +273,40 @@ def test_zero_texts_per_task_is_the_released_rule(probed: dict, tmp_path: Path) 
     assert [row["task"] for row in rows] == [expected[i] for i in range(len(examples))]
     bundle = Router(model).save_pretrained(tmp_path / "router")
     assert not (bundle / ROUTING_PROBE_NAME).exists()
-    assert json.loads((bundle / "config.json").read_text())["routing"]["probe_fit"] is None
+    assert "probe_fit" not in json.loads((bundle / "config.json").read_text())["routing"]  # the record of before
+
+
+@pytest.mark.slow
+def test_fit_ends_by_fitting_the_probe_into_the_best_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from production_fixtures import MAX_SOURCE_LENGTH
+
+    from pha_lightning.training.callbacks import RoutingCalibration
+    from pha_lightning.training.scripting import quiet_trainer
+    from pha_lightning.training.settings import OptimConfig
+    from pha_lightning.training.system import PHAModule
+
+    seed_everything(0)
+    data = PHADataModule(
+        tasks=ROUTED_TASKS, n_train=16, batch_size=8, eval_batch_size=64, max_source_length=MAX_SOURCE_LENGTH
+    )
+    system = PHAModule(
+        PHAConfig(tasks=ROUTED_TASKS),
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=0),
+        routing=RoutingConfig(unlabelled_per_task=40),
+    )
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/avg", mode="max", save_last=True)
+    trainer = quiet_trainer(
+        max_steps=4, val_check_interval=4, check_val_every_n_epoch=None, default_root_dir=tmp_path,
+        callbacks=[RoutingCalibration(), checkpoints],
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(system, datamodule=data)
+    best = Calibration.from_dict(read_checkpoint(checkpoints.best_model_path)["pha_routing"])
+    assert best.probe is not None and best.probe_fit["unlabelled_per_task"] == 40
+    assert best.probe_fit["texts"] == sum(best.probe_fit["per_task"].values()) > 100
+    assert best.describe() in caplog.text and "scored by a linear probe" in caplog.text
+    last = read_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))["pha_routing"]
+    assert "probe_fit" not in last and "probe_tensors" not in last  # fitted once, into the best checkpoint only
