@@ -13,7 +13,10 @@ point, its first token, the mean after the embeddings and after each block below
 * ``multi_prototype`` — the largest cosine with ``c`` k-means centres of each task's training ``z``;
 * ``probe`` / ``probe_features`` / ``probe_<feature>`` — a multinomial logistic regression fitted
   after training on the training examples' normalised ``z`` / mean hidden states at the retrieval
-  point / another pooled hidden state (``cls``, ``layer0`` … ``layer<split - 1>``).
+  point / another pooled hidden state (``cls``, ``layer0`` … ``layer<split - 1>``); the probe and the
+  unlabelled draw below are the package's (``probe_features`` on ``N`` texts is what
+  ``model.routing.unlabelled_per_task: N`` ships, docs/routing.md, except that the product keeps the
+  novelty floor on the prototype cosine).
 
 ``--unlabelled N ...`` fits the same rules (named ``... N=<N>``) on ``N`` unlabelled training texts
 per task instead: routing needs only which task a text came from, and each task's training split
@@ -257,6 +260,31 @@ def candidate_rules(emb: dict[str, Any], unlabelled: list[int]) -> dict[str, Sco
 
 
 # ---------------------------------------------------------------------------------------- measuring
+def shipped_probes(
+    emb: dict[str, Any], candidates: dict[str, Scorer], unlabelled: list[int], config: RoutingConfig
+) -> dict[str, dict[str, Any]]:
+    """What ``model.routing.unlabelled_per_task: N`` routes, for every ``N`` drawn: the rule
+    ``probe_features`` at the setting's weight decay, its novelty floor on the prototype cosine (as
+    the product keeps it) instead of the probe's own logits. Measured apart: not a candidate."""
+    prototype = prototype_rule(emb["prototypes"])
+    tasks, out = list(emb["tasks"]), {}
+    for n in sorted(set(unlabelled)):
+        name = f"{probe_name('features')} wd={RoutingConfig().probe_weight_decay:g} N={n}"
+        val, test = emb["validation"], emb["test"]
+        scorer = candidates[name]
+        calibration = calibrate(scorer(val), val["task_ids"], tasks, config, similarity=prototype(val))
+        measured = measure(scorer(test), test["task_ids"], calibration, similarity=prototype(test))
+        out[name] = {
+            "validation": calibration.validation,
+            "test": {k: v for k, v in measured.items() if k != "per_task"},
+            "groups": calibration.groups,
+            "threshold": calibration.threshold,
+            "similarity_floor": calibration.similarity_floor,
+        }
+        print(f"shipped {name} (prototype floor): {json.dumps(out[name])}", flush=True)
+    return out
+
+
 def curve(scores: Tensor, targets: Tensor, temperature: float) -> tuple[list[float], list[float]]:
     """Precision against coverage over all tasks as the confidence threshold moves (no groups, no floor)."""
     best = probabilities(scores, temperature).max(-1)
@@ -342,7 +370,8 @@ def main() -> None:
     config = RoutingConfig(target_precision=args.target_precision, group_confusion=args.group_confusion)
     tasks = list(emb["tasks"])
     rows, curves = {}, {}
-    for name, scorer in candidate_rules(emb, args.unlabelled).items():
+    candidates = candidate_rules(emb, args.unlabelled)
+    for name, scorer in candidates.items():
         val, test = scorer(emb["validation"]), scorer(emb["test"])
         calibration = calibrate(val, emb["validation"]["task_ids"], tasks, config)
         rows[name] = {
@@ -356,6 +385,7 @@ def main() -> None:
         curves[name] = curve(test, emb["test"]["task_ids"], calibration.temperature)
         print(f"{name}: validation coverage {percent(calibration.validation['coverage'])}", flush=True)
     chosen = max(rows, key=lambda name: rows[name]["validation"]["coverage"])  # precision held at the target
+    shipped = shipped_probes(emb, candidates, args.unlabelled, config)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     best = rows[chosen]
     summary = {
@@ -373,6 +403,7 @@ def main() -> None:
         "checkpoint": "<run dir>/checkpoints/" + Path(args.ckpt_path).name,
         "examples": {split: len(emb[split]["task_ids"]) for split in SPLITS},
         "test_max_examples_per_task": args.test_max_examples,
+        "shipped_probe": shipped,
         "unlabelled_draws": [
             {k: dict(zip(tasks, v)) if isinstance(v, list) else v for k, v in draw.items()}
             for draw in emb.get("unlabelled_draws", [])

@@ -456,6 +456,11 @@ def test_routing_measures_count_groups_abstentions_and_distinguishable_tasks_apa
     assert (result["distinguishable_precision"], result["distinguishable_coverage"]) == (1.0, 1 / 2)  # task a
     assert (result["group_precision"], result["group_coverage"]) == (3 / 4, 4 / 5)
     assert result["per_task"]["b"] == {"precision": 0.0, "coverage": 0.5}
+    # a probe's scores, the floor on the prototype cosines (as shipped): example 0 is unlike every prototype
+    similarity = scores.clone()
+    similarity[0] = torch.tensor([0.1, 0.1, 0.1], dtype=torch.float64)
+    floored = rules.measure(scores, targets, calibration, similarity=similarity)
+    assert (floored["all_precision"], floored["all_coverage"]) == (0.0, 1 / 5)
 
 
 def test_knn_rule_scores_each_task_by_its_nearest_training_examples() -> None:

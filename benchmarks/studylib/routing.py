@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pha_lightning.data.datamodule import longest_first
-from pha_lightning.model.calibration import Calibration, decide, probabilities, unit_choice
+from pha_lightning.model.calibration import Calibration, decide_trained, probabilities, unit_choice
 
 
 def capped(loader: DataLoader, most: int | None, seed: int = 0) -> DataLoader:
@@ -22,16 +22,19 @@ def capped(loader: DataLoader, most: int | None, seed: int = 0) -> DataLoader:
     return DataLoader(draw, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn)
 
 
-def measure(scores: Tensor, targets: Tensor, calibration: Calibration) -> dict[str, Any]:
+def measure(
+    scores: Tensor, targets: Tensor, calibration: Calibration, similarity: Tensor | None = None
+) -> dict[str, Any]:
     """Precision and coverage of calibrated routing: over the tasks outside confusable groups, at
-    the level of groups over all tasks, and over all tasks; and per task."""
+    the level of groups over all tasks, and over all tasks; and per task. ``similarity``: the
+    prototype cosines the novelty floor reads when the scores are not them (a routing probe's)."""
     tasks = calibration.tasks
-    decisions = decide(scores, calibration)
+    decisions = decide_trained(scores, calibration, similarity)
     routed = torch.tensor([d.task if d.task is not None else -1 for d in decisions])
     units = calibration.units()
     chosen, confidence = unit_choice(probabilities(scores, calibration.temperature), units)
     unit_of = {t: u for u, unit in enumerate(units) for t in unit}
-    near_enough = scores.max(-1).values >= calibration.similarity_floor
+    near_enough = (scores if similarity is None else similarity).max(-1).values >= calibration.similarity_floor
     sure = confidence >= calibration.threshold if calibration.threshold is not None else torch.zeros_like(near_enough)
     group_covered = near_enough & sure
     group_right = chosen == torch.tensor([unit_of[int(t)] for t in targets])

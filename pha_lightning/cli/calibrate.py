@@ -20,6 +20,7 @@ from dataclasses import fields
 from pha_lightning.cli.parsing import CommandParser
 from pha_lightning.model.calibration import RoutingConfig
 from pha_lightning.training.routing_probe import calibrate_checkpoint
+from pha_lightning.validation import check_settings
 
 #: the ``model.routing`` settings this command takes as options
 OPTIONS = ("unlabelled_per_task", "probe_weight_decay", "probe_seed", "probe_steps", "target_precision")
@@ -42,6 +43,7 @@ def build_parser() -> CommandParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    check_settings("model.routing", RoutingConfig, given)  # before the checkpoint is read
     calibration = calibrate_checkpoint(args.ckpt_path, given, data_dir=args.data_dir, output=args.output)
     print(calibration.describe(), flush=True)
     print(f"wrote {args.output or args.ckpt_path}", flush=True)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from pha_lightning.data.datamodule import PHADataModule, longest_first, recorded_data_module
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_write
+from pha_lightning.formats.bundle import is_bundle
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration, RoutingConfig, RoutingProbe, calibrate
 from pha_lightning.model.pha import PHAModel
@@ -138,6 +139,11 @@ def calibrate_checkpoint(
     settings replaced, to ``output`` (default: in place)."""
     from pha_lightning.training.system import load_system  # the system imports this module's callers
 
+    if is_bundle(ckpt_path):
+        raise ConfigError(
+            f"{str(ckpt_path)!r} is a bundle; routing is refitted on a training checkpoint (it needs the data settings "
+            "it recorded): calibrate the checkpoint the bundle was exported from, then export it again"
+        )
     checkpoint = read_checkpoint(str(ckpt_path))
     settings = checkpoint.get("datamodule_hyper_parameters")
     if not settings:

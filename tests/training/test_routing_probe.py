@@ -187,6 +187,17 @@ def test_bad_probe_settings_name_the_value() -> None:
             RoutingConfig(**{name: value})
 
 
+def test_pha_calibrate_names_a_bad_setting_and_refuses_a_bundle(tmp_path: Path) -> None:
+    from pha_lightning.cli.calibrate import main
+
+    with pytest.raises(ConfigError, match=r"model\.routing\.unlabelled_per_task must be >= 0, got -5"):
+        main(["--ckpt_path", str(tmp_path / "absent.ckpt"), "--unlabelled_per_task", "-5"])
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is a bundle; routing is refitted on a training checkpoint"):
+        main(["--ckpt_path", str(tmp_path / "bundle")])
+
+
 def test_a_calibration_naming_a_probe_without_its_tensors_is_an_error() -> None:
     record = Calibration(["a", "b"], 0.1, 0.5, 0.95, 0.2, probe_fit={"unlabelled_per_task": 10}).to_dict()
     with pytest.raises(ConfigError, match=r"probe\.weight"):
