@@ -233,7 +233,10 @@ def multi_prototype_rule(bank: Bank, num_tasks: int, centres: int) -> Scorer:
 def probe_rule(bank: Bank, num_tasks: int, key: str, weight_decay: float) -> Scorer:
     """A probe (:class:`~pha_lightning.model.calibration.RoutingProbe`, what ``model.routing.unlabelled_per_task``
     ships for ``features``) on the normalised ``z`` or on a pooled feature, centred on the bank's mean."""
-    probe = RoutingProbe.fit(bank[key], bank["task_ids"], num_tasks, weight_decay, centre=key != "z")
+    shipped = RoutingConfig()  # the fit's other settings are the product's defaults
+    probe = RoutingProbe.fit(
+        bank[key], bank["task_ids"], num_tasks, weight_decay, shipped.probe_steps, shipped.probe_seed, centre=key != "z"
+    )
     return lambda split: probe.scores(split[key])
 
 

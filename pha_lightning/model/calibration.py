@@ -63,9 +63,7 @@ class RoutingConfig:
         check_settings("model.routing", RoutingConfig, asdict(self))
 
 
-def fit_probe(
-    x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: int = 300, seed: int = 0
-) -> torch.nn.Linear:
+def fit_probe(x: Tensor, y: Tensor, classes: int, weight_decay: float, steps: int, seed: int) -> torch.nn.Linear:
     """Multinomial logistic regression in float64 (full-batch L-BFGS, L2 ``weight_decay`` on the
     weights), every class weighted by the inverse of its count, so tasks with fewer texts weigh as
     much (equal counts: the plain loss). ``seed`` draws the initial weights (the global random
@@ -111,8 +109,8 @@ class RoutingProbe:
         task_ids: Tensor,
         num_tasks: int,
         weight_decay: float,
-        steps: int = 300,
-        seed: int = 0,
+        steps: int,
+        seed: int,
         centre: bool = True,
     ) -> RoutingProbe:
         """Fit on ``features (N, d)`` of texts of known ``task_ids``; ``centre`` false: no centring."""
@@ -190,8 +188,8 @@ class Calibration:
     def from_dict(cls, record: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> Calibration:
         """The calibration of :meth:`to_dict`; a probe's ``tensors`` when they travel apart from it."""
         record = dict(record)
-        tensors = record.pop("probe_tensors", None) if tensors is None else tensors
-        record.pop("probe_tensors", None)
+        stored = record.pop("probe_tensors", None)
+        tensors = stored if tensors is None else tensors
         probe = RoutingProbe.from_tensors(tensors or {}) if record.get("probe_fit") is not None else None
         return cls(**record, probe=probe)
 

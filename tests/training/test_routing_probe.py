@@ -53,7 +53,7 @@ def test_the_probe_weighs_classes_by_their_inverse_count() -> None:
     loss weighs every task equally, the same as the plain loss when the counts are equal."""
     x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.2, 1.0]], dtype=torch.float64)
     y = torch.tensor([0, 0, 0, 1])
-    probe = fit_probe(x, y, 2, weight_decay=0.01)
+    probe = fit_probe(x, y, 2, weight_decay=0.01, steps=300, seed=0)
     logits = probe(x)
     decay = 0.01 * probe.weight.pow(2).sum()
     weighted = torch.nn.functional.cross_entropy(logits, y, weight=torch.tensor([4 / 6, 4 / 2], dtype=torch.float64))
