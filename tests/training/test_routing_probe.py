@@ -90,22 +90,25 @@ def test_the_unlabelled_draw_is_nested_seeded_and_leaves_out_validation_and_test
     assert counts == {"drawn": [3, 0], "dropped": [0, 0]}
 
 
-@pytest.fixture(scope="module")
-def probed_tiny(pretrained_tiny: dict[str, str]) -> tuple[PHAModel, PHADataModule, RoutingConfig]:
-    """An untrained float64 LoRA model on tiny BERT, its data (16 labelled examples per task), and
-    routing settings under which a probe on 60 texts per task routes some validation examples and
-    abstains on others."""
+def tiny_setup(backbone: str) -> tuple[PHAModel, PHADataModule, RoutingConfig]:
+    """An untrained float64 LoRA model on a tiny backbone, its data (16 labelled examples per task),
+    and routing settings under which a probe on 60 texts per task routes some validation examples
+    and abstains on others."""
     seed_everything(0)
-    config = PHAConfig(
-        backbone=pretrained_tiny["bert"], tasks=TASKS, chunk_cost_tokens=None, adapter_kind="lora", lora_rank=4
-    )
+    config = PHAConfig(backbone=backbone, tasks=TASKS, chunk_cost_tokens=None, adapter_kind="lora", lora_rank=4)
     model = PHAModel(config).double().eval()
-    data = PHADataModule(tasks=TASKS, backbone=pretrained_tiny["bert"], n_train=16, max_source_length=24)
+    data = PHADataModule(tasks=TASKS, backbone=backbone, n_train=16, max_source_length=24)
     data.setup("fit")
     routing = RoutingConfig(
         unlabelled_per_task=60, probe_weight_decay=0.05, target_precision=1.0, novelty_quantile=0.0, group_confusion=0.9
     )
     return model, data, routing
+
+
+@pytest.fixture(scope="module")
+def probed_tiny(pretrained_tiny: dict[str, str]) -> tuple[PHAModel, PHADataModule, RoutingConfig]:
+    """:func:`tiny_setup` on tiny BERT."""
+    return tiny_setup(pretrained_tiny["bert"])
 
 
 def test_probe_routing_is_the_studys_probe_features_rule(probed_tiny: tuple) -> None:
@@ -152,10 +155,14 @@ def test_probe_routing_is_the_studys_probe_features_rule(probed_tiny: tuple) -> 
     assert [row["task"] for row in rows] == [expected[i] for i in range(len(examples))]
 
 
-def test_the_probe_travels_in_the_bundle_and_the_peft_exports_router(probed_tiny: tuple, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_the_probe_travels_in_the_bundle_and_the_peft_exports_router(
+    kind: str, probed_tiny: tuple, pretrained_tiny: dict[str, str], tmp_path: Path
+) -> None:
     """``pha export --format peft``'s ``router/`` and the bundle carry the probe: ``Router`` and the
-    bundle route every example as the model does (float64)."""
-    model, data, config = probed_tiny
+    bundle route every example as the model does (float64; BERT routes in its own pass, T5 by a
+    retrieval pass first)."""
+    model, data, config = probed_tiny if kind == "bert" else tiny_setup(pretrained_tiny["t5"])
     model.calibration = calibrate_model(model, data, config)
     examples = [e for task in TASKS for e in split_examples(task, "test")[:8]]
     rows = model.predict(examples)
