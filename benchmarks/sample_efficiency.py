@@ -445,23 +445,23 @@ def tuned_rows(args: argparse.Namespace, n_train: int, seed: int) -> list[dict]:
 def tune_cell(
     method: str, n_train: int, seed: int, args: argparse.Namespace, rows: list[dict], rates: list[float]
 ) -> float:
-    """``pha sweep`` over the ``rates`` the cell's study lacks (a grid), then the rate of its best
-    trial, among every rate the cell was ever tuned at (an edge check adds a candidate, never hides one)."""
+    """``pha sweep`` over the ``rates`` the cell's study lacks, one rate per sweep so that each finished
+    trial is saved (:func:`save_trials`) before the next starts, then the rate of its best trial,
+    among every rate the cell was ever tuned at (an edge check adds a candidate, never hides one)."""
     storage = args.output_dir / TUNING / "study.db"
     study = tuning_study(storage, method, n_train, seed)
     import_rows(study, rows, method, n_train, seed)
     done = [trial for trial in study.get_trials(deepcopy=False) if counts(trial)]  # a diverged rate too
-    new = [lr for lr in rates if lr not in {trial.params[LR] for trial in done}]
-    if new:
-        name = run_id(method, n_train, seed)
+    name = run_id(method, n_train, seed)
+    for rate in [lr for lr in rates if lr not in {trial.params[LR] for trial in done}]:
         settings = {
             "space": {LR: LR_RANGE},
-            "sampler": {"name": "GridSampler", "search_space": {LR: new}},
+            "sampler": {"name": "GridSampler", "search_space": {LR: [rate]}},
             "pruner": {"name": "NopPruner"},  # every rate trains to the end, as the grid's runs do
             "study_name": name,
             "storage": str(storage),
             "output_dir": str(args.output_dir / TUNING / name),
-            "n_trials": len(done) + len(new),
+            "n_trials": len(done) + 1,
         }
         sweep_file = args.output_dir / TUNING / f"{name}.yaml"
         sweep_file.write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -477,10 +477,11 @@ def tune_cell(
             *args.extra,
         ]
         log = args.output_dir / TUNING / f"{name}.log"
-        print(f"tuning sweep {name}: rates {new} ({log})", flush=True)
+        print(f"tuning sweep {name}: rate {rate} ({log})", flush=True)
         run_logged(cmd, log, f"tuning sweep {name}")
-        study = tuning_study(storage, method, n_train, seed)
         save_trials(args, n_train, seed)
+        study = tuning_study(storage, method, n_train, seed)
+        done = [trial for trial in study.get_trials(deepcopy=False) if counts(trial)]
     return study.best_trial.params[LR]
 
 

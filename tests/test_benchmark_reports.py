@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+import yaml
 from studylib import grid_report
 from studylib.portable import machine_paths, portable_text
 from studylib.records import append_row, read_rows
@@ -174,6 +175,32 @@ def test_finished_tuning_trials_outlive_the_study_database(tmp_path: Path) -> No
     module.import_rows(fresh, saved, "poly", 100, 0)
     assert sorted(t.params[module.LR] for t in fresh.trials) == [3e-4, 1e-3]
     assert fresh.best_trial.params[module.LR] == 1e-3
+
+
+def test_each_tuning_trial_is_saved_before_the_next_rate_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``pha sweep`` per new rate, and trials.jsonl holds every finished trial before the next rate
+    starts: a grid killed during its second rate (a session's end) keeps the first."""
+    module = _benchmark("sample_efficiency")
+    study_config = load_study(ROOT / "configs" / "studies" / "modern_glue100.yaml")
+    args = argparse.Namespace(output_dir=tmp_path, study=study_config, methods=["poly"], extra=[])
+    seen_before: list[list[float]] = []
+
+    def fake_sweep(cmd: list[str], log: Path, what: str) -> None:  # what `pha sweep` adds: one finished trial
+        settings = yaml.safe_load(Path(next(a for a in cmd if a.startswith("--sweep=")).split("=", 1)[1]).read_text())
+        (rate,) = settings["sampler"]["search_space"][module.LR]
+        seen_before.append([r["learning_rate"] for r in module.read_rows(tmp_path / "tuning" / module.TRIALS)])
+        dist = optuna.distributions.FloatDistribution(**module.LR_RANGE)
+        study = module.tuning_study(tmp_path / "tuning" / "study.db", "poly", 100, 0)
+        study.add_trial(
+            optuna.trial.create_trial(params={module.LR: rate}, distributions={module.LR: dist}, value=rate * 1e4)
+        )
+
+    monkeypatch.setattr(module, "run_logged", fake_sweep)
+    assert module.tune_cell("poly", 100, 0, args, [], [3e-4, 1e-3]) == 1e-3
+    assert seen_before == [[], [3e-4]]
+    assert module.tune_cell("poly", 100, 0, args, [], [3e-4, 1e-3]) == 1e-3 and len(seen_before) == 2  # nothing new
 
 
 @pytest.mark.parametrize("folder", ["converged", "many_tasks"])

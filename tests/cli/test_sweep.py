@@ -292,3 +292,24 @@ def test_sigterm_ends_a_sweep_as_it_ends_pha_fit_and_the_rerun_resumes_at_once(t
     rerun = run_pha(*args, cwd=tmp_path)
     assert f"pha sweep: trial 1 resumes trial 0 (killed at step {step}) from {last}" in rerun.stdout, rerun.stdout
     assert [t.state.name for t in study_of(tmp_path / "out").get_trials()] == ["FAIL", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_one_rate_per_sweep_adds_that_rate_to_a_study_with_other_rates(tmp_path: Path, tiny_bert: str) -> None:
+    """What the grid's tuning does (benchmarks/sample_efficiency.py, one sweep per new rate so each
+    finished trial is saved at once): a one-point grid on a study that already holds another rate's
+    trial trains that point only, once."""
+    rate = "model.optim.learning_rate"
+    space = {rate: {"low": 1e-6, "high": 1.0, "log": True}}
+
+    def sweep_rate(value: float, n_trials: int) -> None:
+        grid = {"name": "GridSampler", "search_space": {rate: [value]}}
+        path = sweep_file(tmp_path, space, sampler=grid, pruner={"name": "NopPruner"}, n_trials=n_trials)
+        args = ["sweep", "--sweep", path, f"--sweep.output_dir={tmp_path / 'out'}", *TINY_FIT]
+        run_pha(*args, f"--model.arch.backbone={tiny_bert}", cwd=tmp_path)
+
+    sweep_rate(1e-3, 1)
+    sweep_rate(3e-4, 2)
+    sweep_rate(3e-4, 2)  # asked again: nothing to do
+    trials = study_of(tmp_path / "out").get_trials()
+    assert [(t.params[rate], t.state.name) for t in trials] == [(1e-3, "COMPLETE"), (3e-4, "COMPLETE")]
