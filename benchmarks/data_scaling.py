@@ -24,7 +24,13 @@ temporary folder (``--work``; never committed), one file per size; the task spec
   the child's CPU time (``/proc/<pid>/stat``): the first output line's wall and CPU time; a child over
   ``--predict-cpu-limit`` CPU seconds is stopped (SIGTERM); rows written, peak memory from ``wait4``.
 
-Each measurement is its own process; pha and the peer alternate (pha first at even sizes). The CPU
+Each measurement is its own process; pha and the peer alternate (pha first at even sizes). The peer's
+process imports no Lightning (this module imports it only for ``pha``'s probe; records made before
+that change, ``after*.md`` and ``arrow_rows*.md``, have Lightning's imports, ≈ 1.5 s of CPU, in the
+peer's setup and prediction too). ``--repeats N`` measures each warm setup N times, the order reversed
+every other time; ``--baseline <checkout>`` measures that checkout's ``pha`` beside this one's
+(``pha baseline``), interleaved; ``--pha-option`` adds options to every ``pha fit`` (e.g.
+``--data.num_proc=1``, one core); ``--skip-setup`` measures prediction alone. The CPU
 time is the figure to read on a loaded machine; wall time is beside it. Records go to
 ``<output>.jsonl`` as they are made, and a rerun skips the ones already there (resumable).
 """
@@ -77,7 +83,12 @@ def report_and_exit() -> None:
     os._exit(0)
 
 
-try:  # the probe inside ``pha fit`` (``--trainer.callbacks+=data_scaling.FirstStep``)
+def __getattr__(name: str) -> type:
+    """``FirstStep``, the probe inside ``pha fit`` (``--trainer.callbacks+=data_scaling.FirstStep``), made
+    when asked for: importing Lightning with this module would put its imports (≈ 2 s of CPU: torchmetrics,
+    scipy, matplotlib, torch._dynamo) into the peer's start-up too, which imports this module and no Lightning."""
+    if name != "FirstStep":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from lightning.pytorch.callbacks import Callback
 
     class FirstStep(Callback):
@@ -86,8 +97,9 @@ try:  # the probe inside ``pha fit`` (``--trainer.callbacks+=data_scaling.FirstS
         def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
             report_and_exit()
 
-except ImportError:  # the parent needs no Lightning
-    pass
+    FirstStep.__qualname__ = FirstStep.__name__  # importable as data_scaling.FirstStep
+    globals()[name] = FirstStep
+    return FirstStep
 
 
 def peer_setup(data_file: str, backbone_path: str) -> None:
@@ -355,6 +367,11 @@ def main() -> None:
         "--predict-cpu-limit", type=float, default=45.0, help="CPU seconds before a prediction is stopped"
     )
     parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--skip-setup", action="store_true", help="measure prediction only")
+    parser.add_argument("--baseline", type=Path, help="also measure pha's setup with this checkout, interleaved")
+    parser.add_argument("--repeats", type=int, default=1, help="warm setups per implementation, interleaved")
+    parser.add_argument("--pha-option", action="append", default=[],
+                        help="a pha fit option for every pha setup (e.g. --data.num_proc=1)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/data_scaling"), help="rows and caches (not committed)")
     parser.add_argument("--output", type=Path, required=True, help="the markdown table; records go to <output>.jsonl")
     args = parser.parse_args()
@@ -378,21 +395,30 @@ def main() -> None:
             handle.write(json.dumps(row) + "\n")
         write_table(args.output, records, args)
 
+    # (name, the tree measured, its options); the warm setups are each implementation's first
+    variants = [("pha", tree, args.pha_option)]
+    if args.baseline is not None:
+        variants.append(("pha baseline", args.baseline.resolve(), args.pha_option))
+    variants += [(f"pha num_proc {n}", tree, [*args.pha_option, f"--data.num_proc={n}"]) for n in args.num_proc]
+    warm = variants[: 1 + (args.baseline is not None)]
+    peer = [("peer", tree, [])]
     for number, size in enumerate(args.sizes):
         data = write_rows(args.work / f"rows_{size}.jsonl", size)
         spec = write_spec_for(work, size, data)
         impls = ["pha", "peer"] if number % 2 == 0 else ["peer", "pha"]
-        variants = [("pha", [])] + [(f"pha num_proc {n}", [f"--data.num_proc={n}"]) for n in args.num_proc]
-        for state in ("cold", "warm"):
-            for impl in impls:
-                for name, extra in (variants if state == "cold" else variants[:1]) if impl == "pha" else [("peer", [])]:
-                    caches = work / f"caches_{size}_{name.replace(' ', '_')}"
-                    row = {"label": args.label, "rows": size, "measure": f"setup {state}", "impl": name}
-                    if key(row) in done:
-                        continue
-                    if state == "cold":
-                        shutil.rmtree(caches, ignore_errors=True)
-                    record(row, lambda: measure_setup(impl, spec, data, caches, tree, extra))
+        runs = [("cold", 0, impl) for impl in impls]
+        runs += [("warm", repeat, impl) for repeat in range(args.repeats) for impl in impls[:: 1 - 2 * (repeat % 2)]]
+        for state, repeat, impl in [] if args.skip_setup else runs:
+            chosen = peer if impl == "peer" else variants if state == "cold" else warm
+            for name, measured, extra in chosen[:: 1 - 2 * (repeat % 2)]:
+                caches = work / f"caches_{size}_{name.replace(' ', '_')}"
+                measure = f"setup {state}" + (f" #{repeat + 1}" if repeat else "")
+                row = {"label": args.label, "rows": size, "measure": measure, "impl": name}
+                if key(row) in done:
+                    continue
+                if state == "cold":
+                    shutil.rmtree(caches, ignore_errors=True)
+                record(row, lambda: measure_setup(impl, spec, data, caches, measured, extra))
         if ckpt is not None:
             lines = write_rows(args.work / f"predict_{size}.jsonl", size, predict=True)
             for impl in impls:
@@ -442,7 +468,11 @@ def write_table(path: Path, records: list[dict], args: argparse.Namespace) -> No
     command = " ".join(
         ["python benchmarks/data_scaling.py", f"--label {args.label}", "--sizes", *map(str, args.sizes)]
         + ([] if args.tree.resolve() == ROOT else ["--tree <checkout measured>"])
+        + ([] if args.baseline is None else ["--baseline <checkout of the baseline>"])
+        + ([f"--repeats {args.repeats}"] if args.repeats != 1 else [])
+        + [f"--pha-option={option}" for option in args.pha_option]
         + (["--num-proc", *map(str, args.num_proc)] if args.num_proc else [])
+        + (["--skip-setup"] if args.skip_setup else [])
         + (["--skip-predict"] if args.skip_predict else [f"--predict-cpu-limit {args.predict_cpu_limit:g}"])
         + [f"--output {path}"]
     )

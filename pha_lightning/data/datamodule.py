@@ -99,13 +99,16 @@ def check_task_names(tasks: Sequence[str]) -> None:
         raise ConfigError(f"tasks {duplicates} are listed more than once in {list(tasks)}")
 
 
-def check_source_length(backbone: str, max_source_length: int) -> None:
+def check_source_length(
+    backbone: str, max_source_length: int, tokenizer: PreTrainedTokenizerBase | None = None
+) -> None:
     """An encoder's learned position embeddings hold a fixed number of positions: a longer
-    ``max_source_length`` would fail with an index error at the first long example, mid-run."""
+    ``max_source_length`` would fail with an index error at the first long example, mid-run.
+    ``tokenizer``: the backbone's, when the caller has it (else it is loaded, ≈ 30 ms)."""
     if backbone_family(backbone) != "encoder":
         return  # T5's relative positions take any length
     limits = [
-        load_tokenizer(backbone).model_max_length,
+        (tokenizer or load_tokenizer(backbone)).model_max_length,
         getattr(load_backbone_config(backbone), "max_position_embeddings", None),
     ]
     limit = min((value for value in limits if isinstance(value, int) and value < 1_000_000), default=None)
@@ -295,7 +298,7 @@ class PHADataModule(ResumableTrainBatches, LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the splits ``stage`` needs (all of them for ``None``); done once per split."""
-        check_source_length(self.backbone, self.max_source_length)
+        check_source_length(self.backbone, self.max_source_length, self.tokenizer)
         if stage == "predict" and self.predict_file:
             return  # raw examples, read by predict_dataloader
         if stage is not None and stage not in STAGE_SPLITS:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pha_lightning
-from pha_lightning.cli.entry import EXTRA_COMMANDS, LIGHTNING_COMMANDS, all_commands
+from pha_lightning.cli.entry import EXTRA_COMMANDS, LIGHTNING_COMMANDS, all_commands, prints_help
 from pha_lightning.cli.help_cache import cache_file, print_help
 
 TREE = Path(pha_lightning.__file__).parents[1]
@@ -136,6 +136,38 @@ def test_first_prediction_report_names_each_phase() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "reads"),
+    [
+        (["fit", "--config", "run.yaml", "--trainer.max_steps=5"], False),
+        (["predict", "--ckpt_path", "last", "--data.predict_file=help.jsonl"], False),
+        (["fit", "--help"], True),
+        (["validate", "--config", "run.yaml", "-h"], True),
+        (["fit", "--print_config"], True),
+        (["fit", "--print_config=skip_null"], True),
+        (["fit", "--trainer.callbacks.help", "EarlyStopping"], True),
+        ({"fit": {"trainer": {"max_steps": 1}}}, True),
+    ],
+)
+def test_setting_descriptions_are_read_only_for_what_prints_them(argv: object, reads: bool) -> None:
+    """Reading every setting's docstring costs ≈ 1.5 s of CPU at each start; only help and
+    ``--print_config`` show them (a mapping of settings is read as before, in full)."""
+    assert prints_help(argv) is reads
+
+
+@pytest.mark.slow  # imports Lightning and builds one subcommand's parser
+@pytest.mark.parametrize("command", ["validate", "predict"])
+def test_a_command_builds_and_prints_its_own_parser(command: str, capsys: pytest.CaptureFixture) -> None:
+    from pha_lightning.cli.app import run_cli
+
+    with pytest.raises(SystemExit) as done:
+        run_cli([command, "--help"])
+    assert done.value.code in (None, 0)
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pha [options] {command} ") and "--ckpt_path" in out and "--data.tasks" in out
+    assert "Steps of linear warm-up" in out
+
+
 @pytest.mark.slow  # renders pha fit --help twice (Lightning's imports, its parser)
 def test_cached_fit_help_is_byte_identical_to_the_rendered_one(tmp_path: Path) -> None:
     entry = "import sys\nfrom pha_lightning.cli import main\nmain(sys.argv[1:])"
@@ -144,6 +176,7 @@ def test_cached_fit_help_is_byte_identical_to_the_rendered_one(tmp_path: Path) -
     cold, cached = (run_python("-c", entry, "fit", "--help", env=cache) for _ in range(2))
     assert uncached.returncode == cold.returncode == cached.returncode == 0, uncached.stderr
     assert "--model.loss.lambda_ir" in uncached.stdout
+    assert "Steps of linear warm-up" in uncached.stdout  # the docstring under OptimConfig.warmup_steps
     assert uncached.stdout == cold.stdout == cached.stdout
     assert len(list(tmp_path.iterdir())) == 1
 

@@ -296,6 +296,24 @@ def test_source_errors_surface_at_setup(monkeypatch, tmp_path) -> None:
         PHADataModule(["rte"], backbone=MINILM).setup("fit")  # auto without a data_dir: the hub
 
 
+@pytest.mark.parametrize("stage", ["fit", "predict"])
+def test_source_length_past_the_encoders_positions_fails_at_setup(stage: str, monkeypatch) -> None:
+    """Checked against the data module's own tokenizer, which setup loads once (and keeps) for it."""
+    import pha_lightning.data.datamodule as datamodule
+    from pha_lightning.errors import ConfigError
+
+    loads = []
+    real = datamodule.load_tokenizer
+    monkeypatch.setattr(datamodule, "load_tokenizer", lambda name: loads.append(name) or real(name))
+    dm = PHADataModule(["synth_polarity"], backbone=MINILM, max_source_length=513)
+    with pytest.raises(ConfigError, match=r"data.max_source_length must be <= 512 .*got 513"):
+        dm.setup(stage)
+    assert loads == [MINILM]
+    dm.max_source_length = 512
+    dm.setup(stage)
+    assert loads == [MINILM] and dm.tokenizer.model_max_length == 512
+
+
 def test_data_seed_defaults_to_seed_and_can_be_pinned() -> None:
     assert PHADataModule(["synth_polarity"], seed=5).data_seed == 5
     assert PHADataModule(["synth_polarity"], seed=5, data_seed=42).data_seed == 42
