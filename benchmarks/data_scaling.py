@@ -22,14 +22,15 @@ temporary folder (``--work``; never committed), one file per size; the task spec
   of 64, tokenised, ``AutoModel`` + mean pooling + linear head under ``inference_mode``, each batch's
   rows written and flushed. The parent polls the output every 50 ms (``pha``'s ``.partial`` too) and
   the child's CPU time (``/proc/<pid>/stat``): the first output line's wall and CPU time; a child over
-  ``--predict-cpu-limit`` CPU seconds is stopped (SIGTERM); rows written, peak memory from ``wait4``.
+  ``--predict-cpu-limit`` CPU seconds is stopped (SIGTERM); rows written, peak memory from ``wait4``,
+  and the resident memory when the first line came (``VmRSS``): what start-up and one batch hold.
 
 Each measurement is its own process; pha and the peer alternate (pha first at even sizes). The peer's
 process imports no Lightning (this module imports it only for ``pha``'s probe; records made before
 that change, ``after*.md`` and ``arrow_rows*.md``, have Lightning's imports, ≈ 1.5 s of CPU, in the
 peer's setup and prediction too). ``--repeats N`` measures each warm setup N times, the order reversed
 every other time; ``--baseline <checkout>`` measures that checkout's ``pha`` beside this one's
-(``pha baseline``), interleaved; ``--pha-option`` adds options to every ``pha fit`` (e.g.
+(``pha baseline``: warm setups and predictions), interleaved; ``--pha-option`` adds options to every ``pha fit`` (e.g.
 ``--data.num_proc=1``, one core); ``--skip-setup`` measures prediction alone. The CPU
 time is the figure to read on a loaded machine; wall time is beside it. Records go to
 ``<output>.jsonl`` as they are made, and a rerun skips the ones already there (resumable).
@@ -284,13 +285,23 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_rss_mb(pid: int) -> int | None:
+    """The resident memory of a running process now (``VmRSS``), in MB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kilobytes = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kilobytes is None else round(kilobytes / 1024)
+
+
 def measure_predict(impl: str, ckpt: Path, lines: Path, caches: Path, tree: Path, cpu_limit: float) -> dict:
     work = caches / "predict"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     output = work / "out.jsonl"
     env = child_env(tree, caches)
-    if impl == "pha":
+    if impl.startswith("pha"):
         args = [f"--ckpt_path={ckpt}", f"--data.predict_file={lines}", f"--predict_output={output}"]
         args += [
             "--trainer.enable_progress_bar=false",
@@ -304,7 +315,7 @@ def measure_predict(impl: str, ckpt: Path, lines: Path, caches: Path, tree: Path
     start = time.perf_counter()
     with open(work / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=stderr)
-    first = first_cpu = None
+    first = first_cpu = first_rss = None
     stopped = False
     outputs = (output, Path(f"{output}.partial"))
     while True:
@@ -316,7 +327,7 @@ def measure_predict(impl: str, ckpt: Path, lines: Path, caches: Path, tree: Path
         except (OSError, IndexError):
             cpu = 0.0
         if first is None and any(p.exists() and p.stat().st_size > 0 for p in outputs):
-            first, first_cpu = time.perf_counter() - start, cpu
+            first, first_cpu, first_rss = time.perf_counter() - start, cpu, process_rss_mb(process.pid)
         if cpu > cpu_limit and not stopped:
             process.send_signal(signal.SIGTERM)
             stopped = True
@@ -330,6 +341,7 @@ def measure_predict(impl: str, ckpt: Path, lines: Path, caches: Path, tree: Path
     return {
         "first_line_wall_s": None if first is None else round(first, 1),
         "first_line_cpu_s": None if first_cpu is None else round(first_cpu, 1),
+        "first_line_rss_mb": first_rss,
         "rows_written": rows,
         "finished": not stopped,
         "wall_s": round(wall, 1),
@@ -422,11 +434,14 @@ def main() -> None:
         if ckpt is not None:
             lines = write_rows(args.work / f"predict_{size}.jsonl", size, predict=True)
             for impl in impls:
-                row = {"label": args.label, "rows": size, "measure": "predict", "impl": impl}
-                record(
-                    row,
-                    lambda: measure_predict(impl, ckpt, lines, work / "predict_caches", tree, args.predict_cpu_limit),
-                )
+                for name, measured, _ in peer if impl == "peer" else warm[:: 1 - 2 * (number % 2)]:
+                    row = {"label": args.label, "rows": size, "measure": "predict", "impl": name}
+                    record(
+                        row,
+                        lambda: measure_predict(
+                            name, ckpt, lines, work / "predict_caches", measured, args.predict_cpu_limit
+                        ),
+                    )
         for caches in work.glob(f"caches_{size}_*"):
             shutil.rmtree(caches, ignore_errors=True)  # the 1M caches are gigabytes
 
@@ -448,9 +463,9 @@ def write_table(path: Path, records: list[dict], args: argparse.Namespace) -> No
         "|" + "---|" * 9,
     ]
     predict = [
-        "| label | lines | impl | first line CPU (s) | first line wall (s) | rows written | finished | CPU (s) | "
-        "CPU ms/row (start-up included) | peak RSS (MB) | load |",
-        "|" + "---|" * 11,
+        "| label | lines | impl | first line CPU (s) | first line wall (s) | RSS at first line (MB) | rows written | "
+        "finished | CPU (s) | CPU ms/row (start-up included) | peak RSS (MB) | load |",
+        "|" + "---|" * 12,
     ]
     for row in records:
         if row["measure"].startswith("setup"):
@@ -463,7 +478,7 @@ def write_table(path: Path, records: list[dict], args: argparse.Namespace) -> No
             first = lambda k: "—" if row[k] is None else row[k]  # noqa: E731
             predict.append(
                 f"| {row['label']} | {row['rows']} | {row['impl']} | {first('first_line_cpu_s')} | {first('first_line_wall_s')} | "
-                f"{row['rows_written']} | {row['finished']} | {row['cpu_s']} | {per_row} | {row['peak_rss_mb']} | {row['load']} |"
+                f"{row.get('first_line_rss_mb') or '—'} | {row['rows_written']} | {row['finished']} | {row['cpu_s']} | {per_row} | {row['peak_rss_mb']} | {row['load']} |"
             )
     command = " ".join(
         ["python benchmarks/data_scaling.py", f"--label {args.label}", "--sizes", *map(str, args.sizes)]

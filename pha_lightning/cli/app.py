@@ -242,7 +242,6 @@ class PHACLI(LightningCLI):
             )  # a missing test file: now, not after training
 
     def before_predict(self) -> None:
-        from pha_lightning.data.examples import CHUNK_BATCHES
         from pha_lightning.training.callbacks import FirstPredictionTime, JSONLPredictionWriter
 
         self._prepare_checkpoint()
@@ -254,7 +253,7 @@ class PHACLI(LightningCLI):
             output,
             input_path=config.data.get("predict_file"),
             identity=prediction_identity(config),
-            chunk_rows=self.datamodule.eval_batch_size * CHUNK_BATCHES,
+            batch_size=self.datamodule.eval_batch_size,
             start=self.predict_start,
         )
         self.trainer.callbacks.extend([writer, FirstPredictionTime(self.startup_marks)])

@@ -36,9 +36,24 @@ RESERVED_FIELDS: tuple[str, ...] = ("task", "id", "label")
 #: unknown token, so the cut changes no tokenised input that has this many characters per token or fewer.
 CHARS_PER_TOKEN = 128
 #: Batches per chunk of a streamed prediction file (:class:`PredictionChunks`): sorting by length within
-#: 16 batches saves nearly all the padding sorting the whole file would, and the first rows are written
-#: after 16 batches.
+#: 16 batches saves nearly all the padding sorting the whole file would. The first chunk is one batch,
+#: so that the first rows are written right after start-up (:func:`chunk_end`).
 CHUNK_BATCHES = 16
+
+
+def chunk_end(start: int, batch_size: int) -> int:
+    """Where the chunk of a streamed prediction file holding example ``start`` ends (exclusive): the first
+    chunk is one batch, every later one :data:`CHUNK_BATCHES` batches, so chunks end at ``batch_size +
+    k * batch_size * CHUNK_BATCHES``. A resumed prediction starts at one of those ends, and its batches
+    are then an uninterrupted run's."""
+    return batch_size if start < batch_size else whole_chunk_rows(start, batch_size) + batch_size * CHUNK_BATCHES
+
+
+def whole_chunk_rows(rows: int, batch_size: int) -> int:
+    """The examples of the whole chunks among the first ``rows`` (:func:`chunk_end`): where a resume starts."""
+    if rows < batch_size:
+        return 0
+    return rows - (rows - batch_size) % (batch_size * CHUNK_BATCHES)
 
 
 def cap_chars(texts: Sequence[str | None], max_length: int) -> list[str | None]:
@@ -231,12 +246,12 @@ def predict_loader(examples: list[dict[str, Any]], collator: Any, batch_size: in
 
 
 class PredictionChunks(IterableDataset):
-    """A prediction file's examples in batches, streamed: :data:`CHUNK_BATCHES` batches' worth of lines
-    at a time are read, encoded and batched longest first (less padding), so the writer can put each
-    chunk's rows in input order and write them while the next chunk is predicted; nothing is held
-    beyond a chunk. ``skip``: non-blank lines already predicted (a resumed run; a multiple of the
-    chunk size, so the batches are those of an uninterrupted run). With DataLoader workers, worker
-    ``w`` of ``n`` takes the chunks ``w, w + n, ...``."""
+    """A prediction file's examples in batches, streamed: a chunk of lines at a time (one batch first,
+    then :data:`CHUNK_BATCHES` batches: :func:`chunk_end`) is read, encoded and batched longest first
+    (less padding), so the writer can put each chunk's rows in input order and write them while the
+    next chunk is predicted; nothing is held beyond a chunk. ``skip``: non-blank lines already
+    predicted (a resumed run; the end of a chunk, so the batches are those of an uninterrupted run).
+    With DataLoader workers, worker ``w`` of ``n`` takes the chunks ``w, w + n, ...``."""
 
     def __init__(self, path: str | os.PathLike, encode: Callable[..., dict[str, Any]], batch_size: int, skip: int = 0):
         self.path = path
@@ -248,8 +263,13 @@ class PredictionChunks(IterableDataset):
         worker = get_worker_info()
         shard, shards = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         rows = enumerate(read_jsonl(self.path, self.skip), start=self.skip)
-        chunk_rows = self.batch_size * CHUNK_BATCHES
-        for number, chunk in enumerate(iter(lambda: list(itertools.islice(rows, chunk_rows)), [])):
+        start = self.skip
+        for number in itertools.count():
+            end = chunk_end(start, self.batch_size)
+            chunk = list(itertools.islice(rows, end - start))
+            if not chunk:
+                return
+            start = end
             if number % shards == shard:
                 examples = [self.encode(index, line, record) for index, (line, record) in chunk]
                 yield from longest_first_batches(examples, self.batch_size)

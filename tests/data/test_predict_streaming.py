@@ -16,13 +16,15 @@ import pytest
 from lightning.pytorch import LightningModule, Trainer
 
 from pha_lightning.data.datamodule import PHADataModule
-from pha_lightning.data.examples import CHUNK_BATCHES, encode_examples, read_jsonl
+from pha_lightning.data.examples import CHUNK_BATCHES, chunk_end, encode_examples, read_jsonl, whole_chunk_rows
 from pha_lightning.errors import ConfigError
 from pha_lightning.model.prediction import input_fields
 from pha_lightning.training.callbacks import JSONLPredictionWriter, resume_start
 
 BATCH = 4
 CHUNK = BATCH * CHUNK_BATCHES
+#: ENDS[k]: where chunk k ends (one batch first, then chunks of CHUNK_BATCHES batches)
+ENDS = [BATCH + k * CHUNK for k in range(64)]
 IDENTITY = {"ckpt_path": "model.ckpt (1 bytes)", "data.eval_batch_size": str(BATCH)}
 
 
@@ -66,7 +68,7 @@ def predict(
 ) -> None:
     """What ``pha predict`` does with a data module: the writer, Lightning's own list of rows off."""
     datamodule.predict_start = start
-    writer = JSONLPredictionWriter(str(output), str(datamodule.predict_file), IDENTITY, chunk_rows=CHUNK, start=start)
+    writer = JSONLPredictionWriter(str(output), str(datamodule.predict_file), IDENTITY, batch_size=BATCH, start=start)
     trainer = Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[writer]
     )
@@ -78,7 +80,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def test_streamed_rows_are_the_whole_file_rows_in_input_order(tmp_path: Path) -> None:
-    examples = write_examples(tmp_path / "in.jsonl", 3 * CHUNK + 5)  # three whole chunks and a part
+    examples = write_examples(tmp_path / "in.jsonl", 3 * CHUNK + 5)  # whole chunks and a part
     datamodule = data(examples)
     output = tmp_path / "out.jsonl"
     predict(datamodule, output)
@@ -90,32 +92,55 @@ def test_streamed_rows_are_the_whole_file_rows_in_input_order(tmp_path: Path) ->
     assert not Path(f"{output}.partial").exists() and not Path(f"{output}.partial.json").exists()
 
 
+def chunk_of(index: int) -> int:
+    """The number of the chunk that holds example ``index``."""
+    return next(number for number, end in enumerate(ENDS) if index < end)
+
+
+def test_chunks_are_one_batch_then_chunk_batches_batches() -> None:
+    assert [chunk_end(start, BATCH) for start in (0, 1, BATCH - 1)] == [BATCH] * 3
+    assert [chunk_end(start, BATCH) for start in (BATCH, BATCH + 1, ENDS[1] - 1, ENDS[1])] == [ENDS[1]] * 3 + [ENDS[2]]
+    assert chunk_end(2 * CHUNK, BATCH) == ENDS[2]  # a resume at an older layout's chunk end: on to this one's
+    assert [whole_chunk_rows(rows, BATCH) for rows in (0, BATCH - 1, BATCH, ENDS[1] - 1, ENDS[1], ENDS[3] + 2)] == [
+        0,
+        0,
+        BATCH,
+        BATCH,
+        ENDS[1],
+        ENDS[3],
+    ]
+
+
 def test_batches_go_longest_first_within_a_chunk(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []  # (chunk, width) of every batch
     predict(
-        data(write_examples(tmp_path / "in.jsonl", 2 * CHUNK)),
+        data(write_examples(tmp_path / "in.jsonl", ENDS[2])),
         tmp_path / "out.jsonl",
         observe=lambda batch: seen.append(
-            (min(m["index"] for m in batch["meta"]) // CHUNK, batch["input_ids"].shape[1])
+            (chunk_of(min(m["index"] for m in batch["meta"])), batch["input_ids"].shape[1])
         ),
     )
     assert [chunk for chunk, _ in seen] == sorted(chunk for chunk, _ in seen)  # chunk after chunk
-    for chunk in (0, 1):
+    assert [chunk for chunk, _ in seen].count(0) == 1  # the first chunk: one batch
+    for chunk in (1, 2):
         widths = [width for c, width in seen if c == chunk]
         assert len(widths) == CHUNK_BATCHES and widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
 
 
 def test_first_rows_are_written_before_the_last_chunk_is_predicted(tmp_path: Path) -> None:
     output = tmp_path / "out.jsonl"
-    written_then: list[int] = []
+    written_then: dict[int, int] = {}  # chunk: rows written when its first batch came
 
     def observe(batch: dict) -> None:
-        if min(m["index"] for m in batch["meta"]) >= 3 * CHUNK and not written_then:  # the last chunk's first batch
-            written_then.append(len(Path(f"{output}.partial").read_text().splitlines()))
+        chunk = chunk_of(min(m["index"] for m in batch["meta"]))
+        if chunk not in written_then:
+            partial = Path(f"{output}.partial")
+            written_then[chunk] = len(partial.read_text().splitlines()) if partial.exists() else 0
 
-    predict(data(write_examples(tmp_path / "in.jsonl", 4 * CHUNK)), output, observe=observe)
-    assert written_then == [3 * CHUNK]  # every row of the chunks before it, and nothing of it
-    assert len(rows(output)) == 4 * CHUNK
+    predict(data(write_examples(tmp_path / "in.jsonl", ENDS[3])), output, observe=observe)
+    # the first batch's rows are out before the second chunk starts; each chunk's before the next one's
+    assert written_then == {0: 0, 1: BATCH, 2: ENDS[1], 3: ENDS[2]}
+    assert len(rows(output)) == ENDS[3]
 
 
 def _live_bytes(tmp_path: Path, count: int) -> int:
@@ -157,13 +182,13 @@ def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(tmp
     whole = tmp_path / "whole.jsonl"
     predict(data(examples), whole)
     output = tmp_path / "out.jsonl"
-    _interrupted(tmp_path, examples, output, at_index=2 * CHUNK + 10)  # in the third chunk
+    _interrupted(tmp_path, examples, output, at_index=ENDS[2] + 10)  # in the fourth chunk
     partial = Path(f"{output}.partial")
     kept = rows(partial)
     assert not output.exists() and [row["index"] for row in kept] == list(range(len(kept)))
-    assert len(kept) >= 2 * CHUNK and kept == rows(whole)[: len(kept)]  # whole chunks, in input order
+    assert len(kept) >= ENDS[2] and kept == rows(whole)[: len(kept)]  # whole chunks, in input order
     start = resume_start(str(output), str(examples), IDENTITY, resume=True, overwrite=False)
-    assert start == 2 * CHUNK  # after the last whole chunk: the batches of the rest are an uninterrupted run's
+    assert start == ENDS[2]  # after the last whole chunk: the batches of the rest are an uninterrupted run's
     predict(data(examples), output, start=start)
     assert output.read_bytes() == whole.read_bytes()
     assert not partial.exists() and not Path(f"{output}.partial.json").exists()
@@ -172,7 +197,7 @@ def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(tmp
 def test_resume_refuses_a_changed_input_or_model_naming_it(tmp_path: Path) -> None:
     examples = write_examples(tmp_path / "in.jsonl", 3 * CHUNK)
     output = tmp_path / "out.jsonl"
-    _interrupted(tmp_path, examples, output, at_index=2 * CHUNK)
+    _interrupted(tmp_path, examples, output, at_index=ENDS[2])
     with pytest.raises(
         ConfigError, match=r"holds the rows of an interrupted prediction; pass --resume .* or --overwrite"
     ):
@@ -182,7 +207,7 @@ def test_resume_refuses_a_changed_input_or_model_naming_it(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"changed since it was interrupted: data.eval_batch_size '4' -> '8';"):
         resume_start(str(output), str(examples), changed, resume=True, overwrite=False)
     write_examples(examples, 5, start=3 * CHUNK)  # lines appended after the rows kept: still resumable
-    assert resume_start(str(output), str(examples), IDENTITY, resume=True, overwrite=False) == 2 * CHUNK
+    assert resume_start(str(output), str(examples), IDENTITY, resume=True, overwrite=False) == ENDS[2]
     lines = examples.read_text().split("\n")
     lines[3] = lines[3].replace("the", "a", 1)
     examples.write_text("\n".join(lines))

@@ -20,6 +20,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pha_lightning.data.examples import whole_chunk_rows
 from pha_lightning.errors import ConfigError
 from pha_lightning.files import atomic_write_text
 from pha_lightning.model.prediction import UNCALIBRATED_NOTE
@@ -110,8 +111,9 @@ class JSONLPredictionWriter(BasePredictionWriter):
     written, and renames the file to ``<output>`` when prediction ends: the output is only ever the
     whole prediction, and memory holds at most the rows of the chunks being predicted.
 
-    Rows with an ``index`` (raw examples, predicted a chunk of ``chunk_rows`` at a time) are put in
-    input order; every ``chunk_rows`` rows the state file records how far a resume may start
+    Rows with an ``index`` (raw examples, predicted a chunk at a time: one batch of ``batch_size``
+    first, then :data:`~pha_lightning.data.examples.CHUNK_BATCHES` batches each) are put in input
+    order; at the end of every chunk the state file records how far a resume may start
     (:func:`resume_start`). Others (the test split) keep loader order. Under DDP every rank predicts
     every example; rank 0 writes.
     """
@@ -121,7 +123,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         output_path: str,
         input_path: str | None = None,
         identity: dict[str, str] | None = None,
-        chunk_rows: int = 1,
+        batch_size: int = 1,
         start: int = 0,
     ) -> None:
         super().__init__(write_interval="batch")
@@ -130,7 +132,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         self.state = Path(f"{output_path}{STATE_SUFFIX}")
         self.input_path = input_path
         self.identity = identity or {}
-        self.chunk_rows = chunk_rows
+        self.batch_size = batch_size
         self.start = start
         self.written = start
         self.pending: dict[int, dict[str, Any]] = {}
@@ -182,7 +184,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         self.written += 1
         self.routed += bool(row.get("routed"))
         self.abstained += "abstained" in row
-        if self.prefix is not None and self.written % self.chunk_rows == 0:
+        if self.prefix is not None and whole_chunk_rows(self.written, self.batch_size) == self.written:
             self.file.flush()  # the rows before the state that names them
             self.chunk_end_line = row["line"]
             self.save_state()
@@ -191,7 +193,7 @@ class JSONLPredictionWriter(BasePredictionWriter):
         """Record that the whole chunks written answer the input's first ``chunk_end_line`` lines."""
         state = {
             "identity": self.identity,
-            "rows": self.written - self.written % self.chunk_rows,
+            "rows": whole_chunk_rows(self.written, self.batch_size),
             "lines": self.chunk_end_line,
             "input_sha256": self.prefix.extend_to(self.chunk_end_line),
         }
