@@ -36,7 +36,7 @@ from pha_lightning.cli.checks import (
     predict_start,
     prediction_identity,
 )
-from pha_lightning.cli.entry import prints_help
+from pha_lightning.cli.help_request import prints_help
 from pha_lightning.cli.parsing import OneLineArgumentParser, option_values
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.cli.saved import LIGHTNING_CKPT_NAMES, check_saved, read_saved, resolve_ckpt_path, saved_defaults

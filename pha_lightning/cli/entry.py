@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from pha_lightning import __version__
+from pha_lightning.cli.help_request import HELP_FLAGS
 from pha_lightning.cli.threads import choose_threads
 from pha_lightning.errors import PHAError
 
@@ -68,7 +69,6 @@ SHARDING_HINT = "Sharded training of big backbones: --trainer.strategy=pha_fsdp 
 #: ``OSError`` numbers that mean the storage, not the program, failed: full, over quota, read-only, broken.
 STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
-HELP_FLAGS: tuple[str, ...] = ("-h", "--help")
 
 #: Options naming a file that pha reads more than once (checked, then parsed): a pipe given to one
 #: (``--config <(...)``) would be empty the second time, so :func:`read_pipes` reads it once.
@@ -142,18 +142,6 @@ def run_command(args: list[str] | None, started_at: float) -> None:
         if argv[0] in COMPUTING_COMMANDS:
             choose_threads()
         run()
-
-
-def prints_help(args: object) -> bool:
-    """Whether a command line asks for text made of the settings' descriptions: ``-h``/``--help``, a
-    class's ``--<key>.help``, or ``--print_config`` (whose ``comments`` form has them). Only then does
-    LightningCLI's parser read the docstrings under each setting (the classes' source: ≈ 1.5 s of CPU)."""
-    if not isinstance(args, (list, tuple)):
-        return True  # a mapping of settings (in-process use): read as it always was
-    options = [str(token).split("=", 1)[0] for token in args if str(token).startswith("-")]
-    return any(
-        option in HELP_FLAGS or option.startswith("--print_config") or option.endswith(".help") for option in options
-    )
 
 
 def read_pipes(argv: list[str]) -> list[str]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import pha_lightning
-from pha_lightning.cli.entry import EXTRA_COMMANDS, LIGHTNING_COMMANDS, all_commands, prints_help
+from pha_lightning.cli.entry import EXTRA_COMMANDS, LIGHTNING_COMMANDS, all_commands
 from pha_lightning.cli.help_cache import cache_file, print_help
+from pha_lightning.cli.help_request import prints_help
 
 TREE = Path(pha_lightning.__file__).parents[1]
 HEAVY = ("torch", "lightning", "transformers", "datasets", "jsonargparse")
