@@ -215,7 +215,25 @@ def example_batches(
     encoded = encode_examples(rows, model.task_objects, model.family, tokenizer, length, source="example")
     collator = Collator(tokenizer.pad_token_id, tokenizer.pad_token_type_id, tokenizer.padding_side)
     for batch in predict_loader(encoded, collator, batch_size) if encoded else ():
-        yield {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        yield on_device(batch, model.device)
+
+
+def on_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with its tensors moved to ``device`` (other values, e.g. task names, as they are)."""
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def retrieval_batches(
+    model: nn.Module, loaders: Iterable[Iterable[Mapping[str, Any]]], pool: bool = False
+) -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
+    """Every batch of ``loaders`` through the blocks up to the retrieval point: its retrieval vectors
+    ``z``, (``pool``) the pooled hidden states there, and its task ids."""
+    for loader in loaders:
+        for batch in loader:
+            batch = on_device(batch, model.device)
+            z, features = model.retrieval_features(batch, pool=pool)
+            yield z, features, batch["task_ids"]
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from pha_lightning.formats.bundle import is_bundle
 from pha_lightning.formats.checkpoint import read_checkpoint
 from pha_lightning.model.calibration import Calibration, RoutingConfig, RoutingProbe, calibrate
 from pha_lightning.model.pha import PHAModel
-from pha_lightning.model.prediction import no_router_error, routes
+from pha_lightning.model.prediction import no_router_error, retrieval_batches, routes
 
 
 def verbatim(data: PHADataModule) -> set[tuple[int, ...]]:
@@ -63,13 +63,10 @@ def pooled_features(model: PHAModel, loaders: list[DataLoader]) -> tuple[Tensor,
     """The pooled hidden states at the retrieval point, the prototype cosines and the task ids of the
     loaders' examples (one retrieval pass each)."""
     features, similarity, ids = [], [], []
-    for loader in loaders:
-        for batch in loader:
-            batch = {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            z, pooled = model.retrieval_features(batch)
-            features.append(pooled.cpu())
-            similarity.append(model.retrieval_scores(z).double().cpu())
-            ids.append(batch["task_ids"].cpu())
+    for z, pooled, task_ids in retrieval_batches(model, loaders, pool=True):
+        features.append(pooled.cpu())
+        similarity.append(model.retrieval_scores(z).double().cpu())
+        ids.append(task_ids.cpu())
     return torch.cat(features), torch.cat(similarity), torch.cat(ids)
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from pha_lightning.errors import ConfigError
 from pha_lightning.formats.checkpoint import read_checkpoint
+from pha_lightning.model.prediction import retrieval_batches
 from pha_lightning.validation import POSITIVE, SIZE, Choice, check_settings, setting
 
 if TYPE_CHECKING:
@@ -108,12 +109,9 @@ def retrieval_vectors(model: PHAModel, loaders: list[DataLoader]) -> tuple[Tenso
     was_training = model.training
     model.eval()
     vectors, task_ids = [], []
-    for loader in loaders:
-        for batch in loader:
-            batch = {k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            z = model.retrieval_forward(batch)
-            vectors.append(z.float().cpu())
-            task_ids.append(batch["task_ids"].cpu())
+    for z, _, ids in retrieval_batches(model, loaders):
+        vectors.append(z.float().cpu())
+        task_ids.append(ids.cpu())
     model.train(was_training)
     return torch.cat(vectors), torch.cat(task_ids)
 
