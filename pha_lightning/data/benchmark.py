@@ -32,7 +32,7 @@ from pha_lightning.data.readers import (
     resolve_source,
 )
 from pha_lightning.data.schema import TaskSpec
-from pha_lightning.data.tasks import Task, check_split
+from pha_lightning.data.tasks import SPLITS, Task, check_split
 from pha_lightning.errors import ConfigError, DataError
 
 #: Large tasks (SST-2, QQP, QNLI) carve their validation split of this size out of train.
@@ -275,10 +275,37 @@ class BenchmarkTask(Task):
         """Every local file of the official splits behind ``splits`` exists (the hub is checked when loaded)."""
         if source != "local" or data_dir is None:
             return
-        for official in sorted(
-            {name for split in splits for name in self.official_splits(split, split_validation_test)}
-        ):
+        for official in self.officials_read(splits, split_validation_test):
             self.local_path(official, data_dir)
+
+    def officials_read(self, splits: Sequence[str], split_validation_test: bool = True) -> list[str]:
+        """The official splits that the protocol ``splits`` are drawn from, sorted."""
+        return sorted({name for split in splits for name in self.official_splits(split, split_validation_test)})
+
+    def source_identity(
+        self,
+        source: Source = "local",
+        data_dir: str | os.PathLike | None = None,
+        split_validation_test: bool = True,
+        **_: object,
+    ) -> dict | None:
+        """The spec and, for each official file the protocol reads, the file chosen among its candidates
+        (resolved path, size, modification time; ``None`` where none exists, as loading then reports).
+
+        ``None`` for the hub: the built-in specs pin no revision, and nothing cheaper than loading the
+        dataset tells whether it changed."""
+        if source != "local" or data_dir is None:
+            return None
+        files: dict[str, list | None] = {}
+        for official in self.officials_read(SPLITS, split_validation_test):
+            try:
+                path = self.local_path(official, data_dir)[0].resolve()
+                stat = path.stat()
+            except (DataError, OSError):
+                files[official] = None
+                continue
+            files[official] = [str(path), stat.st_size, stat.st_mtime_ns]
+        return {"spec": self.spec.to_dict(), "kind": type(self).__name__, "files": files}
 
     def official_splits(self, split: str, split_validation_test: bool = True) -> tuple[str, ...]:
         """The official splits a protocol split is drawn from."""

@@ -9,31 +9,39 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from glue_fixtures import write_files
 
 from pha_lightning.data import spec_task, token_cache
+from pha_lightning.data.benchmark import BenchmarkTask
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.errors import ConfigError
 
 ROWS = 60
 
 
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    """How often files are read into rows and how many rows are tokenised."""
+def counting(monkeypatch: pytest.MonkeyPatch, owner: object, reader: str) -> Counter:
+    """How often ``owner.reader`` reads files into rows, and how many rows are tokenised."""
     counts: Counter = Counter()
-    read_table, tokenize_columns = spec_task.read_table, token_cache.tokenize_columns
+    read, tokenize_columns = getattr(owner, reader), token_cache.tokenize_columns
 
     def counting_read(*args, **kwargs):
         counts["reads"] += 1
-        return read_table(*args, **kwargs)
+        return read(*args, **kwargs)
 
     def counting_tokenize(batch, *args, **kwargs):
         counts["tokenised"] += len(batch["source"])
         return tokenize_columns(batch, *args, **kwargs)
 
-    monkeypatch.setattr(spec_task, "read_table", counting_read)
+    monkeypatch.setattr(owner, reader, counting_read)
     monkeypatch.setattr(token_cache, "tokenize_columns", counting_tokenize)
     return counts
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How often a spec task's files are read, and how many rows are tokenised."""
+    return counting(monkeypatch, spec_task, "read_table")
 
 
 def write_rows(path: Path, labels: list[str]) -> None:
@@ -140,3 +148,64 @@ def test_num_proc_defaults_to_the_usable_cpus_one_per_rows_per_process(
 def test_num_proc_must_be_a_positive_integer() -> None:
     with pytest.raises(ConfigError, match="num_proc"):
         PHADataModule(["synth_polarity"], num_proc=0)
+
+
+# ------------------------------------------------------------------ built-in tasks (GLUE files)
+RTE_ROWS = {"train": 30, "dev": 10}
+
+
+def write_rte(root: Path, flipped: bool = False) -> Path:
+    """RTE in GLUE's own TSV layout under ``root``; ``flipped`` swaps every label (the same texts)."""
+    words = ["entailment", "not_entailment"]
+    files = {
+        f"glue/RTE/{name}.tsv": "index\tsentence1\tsentence2\tlabel\n"
+        + "".join(f'{i}\tA "claim" number {i}.\tIt holds {i}.\t{words[(i + flipped) % 2]}\n' for i in range(rows))
+        for name, rows in RTE_ROWS.items()
+    }
+    return write_files(root, files)
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How often a built-in task reads its files, and how many rows are tokenised."""
+    return counting(monkeypatch, BenchmarkTask, "load_splits")
+
+
+def built_rte(root: Path) -> PHADataModule:
+    data = PHADataModule(["rte"], data_dir=str(root), cache_dir=str(root / "cache"), max_source_length=32)
+    data.setup("fit")
+    return data
+
+
+def test_a_built_in_task_starts_warm_without_reading_its_files(tmp_path: Path, loads: Counter) -> None:
+    first = rows_of(built_rte(write_rte(tmp_path)))
+    assert loads == {"reads": 1, "tokenised": RTE_ROWS["train"] + RTE_ROWS["dev"] // 2}
+    loads.clear()
+    assert rows_of(built_rte(tmp_path)) == first
+    assert loads == {}  # the cache was found from the files' identity before any row was read
+
+
+def test_a_changed_built_in_file_is_read_and_tokenised_again(tmp_path: Path, loads: Counter) -> None:
+    first = rows_of(built_rte(write_rte(tmp_path)))
+    train = tmp_path / "glue" / "RTE" / "train.tsv"
+    before = train.stat()
+    write_rte(tmp_path, flipped=True)
+    os.utime(train, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    loads.clear()
+    second = rows_of(built_rte(tmp_path))
+    assert loads["reads"] == 1 and loads["tokenised"] == RTE_ROWS["train"] + RTE_ROWS["dev"] // 2
+    assert [row["input_ids"] for row in second["train"]] == [row["input_ids"] for row in first["train"]]
+    assert [row["targets"] for row in second["train"]] == [1 - row["targets"] for row in first["train"]]
+
+
+def test_a_built_in_task_names_each_official_file_it_reads(tmp_path: Path) -> None:
+    mnli = get_task("mnli")
+    assert mnli.source_identity(source="hub") is None  # no revision pinned: the records digest keys the cache
+    identity = mnli.source_identity(source="local", data_dir=str(write_files(tmp_path)))
+    dev = (tmp_path / "glue" / "MNLI" / "dev.jsonl").resolve()  # the first candidate that exists
+    assert identity["files"]["dev"] == [str(dev), dev.stat().st_size, dev.stat().st_mtime_ns]
+    assert set(identity["files"]) == {"train", "dev", "dev_mismatched"}
+    assert get_task("rte").source_identity(source="local", data_dir=str(tmp_path / "nowhere"))["files"] == {
+        "train": None,
+        "dev": None,
+    }
