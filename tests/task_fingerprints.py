@@ -47,8 +47,10 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def fingerprint(task: Any, records: list[dict]) -> dict[str, Any]:
-    """Rows, records' hash and the hash of the model's view of them (inputs, targets, groups)."""
+def fingerprint(task: Any, records: list[dict] | datasets.Dataset) -> dict[str, Any]:
+    """Rows, records' hash and the hash of the model's view of them (inputs, targets, groups); a table's
+    records are its rows."""
+    records = records if isinstance(records, list) else records.to_list()
     seen = [
         [list(task.encoder_text(r)), task.seq2seq_source(r), task.seq2seq_target(r), task.group_of(r)] for r in records
     ]

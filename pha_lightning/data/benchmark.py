@@ -15,9 +15,10 @@ import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from pha_lightning.data.readers import (
     DATA_DIR_ENV,
@@ -29,11 +30,16 @@ from pha_lightning.data.readers import (
     load_hub_split,
     read_jsonl,
     read_tsv,
+    read_tsv_table,
     resolve_source,
 )
 from pha_lightning.data.schema import TaskSpec
-from pha_lightning.data.tasks import SPLITS, Task, check_split
+from pha_lightning.data.tables import distinct_values, take
+from pha_lightning.data.tasks import SPLITS, Records, Task, check_split
 from pha_lightning.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Large tasks (SST-2, QQP, QNLI) carve their validation split of this size out of train.
 LARGE_TASK_VALIDATION_SIZE = 1000
@@ -237,6 +243,40 @@ class BenchmarkTask(Task):
         """Post-process a whole official split (MultiRC numbers its questions here)."""
         return records
 
+    # ------------------------------------------------------------------ official splits as tables
+    def official_records(
+        self, official: str, source: Source = "local", data_dir: str | os.PathLike | None = None
+    ) -> Records:
+        """:meth:`load_official`, the rows of a local GLUE TSV kept in Arrow (:meth:`official_table`)."""
+        if source == "local" and data_dir is not None and official in self.official_names:
+            table = self.official_table(official, data_dir)
+            if table is not None:
+                return table
+        return self.load_official(official, source, data_dir)
+
+    def official_table(self, official: str, data_dir: str | os.PathLike) -> Dataset | None:
+        """The records of a local TSV as a ``datasets`` table: the file read by Arrow, each distinct label
+        checked once. ``None`` for a JSON lines file or a kind's records (their code reads rows), and
+        where a row is malformed: :meth:`load_official` then names it (task, file, line, value)."""
+        from datasets import Dataset
+
+        path, fmt = self.local_path(official, data_dir)
+        if not isinstance(fmt, TsvFormat) or self.spec.kind is not None or "idx" in (self.spec.keep or ()):
+            return None
+        rows = read_tsv_table(path, fmt)
+        if rows is None:
+            return None
+        values, positions = distinct_values(rows["label"])
+        where = Where(self.name, str(path))
+        try:
+            labels = [self._check_label(self._label_from_text(value, where), where) for value in values]
+        except DataError:
+            return None
+        columns = {name: rows[name] for name in (*self.source_fields, *(self.spec.keep or ()))}
+        columns["label"] = pa.array(np.asarray(labels, dtype=np.float64 if self.is_regression else np.int64)[positions])
+        columns["idx"] = pa.array(np.arange(len(rows), dtype=np.int64))
+        return Dataset(pa.table(columns))
+
     # ------------------------------------------------------------------ protocol splits
     def load_splits(
         self,
@@ -246,22 +286,23 @@ class BenchmarkTask(Task):
         split_validation_test: bool = True,
         data_seed: int = 42,
         **_: object,
-    ) -> dict[str, list[dict]]:
-        """Records of the protocol ``splits`` (train / validation / test); each official file is read once."""
+    ) -> dict[str, Records]:
+        """Records of the protocol ``splits`` (train / validation / test); each official file is read once.
+        A local GLUE TSV's records are a ``datasets`` table (:meth:`official_table`), the others a list."""
         for split in splits:
             check_split(split)
         if source not in ("local", "hub"):
             source, data_dir = resolve_source(source, data_dir)
-        official_cache: dict[str, list[dict]] = {}
+        official_cache: dict[str, Records] = {}
 
-        def official(name: str) -> list[dict]:
+        def official(name: str) -> Records:
             if name not in official_cache:
-                official_cache[name] = self.load_official(name, source, data_dir)
+                official_cache[name] = self.official_records(name, source, data_dir)
             return official_cache[name]
 
         return {split: self._protocol_split(split, official, split_validation_test, data_seed) for split in splits}
 
-    def load_split(self, split: str, **source_options: Any) -> list[dict]:
+    def load_split(self, split: str, **source_options: Any) -> Records:
         return self.load_splits([split], **source_options)[split]
 
     def check_sources(
@@ -319,8 +360,8 @@ class BenchmarkTask(Task):
         return ("dev" if split == "test" else "train",)  # large: validation is drawn from train
 
     def _protocol_split(
-        self, split: str, official: Callable[[str], list[dict]], split_validation_test: bool, data_seed: int
-    ) -> list[dict]:
+        self, split: str, official: Callable[[str], Records], split_validation_test: bool, data_seed: int
+    ) -> Records:
         if self.protocol == "mnli" or not split_validation_test:
             (name,) = self.official_splits(split, split_validation_test)
             return official(name)
@@ -340,9 +381,9 @@ class BenchmarkTask(Task):
             )
         order = list(range(len(train)))
         random.Random(f"pha/{data_seed}/{self.name}/validation-from-train").shuffle(order)
-        chosen = set(order[:LARGE_TASK_VALIDATION_SIZE])
-        keep = chosen if split == "validation" else set(order[LARGE_TASK_VALIDATION_SIZE:])
-        return [record for index, record in enumerate(train) if index in keep]
+        chosen = np.zeros(len(train), dtype=bool)
+        chosen[order[:LARGE_TASK_VALIDATION_SIZE]] = True
+        return take(train, np.flatnonzero(chosen if split == "validation" else ~chosen))
 
     # ------------------------------------------------------------------ formatting
     def target_value(self, record: dict) -> float:
@@ -353,19 +394,18 @@ class BenchmarkTask(Task):
         return record.get("group")
 
 
-def halve(records: list[dict], data_seed: int, task: str) -> tuple[list[dict], list[dict]]:
+def halve(records: Records, data_seed: int, task: str) -> tuple[Records, Records]:
     """Shuffle ``records`` by unit and split them in half: (first ``len // 2`` units, the rest).
 
-    A unit is a record, or all records sharing a ``group`` (MultiRC's answers to one question).
-    Each half keeps the records' original order.
+    A unit is a record, or all records sharing a ``group`` (MultiRC's answers to one question; a
+    table of records has no groups). Each half keeps the records' original order.
     """
     units: dict[Any, list[int]] = {}
-    for index, record in enumerate(records):
+    for index in range(len(records)):
+        record = records[index] if isinstance(records, list) else {}
         units.setdefault(("group", record["group"]) if "group" in record else ("row", index), []).append(index)
     keys = list(units)
     random.Random(f"pha/{data_seed}/{task}/dev-halves").shuffle(keys)
-    first = {index for key in keys[: len(keys) // 2] for index in units[key]}
-    return (
-        [record for index, record in enumerate(records) if index in first],
-        [record for index, record in enumerate(records) if index not in first],
-    )
+    first = np.zeros(len(records), dtype=bool)
+    first[[index for key in keys[: len(keys) // 2] for index in units[key]]] = True
+    return take(records, np.flatnonzero(first)), take(records, np.flatnonzero(~first))

@@ -7,6 +7,7 @@ naming the task, the file and the line (or the hub row). docs/data.md describes 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -15,6 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import pyarrow as pa
 
 from pha_lightning.data.schema import QUOTING
 from pha_lightning.errors import ConfigError, DataError
@@ -109,6 +112,52 @@ def _tsv_rows(path: Path, fmt: TsvFormat, task: str) -> Iterator[tuple[Where, di
             if len(row) < needed:
                 raise fail(where, f"expected at least {needed} tab-separated fields, found {len(row)}")
             yield where, {key: row[index] for key, index in positions.items()}
+
+
+def read_tsv_table(path: Path, fmt: TsvFormat) -> pa.Table | None:
+    """The rows of a GLUE TSV as an Arrow table ``{hub field: text}``, exactly as :func:`read_tsv` reads
+    them (no quoting, empty lines skipped, every row as wide as the header or the first row), without a
+    Python object per row; ``None`` where Arrow might read the file otherwise (another encoding, a
+    byte-order mark that ``utf-8`` keeps) or finds it malformed: :func:`read_tsv` then reads it and
+    names the row."""
+    import pyarrow.csv as pacsv
+
+    if fmt.encoding not in ("utf-8", "utf-8-sig"):
+        return None
+    with path.open("rb") as handle:
+        if handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 and fmt.encoding == "utf-8":
+            return None  # csv keeps the mark in the first field, Arrow drops it
+    try:
+        with path.open(encoding=fmt.encoding, newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            first = next(reader, None) if fmt.header else next((row for row in reader if row), None)
+    except UnicodeDecodeError:
+        return None
+    if not first or (fmt.header and any(name not in first for name in fmt.columns.values())):
+        return None
+    positions = {key: first.index(str(name)) if fmt.header else int(name) for key, name in fmt.columns.items()}
+    if max(positions.values()) >= len(first):
+        return None
+    names = [f"field{index}" for index in range(len(first))]
+    used = [names[index] for index in sorted(set(positions.values()))]
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if fmt.header else 0),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=used,
+                column_types=dict.fromkeys(used, pa.string()),
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid:  # a row of another width, or bytes that are no UTF-8
+        return None
+    return pa.table({key: table[names[index]] for key, index in positions.items()})
 
 
 def _undecodable(path: Path, encoding: str, task: str) -> DataError:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import datasets
 import pytest
+from glue_fixtures import write_files
 
+from pha_lightning.data.catalog import get_task
 from pha_lightning.data.datamodule import PHADataModule
 from pha_lightning.data.schema import parse_spec
 from pha_lightning.data.spec_task import SpecTask
@@ -126,3 +128,67 @@ def test_numbers_as_inputs_are_read_as_python_writes_them(tmp_path: Path) -> Non
     write_jsonl(tmp_path / "rows.jsonl", [{"text": v, "label": ["neg", "pos"][i % 2]} for i, v in enumerate(values)])
     rows = sorted((row for part in load(spec(), tmp_path).values() for row in part), key=lambda row: row["idx"])
     assert [row["text"] for row in rows] == [str(v) for v in values]
+
+
+# ------------------------------------------------------------------ built-in tasks: GLUE TSVs
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+GLUE_TSV_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli", "qnli", "qqp")
+
+
+def glue_splits(task: str, folder: Path) -> dict:
+    return get_task(task).load_splits(SPLITS, data_dir=str(folder), split_validation_test=False)
+
+
+@pytest.mark.parametrize("task", GLUE_TSV_TASKS)
+def test_a_glue_tasks_splits_are_tables_of_the_row_readers_records(tmp_path: Path, task: str) -> None:
+    splits = glue_splits(task, write_files(tmp_path))
+    assert all(isinstance(rows, datasets.Dataset) for rows in splits.values())
+    assert splits["train"].to_list() == get_task(task).load_official("train", "local", tmp_path)
+    assert splits["test"].to_list() == get_task(task).load_official("dev", "local", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{RTE_HEADER}\r\n0\tHe said "no.\tb \t\r\n\r\n1\t" a\tb\tentailment\r\n',  # CRLF, empty line, quotes
+        f"{RTE_HEADER}\n0\ta\t\tnot_entailment\n\n\n1\t\t\tentailment",  # empty fields, no final newline
+        f"{RTE_HEADER}\n",  # no rows
+    ],
+    ids=["crlf_quotes_empty_line", "empty_fields", "header_only"],
+)
+def test_a_glue_tsvs_quirks_read_as_without_quoting(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "glue" / "RTE" / "train.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(text.replace("\tb \t\r\n", "\tb \tentailment\r\n").encode())
+    table = get_task("rte").official_records("train", "local", tmp_path)
+    assert isinstance(table, datasets.Dataset)
+    assert table.to_list() == get_task("rte").load_official("train", "local", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("task", "relative", "data"),
+    [
+        ("rte", "glue/RTE/train.tsv", f"{RTE_HEADER}\n0\ta\tb\tentailment\n1\ta b\tentailment\n".encode()),
+        ("rte", "glue/RTE/train.tsv", f"{RTE_HEADER}\n0\ta\tb\tentailment\tmore\n".encode()),
+        ("rte", "glue/RTE/train.tsv", f"{RTE_HEADER}\n0\ta\tb\tentailment\n0\ta\rb\tc\tentailment\n".encode()),
+        ("rte", "glue/RTE/train.tsv", f"{RTE_HEADER}\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n".encode()),
+        ("rte", "glue/RTE/train.tsv", f"{RTE_HEADER}\n0\ta\tb\tentailment\n1\t\xe9t\xe9\tb\tentailment\n".encode("latin-1")),
+        ("rte", "glue/RTE/train.tsv", b"index\tsentence1\tlabel\n0\ta\tentailment\n"),
+        ("rte", "glue/RTE/train.tsv", b""),
+        ("cola", "glue/CoLA/train.tsv", b"gj04\t1\t\tok.\ngj04\t1\n"),
+        ("cola", "glue/CoLA/train.tsv", b"gj04\t1\n"),
+        ("stsb", "glue/STS-B/train.tsv", b"index\tsentence1\tsentence2\tscore\n0\ta\tb\t4.2\n1\ta\tb\tnan\n"),
+    ],
+    ids=["too_few", "too_many", "carriage_return", "label", "undecodable", "header", "empty", "cola_width", "cola_narrow", "nan_score"],
+)  # fmt: skip
+def test_a_malformed_glue_row_is_named_as_the_row_reader_names_it(
+    tmp_path: Path, task: str, relative: str, data: bytes
+) -> None:
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=rf"task '{task}', {path}(, line \d+)?: ") as by_rows:
+        get_task(task).load_official("train", "local", tmp_path)
+    with pytest.raises(DataError) as by_table:
+        get_task(task).load_splits(["train"], data_dir=str(tmp_path))
+    assert str(by_table.value) == str(by_rows.value)

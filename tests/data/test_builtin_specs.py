@@ -111,7 +111,7 @@ def test_a_users_task_can_follow_an_official_protocol(tmp_path: Path) -> None:
     splits = task.load_splits(["train", "validation", "test"], source="local", data_dir=str(tmp_path), data_seed=3)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [4, 3, 3]
     assert splits["train"][1] == {"text": "good 1", "label": 1, "idx": 1}
-    assert sorted(r["text"] for r in splits["validation"] + splits["test"]) == [f"bad {i}" for i in range(6)]
+    assert sorted(r["text"] for s in ("validation", "test") for r in splits[s]) == [f"bad {i}" for i in range(6)]
     with pytest.raises(DataError, match=r"task 'verdicts': its spec names no hub dataset split for its train split"):
         task.load_official("train", "hub")
     data = SimpleNamespace(source_options=lambda: {"source": "local", "data_dir": "/d"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -414,6 +415,12 @@ def _big_sst2(root: Path, train: int, dev: int) -> Path:
     return root
 
 
+def _loaded(task: Any, splits: list[str], **options: Any) -> dict[str, list[dict]]:
+    """The protocol splits' records as lists (a GLUE TSV's are a table)."""
+    loaded = task.load_splits(splits, **options)
+    return {split: rows if isinstance(rows, list) else rows.to_list() for split, rows in loaded.items()}
+
+
 def _ids(records: list[dict]) -> list:
     return [json.dumps(record["idx"], sort_keys=True) for record in records]
 
@@ -421,21 +428,19 @@ def _ids(records: list[dict]) -> list:
 def test_large_task_validation_is_drawn_from_train_and_removed(tmp_path: Path) -> None:
     root = _big_sst2(tmp_path, 1200, 30)
     task = get_task("sst2")
-    splits = task.load_splits(["train", "validation", "test"], source="local", data_dir=root, data_seed=7)
+    splits = _loaded(task, ["train", "validation", "test"], source="local", data_dir=root, data_seed=7)
     assert len(splits["validation"]) == LARGE_TASK_VALIDATION_SIZE and len(splits["train"]) == 200
     assert set(_ids(splits["train"])).isdisjoint(_ids(splits["validation"]))
     assert sorted(_ids(splits["train"]) + _ids(splits["validation"])) == sorted(
         _ids(task.load_official("train", "local", root))
     )
     assert splits["test"] == task.load_official("dev", "local", root)
-    again = task.load_splits(["validation", "train"], source="local", data_dir=root, data_seed=7)
+    again = _loaded(task, ["validation", "train"], source="local", data_dir=root, data_seed=7)
     assert again["validation"] == splits["validation"] and again["train"] == splits["train"]
-    other = task.load_splits(["validation"], source="local", data_dir=root, data_seed=8)
+    other = _loaded(task, ["validation"], source="local", data_dir=root, data_seed=8)
     assert other["validation"] != splits["validation"]
     # without the protocol: validation = test = dev
-    plain = task.load_splits(
-        ["train", "validation", "test"], source="local", data_dir=root, split_validation_test=False
-    )
+    plain = _loaded(task, ["train", "validation", "test"], source="local", data_dir=root, split_validation_test=False)
     assert len(plain["train"]) == 1200 and plain["validation"] == plain["test"] == splits["test"]
 
 
@@ -450,7 +455,7 @@ def test_small_task_dev_is_halved_into_validation_and_test(tmp_path: Path) -> No
     _with(tmp_path, "glue/RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
     _with(tmp_path, "glue/RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
     task = get_task("rte")
-    splits = task.load_splits(["train", "validation", "test"], source="local", data_dir=tmp_path)
+    splits = _loaded(task, ["train", "validation", "test"], source="local", data_dir=tmp_path)
     assert (len(splits["validation"]), len(splits["test"])) == (5, 6)
     assert set(_ids(splits["validation"])).isdisjoint(_ids(splits["test"]))
     assert sorted(_ids(splits["validation"]) + _ids(splits["test"])) == sorted(
@@ -472,7 +477,7 @@ def test_multirc_dev_is_halved_by_question(tmp_path: Path) -> None:
     line = json.dumps({"idx": 0, "passage": {"text": "p", "questions": questions}})
     _with(tmp_path, "superglue/MultiRC/val.jsonl", line + "\n")
     task = get_task("multirc")
-    splits = task.load_splits(["validation", "test"], source="local", data_dir=tmp_path)
+    splits = _loaded(task, ["validation", "test"], source="local", data_dir=tmp_path)
     groups = [{record["group"] for record in splits[split]} for split in ("validation", "test")]
     assert len(groups[0]) == 4 and len(groups[1]) == 5 and groups[0].isdisjoint(groups[1])
     by_group = {}
@@ -487,8 +492,8 @@ def test_multirc_dev_is_halved_by_question(tmp_path: Path) -> None:
 def test_mnli_validation_is_mismatched_and_test_is_matched(data_dir: Path) -> None:
     task = get_task("mnli")
     for protocol in (True, False):
-        splits = task.load_splits(
-            ["validation", "test"], source="local", data_dir=data_dir, split_validation_test=protocol
+        splits = _loaded(
+            task, ["validation", "test"], source="local", data_dir=data_dir, split_validation_test=protocol
         )
         assert splits["validation"] == EXPECTED[("mnli", "dev_mismatched")]
         assert splits["test"] == EXPECTED[("mnli", "dev")]
