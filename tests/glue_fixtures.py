@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, Features, Value
@@ -251,6 +252,12 @@ def write_files(root: Path, files: dict[str, str] | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))
     return root
+
+
+def protocol_records(task: Any, splits: list[str], **options: Any) -> dict[str, list[dict]]:
+    """``task.load_splits`` with every split's records as a list (a GLUE TSV's are a ``datasets`` table)."""
+    loaded = task.load_splits(splits, **options)
+    return {split: rows if isinstance(rows, list) else rows.to_list() for split, rows in loaded.items()}
 
 
 # ----------------------------------------------------------------------------- expected records

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import datasets
 import pytest
-from glue_fixtures import EXPECTED, FILES, hub_dataset, write_files
+from glue_fixtures import EXPECTED, FILES, hub_dataset, protocol_records, write_files
 
 from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
 from pha_lightning.data.catalog import available_tasks, benchmark_tasks, get_task
@@ -415,12 +414,6 @@ def _big_sst2(root: Path, train: int, dev: int) -> Path:
     return root
 
 
-def _loaded(task: Any, splits: list[str], **options: Any) -> dict[str, list[dict]]:
-    """The protocol splits' records as lists (a GLUE TSV's are a table)."""
-    loaded = task.load_splits(splits, **options)
-    return {split: rows if isinstance(rows, list) else rows.to_list() for split, rows in loaded.items()}
-
-
 def _ids(records: list[dict]) -> list:
     return [json.dumps(record["idx"], sort_keys=True) for record in records]
 
@@ -428,19 +421,21 @@ def _ids(records: list[dict]) -> list:
 def test_large_task_validation_is_drawn_from_train_and_removed(tmp_path: Path) -> None:
     root = _big_sst2(tmp_path, 1200, 30)
     task = get_task("sst2")
-    splits = _loaded(task, ["train", "validation", "test"], source="local", data_dir=root, data_seed=7)
+    splits = protocol_records(task, ["train", "validation", "test"], source="local", data_dir=root, data_seed=7)
     assert len(splits["validation"]) == LARGE_TASK_VALIDATION_SIZE and len(splits["train"]) == 200
     assert set(_ids(splits["train"])).isdisjoint(_ids(splits["validation"]))
     assert sorted(_ids(splits["train"]) + _ids(splits["validation"])) == sorted(
         _ids(task.load_official("train", "local", root))
     )
     assert splits["test"] == task.load_official("dev", "local", root)
-    again = _loaded(task, ["validation", "train"], source="local", data_dir=root, data_seed=7)
+    again = protocol_records(task, ["validation", "train"], source="local", data_dir=root, data_seed=7)
     assert again["validation"] == splits["validation"] and again["train"] == splits["train"]
-    other = _loaded(task, ["validation"], source="local", data_dir=root, data_seed=8)
+    other = protocol_records(task, ["validation"], source="local", data_dir=root, data_seed=8)
     assert other["validation"] != splits["validation"]
     # without the protocol: validation = test = dev
-    plain = _loaded(task, ["train", "validation", "test"], source="local", data_dir=root, split_validation_test=False)
+    plain = protocol_records(
+        task, ["train", "validation", "test"], source="local", data_dir=root, split_validation_test=False
+    )
     assert len(plain["train"]) == 1200 and plain["validation"] == plain["test"] == splits["test"]
 
 
@@ -455,7 +450,7 @@ def test_small_task_dev_is_halved_into_validation_and_test(tmp_path: Path) -> No
     _with(tmp_path, "glue/RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
     _with(tmp_path, "glue/RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
     task = get_task("rte")
-    splits = _loaded(task, ["train", "validation", "test"], source="local", data_dir=tmp_path)
+    splits = protocol_records(task, ["train", "validation", "test"], source="local", data_dir=tmp_path)
     assert (len(splits["validation"]), len(splits["test"])) == (5, 6)
     assert set(_ids(splits["validation"])).isdisjoint(_ids(splits["test"]))
     assert sorted(_ids(splits["validation"]) + _ids(splits["test"])) == sorted(
@@ -477,7 +472,7 @@ def test_multirc_dev_is_halved_by_question(tmp_path: Path) -> None:
     line = json.dumps({"idx": 0, "passage": {"text": "p", "questions": questions}})
     _with(tmp_path, "superglue/MultiRC/val.jsonl", line + "\n")
     task = get_task("multirc")
-    splits = _loaded(task, ["validation", "test"], source="local", data_dir=tmp_path)
+    splits = protocol_records(task, ["validation", "test"], source="local", data_dir=tmp_path)
     groups = [{record["group"] for record in splits[split]} for split in ("validation", "test")]
     assert len(groups[0]) == 4 and len(groups[1]) == 5 and groups[0].isdisjoint(groups[1])
     by_group = {}
@@ -492,7 +487,7 @@ def test_multirc_dev_is_halved_by_question(tmp_path: Path) -> None:
 def test_mnli_validation_is_mismatched_and_test_is_matched(data_dir: Path) -> None:
     task = get_task("mnli")
     for protocol in (True, False):
-        splits = _loaded(
+        splits = protocol_records(
             task, ["validation", "test"], source="local", data_dir=data_dir, split_validation_test=protocol
         )
         assert splits["validation"] == EXPECTED[("mnli", "dev_mismatched")]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from glue_fixtures import protocol_records
 
 from pha_lightning.data.benchmark import LARGE_TASK_VALIDATION_SIZE
 from pha_lightning.data.catalog import benchmark_tasks, get_task
@@ -115,7 +116,7 @@ def _keys(records: list[dict]) -> set[str]:
 def test_protocol_splits_are_disjoint_complete_and_seeded(name: str, official: dict) -> None:
     task = get_task(name)
     options = {"source": "local", "data_dir": str(SHARED_DATA)}
-    splits = task.load_splits(["train", "validation", "test"], data_seed=42, **options)
+    splits = protocol_records(task, ["train", "validation", "test"], data_seed=42, **options)
     train, dev = official[(name, "train")], official[(name, "dev")]
     if task.protocol == "large":
         assert len(splits["validation"]) == LARGE_TASK_VALIDATION_SIZE
@@ -130,7 +131,7 @@ def test_protocol_splits_are_disjoint_complete_and_seeded(name: str, official: d
         assert len({r.get("group", i) for i, r in enumerate(splits["validation"])}) == units // 2 or name == "multirc"
         if name != "multirc":
             assert len(splits["validation"]) == len(dev) // 2
-    again = task.load_splits(["test", "validation", "train"], data_seed=42, **options)
+    again = protocol_records(task, ["test", "validation", "train"], data_seed=42, **options)
     assert again == splits
     other = task.load_splits(["validation"], data_seed=43, **options)
     assert _keys(other["validation"]) != _keys(splits["validation"])
