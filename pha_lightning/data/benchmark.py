@@ -4,13 +4,17 @@ protocol, read from the hub or from the benchmark's own files.
 Both sources give identical records for the same split: the local readers normalise each file row
 into the hub's row shape, and one conversion turns a hub-shaped row into a record. A missing file
 or a malformed row raises :class:`~pha_lightning.errors.DataError` naming the task, the file and
-the line. docs/data.md gives the task list, the file formats and their quirks and the seeded split
-protocol implemented here; the tasks that need code (COPA, MultiRC, WiC, WSC) are in
-:mod:`pha_lightning.data.kinds`.
+the line. A local TSV's records stay a ``datasets`` table (:meth:`BenchmarkTask.official_table`:
+read by Arrow, labels checked per distinct value, the protocol's splits carved by index selection);
+JSON lines files and the hub give lists of records. docs/data.md gives the task list, the file
+formats and their quirks and the seeded split protocol implemented here; the tasks that need code
+(COPA, MultiRC, WiC, WSC) are in :mod:`pha_lightning.data.kinds`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +31,7 @@ from pha_lightning.data.readers import (
     TsvFormat,
     Where,
     fail,
+    file_identity,
     load_hub_split,
     read_jsonl,
     read_tsv,
@@ -275,7 +280,9 @@ class BenchmarkTask(Task):
         columns = {name: rows[name] for name in (*self.source_fields, *(self.spec.keep or ()))}
         columns["label"] = pa.array(np.asarray(labels, dtype=np.float64 if self.is_regression else np.int64)[positions])
         columns["idx"] = pa.array(np.arange(len(rows), dtype=np.int64))
-        return Dataset(pa.table(columns))
+        # named by the file's identity: without a fingerprint, datasets would hash (copy) the whole table
+        named = json.dumps([self.spec.to_dict(), file_identity(path)])
+        return Dataset(pa.table(columns), fingerprint=hashlib.sha256(named.encode()).hexdigest()[:32])
 
     # ------------------------------------------------------------------ protocol splits
     def load_splits(
@@ -340,12 +347,9 @@ class BenchmarkTask(Task):
         files: dict[str, list | None] = {}
         for official in self.officials_read(SPLITS, split_validation_test):
             try:
-                path = self.local_path(official, data_dir)[0].resolve()
-                stat = path.stat()
+                files[official] = file_identity(self.local_path(official, data_dir)[0])
             except (DataError, OSError):
                 files[official] = None
-                continue
-            files[official] = [str(path), stat.st_size, stat.st_mtime_ns]
         return {"spec": self.spec.to_dict(), "kind": type(self).__name__, "files": files}
 
     def official_splits(self, split: str, split_validation_test: bool = True) -> tuple[str, ...]:

@@ -160,6 +160,14 @@ def read_tsv_table(path: Path, fmt: TsvFormat) -> pa.Table | None:
     return pa.table({key: table[names[index]] for key, index in positions.items()})
 
 
+def file_identity(path: Path) -> list:
+    """What tells a file's content apart without reading it: its resolved path, size and modification time
+    (nanoseconds); an ``OSError`` where it cannot be read."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return [str(resolved), stat.st_size, stat.st_mtime_ns]
+
+
 def _undecodable(path: Path, encoding: str, task: str) -> DataError:
     line, problem = undecodable_bytes(path, encoding)
     return fail(Where(task, str(path), line), problem)

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from pha_lightning.data.readers import DATA_DIR_ENV, ColumnCount, MissingFields, load_hub_split, read_table
+from pha_lightning.data.readers import (
+    DATA_DIR_ENV,
+    ColumnCount,
+    MissingFields,
+    file_identity,
+    load_hub_split,
+    read_table,
+)
 from pha_lightning.data.schema import Carve, SplitColumn, TaskSpec, label_text, plain, spec_carves
 from pha_lightning.data.tables import arrow_column, distinct_values, first_row, rows_with
 from pha_lightning.data.tasks import SPLITS, Task, check_split
@@ -106,12 +113,10 @@ class SpecTask(Task):
             return None
         files = {}
         for split, path in self.spec.files.items():
-            resolved = (self.base_dir(data_dir) / str(path)).resolve()
             try:
-                stat = resolved.stat()
+                files[split] = file_identity(self.base_dir(data_dir) / str(path))
             except OSError:
                 return None
-            files[split] = [str(resolved), stat.st_size, stat.st_mtime_ns]
         return {"spec": self.spec.to_dict(), "files": files}
 
     def _read_sources(self, base: Path) -> dict[str, Dataset]:

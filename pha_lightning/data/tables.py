@@ -3,8 +3,9 @@
 A user's task keeps its rows in ``datasets`` tables from the file to the batch (docs/data.md, "Rows
 stay in Arrow"): labels are mapped per distinct value (:func:`distinct_values`), splits are index
 selections (:func:`take`), and what the model reads is formatted batch by batch
-(:func:`formatted_table`), so no row lives as a Python object for the run. Built-in tasks, whose
-readers build records as dicts, go through the same functions with a list.
+(:func:`formatted_table`), so no row lives as a Python object for the run; so do the built-in GLUE
+tasks' TSV files. The other built-in tasks (JSON lines, the hub), whose readers build records as
+dicts, go through the same functions with a list.
 """
 
 from __future__ import annotations
