@@ -192,3 +192,20 @@ def test_a_malformed_glue_row_is_named_as_the_row_reader_names_it(
     with pytest.raises(DataError) as by_table:
         get_task(task).load_splits(["train"], data_dir=str(tmp_path))
     assert str(by_table.value) == str(by_rows.value)
+
+
+def test_a_glue_tsvs_rows_become_no_python_objects(tmp_path: Path) -> None:
+    """The table is read and named without a copy through Python (``datasets`` hashes an unnamed table)."""
+    path = tmp_path / "glue" / "SST-2" / "train.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("sentence\tlabel\n" + "".join(f"sentence {i} has enough words to weigh something \t{i % 2}\n" for i in range(20_000)))  # fmt: skip
+    task = get_task("sst2")
+    task.official_table("train", tmp_path)  # imports and first-use allocations
+    gc.collect()
+    tracemalloc.start()
+    try:
+        table = task.official_table("train", tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(table) == 20_000 and peak < table.data.nbytes / 2
