@@ -37,6 +37,7 @@ from pha_lightning.cli.checks import (
     prediction_identity,
 )
 from pha_lightning.cli.help_request import prints_help
+from pha_lightning.cli.native_heap import PREDICT_MMAP_THRESHOLD, check_mmap_threshold, fix_mmap_threshold
 from pha_lightning.cli.parsing import OneLineArgumentParser, option_values
 from pha_lightning.cli.quiet import hide_library_noise
 from pha_lightning.cli.saved import LIGHTNING_CKPT_NAMES, check_saved, read_saved, resolve_ckpt_path, saved_defaults
@@ -203,6 +204,15 @@ class PHACLI(LightningCLI):
             "<predict_output>.partial holds (refused, naming what changed, when the input's lines, the model "
             "or the settings did); without one, predict every example.",
         )
+        parser.add_argument(
+            "--predict_mmap_threshold",
+            type=int | None,
+            default=PREDICT_MMAP_THRESHOLD,
+            help="predict: glibc serves blocks of at least this many bytes with their own mmap and returns them "
+            "when freed, so that the padded batches of a long prediction do not fragment the heap (memory stays "
+            'flat, at some CPU cost: docs/production.md, "Memory of a long prediction"); null: glibc\'s own '
+            "threshold, which rises to the largest block freed. Linux with glibc only; elsewhere ignored.",
+        )
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -257,6 +267,7 @@ class PHACLI(LightningCLI):
             start=self.predict_start,
         )
         self.trainer.callbacks.extend([writer, FirstPredictionTime(self.startup_marks)])
+        fix_mmap_threshold(config.get("predict_mmap_threshold"))
         # the writer keeps nothing; Lightning's own list of every prediction would grow with the file
         self.config_init[self.subcommand]["return_predictions"] = False
 
@@ -340,6 +351,7 @@ class PHACLI(LightningCLI):
                 config.predict_output, config.data.get("predict_file"), config.get("ckpt_path"), config.get("overwrite")
             )
         if self.subcommand == "predict":
+            check_mmap_threshold(config.get("predict_mmap_threshold"), "predict_mmap_threshold")
             self.predict_start = predict_start(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

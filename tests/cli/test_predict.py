@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from production_fixtures import MAX_SOURCE_LENGTH, TASKS, run_pha, trained_checkpoint
+from production_fixtures import MAX_SOURCE_LENGTH, TASKS, pha_error, run_pha, trained_checkpoint
 from torch.nn import functional as F
 
 from pha_lightning import PHAModel
+from pha_lightning.cli import app, main
 from pha_lightning.data.datamodule import Collator
 from pha_lightning.data.examples import encode_examples, predict_loader, read_jsonl
 from pha_lightning.training.system import PHAModule
@@ -132,3 +133,20 @@ def test_retriever_picks_the_nearest_prototype(run: dict[str, Path]) -> None:
         if row["routed"]:
             task, similarity = expected[row["index"]]
             assert row["task"] == task and row["task_similarity"] == pytest.approx(similarity, abs=1e-5)
+
+
+def test_the_mmap_threshold_is_fixed_at_predict_start_and_checked(
+    run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The setting reaches glibc (here recorded, not applied: it would stay for the test process) before
+    the first batch; a value glibc cannot take is refused naming it, before the model is built."""
+    common = [f"--ckpt_path={run['ckpt']}", f"--data.predict_file={run['examples']}", "--trainer.accelerator=cpu"]
+    common += ["--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
+    fixed = []
+    monkeypatch.setattr(app, "fix_mmap_threshold", fixed.append)
+    main(["predict", *common, f"--predict_output={tmp_path / 'out.jsonl'}", "--predict_mmap_threshold=262144"])
+    assert fixed == [262144] and len(_rows(tmp_path / "out.jsonl")) == 7
+    main(["predict", *common, f"--predict_output={tmp_path / 'default.jsonl'}"])
+    assert fixed == [262144, 128 * 1024]
+    err = pha_error(capsys, "predict", *common, "--predict_mmap_threshold=-5")
+    assert "predict_mmap_threshold is -5; give a number of bytes from 0 to 33554432" in err
