@@ -896,7 +896,17 @@ def test_predict_output_never_destroys_an_input(
     assert existing.read_text() == "earlier predictions\n"
     from pha_lightning.cli import main
 
-    main(["predict", *args, f"--predict_output={existing}", "--overwrite", "--trainer.enable_progress_bar=false"])
+    # glibc's own mmap threshold kept: a fixed one would stay for the rest of this test process
+    main(
+        [
+            "predict",
+            *args,
+            f"--predict_output={existing}",
+            "--overwrite",
+            "--trainer.enable_progress_bar=false",
+            "--predict_mmap_threshold=null",
+        ]
+    )
     assert json.loads(existing.read_text())["task"] == "synth_polarity"
 
 
