@@ -434,7 +434,7 @@ class PHAModel(nn.Module):
         encoder states) and, for T5, the decoder's ``lm_logits`` (teacher forced on ``labels``).
         Generated weights are made once per batch; the backbone runs the batch in length-sorted
         chunks when that pays (``chunk_cost_tokens``), unless ``chunked`` is false (hooks that
-        need the batch's own layout, e.g. the health probe) or the model is sharded.
+        need the batch's own layout) or the model is sharded.
 
         ``choose`` (when :attr:`chooses_tasks_in_pass`): the tasks are chosen at the retrieval point,
         ``choose(z, rows, features)`` giving the task ids of the rows a backbone call runs (the batch, or

@@ -183,11 +183,14 @@ def measure_batches(
     pooled features of each task id, over ``batches``.
 
     Pooled features: what an encoder's task heads read; for T5 the mean of the final encoder states.
+    The batches run as training runs them, in length-sorted chunks when that pays (``chunk_cost_tokens``):
+    the hooks read each chunk's own token masks, so the sums are the whole batch's (up to floating-point
+    summation order) without the padding's work.
     """
     features: dict[int, list[Tensor]] = {}
     with probe_residuals(model) as adapters, probe_lora(model) as lora:
         for batch in batches:
-            pooled = model(batch, chunked=False)["pooled"]  # the hooks read whole-batch tensors
+            pooled = model(batch)["pooled"]
             for task in torch.unique(batch["task_ids"]).tolist():
                 features.setdefault(task, []).append(pooled[batch["task_ids"] == task].float().cpu())
     return adapters.ratios(), lora.ratios(), {task: torch.cat(parts) for task, parts in features.items()}

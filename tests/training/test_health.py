@@ -129,6 +129,39 @@ def test_health_report_matches_direct_computation(tiny_bert: str, data: PHADataM
     assert report["generated_between_task_spread"][0] == pytest.approx(between_task_spread(per_task), rel=1e-5)
 
 
+def test_health_report_runs_length_chunks_and_reports_the_whole_batch(tiny_bert: str, data: PHADataModule) -> None:
+    """The probe runs a mixed-length batch as training does, in length-sorted chunks narrower than the
+    batch (less padding to compute), and every number is the whole-batch run's (``chunk_cost_tokens``
+    ``None``) up to floating-point summation order."""
+    batch = next(iter(data.train_dataloader()))  # mixed tasks: inputs of many lengths
+    reports, widths = {}, {}
+    for cost in (0, None):
+        seed_everything(0)
+        config = PHAConfig(
+            backbone=tiny_bert, tasks=TASKS, backbone_init="random", hypernet_init_scale=10.0, chunk_cost_tokens=cost
+        )
+        model = PHAModule(config).model
+        seen: list[int] = []
+        handle = model.backbone.register_forward_pre_hook(
+            lambda _m, _a, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+        )
+        reports[cost] = health_report(model, [batch], model.prototypes.table().detach().clone())
+        handle.remove()
+        widths[cost] = seen
+    assert widths[None] == [batch["input_ids"].shape[1]]
+    assert len(widths[0]) > 1 and max(widths[0]) == widths[None][0] and min(widths[0]) < widths[None][0], widths
+    chunked, whole = reports[0], reports[None]
+    assert chunked.keys() == whole.keys()
+    assert max(whole["adapter_to_residual"]) > 1e-3  # large init: the ratios are not zero, so the check has teeth
+    for key, value in whole.items():
+        if isinstance(value, dict):
+            assert chunked[key] == pytest.approx(value, rel=1e-5), key
+        elif isinstance(value, list) and value and isinstance(value[0], float):
+            assert chunked[key] == pytest.approx(value, rel=1e-5), key
+        else:
+            assert chunked[key] == value, key
+
+
 def block_adapter(model: PHAModule, block: int) -> torch.nn.Module:
     return model.model.backbone.encoder.layer[block].output.adapter
 
